@@ -1,0 +1,361 @@
+//! Reference bundles: one safetensors file with a module's weights, inputs,
+//! outputs, per-module activations and gradients. The format is specified in
+//! `docs/bundle-format.md`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::tensor_file::{read_safetensors, write_safetensors, TensorFile};
+use crate::{Error, Result};
+
+/// The bundle format version this crate reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+/// The `__metadata__` entry that holds the bundle's JSON metadata.
+pub const METADATA_KEY: &str = "replica";
+
+/// Where a tensor lives in a bundle; every key starts with one of these prefixes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Namespace {
+    /// `param/`: the `state_dict`, parameters and buffers.
+    Param,
+    /// `input/`: what the module was called with.
+    Input,
+    /// `output/`: what it returned.
+    Output,
+    /// `act/`: the output of each submodule, by module path.
+    Activation,
+    /// `grad/output/`: the seeded upstream gradient of each output.
+    OutputGrad,
+    /// `grad/param/`: the gradient of the loss with respect to each parameter.
+    ParamGrad,
+    /// `grad/input/`: the gradient of the loss with respect to each input.
+    InputGrad,
+}
+
+impl Namespace {
+    pub const ALL: [Namespace; 7] = [
+        Namespace::Param,
+        Namespace::Input,
+        Namespace::Output,
+        Namespace::Activation,
+        Namespace::OutputGrad,
+        Namespace::ParamGrad,
+        Namespace::InputGrad,
+    ];
+
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Namespace::Param => "param/",
+            Namespace::Input => "input/",
+            Namespace::Output => "output/",
+            Namespace::Activation => "act/",
+            Namespace::OutputGrad => "grad/output/",
+            Namespace::ParamGrad => "grad/param/",
+            Namespace::InputGrad => "grad/input/",
+        }
+    }
+
+    /// Splits a bundle key into its namespace and name.
+    pub fn split(key: &str) -> Option<(Namespace, &str)> {
+        Self::ALL
+            .iter()
+            .find_map(|&ns| key.strip_prefix(ns.prefix()).map(|name| (ns, name)))
+            .filter(|(_, name)| !name.is_empty())
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix())
+    }
+}
+
+/// The library that computed the reference tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Producer {
+    pub name: String,
+    pub version: String,
+    /// Further libraries and versions, e.g. `"transformers": "4.46.0"`.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// The JSON metadata of a bundle (see `docs/bundle-format.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BundleMetadata {
+    pub format_version: u64,
+    pub component: String,
+    pub config: Value,
+    pub producer: Producer,
+    pub dtype: String,
+    pub seed: Option<u64>,
+    /// Activation names in the order the forward pass produced them.
+    #[serde(default)]
+    pub activations: Vec<String>,
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    /// Fields a producer added beyond the format's own.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+impl BundleMetadata {
+    /// Metadata for a component produced by `producer` (`name`, `version`).
+    pub fn new(
+        component: impl Into<String>,
+        producer: (&str, &str),
+        dtype: impl Into<String>,
+    ) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            component: component.into(),
+            config: Value::Object(Default::default()),
+            producer: Producer {
+                name: producer.0.into(),
+                version: producer.1.into(),
+                extra: Default::default(),
+            },
+            dtype: dtype.into(),
+            seed: None,
+            activations: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            extra: Default::default(),
+        }
+    }
+
+    fn from_json(text: &str) -> std::result::Result<Self, String> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|err| format!("metadata `{METADATA_KEY}` is not JSON: {err}"))?;
+        let Value::Object(fields) = value else {
+            return Err(format!("metadata `{METADATA_KEY}` is not a JSON object"));
+        };
+        // Check the version first: a future version may have other fields entirely.
+        match fields.get("format_version").and_then(Value::as_u64) {
+            Some(FORMAT_VERSION) => {}
+            Some(other) => return Err(format!(
+                "unknown bundle format_version {other} (this build reads version {FORMAT_VERSION})"
+            )),
+            None => return Err("metadata has no integer `format_version`".into()),
+        }
+        serde_json::from_value(Value::Object(fields))
+            .map_err(|err| format!("metadata `{METADATA_KEY}`: {err}"))
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("metadata serialises")
+    }
+}
+
+/// A reference bundle: metadata plus tensors by namespace.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    origin: PathBuf,
+    metadata: BundleMetadata,
+    tensors: BTreeMap<Namespace, BTreeMap<String, Tensor>>,
+}
+
+impl Bundle {
+    pub fn new(metadata: BundleMetadata) -> Self {
+        Self {
+            origin: PathBuf::from("<memory>"),
+            metadata,
+            tensors: BTreeMap::new(),
+        }
+    }
+
+    /// Reads and validates a bundle file.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let path = path.as_ref();
+        Self::from_tensor_file(read_safetensors(path, device)?, path)
+    }
+
+    /// Validates already-read safetensors contents as a bundle; `origin` names it in errors.
+    pub fn from_tensor_file(file: TensorFile, origin: &Path) -> Result<Self> {
+        let fail = |message: String| Error::file(origin, message);
+        let text = file.metadata.get(METADATA_KEY).ok_or_else(|| {
+            fail(format!(
+                "not a reference bundle: no `{METADATA_KEY}` entry in the safetensors metadata"
+            ))
+        })?;
+        let metadata = BundleMetadata::from_json(text).map_err(fail)?;
+        let mut bundle = Self {
+            origin: origin.to_path_buf(),
+            metadata,
+            tensors: BTreeMap::new(),
+        };
+        for (key, tensor) in file.tensors {
+            let (ns, name) = Namespace::split(&key).ok_or_else(|| {
+                fail(format!(
+                    "key `{key}` is outside the bundle namespaces ({})",
+                    Namespace::ALL.map(Namespace::prefix).join(", ")
+                ))
+            })?;
+            bundle
+                .tensors
+                .entry(ns)
+                .or_default()
+                .insert(name.to_string(), tensor);
+        }
+        bundle.validate().map_err(fail)?;
+        Ok(bundle)
+    }
+
+    /// Checks that the name lists in the metadata agree with the tensors.
+    fn validate(&self) -> std::result::Result<(), String> {
+        let lists = [
+            (
+                Namespace::Activation,
+                "activations",
+                &self.metadata.activations,
+                true,
+            ),
+            (Namespace::Input, "inputs", &self.metadata.inputs, false),
+            (Namespace::Output, "outputs", &self.metadata.outputs, false),
+        ];
+        for (ns, field, listed, required) in lists {
+            if listed.is_empty() && !required {
+                continue;
+            }
+            let mut seen = HashMap::new();
+            for name in listed {
+                if seen.insert(name.as_str(), ()).is_some() {
+                    return Err(format!("metadata `{field}` lists `{name}` twice"));
+                }
+                if !self.contains(ns, name) {
+                    return Err(format!(
+                        "metadata `{field}` lists `{name}` but the bundle has no `{ns}{name}`"
+                    ));
+                }
+            }
+            if let Some(name) = self.names(ns).find(|name| !seen.contains_key(name)) {
+                return Err(format!(
+                    "tensor `{ns}{name}` is not listed in metadata `{field}`"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the bundle; an existing file is replaced only when `overwrite` is set.
+    pub fn save(&self, path: impl AsRef<Path>, overwrite: bool) -> Result<()> {
+        let path = path.as_ref();
+        self.validate()
+            .map_err(|message| Error::file(path, message))?;
+        let keys: Vec<(String, &Tensor)> = self
+            .tensors
+            .iter()
+            .flat_map(|(ns, map)| map.iter().map(move |(name, t)| (format!("{ns}{name}"), t)))
+            .collect();
+        let metadata = HashMap::from([(METADATA_KEY.to_string(), self.metadata.to_json())]);
+        write_safetensors(
+            path,
+            keys.iter().map(|(k, t)| (k.as_str(), *t)),
+            metadata,
+            overwrite,
+        )
+    }
+
+    /// Adds a tensor. Activations, inputs and outputs are appended to the
+    /// metadata's ordered lists, so insertion order is execution order.
+    pub fn insert(&mut self, ns: Namespace, name: impl Into<String>, tensor: Tensor) {
+        let name = name.into();
+        let list = match ns {
+            Namespace::Activation => Some(&mut self.metadata.activations),
+            Namespace::Input => Some(&mut self.metadata.inputs),
+            Namespace::Output => Some(&mut self.metadata.outputs),
+            _ => None,
+        };
+        if let Some(list) = list {
+            if !list.contains(&name) {
+                list.push(name.clone());
+            }
+        }
+        self.tensors.entry(ns).or_default().insert(name, tensor);
+    }
+
+    pub fn metadata(&self) -> &BundleMetadata {
+        &self.metadata
+    }
+
+    /// The file this bundle was read from (`<memory>` for one built in code).
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    pub fn contains(&self, ns: Namespace, name: &str) -> bool {
+        self.tensors.get(&ns).is_some_and(|m| m.contains_key(name))
+    }
+
+    /// The names in a namespace, sorted.
+    pub fn names(&self, ns: Namespace) -> impl Iterator<Item = &str> {
+        self.tensors
+            .get(&ns)
+            .into_iter()
+            .flat_map(|m| m.keys().map(String::as_str))
+    }
+
+    /// All tensors of a namespace, by name.
+    pub fn namespace(&self, ns: Namespace) -> BTreeMap<String, Tensor> {
+        self.tensors.get(&ns).cloned().unwrap_or_default()
+    }
+
+    /// One tensor; the error names the bundle, the key, and what the namespace does hold.
+    pub fn get(&self, ns: Namespace, name: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(&ns)
+            .and_then(|m| m.get(name))
+            .ok_or_else(|| {
+                let held: Vec<&str> = self.names(ns).take(8).collect();
+                let held = if held.is_empty() {
+                    "it holds none".to_string()
+                } else {
+                    format!("it holds {}", held.join(", "))
+                };
+                Error::file(&self.origin, format!("bundle has no `{ns}{name}` ({held})"))
+            })
+    }
+
+    pub fn param(&self, name: &str) -> Result<&Tensor> {
+        self.get(Namespace::Param, name)
+    }
+
+    pub fn input(&self, name: &str) -> Result<&Tensor> {
+        self.get(Namespace::Input, name)
+    }
+
+    pub fn output(&self, name: &str) -> Result<&Tensor> {
+        self.get(Namespace::Output, name)
+    }
+
+    pub fn activation(&self, path: &str) -> Result<&Tensor> {
+        self.get(Namespace::Activation, path)
+    }
+
+    pub fn param_grad(&self, name: &str) -> Result<&Tensor> {
+        self.get(Namespace::ParamGrad, name)
+    }
+
+    pub fn input_grad(&self, name: &str) -> Result<&Tensor> {
+        self.get(Namespace::InputGrad, name)
+    }
+
+    pub fn output_grad(&self, name: &str) -> Result<&Tensor> {
+        self.get(Namespace::OutputGrad, name)
+    }
+
+    /// Activations in execution order.
+    pub fn activations(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.metadata.activations.iter().filter_map(|name| {
+            let tensor = self.tensors.get(&Namespace::Activation)?.get(name)?;
+            Some((name.as_str(), tensor))
+        })
+    }
+}

@@ -1,0 +1,28 @@
+use std::path::{Path, PathBuf};
+
+use crate::weight_map::LoadReport;
+
+/// Everything that can go wrong reading reference data or loading weights.
+/// Each message names the file and, where there is one, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file that cannot be read, is not valid safetensors, or is not a valid bundle.
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// Weights that do not fit the model: every problem, listed together.
+    #[error("{0}")]
+    Load(Box<LoadReport>),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub fn file(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        Error::File {
+            path: path.as_ref().to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

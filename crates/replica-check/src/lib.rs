@@ -1,0 +1,34 @@
+//! The parity harness: does a reimplementation compute what the reference computes?
+//!
+//! - [`Tolerance`] and [`compare`]: the `torch.testing.assert_close` rule, with
+//!   statistics that say where and by how much two tensors differ.
+//! - [`Approx`], [`assert_close`] and [`assert_tensor_close!`]: the same in tests.
+//! - [`Bundle`]: reference tensors dumped from PyTorch (`docs/bundle-format.md`).
+//! - [`WeightMap`]: a reference checkpoint's tensors into a candle `VarBuilder`,
+//!   strictly.
+//! - [`trace`] and [`compare_trace`]: per-module activations, and the first module
+//!   that diverges.
+
+mod approx_eq;
+mod assert;
+pub mod bundle;
+mod compare;
+mod error;
+mod float_json;
+pub mod report;
+pub mod table;
+pub mod tensor_file;
+mod tolerance;
+pub mod trace;
+pub mod weight_map;
+
+pub use approx_eq::Approx;
+pub use assert::{assert_close, check_close};
+pub use bundle::{Bundle, BundleMetadata, Namespace, Producer, FORMAT_VERSION};
+pub use compare::{compare, compare_default, Comparison, Element, Extreme, NonFinite};
+pub use error::{Error, Result};
+pub use report::{compare_trace, Report, ReportRow, TraceReport, TraceRow};
+pub use tensor_file::{read_safetensors, write_safetensors, TensorFile};
+pub use tolerance::Tolerance;
+pub use trace::{tap, tap_tuple, Trace};
+pub use weight_map::{LoadReport, MappedWeights, ShapeMismatch, WeightMap};

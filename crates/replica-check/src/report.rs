@@ -1,0 +1,262 @@
+//! Reports: many named comparisons in one table, and module-by-module trace
+//! comparisons that name the first module to diverge.
+
+use std::fmt;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{Bundle, Namespace};
+use crate::table::Table;
+use crate::trace::Trace;
+use crate::{compare, Comparison, Tolerance};
+
+/// A comparison with the name of what was compared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReportRow {
+    pub name: String,
+    pub comparison: Comparison,
+}
+
+/// Named comparisons, shown as one table followed by the details of each failure.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub title: String,
+    pub rows: Vec<ReportRow>,
+}
+
+impl Report {
+    pub fn new(title: impl Into<String>) -> Self {
+        Self {
+            title: title.into(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, name: impl Into<String>, comparison: Comparison) {
+        self.rows.push(ReportRow {
+            name: name.into(),
+            comparison,
+        });
+    }
+
+    /// Compares `actual` with the bundle tensor `ns`/`name`; a missing reference
+    /// tensor becomes a failed row rather than an error.
+    pub fn check(
+        &mut self,
+        bundle: &Bundle,
+        ns: Namespace,
+        name: &str,
+        actual: &Tensor,
+        tolerance: Tolerance,
+    ) {
+        let label = format!("{ns}{name}");
+        match bundle.get(ns, name) {
+            Ok(expected) => self.push(label, compare(actual, expected, tolerance)),
+            Err(err) => self.push(
+                label,
+                missing_reference(actual, &err.to_string(), tolerance),
+            ),
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.rows.iter().all(|r| r.comparison.passed())
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = &ReportRow> {
+        self.rows.iter().filter(|r| !r.comparison.passed())
+    }
+
+    pub fn table(&self) -> Table {
+        let mut table = Table::new(&[
+            "tensor",
+            "shape",
+            "max abs diff",
+            "max rel diff",
+            "cosine",
+            "verdict",
+        ]);
+        for row in &self.rows {
+            table.push(comparison_cells(&row.name, &row.comparison));
+        }
+        table
+    }
+}
+
+fn missing_reference(actual: &Tensor, why: &str, tolerance: Tolerance) -> Comparison {
+    let mut comparison = compare(actual, actual, tolerance);
+    comparison.incompatible = Some(why.to_string());
+    comparison.max_abs_diff = None;
+    comparison.max_rel_diff = None;
+    comparison.cosine = None;
+    comparison
+}
+
+fn comparison_cells(name: &str, c: &Comparison) -> Vec<String> {
+    let verdict = if c.passed() {
+        "ok".to_string()
+    } else if c.incompatible.is_some() {
+        "FAIL (incompatible)".to_string()
+    } else {
+        format!("FAIL ({}/{})", c.mismatched, c.elements)
+    };
+    vec![
+        name.to_string(),
+        format!("{:?}", c.expected_shape),
+        format!("{:.2e}", c.worst_abs()),
+        format!("{:.2e}", c.worst_rel()),
+        c.cosine.map_or("-".into(), |v| format!("{v:.7}")),
+        verdict,
+    ]
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.title.is_empty() {
+            writeln!(f, "{}", self.title)?;
+        }
+        write!(f, "{}", self.table())?;
+        let failed = self.failures().count();
+        writeln!(
+            f,
+            "{} of {} tensors match.",
+            self.rows.len() - failed,
+            self.rows.len()
+        )?;
+        for row in self.failures() {
+            writeln!(f, "\n{}: {}", row.name, row.comparison)?;
+        }
+        Ok(())
+    }
+}
+
+/// One module of a trace comparison.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceRow {
+    /// The activation name (module path).
+    pub path: String,
+    pub shape: Vec<usize>,
+    /// `None` when the reference has no activation of that name.
+    pub comparison: Option<Comparison>,
+}
+
+/// A recorded trace compared with a bundle's activations, module by module.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceReport {
+    /// One row per recorded activation, in the order the Rust forward pass ran.
+    pub rows: Vec<TraceRow>,
+    /// The first module, in execution order, whose activation fails.
+    pub first_divergence: Option<String>,
+    /// Activations the reference has and the trace never recorded.
+    pub not_recorded: Vec<String>,
+}
+
+/// Compares every recorded activation with the bundle's activation of the same
+/// name, in execution order, and names the first that fails.
+pub fn compare_trace(trace: &Trace, bundle: &Bundle, tolerance: Tolerance) -> TraceReport {
+    let rows: Vec<TraceRow> = trace
+        .entries
+        .iter()
+        .map(|entry| TraceRow {
+            path: entry.name.clone(),
+            shape: entry.tensor.dims().to_vec(),
+            comparison: bundle
+                .get(Namespace::Activation, &entry.name)
+                .ok()
+                .map(|expected| compare(&entry.tensor, expected, tolerance)),
+        })
+        .collect();
+    let first_divergence = rows
+        .iter()
+        .find(|row| row.comparison.as_ref().is_some_and(|c| !c.passed()))
+        .map(|row| row.path.clone());
+    let not_recorded = bundle
+        .activations()
+        .map(|(name, _)| name)
+        .filter(|name| trace.get(name).is_none())
+        .map(str::to_string)
+        .collect();
+    TraceReport {
+        rows,
+        first_divergence,
+        not_recorded,
+    }
+}
+
+impl TraceReport {
+    pub fn passed(&self) -> bool {
+        self.first_divergence.is_none()
+    }
+
+    /// How many recorded activations had a reference to compare with.
+    pub fn compared(&self) -> usize {
+        self.rows.iter().filter(|r| r.comparison.is_some()).count()
+    }
+
+    /// The row of the first divergent module.
+    pub fn first_failure(&self) -> Option<&TraceRow> {
+        let path = self.first_divergence.as_ref()?;
+        self.rows.iter().find(|r| &r.path == path)
+    }
+
+    pub fn table(&self) -> Table {
+        let mut table = Table::new(&[
+            "#",
+            "module",
+            "shape",
+            "max abs diff",
+            "max rel diff",
+            "cosine",
+            "verdict",
+        ]);
+        for (i, row) in self.rows.iter().enumerate() {
+            let mut cells = match &row.comparison {
+                Some(c) => comparison_cells(&row.path, c),
+                None => vec![
+                    row.path.clone(),
+                    format!("{:?}", row.shape),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "no reference".into(),
+                ],
+            };
+            if self.first_divergence.as_deref() == Some(row.path.as_str()) {
+                cells[5].push_str("  <- first divergence");
+            }
+            cells.insert(0, (i + 1).to_string());
+            table.push(cells);
+        }
+        table
+    }
+}
+
+impl fmt::Display for TraceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.table())?;
+        writeln!(
+            f,
+            "{} modules recorded, {} compared with the reference.",
+            self.rows.len(),
+            self.compared()
+        )?;
+        if !self.not_recorded.is_empty() {
+            writeln!(
+                f,
+                "The reference has activations the trace never recorded: {}",
+                self.not_recorded.join(", ")
+            )?;
+        }
+        match self.first_failure() {
+            Some(row) => {
+                let comparison = row
+                    .comparison
+                    .as_ref()
+                    .expect("a failed row has a comparison");
+                write!(f, "First divergent module: `{}`\n{}", row.path, comparison)
+            }
+            None => write!(f, "No module diverges."),
+        }
+    }
+}

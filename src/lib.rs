@@ -1,0 +1,1 @@
+pub use replica_check as check;
