@@ -1,1 +1,14 @@
+//! replica: reimplement machine-learning papers on candle and prove the
+//! reimplementation computes what the reference code computes.
+//!
+//! This facade re-exports the workspace crates:
+//! - [`check`]: the parity harness (tolerances, comparisons, reference bundles,
+//!   weight maps, activation traces).
+//!
+//! [`candle_ops`] is the built-in suite so far: candle's own operations checked
+//! against PyTorch fixtures, forward and backward.
+
 pub use replica_check as check;
+
+pub mod candle_ops;
+pub mod suite;

@@ -140,9 +140,11 @@ impl BundleMetadata {
         // Check the version first: a future version may have other fields entirely.
         match fields.get("format_version").and_then(Value::as_u64) {
             Some(FORMAT_VERSION) => {}
-            Some(other) => return Err(format!(
+            Some(other) => {
+                return Err(format!(
                 "unknown bundle format_version {other} (this build reads version {FORMAT_VERSION})"
-            )),
+            ))
+            }
             None => return Err("metadata has no integer `format_version`".into()),
         }
         serde_json::from_value(Value::Object(fields))

@@ -156,7 +156,9 @@ fn fill_statistics(c: &mut Comparison, actual: &[f64], expected: &[f64]) {
         actual: actual[i],
         expected: expected[i],
     };
-    let (mut worst_abs, mut worst_rel): (Option<(f64, usize)>, Option<(f64, usize)>) = (None, None);
+    // (value, flat index) of the greatest absolute and relative differences.
+    let mut worst_abs: Option<(f64, usize)> = None;
+    let mut worst_rel = worst_abs;
     let (mut sum_abs, mut sum_sq, mut finite_pairs) = (0.0, 0.0, 0usize);
     let (mut dot, mut norm_a, mut norm_e) = (0.0, 0.0, 0.0);
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {

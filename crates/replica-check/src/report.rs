@@ -50,7 +50,19 @@ impl Report {
         actual: &Tensor,
         tolerance: Tolerance,
     ) {
-        let label = format!("{ns}{name}");
+        self.check_as(format!("{ns}{name}"), bundle, ns, name, actual, tolerance);
+    }
+
+    /// [`check`](Self::check) with the row labelled `label`.
+    pub fn check_as(
+        &mut self,
+        label: String,
+        bundle: &Bundle,
+        ns: Namespace,
+        name: &str,
+        actual: &Tensor,
+        tolerance: Tolerance,
+    ) {
         match bundle.get(ns, name) {
             Ok(expected) => self.push(label, compare(actual, expected, tolerance)),
             Err(err) => self.push(
@@ -109,6 +121,38 @@ fn comparison_cells(name: &str, c: &Comparison) -> Vec<String> {
         c.cosine.map_or("-".into(), |v| format!("{v:.7}")),
         verdict,
     ]
+}
+
+/// One line per report: tensors checked, the worst differences, the lowest cosine, the verdict.
+pub fn summary_table(reports: &[Report]) -> Table {
+    let mut table = Table::new(&[
+        "case",
+        "tensors",
+        "max abs diff",
+        "max rel diff",
+        "min cosine",
+        "verdict",
+    ]);
+    for report in reports {
+        let comparisons = || report.rows.iter().map(|r| &r.comparison);
+        let worst_abs = comparisons().map(Comparison::worst_abs).fold(0.0, f64::max);
+        let worst_rel = comparisons().map(Comparison::worst_rel).fold(0.0, f64::max);
+        let min_cosine = comparisons().filter_map(|c| c.cosine).reduce(f64::min);
+        let failed = report.failures().count();
+        table.push(vec![
+            report.title.clone(),
+            report.rows.len().to_string(),
+            format!("{worst_abs:.2e}"),
+            format!("{worst_rel:.2e}"),
+            min_cosine.map_or("-".into(), |v| format!("{v:.7}")),
+            if failed == 0 {
+                "ok".into()
+            } else {
+                format!("FAIL ({failed} tensors)")
+            },
+        ]);
+    }
+    table
 }
 
 impl fmt::Display for Report {

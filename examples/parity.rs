@@ -1,0 +1,36 @@
+//! Checks candle's own operations against the committed PyTorch fixtures and
+//! prints one line per case, then the details of any failure.
+//!
+//!     cargo run --example parity
+//!
+//! Exits with 1 when a case fails, 2 when a fixture cannot be read.
+
+use std::process::ExitCode;
+
+use replica::check::summary_table;
+
+fn main() -> ExitCode {
+    let mut reports = Vec::new();
+    for case in replica::candle_ops::cases() {
+        match case.run() {
+            Ok(report) => reports.push(report),
+            Err(err) => {
+                eprintln!("error: {}: {err}", case.name);
+                return ExitCode::from(2);
+            }
+        }
+    }
+    println!("candle ops against PyTorch ({} cases)\n", reports.len());
+    print!("{}", summary_table(&reports));
+    let failed: Vec<_> = reports.iter().filter(|r| !r.passed()).collect();
+    for report in &failed {
+        println!("\n{report}");
+    }
+    if failed.is_empty() {
+        println!("\nAll {} cases match their references.", reports.len());
+        ExitCode::SUCCESS
+    } else {
+        println!("\n{} of {} cases fail.", failed.len(), reports.len());
+        ExitCode::FAILURE
+    }
+}
