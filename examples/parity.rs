@@ -11,8 +11,9 @@ use replica::check::summary_table;
 
 fn main() -> ExitCode {
     let mut reports = Vec::new();
-    for case in replica::candle_ops::cases() {
-        match case.run() {
+    let fixtures = replica::suite::fixtures_dir();
+    for case in replica::suite::builtin() {
+        match case.run(&fixtures, &candle_core::Device::Cpu) {
             Ok(report) => reports.push(report),
             Err(err) => {
                 eprintln!("error: {}: {err}", case.name);

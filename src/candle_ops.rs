@@ -10,7 +10,7 @@ use replica_check::{
     compare_trace, trace, Bundle, Namespace, Parity, Report, Result, Tolerance, WeightMap,
 };
 
-use crate::suite::Case;
+use replica_check::Case;
 
 /// Every case of this module.
 pub fn cases() -> Vec<Case> {
@@ -18,54 +18,63 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "linear",
             reference: "torch.nn.Linear",
+            paper: None,
             fixture: "linear",
             run: linear,
         },
         Case {
             name: "layer_norm",
             reference: "torch.nn.LayerNorm",
+            paper: None,
             fixture: "layer_norm",
             run: layer_norm,
         },
         Case {
             name: "layer_norm (f16)",
             reference: "torch.nn.LayerNorm",
+            paper: None,
             fixture: "layer_norm_f16",
             run: layer_norm_forward,
         },
         Case {
             name: "layer_norm (bf16)",
             reference: "torch.nn.LayerNorm",
+            paper: None,
             fixture: "layer_norm_bf16",
             run: layer_norm_forward,
         },
         Case {
             name: "softmax",
             reference: "torch.nn.Softmax",
+            paper: None,
             fixture: "softmax",
             run: softmax,
         },
         Case {
             name: "gelu (erf)",
             reference: "torch.nn.GELU",
+            paper: None,
             fixture: "gelu_erf",
             run: gelu_erf,
         },
         Case {
             name: "gelu (tanh)",
             reference: "torch.nn.GELU(approximate='tanh')",
+            paper: None,
             fixture: "gelu_tanh",
             run: gelu_tanh,
         },
         Case {
             name: "multi-head attention",
             reference: "torch.nn.MultiheadAttention",
+            paper: None,
             fixture: "multihead_attention",
             run: multihead_attention,
         },
         Case {
             name: "two-layer MLP (traced)",
             reference: "torch.nn.Sequential",
+            paper: None,
             fixture: "two_layer_mlp",
             run: two_layer_mlp,
         },

@@ -21,7 +21,7 @@ fn fixture(stem: &str) -> Bundle {
 fn every_case_matches_its_torch_reference() {
     for case in cases() {
         let report = case
-            .run()
+            .run(&fixtures_dir(), &Device::Cpu)
             .unwrap_or_else(|err| panic!("{}: {err}", case.name));
         assert!(report.passed(), "{report}");
         assert!(
@@ -35,13 +35,13 @@ fn every_case_matches_its_torch_reference() {
 #[test]
 fn every_fixture_carries_gradients_where_the_case_checks_them() {
     for case in cases() {
-        let report = case.run().unwrap();
+        let report = case.run(&fixtures_dir(), &Device::Cpu).unwrap();
         let grads = report
             .rows
             .iter()
             .filter(|r| r.name.starts_with("grad/"))
             .count();
-        let bundle = Bundle::load(case.fixture_path(), &Device::Cpu).unwrap();
+        let bundle = Bundle::load(case.fixture_path(&fixtures_dir()), &Device::Cpu).unwrap();
         let stored =
             bundle.names(Namespace::ParamGrad).count() + bundle.names(Namespace::InputGrad).count();
         assert_eq!(

@@ -18,6 +18,7 @@ mod float_json;
 mod gradients;
 mod parity;
 pub mod report;
+pub mod suite;
 pub mod table;
 pub mod tensor_file;
 mod tolerance;
@@ -31,6 +32,7 @@ pub use compare::{compare, compare_default, Comparison, Element, Extreme, NonFin
 pub use error::{Error, Result};
 pub use parity::Parity;
 pub use report::{compare_trace, summary_table, Report, ReportRow, TraceReport, TraceRow};
+pub use suite::Case;
 pub use tensor_file::{read_safetensors, write_safetensors, TensorFile};
 pub use tolerance::Tolerance;
 pub use trace::{tap, tap_tuple, Trace};
