@@ -6,9 +6,7 @@
 
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
-use replica_check::{
-    compare_trace, trace, Bundle, Namespace, Parity, Report, Result, Tolerance, WeightMap,
-};
+use replica_check::{compare_trace, trace, Bundle, Namespace, Parity, Report, Result, Tolerance, WeightMap};
 
 use replica_check::Case;
 
@@ -30,14 +28,14 @@ pub fn cases() -> Vec<Case> {
             run: layer_norm,
         },
         Case {
-            name: "layer_norm (f16)",
+            name: "layer_norm_f16",
             reference: "torch.nn.LayerNorm",
             paper: None,
             fixture: "layer_norm_f16",
             run: layer_norm_forward,
         },
         Case {
-            name: "layer_norm (bf16)",
+            name: "layer_norm_bf16",
             reference: "torch.nn.LayerNorm",
             paper: None,
             fixture: "layer_norm_bf16",
@@ -51,28 +49,28 @@ pub fn cases() -> Vec<Case> {
             run: softmax,
         },
         Case {
-            name: "gelu (erf)",
+            name: "gelu_erf",
             reference: "torch.nn.GELU",
             paper: None,
             fixture: "gelu_erf",
             run: gelu_erf,
         },
         Case {
-            name: "gelu (tanh)",
+            name: "gelu_tanh",
             reference: "torch.nn.GELU(approximate='tanh')",
             paper: None,
             fixture: "gelu_tanh",
             run: gelu_tanh,
         },
         Case {
-            name: "multi-head attention",
+            name: "multihead_attention",
             reference: "torch.nn.MultiheadAttention",
             paper: None,
             fixture: "multihead_attention",
             run: multihead_attention,
         },
         Case {
-            name: "two-layer MLP (traced)",
+            name: "two_layer_mlp",
             reference: "torch.nn.Sequential",
             paper: None,
             fixture: "two_layer_mlp",
@@ -96,12 +94,7 @@ fn layer_norm_eps(bundle: &Bundle) -> f64 {
 
 /// LayerNorm from differentiable ops: (x - mean) / sqrt(var + eps) * weight + bias,
 /// with the biased variance PyTorch uses.
-fn composed_layer_norm(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    eps: f64,
-) -> candle_core::Result<Tensor> {
+fn composed_layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
     let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = centred.broadcast_div(&(variance + eps)?.sqrt()?)?;
@@ -163,11 +156,9 @@ fn gelu_tanh(bundle: &Bundle) -> Result<Report> {
 fn multihead_attention(bundle: &Bundle) -> Result<Report> {
     let mut run = Parity::new(bundle)?;
     let heads = bundle.metadata().config["num_heads"].as_u64().unwrap_or(1) as usize;
-    let map = WeightMap::new().rename(r"^attn\.", "").split(
-        r"^in_proj_(weight|bias)$",
-        0,
-        &["q.$1", "k.$1", "v.$1"],
-    );
+    let map = WeightMap::new()
+        .rename(r"^attn\.", "")
+        .split(r"^in_proj_(weight|bias)$", 0, &["q.$1", "k.$1", "v.$1"]);
     let weights = map.apply(run.params().clone(), bundle.origin())?;
     let attention = weights.build(DType::F32, &candle_core::Device::Cpu, |vb| {
         SelfAttention::new(vb, heads)
@@ -213,10 +204,7 @@ impl SelfAttention {
         let v = split_heads(self.v.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let mixed = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((batch, len, dim))?;
+        let mixed = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, len, dim))?;
         Ok((self.out.forward(&mixed)?, probs))
     }
 }

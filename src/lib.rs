@@ -3,11 +3,13 @@
 //!
 //! This facade re-exports the workspace crates:
 //! - [`check`]: the parity harness (tolerances, comparisons, reference bundles,
-//!   weight maps, activation traces).
+//!   weight maps, activation traces);
+//! - [`blocks`]: transformer building blocks, each citing its paper.
 //!
 //! [`candle_ops`] is the built-in suite so far: candle's own operations checked
 //! against PyTorch fixtures, forward and backward.
 
+pub use replica_blocks as blocks;
 pub use replica_check as check;
 
 pub mod candle_ops;

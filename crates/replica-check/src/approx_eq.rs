@@ -15,13 +15,7 @@ pub struct Approx(pub Tensor);
 
 impl Approx {
     fn values(&self) -> Option<Vec<f64>> {
-        self.0
-            .flatten_all()
-            .ok()?
-            .to_dtype(DType::F64)
-            .ok()?
-            .to_vec1()
-            .ok()
+        self.0.flatten_all().ok()?.to_dtype(DType::F64).ok()?.to_vec1().ok()
     }
 
     fn all_pairs(&self, other: &Self, ok: impl Fn(f64, f64) -> bool) -> bool {
@@ -40,11 +34,7 @@ impl fmt::Debug for Approx {
         const SHOWN: usize = 8;
         write!(f, "Tensor[{:?}, {:?}]", self.0.dims(), self.0.dtype())?;
         if let Some(values) = self.values() {
-            let head: Vec<String> = values
-                .iter()
-                .take(SHOWN)
-                .map(|v| format!("{v:e}"))
-                .collect();
+            let head: Vec<String> = values.iter().take(SHOWN).map(|v| format!("{v:e}")).collect();
             let more = if values.len() > SHOWN { ", ..." } else { "" };
             write!(f, " [{}{more}]", head.join(", "))?;
         }

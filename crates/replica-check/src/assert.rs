@@ -5,11 +5,7 @@ use candle_core::Tensor;
 use crate::{compare, Comparison, Tolerance};
 
 /// `Ok` when `actual` is close to `expected`, else the failed comparison (boxed: it is large).
-pub fn check_close(
-    actual: &Tensor,
-    expected: &Tensor,
-    tolerance: Tolerance,
-) -> Result<Comparison, Box<Comparison>> {
+pub fn check_close(actual: &Tensor, expected: &Tensor, tolerance: Tolerance) -> Result<Comparison, Box<Comparison>> {
     let comparison = compare(actual, expected, tolerance);
     if comparison.passed() {
         Ok(comparison)

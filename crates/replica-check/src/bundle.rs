@@ -108,11 +108,7 @@ pub struct BundleMetadata {
 
 impl BundleMetadata {
     /// Metadata for a component produced by `producer` (`name`, `version`).
-    pub fn new(
-        component: impl Into<String>,
-        producer: (&str, &str),
-        dtype: impl Into<String>,
-    ) -> Self {
+    pub fn new(component: impl Into<String>, producer: (&str, &str), dtype: impl Into<String>) -> Self {
         Self {
             format_version: FORMAT_VERSION,
             component: component.into(),
@@ -132,8 +128,8 @@ impl BundleMetadata {
     }
 
     fn from_json(text: &str) -> std::result::Result<Self, String> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|err| format!("metadata `{METADATA_KEY}` is not JSON: {err}"))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|err| format!("metadata `{METADATA_KEY}` is not JSON: {err}"))?;
         let Value::Object(fields) = value else {
             return Err(format!("metadata `{METADATA_KEY}` is not a JSON object"));
         };
@@ -142,13 +138,12 @@ impl BundleMetadata {
             Some(FORMAT_VERSION) => {}
             Some(other) => {
                 return Err(format!(
-                "unknown bundle format_version {other} (this build reads version {FORMAT_VERSION})"
-            ))
+                    "unknown bundle format_version {other} (this build reads version {FORMAT_VERSION})"
+                ))
             }
             None => return Err("metadata has no integer `format_version`".into()),
         }
-        serde_json::from_value(Value::Object(fields))
-            .map_err(|err| format!("metadata `{METADATA_KEY}`: {err}"))
+        serde_json::from_value(Value::Object(fields)).map_err(|err| format!("metadata `{METADATA_KEY}`: {err}"))
     }
 
     fn to_json(&self) -> String {
@@ -200,11 +195,7 @@ impl Bundle {
                     Namespace::ALL.map(Namespace::prefix).join(", ")
                 ))
             })?;
-            bundle
-                .tensors
-                .entry(ns)
-                .or_default()
-                .insert(name.to_string(), tensor);
+            bundle.tensors.entry(ns).or_default().insert(name.to_string(), tensor);
         }
         bundle.validate().map_err(fail)?;
         Ok(bundle)
@@ -213,12 +204,7 @@ impl Bundle {
     /// Checks that the name lists in the metadata agree with the tensors.
     fn validate(&self) -> std::result::Result<(), String> {
         let lists = [
-            (
-                Namespace::Activation,
-                "activations",
-                &self.metadata.activations,
-                true,
-            ),
+            (Namespace::Activation, "activations", &self.metadata.activations, true),
             (Namespace::Input, "inputs", &self.metadata.inputs, false),
             (Namespace::Output, "outputs", &self.metadata.outputs, false),
         ];
@@ -238,9 +224,7 @@ impl Bundle {
                 }
             }
             if let Some(name) = self.names(ns).find(|name| !seen.contains_key(name)) {
-                return Err(format!(
-                    "tensor `{ns}{name}` is not listed in metadata `{field}`"
-                ));
+                return Err(format!("tensor `{ns}{name}` is not listed in metadata `{field}`"));
             }
         }
         Ok(())
@@ -249,20 +233,14 @@ impl Bundle {
     /// Writes the bundle; an existing file is replaced only when `overwrite` is set.
     pub fn save(&self, path: impl AsRef<Path>, overwrite: bool) -> Result<()> {
         let path = path.as_ref();
-        self.validate()
-            .map_err(|message| Error::file(path, message))?;
+        self.validate().map_err(|message| Error::file(path, message))?;
         let keys: Vec<(String, &Tensor)> = self
             .tensors
             .iter()
             .flat_map(|(ns, map)| map.iter().map(move |(name, t)| (format!("{ns}{name}"), t)))
             .collect();
         let metadata = HashMap::from([(METADATA_KEY.to_string(), self.metadata.to_json())]);
-        write_safetensors(
-            path,
-            keys.iter().map(|(k, t)| (k.as_str(), *t)),
-            metadata,
-            overwrite,
-        )
+        write_safetensors(path, keys.iter().map(|(k, t)| (k.as_str(), *t)), metadata, overwrite)
     }
 
     /// Adds a tensor. Activations, inputs and outputs are appended to the
@@ -311,18 +289,15 @@ impl Bundle {
 
     /// One tensor; the error names the bundle, the key, and what the namespace does hold.
     pub fn get(&self, ns: Namespace, name: &str) -> Result<&Tensor> {
-        self.tensors
-            .get(&ns)
-            .and_then(|m| m.get(name))
-            .ok_or_else(|| {
-                let held: Vec<&str> = self.names(ns).take(8).collect();
-                let held = if held.is_empty() {
-                    "it holds none".to_string()
-                } else {
-                    format!("it holds {}", held.join(", "))
-                };
-                Error::file(&self.origin, format!("bundle has no `{ns}{name}` ({held})"))
-            })
+        self.tensors.get(&ns).and_then(|m| m.get(name)).ok_or_else(|| {
+            let held: Vec<&str> = self.names(ns).take(8).collect();
+            let held = if held.is_empty() {
+                "it holds none".to_string()
+            } else {
+                format!("it holds {}", held.join(", "))
+            };
+            Error::file(&self.origin, format!("bundle has no `{ns}{name}` ({held})"))
+        })
     }
 
     pub fn param(&self, name: &str) -> Result<&Tensor> {

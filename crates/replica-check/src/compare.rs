@@ -188,14 +188,8 @@ fn fill_statistics(c: &mut Comparison, actual: &[f64], expected: &[f64]) {
         norm_a += a * a;
         norm_e += e * e;
     }
-    c.max_abs_diff = worst_abs.map(|(value, i)| Extreme {
-        value,
-        at: element(i),
-    });
-    c.max_rel_diff = worst_rel.map(|(value, i)| Extreme {
-        value,
-        at: element(i),
-    });
+    c.max_abs_diff = worst_abs.map(|(value, i)| Extreme { value, at: element(i) });
+    c.max_rel_diff = worst_rel.map(|(value, i)| Extreme { value, at: element(i) });
     if finite_pairs > 0 {
         c.mean_abs_error = sum_abs / finite_pairs as f64;
         c.rms_error = (sum_sq / finite_pairs as f64).sqrt();

@@ -34,9 +34,7 @@ pub struct Parity<'a> {
     report: Report,
 }
 
-fn split_trainable(
-    tensors: BTreeMap<String, Tensor>,
-) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, Var>)> {
+fn split_trainable(tensors: BTreeMap<String, Tensor>) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, Var>)> {
     let mut vars = BTreeMap::new();
     let mut plain = BTreeMap::new();
     for (name, tensor) in tensors {
@@ -73,8 +71,7 @@ impl<'a> Parity<'a> {
     }
 
     fn tolerance_for(&self, dtype: DType) -> Tolerance {
-        self.tolerance
-            .unwrap_or_else(|| Tolerance::for_dtype(dtype))
+        self.tolerance.unwrap_or_else(|| Tolerance::for_dtype(dtype))
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -107,20 +104,11 @@ impl<'a> Parity<'a> {
     /// the same outputs; its rows are labelled `output/<name> [variant]`.
     pub fn check_outputs_of(&mut self, variant: &str, outputs: &[(&str, &Tensor)]) {
         for (name, actual) in outputs {
-            let dtype = self
-                .bundle
-                .output(name)
-                .map_or(actual.dtype(), |t| t.dtype());
+            let dtype = self.bundle.output(name).map_or(actual.dtype(), |t| t.dtype());
             let label = format!("{}{name} [{variant}]", Namespace::Output);
             let tolerance = self.tolerance_for(dtype);
-            self.report.check_as(
-                label,
-                self.bundle,
-                Namespace::Output,
-                name,
-                actual,
-                tolerance,
-            );
+            self.report
+                .check_as(label, self.bundle, Namespace::Output, name, actual, tolerance);
         }
     }
 
@@ -131,10 +119,7 @@ impl<'a> Parity<'a> {
 
     fn check(&mut self, ns: Namespace, tensors: &[(&str, &Tensor)]) {
         for (name, actual) in tensors {
-            let dtype = self
-                .bundle
-                .get(ns, name)
-                .map_or(actual.dtype(), |t| t.dtype());
+            let dtype = self.bundle.get(ns, name).map_or(actual.dtype(), |t| t.dtype());
             let tolerance = self.tolerance_for(dtype);
             self.report.check(self.bundle, ns, name, actual, tolerance);
         }
@@ -145,20 +130,8 @@ impl<'a> Parity<'a> {
     pub fn check_backward(&mut self, outputs: &[(&str, &Tensor)]) -> Result<()> {
         let grads = self.bundle.upstream_loss(outputs)?.backward()?;
         let report = &mut self.report;
-        report.check_gradients(
-            self.bundle,
-            &grads,
-            Namespace::Param,
-            &self.param_vars,
-            self.tolerance,
-        )?;
-        report.check_gradients(
-            self.bundle,
-            &grads,
-            Namespace::Input,
-            &self.input_vars,
-            self.tolerance,
-        )
+        report.check_gradients(self.bundle, &grads, Namespace::Param, &self.param_vars, self.tolerance)?;
+        report.check_gradients(self.bundle, &grads, Namespace::Input, &self.input_vars, self.tolerance)
     }
 
     /// Adds rows compared elsewhere (a trace, a second implementation of the same output).

@@ -42,14 +42,7 @@ impl Report {
 
     /// Compares `actual` with the bundle tensor `ns`/`name`; a missing reference
     /// tensor becomes a failed row rather than an error.
-    pub fn check(
-        &mut self,
-        bundle: &Bundle,
-        ns: Namespace,
-        name: &str,
-        actual: &Tensor,
-        tolerance: Tolerance,
-    ) {
+    pub fn check(&mut self, bundle: &Bundle, ns: Namespace, name: &str, actual: &Tensor, tolerance: Tolerance) {
         self.check_as(format!("{ns}{name}"), bundle, ns, name, actual, tolerance);
     }
 
@@ -65,10 +58,7 @@ impl Report {
     ) {
         match bundle.get(ns, name) {
             Ok(expected) => self.push(label, compare(actual, expected, tolerance)),
-            Err(err) => self.push(
-                label,
-                missing_reference(actual, &err.to_string(), tolerance),
-            ),
+            Err(err) => self.push(label, missing_reference(actual, &err.to_string(), tolerance)),
         }
     }
 
@@ -81,14 +71,7 @@ impl Report {
     }
 
     pub fn table(&self) -> Table {
-        let mut table = Table::new(&[
-            "tensor",
-            "shape",
-            "max abs diff",
-            "max rel diff",
-            "cosine",
-            "verdict",
-        ]);
+        let mut table = Table::new(&["tensor", "shape", "max abs diff", "max rel diff", "cosine", "verdict"]);
         for row in &self.rows {
             table.push(comparison_cells(&row.name, &row.comparison));
         }
@@ -162,12 +145,7 @@ impl fmt::Display for Report {
         }
         write!(f, "{}", self.table())?;
         let failed = self.failures().count();
-        writeln!(
-            f,
-            "{} of {} tensors match.",
-            self.rows.len() - failed,
-            self.rows.len()
-        )?;
+        writeln!(f, "{} of {} tensors match.", self.rows.len() - failed, self.rows.len())?;
         for row in self.failures() {
             writeln!(f, "\n{}: {}", row.name, row.comparison)?;
         }
@@ -294,10 +272,7 @@ impl fmt::Display for TraceReport {
         }
         match self.first_failure() {
             Some(row) => {
-                let comparison = row
-                    .comparison
-                    .as_ref()
-                    .expect("a failed row has a comparison");
+                let comparison = row.comparison.as_ref().expect("a failed row has a comparison");
                 write!(f, "First divergent module: `{}`\n{}", row.path, comparison)
             }
             None => write!(f, "No module diverges."),

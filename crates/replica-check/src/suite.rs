@@ -10,6 +10,7 @@ use crate::{Bundle, Report, Result};
 /// One check: a fixture and the function that runs the Rust side on it.
 #[derive(Clone, Copy, Debug)]
 pub struct Case {
+    /// A unique snake_case id, e.g. `rms_norm` or `attention_gqa`.
     pub name: &'static str,
     /// The reference implementation the fixture was made from.
     pub reference: &'static str,

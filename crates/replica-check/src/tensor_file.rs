@@ -38,10 +38,9 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 pub fn parse_safetensors(bytes: &[u8], origin: &Path, device: &Device) -> Result<TensorFile> {
     let fail = |message: String| Error::file(origin, message);
     check_layout(bytes).map_err(fail)?;
-    let parsed = SafeTensors::deserialize(bytes)
-        .map_err(|err| fail(format!("not a valid safetensors file: {err}")))?;
-    let (_, header) = SafeTensors::read_metadata(bytes)
-        .map_err(|err| fail(format!("not a valid safetensors file: {err}")))?;
+    let parsed = SafeTensors::deserialize(bytes).map_err(|err| fail(format!("not a valid safetensors file: {err}")))?;
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|err| fail(format!("not a valid safetensors file: {err}")))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in parsed.tensors() {
         let tensor = view.load(device).map_err(|err| {
@@ -77,18 +76,15 @@ fn check_layout(bytes: &[u8]) -> std::result::Result<(), String> {
         ));
     }
     let header_end = PREFIX + header_len as usize;
-    let header: Value = serde_json::from_slice(&bytes[PREFIX..header_end])
-        .map_err(|err| format!("header is not valid JSON: {err}"))?;
+    let header: Value =
+        serde_json::from_slice(&bytes[PREFIX..header_end]).map_err(|err| format!("header is not valid JSON: {err}"))?;
     let Value::Object(entries) = header else {
         return Err("header is not a JSON object".into());
     };
     let data_len = (bytes.len() - header_end) as u64;
     for (name, entry) in &entries {
         if name == "__metadata__" {
-            if !entry
-                .as_object()
-                .is_some_and(|m| m.values().all(Value::is_string))
-            {
+            if !entry.as_object().is_some_and(|m| m.values().all(Value::is_string)) {
                 return Err("`__metadata__` must map strings to strings".into());
             }
             continue;
@@ -102,21 +98,20 @@ fn check_entry(name: &str, entry: &Value, data_len: u64) -> std::result::Result<
     let _ = name;
     let field = |key: &str| entry.get(key).ok_or(format!("header entry has no `{key}`"));
     let dtype_value = field("dtype")?;
-    let dtype: Dtype = serde_json::from_value(dtype_value.clone())
-        .map_err(|_| format!("unknown dtype {dtype_value}"))?;
+    let dtype: Dtype =
+        serde_json::from_value(dtype_value.clone()).map_err(|_| format!("unknown dtype {dtype_value}"))?;
     let shape: Vec<u64> = serde_json::from_value(field("shape")?.clone()).map_err(|_| {
         format!(
             "shape {} is not a list of non-negative integers",
             field("shape").unwrap()
         )
     })?;
-    let offsets: [u64; 2] =
-        serde_json::from_value(field("data_offsets")?.clone()).map_err(|_| {
-            format!(
-                "data_offsets {} is not a pair of non-negative integers",
-                field("data_offsets").unwrap()
-            )
-        })?;
+    let offsets: [u64; 2] = serde_json::from_value(field("data_offsets")?.clone()).map_err(|_| {
+        format!(
+            "data_offsets {} is not a pair of non-negative integers",
+            field("data_offsets").unwrap()
+        )
+    })?;
     let [begin, end] = offsets;
     if begin > end || end > data_len {
         return Err(format!(
@@ -155,11 +150,8 @@ pub fn write_safetensors<'a>(
     for (name, tensor) in tensors {
         contiguous.push((name.to_string(), tensor.contiguous()?));
     }
-    let bytes = safetensors::serialize(
-        contiguous.iter().map(|(n, t)| (n.as_str(), t)),
-        Some(metadata),
-    )
-    .map_err(|err| fail(format!("cannot serialise: {err}")))?;
+    let bytes = safetensors::serialize(contiguous.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+        .map_err(|err| fail(format!("cannot serialise: {err}")))?;
     write_atomically(path, &bytes)
 }
 
@@ -174,7 +166,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .ok_or_else(|| fail("is not a file path".into()))?
         .to_string_lossy();
-    let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    // Unique per call, not only per process: two threads saving the same path
+    // must not share (and truncate) one temporary file.
+    static NEXT_TEMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = NEXT_TEMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = dir.join(format!(".{file_name}.{}.{serial}.tmp", std::process::id()));
     let result = std::fs::File::create(&temp)
         .and_then(|mut file| {
             file.write_all(bytes)?;

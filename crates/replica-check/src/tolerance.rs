@@ -96,14 +96,8 @@ mod tests {
     #[test]
     fn defaults_match_torch_testing() {
         assert_eq!(Tolerance::for_dtype(DType::F16), Tolerance::new(1e-3, 1e-5));
-        assert_eq!(
-            Tolerance::for_dtype(DType::BF16),
-            Tolerance::new(1.6e-2, 1e-5)
-        );
-        assert_eq!(
-            Tolerance::for_dtype(DType::F32),
-            Tolerance::new(1.3e-6, 1e-5)
-        );
+        assert_eq!(Tolerance::for_dtype(DType::BF16), Tolerance::new(1.6e-2, 1e-5));
+        assert_eq!(Tolerance::for_dtype(DType::F32), Tolerance::new(1.3e-6, 1e-5));
         assert_eq!(Tolerance::for_dtype(DType::F64), Tolerance::new(1e-7, 1e-7));
         assert_eq!(Tolerance::for_dtype(DType::I64), Tolerance::EXACT);
     }
@@ -142,10 +136,7 @@ mod tests {
     #[test]
     fn validate_rejects_negative_and_nan() {
         assert!(Tolerance::new(-1.0, 0.0).validate().is_err());
-        assert!(Tolerance::new(0.0, f64::NAN)
-            .validate()
-            .unwrap_err()
-            .contains("atol"));
+        assert!(Tolerance::new(0.0, f64::NAN).validate().unwrap_err().contains("atol"));
         assert!(Tolerance::default().validate().is_ok());
     }
 }

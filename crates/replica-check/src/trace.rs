@@ -28,10 +28,7 @@ pub struct Trace {
 
 impl Trace {
     pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.entries
-            .iter()
-            .find(|e| e.name == name)
-            .map(|e| &e.tensor)
+        self.entries.iter().find(|e| e.name == name).map(|e| &e.tensor)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -71,9 +68,10 @@ pub fn is_active() -> bool {
 }
 
 /// Records `tensor` as the output of the module at `path`, when a trace is active.
+/// The root module (path `""`) is not recorded: its output is the bundle's `output/`.
 #[inline]
 pub fn tap(path: &str, tensor: &Tensor) {
-    if is_active() {
+    if is_active() && !path.is_empty() {
         record_entries(path, std::slice::from_ref(tensor), false);
     }
 }
@@ -81,7 +79,7 @@ pub fn tap(path: &str, tensor: &Tensor) {
 /// Records the elements of a tuple output as `path:0`, `path:1`, ...
 #[inline]
 pub fn tap_tuple(path: &str, tensors: &[&Tensor]) {
-    if is_active() {
+    if is_active() && !path.is_empty() {
         let owned: Vec<Tensor> = tensors.iter().map(|t| (*t).clone()).collect();
         record_entries(path, &owned, true);
     }
@@ -93,11 +91,7 @@ fn record_entries(path: &str, tensors: &[Tensor], tuple: bool) {
         let mut trace = current.borrow_mut();
         let base = trace.call_name(path);
         for (i, tensor) in tensors.iter().enumerate() {
-            let name = if tuple {
-                format!("{base}:{i}")
-            } else {
-                base.clone()
-            };
+            let name = if tuple { format!("{base}:{i}") } else { base.clone() };
             trace.entries.push(TraceEntry {
                 name,
                 tensor: tensor.clone(),

@@ -61,9 +61,7 @@ impl WeightMap {
     fn with(mut self, pattern: &str, make: impl FnOnce(Regex) -> Rule) -> Self {
         match Regex::new(pattern) {
             Ok(regex) => self.rules.push(make(regex)),
-            Err(err) => self
-                .invalid
-                .push(format!("invalid pattern `{pattern}`: {err}")),
+            Err(err) => self.invalid.push(format!("invalid pattern `{pattern}`: {err}")),
         }
         self
     }
@@ -88,24 +86,13 @@ impl WeightMap {
     /// each replacement to the matched name (a fused QKV projection into Q, K, V).
     pub fn split(self, pattern: &str, dim: usize, parts: &[&str]) -> Self {
         let parts = parts.iter().map(|p| (p.to_string(), None)).collect();
-        self.with(pattern, |pattern| Rule::Split {
-            pattern,
-            dim,
-            parts,
-        })
+        self.with(pattern, |pattern| Rule::Split { pattern, dim, parts })
     }
 
     /// Like [`split`](Self::split), with the size of each part (GQA: Q larger than K and V).
     pub fn split_sized(self, pattern: &str, dim: usize, parts: &[(&str, usize)]) -> Self {
-        let parts = parts
-            .iter()
-            .map(|(p, n)| (p.to_string(), Some(*n)))
-            .collect();
-        self.with(pattern, |pattern| Rule::Split {
-            pattern,
-            dim,
-            parts,
-        })
+        let parts = parts.iter().map(|(p, n)| (p.to_string(), Some(*n))).collect();
+        self.with(pattern, |pattern| Rule::Split { pattern, dim, parts })
     }
 
     /// Converts floating-point tensors to `dtype` (integer buffers are left alone).
@@ -140,8 +127,7 @@ impl WeightMap {
             for rule in &self.rules {
                 let mut next = Vec::with_capacity(pending.len());
                 for (name, tensor) in pending {
-                    apply_rule(rule, name, tensor, &mut next)
-                        .map_err(|err| fail(format!("`{source_name}`: {err}")))?;
+                    apply_rule(rule, name, tensor, &mut next).map_err(|err| fail(format!("`{source_name}`: {err}")))?;
                 }
                 pending = next;
             }
@@ -184,32 +170,19 @@ fn apply_rule(
         }
         Rule::Transpose(pattern) if pattern.is_match(&name) => {
             if tensor.rank() != 2 {
-                return Err(format!(
-                    "transpose needs a 2-D tensor, got shape {:?}",
-                    tensor.dims()
-                ));
+                return Err(format!("transpose needs a 2-D tensor, got shape {:?}", tensor.dims()));
             }
             out.push((
                 name,
-                tensor
-                    .t()
-                    .and_then(|t| t.contiguous())
-                    .map_err(|e| e.to_string())?,
+                tensor.t().and_then(|t| t.contiguous()).map_err(|e| e.to_string())?,
             ));
         }
-        Rule::Split {
-            pattern,
-            dim,
-            parts,
-        } if pattern.is_match(&name) => {
+        Rule::Split { pattern, dim, parts } if pattern.is_match(&name) => {
             let dims = tensor.dims();
             let Some(&total) = dims.get(*dim) else {
-                return Err(format!(
-                    "split along dim {dim}, but the tensor has shape {dims:?}"
-                ));
+                return Err(format!("split along dim {dim}, but the tensor has shape {dims:?}"));
             };
-            let sizes: Vec<usize> = match parts.iter().map(|(_, n)| *n).collect::<Option<Vec<_>>>()
-            {
+            let sizes: Vec<usize> = match parts.iter().map(|(_, n)| *n).collect::<Option<Vec<_>>>() {
                 Some(sizes) => sizes,
                 None if total % parts.len() == 0 => vec![total / parts.len(); parts.len()],
                 None => {
@@ -226,9 +199,7 @@ fn apply_rule(
             }
             let mut start = 0;
             for ((replacement, _), size) in parts.iter().zip(sizes) {
-                let part = tensor
-                    .narrow(*dim, start, size)
-                    .and_then(|t| t.contiguous());
+                let part = tensor.narrow(*dim, start, size).and_then(|t| t.contiguous());
                 let part_name = pattern.replace(&name, replacement.as_str()).into_owned();
                 out.push((part_name, part.map_err(|e| e.to_string())?));
                 start += size;
@@ -342,10 +313,7 @@ impl SimpleBackend for Recorder {
             found => {
                 let wanted = shape.dims().to_vec();
                 match found {
-                    Some(tensor) => {
-                        log.mismatched
-                            .push((name.to_string(), wanted, tensor.dims().to_vec()))
-                    }
+                    Some(tensor) => log.mismatched.push((name.to_string(), wanted, tensor.dims().to_vec())),
                     None => log.missing.push((name.to_string(), wanted)),
                 }
                 Tensor::zeros(shape, dtype, dev)

@@ -1,0 +1,36 @@
+//! Transformer building blocks on candle: each cites its paper, records its
+//! output in activation traces under its module path, and is built from
+//! differentiable operations so it can be trained.
+//!
+//! Blocks take a serde `Config` (whose field aliases read the relevant part of a
+//! reference `config.json`) and a `VarBuilder` positioned at the block's module
+//! path, so `vb.pp("h").pp("0").pp("attn")` loads `h.0.attn.*` and traces as
+//! `h.0.attn`, the name PyTorch's `named_modules()` gives it.
+
+pub mod activation;
+pub mod alibi;
+pub mod attention;
+pub mod cases;
+pub mod class_token;
+pub mod drop_path;
+pub mod dropout;
+pub mod embedding;
+pub mod glu;
+pub mod kv_cache;
+pub mod layer_scale;
+pub mod linear;
+pub mod mask;
+pub mod mlp;
+pub mod norm;
+pub mod papers;
+pub mod patch_embed;
+pub mod position_embedding;
+pub mod rope;
+pub mod sinusoidal;
+
+pub use activation::Activation;
+pub use embedding::{Embedding, EmbeddingConfig};
+pub use linear::{Linear, LinearConfig};
+pub use norm::{LayerNorm, LayerNormConfig, Norm, NormKind, RmsNorm, RmsNormConfig};
+pub use papers::{paper_of, BlockPaper, Paper, PAPERS};
+pub use rope::{Rope, RopeConfig, RopeStyle};

@@ -1,0 +1,91 @@
+//! The affine map `y = x Wᵀ + b`, with PyTorch's `[out, in]` weight layout so
+//! checkpoints load as they are (the Transformer's projections, arXiv 1706.03762).
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+fn yes() -> bool {
+    true
+}
+
+/// `torch.nn.Linear(in_features, out_features, bias)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinearConfig {
+    pub in_features: usize,
+    pub out_features: usize,
+    #[serde(default = "yes")]
+    pub bias: bool,
+}
+
+impl LinearConfig {
+    pub fn new(in_features: usize, out_features: usize) -> Self {
+        Self {
+            in_features,
+            out_features,
+            bias: true,
+        }
+    }
+
+    pub fn no_bias(mut self) -> Self {
+        self.bias = false;
+        self
+    }
+}
+
+/// A linear layer over the last dimension of an input of any rank.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+    path: String,
+}
+
+impl Linear {
+    pub fn new(config: &LinearConfig, vb: VarBuilder) -> Result<Self> {
+        let (i, o) = (config.in_features, config.out_features);
+        let inner = if config.bias {
+            candle_nn::linear(i, o, vb.clone())?
+        } else {
+            candle_nn::linear_no_bias(i, o, vb.clone())?
+        };
+        Ok(Self {
+            inner,
+            path: vb.prefix(),
+        })
+    }
+
+    /// A layer from existing tensors (`weight` is `[out, in]`), recorded in traces under `path`.
+    pub fn from_weights(weight: Tensor, bias: Option<Tensor>, path: impl Into<String>) -> Self {
+        Self {
+            inner: candle_nn::Linear::new(weight, bias),
+            path: path.into(),
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (in_features, dim) = (self.inner.weight().dim(1)?, x.dim(candle_core::D::Minus1)?);
+        if dim != in_features {
+            candle_core::bail!(
+                "linear `{}`: input has {dim} features in its last dimension, the layer expects {in_features}",
+                self.path
+            )
+        }
+        let y = candle_core::Module::forward(&self.inner, x)?;
+        replica_check::tap(&self.path, &y);
+        Ok(y)
+    }
+}
+
+impl candle_core::Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Linear::forward(self, x)
+    }
+}

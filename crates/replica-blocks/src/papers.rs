@@ -1,0 +1,266 @@
+//! The paper registry: which paper each block implements. `replica papers` prints it.
+
+use serde::Serialize;
+
+/// A paper, identified by its arXiv id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Paper {
+    pub title: &'static str,
+    pub arxiv: &'static str,
+    pub year: u16,
+}
+
+impl Paper {
+    pub fn url(&self) -> String {
+        format!("https://arxiv.org/abs/{}", self.arxiv)
+    }
+}
+
+/// A block and the paper it follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BlockPaper {
+    pub block: &'static str,
+    pub paper: Paper,
+}
+
+pub const ATTENTION_IS_ALL_YOU_NEED: Paper = Paper {
+    title: "Attention Is All You Need",
+    arxiv: "1706.03762",
+    year: 2017,
+};
+pub const LAYER_NORM: Paper = Paper {
+    title: "Layer Normalization",
+    arxiv: "1607.06450",
+    year: 2016,
+};
+pub const RMS_NORM: Paper = Paper {
+    title: "Root Mean Square Layer Normalization",
+    arxiv: "1910.07467",
+    year: 2019,
+};
+pub const GELU: Paper = Paper {
+    title: "Gaussian Error Linear Units (GELUs)",
+    arxiv: "1606.08415",
+    year: 2016,
+};
+pub const SWISH: Paper = Paper {
+    title: "Searching for Activation Functions",
+    arxiv: "1710.05941",
+    year: 2017,
+};
+pub const PRIMER: Paper = Paper {
+    title: "Primer: Searching for Efficient Transformers for Language Modeling",
+    arxiv: "2109.08668",
+    year: 2021,
+};
+pub const GLU_VARIANTS: Paper = Paper {
+    title: "GLU Variants Improve Transformer",
+    arxiv: "2002.05202",
+    year: 2020,
+};
+pub const CONV_SEQ2SEQ: Paper = Paper {
+    title: "Convolutional Sequence to Sequence Learning",
+    arxiv: "1705.03122",
+    year: 2017,
+};
+pub const ROFORMER: Paper = Paper {
+    title: "RoFormer: Enhanced Transformer with Rotary Position Embedding",
+    arxiv: "2104.09864",
+    year: 2021,
+};
+pub const ALIBI: Paper = Paper {
+    title: "Train Short, Test Long: Attention with Linear Biases Enables Input Length Extrapolation",
+    arxiv: "2108.12409",
+    year: 2021,
+};
+pub const GQA: Paper = Paper {
+    title: "GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints",
+    arxiv: "2305.13245",
+    year: 2023,
+};
+pub const MQA: Paper = Paper {
+    title: "Fast Transformer Decoding: One Write-Head is All You Need",
+    arxiv: "1911.02150",
+    year: 2019,
+};
+pub const QK_NORM: Paper = Paper {
+    title: "Query-Key Normalization for Transformers",
+    arxiv: "2010.04245",
+    year: 2020,
+};
+pub const GEMMA_2: Paper = Paper {
+    title: "Gemma 2: Improving Open Language Models at a Practical Size",
+    arxiv: "2408.00118",
+    year: 2024,
+};
+pub const VIT: Paper = Paper {
+    title: "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale",
+    arxiv: "2010.11929",
+    year: 2020,
+};
+pub const DROPOUT: Paper = Paper {
+    title: "Improving neural networks by preventing co-adaptation of feature detectors",
+    arxiv: "1207.0580",
+    year: 2012,
+};
+pub const STOCHASTIC_DEPTH: Paper = Paper {
+    title: "Deep Networks with Stochastic Depth",
+    arxiv: "1603.09382",
+    year: 2016,
+};
+pub const CAIT: Paper = Paper {
+    title: "Going deeper with Image Transformers",
+    arxiv: "2103.17239",
+    year: 2021,
+};
+pub const PRE_NORM: Paper = Paper {
+    title: "On Layer Normalization in the Transformer Architecture",
+    arxiv: "2002.04745",
+    year: 2020,
+};
+pub const PALM: Paper = Paper {
+    title: "PaLM: Scaling Language Modeling with Pathways",
+    arxiv: "2204.02311",
+    year: 2022,
+};
+pub const DIFF_TRANSFORMER: Paper = Paper {
+    title: "Differential Transformer",
+    arxiv: "2410.05258",
+    year: 2024,
+};
+
+/// Every block with its paper.
+pub const PAPERS: &[BlockPaper] = &[
+    BlockPaper {
+        block: "Linear",
+        paper: ATTENTION_IS_ALL_YOU_NEED,
+    },
+    BlockPaper {
+        block: "Embedding",
+        paper: ATTENTION_IS_ALL_YOU_NEED,
+    },
+    BlockPaper {
+        block: "LayerNorm",
+        paper: LAYER_NORM,
+    },
+    BlockPaper {
+        block: "RmsNorm",
+        paper: RMS_NORM,
+    },
+    BlockPaper {
+        block: "Activation::Gelu",
+        paper: GELU,
+    },
+    BlockPaper {
+        block: "Activation::GeluTanh",
+        paper: GELU,
+    },
+    BlockPaper {
+        block: "Activation::QuickGelu",
+        paper: GELU,
+    },
+    BlockPaper {
+        block: "Activation::Silu",
+        paper: SWISH,
+    },
+    BlockPaper {
+        block: "Activation::ReluSquared",
+        paper: PRIMER,
+    },
+    BlockPaper {
+        block: "Mlp",
+        paper: ATTENTION_IS_ALL_YOU_NEED,
+    },
+    BlockPaper {
+        block: "GluMlp (SwiGLU, GeGLU, ReGLU)",
+        paper: GLU_VARIANTS,
+    },
+    BlockPaper {
+        block: "SinusoidalPositionEmbedding",
+        paper: ATTENTION_IS_ALL_YOU_NEED,
+    },
+    BlockPaper {
+        block: "LearnedPositionEmbedding",
+        paper: CONV_SEQ2SEQ,
+    },
+    BlockPaper {
+        block: "Rope",
+        paper: ROFORMER,
+    },
+    BlockPaper {
+        block: "Alibi",
+        paper: ALIBI,
+    },
+    BlockPaper {
+        block: "scaled_dot_product_attention",
+        paper: ATTENTION_IS_ALL_YOU_NEED,
+    },
+    BlockPaper {
+        block: "Attention (multi-head)",
+        paper: ATTENTION_IS_ALL_YOU_NEED,
+    },
+    BlockPaper {
+        block: "Attention (grouped-query)",
+        paper: GQA,
+    },
+    BlockPaper {
+        block: "Attention (multi-query)",
+        paper: MQA,
+    },
+    BlockPaper {
+        block: "Attention (QK-norm)",
+        paper: QK_NORM,
+    },
+    BlockPaper {
+        block: "Attention (logit softcap)",
+        paper: GEMMA_2,
+    },
+    BlockPaper {
+        block: "KvCache",
+        paper: MQA,
+    },
+    BlockPaper {
+        block: "PatchEmbed",
+        paper: VIT,
+    },
+    BlockPaper {
+        block: "ClassToken",
+        paper: VIT,
+    },
+    BlockPaper {
+        block: "Dropout",
+        paper: DROPOUT,
+    },
+    BlockPaper {
+        block: "DropPath",
+        paper: STOCHASTIC_DEPTH,
+    },
+    BlockPaper {
+        block: "LayerScale",
+        paper: CAIT,
+    },
+    BlockPaper {
+        block: "TransformerBlock (post-norm)",
+        paper: ATTENTION_IS_ALL_YOU_NEED,
+    },
+    BlockPaper {
+        block: "TransformerBlock (pre-norm)",
+        paper: PRE_NORM,
+    },
+    BlockPaper {
+        block: "TransformerBlock (parallel)",
+        paper: PALM,
+    },
+    BlockPaper {
+        block: "DiffAttention",
+        paper: DIFF_TRANSFORMER,
+    },
+];
+
+/// The paper of a block, by its registry name.
+pub fn paper_of(block: &str) -> Option<&'static Paper> {
+    PAPERS
+        .iter()
+        .find(|entry| entry.block == block)
+        .map(|entry| &entry.paper)
+}

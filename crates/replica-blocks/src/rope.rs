@@ -1,0 +1,163 @@
+//! Rotary position embedding (RoPE): Su et al., RoFormer, arXiv 2104.09864.
+//!
+//! Rotates each pair of query/key features by an angle proportional to the
+//! position, so attention scores depend on relative position. Two pairings are
+//! in use and checkpoints are tied to one:
+//! - [`RopeStyle::HalfSplit`]: feature `i` pairs with `i + d/2` (HF LLaMA's `rotate_half`, GPT-NeoX);
+//! - [`RopeStyle::Interleaved`]: feature `2i` pairs with `2i + 1` (the paper, GPT-J, timm).
+//!
+//! Built from differentiable candle ops, so gradients flow to queries and keys.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+/// How features are paired for rotation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeStyle {
+    #[default]
+    HalfSplit,
+    Interleaved,
+}
+
+fn default_theta() -> f64 {
+    10_000.0
+}
+
+fn default_fraction() -> f64 {
+    1.0
+}
+
+fn default_max_positions() -> usize {
+    4096
+}
+
+/// Rotary embedding settings; field aliases read a HF `config.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RopeConfig {
+    /// Features per attention head.
+    pub head_dim: usize,
+    /// The base of the geometric progression of frequencies.
+    #[serde(default = "default_theta", alias = "rope_theta", alias = "rotary_emb_base")]
+    pub theta: f64,
+    /// The fraction of each head's features that rotate (the rest pass through).
+    #[serde(default = "default_fraction", alias = "partial_rotary_factor", alias = "rotary_pct")]
+    pub fraction: f64,
+    #[serde(default)]
+    pub style: RopeStyle,
+    /// The longest sequence (plus cache offset) the tables cover.
+    #[serde(default = "default_max_positions", alias = "max_position_embeddings")]
+    pub max_positions: usize,
+}
+
+impl RopeConfig {
+    pub fn new(head_dim: usize) -> Self {
+        Self {
+            head_dim,
+            theta: default_theta(),
+            fraction: default_fraction(),
+            style: RopeStyle::default(),
+            max_positions: default_max_positions(),
+        }
+    }
+
+    /// How many features of each head rotate.
+    pub fn rotary_dim(&self) -> usize {
+        (self.head_dim as f64 * self.fraction) as usize
+    }
+}
+
+/// Precomputed cosine and sine tables, `[max_positions, rotary_dim / 2]`, in f32.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    rotary_dim: usize,
+    style: RopeStyle,
+}
+
+impl Rope {
+    pub fn new(config: &RopeConfig, device: &Device) -> Result<Self> {
+        let rotary_dim = config.rotary_dim();
+        if !(config.fraction > 0.0 && config.fraction <= 1.0) {
+            candle_core::bail!("rope: fraction must be in (0, 1], got {}", config.fraction)
+        }
+        if rotary_dim == 0 || rotary_dim % 2 != 0 {
+            candle_core::bail!(
+                "rope: the rotated dimension must be even and positive, got {rotary_dim} (head_dim {} x fraction {})",
+                config.head_dim,
+                config.fraction
+            )
+        }
+        if config.theta <= 0.0 {
+            candle_core::bail!("rope: theta must be positive, got {}", config.theta)
+        }
+        let inv_freq: Vec<f32> = (0..rotary_dim / 2)
+            .map(|i| (1.0 / config.theta.powf(2.0 * i as f64 / rotary_dim as f64)) as f32)
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, rotary_dim / 2), device)?;
+        let positions = Tensor::arange(0u32, config.max_positions as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((config.max_positions, 1))?;
+        let angles = positions.broadcast_mul(&inv_freq)?;
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            rotary_dim,
+            style: config.style,
+        })
+    }
+
+    /// Rotates `x`, shaped `[batch, heads, seq, head_dim]`, whose first token sits at
+    /// position `offset` (the number of tokens already in a KV cache).
+    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_, _, seq, head_dim) = x.dims4()?;
+        let max_positions = self.cos.dim(0)?;
+        if offset + seq > max_positions {
+            candle_core::bail!(
+                "rope: positions {offset}..{} exceed the table of {max_positions} positions (raise max_positions)",
+                offset + seq
+            )
+        }
+        if head_dim < self.rotary_dim {
+            candle_core::bail!(
+                "rope: heads have {head_dim} features, fewer than the {} to rotate",
+                self.rotary_dim
+            )
+        }
+        let cos = self.cos.narrow(0, offset, seq)?.to_dtype(x.dtype())?;
+        let sin = self.sin.narrow(0, offset, seq)?.to_dtype(x.dtype())?;
+        let rotated_part = x.narrow(D::Minus1, 0, self.rotary_dim)?;
+        let rotated = match self.style {
+            RopeStyle::HalfSplit => rotate_half_split(&rotated_part, &cos, &sin)?,
+            RopeStyle::Interleaved => rotate_interleaved(&rotated_part, &cos, &sin)?,
+        };
+        if self.rotary_dim == head_dim {
+            Ok(rotated)
+        } else {
+            let rest = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
+            Tensor::cat(&[&rotated, &rest], D::Minus1)
+        }
+    }
+}
+
+/// `x·cos + rotate_half(x)·sin` with `rotate_half([a, b]) = [-b, a]`.
+fn rotate_half_split(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let (a, b) = (x.narrow(D::Minus1, 0, half)?, x.narrow(D::Minus1, half, half)?);
+    let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+    let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+    let rotated = Tensor::cat(&[&b.neg()?, &a], D::Minus1)?;
+    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+}
+
+/// Pairs `(x[2i], x[2i+1])` rotated by the i-th angle.
+fn rotate_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, h, s, d) = x.dims4()?;
+    let pairs = x.reshape((b, h, s, d / 2, 2))?;
+    let even = pairs.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+    let odd = pairs.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+    let new_even = (even.broadcast_mul(cos)? - odd.broadcast_mul(sin)?)?;
+    let new_odd = (even.broadcast_mul(sin)? + odd.broadcast_mul(cos)?)?;
+    Tensor::stack(&[&new_even, &new_odd], D::Minus1)?.reshape((b, h, s, d))
+}
