@@ -1,0 +1,65 @@
+//! `Report`: named comparisons against a bundle, as one table.
+
+use candle_core::{Device, Tensor};
+use replica_check::{Bundle, BundleMetadata, Namespace, Report, Tolerance};
+
+fn f32s(values: &[f32]) -> Tensor {
+    Tensor::new(values, &Device::Cpu).unwrap()
+}
+
+fn bundle() -> Bundle {
+    let mut b = Bundle::new(BundleMetadata::new("m", ("torch", "2.5.1"), "float32"));
+    b.insert(Namespace::Output, "0", f32s(&[1.0, 2.0]));
+    b.insert(Namespace::Output, "1", f32s(&[3.0, 4.0]));
+    b
+}
+
+#[test]
+fn a_report_passes_only_when_every_row_passes() {
+    let b = bundle();
+    let mut report = Report::new("case");
+    report.check(&b, Namespace::Output, "0", &f32s(&[1.0, 2.0]), Tolerance::default());
+    assert!(report.passed());
+    report.check(&b, Namespace::Output, "1", &f32s(&[3.0, 5.0]), Tolerance::default());
+    assert!(!report.passed());
+    let failed: Vec<&str> = report.failures().map(|r| r.name.as_str()).collect();
+    assert_eq!(failed, ["output/1"]);
+    let text = report.to_string();
+    assert!(text.starts_with("case\n"), "{text}");
+    assert!(text.contains("1 of 2 tensors match."), "{text}");
+    assert!(text.contains("FAIL (1/2)"), "{text}");
+    assert!(text.contains("output/1: Tensors are not close!"), "{text}");
+}
+
+#[test]
+fn a_missing_reference_is_a_failed_row_not_an_error() {
+    let b = bundle();
+    let mut report = Report::new("");
+    report.check(&b, Namespace::Output, "logits", &f32s(&[1.0]), Tolerance::default());
+    assert!(!report.passed());
+    let row = &report.rows[0];
+    assert_eq!(row.name, "output/logits");
+    let why = row.comparison.incompatible.as_deref().unwrap();
+    assert!(
+        why.contains("bundle has no `output/logits`") && why.contains("it holds 0, 1"),
+        "{why}"
+    );
+    assert!(report.to_string().contains("FAIL (incompatible)"));
+}
+
+#[test]
+fn a_report_round_trips_through_json() {
+    let b = bundle();
+    let mut report = Report::new("json");
+    report.check(
+        &b,
+        Namespace::Output,
+        "0",
+        &f32s(&[1.0, f32::NAN]),
+        Tolerance::default(),
+    );
+    let json = serde_json::to_string(&report).unwrap();
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    assert_eq!(back.rows[0].comparison.mismatched, 1);
+}
