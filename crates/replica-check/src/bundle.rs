@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::tensor_file::{read_safetensors, write_safetensors, TensorFile};
-use crate::{Error, Result};
+use crate::weight_map::{LoadReport, ShapeMismatch};
+use crate::{Error, Result, ToleranceOverrides};
 
 /// The bundle format version this crate reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
@@ -143,12 +144,44 @@ impl BundleMetadata {
             }
             None => return Err("metadata has no integer `format_version`".into()),
         }
-        serde_json::from_value(Value::Object(fields)).map_err(|err| format!("metadata `{METADATA_KEY}`: {err}"))
+        // serde would read an absent seed as null; the format requires the field.
+        if !fields.contains_key("seed") {
+            return Err(format!("metadata `{METADATA_KEY}`: missing field `seed` (null when there was none)"));
+        }
+        let value = Value::Object(fields);
+        Self::deserialize(&value).map_err(|err| {
+            // serde_json does not say which field it choked on; name it.
+            let field = value
+                .as_object()
+                .and_then(misfit_field)
+                .map_or(String::new(), |name| format!("field `{name}`: "));
+            format!("metadata `{METADATA_KEY}`: {field}{err}")
+        })
     }
 
     fn to_json(&self) -> String {
         serde_json::to_string(self).expect("metadata serialises")
     }
+}
+
+/// The first metadata field present with a value of the wrong type.
+fn misfit_field(fields: &serde_json::Map<String, Value>) -> Option<&'static str> {
+    fn fits<T: serde::de::DeserializeOwned>(value: Option<&Value>) -> bool {
+        value.is_none_or(|value| T::deserialize(value).is_ok())
+    }
+    let field = |name| fields.get(name);
+    [
+        ("component", fits::<String>(field("component"))),
+        ("producer", fits::<Producer>(field("producer"))),
+        ("dtype", fits::<String>(field("dtype"))),
+        ("seed", fits::<Option<u64>>(field("seed"))),
+        ("activations", fits::<Vec<String>>(field("activations"))),
+        ("inputs", fits::<Vec<String>>(field("inputs"))),
+        ("outputs", fits::<Vec<String>>(field("outputs"))),
+    ]
+    .into_iter()
+    .find(|(_, fits)| !fits)
+    .map(|(name, _)| name)
 }
 
 /// A reference bundle: metadata plus tensors by namespace.
@@ -157,6 +190,8 @@ pub struct Bundle {
     origin: PathBuf,
     metadata: BundleMetadata,
     tensors: BTreeMap<Namespace, BTreeMap<String, Tensor>>,
+    /// Tolerances a user laid over the component's own for this run (not stored in the file).
+    tolerances: ToleranceOverrides,
 }
 
 impl Bundle {
@@ -165,6 +200,7 @@ impl Bundle {
             origin: PathBuf::from("<memory>"),
             metadata,
             tensors: BTreeMap::new(),
+            tolerances: ToleranceOverrides::default(),
         }
     }
 
@@ -187,6 +223,7 @@ impl Bundle {
             origin: origin.to_path_buf(),
             metadata,
             tensors: BTreeMap::new(),
+            tolerances: ToleranceOverrides::default(),
         };
         for (key, tensor) in file.tensors {
             let (ns, name) = Namespace::split(&key).ok_or_else(|| {
@@ -225,6 +262,17 @@ impl Bundle {
             }
             if let Some(name) = self.names(ns).find(|name| !seen.contains_key(name)) {
                 return Err(format!("tensor `{ns}{name}` is not listed in metadata `{field}`"));
+            }
+        }
+        // A gradient belongs to a tensor of the bundle.
+        let owners = [
+            (Namespace::ParamGrad, Namespace::Param),
+            (Namespace::InputGrad, Namespace::Input),
+            (Namespace::OutputGrad, Namespace::Output),
+        ];
+        for (grad_ns, owner_ns) in owners {
+            if let Some(name) = self.names(grad_ns).find(|name| !self.contains(owner_ns, name)) {
+                return Err(format!("tensor `{grad_ns}{name}` has no `{owner_ns}{name}` to belong to"));
             }
         }
         Ok(())
@@ -328,11 +376,129 @@ impl Bundle {
         self.get(Namespace::OutputGrad, name)
     }
 
+    /// This bundle with its `param/` tensors replaced by `params`: a user's
+    /// checkpoint, already mapped to the bundle's names (see [`WeightMap`](crate::WeightMap)),
+    /// so a component runs on those weights against the bundle's reference tensors.
+    ///
+    /// The replacement must fit: every parameter of the bundle present, no name
+    /// the bundle lacks, the same shapes. Otherwise every problem is reported at
+    /// once as [`Error::Load`], naming `origin` (the weights file). Floating-point
+    /// tensors are converted to the dtype of the parameter they replace, and all
+    /// are moved to the bundle's device. A bundle stored without parameters
+    /// accepts any set.
+    pub fn with_params(&self, params: BTreeMap<String, Tensor>, origin: impl AsRef<Path>) -> Result<Bundle> {
+        let existing = self.namespace(Namespace::Param);
+        let mut report = LoadReport {
+            origin: origin.as_ref().to_path_buf(),
+            missing: Vec::new(),
+            unused: Vec::new(),
+            mismatched: Vec::new(),
+        };
+        if !existing.is_empty() {
+            for (name, expected) in &existing {
+                match params.get(name) {
+                    None => report.missing.push((name.clone(), expected.dims().to_vec())),
+                    Some(given) if given.dims() != expected.dims() => report.mismatched.push(ShapeMismatch {
+                        name: name.clone(),
+                        source: name.clone(),
+                        expected: expected.dims().to_vec(),
+                        actual: given.dims().to_vec(),
+                    }),
+                    Some(_) => {}
+                }
+            }
+            report.unused = params
+                .keys()
+                .filter(|name| !existing.contains_key(*name))
+                .map(|name| (name.clone(), name.clone()))
+                .collect();
+        }
+        if !report.is_clean() {
+            return Err(Error::Load(Box::new(report)));
+        }
+        let mut replaced = BTreeMap::new();
+        for (name, mut tensor) in params {
+            if let Some(expected) = existing.get(&name) {
+                if tensor.dtype().is_float() && expected.dtype().is_float() {
+                    tensor = tensor.to_dtype(expected.dtype())?;
+                }
+                tensor = tensor.to_device(expected.device())?;
+            }
+            replaced.insert(name, tensor);
+        }
+        let mut bundle = self.clone();
+        bundle.tensors.insert(Namespace::Param, replaced);
+        Ok(bundle)
+    }
+
+    /// This bundle with `config` as its metadata's `config` (a user's `config.json`
+    /// for the same component).
+    pub fn with_config(mut self, config: Value) -> Self {
+        self.metadata.config = config;
+        self
+    }
+
+    /// This bundle with tolerances laid over the ones its component chooses;
+    /// [`Parity`](crate::Parity) and [`compare_trace`](crate::report::compare_trace)
+    /// resolve them per tensor key. They live only in memory: `save` does not write them.
+    pub fn with_tolerances(mut self, tolerances: ToleranceOverrides) -> Self {
+        self.tolerances = tolerances;
+        self
+    }
+
+    /// The tolerances laid over the component's own (empty unless set).
+    pub fn tolerances(&self) -> &ToleranceOverrides {
+        &self.tolerances
+    }
+
     /// Activations in execution order.
     pub fn activations(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.metadata.activations.iter().filter_map(|name| {
             let tensor = self.tensors.get(&Namespace::Activation)?.get(name)?;
             Some((name.as_str(), tensor))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle() -> Bundle {
+        let mut bundle = Bundle::new(BundleMetadata::new("test", ("torch", "0"), "float32"));
+        let device = Device::Cpu;
+        bundle.insert(Namespace::Param, "w", Tensor::zeros((2, 3), candle_core::DType::F32, &device).unwrap());
+        bundle.insert(Namespace::Param, "b", Tensor::zeros(3, candle_core::DType::F32, &device).unwrap());
+        bundle
+    }
+
+    #[test]
+    fn with_params_replaces_and_converts() {
+        let device = Device::Cpu;
+        let params = BTreeMap::from([
+            ("w".to_string(), Tensor::ones((2, 3), candle_core::DType::F64, &device).unwrap()),
+            ("b".to_string(), Tensor::ones(3, candle_core::DType::F32, &device).unwrap()),
+        ]);
+        let replaced = bundle().with_params(params, "weights.safetensors").unwrap();
+        let w = replaced.param("w").unwrap();
+        assert_eq!(w.dtype(), candle_core::DType::F32);
+        assert_eq!(w.sum_all().unwrap().to_scalar::<f32>().unwrap(), 6.0);
+    }
+
+    #[test]
+    fn with_params_reports_every_problem() {
+        let device = Device::Cpu;
+        let params = BTreeMap::from([
+            ("w".to_string(), Tensor::ones((3, 2), candle_core::DType::F32, &device).unwrap()),
+            ("extra".to_string(), Tensor::ones(1, candle_core::DType::F32, &device).unwrap()),
+        ]);
+        let err = bundle().with_params(params, "weights.safetensors").unwrap_err();
+        let Error::Load(report) = &err else { panic!("expected a load report, got {err}") };
+        assert_eq!(report.missing, vec![("b".to_string(), vec![3])]);
+        assert_eq!(report.unused, vec![("extra".to_string(), "extra".to_string())]);
+        assert_eq!(report.mismatched.len(), 1);
+        assert_eq!((report.mismatched[0].expected.clone(), report.mismatched[0].actual.clone()), (vec![2, 3], vec![3, 2]));
+        let text = err.to_string();
+        assert!(text.starts_with("weights.safetensors: the weights do not fit the model (3 problems)"), "{text}");
     }
 }

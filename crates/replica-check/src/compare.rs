@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use candle_core::{DType, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::Tolerance;
@@ -118,11 +119,20 @@ pub fn compare(actual: &Tensor, expected: &Tensor, tolerance: Tolerance) -> Comp
             comparison.actual_dtype, comparison.expected_dtype
         ));
     }
-    match (as_f64(actual), as_f64(expected)) {
-        (Ok(a), Ok(e)) => fill_statistics(&mut comparison, &a, &e),
+    let on_cpu = |t: &Tensor| t.to_device(&candle_core::Device::Cpu).and_then(|t| t.contiguous());
+    let (actual_cpu, expected_cpu) = match (on_cpu(actual), on_cpu(expected)) {
+        (Ok(a), Ok(e)) => (a, e),
         (Err(err), _) | (_, Err(err)) => {
             comparison.incompatible = Some(format!("cannot read the values: {err}"));
+            return comparison;
         }
+    };
+    let (a_storage, a_layout) = actual_cpu.storage_and_layout();
+    let (e_storage, e_layout) = expected_cpu.storage_and_layout();
+    let n = expected.elem_count();
+    match (CpuValues::new(&a_storage, a_layout, n), CpuValues::new(&e_storage, e_layout, n)) {
+        (Ok(a), Ok(e)) => fill_statistics(&mut comparison, &a, &e),
+        (Err(err), _) | (_, Err(err)) => comparison.incompatible = Some(format!("cannot read the values: {err}")),
     }
     comparison
 }
@@ -132,8 +142,47 @@ pub fn compare_default(actual: &Tensor, expected: &Tensor) -> Comparison {
     compare(actual, expected, Tolerance::for_dtype(expected.dtype()))
 }
 
-fn as_f64(tensor: &Tensor) -> candle_core::Result<Vec<f64>> {
-    tensor.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()
+/// A tensor's values in row-major order, read in place from CPU memory.
+/// Elements are widened to f64 a chunk at a time, so comparing large tensors
+/// allocates nothing in proportion to their size.
+struct CpuValues<'a> {
+    storage: &'a CpuStorage,
+    start: usize,
+    len: usize,
+}
+
+impl<'a> CpuValues<'a> {
+    /// Views a contiguous CPU tensor's storage.
+    fn new(storage: &'a Storage, layout: &candle_core::Layout, len: usize) -> candle_core::Result<Self> {
+        let Storage::Cpu(storage) = storage else {
+            candle_core::bail!("tensor is not on the CPU after moving it there")
+        };
+        let values = Self { storage, start: layout.start_offset(), len };
+        // Fail early on dtypes that cannot be widened, rather than per chunk.
+        values.read(0, &mut [0.0; 0])?;
+        Ok(values)
+    }
+
+    /// Widens elements `at..at + out.len()` into `out`.
+    fn read(&self, at: usize, out: &mut [f64]) -> candle_core::Result<()> {
+        let range = self.start + at..self.start + at + out.len();
+        fn widen<T: Copy>(src: &[T], out: &mut [f64], f: impl Fn(T) -> f64) {
+            out.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v));
+        }
+        match &self.storage {
+            CpuStorage::F32(v) => widen(&v[range], out, f64::from),
+            CpuStorage::F64(v) => out.copy_from_slice(&v[range]),
+            CpuStorage::F16(v) => widen(&v[range], out, f64::from),
+            CpuStorage::BF16(v) => widen(&v[range], out, f64::from),
+            CpuStorage::U8(v) => widen(&v[range], out, f64::from),
+            CpuStorage::U32(v) => widen(&v[range], out, f64::from),
+            CpuStorage::I16(v) => widen(&v[range], out, f64::from),
+            CpuStorage::I32(v) => widen(&v[range], out, f64::from),
+            CpuStorage::I64(v) => widen(&v[range], out, |x| x as f64),
+            other => candle_core::bail!("cannot compare values of dtype {:?}", other.dtype()),
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn dtype_name(dtype: DType) -> String {
@@ -149,55 +198,94 @@ fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
     index
 }
 
-fn fill_statistics(c: &mut Comparison, actual: &[f64], expected: &[f64]) {
-    let shape = c.expected_shape.clone();
-    let element = |i: usize| Element {
-        index: unravel(i, &shape),
-        actual: actual[i],
-        expected: expected[i],
+/// Running sums over the elements finite on both sides. The worst values start
+/// below any difference, so the first finite pair always takes them.
+struct Sums {
+    worst_abs: (f64, usize),
+    worst_rel: (f64, usize),
+    pairs: usize,
+    abs: f64,
+    squares: f64,
+    dot: f64,
+    norm_a: f64,
+    norm_e: f64,
+}
+
+fn fill_statistics(c: &mut Comparison, actual: &CpuValues<'_>, expected: &CpuValues<'_>) {
+    const CHUNK: usize = 1024;
+    let tolerance = c.tolerance;
+    let (mut a_buf, mut e_buf) = ([0.0f64; CHUNK], [0.0f64; CHUNK]);
+    let (mut a_nonfinite, mut e_nonfinite) = (NonFinite::default(), NonFinite::default());
+    let (mut mismatched, mut first_mismatch) = (0usize, None);
+    let mut s = Sums {
+        worst_abs: (-1.0, 0),
+        worst_rel: (-1.0, 0),
+        pairs: 0,
+        abs: 0.0,
+        squares: 0.0,
+        dot: 0.0,
+        norm_a: 0.0,
+        norm_e: 0.0,
     };
-    // (value, flat index) of the greatest absolute and relative differences.
-    let mut worst_abs: Option<(f64, usize)> = None;
-    let mut worst_rel = worst_abs;
-    let (mut sum_abs, mut sum_sq, mut finite_pairs) = (0.0, 0.0, 0usize);
-    let (mut dot, mut norm_a, mut norm_e) = (0.0, 0.0, 0.0);
-    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
-        c.actual_nonfinite.count(a);
-        c.expected_nonfinite.count(e);
-        if !c.tolerance.accepts(a, e) {
-            c.mismatched += 1;
-            if c.first_mismatch.is_none() {
-                c.first_mismatch = Some(element(i));
+    let mut at = 0;
+    while at < expected.len {
+        let n = CHUNK.min(expected.len - at);
+        let (a_chunk, e_chunk) = (&mut a_buf[..n], &mut e_buf[..n]);
+        // Both were read once in `CpuValues::of`: a dtype error cannot appear here.
+        if actual.read(at, a_chunk).and(expected.read(at, e_chunk)).is_err() {
+            break;
+        }
+        for (j, (&a, &e)) in a_chunk.iter().zip(e_chunk.iter()).enumerate() {
+            let i = at + j;
+            if !tolerance.accepts(a, e) {
+                mismatched += 1;
+                first_mismatch.get_or_insert(i);
             }
+            if !(a.is_finite() && e.is_finite()) {
+                a_nonfinite.count(a);
+                e_nonfinite.count(e);
+                continue;
+            }
+            let abs = (a - e).abs();
+            let rel = if abs == 0.0 { 0.0 } else { abs / e.abs() };
+            if abs > s.worst_abs.0 {
+                s.worst_abs = (abs, i);
+            }
+            if rel > s.worst_rel.0 {
+                s.worst_rel = (rel, i);
+            }
+            s.pairs += 1;
+            s.abs += abs;
+            s.squares += abs * abs;
+            s.dot += a * e;
+            s.norm_a += a * a;
+            s.norm_e += e * e;
         }
-        if !(a.is_finite() && e.is_finite()) {
-            continue;
-        }
-        let abs = (a - e).abs();
-        let rel = if abs == 0.0 { 0.0 } else { abs / e.abs() };
-        if worst_abs.is_none_or(|(w, _)| abs > w) {
-            worst_abs = Some((abs, i));
-        }
-        if worst_rel.is_none_or(|(w, _)| rel > w) {
-            worst_rel = Some((rel, i));
-        }
-        finite_pairs += 1;
-        sum_abs += abs;
-        sum_sq += abs * abs;
-        dot += a * e;
-        norm_a += a * a;
-        norm_e += e * e;
+        at += n;
     }
-    c.max_abs_diff = worst_abs.map(|(value, i)| Extreme { value, at: element(i) });
-    c.max_rel_diff = worst_rel.map(|(value, i)| Extreme { value, at: element(i) });
-    if finite_pairs > 0 {
-        c.mean_abs_error = sum_abs / finite_pairs as f64;
-        c.rms_error = (sum_sq / finite_pairs as f64).sqrt();
+    let element = |i: usize| {
+        let (mut a, mut e) = ([0.0], [0.0]);
+        let _ = actual.read(i, &mut a).and(expected.read(i, &mut e));
+        Element { index: unravel(i, &c.expected_shape), actual: a[0], expected: e[0] }
+    };
+    let found = s.pairs > 0;
+    let max_abs_diff = found.then(|| Extreme { value: s.worst_abs.0, at: element(s.worst_abs.1) });
+    let max_rel_diff = found.then(|| Extreme { value: s.worst_rel.0, at: element(s.worst_rel.1) });
+    let first_mismatch = first_mismatch.map(element);
+    c.max_abs_diff = max_abs_diff;
+    c.max_rel_diff = max_rel_diff;
+    c.first_mismatch = first_mismatch;
+    c.mismatched = mismatched;
+    c.actual_nonfinite = a_nonfinite;
+    c.expected_nonfinite = e_nonfinite;
+    if s.pairs > 0 {
+        c.mean_abs_error = s.abs / s.pairs as f64;
+        c.rms_error = (s.squares / s.pairs as f64).sqrt();
     }
-    c.cosine = match (norm_a == 0.0, norm_e == 0.0) {
+    c.cosine = match (s.norm_a == 0.0, s.norm_e == 0.0) {
         (true, true) => Some(1.0),
         (true, false) | (false, true) => Some(0.0),
-        (false, false) => Some(dot / (norm_a.sqrt() * norm_e.sqrt())),
+        (false, false) => Some(s.dot / (s.norm_a.sqrt() * s.norm_e.sqrt())),
     };
 }
 

@@ -34,6 +34,6 @@ pub use parity::Parity;
 pub use report::{compare_trace, summary_table, Report, ReportRow, TraceReport, TraceRow};
 pub use suite::Case;
 pub use tensor_file::{read_safetensors, write_safetensors, TensorFile};
-pub use tolerance::Tolerance;
-pub use trace::{tap, tap_tuple, Trace};
+pub use tolerance::{glob_match, Tolerance, ToleranceOverrides, ToleranceSpec};
+pub use trace::{record_nested, tap, tap_tuple, Trace};
 pub use weight_map::{LoadReport, MappedWeights, ShapeMismatch, WeightMap};

@@ -70,8 +70,12 @@ impl<'a> Parity<'a> {
         self
     }
 
-    fn tolerance_for(&self, dtype: DType) -> Tolerance {
-        self.tolerance.unwrap_or_else(|| Tolerance::for_dtype(dtype))
+    /// The tolerance for the bundle tensor `ns`/`name` whose reference has `dtype`:
+    /// this run's own (or the dtype's default), with the bundle's
+    /// [`tolerances`](Bundle::tolerances) laid over it.
+    fn tolerance_for(&self, ns: Namespace, name: &str, dtype: DType) -> Tolerance {
+        let base = self.tolerance.unwrap_or_else(|| Tolerance::for_dtype(dtype));
+        self.bundle.tolerances().resolve(&format!("{ns}{name}"), dtype, base)
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -106,7 +110,7 @@ impl<'a> Parity<'a> {
         for (name, actual) in outputs {
             let dtype = self.bundle.output(name).map_or(actual.dtype(), |t| t.dtype());
             let label = format!("{}{name} [{variant}]", Namespace::Output);
-            let tolerance = self.tolerance_for(dtype);
+            let tolerance = self.tolerance_for(Namespace::Output, name, dtype);
             self.report
                 .check_as(label, self.bundle, Namespace::Output, name, actual, tolerance);
         }
@@ -120,7 +124,7 @@ impl<'a> Parity<'a> {
     fn check(&mut self, ns: Namespace, tensors: &[(&str, &Tensor)]) {
         for (name, actual) in tensors {
             let dtype = self.bundle.get(ns, name).map_or(actual.dtype(), |t| t.dtype());
-            let tolerance = self.tolerance_for(dtype);
+            let tolerance = self.tolerance_for(ns, name, dtype);
             self.report.check(self.bundle, ns, name, actual, tolerance);
         }
     }
@@ -129,9 +133,20 @@ impl<'a> Parity<'a> {
     /// gradients of every parameter and input with the reference's.
     pub fn check_backward(&mut self, outputs: &[(&str, &Tensor)]) -> Result<()> {
         let grads = self.bundle.upstream_loss(outputs)?.backward()?;
-        let report = &mut self.report;
-        report.check_gradients(self.bundle, &grads, Namespace::Param, &self.param_vars, self.tolerance)?;
-        report.check_gradients(self.bundle, &grads, Namespace::Input, &self.input_vars, self.tolerance)
+        let groups = [
+            (Namespace::Param, Namespace::ParamGrad, &self.param_vars),
+            (Namespace::Input, Namespace::InputGrad, &self.input_vars),
+        ];
+        for (ns, grad_ns, vars) in groups {
+            // One variable at a time, each with the tolerance resolved for its own key.
+            for (name, var) in vars {
+                let tolerance = self.tolerance_for(grad_ns, name, var.dtype());
+                let one = BTreeMap::from([(name.clone(), var.clone())]);
+                self.report
+                    .check_gradients(self.bundle, &grads, ns, &one, Some(tolerance))?;
+            }
+        }
+        Ok(())
     }
 
     /// Adds rows compared elsewhere (a trace, a second implementation of the same output).

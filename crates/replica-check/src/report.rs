@@ -175,7 +175,8 @@ pub struct TraceReport {
 }
 
 /// Compares every recorded activation with the bundle's activation of the same
-/// name, in execution order, and names the first that fails.
+/// name, in execution order, and names the first that fails. The bundle's
+/// [`tolerances`](Bundle::tolerances) are laid over `tolerance` for each `act/` key.
 pub fn compare_trace(trace: &Trace, bundle: &Bundle, tolerance: Tolerance) -> TraceReport {
     let rows: Vec<TraceRow> = trace
         .entries
@@ -183,10 +184,11 @@ pub fn compare_trace(trace: &Trace, bundle: &Bundle, tolerance: Tolerance) -> Tr
         .map(|entry| TraceRow {
             path: entry.name.clone(),
             shape: entry.tensor.dims().to_vec(),
-            comparison: bundle
-                .get(Namespace::Activation, &entry.name)
-                .ok()
-                .map(|expected| compare(&entry.tensor, expected, tolerance)),
+            comparison: bundle.get(Namespace::Activation, &entry.name).ok().map(|expected| {
+                let key = format!("{}{}", Namespace::Activation, entry.name);
+                let tolerance = bundle.tolerances().resolve(&key, expected.dtype(), tolerance);
+                compare(&entry.tensor, expected, tolerance)
+            }),
         })
         .collect();
     let first_divergence = rows

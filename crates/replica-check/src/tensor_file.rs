@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use candle_core::safetensors::Load;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
@@ -43,7 +43,12 @@ pub fn parse_safetensors(bytes: &[u8], origin: &Path, device: &Device) -> Result
         SafeTensors::read_metadata(bytes).map_err(|err| fail(format!("not a valid safetensors file: {err}")))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in parsed.tensors() {
-        let tensor = view.load(device).map_err(|err| {
+        let loaded = match view.dtype() {
+            // candle has no bool dtype: masks are read as their 0/1 bytes.
+            Dtype::BOOL => Tensor::from_raw_buffer(view.data(), DType::U8, view.shape(), device),
+            _ => view.load(device),
+        };
+        let tensor = loaded.map_err(|err| {
             fail(format!(
                 "tensor `{name}`: cannot load {:?} {:?}: {err}",
                 view.dtype(),

@@ -89,6 +89,162 @@ impl Default for Tolerance {
     }
 }
 
+/// Part of a tolerance: the fields it sets replace those of the tolerance it
+/// is laid over, the others stay. `{ rtol: Some(1e-4), .. }` loosens only rtol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToleranceSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtol: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atol: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equal_nan: Option<bool>,
+}
+
+impl ToleranceSpec {
+    /// `base` with this spec's fields laid over it.
+    pub fn apply(&self, base: Tolerance) -> Tolerance {
+        Tolerance {
+            rtol: self.rtol.unwrap_or(base.rtol),
+            atol: self.atol.unwrap_or(base.atol),
+            equal_nan: self.equal_nan.unwrap_or(base.equal_nan),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rtol.is_none() && self.atol.is_none() && self.equal_nan.is_none()
+    }
+
+    /// Refuses negative, infinite and NaN values, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        self.apply(Tolerance::EXACT).validate()
+    }
+}
+
+/// Tolerances a user sets for a run, over the ones the component chose: one
+/// for every tensor, one per reference dtype, one per tensor key pattern.
+///
+/// A [`Bundle`](crate::Bundle) carries them (`Bundle::with_tolerances`), and
+/// [`Parity`](crate::Parity) and [`compare_trace`](crate::compare_trace) lay
+/// them over their own tolerance for each tensor, so a registered component can
+/// be run with looser or tighter tolerances without changing its code.
+///
+/// [`resolve`](Self::resolve) starts from the component's tolerance (or the
+/// reference dtype's default), lays `all` over it, then every matching dtype
+/// entry, then every tensor pattern that matches the key, in the order they
+/// were added: a later layer wins for the fields it sets.
+///
+/// ```
+/// use candle_core::DType;
+/// use replica_check::{Tolerance, ToleranceOverrides, ToleranceSpec};
+/// let loose = ToleranceSpec { rtol: Some(1e-4), ..Default::default() };
+/// let overrides = ToleranceOverrides::default().tensor("grad/*", loose);
+/// let base = Tolerance::for_dtype(DType::F32);
+/// assert_eq!(overrides.resolve("grad/param/weight", DType::F32, base).rtol, 1e-4);
+/// assert_eq!(overrides.resolve("output/0", DType::F32, base), base);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ToleranceOverrides {
+    pub all: ToleranceSpec,
+    pub by_dtype: Vec<(DType, ToleranceSpec)>,
+    /// Bundle key patterns (`output/0`, `grad/*`, `act/h.?.attn`): `*` matches
+    /// any run of characters, `?` one character, anything else itself.
+    pub by_tensor: Vec<(String, ToleranceSpec)>,
+}
+
+impl ToleranceOverrides {
+    /// Lays `spec` over every tensor.
+    pub fn all(mut self, spec: ToleranceSpec) -> Self {
+        self.all = self.all.then(spec);
+        self
+    }
+
+    /// Lays `spec` over the tensors whose reference has `dtype`.
+    pub fn dtype(mut self, dtype: DType, spec: ToleranceSpec) -> Self {
+        self.by_dtype.push((dtype, spec));
+        self
+    }
+
+    /// Lays `spec` over the tensors whose bundle key matches `pattern`.
+    pub fn tensor(mut self, pattern: impl Into<String>, spec: ToleranceSpec) -> Self {
+        self.by_tensor.push((pattern.into(), spec));
+        self
+    }
+
+    /// These overrides followed by `later`'s, which win where both set a field
+    /// (a suite's overrides, then a case's).
+    pub fn then(mut self, later: &ToleranceOverrides) -> Self {
+        self.all = self.all.then(later.all);
+        self.by_dtype.extend(later.by_dtype.iter().cloned());
+        self.by_tensor.extend(later.by_tensor.iter().cloned());
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty() && self.by_dtype.is_empty() && self.by_tensor.is_empty()
+    }
+
+    /// The tolerance for the tensor at bundle key `key` whose reference has
+    /// `dtype`, where the component would have used `base`.
+    pub fn resolve(&self, key: &str, dtype: DType, base: Tolerance) -> Tolerance {
+        let mut tolerance = self.all.apply(base);
+        for (_, spec) in self.by_dtype.iter().filter(|(d, _)| *d == dtype) {
+            tolerance = spec.apply(tolerance);
+        }
+        for (_, spec) in self.by_tensor.iter().filter(|(p, _)| glob_match(p, key)) {
+            tolerance = spec.apply(tolerance);
+        }
+        tolerance
+    }
+
+    /// Refuses negative, infinite and NaN values, naming where they are.
+    pub fn validate(&self) -> Result<(), String> {
+        self.all.validate()?;
+        for (dtype, spec) in &self.by_dtype {
+            spec.validate().map_err(|err| format!("{dtype:?}: {err}"))?;
+        }
+        for (pattern, spec) in &self.by_tensor {
+            spec.validate().map_err(|err| format!("`{pattern}`: {err}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl ToleranceSpec {
+    fn then(self, later: ToleranceSpec) -> ToleranceSpec {
+        ToleranceSpec {
+            rtol: later.rtol.or(self.rtol),
+            atol: later.atol.or(self.atol),
+            equal_nan: later.equal_nan.or(self.equal_nan),
+        }
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` is any run of characters and `?` one.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and the text position it is currently standing for.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == t[ti])) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((star_p, star_t)) = star {
+            // Let the last `*` swallow one more character and retry.
+            pi = star_p + 1;
+            ti = star_t + 1;
+            star = Some((star_p, star_t + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +294,43 @@ mod tests {
         assert!(Tolerance::new(-1.0, 0.0).validate().is_err());
         assert!(Tolerance::new(0.0, f64::NAN).validate().unwrap_err().contains("atol"));
         assert!(Tolerance::default().validate().is_ok());
+    }
+    #[test]
+    fn globs() {
+        assert!(glob_match("grad/*", "grad/param/weight"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("act/h.?.attn", "act/h.0.attn"));
+        assert!(!glob_match("act/h.?.attn", "act/h.10.attn"));
+        assert!(glob_match("*.weight", "param/fc.weight"));
+        assert!(glob_match("a*b*c", "aXXbYYbc"));
+        assert!(!glob_match("output/0", "output/01"));
+        assert!(!glob_match("a*c", "abcd"));
+    }
+
+    #[test]
+    fn overrides_layer_in_order() {
+        let spec = |rtol: Option<f64>, atol: Option<f64>| ToleranceSpec { rtol, atol, equal_nan: None };
+        let base = Tolerance::new(1.0, 1.0);
+        let overrides = ToleranceOverrides::default()
+            .all(spec(Some(2.0), None))
+            .dtype(DType::F16, spec(None, Some(3.0)))
+            .tensor("grad/*", spec(Some(4.0), None))
+            .tensor("grad/input/*", spec(Some(5.0), None));
+        assert_eq!(overrides.resolve("output/0", DType::F32, base), Tolerance::new(2.0, 1.0));
+        assert_eq!(overrides.resolve("output/0", DType::F16, base), Tolerance::new(2.0, 3.0));
+        assert_eq!(overrides.resolve("grad/param/w", DType::F16, base), Tolerance::new(4.0, 3.0));
+        assert_eq!(overrides.resolve("grad/input/0", DType::F32, base), Tolerance::new(5.0, 1.0));
+        let case = ToleranceOverrides::default().all(spec(None, Some(9.0)));
+        let merged = overrides.clone().then(&case);
+        assert_eq!(merged.resolve("output/0", DType::F32, base), Tolerance::new(2.0, 9.0));
+        assert!(ToleranceOverrides::default().is_empty());
+        assert_eq!(ToleranceOverrides::default().resolve("x", DType::F32, base), base);
+    }
+
+    #[test]
+    fn override_validation_names_the_place() {
+        let bad = ToleranceSpec { atol: Some(-1.0), ..Default::default() };
+        let err = ToleranceOverrides::default().tensor("grad/*", bad).validate().unwrap_err();
+        assert!(err.contains("`grad/*`") && err.contains("atol"), "{err}");
     }
 }

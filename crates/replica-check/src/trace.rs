@@ -59,6 +59,8 @@ impl Trace {
 thread_local! {
     static ACTIVE: Cell<bool> = const { Cell::new(false) };
     static CURRENT: RefCell<Trace> = RefCell::new(Trace::default());
+    /// Whether the innermost active recording keeps what nested recordings capture.
+    static COLLECTS_NESTED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether a trace is being recorded on this thread.
@@ -103,8 +105,27 @@ fn record_entries(path: &str, tensors: &[Tensor], tuple: bool) {
 /// Runs `f` with tracing on and returns its result with what it recorded.
 /// Nested calls record into their own trace and restore the outer one.
 pub fn record<T>(f: impl FnOnce() -> T) -> (T, Trace) {
+    record_with(f, false)
+}
+
+/// Like [`record`], and the returned trace also holds what the recordings
+/// nested directly inside `f` captured, appended when each ends, in execution
+/// order. (A nested plain [`record`] keeps its own nested recordings to itself;
+/// a nested `record_nested` passes them on.)
+///
+/// This is how a caller traces a component that records its own forward pass
+/// (a parity case that compares its trace itself): with [`record`] the outer
+/// trace would see nothing of it. Nested entries keep the names their own
+/// recording gave them, so two nested recordings of the same module both
+/// appear under its plain path.
+pub fn record_nested<T>(f: impl FnOnce() -> T) -> (T, Trace) {
+    record_with(f, true)
+}
+
+fn record_with<T>(f: impl FnOnce() -> T, collect_nested: bool) -> (T, Trace) {
     struct Restore {
         was_active: bool,
+        outer_collects: bool,
         outer: Trace,
     }
     impl Drop for Restore {
@@ -113,13 +134,56 @@ pub fn record<T>(f: impl FnOnce() -> T) -> (T, Trace) {
             let outer = std::mem::take(&mut self.outer);
             CURRENT.with(|c| *c.borrow_mut() = outer);
             ACTIVE.with(|a| a.set(self.was_active));
+            COLLECTS_NESTED.with(|c| c.set(self.outer_collects));
         }
     }
-    let _restore = Restore {
+    let mut restore = Restore {
         outer: CURRENT.with(|c| std::mem::take(&mut *c.borrow_mut())),
         was_active: ACTIVE.with(|a| a.replace(true)),
+        outer_collects: COLLECTS_NESTED.with(|c| c.replace(collect_nested)),
     };
     let value = f();
     let trace = CURRENT.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    if restore.outer_collects {
+        restore.outer.entries.extend(trace.entries.iter().cloned());
+    }
     (value, trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    fn t(v: f32) -> Tensor {
+        Tensor::new(&[v], &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn record_nested_keeps_what_inner_recordings_capture() {
+        let (inner, outer) = record_nested(|| {
+            tap("before", &t(1.0));
+            let ((), inner) = record(|| {
+                tap("inner", &t(2.0));
+                // A recording inside a plain `record` stays inside it.
+                let ((), deepest) = record(|| tap("deepest", &t(3.0)));
+                assert_eq!(deepest.names().collect::<Vec<_>>(), ["deepest"]);
+            });
+            tap("after", &t(4.0));
+            inner
+        });
+        assert_eq!(inner.names().collect::<Vec<_>>(), ["inner"]);
+        assert_eq!(outer.names().collect::<Vec<_>>(), ["before", "inner", "after"]);
+        assert!(!is_active());
+        assert!(!COLLECTS_NESTED.with(Cell::get));
+    }
+
+    #[test]
+    fn plain_record_ignores_nested_recordings() {
+        let ((), outer) = record(|| {
+            let _ = record(|| tap("inner", &t(2.0)));
+        });
+        assert!(outer.is_empty());
+    }
 }
