@@ -5,7 +5,7 @@
 //! - SiLU / Swish `x·σ(x)`: Ramachandran et al., arXiv 1710.05941.
 //! - ReLU²: So et al. (Primer), arXiv 2109.08668.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// An activation function; every variant is differentiable in candle.
@@ -32,6 +32,16 @@ pub enum Activation {
 
 impl Activation {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match (self, x.dtype()) {
+            // PyTorch evaluates these in f32 for half-precision inputs and rounds once;
+            // candle's f16 kernels round intermediate steps (an ulp off for SiLU).
+            // QuickGELU is three separate ops in PyTorch too, so it stays composed.
+            (Activation::QuickGelu, _) | (_, DType::F32 | DType::F64) => self.eval(x),
+            _ => self.eval(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype()),
+        }
+    }
+
+    fn eval(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Activation::Gelu => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),

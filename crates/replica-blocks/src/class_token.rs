@@ -1,1 +1,72 @@
-//! (in progress)
+//! The class token of the Vision Transformer: Dosovitskiy et al., "An Image is
+//! Worth 16x16 Words", arXiv 2010.11929 (registry: [`crate::papers::VIT`]).
+//!
+//! A learned vector `cls_token`, `[1, 1, dim]`, prepended to every sequence of
+//! patch embeddings; the encoder's output at that position represents the image.
+//! As timm's `VisionTransformer._pos_embed` (`torch.cat([cls_token.expand(B, -1, -1), x], 1)`)
+//! and HF `ViTEmbeddings`.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+/// The width of the class token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassTokenConfig {
+    #[serde(alias = "embed_dim", alias = "hidden_size")]
+    pub dim: usize,
+}
+
+/// Prepends the learned class token: `[batch, n, dim] -> [batch, n + 1, dim]`.
+///
+/// The token is a parameter of its owner (timm's `VisionTransformer`, HF's
+/// `ViTEmbeddings`), not a module of its own, so the reference has no forward hook
+/// for it and this block records nothing in traces: build it with the owner's
+/// `VarBuilder` and it reads `<owner>.cls_token`.
+#[derive(Clone, Debug)]
+pub struct ClassToken {
+    token: Tensor,
+    path: String,
+}
+
+impl ClassToken {
+    pub fn new(config: &ClassTokenConfig, vb: VarBuilder) -> Result<Self> {
+        // timm initialises the token with std 1e-6.
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 1e-6 };
+        let token = vb.get_with_hints((1, 1, config.dim), "cls_token", init)?;
+        Ok(Self {
+            token,
+            path: vb.prefix(),
+        })
+    }
+
+    /// The token, `[1, 1, dim]`.
+    pub fn token(&self) -> &Tensor {
+        &self.token
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dim = self.token.dim(2)?;
+        let (batch, _, width) = match x.dims() {
+            &[b, n, d] => (b, n, d),
+            dims => candle_core::bail!(
+                "class_token `{}`: expects a sequence [batch, tokens, {dim}], got shape {dims:?}",
+                self.path
+            ),
+        };
+        if width != dim {
+            candle_core::bail!(
+                "class_token `{}`: the token has {dim} features, the sequence has {width}",
+                self.path
+            )
+        }
+        let token = self.token.to_dtype(x.dtype())?.broadcast_as((batch, 1, dim))?;
+        Tensor::cat(&[&token, x], 1)
+    }
+}
+
+impl candle_core::Module for ClassToken {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ClassToken::forward(self, x)
+    }
+}

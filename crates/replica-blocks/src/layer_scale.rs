@@ -1,1 +1,80 @@
-//! (in progress)
+//! LayerScale: Touvron et al., CaiT, "Going deeper with Image Transformers",
+//! arXiv 2103.17239 (registry: [`crate::papers::CAIT`]), as timm's `LayerScale`.
+//!
+//! A learned per-channel scale `gamma` on a residual branch, initialised small
+//! (`init_values`, e.g. 1e-5) so deep stacks start close to the identity.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+fn default_init_values() -> f64 {
+    1e-5
+}
+
+/// timm `LayerScale(dim, init_values)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerScaleConfig {
+    #[serde(alias = "hidden_size", alias = "embed_dim")]
+    pub dim: usize,
+    /// The initial value of every `gamma` entry (used when the weights do not supply it).
+    #[serde(
+        default = "default_init_values",
+        alias = "layer_scale_init_value",
+        alias = "layerscale_value",
+        alias = "init_value"
+    )]
+    pub init_values: f64,
+}
+
+impl LayerScaleConfig {
+    pub fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            init_values: default_init_values(),
+        }
+    }
+}
+
+/// `x * gamma` over the last (channel) dimension.
+#[derive(Clone, Debug)]
+pub struct LayerScale {
+    gamma: Tensor,
+    path: String,
+}
+
+impl LayerScale {
+    pub fn new(config: &LayerScaleConfig, vb: VarBuilder) -> Result<Self> {
+        let init = candle_nn::Init::Const(config.init_values);
+        let gamma = vb.get_with_hints(config.dim, "gamma", init)?;
+        Ok(Self {
+            gamma,
+            path: vb.prefix(),
+        })
+    }
+
+    /// The per-channel scale, `[dim]`.
+    pub fn gamma(&self) -> &Tensor {
+        &self.gamma
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dim = self.gamma.dim(0)?;
+        if x.rank() == 0 || x.dim(D::Minus1)? != dim {
+            candle_core::bail!(
+                "layer_scale `{}`: the input's last dimension must have {dim} channels, got shape {:?}",
+                self.path,
+                x.dims()
+            )
+        }
+        let y = x.broadcast_mul(&self.gamma.to_dtype(x.dtype())?)?;
+        replica_check::tap(&self.path, &y);
+        Ok(y)
+    }
+}
+
+impl candle_core::Module for LayerScale {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        LayerScale::forward(self, x)
+    }
+}

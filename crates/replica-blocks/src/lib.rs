@@ -29,6 +29,13 @@ pub mod rope;
 pub mod sinusoidal;
 
 pub use activation::Activation;
+pub use class_token::{ClassToken, ClassTokenConfig};
+pub use drop_path::{DropPath, DropPathConfig};
+pub use dropout::{Dropout, DropoutConfig};
+pub use glu::{GluMlp, GluMlpConfig, GluMlpNames, GluProjections};
+pub use layer_scale::{LayerScale, LayerScaleConfig};
+pub use mlp::{Mlp, MlpConfig, MlpNames};
+pub use patch_embed::{PatchEmbed, PatchEmbedConfig, PatchEmbedNames, Size2};
 pub use embedding::{Embedding, EmbeddingConfig};
 pub use linear::{Linear, LinearConfig};
 pub use norm::{LayerNorm, LayerNormConfig, Norm, NormKind, RmsNorm, RmsNormConfig};

@@ -1,7 +1,7 @@
 //! The affine map `y = x Wᵀ + b`, with PyTorch's `[out, in]` weight layout so
 //! checkpoints load as they are (the Transformer's projections, arXiv 1706.03762).
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -78,7 +78,18 @@ impl Linear {
                 self.path
             )
         }
-        let y = candle_core::Module::forward(&self.inner, x)?;
+        let y = match x.dtype() {
+            // PyTorch multiplies half-precision matrices with f32 accumulation, adds
+            // the bias and rounds once; candle's CPU gemm differs by an ulp often
+            // enough to fail f16 parity, so do it PyTorch's way there.
+            DType::F16 | DType::BF16 if x.device().is_cpu() => {
+                let weight = self.inner.weight().to_dtype(DType::F32)?;
+                let bias = self.inner.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
+                let wide = candle_nn::Linear::new(weight, bias);
+                candle_core::Module::forward(&wide, &x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?
+            }
+            _ => candle_core::Module::forward(&self.inner, x)?,
+        };
         replica_check::tap(&self.path, &y);
         Ok(y)
     }

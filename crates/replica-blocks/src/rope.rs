@@ -48,6 +48,10 @@ pub struct RopeConfig {
     /// The longest sequence (plus cache offset) the tables cover.
     #[serde(default = "default_max_positions", alias = "max_position_embeddings")]
     pub max_positions: usize,
+    /// How many features rotate, when given as a count (GPT-J's `rotary_dim`)
+    /// rather than a fraction; overrides `fraction`.
+    #[serde(default, alias = "rotary_dim")]
+    pub rotary_features: Option<usize>,
 }
 
 impl RopeConfig {
@@ -58,12 +62,15 @@ impl RopeConfig {
             fraction: default_fraction(),
             style: RopeStyle::default(),
             max_positions: default_max_positions(),
+            rotary_features: None,
         }
     }
 
-    /// How many features of each head rotate.
+    /// How many features of each head rotate: `rotary_features` when set, else
+    /// `int(head_dim * fraction)` as HF computes it.
     pub fn rotary_dim(&self) -> usize {
-        (self.head_dim as f64 * self.fraction) as usize
+        self.rotary_features
+            .unwrap_or((self.head_dim as f64 * self.fraction) as usize)
     }
 }
 
@@ -82,18 +89,30 @@ impl Rope {
         if !(config.fraction > 0.0 && config.fraction <= 1.0) {
             candle_core::bail!("rope: fraction must be in (0, 1], got {}", config.fraction)
         }
+        let source = match config.rotary_features {
+            Some(features) => format!("rotary_dim {features}"),
+            None => format!("head_dim {} x fraction {}", config.head_dim, config.fraction),
+        };
         if rotary_dim == 0 || rotary_dim % 2 != 0 {
+            candle_core::bail!("rope: the rotated dimension must be even and positive, got {rotary_dim} ({source})")
+        }
+        if rotary_dim > config.head_dim {
             candle_core::bail!(
-                "rope: the rotated dimension must be even and positive, got {rotary_dim} (head_dim {} x fraction {})",
-                config.head_dim,
-                config.fraction
+                "rope: {rotary_dim} rotated features do not fit heads of {} features ({source})",
+                config.head_dim
             )
         }
-        if config.theta <= 0.0 {
+        if !(config.theta > 0.0 && config.theta.is_finite()) {
             candle_core::bail!("rope: theta must be positive, got {}", config.theta)
         }
+        if config.max_positions == 0 {
+            candle_core::bail!("rope: max_positions must be positive")
+        }
+        // In f32, step for step as HF computes `inv_freq` (`1.0 / base ** (arange(0, d, 2).float() / d)`),
+        // so the angles at long positions agree with the reference to the last bit as far as `powf` allows.
+        let theta = config.theta as f32;
         let inv_freq: Vec<f32> = (0..rotary_dim / 2)
-            .map(|i| (1.0 / config.theta.powf(2.0 * i as f64 / rotary_dim as f64)) as f32)
+            .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / rotary_dim as f32))
             .collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, rotary_dim / 2), device)?;
         let positions = Tensor::arange(0u32, config.max_positions as u32, device)?
@@ -108,25 +127,51 @@ impl Rope {
         })
     }
 
-    /// Rotates `x`, shaped `[batch, heads, seq, head_dim]`, whose first token sits at
-    /// position `offset` (the number of tokens already in a KV cache).
-    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_, _, seq, head_dim) = x.dims4()?;
-        let max_positions = self.cos.dim(0)?;
+    /// How many features of each head rotate.
+    pub fn rotary_dim(&self) -> usize {
+        self.rotary_dim
+    }
+
+    pub fn style(&self) -> RopeStyle {
+        self.style
+    }
+
+    /// The longest sequence (plus offset) the tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// `(cos, sin)` of the angles of positions `offset .. offset + seq`, each
+    /// `[seq, rotary_dim / 2]` in f32 (frequency `i` in column `i`).
+    pub fn tables(&self, seq: usize, offset: usize) -> Result<(Tensor, Tensor)> {
+        let max_positions = self.max_positions();
         if offset + seq > max_positions {
             candle_core::bail!(
                 "rope: positions {offset}..{} exceed the table of {max_positions} positions (raise max_positions)",
                 offset + seq
             )
         }
+        Ok((self.cos.narrow(0, offset, seq)?, self.sin.narrow(0, offset, seq)?))
+    }
+
+    /// Rotates `x`, shaped `[batch, heads, seq, head_dim]`, whose first token sits at
+    /// position `offset` (the number of tokens already in a KV cache).
+    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_, _, seq, head_dim) = x.dims4().map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "rope: input must be [batch, heads, seq, head_dim], got shape {:?}",
+                x.dims()
+            ))
+        })?;
         if head_dim < self.rotary_dim {
             candle_core::bail!(
                 "rope: heads have {head_dim} features, fewer than the {} to rotate",
                 self.rotary_dim
             )
         }
-        let cos = self.cos.narrow(0, offset, seq)?.to_dtype(x.dtype())?;
-        let sin = self.sin.narrow(0, offset, seq)?.to_dtype(x.dtype())?;
+        let (cos, sin) = self.tables(seq, offset)?;
+        // As HF: the tables are cast to the input dtype and the rotation runs in it.
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
         let rotated_part = x.narrow(D::Minus1, 0, self.rotary_dim)?;
         let rotated = match self.style {
             RopeStyle::HalfSplit => rotate_half_split(&rotated_part, &cos, &sin)?,

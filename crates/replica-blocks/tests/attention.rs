@@ -1,0 +1,743 @@
+//! Attention against its PyTorch / HF / timm fixtures, KV-cache decoding, masks,
+//! planted bugs the harness must catch, and bad input that must give clear errors.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{VarBuilder, VarMap};
+use replica_blocks::attention::{
+    repeat_kv, scaled_dot_product_attention, scaled_dot_product_attention_with_weights, Attention,
+    AttentionConfig, AttentionNames, SdpaOptions,
+};
+use replica_blocks::cases::attention::{attention_config, cases};
+use replica_blocks::cases::fixtures_dir;
+use replica_blocks::kv_cache::KvCache;
+use replica_blocks::mask;
+use replica_blocks::RopeStyle;
+use replica_check::{assert_close, compare, compare_trace, trace, Bundle, Case, Namespace, Tolerance};
+
+const CPU: Device = Device::Cpu;
+
+fn fixture(stem: &str) -> Bundle {
+    Bundle::load(fixtures_dir().join(format!("blocks/{stem}.safetensors")), &CPU).expect("fixture loads")
+}
+
+fn attention_cases() -> Vec<Case> {
+    cases()
+        .into_iter()
+        .filter(|c| c.name.starts_with("attention") || c.name.starts_with("sdpa") || c.name == "alibi")
+        .collect()
+}
+
+/// The bundle's parameters in a plain `VarBuilder` of `dtype`.
+fn params_vb(bundle: &Bundle, dtype: DType) -> VarBuilder<'static> {
+    let tensors: HashMap<String, Tensor> = bundle.namespace(Namespace::Param).into_iter().collect();
+    VarBuilder::from_tensors(tensors, dtype, &CPU)
+}
+
+/// The LLaMA attention of a fixture, causal, under `self_attn`.
+fn llama(bundle: &Bundle, dtype: DType) -> Attention {
+    let mut config = attention_config(bundle).unwrap();
+    config.causal = true;
+    Attention::new(&config, params_vb(bundle, dtype).pp("self_attn")).unwrap()
+}
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    // A deterministic pseudo-random fill, so failures reproduce.
+    let n: usize = shape.iter().product();
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &CPU).unwrap()
+}
+
+fn random_attention(config: &AttentionConfig) -> (Attention, VarMap) {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    (Attention::new(config, vb.pp("attn")).unwrap(), varmap)
+}
+
+fn err_text<T: std::fmt::Debug>(result: candle_core::Result<T>) -> String {
+    result.expect_err("expected an error").to_string()
+}
+
+// ------------------------------------------------------------------ fixtures
+
+#[test]
+fn every_attention_case_matches_its_reference() {
+    let cases = attention_cases();
+    assert!(cases.len() >= 16, "{} attention cases", cases.len());
+    for case in cases {
+        let report = case
+            .run(&fixtures_dir(), &CPU)
+            .unwrap_or_else(|err| panic!("{}: {err}", case.name));
+        assert!(report.passed(), "{report}");
+        assert!(!report.rows.is_empty(), "{}: nothing was compared", case.name);
+    }
+}
+
+#[test]
+fn every_stored_gradient_and_activation_is_checked() {
+    for case in attention_cases() {
+        let report = case.run(&fixtures_dir(), &CPU).unwrap();
+        let bundle = Bundle::load(case.fixture_path(&fixtures_dir()), &CPU).unwrap();
+        let grads = report.rows.iter().filter(|r| r.name.starts_with("grad/")).count();
+        let stored = bundle.names(Namespace::ParamGrad).count() + bundle.names(Namespace::InputGrad).count();
+        assert_eq!(grads, stored, "{}: every stored gradient is checked", case.name);
+        for (name, _) in bundle.activations() {
+            let label = format!("act/{name}");
+            assert!(
+                report.rows.iter().any(|r| r.name == label),
+                "{}: activation {name} is not checked",
+                case.name
+            );
+        }
+        let float = bundle.metadata().dtype == "float32";
+        assert_eq!(float, stored > 0, "{}: f32 fixtures carry gradients, half ones not", case.name);
+    }
+}
+
+#[test]
+fn case_names_are_unique_and_cite_papers() {
+    let all = cases();
+    let mut names: Vec<&str> = all.iter().map(|c| c.name).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), all.len());
+    for case in &all {
+        assert!(case.paper.is_some(), "{} cites no paper", case.name);
+        assert!(case.fixture.starts_with("blocks/"), "{}", case.fixture);
+        assert!(
+            case.fixture_path(&fixtures_dir()).exists(),
+            "{}: {} is missing",
+            case.name,
+            case.fixture
+        );
+    }
+}
+
+#[test]
+fn the_fixtures_are_small() {
+    let total: u64 = cases()
+        .iter()
+        .map(|c| std::fs::metadata(c.fixture_path(&fixtures_dir())).unwrap().len())
+        .sum();
+    assert!(total < 1_000_000, "{total} bytes of fixtures");
+}
+
+// ------------------------------------------------------------------ KV cache
+
+/// Decoding one token at a time through a KV cache gives, row for row, what the
+/// full causal pass gives, and what HF's LlamaAttention gave.
+#[test]
+fn kv_cache_decoding_equals_full_recomputation_for_gqa_with_rope() {
+    for stem in ["attention_gqa", "attention_mqa"] {
+        let bundle = fixture(stem);
+        let attention = llama(&bundle, DType::F32);
+        assert!(attention.kv_heads() < attention.heads());
+        let x = bundle.input("0").unwrap();
+        let full = attention.forward(x, None, None).unwrap();
+
+        let mut cache = KvCache::new();
+        let steps: Vec<Tensor> = (0..x.dim(1).unwrap())
+            .map(|t| {
+                attention
+                    .forward(&x.narrow(1, t, 1).unwrap(), None, Some(&mut cache))
+                    .unwrap()
+            })
+            .collect();
+        let decoded = Tensor::cat(&steps, 1).unwrap();
+        assert_eq!(cache.len(), 6);
+        // The cache holds the few key/value heads, after RoPE.
+        assert_eq!(cache.keys().unwrap().dims(), &[2, attention.kv_heads(), 6, 4]);
+        assert_close(stem, &decoded, &full, Tolerance::default());
+        assert_close(stem, &decoded, bundle.output("0").unwrap(), Tolerance::default());
+    }
+}
+
+#[test]
+fn kv_cache_prefill_then_decode_equals_full_pass() {
+    let bundle = fixture("attention_gqa");
+    let attention = llama(&bundle, DType::F32);
+    let x = bundle.input("0").unwrap();
+    let mut cache = KvCache::with_max_len(6);
+    let prefill = attention.forward(&x.narrow(1, 0, 4).unwrap(), None, Some(&mut cache)).unwrap();
+    let rest = attention.forward(&x.narrow(1, 4, 2).unwrap(), None, Some(&mut cache)).unwrap();
+    let decoded = Tensor::cat(&[prefill, rest], 1).unwrap();
+    assert_close("prefill + decode", &decoded, bundle.output("0").unwrap(), Tolerance::default());
+    // Full: one more token does not fit.
+    let text = err_text(attention.forward(&x.narrow(1, 0, 1).unwrap(), None, Some(&mut cache)));
+    assert!(text.contains("capacity of 6"), "{text}");
+    cache.reset();
+    assert!(cache.is_empty());
+}
+
+#[test]
+fn kv_cache_decoding_in_half_precision_matches_the_reference() {
+    for (stem, dtype) in [("attention_gqa_f16", DType::F16), ("attention_gqa_bf16", DType::BF16)] {
+        let bundle = fixture(stem);
+        let attention = llama(&bundle, dtype);
+        let x = bundle.input("0").unwrap();
+        let mut cache = KvCache::new();
+        let steps: Vec<Tensor> = (0..x.dim(1).unwrap())
+            .map(|t| {
+                attention
+                    .forward(&x.narrow(1, t, 1).unwrap(), None, Some(&mut cache))
+                    .unwrap()
+            })
+            .collect();
+        let decoded = Tensor::cat(&steps, 1).unwrap();
+        let expected = bundle.output("0").unwrap();
+        assert_close(stem, &decoded, expected, Tolerance::for_dtype(dtype));
+    }
+}
+
+/// Gradients flow through cached keys and values: decoding token by token and
+/// backpropagating gives the full pass's parameter gradients.
+#[test]
+fn gradients_through_the_kv_cache_equal_the_full_pass() {
+    let bundle = fixture("attention_gqa");
+    let mut config = attention_config(&bundle).unwrap();
+    config.causal = true;
+    let varmap = VarMap::new();
+    let attention = Attention::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &CPU)).unwrap();
+    let x = bundle.input("0").unwrap();
+    let upstream = bundle.output_grad("0").unwrap();
+
+    let full = attention.forward(x, None, None).unwrap();
+    let full_grads = (full * upstream).unwrap().sum_all().unwrap().backward().unwrap();
+
+    let mut cache = KvCache::new();
+    let steps: Vec<Tensor> = (0..6)
+        .map(|t| {
+            attention
+                .forward(&x.narrow(1, t, 1).unwrap(), None, Some(&mut cache))
+                .unwrap()
+        })
+        .collect();
+    let decoded = Tensor::cat(&steps, 1).unwrap();
+    let decoded_grads = (decoded * upstream).unwrap().sum_all().unwrap().backward().unwrap();
+    for var in varmap.all_vars() {
+        let a = decoded_grads.get(var.as_tensor()).expect("gradient through the cache");
+        let b = full_grads.get(var.as_tensor()).expect("gradient of the full pass");
+        assert_close("parameter gradient", a, b, Tolerance::default());
+    }
+}
+
+#[test]
+fn kv_cache_with_alibi_decodes_like_the_full_pass() {
+    let config = AttentionConfig {
+        causal: true,
+        alibi: true,
+        kv_heads: Some(3),
+        ..AttentionConfig::new(24, 6)
+    };
+    let (attention, _vars) = random_attention(&config);
+    let x = randn(&[2, 5, 24], 7);
+    let full = attention.forward(&x, None, None).unwrap();
+    let mut cache = KvCache::new();
+    let steps: Vec<Tensor> = (0..5)
+        .map(|t| {
+            attention
+                .forward(&x.narrow(1, t, 1).unwrap(), None, Some(&mut cache))
+                .unwrap()
+        })
+        .collect();
+    assert_close("alibi decode", &Tensor::cat(&steps, 1).unwrap(), &full, Tolerance::default());
+}
+
+#[test]
+fn kv_cache_refuses_mismatched_entries() {
+    let mut cache = KvCache::new();
+    let k = Tensor::zeros((1, 2, 3, 4), DType::F32, &CPU).unwrap();
+    cache.append(&k, &k).unwrap();
+    let other_heads = Tensor::zeros((1, 3, 1, 4), DType::F32, &CPU).unwrap();
+    let text = err_text(cache.append(&other_heads, &other_heads));
+    assert!(text.contains("do not fit the cached"), "{text}");
+    let rank3 = Tensor::zeros((1, 3, 4), DType::F32, &CPU).unwrap();
+    let text = err_text(cache.append(&rank3, &rank3));
+    assert!(text.contains("[batch, kv_heads, seq, head_dim]"), "{text}");
+    assert_eq!(cache.len(), 3);
+}
+
+// --------------------------------------------------------------------- masks
+
+#[test]
+fn causal_mask_aligns_queries_with_the_cache_offset() {
+    let m = mask::causal_mask(2, 4, 2, DType::F32, &CPU).unwrap();
+    let inf = f32::NEG_INFINITY;
+    assert_eq!(
+        m.to_vec2::<f32>().unwrap(),
+        vec![vec![0.0, 0.0, 0.0, inf], vec![0.0, 0.0, 0.0, 0.0]]
+    );
+    let square = mask::causal_mask(3, 3, 0, DType::F16, &CPU).unwrap();
+    assert_eq!(square.dtype(), DType::F16);
+    let square = square.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(square[0], vec![0.0, inf, inf]);
+    assert_eq!(square[2], vec![0.0, 0.0, 0.0]);
+    assert!(mask::causal_mask(2, 2, 0, DType::U8, &CPU).is_err());
+}
+
+/// `causal: true` aligns bottom-right (q_len < k_len behaves like decoding after
+/// a cache), unlike torch's top-left `is_causal`: on the top-left fixture the
+/// option must *not* match, while an explicit offset-0 mask does (the case).
+#[test]
+fn causal_option_is_bottom_right_aligned() {
+    let bundle = fixture("sdpa_causal_top_left");
+    let (q, k, v) = (
+        bundle.input("0").unwrap(),
+        bundle.input("1").unwrap(),
+        bundle.input("2").unwrap(),
+    );
+    let options = SdpaOptions {
+        causal: true,
+        ..SdpaOptions::default()
+    };
+    let bottom_right = scaled_dot_product_attention(q, k, v, None, &options).unwrap();
+    assert!(!compare(&bottom_right, bundle.output("0").unwrap(), Tolerance::default()).passed());
+    let explicit = mask::causal_mask(3, 6, 3, DType::F32, &CPU).unwrap();
+    let same = scaled_dot_product_attention(q, k, v, Some(&explicit), &SdpaOptions::default()).unwrap();
+    assert_close("bottom-right", &bottom_right, &same, Tolerance::EXACT);
+}
+
+#[test]
+fn padding_masks_from_lengths_and_from_hf_attention_masks_agree() {
+    let lengths = mask::padding_mask_from_lengths(&[3, 1, 2], 3, DType::F32, &CPU).unwrap();
+    assert_eq!(lengths.dims(), &[3, 1, 1, 3]);
+    let hf = Tensor::new(&[[1i64, 1, 1], [1, 0, 0], [1, 1, 0]], &CPU).unwrap();
+    let from_hf = mask::padding_mask(&hf, DType::F32).unwrap();
+    assert_close("padding", &from_hf, &lengths, Tolerance::EXACT);
+    let text = err_text(mask::padding_mask_from_lengths(&[4], 3, DType::F32, &CPU));
+    assert!(text.contains("longer than k_len 3"), "{text}");
+    let text = err_text(mask::padding_mask(&Tensor::zeros(3, DType::U8, &CPU).unwrap(), DType::F32));
+    assert!(text.contains("[batch, k_len]"), "{text}");
+}
+
+/// Ragged batch: each sequence attends only to its own tokens, so running a
+/// sequence alone, unpadded, gives the same rows as the padded batch.
+#[test]
+fn a_padded_ragged_batch_equals_each_sequence_alone() {
+    let bundle = fixture("sdpa_padding");
+    let (q, k, v) = (
+        bundle.input("0").unwrap(),
+        bundle.input("1").unwrap(),
+        bundle.input("2").unwrap(),
+    );
+    let lengths = [6usize, 4, 1];
+    let padding = mask::padding_mask_from_lengths(&lengths, 6, DType::F32, &CPU).unwrap();
+    let batched = scaled_dot_product_attention(q, k, v, Some(&padding), &SdpaOptions::default()).unwrap();
+    for (b, &len) in lengths.iter().enumerate() {
+        let one = |t: &Tensor| t.narrow(0, b, 1).unwrap().narrow(2, 0, len).unwrap();
+        let alone = scaled_dot_product_attention(
+            &q.narrow(0, b, 1).unwrap(),
+            &one(k),
+            &one(v),
+            None,
+            &SdpaOptions::default(),
+        )
+        .unwrap();
+        let row = batched.narrow(0, b, 1).unwrap();
+        assert_close("ragged", &row, &alone, Tolerance::default());
+    }
+}
+
+#[test]
+fn combined_masks_add_and_boolean_masks_convert() {
+    let causal = mask::causal_mask(2, 2, 0, DType::F32, &CPU).unwrap();
+    let padding = Tensor::new(&[[1u8, 0]], &CPU).unwrap().reshape((1, 1, 1, 2)).unwrap();
+    let both = mask::combine(&[&causal, &padding], DType::F32).unwrap().unwrap();
+    assert_eq!(both.dims(), &[1, 1, 2, 2]);
+    let inf = f32::NEG_INFINITY;
+    let values = both.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(values, vec![0.0, inf, 0.0, inf]);
+    assert!(mask::combine(&[], DType::F32).unwrap().is_none());
+    // An additive mask passes through to_additive unchanged, in the asked dtype.
+    let half = mask::to_additive(&causal, DType::BF16).unwrap();
+    assert_eq!(half.dtype(), DType::BF16);
+}
+
+/// A query that may attend to no key gets zeros (torch sdpa's behaviour), with
+/// zero gradient, never NaN; a `finfo.min` mask (HF eager) instead averages.
+#[test]
+fn a_fully_masked_row_gives_zeros_not_nan() {
+    let q = candle_core::Var::from_tensor(&randn(&[1, 1, 2, 4], 1)).unwrap();
+    let k = randn(&[1, 1, 3, 4], 2);
+    let v = randn(&[1, 1, 3, 4], 3);
+    let keep = Tensor::new(&[[0u8, 0, 0], [1, 1, 0]], &CPU).unwrap();
+    let (out, probs) =
+        scaled_dot_product_attention_with_weights(q.as_tensor(), &k, &v, Some(&keep), &SdpaOptions::default())
+            .unwrap();
+    let rows = out.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(rows[0], vec![0.0; 4]);
+    assert!(rows[1].iter().all(|x| x.is_finite() && *x != 0.0));
+    let p = probs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(&p[..3], &[0.0, 0.0, 0.0]);
+    assert!((p[3] + p[4] - 1.0).abs() < 1e-6 && p[5] == 0.0);
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    let gq = grads.get(q.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(gq.iter().all(|g| g.is_finite()));
+    assert_eq!(&gq[..4], &[0.0; 4]);
+
+    let finfo_min = Tensor::new(&[[f32::MIN, f32::MIN, f32::MIN], [0.0, 0.0, f32::MIN]], &CPU).unwrap();
+    let averaged = scaled_dot_product_attention(q.as_tensor(), &k, &v, Some(&finfo_min), &SdpaOptions::default())
+        .unwrap();
+    let mean_v = v.mean_keepdim(2).unwrap();
+    assert_close(
+        "finfo.min row",
+        &averaged.narrow(2, 0, 1).unwrap(),
+        &mean_v,
+        Tolerance::default(),
+    );
+}
+
+/// A user mask (here: padding) and the configured causal mask combine inside the
+/// module, and it matches the torch fixture built the same way.
+#[test]
+fn attention_module_adds_the_user_mask_to_the_causal_one() {
+    let config = AttentionConfig {
+        causal: true,
+        ..AttentionConfig::new(16, 2)
+    };
+    let (attention, _vars) = random_attention(&config);
+    let x = randn(&[2, 4, 16], 11);
+    let keep = Tensor::new(&[[1u8, 1, 1, 1], [1, 1, 0, 0]], &CPU).unwrap();
+    let padding = mask::padding_mask(&keep, DType::F32).unwrap();
+    let masked = attention.forward(&x, Some(&padding), None).unwrap();
+    // The unpadded sequence alone, first two tokens of sequence 1.
+    let alone = attention.forward(&x.narrow(0, 1, 1).unwrap().narrow(1, 0, 2).unwrap(), None, None).unwrap();
+    let rows = masked.narrow(0, 1, 1).unwrap().narrow(1, 0, 2).unwrap();
+    assert_close("padded + causal", &rows, &alone, Tolerance::default());
+    // A boolean mask works the same.
+    let boolean = keep.reshape((2, 1, 1, 4)).unwrap();
+    let masked_bool = attention.forward(&x, Some(&boolean), None).unwrap();
+    assert_close("boolean mask", &masked_bool, &masked, Tolerance::EXACT);
+}
+
+// --------------------------------------------------------------- planted bugs
+
+/// The classic RoPE porting bug: rotating interleaved pairs where the checkpoint
+/// was trained with half-split pairs. The harness must fail it, at the first
+/// module after the rotation (`o_proj`), not at the projections before it.
+#[test]
+fn rope_convention_swapped_is_caught() {
+    let bundle = fixture("attention_gqa");
+    let mut config = attention_config(&bundle).unwrap();
+    config.causal = true;
+    config.rope = Some(RopeStyle::Interleaved);
+    let attention = Attention::new(&config, params_vb(&bundle, DType::F32).pp("self_attn")).unwrap();
+    let x = bundle.input("0").unwrap();
+    let (y, recorded) = trace::record(|| attention.forward(x, None, None).unwrap());
+    let output = compare(&y, bundle.output("0").unwrap(), Tolerance::default());
+    assert!(!output.passed(), "{output}");
+    let report = compare_trace(&recorded, &bundle, Tolerance::default());
+    assert_eq!(report.first_divergence.as_deref(), Some("self_attn.o_proj"), "{report}");
+    assert!(report.rows[0].comparison.as_ref().unwrap().passed(), "{report}");
+}
+
+#[test]
+fn missing_causal_mask_is_caught() {
+    let bundle = fixture("attention_gqa");
+    let config = attention_config(&bundle).unwrap(); // causal left off
+    let attention = Attention::new(&config, params_vb(&bundle, DType::F32).pp("self_attn")).unwrap();
+    let y = attention.forward(bundle.input("0").unwrap(), None, None).unwrap();
+    assert!(!compare(&y, bundle.output("0").unwrap(), Tolerance::default()).passed());
+}
+
+#[test]
+fn kv_heads_repeated_in_the_wrong_order_is_caught() {
+    let bundle = fixture("sdpa_gqa");
+    let (q, k, v) = (
+        bundle.input("0").unwrap(),
+        bundle.input("1").unwrap(),
+        bundle.input("2").unwrap(),
+    );
+    // `repeat` tiles [h0, h1, h0, h1, ...]; GQA groups consecutive query heads: [h0, h0, h0, h1, ...].
+    let tiled = |t: &Tensor| t.repeat((1, 3, 1, 1)).unwrap();
+    let options = SdpaOptions {
+        causal: true,
+        ..SdpaOptions::default()
+    };
+    let y = scaled_dot_product_attention(q, &tiled(k), &tiled(v), None, &options).unwrap();
+    assert!(!compare(&y, bundle.output("0").unwrap(), Tolerance::default()).passed());
+    let grouped = |t: &Tensor| repeat_kv(t, 3).unwrap();
+    let y = scaled_dot_product_attention(q, &grouped(k), &grouped(v), None, &options).unwrap();
+    assert_close("repeat_kv", &y, bundle.output("0").unwrap(), Tolerance::default());
+}
+
+#[test]
+fn softcap_left_out_is_caught() {
+    let bundle = fixture("attention_softcap");
+    let mut config = attention_config(&bundle).unwrap();
+    config.causal = true;
+    config.softcap = None;
+    let attention = Attention::new(&config, params_vb(&bundle, DType::F32).pp("self_attn")).unwrap();
+    let y = attention.forward(bundle.input("0").unwrap(), None, None).unwrap();
+    assert!(!compare(&y, bundle.output("0").unwrap(), Tolerance::default()).passed());
+}
+
+// ------------------------------------------------------------ module features
+
+#[test]
+fn softcap_bounds_the_scores() {
+    let q = (randn(&[1, 1, 3, 4], 5) * 50.0).unwrap();
+    let k = (randn(&[1, 1, 3, 4], 6) * 50.0).unwrap();
+    let v = Tensor::eye(3, DType::F32, &CPU).unwrap().reshape((1, 1, 3, 3)).unwrap();
+    let options = SdpaOptions {
+        softcap: Some(2.0),
+        scale: Some(1.0),
+        ..SdpaOptions::default()
+    };
+    // With v = I the output rows are the probabilities: a score range under 4
+    // keeps every probability above e^-4 / 3.
+    let probs = scaled_dot_product_attention(&q, &k, &v, None, &options).unwrap();
+    let min = probs.flatten_all().unwrap().min(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(min > (-4f32).exp() / 3.0 - 1e-6, "{min}");
+    let text = err_text(scaled_dot_product_attention(
+        &q,
+        &k,
+        &v,
+        None,
+        &SdpaOptions {
+            softcap: Some(0.0),
+            ..options
+        },
+    ));
+    assert!(text.contains("softcap must be positive"), "{text}");
+}
+
+#[test]
+fn dropout_applies_only_in_training() {
+    let config = AttentionConfig {
+        attention_dropout: 0.5,
+        proj_dropout: 0.25,
+        ..AttentionConfig::new(16, 4)
+    };
+    let (mut attention, varmap) = random_attention(&config);
+    let x = randn(&[2, 5, 16], 9);
+    let eval_a = attention.forward(&x, None, None).unwrap();
+    let eval_b = attention.forward(&x, None, None).unwrap();
+    assert_close("eval is deterministic", &eval_a, &eval_b, Tolerance::EXACT);
+    attention.set_training(true);
+    assert!(attention.training());
+    let train = attention.forward(&x, None, None).unwrap();
+    assert!(!compare(&train, &eval_a, Tolerance::default()).passed());
+    // Trainable with dropout on: every parameter receives a gradient.
+    let grads = train.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    for var in varmap.all_vars() {
+        assert!(grads.get(var.as_tensor()).is_some());
+    }
+}
+
+#[test]
+fn cross_attention_reads_keys_and_values_from_the_context() {
+    let config = AttentionConfig {
+        context_dim: Some(12),
+        qkv_bias: true,
+        ..AttentionConfig::new(16, 4)
+    };
+    let (attention, _vars) = random_attention(&config);
+    let x = randn(&[2, 3, 16], 1);
+    let context = randn(&[2, 7, 12], 2);
+    let (y, weights) = attention.forward_with_weights(&x, Some(&context), None, None).unwrap();
+    assert_eq!(y.dims(), &[2, 3, 16]);
+    assert_eq!(weights.dims(), &[2, 4, 3, 7]);
+    let row_sums = weights.sum(D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(row_sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
+    // Self-attention on x alone cannot read the 12-feature projections.
+    assert!(attention.forward(&x, None, None).is_err());
+}
+
+#[test]
+fn scale_norm_and_rms_qk_norm_load_under_their_names() {
+    let config = AttentionConfig {
+        qk_norm: true,
+        scale_norm: true,
+        norm: replica_blocks::NormKind::RmsNorm,
+        ..AttentionConfig::timm(16, 4, false, true)
+    };
+    let varmap = VarMap::new();
+    let attention = Attention::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &CPU)).unwrap();
+    let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["k_norm.weight", "norm.weight", "proj.bias", "proj.weight", "q_norm.weight", "qkv.weight"]
+    );
+    let x = randn(&[1, 3, 16], 4);
+    let (_, recorded) = trace::record(|| attention.forward(&x, None, None).unwrap());
+    let traced: Vec<&str> = recorded.names().collect();
+    assert_eq!(traced, ["qkv", "q_norm", "k_norm", "norm", "proj", "proj_drop"]);
+}
+
+// ----------------------------------------------------------------- bad input
+
+#[test]
+fn bad_configurations_are_refused_at_construction() {
+    let build = |config: AttentionConfig| {
+        let varmap = VarMap::new();
+        Attention::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &CPU).pp("layers.0.attn")).map(|_| ())
+    };
+    let text = err_text(build(AttentionConfig {
+        kv_heads: Some(3),
+        ..AttentionConfig::new(16, 4)
+    }));
+    assert!(text.contains("4 query heads cannot share 3 key/value heads"), "{text}");
+    assert!(text.contains("attention `layers.0.attn`"), "{text}");
+
+    let text = err_text(build(AttentionConfig::new(10, 4)));
+    assert!(text.contains("dim 10 is not divisible by 4 heads"), "{text}");
+
+    let text = err_text(build(AttentionConfig {
+        rope: Some(RopeStyle::HalfSplit),
+        rotary_dim: Some(5),
+        ..AttentionConfig::new(32, 4)
+    }));
+    assert!(text.contains("rotated dimension must be even"), "{text}");
+
+    let text = err_text(build(AttentionConfig {
+        rope: Some(RopeStyle::HalfSplit),
+        ..AttentionConfig::new(12, 4) // head_dim 3: odd
+    }));
+    assert!(text.contains("must be even"), "{text}");
+
+    let text = err_text(build(AttentionConfig {
+        rope: Some(RopeStyle::HalfSplit),
+        alibi: true,
+        ..AttentionConfig::new(16, 4)
+    }));
+    assert!(text.contains("not both"), "{text}");
+
+    let text = err_text(build(AttentionConfig {
+        attention_dropout: 1.0,
+        ..AttentionConfig::new(16, 4)
+    }));
+    assert!(text.contains("attention_dropout must be in [0, 1)"), "{text}");
+
+    let text = err_text(build(AttentionConfig {
+        context_dim: Some(8),
+        ..AttentionConfig::timm(16, 4, true, false)
+    }));
+    assert!(text.contains("fused qkv"), "{text}");
+
+    assert!(build(AttentionConfig::new(16, 0)).is_err());
+    assert!(build(AttentionConfig {
+        kv_heads: Some(0),
+        ..AttentionConfig::new(16, 4)
+    })
+    .is_err());
+}
+
+#[test]
+fn bad_inputs_are_refused_at_call_time() {
+    let (attention, _vars) = random_attention(&AttentionConfig {
+        causal: true,
+        rope: Some(RopeStyle::HalfSplit),
+        max_positions: 8,
+        ..AttentionConfig::new(16, 4)
+    });
+    let text = err_text(attention.forward(&randn(&[5, 16], 1), None, None));
+    assert!(text.contains("input must be [batch, seq, dim], got shape [5, 16]"), "{text}");
+    let text = err_text(attention.forward(&randn(&[1, 5, 12], 1), None, None));
+    assert!(text.contains("12 features"), "{text}");
+    let text = err_text(attention.forward(&randn(&[1, 9, 16], 1), None, None));
+    assert!(text.contains("exceed the table of 8 positions"), "{text}");
+    let text = err_text(attention.forward(&randn(&[1, 2, 16], 1), Some(&randn(&[3, 5], 2)), None));
+    assert!(text.contains("does not broadcast"), "{text}");
+    let text = err_text(attention.forward_cross(&randn(&[1, 2, 16], 1), &randn(&[1, 2, 16], 2), None));
+    assert!(text.contains("cross-attention takes no causal mask"), "{text}");
+
+    let q = randn(&[1, 4, 3, 8], 1);
+    let kv3 = randn(&[1, 3, 3, 8], 2);
+    let text = err_text(scaled_dot_product_attention(&q, &kv3, &kv3, None, &SdpaOptions::default()));
+    assert!(text.contains("4 query heads cannot share 3"), "{text}");
+    let rank3 = randn(&[4, 3, 8], 3);
+    let text = err_text(scaled_dot_product_attention(&rank3, &rank3, &rank3, None, &SdpaOptions::default()));
+    assert!(text.contains("q must be [batch, heads, seq, head_dim], got shape [4, 3, 8]"), "{text}");
+    let k6 = randn(&[1, 4, 3, 6], 4);
+    let text = err_text(scaled_dot_product_attention(&q, &k6, &k6, None, &SdpaOptions::default()));
+    assert!(text.contains("q has 8 features per head, k has 6"), "{text}");
+    let ids = Tensor::zeros((1, 4, 3, 8), DType::U32, &CPU).unwrap();
+    assert!(scaled_dot_product_attention(&ids, &ids, &ids, None, &SdpaOptions::default()).is_err());
+}
+
+// ------------------------------------------------------------------- configs
+
+#[test]
+fn configs_deserialize_from_hf_and_timm_json() {
+    // A transformers v4 LLaMA config.json (rope_theta at the top level).
+    let llama: AttentionConfig = serde_json::from_str(
+        r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "max_position_embeddings": 8192, "rope_theta": 500000.0,
+            "attention_bias": false, "attention_dropout": 0.0, "rms_norm_eps": 1e-05,
+            "hidden_act": "silu", "vocab_size": 128256}"#,
+    )
+    .unwrap();
+    assert_eq!((llama.dim, llama.heads, llama.kv_heads()), (4096, 32, 8));
+    assert_eq!(llama.head_dim(), Some(128));
+    let rope = llama.rope_config().unwrap().unwrap();
+    assert_eq!((rope.theta, rope.max_positions, rope.style), (500000.0, 8192, RopeStyle::HalfSplit));
+
+    // transformers v5 moves the theta into rope_parameters; GPT-NeoX's partial rotation.
+    let neox: AttentionConfig = serde_json::from_str(
+        r#"{"hidden_size": 2048, "num_attention_heads": 16, "attention_bias": true,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}}"#,
+    )
+    .unwrap();
+    assert!(neox.qkv_bias);
+    assert_eq!(neox.rope_config().unwrap().unwrap().rotary_dim(), 32);
+    let old_neox: AttentionConfig =
+        serde_json::from_str(r#"{"hidden_size": 2048, "num_attention_heads": 16, "rotary_pct": 0.25, "rotary_emb_base": 10000}"#)
+            .unwrap();
+    assert_eq!(old_neox.rope_config().unwrap().unwrap().rotary_dim(), 32);
+
+    // Gemma 2: head_dim apart from hidden_size / heads, softcap, query_pre_attn_scalar.
+    let gemma: AttentionConfig = serde_json::from_str(
+        r#"{"hidden_size": 2304, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+            "query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+            "rope_theta": 10000.0, "sliding_window": 4096}"#,
+    )
+    .unwrap();
+    assert_eq!(gemma.head_dim(), Some(256));
+    assert_eq!(gemma.softcap, Some(50.0));
+    assert_eq!(gemma.score_scale(), Some(1.0 / 16.0));
+
+    // Unsupported RoPE scaling is refused, not silently ignored.
+    let llama3: AttentionConfig = serde_json::from_str(
+        r#"{"hidden_size": 64, "num_attention_heads": 4,
+            "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}}"#,
+    )
+    .unwrap();
+    assert!(llama3.rope_config().unwrap_err().to_string().contains("llama3"));
+
+    // timm Attention's arguments.
+    let timm: AttentionConfig = serde_json::from_str(
+        r#"{"dim": 768, "num_heads": 12, "qkv_bias": true, "qk_norm": true, "proj_bias": true,
+            "attn_drop": 0.1, "proj_drop": 0.0}"#,
+    )
+    .unwrap();
+    assert!(timm.qk_norm && timm.qkv_bias && timm.rope_config().unwrap().is_none());
+    assert_eq!(timm.attention_dropout, 0.1);
+
+    // Names and layouts round-trip.
+    let config = AttentionConfig {
+        names: Some(AttentionNames::timm()),
+        ..AttentionConfig::timm(16, 4, true, false)
+    };
+    let json = serde_json::to_string(&config).unwrap();
+    let back: AttentionConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, config);
+}
+
+#[test]
+fn the_fixture_configs_are_hf_config_json() {
+    for stem in ["attention_gqa", "attention_mqa", "attention_softcap"] {
+        let bundle = fixture(stem);
+        let config = attention_config(&bundle).unwrap();
+        assert_eq!(config.dim, 16, "{stem}");
+        assert!(config.rope_config().unwrap().is_some(), "{stem}");
+    }
+}
