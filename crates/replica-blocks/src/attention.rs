@@ -334,7 +334,10 @@ pub struct AttentionConfig {
     /// Output features (timm's `dim_out`); `None` is `dim`.
     #[serde(default, alias = "dim_out")]
     pub out_dim: Option<usize>,
-    /// One `[3 * heads * head_dim, dim]` projection (timm `qkv`) rather than three.
+    /// One projection (timm `qkv`) rather than three: its output features are the
+    /// query heads, then the key heads, then the value heads, as timm's
+    /// `reshape(B, N, 3, heads, head_dim)` reads them (and, with fewer key/value
+    /// heads, as Phi-3's `qkv_proj` is laid out).
     #[serde(default)]
     pub fused_qkv: bool,
     /// Biases on the query/key/value projections (HF `attention_bias`, timm `qkv_bias`).
@@ -487,7 +490,10 @@ impl AttentionConfig {
         if let Some(theta) = params.and_then(|p| p.rope_theta).or(self.rope_theta) {
             rope.theta = theta;
         }
-        if let Some(fraction) = params.and_then(|p| p.partial_rotary_factor).or(self.partial_rotary_factor) {
+        if let Some(fraction) = params
+            .and_then(|p| p.partial_rotary_factor)
+            .or(self.partial_rotary_factor)
+        {
             rope.fraction = fraction;
         }
         rope.rotary_features = self.rotary_dim;
@@ -812,8 +818,8 @@ impl Attention {
             softcap: self.softcap,
             dropout_p: if self.training { self.attention_dropout } else { 0.0 },
         };
-        let (y, weights) = attend(&q, &k, &v, mask.as_ref(), &options, want_weights)
-            .map_err(|e| self.fail(e.to_string()))?;
+        let (y, weights) =
+            attend(&q, &k, &v, mask.as_ref(), &options, want_weights).map_err(|e| self.fail(e.to_string()))?;
 
         let y = y.transpose(1, 2)?.reshape((batch, q_len, q_dim))?;
         let y = match &self.scale_norm {

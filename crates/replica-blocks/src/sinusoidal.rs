@@ -68,7 +68,7 @@ impl SinusoidalPositionEmbedding {
         if config.dim == 0 {
             candle_core::bail!("sinusoidal position embedding: dim must be positive")
         }
-        if !(config.base > 0.0) {
+        if !(config.base.is_finite() && config.base > 0.0) {
             candle_core::bail!(
                 "sinusoidal position embedding: base must be positive, got {}",
                 config.base

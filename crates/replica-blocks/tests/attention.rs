@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use replica_blocks::attention::{
-    repeat_kv, scaled_dot_product_attention, scaled_dot_product_attention_with_weights, Attention,
-    AttentionConfig, AttentionNames, SdpaOptions,
+    repeat_kv, scaled_dot_product_attention, scaled_dot_product_attention_with_weights, Attention, AttentionConfig,
+    AttentionNames, SdpaOptions,
 };
 use replica_blocks::cases::attention::{attention_config, cases};
 use replica_blocks::cases::fixtures_dir;
@@ -48,7 +48,9 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let values: Vec<f32> = (0..n)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
         })
         .collect();
@@ -97,7 +99,12 @@ fn every_stored_gradient_and_activation_is_checked() {
             );
         }
         let float = bundle.metadata().dtype == "float32";
-        assert_eq!(float, stored > 0, "{}: f32 fixtures carry gradients, half ones not", case.name);
+        assert_eq!(
+            float,
+            stored > 0,
+            "{}: f32 fixtures carry gradients, half ones not",
+            case.name
+        );
     }
 }
 
@@ -165,10 +172,19 @@ fn kv_cache_prefill_then_decode_equals_full_pass() {
     let attention = llama(&bundle, DType::F32);
     let x = bundle.input("0").unwrap();
     let mut cache = KvCache::with_max_len(6);
-    let prefill = attention.forward(&x.narrow(1, 0, 4).unwrap(), None, Some(&mut cache)).unwrap();
-    let rest = attention.forward(&x.narrow(1, 4, 2).unwrap(), None, Some(&mut cache)).unwrap();
+    let prefill = attention
+        .forward(&x.narrow(1, 0, 4).unwrap(), None, Some(&mut cache))
+        .unwrap();
+    let rest = attention
+        .forward(&x.narrow(1, 4, 2).unwrap(), None, Some(&mut cache))
+        .unwrap();
     let decoded = Tensor::cat(&[prefill, rest], 1).unwrap();
-    assert_close("prefill + decode", &decoded, bundle.output("0").unwrap(), Tolerance::default());
+    assert_close(
+        "prefill + decode",
+        &decoded,
+        bundle.output("0").unwrap(),
+        Tolerance::default(),
+    );
     // Full: one more token does not fit.
     let text = err_text(attention.forward(&x.narrow(1, 0, 1).unwrap(), None, Some(&mut cache)));
     assert!(text.contains("capacity of 6"), "{text}");
@@ -247,7 +263,12 @@ fn kv_cache_with_alibi_decodes_like_the_full_pass() {
                 .unwrap()
         })
         .collect();
-    assert_close("alibi decode", &Tensor::cat(&steps, 1).unwrap(), &full, Tolerance::default());
+    assert_close(
+        "alibi decode",
+        &Tensor::cat(&steps, 1).unwrap(),
+        &full,
+        Tolerance::default(),
+    );
 }
 
 #[test]
@@ -313,7 +334,10 @@ fn padding_masks_from_lengths_and_from_hf_attention_masks_agree() {
     assert_close("padding", &from_hf, &lengths, Tolerance::EXACT);
     let text = err_text(mask::padding_mask_from_lengths(&[4], 3, DType::F32, &CPU));
     assert!(text.contains("longer than k_len 3"), "{text}");
-    let text = err_text(mask::padding_mask(&Tensor::zeros(3, DType::U8, &CPU).unwrap(), DType::F32));
+    let text = err_text(mask::padding_mask(
+        &Tensor::zeros(3, DType::U8, &CPU).unwrap(),
+        DType::F32,
+    ));
     assert!(text.contains("[batch, k_len]"), "{text}");
 }
 
@@ -369,8 +393,7 @@ fn a_fully_masked_row_gives_zeros_not_nan() {
     let v = randn(&[1, 1, 3, 4], 3);
     let keep = Tensor::new(&[[0u8, 0, 0], [1, 1, 0]], &CPU).unwrap();
     let (out, probs) =
-        scaled_dot_product_attention_with_weights(q.as_tensor(), &k, &v, Some(&keep), &SdpaOptions::default())
-            .unwrap();
+        scaled_dot_product_attention_with_weights(q.as_tensor(), &k, &v, Some(&keep), &SdpaOptions::default()).unwrap();
     let rows = out.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
     assert_eq!(rows[0], vec![0.0; 4]);
     assert!(rows[1].iter().all(|x| x.is_finite() && *x != 0.0));
@@ -378,13 +401,19 @@ fn a_fully_masked_row_gives_zeros_not_nan() {
     assert_eq!(&p[..3], &[0.0, 0.0, 0.0]);
     assert!((p[3] + p[4] - 1.0).abs() < 1e-6 && p[5] == 0.0);
     let grads = out.sum_all().unwrap().backward().unwrap();
-    let gq = grads.get(q.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let gq = grads
+        .get(q.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(gq.iter().all(|g| g.is_finite()));
     assert_eq!(&gq[..4], &[0.0; 4]);
 
     let finfo_min = Tensor::new(&[[f32::MIN, f32::MIN, f32::MIN], [0.0, 0.0, f32::MIN]], &CPU).unwrap();
-    let averaged = scaled_dot_product_attention(q.as_tensor(), &k, &v, Some(&finfo_min), &SdpaOptions::default())
-        .unwrap();
+    let averaged =
+        scaled_dot_product_attention(q.as_tensor(), &k, &v, Some(&finfo_min), &SdpaOptions::default()).unwrap();
     let mean_v = v.mean_keepdim(2).unwrap();
     assert_close(
         "finfo.min row",
@@ -408,7 +437,9 @@ fn attention_module_adds_the_user_mask_to_the_causal_one() {
     let padding = mask::padding_mask(&keep, DType::F32).unwrap();
     let masked = attention.forward(&x, Some(&padding), None).unwrap();
     // The unpadded sequence alone, first two tokens of sequence 1.
-    let alone = attention.forward(&x.narrow(0, 1, 1).unwrap().narrow(1, 0, 2).unwrap(), None, None).unwrap();
+    let alone = attention
+        .forward(&x.narrow(0, 1, 1).unwrap().narrow(1, 0, 2).unwrap(), None, None)
+        .unwrap();
     let rows = masked.narrow(0, 1, 1).unwrap().narrow(1, 0, 2).unwrap();
     assert_close("padded + causal", &rows, &alone, Tolerance::default());
     // A boolean mask works the same.
@@ -545,7 +576,13 @@ fn cross_attention_reads_keys_and_values_from_the_context() {
     let (y, weights) = attention.forward_with_weights(&x, Some(&context), None, None).unwrap();
     assert_eq!(y.dims(), &[2, 3, 16]);
     assert_eq!(weights.dims(), &[2, 4, 3, 7]);
-    let row_sums = weights.sum(D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let row_sums = weights
+        .sum(D::Minus1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(row_sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
     // Self-attention on x alone cannot read the 12-feature projections.
     assert!(attention.forward(&x, None, None).is_err());
@@ -565,7 +602,14 @@ fn scale_norm_and_rms_qk_norm_load_under_their_names() {
     names.sort();
     assert_eq!(
         names,
-        ["k_norm.weight", "norm.weight", "proj.bias", "proj.weight", "q_norm.weight", "qkv.weight"]
+        [
+            "k_norm.weight",
+            "norm.weight",
+            "proj.bias",
+            "proj.weight",
+            "q_norm.weight",
+            "qkv.weight"
+        ]
     );
     let x = randn(&[1, 3, 16], 4);
     let (_, recorded) = trace::record(|| attention.forward(&x, None, None).unwrap());
@@ -579,7 +623,11 @@ fn scale_norm_and_rms_qk_norm_load_under_their_names() {
 fn bad_configurations_are_refused_at_construction() {
     let build = |config: AttentionConfig| {
         let varmap = VarMap::new();
-        Attention::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &CPU).pp("layers.0.attn")).map(|_| ())
+        Attention::new(
+            &config,
+            VarBuilder::from_varmap(&varmap, DType::F32, &CPU).pp("layers.0.attn"),
+        )
+        .map(|_| ())
     };
     let text = err_text(build(AttentionConfig {
         kv_heads: Some(3),
@@ -640,7 +688,10 @@ fn bad_inputs_are_refused_at_call_time() {
         ..AttentionConfig::new(16, 4)
     });
     let text = err_text(attention.forward(&randn(&[5, 16], 1), None, None));
-    assert!(text.contains("input must be [batch, seq, dim], got shape [5, 16]"), "{text}");
+    assert!(
+        text.contains("input must be [batch, seq, dim], got shape [5, 16]"),
+        "{text}"
+    );
     let text = err_text(attention.forward(&randn(&[1, 5, 12], 1), None, None));
     assert!(text.contains("12 features"), "{text}");
     let text = err_text(attention.forward(&randn(&[1, 9, 16], 1), None, None));
@@ -652,13 +703,34 @@ fn bad_inputs_are_refused_at_call_time() {
 
     let q = randn(&[1, 4, 3, 8], 1);
     let kv3 = randn(&[1, 3, 3, 8], 2);
-    let text = err_text(scaled_dot_product_attention(&q, &kv3, &kv3, None, &SdpaOptions::default()));
+    let text = err_text(scaled_dot_product_attention(
+        &q,
+        &kv3,
+        &kv3,
+        None,
+        &SdpaOptions::default(),
+    ));
     assert!(text.contains("4 query heads cannot share 3"), "{text}");
     let rank3 = randn(&[4, 3, 8], 3);
-    let text = err_text(scaled_dot_product_attention(&rank3, &rank3, &rank3, None, &SdpaOptions::default()));
-    assert!(text.contains("q must be [batch, heads, seq, head_dim], got shape [4, 3, 8]"), "{text}");
+    let text = err_text(scaled_dot_product_attention(
+        &rank3,
+        &rank3,
+        &rank3,
+        None,
+        &SdpaOptions::default(),
+    ));
+    assert!(
+        text.contains("q must be [batch, heads, seq, head_dim], got shape [4, 3, 8]"),
+        "{text}"
+    );
     let k6 = randn(&[1, 4, 3, 6], 4);
-    let text = err_text(scaled_dot_product_attention(&q, &k6, &k6, None, &SdpaOptions::default()));
+    let text = err_text(scaled_dot_product_attention(
+        &q,
+        &k6,
+        &k6,
+        None,
+        &SdpaOptions::default(),
+    ));
     assert!(text.contains("q has 8 features per head, k has 6"), "{text}");
     let ids = Tensor::zeros((1, 4, 3, 8), DType::U32, &CPU).unwrap();
     assert!(scaled_dot_product_attention(&ids, &ids, &ids, None, &SdpaOptions::default()).is_err());
@@ -679,7 +751,10 @@ fn configs_deserialize_from_hf_and_timm_json() {
     assert_eq!((llama.dim, llama.heads, llama.kv_heads()), (4096, 32, 8));
     assert_eq!(llama.head_dim(), Some(128));
     let rope = llama.rope_config().unwrap().unwrap();
-    assert_eq!((rope.theta, rope.max_positions, rope.style), (500000.0, 8192, RopeStyle::HalfSplit));
+    assert_eq!(
+        (rope.theta, rope.max_positions, rope.style),
+        (500000.0, 8192, RopeStyle::HalfSplit)
+    );
 
     // transformers v5 moves the theta into rope_parameters; GPT-NeoX's partial rotation.
     let neox: AttentionConfig = serde_json::from_str(
@@ -689,9 +764,10 @@ fn configs_deserialize_from_hf_and_timm_json() {
     .unwrap();
     assert!(neox.qkv_bias);
     assert_eq!(neox.rope_config().unwrap().unwrap().rotary_dim(), 32);
-    let old_neox: AttentionConfig =
-        serde_json::from_str(r#"{"hidden_size": 2048, "num_attention_heads": 16, "rotary_pct": 0.25, "rotary_emb_base": 10000}"#)
-            .unwrap();
+    let old_neox: AttentionConfig = serde_json::from_str(
+        r#"{"hidden_size": 2048, "num_attention_heads": 16, "rotary_pct": 0.25, "rotary_emb_base": 10000}"#,
+    )
+    .unwrap();
     assert_eq!(old_neox.rope_config().unwrap().unwrap().rotary_dim(), 32);
 
     // Gemma 2: head_dim apart from hidden_size / heads, softcap, query_pre_attn_scalar.

@@ -39,7 +39,7 @@ fn err_text<T: std::fmt::Debug>(result: candle_core::Result<T>) -> String {
 #[test]
 fn every_position_case_matches_its_reference() {
     let cases = position_cases();
-    assert_eq!(cases.len(), 6);
+    assert_eq!(cases.len(), 7);
     for case in cases {
         let report = case
             .run(&fixtures_dir(), &CPU)
@@ -113,7 +113,10 @@ fn a_wrong_sinusoidal_layout_is_caught() {
     let x = run.input("0").unwrap();
     let config = SinusoidalConfig::new(10); // interleaved, Marian is concatenated
     let vb = VarBuilder::zeros(DType::F32, &CPU);
-    let y = SinusoidalPositionEmbedding::new(&config, vb).unwrap().add_to(&x, 3).unwrap();
+    let y = SinusoidalPositionEmbedding::new(&config, vb)
+        .unwrap()
+        .add_to(&x, 3)
+        .unwrap();
     run.check_outputs(&[("0", &y)]);
     assert!(!run.finish().passed());
 }
@@ -139,7 +142,10 @@ fn rope_scores_depend_only_on_relative_position() {
         };
         assert!((score(3, 1) - score(40, 38)).abs() < 1e-5, "{style:?}");
         assert!((score(0, 0) - score(17, 17)).abs() < 1e-5, "{style:?}");
-        assert!((score(3, 1) - score(1, 3)).abs() > 1e-3, "{style:?}: distance has a sign");
+        assert!(
+            (score(3, 1) - score(1, 3)).abs() > 1e-3,
+            "{style:?}: distance has a sign"
+        );
     }
 }
 
@@ -153,7 +159,12 @@ fn rope_with_an_offset_continues_the_sequence() {
     // Half precision in, half precision out; position 0 is the identity.
     let half = rope.apply(&x.to_dtype(DType::BF16).unwrap(), 0).unwrap();
     assert_eq!(half.dtype(), DType::BF16);
-    assert_close("position 0", &whole.narrow(2, 0, 1).unwrap(), &x.narrow(2, 0, 1).unwrap(), Tolerance::EXACT);
+    assert_close(
+        "position 0",
+        &whole.narrow(2, 0, 1).unwrap(),
+        &x.narrow(2, 0, 1).unwrap(),
+        Tolerance::EXACT,
+    );
 }
 
 #[test]
@@ -196,7 +207,12 @@ fn learned_positions_slice_the_table_with_an_offset() {
     let wpe = LearnedPositionEmbedding::new(&config, vb.pp("embed_positions")).unwrap();
     assert_eq!(wpe.max_positions(), 8);
     let rows = wpe.forward(3, 1).unwrap();
-    assert_close("rows", &rows.squeeze(0).unwrap(), &wpe.weight().narrow(0, 3, 3).unwrap(), Tolerance::EXACT);
+    assert_close(
+        "rows",
+        &rows.squeeze(0).unwrap(),
+        &wpe.weight().narrow(0, 3, 3).unwrap(),
+        Tolerance::EXACT,
+    );
     let x = Tensor::zeros((2, 3, 4), DType::F16, &CPU).unwrap();
     assert_eq!(wpe.add_to(&x, 0).unwrap().dtype(), DType::F16);
 }
@@ -241,7 +257,10 @@ fn rope_refuses_bad_settings_and_inputs() {
         ..RopeConfig::new(6)
     };
     let text = err_text(Rope::new(&odd, &CPU));
-    assert!(text.contains("must be even and positive, got 3 (head_dim 6 x fraction 0.5)"), "{text}");
+    assert!(
+        text.contains("must be even and positive, got 3 (head_dim 6 x fraction 0.5)"),
+        "{text}"
+    );
     let text = err_text(Rope::new(
         &RopeConfig {
             rotary_features: Some(7),
@@ -284,9 +303,15 @@ fn rope_refuses_bad_settings_and_inputs() {
     )
     .unwrap();
     let text = err_text(rope.apply(&ramp(&[1, 6, 8], 1.0), 0));
-    assert!(text.contains("[batch, heads, seq, head_dim], got shape [1, 6, 8]"), "{text}");
+    assert!(
+        text.contains("[batch, heads, seq, head_dim], got shape [1, 6, 8]"),
+        "{text}"
+    );
     let text = err_text(rope.apply(&ramp(&[1, 1, 6, 8], 1.0), 3));
-    assert!(text.contains("positions 3..9 exceed the table of 8 positions"), "{text}");
+    assert!(
+        text.contains("positions 3..9 exceed the table of 8 positions"),
+        "{text}"
+    );
     let text = err_text(rope.apply(&ramp(&[1, 1, 2, 4], 1.0), 0));
     assert!(text.contains("fewer than the 8 to rotate"), "{text}");
 }
@@ -303,13 +328,19 @@ fn a_sequence_longer_than_the_position_table_is_refused() {
         "{text}"
     );
     let text = err_text(wpe.forward(4, 8));
-    assert!(text.contains("positions 8..12") && text.contains("after 8 cached tokens"), "{text}");
+    assert!(
+        text.contains("positions 8..12") && text.contains("after 8 cached tokens"),
+        "{text}"
+    );
     let text = err_text(wpe.add_to(&Tensor::zeros((2, 5), DType::F32, &CPU).unwrap(), 0));
     assert!(text.contains("[batch, seq, dim]"), "{text}");
     let text = err_text(wpe.add_to(&Tensor::zeros((2, 5, 6), DType::F32, &CPU).unwrap(), 0));
     assert!(text.contains("input has 6 features, the table 8"), "{text}");
     // A table of the wrong shape in the checkpoint is a load error, not a panic.
-    let text = err_text(LearnedPositionEmbedding::new(&LearnedPositionConfig::new(12, 8), vb.pp("wpe")));
+    let text = err_text(LearnedPositionEmbedding::new(
+        &LearnedPositionConfig::new(12, 8),
+        vb.pp("wpe"),
+    ));
     assert!(text.contains("shape mismatch") || text.contains("wpe.weight"), "{text}");
 }
 
@@ -327,11 +358,12 @@ fn bad_sinusoidal_and_alibi_settings_are_refused() {
 
 #[test]
 fn position_configs_deserialize_from_hf_json() {
-    let rope: RopeConfig = serde_json::from_str(
-        r#"{"head_dim": 128, "rope_theta": 500000.0, "max_position_embeddings": 8192}"#,
-    )
-    .unwrap();
-    assert_eq!((rope.theta, rope.max_positions, rope.rotary_dim()), (500000.0, 8192, 128));
+    let rope: RopeConfig =
+        serde_json::from_str(r#"{"head_dim": 128, "rope_theta": 500000.0, "max_position_embeddings": 8192}"#).unwrap();
+    assert_eq!(
+        (rope.theta, rope.max_positions, rope.rotary_dim()),
+        (500000.0, 8192, 128)
+    );
     let gptj: RopeConfig =
         serde_json::from_str(r#"{"head_dim": 256, "rotary_dim": 64, "style": "interleaved"}"#).unwrap();
     assert_eq!((gptj.rotary_dim(), gptj.style), (64, RopeStyle::Interleaved));
@@ -344,9 +376,11 @@ fn position_configs_deserialize_from_hf_json() {
         serde_json::from_str(r#"{"max_position_embeddings": 512, "hidden_size": 384, "vocab_size": 30522}"#).unwrap();
     assert_eq!(bert, LearnedPositionConfig::new(512, 384));
 
-    let marian: SinusoidalConfig =
-        serde_json::from_str(r#"{"d_model": 512, "layout": "concatenated"}"#).unwrap();
-    assert_eq!((marian.dim, marian.base, marian.layout), (512, 10000.0, SinusoidalLayout::Concatenated));
+    let marian: SinusoidalConfig = serde_json::from_str(r#"{"d_model": 512, "layout": "concatenated"}"#).unwrap();
+    assert_eq!(
+        (marian.dim, marian.base, marian.layout),
+        (512, 10000.0, SinusoidalLayout::Concatenated)
+    );
 
     let bloom: AlibiConfig = serde_json::from_str(r#"{"n_head": 16, "hidden_size": 1024}"#).unwrap();
     assert_eq!(bloom.heads, 16);
@@ -363,6 +397,16 @@ fn rope_tables_match_hf_at_the_fixture_positions() {
     let (cos, sin) = rope.tables(6, 3).unwrap();
     let hf_cos = bundle.activation("rotary_emb:0").unwrap().squeeze(0).unwrap();
     let hf_sin = bundle.activation("rotary_emb:1").unwrap().squeeze(0).unwrap();
-    assert_close("cos", &Tensor::cat(&[&cos, &cos], D::Minus1).unwrap(), &hf_cos, Tolerance::default());
-    assert_close("sin", &Tensor::cat(&[&sin, &sin], D::Minus1).unwrap(), &hf_sin, Tolerance::default());
+    assert_close(
+        "cos",
+        &Tensor::cat(&[&cos, &cos], D::Minus1).unwrap(),
+        &hf_cos,
+        Tolerance::default(),
+    );
+    assert_close(
+        "sin",
+        &Tensor::cat(&[&sin, &sin], D::Minus1).unwrap(),
+        &hf_sin,
+        Tolerance::default(),
+    );
 }

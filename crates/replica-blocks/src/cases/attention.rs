@@ -13,12 +13,12 @@ use std::collections::BTreeSet;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use replica_check::trace::{self, Trace};
-use replica_check::{compare, compare_trace, Bundle, Case, Error, Namespace, Parity, Report, Result, Tolerance, WeightMap};
+use replica_check::{
+    compare, compare_trace, Bundle, Case, Error, Namespace, Parity, Report, Result, Tolerance, WeightMap,
+};
 
 use crate::alibi::{Alibi, AlibiConfig};
-use crate::attention::{
-    scaled_dot_product_attention, Attention, AttentionConfig, AttentionNames, SdpaOptions,
-};
+use crate::attention::{scaled_dot_product_attention, Attention, AttentionConfig, AttentionNames, SdpaOptions};
 use crate::mask;
 use crate::position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
 use crate::rope::{Rope, RopeConfig, RopeStyle};
@@ -35,6 +35,13 @@ pub fn cases() -> Vec<Case> {
             reference: "transformers LlamaRotaryEmbedding + apply_rotary_pos_emb",
             paper: Some(ROFORMER),
             fixture: "blocks/rope_half_split",
+            run: rope_half_split,
+        },
+        Case {
+            name: "rope_long_positions",
+            reference: "transformers LlamaRotaryEmbedding + apply_rotary_pos_emb, positions 4000..4004",
+            paper: Some(ROFORMER),
+            fixture: "blocks/rope_long_positions",
             run: rope_half_split,
         },
         Case {
@@ -281,9 +288,8 @@ fn forward_and_backward(run: &mut Parity, bundle: &Bundle, outputs: &[(&str, &Te
 /// along the features (`torch.cat((freqs, freqs), -1)`), in `dtype`.
 fn hf_rope_tables(rope: &Rope, seq: usize, offset: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
     let (cos, sin) = rope.tables(seq, offset)?;
-    let twice = |t: Tensor| -> candle_core::Result<Tensor> {
-        Tensor::cat(&[&t, &t], D::Minus1)?.unsqueeze(0)?.to_dtype(dtype)
-    };
+    let twice =
+        |t: Tensor| -> candle_core::Result<Tensor> { Tensor::cat(&[&t, &t], D::Minus1)?.unsqueeze(0)?.to_dtype(dtype) };
     Ok((twice(cos)?, twice(sin)?))
 }
 
@@ -353,7 +359,8 @@ fn sinusoidal_paper(bundle: &Bundle) -> Result<Report> {
     let pe = SinusoidalPositionEmbedding::new(&config, vb_from_params(&run, DType::F32, x.device()))?;
     let y = pe.add_to(&x, config_usize(bundle, "offset")?)?;
     let table = pe.table(config_usize(bundle, "max_positions")?, 0)?;
-    run.report_mut().check(bundle, Namespace::Param, "pe", &table, Tolerance::default());
+    run.report_mut()
+        .check(bundle, Namespace::Param, "pe", &table, Tolerance::default());
     forward_and_backward(&mut run, bundle, &[("0", &y)])?;
     Ok(finish(run, bundle))
 }
