@@ -8,6 +8,7 @@ use replica_check::Case;
 
 pub mod attention;
 pub mod basics;
+pub mod composite;
 
 /// The directory of the committed reference bundles (the workspace's `tests/fixtures`).
 pub fn fixtures_dir() -> PathBuf {
@@ -18,5 +19,6 @@ pub fn fixtures_dir() -> PathBuf {
 pub fn cases() -> Vec<Case> {
     let mut cases = basics::cases();
     cases.extend(attention::cases());
+    cases.extend(composite::cases());
     cases
 }

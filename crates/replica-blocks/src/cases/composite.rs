@@ -1,0 +1,364 @@
+//! Whole transformer layers and differential attention against the real reference
+//! code (`python/fixtures_blocks_composite.py`): timm's `Block`, HF's `GPT2Block`,
+//! `LlamaDecoderLayer` and `GPTJBlock`, torch's `TransformerEncoderLayer`, and the
+//! Differential Transformer's `MultiheadDiffAttn`.
+//!
+//! Each case builds the layer from the fixture's weights through the strict loader,
+//! runs it traced on the fixture's input, and checks the output, every activation
+//! the reference recorded (by name, in both directions: see
+//! [`super::basics::check_trace`]) and, in f32, the gradients of the input and of
+//! every parameter. The bf16 case checks the forward pass at bf16's default
+//! tolerance; all others use f32's.
+//!
+//! Where a reference records something the block itself does not produce, the case
+//! produces it the way the fixture's wrapper does (the rotary tables of
+//! `LlamaLayer` and `GPTJLayer`, under `rotary_emb`). Where the block records
+//! something the reference cannot, the case names it and says why
+//! ([`POST_NORM_RUST_ONLY`]).
+
+use candle_core::{Tensor, D};
+use candle_nn::VarBuilder;
+use replica_check::{trace, Bundle, Case, Error, Parity, Report, Result, Tolerance, WeightMap};
+use serde::Deserialize;
+
+use super::basics::{check_block, check_trace, config_of, dtype_of};
+use crate::activation::Activation;
+use crate::attention::{AttentionConfig, AttentionNames};
+use crate::diff_attention::{DiffAttention, DiffAttentionConfig};
+use crate::glu::GluMlpConfig;
+use crate::mlp::{MlpConfig, MlpNames};
+use crate::norm::NormKind;
+use crate::papers;
+use crate::rope::RopeStyle;
+use crate::transformer_block::{
+    AttentionOutput, BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig,
+};
+
+macro_rules! case {
+    ($name:literal, $reference:literal, $paper:expr, $fixture:literal, $run:expr) => {
+        Case {
+            name: $name,
+            reference: $reference,
+            paper: $paper,
+            fixture: concat!("blocks/", $fixture),
+            run: $run,
+        }
+    };
+}
+
+/// Every case of this module.
+#[rustfmt::skip] // a table: one case per line
+pub fn cases() -> Vec<Case> {
+    let pre = Some(papers::PRE_NORM.arxiv);
+    let post = Some(papers::ATTENTION_IS_ALL_YOU_NEED.arxiv);
+    let parallel = Some(papers::PALM.arxiv);
+    let diff = Some(papers::DIFF_TRANSFORMER.arxiv);
+    vec![
+        case!("block_timm_layer_scale", "timm.models.vision_transformer.Block(init_values=0.1, qk_norm=True)", pre, "block_timm_layer_scale", timm_block),
+        case!("block_timm",             "timm.models.vision_transformer.Block",                       pre,      "block_timm",             timm_block),
+        case!("block_gpt2",             "transformers GPT2Block (sdpa)",                              pre,      "block_gpt2",             gpt2_block),
+        case!("block_llama",            "transformers LlamaDecoderLayer (eager, in LlamaLayer)",      pre,      "block_llama",            llama_layer),
+        case!("block_llama_bf16",       "transformers LlamaDecoderLayer (sdpa, bf16, in LlamaLayer)", pre,      "block_llama_bf16",       llama_layer),
+        case!("block_post_norm_torch",  "torch.nn.TransformerEncoderLayer(norm_first=False)",          post,     "block_post_norm",        post_norm_layer),
+        case!("block_parallel_gptj",    "transformers GPTJBlock (eager, in GPTJLayer)",               parallel, "block_gptj",             gptj_layer),
+        case!("diff_attention",         "MultiheadDiffAttn (microsoft/unilm Diff-Transformer, transcribed)", diff, "diff_attention",     diff_attention),
+        case!("diff_attention_gqa",     "MultiheadDiffAttn(num_kv_heads) (microsoft/unilm Diff-Transformer, transcribed)", diff, "diff_attention_gqa", diff_attention),
+    ]
+}
+
+fn fail(bundle: &Bundle, message: impl Into<String>) -> Error {
+    Error::file(bundle.origin(), message)
+}
+
+/// The block's forward pass with no mask and no cache.
+fn forward(block: &TransformerBlock, x: &Tensor) -> candle_core::Result<Tensor> {
+    block.forward(x, None, None)
+}
+
+/// `"eager"` HF attention returns its probabilities (`attn:1`); sdpa returns `None` there.
+fn hf_attention_output(bundle: &Bundle) -> Result<AttentionOutput> {
+    match bundle.metadata().config["attn_implementation"].as_str() {
+        Some("eager") => Ok(AttentionOutput::TupleWithWeights),
+        Some("sdpa") => Ok(AttentionOutput::Tuple),
+        other => Err(fail(bundle, format!("config: unknown attn_implementation {other:?}"))),
+    }
+}
+
+/// [`check_block`] for a layer that records activations the reference cannot:
+/// `rust_only` are left out of the trace comparison, and must have been recorded
+/// (so the list cannot go stale).
+fn check_layer<M>(
+    bundle: &Bundle,
+    map: WeightMap,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<M>,
+    forward: impl FnOnce(&M, &Tensor) -> candle_core::Result<Tensor>,
+    rust_only: &[&str],
+) -> Result<Report> {
+    let mut run = Parity::new(bundle)?;
+    let dtype = dtype_of(bundle)?;
+    let x = run.input("0")?;
+    let weights = map.apply(run.params().clone(), bundle.origin())?;
+    let block = weights.build(dtype, x.device(), build)?;
+    let (y, mut recorded) = trace::record(|| forward(&block, &x));
+    let y = y?;
+    for name in rust_only {
+        if recorded.get(name).is_none() {
+            return Err(fail(bundle, format!("`{name}` is listed as recorded by the block alone, but was not")));
+        }
+    }
+    recorded.entries.retain(|e| !rust_only.contains(&e.name.as_str()));
+    check_trace(run.report_mut(), bundle, &recorded, Tolerance::for_dtype(dtype));
+    run.check_outputs(&[("0", &y)]);
+    if bundle.contains(replica_check::Namespace::OutputGrad, "0") {
+        run.check_backward(&[("0", &y)])?;
+    }
+    Ok(run.finish())
+}
+
+// ----------------------------------------------------------------- pre-norm
+
+/// timm `Block`, from its constructor arguments. Without `init_values` its `ls1`/`ls2`
+/// are `nn.Identity` and without `qk_norm` so are `attn.q_norm`/`k_norm`: the block
+/// records those placeholders too.
+fn timm_block(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Args {
+        dim: usize,
+        num_heads: usize,
+        mlp_ratio: f64,
+        qkv_bias: bool,
+        qk_norm: bool,
+        init_values: Option<f64>,
+        norm_eps: f64,
+    }
+    let args: Args = config_of(bundle)?;
+    let mut config = TransformerBlockConfig::timm(
+        args.dim,
+        args.num_heads,
+        args.mlp_ratio,
+        args.qkv_bias,
+        args.qk_norm,
+        args.init_values,
+    );
+    config.norm_eps = args.norm_eps;
+    config.attention.norm_eps = args.norm_eps;
+    check_block(bundle, WeightMap::new(), |vb| TransformerBlock::new(&config, vb), forward)
+}
+
+/// The LayerNorm epsilon of a GPT-2 / GPT-J `config.json`.
+fn layer_norm_epsilon(bundle: &Bundle) -> Result<f64> {
+    bundle.metadata().config["layer_norm_epsilon"]
+        .as_f64()
+        .ok_or_else(|| fail(bundle, "config: `layer_norm_epsilon` is not a number"))
+}
+
+/// HF `GPT2Block`: the attention and MLP configs read the GPT-2 `config.json`
+/// directly; its `Conv1D` weights are `[in, out]`, so the weight map transposes
+/// them (gradients flow back through the transpose to the stored layout). With no
+/// mask, the sdpa attention is causal and returns `(output, None)`: `attn:0`.
+fn gpt2_block(bundle: &Bundle) -> Result<Report> {
+    let attention = AttentionConfig {
+        fused_qkv: true,
+        qkv_bias: true,
+        proj_bias: Some(true),
+        causal: true,
+        names: Some(AttentionNames {
+            qkv: "c_attn".into(),
+            out: "c_proj".into(),
+            proj_drop: Some("resid_dropout".into()),
+            ..AttentionNames::hf()
+        }),
+        ..config_of(bundle)?
+    };
+    let mlp = MlpConfig {
+        names: MlpNames::gpt2(),
+        ..config_of(bundle)?
+    };
+    let config = TransformerBlockConfig {
+        dim: attention.dim,
+        layout: ResidualLayout::PreNorm,
+        norm: NormKind::LayerNorm,
+        norm_eps: layer_norm_epsilon(bundle)?,
+        attention,
+        feed_forward: FeedForwardConfig::Mlp(mlp),
+        layer_scale: None,
+        drop_path: 0.0,
+        dropout: 0.0,
+        names: BlockNames::gpt2().returning(hf_attention_output(bundle)?),
+    };
+    let map = WeightMap::new().transpose(r"^(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$");
+    check_block(bundle, map, |vb| TransformerBlock::new(&config, vb), forward)
+}
+
+/// HF `LlamaDecoderLayer` in `LlamaLayer`: the attention (GQA, RoPE) and SwiGLU configs
+/// read the LLaMA `config.json`. The case does what the wrapper does around the layer:
+/// it records the rotary tables as `rotary_emb:0` (cos) and `rotary_emb:1` (sin) in HF's
+/// layout (each frequency twice, `[1, seq, head_dim]`, in the input dtype), taken from
+/// the block's own [`crate::rope::Rope`]; the causal mask is the attention's `causal`.
+fn llama_layer(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Rest {
+        rms_norm_eps: f64,
+    }
+    let attention = AttentionConfig {
+        causal: true,
+        ..config_of(bundle)?
+    };
+    let glu: GluMlpConfig = config_of(bundle)?;
+    let rest: Rest = config_of(bundle)?;
+    let config = TransformerBlockConfig {
+        dim: attention.dim,
+        layout: ResidualLayout::PreNorm,
+        norm: NormKind::RmsNorm,
+        norm_eps: rest.rms_norm_eps,
+        attention,
+        feed_forward: FeedForwardConfig::Glu(glu),
+        layer_scale: None,
+        drop_path: 0.0,
+        dropout: 0.0,
+        names: BlockNames::llama().returning(hf_attention_output(bundle)?),
+    };
+    check_block(
+        bundle,
+        WeightMap::new(),
+        |vb| TransformerBlock::new(&config, vb.pp("layer")),
+        |block, x| {
+            let rope = block.attention().rope().expect("the LLaMA config turns RoPE on");
+            let (cos, sin) = rope.tables(x.dim(1)?, 0)?;
+            let hf = |t: Tensor| Tensor::cat(&[&t, &t], D::Minus1)?.unsqueeze(0)?.to_dtype(x.dtype());
+            replica_check::tap_tuple("rotary_emb", &[&hf(cos)?, &hf(sin)?]);
+            block.forward(x, None, None)
+        },
+    )
+}
+
+// ---------------------------------------------------------------- post-norm
+
+/// What the block records that torch's `TransformerEncoderLayer` cannot: its
+/// `MultiheadAttention` projects with `F.multi_head_attention_forward` on the raw
+/// `in_proj_weight` and `out_proj.weight`, so no hook fires for the projections.
+pub const POST_NORM_RUST_ONLY: [&str; 4] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.out_proj",
+];
+
+/// `torch.nn.TransformerEncoderLayer(norm_first=False, batch_first=True)`: post-norm.
+/// The fused `in_proj_weight`/`in_proj_bias` are split by the weight map into the
+/// separate projections (gradients flow back through the split to the fused tensors);
+/// `linear1`/`dropout`/`linear2` sit on the layer itself (MLP name `""`); `dropout1`,
+/// `dropout2` are the branch dropouts. Eval mode: every dropout is the identity.
+fn post_norm_layer(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Args {
+        d_model: usize,
+        nhead: usize,
+        dim_feedforward: usize,
+        dropout: f64,
+        activation: Activation,
+        layer_norm_eps: f64,
+        norm_first: bool,
+    }
+    let args: Args = config_of(bundle)?;
+    let config = TransformerBlockConfig::torch_encoder(
+        args.d_model,
+        args.nhead,
+        args.dim_feedforward,
+        args.dropout,
+        args.activation,
+        args.layer_norm_eps,
+        args.norm_first,
+    );
+    let map = WeightMap::new()
+        .split(
+            r"^self_attn\.in_proj_weight$",
+            0,
+            &["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"],
+        )
+        .split(
+            r"^self_attn\.in_proj_bias$",
+            0,
+            &["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"],
+        );
+    check_layer(
+        bundle,
+        map,
+        |vb| TransformerBlock::new(&config, vb),
+        forward,
+        &POST_NORM_RUST_ONLY,
+    )
+}
+
+// ----------------------------------------------------------------- parallel
+
+/// HF `GPTJBlock` in `GPTJLayer`: parallel attention and MLP from the one `ln_1`,
+/// interleaved rotary on the first `rotary_dim` features of each head, no attention
+/// biases. The case records the wrapper's rotary tables as GPT-J's rotary module
+/// returns them, `rotary_emb:0` (sin) and `rotary_emb:1` (cos), `[1, seq, rotary_dim / 2]`.
+fn gptj_layer(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Rest {
+        n_positions: usize,
+    }
+    let rest: Rest = config_of(bundle)?;
+    let attention = AttentionConfig {
+        causal: true,
+        rope: Some(RopeStyle::Interleaved),
+        max_positions: rest.n_positions,
+        names: Some(AttentionNames {
+            out: "out_proj".into(),
+            proj_drop: Some("resid_dropout".into()),
+            ..AttentionNames::hf()
+        }),
+        ..config_of(bundle)?
+    };
+    let mlp = MlpConfig {
+        names: MlpNames {
+            fc1: "fc_in".into(),
+            act: Some("act".into()),
+            drop1: None,
+            norm: None,
+            fc2: "fc_out".into(),
+            drop2: Some("dropout".into()),
+        },
+        ..config_of(bundle)?
+    };
+    let config = TransformerBlockConfig {
+        dim: attention.dim,
+        layout: ResidualLayout::Parallel,
+        norm: NormKind::LayerNorm,
+        norm_eps: layer_norm_epsilon(bundle)?,
+        attention,
+        feed_forward: FeedForwardConfig::Mlp(mlp),
+        layer_scale: None,
+        drop_path: 0.0,
+        dropout: 0.0,
+        names: BlockNames::gptj().returning(hf_attention_output(bundle)?),
+    };
+    check_block(
+        bundle,
+        WeightMap::new(),
+        |vb| TransformerBlock::new(&config, vb.pp("layer")),
+        |block, x| {
+            let rope = block.attention().rope().expect("the GPT-J config turns RoPE on");
+            let (cos, sin) = rope.tables(x.dim(1)?, 0)?;
+            let gptj = |t: Tensor| t.unsqueeze(0)?.to_dtype(x.dtype());
+            replica_check::tap_tuple("rotary_emb", &[&gptj(sin)?, &gptj(cos)?]);
+            block.forward(x, None, None)
+        },
+    )
+}
+
+// ---------------------------------------------------- differential attention
+
+/// `MultiheadDiffAttn` (causal, rotary on), configured from its constructor arguments.
+fn diff_attention(bundle: &Bundle) -> Result<Report> {
+    let config: DiffAttentionConfig = config_of(bundle)?;
+    check_block(
+        bundle,
+        WeightMap::new(),
+        |vb| DiffAttention::new(&config, vb),
+        |attention, x| attention.forward(x, None),
+    )
+}
