@@ -146,7 +146,9 @@ impl BundleMetadata {
         }
         // serde would read an absent seed as null; the format requires the field.
         if !fields.contains_key("seed") {
-            return Err(format!("metadata `{METADATA_KEY}`: missing field `seed` (null when there was none)"));
+            return Err(format!(
+                "metadata `{METADATA_KEY}`: missing field `seed` (null when there was none)"
+            ));
         }
         let value = Value::Object(fields);
         Self::deserialize(&value).map_err(|err| {
@@ -272,7 +274,9 @@ impl Bundle {
         ];
         for (grad_ns, owner_ns) in owners {
             if let Some(name) = self.names(grad_ns).find(|name| !self.contains(owner_ns, name)) {
-                return Err(format!("tensor `{grad_ns}{name}` has no `{owner_ns}{name}` to belong to"));
+                return Err(format!(
+                    "tensor `{grad_ns}{name}` has no `{owner_ns}{name}` to belong to"
+                ));
             }
         }
         Ok(())
@@ -467,8 +471,16 @@ mod tests {
     fn bundle() -> Bundle {
         let mut bundle = Bundle::new(BundleMetadata::new("test", ("torch", "0"), "float32"));
         let device = Device::Cpu;
-        bundle.insert(Namespace::Param, "w", Tensor::zeros((2, 3), candle_core::DType::F32, &device).unwrap());
-        bundle.insert(Namespace::Param, "b", Tensor::zeros(3, candle_core::DType::F32, &device).unwrap());
+        bundle.insert(
+            Namespace::Param,
+            "w",
+            Tensor::zeros((2, 3), candle_core::DType::F32, &device).unwrap(),
+        );
+        bundle.insert(
+            Namespace::Param,
+            "b",
+            Tensor::zeros(3, candle_core::DType::F32, &device).unwrap(),
+        );
         bundle
     }
 
@@ -476,8 +488,14 @@ mod tests {
     fn with_params_replaces_and_converts() {
         let device = Device::Cpu;
         let params = BTreeMap::from([
-            ("w".to_string(), Tensor::ones((2, 3), candle_core::DType::F64, &device).unwrap()),
-            ("b".to_string(), Tensor::ones(3, candle_core::DType::F32, &device).unwrap()),
+            (
+                "w".to_string(),
+                Tensor::ones((2, 3), candle_core::DType::F64, &device).unwrap(),
+            ),
+            (
+                "b".to_string(),
+                Tensor::ones(3, candle_core::DType::F32, &device).unwrap(),
+            ),
         ]);
         let replaced = bundle().with_params(params, "weights.safetensors").unwrap();
         let w = replaced.param("w").unwrap();
@@ -489,16 +507,33 @@ mod tests {
     fn with_params_reports_every_problem() {
         let device = Device::Cpu;
         let params = BTreeMap::from([
-            ("w".to_string(), Tensor::ones((3, 2), candle_core::DType::F32, &device).unwrap()),
-            ("extra".to_string(), Tensor::ones(1, candle_core::DType::F32, &device).unwrap()),
+            (
+                "w".to_string(),
+                Tensor::ones((3, 2), candle_core::DType::F32, &device).unwrap(),
+            ),
+            (
+                "extra".to_string(),
+                Tensor::ones(1, candle_core::DType::F32, &device).unwrap(),
+            ),
         ]);
         let err = bundle().with_params(params, "weights.safetensors").unwrap_err();
-        let Error::Load(report) = &err else { panic!("expected a load report, got {err}") };
+        let Error::Load(report) = &err else {
+            panic!("expected a load report, got {err}")
+        };
         assert_eq!(report.missing, vec![("b".to_string(), vec![3])]);
         assert_eq!(report.unused, vec![("extra".to_string(), "extra".to_string())]);
         assert_eq!(report.mismatched.len(), 1);
-        assert_eq!((report.mismatched[0].expected.clone(), report.mismatched[0].actual.clone()), (vec![2, 3], vec![3, 2]));
+        assert_eq!(
+            (
+                report.mismatched[0].expected.clone(),
+                report.mismatched[0].actual.clone()
+            ),
+            (vec![2, 3], vec![3, 2])
+        );
         let text = err.to_string();
-        assert!(text.starts_with("weights.safetensors: the weights do not fit the model (3 problems)"), "{text}");
+        assert!(
+            text.starts_with("weights.safetensors: the weights do not fit the model (3 problems)"),
+            "{text}"
+        );
     }
 }

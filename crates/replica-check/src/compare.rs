@@ -130,7 +130,10 @@ pub fn compare(actual: &Tensor, expected: &Tensor, tolerance: Tolerance) -> Comp
     let (a_storage, a_layout) = actual_cpu.storage_and_layout();
     let (e_storage, e_layout) = expected_cpu.storage_and_layout();
     let n = expected.elem_count();
-    match (CpuValues::new(&a_storage, a_layout, n), CpuValues::new(&e_storage, e_layout, n)) {
+    match (
+        CpuValues::new(&a_storage, a_layout, n),
+        CpuValues::new(&e_storage, e_layout, n),
+    ) {
         (Ok(a), Ok(e)) => fill_statistics(&mut comparison, &a, &e),
         (Err(err), _) | (_, Err(err)) => comparison.incompatible = Some(format!("cannot read the values: {err}")),
     }
@@ -157,7 +160,11 @@ impl<'a> CpuValues<'a> {
         let Storage::Cpu(storage) = storage else {
             candle_core::bail!("tensor is not on the CPU after moving it there")
         };
-        let values = Self { storage, start: layout.start_offset(), len };
+        let values = Self {
+            storage,
+            start: layout.start_offset(),
+            len,
+        };
         // Fail early on dtypes that cannot be widened, rather than per chunk.
         values.read(0, &mut [0.0; 0])?;
         Ok(values)
@@ -266,11 +273,21 @@ fn fill_statistics(c: &mut Comparison, actual: &CpuValues<'_>, expected: &CpuVal
     let element = |i: usize| {
         let (mut a, mut e) = ([0.0], [0.0]);
         let _ = actual.read(i, &mut a).and(expected.read(i, &mut e));
-        Element { index: unravel(i, &c.expected_shape), actual: a[0], expected: e[0] }
+        Element {
+            index: unravel(i, &c.expected_shape),
+            actual: a[0],
+            expected: e[0],
+        }
     };
     let found = s.pairs > 0;
-    let max_abs_diff = found.then(|| Extreme { value: s.worst_abs.0, at: element(s.worst_abs.1) });
-    let max_rel_diff = found.then(|| Extreme { value: s.worst_rel.0, at: element(s.worst_rel.1) });
+    let max_abs_diff = found.then(|| Extreme {
+        value: s.worst_abs.0,
+        at: element(s.worst_abs.1),
+    });
+    let max_rel_diff = found.then(|| Extreme {
+        value: s.worst_rel.0,
+        at: element(s.worst_rel.1),
+    });
     let first_mismatch = first_mismatch.map(element);
     c.max_abs_diff = max_abs_diff;
     c.max_rel_diff = max_rel_diff;

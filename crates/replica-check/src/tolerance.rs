@@ -309,17 +309,33 @@ mod tests {
 
     #[test]
     fn overrides_layer_in_order() {
-        let spec = |rtol: Option<f64>, atol: Option<f64>| ToleranceSpec { rtol, atol, equal_nan: None };
+        let spec = |rtol: Option<f64>, atol: Option<f64>| ToleranceSpec {
+            rtol,
+            atol,
+            equal_nan: None,
+        };
         let base = Tolerance::new(1.0, 1.0);
         let overrides = ToleranceOverrides::default()
             .all(spec(Some(2.0), None))
             .dtype(DType::F16, spec(None, Some(3.0)))
             .tensor("grad/*", spec(Some(4.0), None))
             .tensor("grad/input/*", spec(Some(5.0), None));
-        assert_eq!(overrides.resolve("output/0", DType::F32, base), Tolerance::new(2.0, 1.0));
-        assert_eq!(overrides.resolve("output/0", DType::F16, base), Tolerance::new(2.0, 3.0));
-        assert_eq!(overrides.resolve("grad/param/w", DType::F16, base), Tolerance::new(4.0, 3.0));
-        assert_eq!(overrides.resolve("grad/input/0", DType::F32, base), Tolerance::new(5.0, 1.0));
+        assert_eq!(
+            overrides.resolve("output/0", DType::F32, base),
+            Tolerance::new(2.0, 1.0)
+        );
+        assert_eq!(
+            overrides.resolve("output/0", DType::F16, base),
+            Tolerance::new(2.0, 3.0)
+        );
+        assert_eq!(
+            overrides.resolve("grad/param/w", DType::F16, base),
+            Tolerance::new(4.0, 3.0)
+        );
+        assert_eq!(
+            overrides.resolve("grad/input/0", DType::F32, base),
+            Tolerance::new(5.0, 1.0)
+        );
         let case = ToleranceOverrides::default().all(spec(None, Some(9.0)));
         let merged = overrides.clone().then(&case);
         assert_eq!(merged.resolve("output/0", DType::F32, base), Tolerance::new(2.0, 9.0));
@@ -329,8 +345,14 @@ mod tests {
 
     #[test]
     fn override_validation_names_the_place() {
-        let bad = ToleranceSpec { atol: Some(-1.0), ..Default::default() };
-        let err = ToleranceOverrides::default().tensor("grad/*", bad).validate().unwrap_err();
+        let bad = ToleranceSpec {
+            atol: Some(-1.0),
+            ..Default::default()
+        };
+        let err = ToleranceOverrides::default()
+            .tensor("grad/*", bad)
+            .validate()
+            .unwrap_err();
         assert!(err.contains("`grad/*`") && err.contains("atol"), "{err}");
     }
 }

@@ -1,0 +1,212 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::device::DeviceSpec;
+use crate::output::Format;
+
+const ABOUT: &str = "Check candle reimplementations of ML components against reference tensors dumped from PyTorch";
+
+const LONG_ABOUT: &str = "\
+Check candle reimplementations of ML components against reference tensors dumped from PyTorch.
+
+A reference bundle (docs/bundle-format.md) is one safetensors file with a module's weights, \
+inputs, outputs, per-module activations and gradients. `replica check` runs a registered \
+component on a bundle and compares every tensor with the `torch.testing.assert_close` rule: \
+|actual - expected| <= atol + rtol * |expected|.
+
+Exit codes: 0 when every check passes, 1 when a check fails, 2 on a usage or input error.";
+
+#[derive(Debug, Parser)]
+#[command(name = "replica", version, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
+pub struct Cli {
+    /// Output format: aligned text, JSON for scripts, or markdown for a pull request.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// When to colour text output (auto: only on a terminal and without NO_COLOR).
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    pub color: ColorWhen,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check components against reference bundles: the built-in suite, a suite file, or one component.
+    #[command(long_about = CHECK_ABOUT)]
+    Check(CheckArgs),
+    /// Compare two safetensors files key by key.
+    #[command(long_about = DIFF_ABOUT)]
+    Diff(DiffArgs),
+    /// Show a safetensors file's metadata and per-tensor statistics.
+    Inspect(InspectArgs),
+    /// List the registered components (blocks, ops, and later models) that `check` can run.
+    Models(ModelsArgs),
+    /// List every block with the paper it implements.
+    Papers(PapersArgs),
+}
+
+const CHECK_ABOUT: &str = "\
+Check components against reference bundles, forward, backward and traces.
+
+  replica check                  every registered component against its committed fixture
+  replica check SUITE.toml       the cases of a suite file (docs/suite-format.md)
+  replica check --model NAME     one component, on its fixture or on --reference BUNDLE
+
+Prints one row per case: tensors checked, worst absolute and relative difference, lowest \
+cosine similarity and the verdict, then the details of every failure. Exit code 0 when all \
+pass, 1 when a check fails, 2 on a usage or input error (including a case that cannot run \
+on its bundle).";
+
+const DIFF_ABOUT: &str = "\
+Compare two safetensors files key by key: keys only in A, keys only in B, shape and dtype \
+mismatches, and one comparison row for each shared key. A is the reference: an element of B \
+passes when |b - a| <= atol + rtol * |a|, with the defaults of A's dtype unless --rtol/--atol \
+are given. Exit code 0 when the files match, 1 when they differ.";
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A suite file (TOML) listing the cases to run; see docs/suite-format.md.
+    #[arg(value_name = "SUITE.toml", conflicts_with_all = ["model", "reference", "weights", "config"])]
+    pub suite: Option<PathBuf>,
+
+    /// Run one registered component (see `replica models`).
+    #[arg(long, value_name = "NAME", alias = "component")]
+    pub model: Option<String>,
+
+    /// The reference bundle to check against (default: the component's committed fixture).
+    #[arg(long, value_name = "BUNDLE", requires = "model")]
+    pub reference: Option<PathBuf>,
+
+    /// A safetensors file of weights that replace the bundle's `param/` tensors; its keys and
+    /// shapes must be theirs (a suite file's `weight_map` can rename, transpose and split).
+    #[arg(long, value_name = "FILE", requires = "model")]
+    pub weights: Option<PathBuf>,
+
+    /// A JSON file that replaces the bundle's `config` (a reference `config.json`).
+    #[arg(long, value_name = "FILE", requires = "model")]
+    pub config: Option<PathBuf>,
+
+    /// Record every module's output, print the per-module table and name the first divergent module.
+    #[arg(long)]
+    pub trace: bool,
+
+    /// Relative tolerance for every tensor, over the component's own.
+    #[arg(long, value_name = "RTOL", value_parser = tolerance_value, allow_hyphen_values = true)]
+    pub rtol: Option<f64>,
+
+    /// Absolute tolerance for every tensor, over the component's own.
+    #[arg(long, value_name = "ATOL", value_parser = tolerance_value, allow_hyphen_values = true)]
+    pub atol: Option<f64>,
+
+    /// Where to run: cpu, or cuda:N with a replica built with `--features cuda`.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The reference file.
+    #[arg(value_name = "A.safetensors")]
+    pub a: PathBuf,
+
+    /// The file compared with it.
+    #[arg(value_name = "B.safetensors")]
+    pub b: PathBuf,
+
+    /// Relative tolerance (default: by A's dtype, as torch.testing.assert_close).
+    #[arg(long, value_name = "RTOL", value_parser = tolerance_value, allow_hyphen_values = true)]
+    pub rtol: Option<f64>,
+
+    /// Absolute tolerance (default: by A's dtype).
+    #[arg(long, value_name = "ATOL", value_parser = tolerance_value, allow_hyphen_values = true)]
+    pub atol: Option<f64>,
+
+    /// Treat NaN as equal to NaN.
+    #[arg(long)]
+    pub equal_nan: bool,
+
+    /// Rewrite key names in both files before matching them: a regular expression and its
+    /// replacement (`$1` for groups), e.g. `--rename '^transformer\.='`. Repeatable; applied in order.
+    #[arg(long, value_name = "PATTERN=REPLACEMENT", value_parser = rename_rule)]
+    pub rename: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A safetensors file (a reference bundle or any checkpoint).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// Only components whose name, reference or paper contains this text.
+    #[arg(value_name = "FILTER")]
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PapersArgs {
+    /// Only entries whose block, title or arXiv id contains this text.
+    #[arg(value_name = "FILTER")]
+    pub filter: Option<String>,
+}
+
+/// A tolerance: a finite number >= 0.
+pub fn tolerance_value(text: &str) -> Result<f64, String> {
+    let value: f64 = text.trim().parse().map_err(|_| format!("`{text}` is not a number"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("must be a finite number >= 0, got {text}"));
+    }
+    Ok(value)
+}
+
+/// `PATTERN=REPLACEMENT`, split at the first `=`.
+fn rename_rule(text: &str) -> Result<(String, String), String> {
+    let (pattern, replacement) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not PATTERN=REPLACEMENT"))?;
+    if pattern.is_empty() {
+        return Err(format!("`{text}` has an empty PATTERN"));
+    }
+    Ok((pattern.to_string(), replacement.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tolerances_must_be_non_negative_numbers() {
+        assert_eq!(tolerance_value("1e-5"), Ok(1e-5));
+        assert!(tolerance_value("-1").unwrap_err().contains(">= 0"));
+        assert!(tolerance_value("abc").unwrap_err().contains("not a number"));
+        assert!(tolerance_value("inf").is_err());
+    }
+
+    #[test]
+    fn rename_rules_split_at_the_first_equals() {
+        assert_eq!(rename_rule("^a\\.=b."), Ok(("^a\\.".into(), "b.".into())));
+        assert_eq!(rename_rule("x="), Ok(("x".into(), "".into())));
+        assert!(rename_rule("nothing").is_err());
+    }
+}

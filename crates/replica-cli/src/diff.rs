@@ -1,0 +1,276 @@
+//! `replica diff A B`: two safetensors files, key by key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use replica_check::{compare, read_safetensors, Comparison, Tolerance, WeightMap};
+use serde_json::{json, Value};
+
+use crate::args::DiffArgs;
+use crate::error::CliError;
+use crate::output::{emit, json_number, json_text, paint, sci, Cell, Format, Table, BAD, GOOD, HEADER, WARN};
+use crate::Status;
+
+/// How one key fares.
+enum Row {
+    OnlyInA(Tensor),
+    OnlyInB(Tensor),
+    Shared(Box<Comparison>),
+}
+
+impl Row {
+    fn passed(&self) -> bool {
+        matches!(self, Row::Shared(c) if c.passed())
+    }
+
+    fn status(&self) -> String {
+        match self {
+            Row::OnlyInA(_) => "only in A".into(),
+            Row::OnlyInB(_) => "only in B".into(),
+            Row::Shared(c) if c.passed() => "ok".into(),
+            Row::Shared(c) if c.actual_shape != c.expected_shape => "FAIL (shape mismatch)".into(),
+            Row::Shared(c) if c.actual_dtype != c.expected_dtype => "FAIL (dtype mismatch)".into(),
+            Row::Shared(c) if c.incompatible.is_some() => "FAIL (incompatible)".into(),
+            Row::Shared(c) => format!("FAIL ({}/{})", c.mismatched, c.elements),
+        }
+    }
+
+    fn cells(&self, key: &str) -> Vec<Cell> {
+        let describe = |t: &Tensor| (format!("{:?}", t.dims()), format!("{:?}", t.dtype()).to_lowercase());
+        let status = self.status();
+        let style = if self.passed() {
+            GOOD
+        } else if matches!(self, Row::Shared(_)) {
+            BAD
+        } else {
+            WARN
+        };
+        let (shape, dtype, abs, rel, cosine) = match self {
+            Row::OnlyInA(t) | Row::OnlyInB(t) => {
+                let (shape, dtype) = describe(t);
+                (shape, dtype, "-".into(), "-".into(), "-".into())
+            }
+            Row::Shared(c) => {
+                let shape = if c.actual_shape == c.expected_shape {
+                    format!("{:?}", c.expected_shape)
+                } else {
+                    format!("A {:?}, B {:?}", c.expected_shape, c.actual_shape)
+                };
+                let dtype = if c.actual_dtype == c.expected_dtype {
+                    c.expected_dtype.clone()
+                } else {
+                    format!("A {}, B {}", c.expected_dtype, c.actual_dtype)
+                };
+                let numbers = c.max_abs_diff.is_some();
+                (
+                    shape,
+                    dtype,
+                    if numbers { sci(Some(c.worst_abs())) } else { "-".into() },
+                    if numbers { sci(Some(c.worst_rel())) } else { "-".into() },
+                    c.cosine.map_or("-".into(), |v| format!("{v:.7}")),
+                )
+            }
+        };
+        vec![
+            Cell::plain(key),
+            Cell::plain(shape),
+            Cell::plain(dtype),
+            Cell::plain(abs),
+            Cell::plain(rel),
+            Cell::plain(cosine),
+            Cell::styled(status, style),
+        ]
+    }
+}
+
+/// A file's tensors, under their renamed keys, and its metadata.
+struct Side {
+    tensors: BTreeMap<String, Tensor>,
+    metadata: BTreeMap<String, String>,
+}
+
+fn read(path: &Path, renames: &[(String, String)]) -> Result<Side, CliError> {
+    let file = read_safetensors(path, &Device::Cpu)?;
+    let map = renames.iter().fold(WeightMap::new(), |map, (pattern, replacement)| {
+        map.rename(pattern, replacement)
+    });
+    let mapped = map
+        .apply(file.tensors, path)
+        .map_err(|err| CliError::from(err).context("--rename"))?;
+    Ok(Side {
+        tensors: mapped.tensors().clone(),
+        metadata: file.metadata.into_iter().collect(),
+    })
+}
+
+/// Runs `replica diff`.
+pub fn run(args: &DiffArgs, format: Format) -> Result<Status, CliError> {
+    for (pattern, _) in &args.rename {
+        regex::Regex::new(pattern).map_err(|err| {
+            let why = err.to_string();
+            let why = why
+                .lines()
+                .last()
+                .unwrap_or("invalid")
+                .trim()
+                .trim_start_matches("error: ")
+                .to_string();
+            CliError::new(format!("--rename: `{pattern}` is not a regular expression: {why}"))
+        })?;
+    }
+    let Side {
+        tensors: a,
+        metadata: a_meta,
+    } = read(&args.a, &args.rename)?;
+    let Side {
+        tensors: b,
+        metadata: b_meta,
+    } = read(&args.b, &args.rename)?;
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let rows: Vec<(String, Row)> = keys
+        .into_iter()
+        .map(|key| {
+            let row = match (a.get(key), b.get(key)) {
+                (Some(expected), Some(actual)) => {
+                    let base = Tolerance::for_dtype(expected.dtype());
+                    let tolerance = Tolerance {
+                        rtol: args.rtol.unwrap_or(base.rtol),
+                        atol: args.atol.unwrap_or(base.atol),
+                        equal_nan: args.equal_nan,
+                    };
+                    Row::Shared(Box::new(compare(actual, expected, tolerance)))
+                }
+                (Some(t), None) => Row::OnlyInA(t.clone()),
+                (None, Some(t)) => Row::OnlyInB(t.clone()),
+                (None, None) => unreachable!("every key comes from A or B"),
+            };
+            (key.clone(), row)
+        })
+        .collect();
+    let metadata_differs: Vec<String> = a_meta
+        .keys()
+        .chain(b_meta.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|key| a_meta.get(*key) != b_meta.get(*key))
+        .cloned()
+        .collect();
+    let passed = rows.iter().all(|(_, row)| row.passed());
+
+    let text = match format {
+        Format::Json => json_text(&to_json(args, &rows, &metadata_differs, passed)),
+        Format::Text | Format::Markdown => render(args, &rows, &metadata_differs, format),
+    };
+    emit(&text);
+    Ok(if passed { Status::Passed } else { Status::Failed })
+}
+
+fn count(rows: &[(String, Row)], which: impl Fn(&Row) -> bool) -> usize {
+    rows.iter().filter(|(_, row)| which(row)).count()
+}
+
+fn summary(rows: &[(String, Row)]) -> String {
+    let shared = count(rows, |r| matches!(r, Row::Shared(_)));
+    let matching = count(rows, Row::passed);
+    let only_a = count(rows, |r| matches!(r, Row::OnlyInA(_)));
+    let only_b = count(rows, |r| matches!(r, Row::OnlyInB(_)));
+    format!(
+        "{shared} shared keys: {matching} match, {} differ; {only_a} only in A, {only_b} only in B.",
+        shared - matching
+    )
+}
+
+fn render(args: &DiffArgs, rows: &[(String, Row)], metadata_differs: &[String], format: Format) -> String {
+    let mut table = Table::new(&[
+        "key",
+        "shape",
+        "dtype",
+        "max abs diff",
+        "max rel diff",
+        "cosine",
+        "verdict",
+    ]);
+    for (key, row) in rows {
+        table.push(row.cells(key));
+    }
+    let passed = rows.iter().all(|(_, row)| row.passed());
+    let heading = format!("A: {}\nB: {}", args.a.display(), args.b.display());
+    let metadata = if metadata_differs.is_empty() {
+        "Metadata: identical.".to_string()
+    } else {
+        format!(
+            "Metadata differs in: {}",
+            metadata_differs
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mut out = String::new();
+    if format == Format::Markdown {
+        out.push_str(&format!(
+            "### replica diff\n\n- A: `{}`\n- B: `{}`\n\n",
+            args.a.display(),
+            args.b.display()
+        ));
+        out.push_str(&table.markdown());
+        out.push_str(&format!("\n**{}**\n\n{metadata}\n", summary(rows)));
+    } else {
+        out.push_str(&paint(HEADER, &heading));
+        out.push_str("\n\n");
+        out.push_str(&table.text());
+        for (key, row) in rows {
+            if let Row::Shared(c) = row {
+                if !c.passed() {
+                    out.push_str(&format!("\n{}: {}\n", paint(BAD, key), c.to_string().trim_end()));
+                }
+            }
+        }
+        out.push('\n');
+        out.push_str(&paint(if passed { GOOD } else { BAD }, &summary(rows)));
+        out.push('\n');
+        out.push_str(&metadata);
+        out.push('\n');
+    }
+    out
+}
+
+fn to_json(args: &DiffArgs, rows: &[(String, Row)], metadata_differs: &[String], passed: bool) -> Value {
+    let only = |want_a: bool| -> Vec<&String> {
+        rows.iter()
+            .filter(|(_, row)| {
+                if want_a {
+                    matches!(row, Row::OnlyInA(_))
+                } else {
+                    matches!(row, Row::OnlyInB(_))
+                }
+            })
+            .map(|(key, _)| key)
+            .collect()
+    };
+    let shared: Vec<Value> = rows
+        .iter()
+        .filter_map(|(key, row)| match row {
+            Row::Shared(c) => Some(json!({
+                "key": key,
+                "verdict": row.status(),
+                "passed": c.passed(),
+                "max_abs_diff": json_number(c.max_abs_diff.as_ref().map(|e| e.value)),
+                "max_rel_diff": json_number(c.max_rel_diff.as_ref().map(|e| e.value)),
+                "comparison": c,
+            })),
+            _ => None,
+        })
+        .collect();
+    json!({
+        "a": args.a.display().to_string(),
+        "b": args.b.display().to_string(),
+        "passed": passed,
+        "only_in_a": only(true),
+        "only_in_b": only(false),
+        "shared": shared,
+        "metadata_differs": metadata_differs,
+    })
+}

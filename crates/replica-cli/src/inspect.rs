@@ -1,0 +1,279 @@
+//! `replica inspect FILE`: what a safetensors file holds.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use replica_check::bundle::METADATA_KEY;
+use replica_check::{read_safetensors, Bundle, Namespace};
+use serde_json::{json, Value};
+
+use crate::args::InspectArgs;
+use crate::error::CliError;
+use crate::output::{emit, json_number, json_text, paint, Cell, Format, Table, HEADER, WARN};
+use crate::Status;
+
+/// Statistics of one tensor, over its finite values (computed in f64).
+#[derive(Debug, Default, PartialEq)]
+pub struct Stats {
+    pub elements: usize,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub mean: Option<f64>,
+    /// Population standard deviation (ddof = 0), as numpy's default.
+    pub std: Option<f64>,
+    pub nan: usize,
+    pub pos_inf: usize,
+    pub neg_inf: usize,
+}
+
+impl Stats {
+    pub fn of(tensor: &Tensor) -> Option<Stats> {
+        let values: Vec<f64> = tensor.flatten_all().ok()?.to_dtype(DType::F64).ok()?.to_vec1().ok()?;
+        Some(Self::of_values(&values))
+    }
+
+    pub fn of_values(values: &[f64]) -> Stats {
+        let mut stats = Stats {
+            elements: values.len(),
+            ..Default::default()
+        };
+        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        for &v in values {
+            if v.is_nan() {
+                stats.nan += 1;
+            } else if v == f64::INFINITY {
+                stats.pos_inf += 1;
+            } else if v == f64::NEG_INFINITY {
+                stats.neg_inf += 1;
+            }
+        }
+        if !finite.is_empty() {
+            let n = finite.len() as f64;
+            let mean = finite.iter().sum::<f64>() / n;
+            let variance = finite.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+            stats.min = finite.iter().copied().reduce(f64::min);
+            stats.max = finite.iter().copied().reduce(f64::max);
+            stats.mean = Some(mean);
+            stats.std = Some(variance.sqrt());
+        }
+        stats
+    }
+}
+
+/// A number for a table: plain decimals in a readable range, scientific outside it.
+fn number(value: Option<f64>) -> String {
+    match value {
+        None => "-".into(),
+        Some(0.0) => "0".into(),
+        Some(v) if (1e-3..1e6).contains(&v.abs()) => {
+            let text = format!("{v:.6}");
+            text.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
+        Some(v) => format!("{v:.4e}"),
+    }
+}
+
+fn dtype_name(dtype: DType) -> String {
+    format!("{dtype:?}").to_lowercase()
+}
+
+/// Runs `replica inspect`.
+pub fn run(args: &InspectArgs, format: Format) -> Result<Status, CliError> {
+    let path = args.file.as_path();
+    let file = read_safetensors(path, &Device::Cpu)?;
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let bundle = file
+        .metadata
+        .contains_key(METADATA_KEY)
+        .then(|| Bundle::from_tensor_file(file.clone(), path));
+    let tensors: Vec<(String, Tensor, Option<Stats>)> = file
+        .tensors
+        .iter()
+        .map(|(name, tensor)| (name.clone(), tensor.clone(), Stats::of(tensor)))
+        .collect();
+    let mut metadata: Vec<(&String, &String)> = file.metadata.iter().collect();
+    metadata.sort();
+
+    let text = match format {
+        Format::Json => json_text(&to_json(path, size, &metadata, bundle.as_ref(), &tensors)),
+        Format::Text | Format::Markdown => render(path, size, &metadata, bundle.as_ref(), &tensors, format),
+    };
+    emit(&text);
+    Ok(Status::Passed)
+}
+
+fn bundle_summary(bundle: &Bundle) -> String {
+    let m = bundle.metadata();
+    let counts: Vec<String> = Namespace::ALL
+        .iter()
+        .map(|&ns| (ns, bundle.names(ns).count()))
+        .filter(|(_, n)| *n > 0)
+        .map(|(ns, n)| format!("{n} {ns}"))
+        .collect();
+    format!(
+        "Reference bundle: {} by {} {}, dtype {}, seed {}; {}",
+        m.component,
+        m.producer.name,
+        m.producer.version,
+        m.dtype,
+        m.seed.map_or("none".into(), |s| s.to_string()),
+        counts.join(", ")
+    )
+}
+
+fn table(tensors: &[(String, Tensor, Option<Stats>)]) -> Table {
+    let mut table = Table::new(&[
+        "tensor", "dtype", "shape", "elements", "min", "max", "mean", "std", "nan", "inf",
+    ]);
+    for (name, tensor, stats) in tensors {
+        let (min, max, mean, std, nan, inf) = match stats {
+            Some(s) => (
+                number(s.min),
+                number(s.max),
+                number(s.mean),
+                number(s.std),
+                s.nan,
+                s.pos_inf + s.neg_inf,
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), 0, 0),
+        };
+        let flag = |count: usize| {
+            if count > 0 {
+                Cell::styled(count.to_string(), WARN)
+            } else {
+                Cell::plain(count.to_string())
+            }
+        };
+        table.push(vec![
+            Cell::plain(name.clone()),
+            Cell::plain(dtype_name(tensor.dtype())),
+            Cell::plain(format!("{:?}", tensor.dims())),
+            Cell::plain(tensor.elem_count().to_string()),
+            Cell::plain(min),
+            Cell::plain(max),
+            Cell::plain(mean),
+            Cell::plain(std),
+            flag(nan),
+            flag(inf),
+        ]);
+    }
+    table
+}
+
+fn render(
+    path: &Path,
+    size: u64,
+    metadata: &[(&String, &String)],
+    bundle: Option<&Result<Bundle, replica_check::Error>>,
+    tensors: &[(String, Tensor, Option<Stats>)],
+    format: Format,
+) -> String {
+    let markdown = format == Format::Markdown;
+    let mut out = String::new();
+    let heading = format!("{} ({} tensors, {size} bytes)", path.display(), tensors.len());
+    if markdown {
+        out.push_str(&format!(
+            "### `{}`\n\n{} tensors, {size} bytes\n\n",
+            path.display(),
+            tensors.len()
+        ));
+    } else {
+        out.push_str(&paint(HEADER, &heading));
+        out.push('\n');
+    }
+    match bundle {
+        Some(Ok(bundle)) => out.push_str(&format!("{}\n", bundle_summary(bundle))),
+        Some(Err(err)) => out.push_str(&paint(WARN, &format!("Not a valid reference bundle: {err}\n"))),
+        None => {}
+    }
+    if metadata.is_empty() {
+        out.push_str("Metadata: none\n");
+    } else {
+        out.push_str("Metadata:\n");
+        for (key, value) in metadata {
+            // JSON values (a bundle's `replica` entry) are shown indented.
+            let shown = serde_json::from_str::<Value>(value)
+                .ok()
+                .filter(|v| v.is_object() || v.is_array())
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or_else(|| value.to_string());
+            if markdown {
+                out.push_str(&format!("\n`{key}`:\n\n```json\n{shown}\n```\n"));
+            } else {
+                let indented = shown.replace('\n', "\n    ");
+                out.push_str(&format!("  {key}: {indented}\n"));
+            }
+        }
+    }
+    out.push('\n');
+    out.push_str(&table(tensors).render(format));
+    out
+}
+
+fn to_json(
+    path: &Path,
+    size: u64,
+    metadata: &[(&String, &String)],
+    bundle: Option<&Result<Bundle, replica_check::Error>>,
+    tensors: &[(String, Tensor, Option<Stats>)],
+) -> Value {
+    let metadata: serde_json::Map<String, Value> = metadata
+        .iter()
+        .map(|(k, v)| ((*k).clone(), Value::from(v.as_str())))
+        .collect();
+    let bundle = match bundle {
+        Some(Ok(bundle)) => json!({ "valid": true, "metadata": bundle.metadata() }),
+        Some(Err(err)) => json!({ "valid": false, "error": err.to_string() }),
+        None => Value::Null,
+    };
+    let tensors: Vec<Value> = tensors
+        .iter()
+        .map(|(name, tensor, stats)| {
+            let stat = |f: fn(&Stats) -> Option<f64>| json_number(stats.as_ref().and_then(f));
+            json!({
+                "name": name,
+                "dtype": dtype_name(tensor.dtype()),
+                "shape": tensor.dims(),
+                "elements": tensor.elem_count(),
+                "min": stat(|s| s.min),
+                "max": stat(|s| s.max),
+                "mean": stat(|s| s.mean),
+                "std": stat(|s| s.std),
+                "nan": stats.as_ref().map_or(0, |s| s.nan),
+                "pos_inf": stats.as_ref().map_or(0, |s| s.pos_inf),
+                "neg_inf": stats.as_ref().map_or(0, |s| s.neg_inf),
+            })
+        })
+        .collect();
+    json!({
+        "file": path.display().to_string(),
+        "bytes": size,
+        "metadata": metadata,
+        "bundle": bundle,
+        "tensors": tensors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_skip_non_finite_values_and_count_them() {
+        let stats = Stats::of_values(&[1.0, 2.0, 3.0, 4.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY]);
+        assert_eq!(stats.elements, 7);
+        assert_eq!((stats.min, stats.max, stats.mean), (Some(1.0), Some(4.0), Some(2.5)));
+        assert!((stats.std.unwrap() - 1.25f64.sqrt()).abs() < 1e-12);
+        assert_eq!((stats.nan, stats.pos_inf, stats.neg_inf), (1, 1, 1));
+        assert_eq!(Stats::of_values(&[]).mean, None);
+    }
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(number(Some(2.5)), "2.5");
+        assert_eq!(number(Some(-1.0)), "-1");
+        assert_eq!(number(Some(0.0)), "0");
+        assert_eq!(number(Some(1.5e-7)), "1.5000e-7");
+        assert_eq!(number(None), "-");
+    }
+}

@@ -1,0 +1,129 @@
+//! `replica models` and `replica papers`: what replica knows.
+
+use replica_blocks::PAPERS;
+use serde_json::{json, Value};
+
+use crate::args::{ModelsArgs, PapersArgs};
+use crate::error::CliError;
+use crate::output::{emit, json_text, paint, Cell, Format, Table, HEADER};
+use crate::registry::Registry;
+use crate::Status;
+
+/// Runs `replica models [FILTER]`: the registered components.
+pub fn models(args: &ModelsArgs, format: Format) -> Result<Status, CliError> {
+    let registry = Registry::load();
+    let components: Vec<_> = registry.filter(args.filter.as_deref()).collect();
+    let text = match format {
+        Format::Json => json_text(&Value::Array(
+            components
+                .iter()
+                .map(|c| {
+                    json!({
+                        "name": c.name,
+                        "kind": c.kind,
+                        "reference": c.reference,
+                        "paper": c.paper,
+                        "paper_title": c.paper_title(),
+                        "fixture": c.fixture.as_ref().map(|p| p.display().to_string()),
+                    })
+                })
+                .collect(),
+        )),
+        _ => {
+            let mut table = Table::new(&["component", "kind", "reference", "paper", "fixture"]);
+            for c in &components {
+                let paper = match (c.paper, c.paper_title()) {
+                    (Some(id), Some(title)) => format!("{id} ({title})"),
+                    (Some(id), None) => id.to_string(),
+                    (None, _) => "-".to_string(),
+                };
+                let fixture = c
+                    .fixture
+                    .as_ref()
+                    .and_then(|p| p.file_name())
+                    .map_or("-".to_string(), |f| f.to_string_lossy().into_owned());
+                table.push(vec![
+                    Cell::plain(c.name),
+                    Cell::plain(c.kind),
+                    Cell::plain(c.reference),
+                    Cell::plain(paper),
+                    Cell::plain(fixture),
+                ]);
+            }
+            let mut out = String::new();
+            if format == Format::Text {
+                out.push_str(&paint(
+                    HEADER,
+                    &heading(components.len(), registry.all().len(), args.filter.as_deref()),
+                ));
+                out.push_str("\n\n");
+            }
+            if components.is_empty() {
+                let filter = args.filter.as_deref().unwrap_or_default();
+                out.push_str(&format!("No component matches `{filter}`."));
+                if let Some(close) = registry.closest(filter) {
+                    out.push_str(&format!(" Did you mean `{close}`?"));
+                }
+                out.push('\n');
+            } else {
+                out.push_str(&table.render(format));
+            }
+            out
+        }
+    };
+    emit(&text);
+    Ok(Status::Passed)
+}
+
+fn heading(shown: usize, total: usize, filter: Option<&str>) -> String {
+    match filter {
+        Some(filter) => format!("{shown} of {total} registered components match `{filter}`"),
+        None => format!("{total} registered components"),
+    }
+}
+
+/// Runs `replica papers [FILTER]`: every block and the paper it implements.
+pub fn papers(args: &PapersArgs, format: Format) -> Result<Status, CliError> {
+    let needle = args.filter.as_deref().map(str::to_lowercase);
+    let entries: Vec<_> = PAPERS
+        .iter()
+        .filter(|e| {
+            needle.as_ref().is_none_or(|n| {
+                [e.block, e.paper.title, e.paper.arxiv]
+                    .iter()
+                    .any(|text| text.to_lowercase().contains(n.as_str()))
+            })
+        })
+        .collect();
+    let text = match format {
+        Format::Json => json_text(&Value::Array(
+            entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "block": e.block,
+                        "title": e.paper.title,
+                        "arxiv": e.paper.arxiv,
+                        "year": e.paper.year,
+                        "url": e.paper.url(),
+                    })
+                })
+                .collect(),
+        )),
+        _ => {
+            let mut table = Table::new(&["block", "paper", "arXiv", "year", "url"]);
+            for e in &entries {
+                table.push(vec![
+                    Cell::plain(e.block),
+                    Cell::plain(e.paper.title),
+                    Cell::plain(e.paper.arxiv),
+                    Cell::plain(e.paper.year.to_string()),
+                    Cell::plain(e.paper.url()),
+                ]);
+            }
+            table.render(format)
+        }
+    };
+    emit(&text);
+    Ok(Status::Passed)
+}

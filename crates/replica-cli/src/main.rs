@@ -1,0 +1,101 @@
+//! `replica`: check candle reimplementations of ML components against reference
+//! tensors dumped from PyTorch; diff and inspect safetensors files; list the
+//! registered components and the papers they implement.
+//!
+//! Exit codes: 0 when every check passes, 1 when a check fails, 2 on a usage
+//! or input error (a one-line cause on stderr).
+
+mod args;
+mod check;
+mod device;
+mod diff;
+mod error;
+mod guard;
+mod inspect;
+mod listing;
+mod manifest;
+mod output;
+mod registry;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, ColorWhen, Command};
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Passed,
+    Failed,
+    InputError,
+}
+
+impl Status {
+    fn code(self) -> ExitCode {
+        match self {
+            Status::Passed => ExitCode::SUCCESS,
+            Status::Failed => ExitCode::from(1),
+            Status::InputError => ExitCode::from(2),
+        }
+    }
+}
+
+/// `error: message` on stderr, `error:` in red on a terminal.
+pub fn print_error(message: &str) {
+    let style = output::BAD;
+    let _ = writeln!(anstream::stderr(), "{}: {message}", output::paint(style, "error"));
+}
+
+/// clap's error with its cause on one line (`error: ... --model <NAME>`), then its usage hint.
+fn usage_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            return Status::InputError.code();
+        }
+        _ => {}
+    }
+    let text = err.render().to_string();
+    let (cause, rest) = text.split_once("\n\n").unwrap_or((text.as_str(), ""));
+    let cause: Vec<&str> = cause.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let cause = cause.join(" ");
+    print_error(cause.strip_prefix("error: ").unwrap_or(&cause));
+    if !rest.trim().is_empty() {
+        let _ = write!(anstream::stderr(), "\n{}\n", rest.trim_end());
+    }
+    Status::InputError.code()
+}
+
+fn main() -> ExitCode {
+    guard::install();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
+    match cli.color {
+        ColorWhen::Auto => {}
+        ColorWhen::Always => anstream::ColorChoice::Always.write_global(),
+        ColorWhen::Never => anstream::ColorChoice::Never.write_global(),
+    }
+    let result = match &cli.command {
+        Command::Check(args) => check::run(args, cli.format),
+        Command::Diff(args) => diff::run(args, cli.format),
+        Command::Inspect(args) => inspect::run(args, cli.format),
+        Command::Models(args) => listing::models(args, cli.format),
+        Command::Papers(args) => listing::papers(args, cli.format),
+    };
+    match result {
+        Ok(status) => status.code(),
+        Err(err) => {
+            print_error(&err.to_string());
+            Status::InputError.code()
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! What the commands print: aligned tables (coloured on a terminal), markdown
+//! tables, and JSON. Everything goes through `anstream`, which drops the colour
+//! codes when stdout is not a terminal or `NO_COLOR` is set.
+
+use std::io::Write;
+
+use anstyle::{AnsiColor, Style};
+use clap::ValueEnum;
+use serde_json::Value;
+
+/// How a command prints its result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for a terminal (coloured when stdout is one).
+    #[default]
+    Text,
+    /// One JSON document, for scripts.
+    Json,
+    /// Markdown tables, to paste into a pull request.
+    Markdown,
+}
+
+pub const HEADER: Style = Style::new().bold();
+pub const GOOD: Style = Style::new().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Green)));
+pub const BAD: Style = Style::new().bold().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Red)));
+pub const WARN: Style = Style::new().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Yellow)));
+pub const DIM: Style = Style::new().dimmed();
+
+/// `text` wrapped in `style`'s escape codes.
+pub fn paint(style: Style, text: &str) -> String {
+    format!("{style}{text}{style:#}")
+}
+
+/// One table cell: its text and how to colour it on a terminal.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    pub text: String,
+    pub style: Style,
+}
+
+impl Cell {
+    pub fn plain(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            style: Style::new(),
+        }
+    }
+
+    pub fn styled(text: impl Into<String>, style: Style) -> Self {
+        Self {
+            text: text.into(),
+            style,
+        }
+    }
+}
+
+impl From<String> for Cell {
+    fn from(text: String) -> Self {
+        Cell::plain(text)
+    }
+}
+
+impl From<&str> for Cell {
+    fn from(text: &str) -> Self {
+        Cell::plain(text)
+    }
+}
+
+/// A table to print as aligned text or markdown.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<Cell>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Self {
+        Self {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, row: Vec<Cell>) {
+        self.rows.push(row);
+    }
+
+    /// A harness table (`replica_check::table::Table`), uncoloured except its verdicts.
+    pub fn from_check(table: &replica_check::table::Table) -> Self {
+        let headers: Vec<&str> = table.headers.iter().map(String::as_str).collect();
+        let mut out = Table::new(&headers);
+        for row in &table.rows {
+            out.push(
+                row.iter()
+                    .map(|text| Cell::styled(text.clone(), verdict_style(text)))
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    /// Aligned columns: numbers to the right, text to the left.
+    pub fn text(&self) -> String {
+        let columns = self.headers.len();
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.text.chars().count());
+            }
+        }
+        // A column of numbers (and `-` for none) is right-aligned, header included.
+        let numeric: Vec<bool> = (0..columns)
+            .map(|i| {
+                let mut cells = self.rows.iter().filter_map(|row| row.get(i)).map(|c| c.text.as_str());
+                let mut any = false;
+                let all = cells.all(|text| {
+                    any |= looks_numeric(text);
+                    looks_numeric(text) || text == "-"
+                });
+                any && all
+            })
+            .collect();
+        let mut out = String::new();
+        let mut line = |cells: Vec<Cell>| {
+            let mut text = String::new();
+            for (i, width) in widths.iter().enumerate().take(columns) {
+                let cell = cells.get(i).cloned().unwrap_or_else(|| Cell::plain(""));
+                if i > 0 {
+                    text.push_str("  ");
+                }
+                let padded = if numeric[i] {
+                    format!("{:>width$}", cell.text)
+                } else {
+                    format!("{:<width$}", cell.text)
+                };
+                if i + 1 == columns {
+                    // No trailing blanks after the last column.
+                    text.push_str(&paint(cell.style, padded.trim_end()));
+                } else {
+                    text.push_str(&paint(cell.style, &padded));
+                }
+            }
+            out.push_str(text.trim_end());
+            out.push('\n');
+        };
+        line(self.headers.iter().map(|h| Cell::styled(h.clone(), HEADER)).collect());
+        line(widths.iter().map(|w| Cell::plain("-".repeat(*w))).collect());
+        for row in &self.rows {
+            line(row.clone());
+        }
+        out
+    }
+
+    /// A GitHub-flavoured markdown table.
+    pub fn markdown(&self) -> String {
+        let escape = |text: &str| text.replace('|', "\\|").replace('\n', " ");
+        let mut out = String::new();
+        let headers: Vec<String> = self.headers.iter().map(|h| escape(h)).collect();
+        out.push_str(&format!("| {} |\n", headers.join(" | ")));
+        out.push_str(&format!("|{}\n", " --- |".repeat(self.headers.len())));
+        for row in &self.rows {
+            let cells: Vec<String> = row.iter().map(|c| escape(&c.text)).collect();
+            out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        }
+        out
+    }
+
+    /// As text or markdown (JSON output is built by each command from its own data).
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Markdown => self.markdown(),
+            _ => self.text(),
+        }
+    }
+}
+
+fn looks_numeric(cell: &str) -> bool {
+    !cell.is_empty() && cell.parse::<f64>().is_ok()
+}
+
+/// Green for a pass, red for a failure, plain otherwise.
+pub fn verdict_style(text: &str) -> Style {
+    if text == "ok" || text.starts_with("ok ") {
+        GOOD
+    } else if text.starts_with("FAIL") || text.starts_with("ERROR") || text.contains("first divergence") {
+        BAD
+    } else {
+        Style::new()
+    }
+}
+
+/// A number for a table: `-` when absent.
+pub fn sci(value: Option<f64>) -> String {
+    value.map_or("-".into(), |v| format!("{v:.2e}"))
+}
+
+/// A number that JSON can carry: non-finite values as the strings `"NaN"`,
+/// `"inf"`, `"-inf"` (the harness's convention), absent ones as null.
+pub fn json_number(value: Option<f64>) -> Value {
+    match value {
+        None => Value::Null,
+        Some(v) if v.is_nan() => Value::from("NaN"),
+        Some(v) if v == f64::INFINITY => Value::from("inf"),
+        Some(v) if v == f64::NEG_INFINITY => Value::from("-inf"),
+        Some(v) => Value::from(v),
+    }
+}
+
+/// Writes a command's output to stdout. A closed pipe (`replica papers | head`)
+/// is not an error.
+pub fn emit(text: &str) {
+    let mut stdout = anstream::stdout();
+    let written = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+    if let Err(err) = written {
+        if err.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = writeln!(anstream::stderr(), "error: cannot write to stdout: {err}");
+        }
+    }
+}
+
+/// Pretty JSON with a final newline.
+pub fn json_text(value: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into());
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_table_aligns_and_colours_only_styled_cells() {
+        let mut table = Table::new(&["name", "value", "verdict"]);
+        table.push(vec!["a".into(), "1.5".into(), Cell::styled("ok", GOOD)]);
+        table.push(vec!["long name".into(), "10".into(), Cell::styled("FAIL (1/2)", BAD)]);
+        let text = table.text();
+        let plain: String = anstream::adapter::strip_str(&text).to_string();
+        assert_eq!(
+            plain,
+            "name       value  verdict\n---------  -----  ----------\na            1.5  ok\nlong name     10  FAIL (1/2)\n"
+        );
+        assert!(text.contains(&paint(GOOD, "ok")));
+    }
+
+    #[test]
+    fn markdown_escapes_pipes() {
+        let mut table = Table::new(&["a", "b"]);
+        table.push(vec!["x|y".into(), "1".into()]);
+        assert_eq!(table.markdown(), "| a | b |\n| --- | --- |\n| x\\|y | 1 |\n");
+    }
+
+    #[test]
+    fn json_numbers_keep_infinities() {
+        assert_eq!(json_number(Some(f64::INFINITY)), Value::from("inf"));
+        assert_eq!(json_number(Some(1.5)), Value::from(1.5));
+        assert_eq!(json_number(None), Value::Null);
+    }
+}

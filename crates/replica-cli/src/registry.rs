@@ -1,0 +1,171 @@
+//! The components `replica` can check, by name.
+//!
+//! Today these are the built-in parity cases (`replica::suite::builtin()`):
+//! every block and op with a committed fixture, so a case added anywhere in the
+//! workspace appears here with no change to the CLI. A model registry joins by
+//! adding a [`Runner`] variant and extending [`Registry::load`].
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use replica::suite::Case;
+use replica_check::{Bundle, Report};
+
+/// What runs a component on a bundle.
+#[derive(Clone, Copy, Debug)]
+pub enum Runner {
+    /// A built-in parity case: reads config, weights, inputs and references from the bundle.
+    Case(Case),
+}
+
+/// A component that can be checked against a reference bundle.
+#[derive(Clone, Debug)]
+pub struct Component {
+    /// Unique snake_case name (`layer_norm`, `multihead_attention`).
+    pub name: &'static str,
+    /// What kind of component it is, for listings.
+    pub kind: &'static str,
+    /// The reference implementation its fixture came from.
+    pub reference: &'static str,
+    /// arXiv id or URL of its paper.
+    pub paper: Option<&'static str>,
+    /// Its committed reference bundle, when it has one.
+    pub fixture: Option<PathBuf>,
+    pub runner: Runner,
+}
+
+impl Component {
+    fn from_case(case: Case) -> Self {
+        Self {
+            name: case.name,
+            kind: "case",
+            reference: case.reference,
+            paper: case.paper,
+            fixture: Some(case.fixture_path(&replica::suite::fixtures_dir())),
+            runner: Runner::Case(case),
+        }
+    }
+
+    /// Runs the component on `bundle` (already on `device`); the report is titled `title`.
+    pub fn run(&self, bundle: &Bundle, device: &Device, title: &str) -> replica_check::Result<Report> {
+        let _ = device; // cases take their device from the bundle's tensors
+        let mut report = match self.runner {
+            Runner::Case(case) => (case.run)(bundle)?,
+        };
+        report.title = title.to_string();
+        Ok(report)
+    }
+
+    /// The paper's title from the block registry, when the id is known there.
+    pub fn paper_title(&self) -> Option<&'static str> {
+        let id = self.paper?;
+        replica_blocks::PAPERS
+            .iter()
+            .find(|entry| entry.paper.arxiv == id || id.contains(entry.paper.arxiv))
+            .map(|entry| entry.paper.title)
+    }
+}
+
+/// Every registered component, in the order `replica check` runs them.
+pub struct Registry {
+    components: Vec<Component>,
+}
+
+impl Registry {
+    pub fn load() -> Self {
+        let mut components: Vec<Component> = Vec::new();
+        for case in replica::suite::builtin() {
+            // Names are unique by contract; should two collide, the first registered wins.
+            if !components.iter().any(|c| c.name == case.name) {
+                components.push(Component::from_case(case));
+            }
+        }
+        Self { components }
+    }
+
+    pub fn all(&self) -> &[Component] {
+        &self.components
+    }
+
+    /// The component called `name`, or an error suggesting the closest name.
+    pub fn get(&self, name: &str) -> Result<&Component, String> {
+        if let Some(found) = self.components.iter().find(|c| c.name == name) {
+            return Ok(found);
+        }
+        let hint = match self.closest(name) {
+            Some(close) => format!("did you mean `{close}`? `replica models` lists them all"),
+            None => "`replica models` lists them all".to_string(),
+        };
+        Err(format!("unknown component `{name}` ({hint})"))
+    }
+
+    /// The registered name closest to `name`: a small edit distance, or else
+    /// the only one that contains it.
+    pub fn closest(&self, name: &str) -> Option<&'static str> {
+        closest(name, self.components.iter().map(|c| c.name))
+    }
+
+    /// Components whose name, reference or paper contains `filter` (any case).
+    pub fn filter<'a>(&'a self, filter: Option<&'a str>) -> impl Iterator<Item = &'a Component> + 'a {
+        let needle = filter.map(str::to_lowercase);
+        self.components.iter().filter(move |c| match &needle {
+            None => true,
+            Some(needle) => [Some(c.name), Some(c.reference), c.paper, c.paper_title()]
+                .into_iter()
+                .flatten()
+                .any(|text| text.to_lowercase().contains(needle.as_str())),
+        })
+    }
+}
+
+/// The candidate closest to `typed`, if any is close enough to be a likely typo.
+pub fn closest<'a>(typed: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let typed_lower = typed.to_lowercase();
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    let best = candidates
+        .iter()
+        .map(|&c| (strsim::damerau_levenshtein(&typed_lower, &c.to_lowercase()), c))
+        .min_by_key(|(distance, _)| *distance);
+    if let Some((distance, name)) = best {
+        if distance <= (typed.chars().count() / 3).max(2) {
+            return Some(name);
+        }
+    }
+    let containing: Vec<&str> = candidates
+        .iter()
+        .copied()
+        .filter(|c| typed_lower.len() >= 3 && c.to_lowercase().contains(&typed_lower))
+        .collect();
+    match containing.as_slice() {
+        [only] => Some(only),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names() {
+        let names = ["layer_norm", "linear", "multihead_attention", "softmax"];
+        assert_eq!(closest("layer_nrom", names), Some("layer_norm"));
+        assert_eq!(closest("LayerNorm", names), Some("layer_norm"));
+        assert_eq!(closest("softmx", names), Some("softmax"));
+        assert_eq!(closest("multihead", names), Some("multihead_attention"));
+        assert_eq!(closest("resnet", names), None);
+    }
+
+    #[test]
+    fn the_builtin_suite_is_registered() {
+        let registry = Registry::load();
+        let mentions_norm = |c: &Component| {
+            [Some(c.name), Some(c.reference), c.paper_title()]
+                .into_iter()
+                .flatten()
+                .any(|text| text.to_lowercase().contains("norm"))
+        };
+        assert!(registry.filter(Some("NORM")).all(mentions_norm));
+        assert!(registry.filter(Some("NORM")).any(|c| c.name == "layer_norm"));
+    }
+}
