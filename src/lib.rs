@@ -11,6 +11,7 @@
 
 pub use replica_blocks as blocks;
 pub use replica_check as check;
+pub use replica_models as models;
 
 pub mod candle_ops;
 pub mod suite;

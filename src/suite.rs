@@ -14,5 +14,6 @@ pub fn fixtures_dir() -> PathBuf {
 pub fn builtin() -> Vec<Case> {
     let mut cases = crate::candle_ops::cases();
     cases.extend(replica_blocks::cases::cases());
+    cases.extend(replica_models::cases());
     cases
 }

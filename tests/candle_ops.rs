@@ -4,17 +4,11 @@
 use candle_core::{DType, Device, Module};
 use candle_nn::Linear;
 use replica::candle_ops::cases;
-use replica::check::{
-    compare_trace, trace, Bundle, Error, Namespace, Parity, Tolerance, WeightMap,
-};
+use replica::check::{compare_trace, trace, Bundle, Error, Namespace, Parity, Tolerance, WeightMap};
 use replica::suite::fixtures_dir;
 
 fn fixture(stem: &str) -> Bundle {
-    Bundle::load(
-        fixtures_dir().join(format!("{stem}.safetensors")),
-        &Device::Cpu,
-    )
-    .expect("fixture loads")
+    Bundle::load(fixtures_dir().join(format!("{stem}.safetensors")), &Device::Cpu).expect("fixture loads")
 }
 
 #[test]
@@ -24,11 +18,7 @@ fn every_case_matches_its_torch_reference() {
             .run(&fixtures_dir(), &Device::Cpu)
             .unwrap_or_else(|err| panic!("{}: {err}", case.name));
         assert!(report.passed(), "{report}");
-        assert!(
-            !report.rows.is_empty(),
-            "{}: nothing was compared",
-            case.name
-        );
+        assert!(!report.rows.is_empty(), "{}: nothing was compared", case.name);
     }
 }
 
@@ -36,19 +26,10 @@ fn every_case_matches_its_torch_reference() {
 fn every_fixture_carries_gradients_where_the_case_checks_them() {
     for case in cases() {
         let report = case.run(&fixtures_dir(), &Device::Cpu).unwrap();
-        let grads = report
-            .rows
-            .iter()
-            .filter(|r| r.name.starts_with("grad/"))
-            .count();
+        let grads = report.rows.iter().filter(|r| r.name.starts_with("grad/")).count();
         let bundle = Bundle::load(case.fixture_path(&fixtures_dir()), &Device::Cpu).unwrap();
-        let stored =
-            bundle.names(Namespace::ParamGrad).count() + bundle.names(Namespace::InputGrad).count();
-        assert_eq!(
-            grads, stored,
-            "{}: every stored gradient is checked",
-            case.name
-        );
+        let stored = bundle.names(Namespace::ParamGrad).count() + bundle.names(Namespace::InputGrad).count();
+        assert_eq!(grads, stored, "{}: every stored gradient is checked", case.name);
     }
 }
 
@@ -63,10 +44,7 @@ fn tanh_gelu_does_not_pass_for_erf_gelu() {
     let comparison = &report.rows[0].comparison;
     // The two approximations differ by up to ~5e-4 near |x| = 2: far above atol 1e-5.
     assert!(comparison.worst_abs() > 1e-4, "{comparison}");
-    assert!(
-        comparison.mismatched > comparison.elements / 4,
-        "{comparison}"
-    );
+    assert!(comparison.mismatched > comparison.elements / 4, "{comparison}");
 }
 
 #[test]
@@ -118,15 +96,9 @@ fn trace_names_the_first_divergent_module() {
     });
     let report = compare_trace(&recorded, &bundle, Tolerance::for_dtype(DType::F32));
     assert_eq!(report.compared(), 3);
-    assert!(
-        report.rows[0].comparison.as_ref().unwrap().passed(),
-        "{report}"
-    );
+    assert!(report.rows[0].comparison.as_ref().unwrap().passed(), "{report}");
     assert_eq!(report.first_divergence.as_deref(), Some("1"), "{report}");
-    assert!(
-        report.to_string().contains("First divergent module: `1`"),
-        "{report}"
-    );
+    assert!(report.to_string().contains("First divergent module: `1`"), "{report}");
 }
 
 #[test]

@@ -8,8 +8,7 @@
 //! - parallel, `x = x + attn(norm(x)) + mlp(norm(x))`: GPT-J, PaLM (arXiv 2204.02311).
 //!
 //! Optional LayerScale (CaiT, arXiv 2103.17239) and DropPath (stochastic depth,
-//! arXiv 1603.09382) sit on each residual branch, as in timm's `Block`, and an
-//! elementwise dropout as in torch's `TransformerEncoderLayer`.
+//! arXiv 1603.09382) sit on each residual branch, as in timm's `Block`.
 //!
 //! # Traces
 //!
@@ -96,12 +95,11 @@ pub struct BlockNames {
     pub ls2: Option<String>,
     pub drop_path1: Option<String>,
     pub drop_path2: Option<String>,
-    /// Elementwise dropout on the attention branch (torch's `dropout1`); applied only when named.
+    /// Where the attention's output dropout (`AttentionConfig::proj_dropout`) sits when the
+    /// reference keeps it on the layer rather than inside the attention (torch's `dropout1`):
+    /// it is then applied, and recorded, here instead of in the attention.
     #[serde(default)]
     pub dropout1: Option<String>,
-    /// Elementwise dropout on the feed-forward branch (torch's `dropout2`); applied only when named.
-    #[serde(default)]
-    pub dropout2: Option<String>,
     #[serde(default)]
     pub attn_output: AttentionOutput,
 }
@@ -120,7 +118,6 @@ impl BlockNames {
             drop_path1: Some("drop_path1".into()),
             drop_path2: Some("drop_path2".into()),
             dropout1: None,
-            dropout2: None,
             attn_output: AttentionOutput::Tensor,
         }
     }
@@ -145,11 +142,11 @@ impl BlockNames {
     }
 
     /// `torch.nn.TransformerEncoderLayer`: `self_attn` (returning a tuple), `dropout1`,
-    /// `norm1`, the MLP's `linear1`/`dropout`/`linear2` on the layer itself, `dropout2`, `norm2`.
+    /// `norm1`, `norm2`, and the MLP's `linear1`/`dropout`/`linear2`/`dropout2` on the
+    /// layer itself (MLP name `""`; see [`TransformerBlockConfig::torch_encoder`]).
     pub fn torch_encoder() -> Self {
         Self {
             dropout1: Some("dropout1".into()),
-            dropout2: Some("dropout2".into()),
             ..Self::plain("norm1", "self_attn", "norm2", "").returning(AttentionOutput::Tuple)
         }
     }
@@ -165,7 +162,6 @@ impl BlockNames {
             drop_path1: None,
             drop_path2: None,
             dropout1: None,
-            dropout2: None,
             attn_output: AttentionOutput::Tensor,
         }
     }
@@ -205,9 +201,6 @@ pub struct TransformerBlockConfig {
     /// Stochastic-depth probability of both branches.
     #[serde(default)]
     pub drop_path: f64,
-    /// Elementwise dropout probability of both branches (where `names.dropout1/2` are set).
-    #[serde(default)]
-    pub dropout: f64,
     #[serde(default)]
     pub names: BlockNames,
 }
@@ -237,7 +230,6 @@ impl TransformerBlockConfig {
             feed_forward: FeedForwardConfig::Mlp(MlpConfig::new(dim, (dim as f64 * mlp_ratio) as usize)),
             layer_scale: init_values,
             drop_path: 0.0,
-            dropout: 0.0,
             names: BlockNames::timm(),
         }
     }
@@ -246,7 +238,9 @@ impl TransformerBlockConfig {
     /// activation, layer_norm_eps, norm_first)`: post-norm (or pre-norm with
     /// `norm_first`), `MultiheadAttention` with biases (its fused `in_proj_weight` split
     /// into `q_proj`/`k_proj`/`v_proj` by a [`replica_check::WeightMap`]), an MLP on the
-    /// layer itself, one `dropout` probability everywhere.
+    /// layer itself, and torch's one `dropout` probability on the attention
+    /// probabilities, after the attention (`dropout1`), inside the MLP (`dropout`) and
+    /// after it (`dropout2`).
     pub fn torch_encoder(
         d_model: usize,
         nhead: usize,
@@ -260,6 +254,7 @@ impl TransformerBlockConfig {
         attention.qkv_bias = true;
         attention.proj_bias = Some(true);
         attention.attention_dropout = dropout as f32;
+        attention.proj_dropout = dropout as f32;
         attention.names = Some(crate::attention::AttentionNames {
             out: "out_proj".into(),
             ..crate::attention::AttentionNames::hf()
@@ -273,7 +268,7 @@ impl TransformerBlockConfig {
                 drop1: Some("dropout".into()),
                 norm: None,
                 fc2: "linear2".into(),
-                drop2: None,
+                drop2: Some("dropout2".into()),
             },
             ..MlpConfig::new(d_model, dim_feedforward)
         };
@@ -290,7 +285,6 @@ impl TransformerBlockConfig {
             feed_forward: FeedForwardConfig::Mlp(mlp),
             layer_scale: None,
             drop_path: 0.0,
-            dropout,
             names: BlockNames::torch_encoder(),
         }
     }
@@ -311,8 +305,9 @@ impl FeedForward {
     }
 }
 
-/// One residual branch's tail: optional LayerScale, dropout, then DropPath, each
-/// traced under its name when the reference has a module there.
+/// One residual branch's tail: optional LayerScale, a dropout the reference keeps on
+/// the layer, then DropPath, each traced under its name when the reference has a
+/// module there.
 #[derive(Clone, Debug)]
 struct BranchTail {
     layer_scale: Option<LayerScale>,
@@ -325,7 +320,7 @@ impl BranchTail {
     fn new(
         config: &TransformerBlockConfig,
         ls: &Option<String>,
-        dropout: &Option<String>,
+        dropout: Option<(&str, f64)>,
         dp: &Option<String>,
         vb: &VarBuilder,
     ) -> Result<Self> {
@@ -344,8 +339,7 @@ impl BranchTail {
             (None, _) => None,
         };
         let dropout = dropout
-            .as_ref()
-            .map(|name| Dropout::from_probability(config.dropout, join(&vb.prefix(), name)))
+            .map(|(name, p)| Dropout::from_probability(p, join(&vb.prefix(), name)))
             .transpose()?;
         let dp_path = dp.as_ref().map_or(String::new(), |name| join(&vb.prefix(), name));
         Ok(Self {
@@ -487,18 +481,24 @@ impl TransformerBlock {
             FeedForwardConfig::Mlp(mlp) => FeedForward::Mlp(Mlp::new(mlp, ff_vb)?),
             FeedForwardConfig::Glu(glu) => FeedForward::Glu(GluMlp::new(glu, ff_vb)?),
         };
+        // A dropout the reference keeps on the layer leaves the attention and runs in tail1.
+        let mut attention = config.attention.clone();
+        let dropout1 = names.dropout1.as_deref().map(|name| {
+            let p = std::mem::take(&mut attention.proj_dropout);
+            (name, f64::from(p))
+        });
         let attn_vb = vb.pp(&names.attn);
         Ok(Self {
             layout: config.layout,
             norm1: norm(&names.norm1)?,
             norm2,
             attn_path: attn_vb.prefix(),
-            attention: Attention::new(&config.attention, attn_vb)?,
+            attention: Attention::new(&attention, attn_vb)?,
             attn_output: names.attn_output,
             feed_forward,
             feed_forward_inline: names.mlp.is_empty(),
-            tail1: BranchTail::new(config, &names.ls1, &names.dropout1, &names.drop_path1, &vb)?,
-            tail2: BranchTail::new(config, &names.ls2, &names.dropout2, &names.drop_path2, &vb)?,
+            tail1: BranchTail::new(config, &names.ls1, dropout1, &names.drop_path1, &vb)?,
+            tail2: BranchTail::new(config, &names.ls2, None, &names.drop_path2, &vb)?,
             training: false,
             path,
         })

@@ -103,7 +103,10 @@ fn check_layer<M>(
     let y = y?;
     for name in rust_only {
         if recorded.get(name).is_none() {
-            return Err(fail(bundle, format!("`{name}` is listed as recorded by the block alone, but was not")));
+            return Err(fail(
+                bundle,
+                format!("`{name}` is listed as recorded by the block alone, but was not"),
+            ));
         }
     }
     recorded.entries.retain(|e| !rust_only.contains(&e.name.as_str()));
@@ -142,7 +145,12 @@ fn timm_block(bundle: &Bundle) -> Result<Report> {
     );
     config.norm_eps = args.norm_eps;
     config.attention.norm_eps = args.norm_eps;
-    check_block(bundle, WeightMap::new(), |vb| TransformerBlock::new(&config, vb), forward)
+    check_block(
+        bundle,
+        WeightMap::new(),
+        |vb| TransformerBlock::new(&config, vb),
+        forward,
+    )
 }
 
 /// The LayerNorm epsilon of a GPT-2 / GPT-J `config.json`.
@@ -183,7 +191,6 @@ fn gpt2_block(bundle: &Bundle) -> Result<Report> {
         feed_forward: FeedForwardConfig::Mlp(mlp),
         layer_scale: None,
         drop_path: 0.0,
-        dropout: 0.0,
         names: BlockNames::gpt2().returning(hf_attention_output(bundle)?),
     };
     let map = WeightMap::new().transpose(r"^(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$");
@@ -215,7 +222,6 @@ fn llama_layer(bundle: &Bundle) -> Result<Report> {
         feed_forward: FeedForwardConfig::Glu(glu),
         layer_scale: None,
         drop_path: 0.0,
-        dropout: 0.0,
         names: BlockNames::llama().returning(hf_attention_output(bundle)?),
     };
     check_block(
@@ -247,8 +253,8 @@ pub const POST_NORM_RUST_ONLY: [&str; 4] = [
 /// `torch.nn.TransformerEncoderLayer(norm_first=False, batch_first=True)`: post-norm.
 /// The fused `in_proj_weight`/`in_proj_bias` are split by the weight map into the
 /// separate projections (gradients flow back through the split to the fused tensors);
-/// `linear1`/`dropout`/`linear2` sit on the layer itself (MLP name `""`); `dropout1`,
-/// `dropout2` are the branch dropouts. Eval mode: every dropout is the identity.
+/// `linear1`/`dropout`/`linear2`/`dropout2` sit on the layer itself (MLP name `""`), and
+/// so does `dropout1`, the attention's output dropout. Eval mode: every dropout is the identity.
 fn post_norm_layer(bundle: &Bundle) -> Result<Report> {
     #[derive(Deserialize)]
     struct Args {
@@ -274,12 +280,20 @@ fn post_norm_layer(bundle: &Bundle) -> Result<Report> {
         .split(
             r"^self_attn\.in_proj_weight$",
             0,
-            &["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"],
+            &[
+                "self_attn.q_proj.weight",
+                "self_attn.k_proj.weight",
+                "self_attn.v_proj.weight",
+            ],
         )
         .split(
             r"^self_attn\.in_proj_bias$",
             0,
-            &["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"],
+            &[
+                "self_attn.q_proj.bias",
+                "self_attn.k_proj.bias",
+                "self_attn.v_proj.bias",
+            ],
         );
     check_layer(
         bundle,
@@ -333,7 +347,6 @@ fn gptj_layer(bundle: &Bundle) -> Result<Report> {
         feed_forward: FeedForwardConfig::Mlp(mlp),
         layer_scale: None,
         drop_path: 0.0,
-        dropout: 0.0,
         names: BlockNames::gptj().returning(hf_attention_output(bundle)?),
     };
     check_block(

@@ -1,0 +1,297 @@
+//! The replica-kernels CPU kernels against candle's built-in fused ops and the
+//! plain candle composition, at the shapes of real models, in one run, with 1
+//! and 2 rayon threads. python/bench_torch.py times PyTorch at the same shapes
+//! and python/benchmarks_md.py joins both into BENCHMARKS.md.
+//!
+//!     CARGO_TARGET_DIR=/work/target-kernels cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 2
+//!
+//! Benchmark ids are `<kernel>/<impl>_<threads>t/<shape>`; `impl` is `replica`,
+//! `candle` (candle's built-in, where one exists), `composed` (the plain candle
+//! composition) or `copy` (a memory copy of the same traffic, the roofline of a
+//! memory-bound kernel). Keep the shapes in step with python/bench_torch.py.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor, D};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
+use replica_kernels::{self as rk, reference, AttentionOptions, Causal, Mask, RopeStyle};
+
+type Op<'a> = Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>;
+
+/// The thread counts every benchmark runs at, each in its own rayon pool.
+const THREADS: [usize; 2] = [1, 2];
+
+fn pools() -> Vec<(usize, rayon::ThreadPool)> {
+    THREADS
+        .iter()
+        .map(|&n| (n, rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a rayon pool")))
+        .collect()
+}
+
+fn randn(dims: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1.0, dims, &Device::Cpu).expect("random tensor")
+}
+
+/// Benchmarks each `(impl, op)` at `shape` under each thread count, plus a copy of
+/// `traffic_bytes / 2` bytes (reading and writing `traffic_bytes` in all) when given.
+fn run_shape(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    pools: &[(usize, rayon::ThreadPool)],
+    shape: &str,
+    ops: &[(&str, Op<'_>)],
+    traffic_bytes: Option<usize>,
+) {
+    let copy_src = traffic_bytes.map(|bytes| vec![1f32; bytes / 8]);
+    for (threads, pool) in pools {
+        for (name, op) in ops {
+            group.bench_function(BenchmarkId::new(format!("{name}_{threads}t"), shape), |b| {
+                pool.install(|| b.iter(|| black_box(op().expect("the op runs"))))
+            });
+        }
+        if let Some(src) = &copy_src {
+            let mut dst = vec![0f32; src.len()];
+            group.bench_function(BenchmarkId::new(format!("copy_{threads}t"), shape), |b| {
+                pool.install(|| {
+                    b.iter(|| {
+                        // Split as the kernels split their rows.
+                        use rayon::prelude::*;
+                        let chunk = src.len().div_ceil(*threads);
+                        dst.par_chunks_mut(chunk)
+                            .zip(src.par_chunks(chunk))
+                            .for_each(|(d, s)| d.copy_from_slice(s));
+                        black_box(&dst);
+                    })
+                })
+            });
+        }
+    }
+}
+
+fn elements(dims: &[usize]) -> usize {
+    dims.iter().product()
+}
+
+fn bench_softmax(c: &mut Criterion) {
+    let pools = pools();
+    let mut group = c.benchmark_group("softmax");
+    for (shape, dims) in [
+        ("bert-base_b8_s128", &[8, 12, 128, 128][..]),
+        ("gpt2_b1_s1024", &[1, 12, 1024, 1024]),
+        ("rows_64x4096", &[64, 4096]),
+    ] {
+        let x = randn(dims);
+        let n = elements(dims);
+        group.throughput(Throughput::Elements(n as u64));
+        let ops: Vec<(&str, Op)> = vec![
+            ("replica", Box::new(|| rk::softmax_last_dim(&x, 1.0, Mask::None))),
+            ("candle", Box::new(|| candle_nn::ops::softmax_last_dim(&x))),
+            ("composed", Box::new(|| candle_nn::ops::softmax(&x, D::Minus1))),
+        ];
+        run_shape(&mut group, &pools, shape, &ops, Some(8 * n));
+    }
+    group.finish();
+
+    // Scaled, causal attention scores: fused in replica; candle adds the mask first.
+    let mut group = c.benchmark_group("softmax_scale_causal");
+    let (shape, dims) = ("gpt2_b1_s1024", [1usize, 12, 1024, 1024]);
+    let x = randn(&dims);
+    let mask = reference::causal_mask(1024, 1024, Causal::BottomRight, DType::F32, &Device::Cpu).unwrap();
+    let scale = 0.125;
+    group.throughput(Throughput::Elements(elements(&dims) as u64));
+    let ops: Vec<(&str, Op)> = vec![
+        ("replica", Box::new(|| rk::softmax_last_dim(&x, scale, Mask::Causal(Causal::BottomRight)))),
+        ("candle", Box::new(|| candle_nn::ops::softmax_last_dim(&(&x * scale)?.broadcast_add(&mask)?))),
+        ("composed", Box::new(|| candle_nn::ops::softmax(&(&x * scale)?.broadcast_add(&mask)?, D::Minus1))),
+    ];
+    run_shape(&mut group, &pools, shape, &ops, Some(8 * elements(&dims)));
+    group.finish();
+}
+
+fn bench_norms(c: &mut Criterion) {
+    let pools = pools();
+    let mut group = c.benchmark_group("layer_norm");
+    for (shape, dims) in [
+        ("minilm_b8_s128", [8usize, 128, 384]),
+        ("bert-base_b8_s128", [8, 128, 768]),
+        ("gpt2_b1_s1024", [1, 1024, 768]),
+    ] {
+        let x = randn(&dims);
+        let w = randn(&dims[2..]);
+        let b = randn(&dims[2..]);
+        group.throughput(Throughput::Elements(elements(&dims) as u64));
+        let ops: Vec<(&str, Op)> = vec![
+            ("replica", Box::new(|| rk::layer_norm(&x, &w, Some(&b), 1e-5))),
+            ("candle", Box::new(|| candle_nn::ops::layer_norm(&x, &w, &b, 1e-5))),
+            ("composed", Box::new(|| reference::layer_norm(&x, &w, Some(&b), 1e-5))),
+        ];
+        run_shape(&mut group, &pools, shape, &ops, Some(8 * elements(&dims)));
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("rms_norm");
+    for (shape, dims) in [("llama-7b_b1_s128", [1usize, 128, 4096]), ("llama-7b_b1_s2048", [1, 2048, 4096])] {
+        let x = randn(&dims);
+        let w = randn(&dims[2..]);
+        group.throughput(Throughput::Elements(elements(&dims) as u64));
+        let ops: Vec<(&str, Op)> = vec![
+            ("replica", Box::new(|| rk::rms_norm(&x, &w, 1e-6))),
+            ("candle", Box::new(|| candle_nn::ops::rms_norm(&x, &w, 1e-6))),
+            ("composed", Box::new(|| reference::rms_norm(&x, &w, 1e-6))),
+        ];
+        run_shape(&mut group, &pools, shape, &ops, Some(8 * elements(&dims)));
+    }
+    group.finish();
+}
+
+fn bench_activations(c: &mut Criterion) {
+    let pools = pools();
+    let mut unary = |name: &str, shapes: &[(&str, [usize; 3])], kernel: fn(&Tensor) -> candle_core::Result<Tensor>, candle: fn(&Tensor) -> candle_core::Result<Tensor>, composed: fn(&Tensor) -> candle_core::Result<Tensor>| {
+        let mut group = c.benchmark_group(name);
+        for (shape, dims) in shapes {
+            let x = randn(dims);
+            group.throughput(Throughput::Elements(elements(dims) as u64));
+            let ops: Vec<(&str, Op)> = vec![
+                ("replica", Box::new(|| kernel(&x))),
+                ("candle", Box::new(|| candle(&x))),
+                ("composed", Box::new(|| composed(&x))),
+            ];
+            run_shape(&mut group, &pools, shape, &ops, Some(8 * elements(dims)));
+        }
+        group.finish();
+    };
+    unary(
+        "gelu_erf",
+        &[("minilm_b8_s128", [8, 128, 1536]), ("bert-base_b8_s128", [8, 128, 3072])],
+        rk::gelu_erf,
+        Tensor::gelu_erf,
+        reference::gelu_erf,
+    );
+    unary("gelu_tanh", &[("gpt2_b1_s1024", [1, 1024, 3072])], rk::gelu_tanh, Tensor::gelu, reference::gelu_tanh);
+    unary("silu", &[("llama-7b_b1_s128", [1, 128, 11008])], rk::silu, Tensor::silu, reference::silu);
+
+    let mut group = c.benchmark_group("swiglu");
+    let (shape, dims) = ("llama-7b_b1_s128", [1usize, 128, 11008]);
+    let (gate, up) = (randn(&dims), randn(&dims));
+    group.throughput(Throughput::Elements(elements(&dims) as u64));
+    let ops: Vec<(&str, Op)> = vec![
+        ("replica", Box::new(|| rk::swiglu(&gate, &up))),
+        ("candle", Box::new(|| gate.silu()? * &up)),
+        ("composed", Box::new(|| reference::swiglu(&gate, &up))),
+    ];
+    run_shape(&mut group, &pools, shape, &ops, Some(12 * elements(&dims)));
+    group.finish();
+}
+
+fn bench_rope(c: &mut Criterion) {
+    let pools = pools();
+    let (shape, dims) = ("llama-7b_b1_s512", [1usize, 32, 512, 128]);
+    let x = randn(&dims);
+    let angles = randn(&[512, 64]);
+    let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+    for (name, style) in [("rope_half_split", RopeStyle::HalfSplit), ("rope_interleaved", RopeStyle::Interleaved)] {
+        let mut group = c.benchmark_group(name);
+        group.throughput(Throughput::Elements(elements(&dims) as u64));
+        let candle: Op = match style {
+            RopeStyle::HalfSplit => Box::new(|| candle_nn::rotary_emb::rope(&x, &cos, &sin)),
+            RopeStyle::Interleaved => Box::new(|| candle_nn::rotary_emb::rope_i(&x, &cos, &sin)),
+        };
+        let ops: Vec<(&str, Op)> = vec![
+            ("replica", Box::new(|| rk::rope(&x, &cos, &sin, style))),
+            ("candle", candle),
+            ("composed", Box::new(|| reference::rope(&x, &cos, &sin, style))),
+        ];
+        run_shape(&mut group, &pools, shape, &ops, Some(8 * elements(&dims)));
+        group.finish();
+    }
+}
+
+fn bench_attention(c: &mut Criterion) {
+    let pools = pools();
+    let mut group = c.benchmark_group("attention");
+    group.sample_size(10);
+    for (shape, [b, h, s, d], causal) in [
+        ("bert-base_b8_s128", [8usize, 12, 128, 64], false),
+        ("gpt2_b1_s1024_causal", [1, 12, 1024, 64], true),
+        ("llama-7b_b1_s512_causal", [1, 32, 512, 128], true),
+    ] {
+        let (q, k, v) = (randn(&[b, h, s, d]), randn(&[b, h, s, d]), randn(&[b, h, s, d]));
+        // candle's CPU flash attention takes [b, s, h, d].
+        let bshd = |t: &Tensor| t.transpose(1, 2).unwrap().contiguous().unwrap();
+        let (qt, kt, vt) = (bshd(&q), bshd(&k), bshd(&v));
+        let scale = 1.0 / (d as f64).sqrt();
+        let options = AttentionOptions {
+            causal: causal.then_some(Causal::BottomRight),
+            ..Default::default()
+        };
+        // Flops of the two products over the visible scores.
+        let visible = if causal { s * (s + 1) / 2 } else { s * s };
+        group.throughput(Throughput::Elements((4 * b * h * visible * d) as u64));
+        let candle_mask = if causal {
+            candle_nn::attention::AttnMask::causal()
+        } else {
+            candle_nn::attention::AttnMask::None
+        };
+        let ops: Vec<(&str, Op)> = vec![
+            ("replica", Box::new(|| rk::attention(&q, &k, &v, &options))),
+            (
+                "candle",
+                Box::new(|| {
+                    candle_nn::attention::flash_attn::<f32>(&qt, &kt, &vt, scale as f32, candle_mask.clone(), None, None)
+                }),
+            ),
+            ("composed", Box::new(|| reference::attention(&q, &k, &v, &options))),
+        ];
+        run_shape(&mut group, &pools, shape, &ops, None);
+    }
+    group.finish();
+
+    // Training: forward and backward of the fused kernel against the composition.
+    let mut group = c.benchmark_group("attention_fwd_bwd");
+    group.sample_size(10);
+    let (shape, [b, h, s, d]) = ("gpt2_b1_s1024_causal", [1usize, 12, 1024, 64]);
+    let vars: Vec<candle_core::Var> = (0..3).map(|_| candle_core::Var::from_tensor(&randn(&[b, h, s, d])).unwrap()).collect();
+    let (q, k, v) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
+    let options = AttentionOptions {
+        causal: Some(Causal::BottomRight),
+        ..Default::default()
+    };
+    group.throughput(Throughput::Elements((4 * 3 * b * h * (s * (s + 1) / 2) * d) as u64));
+    let fwd_bwd = |f: fn(&Tensor, &Tensor, &Tensor, &AttentionOptions) -> candle_core::Result<Tensor>| -> Op {
+        Box::new(move || {
+            let y = f(q, k, v, &options)?;
+            let grads = y.sum_all()?.backward()?;
+            Ok(grads.get(q).expect("dq").clone())
+        })
+    };
+    let ops: Vec<(&str, Op)> = vec![("replica", fwd_bwd(rk::attention)), ("composed", fwd_bwd(reference::attention))];
+    run_shape(&mut group, &pools, shape, &ops, None);
+    group.finish();
+}
+
+fn bench_matmul(c: &mut Criterion) {
+    let pools = pools();
+    let mut group = c.benchmark_group("matmul");
+    group.sample_size(10);
+    for (shape, [m, k, n]) in [("bert-base_ffn_b8_s128", [1024usize, 768, 3072]), ("llama-7b_proj_s128", [128, 4096, 4096])] {
+        let (a, b) = (randn(&[m, k]), randn(&[k, n]));
+        group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let ops: Vec<(&str, Op)> = vec![("candle", Box::new(|| a.matmul(&b)))];
+        run_shape(&mut group, &pools, shape, &ops, None);
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_softmax, bench_norms, bench_activations, bench_rope, bench_attention, bench_matmul
+}
+criterion_main!(benches);

@@ -1,0 +1,632 @@
+//! Fused scaled dot-product attention in the manner of FlashAttention (Dao et al.,
+//! arXiv 2205.14135; the backward as in FlashAttention-2, arXiv 2307.08691), on the CPU.
+//!
+//! The scores are never materialised whole. For a tile of queries, key/value
+//! tiles stream past: `S = Q Kᵀ` and `O += P V` are matrix products (the `gemm`
+//! crate), and the softmax is computed online (a running row maximum `m` and sum
+//! `l`, the accumulator rescaled when the maximum grows). Tiles wholly hidden by
+//! the causal mask are skipped. The forward also returns each row's log-sum-exp
+//! `L = m + ln l`, so the backward recomputes `P = exp(S - L)` tile by tile:
+//! one pass over key tiles accumulates `dK`, `dV` (summed over the query heads
+//! that share a key/value head), a second over query tiles accumulates `dQ`.
+//!
+//! Supported: a scale, causal masks aligned either way ([`Causal`]), an additive
+//! mask broadcast to `[batch, heads, q, k]` (padding), grouped-query attention (any
+//! number of query heads per key/value head), and ALiBi slopes. A query that sees
+//! no key gets zeros, as PyTorch's `scaled_dot_product_attention`.
+
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{self, Route};
+use crate::simd::{self, load_partial, store_partial, Simd, LANES};
+use crate::{simd_dispatch, Causal};
+
+/// Options of [`attention`]; the default is unmasked attention scaled by `1/√d`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttentionOptions<'a> {
+    /// The factor on `q·kᵀ`; `1/√head_dim` when `None`.
+    pub scale: Option<f64>,
+    /// Hide keys after each query, aligned as given.
+    pub causal: Option<Causal>,
+    /// An additive mask (0 keeps, -inf hides) broadcast to `[batch, heads, q, k]`:
+    /// padding is `[batch, 1, 1, k]`. No gradient flows to it.
+    pub mask: Option<&'a Tensor>,
+    /// ALiBi (Press et al., arXiv 2108.12409) slopes, one per query head: the score
+    /// of query `i`, key `j` gains `-slope · (i + k_len - q_len - j)`.
+    pub alibi_slopes: Option<&'a [f32]>,
+}
+
+/// Scaled dot-product attention, `softmax(scale · q kᵀ + bias) v`, fused.
+///
+/// `q` is `[batch, heads, q_len, head_dim]`, `k` `[batch, kv_heads, k_len, head_dim]`,
+/// `v` `[batch, kv_heads, k_len, v_dim]`, with `heads` a multiple of `kv_heads`
+/// (GQA / MQA); the result is `[batch, heads, q_len, v_dim]`. Differentiable in
+/// `q`, `k`, `v`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<'_>) -> Result<Tensor> {
+    const OP: &str = "attention";
+    let route = cpu::route(OP, q)?;
+    cpu::same_kind(OP, q, &[("k", k), ("v", v)])?;
+    let dims4 = |name: &str, t: &Tensor| {
+        t.dims4()
+            .map_err(|_| candle_core::Error::Msg(format!("{OP}: {name} must be 4-d [batch, heads, seq, dim], got {:?}", t.dims())))
+    };
+    let (b, h, sq, d) = dims4("q", q)?;
+    let (bk, hk, sk, dk) = dims4("k", k)?;
+    let (bv, hv, skv, _) = dims4("v", v)?;
+    if bk != b || bv != b || hv != hk || skv != sk || dk != d {
+        bail!("{OP}: shapes do not agree: q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims())
+    }
+    if hk == 0 || h % hk != 0 {
+        bail!("{OP}: {h} query heads are not a multiple of {hk} key/value heads")
+    }
+    if let Some(slopes) = options.alibi_slopes {
+        if slopes.len() != h {
+            bail!("{OP}: {} ALiBi slopes for {h} heads", slopes.len())
+        }
+    }
+    if let Some(mask) = options.mask {
+        if !mask.dtype().is_float() || mask.broadcast_as((b, h, sq, sk)).is_err() {
+            bail!("{OP}: the mask must be a float tensor broadcastable to [{b}, {h}, {sq}, {sk}], got {:?} {:?}", mask.dtype(), mask.dims())
+        }
+    }
+    match route {
+        Route::Composition => crate::reference::attention(q, k, v, options),
+        Route::Kernel => fused(q, k, v, options),
+        Route::KernelViaF32 => {
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            fused(&f(q)?, &f(k)?, &f(v)?, options)?.to_dtype(q.dtype())
+        }
+    }
+}
+
+fn fused(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<'_>) -> Result<Tensor> {
+    let (b, h, sq, d) = q.dims4()?;
+    let (_, _, sk, dv) = v.dims4()?;
+    let mask = match options.mask {
+        Some(m) => {
+            let mut m = m.to_dtype(DType::F32)?.broadcast_as((b, h, sq, sk))?;
+            if m.stride()[3] != 1 {
+                m = m.contiguous()?;
+            }
+            Some(m)
+        }
+        None => None,
+    };
+    let op = AttentionOp {
+        scale: options.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32,
+        causal: options.causal,
+        mask,
+        alibi: options.alibi_slopes.map(<[f32]>::to_vec),
+    };
+    // The op returns [b, h, sq, dv + 1]: the output and, in the last column, the
+    // log-sum-exp of each row, which the backward needs.
+    let out = q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?;
+    out.narrow(3, 0, dv)?.contiguous()
+}
+
+/// Queries per tile.
+const BR: usize = 64;
+/// Keys per tile.
+const BC: usize = 128;
+
+/// A raw pointer that may cross threads; every task writes its own rows.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+/// `C (m×n) = beta · A (m×k) · B (k×n)` (+ C when `accumulate`), row strides given,
+/// unit column strides unless stated: `a_cs`/`b_cs` let a transposed view in.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    b_cs: usize,
+    accumulate: bool,
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                std::ptr::write_bytes(c.add(r * c_rs), 0, n);
+            }
+        }
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_rs as isize,
+        accumulate,
+        a,
+        a_cs as isize,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+/// The attention problem in f32 slices, with the index arithmetic.
+struct Problem<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    b: usize,
+    h: usize,
+    hk: usize,
+    sq: usize,
+    sk: usize,
+    d: usize,
+    dv: usize,
+    scale: f32,
+    causal_offset: Option<isize>,
+    /// The mask's elements and its strides over (batch, head, query), plus its start.
+    mask: Option<(&'a [f32], [usize; 3], usize)>,
+    alibi: Option<&'a [f32]>,
+}
+
+impl Problem<'_> {
+    fn group(&self) -> usize {
+        self.h / self.hk
+    }
+
+    fn q_row(&self, b: usize, h: usize, i: usize) -> usize {
+        ((b * self.h + h) * self.sq + i) * self.d
+    }
+
+    fn k_row(&self, b: usize, kh: usize, j: usize) -> usize {
+        ((b * self.hk + kh) * self.sk + j) * self.d
+    }
+
+    fn v_row(&self, b: usize, kh: usize, j: usize) -> usize {
+        ((b * self.hk + kh) * self.sk + j) * self.dv
+    }
+
+    /// Keys `0..visible(i)` are visible to query `i`.
+    fn visible(&self, i: usize) -> usize {
+        match self.causal_offset {
+            None => self.sk,
+            Some(off) => (i as isize + off + 1).clamp(0, self.sk as isize) as usize,
+        }
+    }
+
+    /// `S = scale · Q Kᵀ` for queries `i0..i0+rows` of head `h` and keys `j0..j0+cols`,
+    /// plus ALiBi, the mask and the causal -inf: `s` holds `rows × cols`, row stride `BC`.
+    #[allow(clippy::too_many_arguments)]
+    fn scores(&self, b: usize, h: usize, i0: usize, rows: usize, j0: usize, cols: usize, s: &mut [f32]) {
+        let kh = h / self.group();
+        unsafe {
+            matmul(
+                rows,
+                cols,
+                self.d,
+                s.as_mut_ptr(),
+                BC,
+                self.q.as_ptr().add(self.q_row(b, h, i0)),
+                self.d,
+                1,
+                self.k.as_ptr().add(self.k_row(b, kh, j0)),
+                1,
+                self.d,
+                false,
+                self.scale,
+            );
+        }
+        for r in 0..rows {
+            let i = i0 + r;
+            let row = &mut s[r * BC..r * BC + cols];
+            if let Some(slopes) = self.alibi {
+                let slope = slopes[h];
+                let qpos = i as f32 + self.sk as f32 - self.sq as f32;
+                for (c, x) in row.iter_mut().enumerate() {
+                    *x += slope * ((j0 + c) as f32 - qpos);
+                }
+            }
+            if let Some((mask, strides, start)) = self.mask {
+                let off = start + b * strides[0] + h * strides[1] + i * strides[2] + j0;
+                for (x, m) in row.iter_mut().zip(&mask[off..off + cols]) {
+                    *x += m;
+                }
+            }
+            let vis = self.visible(i);
+            if vis < j0 + cols {
+                row[vis.saturating_sub(j0)..].fill(f32::NEG_INFINITY);
+            }
+        }
+    }
+
+    /// Key tiles `0..end` hold every key visible to some query in `i0..i1`.
+    fn key_end(&self, i1: usize) -> usize {
+        self.visible(i1 - 1)
+    }
+}
+
+/// The online-softmax step for one tile: `P = exp(S - m_new)` in place, the
+/// running max and sum updated, the output rows rescaled by `exp(m_old - m_new)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn online_softmax<S: Simd>(s: &mut [f32], rows: usize, cols: usize, m: &mut [f32], l: &mut [f32], o: &mut [f32], dv: usize) {
+    let body = cols - cols % LANES;
+    for r in 0..rows {
+        let row = &mut s[r * BC..r * BC + cols];
+        let p = row.as_mut_ptr();
+        unsafe {
+            let mut mx = S::splat(f32::NEG_INFINITY);
+            let mut j = 0;
+            while j < body {
+                mx = S::max(mx, S::load(p.add(j)));
+                j += LANES;
+            }
+            if j < cols {
+                mx = S::max(mx, load_partial::<S>(p.add(j), cols - j, f32::NEG_INFINITY));
+            }
+            let m_new = S::reduce_max(mx).max(m[r]);
+            if m_new == f32::NEG_INFINITY {
+                // Nothing visible yet: P = 0, nothing to rescale.
+                row.fill(0.0);
+                continue;
+            }
+            let mv = S::splat(-m_new);
+            let mut acc = S::splat(0.0);
+            let mut j = 0;
+            while j < body {
+                let e = simd::exp::<S>(S::add(S::load(p.add(j)), mv));
+                S::store(p.add(j), e);
+                acc = S::add(acc, e);
+                j += LANES;
+            }
+            if j < cols {
+                let e = simd::exp::<S>(S::add(load_partial::<S>(p.add(j), cols - j, f32::NEG_INFINITY), mv));
+                store_partial::<S>(p.add(j), cols - j, e);
+                acc = S::add(acc, e);
+            }
+            let alpha = if m[r] == f32::NEG_INFINITY { 0.0 } else { (m[r] - m_new).exp() };
+            l[r] = l[r] * alpha + S::reduce_sum(acc);
+            m[r] = m_new;
+            if alpha != 1.0 {
+                o[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= alpha);
+            }
+        }
+    }
+}
+
+simd_dispatch!(fn online_softmax_dispatch(s: &mut [f32], rows: usize, cols: usize, m: &mut [f32], l: &mut [f32], o: &mut [f32], dv: usize) => online_softmax);
+
+/// `P = exp(S - L)` in place (0 where `L = -inf`: a row that sees nothing).
+#[inline(always)]
+fn probabilities<S: Simd>(s: &mut [f32], rows: usize, cols: usize, lse: &[f32]) {
+    let body = cols - cols % LANES;
+    for r in 0..rows {
+        let row = &mut s[r * BC..r * BC + cols];
+        if lse[r] == f32::NEG_INFINITY {
+            row.fill(0.0);
+            continue;
+        }
+        let p = row.as_mut_ptr();
+        let lv = S::splat(-lse[r]);
+        unsafe {
+            let mut j = 0;
+            while j < body {
+                S::store(p.add(j), simd::exp::<S>(S::add(S::load(p.add(j)), lv)));
+                j += LANES;
+            }
+            if j < cols {
+                let e = simd::exp::<S>(S::add(load_partial::<S>(p.add(j), cols - j, f32::NEG_INFINITY), lv));
+                store_partial::<S>(p.add(j), cols - j, e);
+            }
+        }
+    }
+}
+
+simd_dispatch!(fn probabilities_dispatch(s: &mut [f32], rows: usize, cols: usize, lse: &[f32]) => probabilities);
+
+/// `dS = P ⊙ (dP - D)` in place in `dp`.
+#[inline(always)]
+fn score_grad<S: Simd>(p: &[f32], dp: &mut [f32], rows: usize, cols: usize, dsum: &[f32]) {
+    let body = cols - cols % LANES;
+    for r in 0..rows {
+        let (pp, dpp) = (p[r * BC..].as_ptr(), dp[r * BC..].as_mut_ptr());
+        let dv = S::splat(dsum[r]);
+        unsafe {
+            let mut j = 0;
+            while j < body {
+                S::store(dpp.add(j), S::mul(S::load(pp.add(j)), S::sub(S::load(dpp.add(j)), dv)));
+                j += LANES;
+            }
+            if j < cols {
+                let n = cols - j;
+                let v = S::mul(load_partial::<S>(pp.add(j), n, 0.0), S::sub(load_partial::<S>(dpp.add(j), n, 0.0), dv));
+                store_partial::<S>(dpp.add(j), n, v);
+            }
+        }
+    }
+}
+
+simd_dispatch!(fn score_grad_dispatch(p: &[f32], dp: &mut [f32], rows: usize, cols: usize, dsum: &[f32]) => score_grad);
+
+/// Runs `f(task)` for `tasks` tasks of about `task_work` flops each, in parallel
+/// when there is enough work.
+fn run_tasks(tasks: usize, task_work: usize, f: impl Fn(usize) + Sync + Send) {
+    if cpu::tasks_for(tasks, task_work / 4) == 1 {
+        (0..tasks).for_each(f);
+    } else {
+        (0..tasks).into_par_iter().for_each(f);
+    }
+}
+
+/// The forward: `[b, h, sq, dv + 1]`, the output rows and their log-sum-exp.
+fn forward(p: &Problem<'_>) -> Vec<f32> {
+    let (sq, dv) = (p.sq, p.dv);
+    let width = dv + 1;
+    let mut out = vec![0f32; p.b * p.h * sq * width];
+    let q_tiles = sq.div_ceil(BR);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    run_tasks(p.b * p.h * q_tiles, BR * p.sk * (p.d + dv), |task| {
+        let out_ptr = out_ptr;
+        let (bh, qt) = (task / q_tiles, task % q_tiles);
+        let (b, h) = (bh / p.h, bh % p.h);
+        let kh = h / p.group();
+        let i0 = qt * BR;
+        let rows = BR.min(sq - i0);
+        let mut s = vec![0f32; BR * BC];
+        let mut o = vec![0f32; rows * dv];
+        let (mut m, mut l) = (vec![f32::NEG_INFINITY; rows], vec![0f32; rows]);
+        let end = p.key_end(i0 + rows);
+        let mut j0 = 0;
+        while j0 < end {
+            let cols = BC.min(end - j0);
+            p.scores(b, h, i0, rows, j0, cols, &mut s);
+            online_softmax_dispatch(&mut s, rows, cols, &mut m, &mut l, &mut o, dv);
+            unsafe {
+                matmul(rows, dv, cols, o.as_mut_ptr(), dv, s.as_ptr(), BC, 1, p.v.as_ptr().add(p.v_row(b, kh, j0)), dv, 1, true, 1.0);
+            }
+            j0 += cols;
+        }
+        for r in 0..rows {
+            // SAFETY: row (b, h, i0 + r) belongs to this task alone.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.0.add(((b * p.h + h) * sq + i0 + r) * width), width)
+            };
+            if l[r] > 0.0 {
+                let inv = 1.0 / l[r];
+                dst[..dv].iter_mut().zip(&o[r * dv..(r + 1) * dv]).for_each(|(d, x)| *d = x * inv);
+                dst[dv] = m[r] + l[r].ln();
+            } else {
+                dst[..dv].fill(0.0);
+                dst[dv] = f32::NEG_INFINITY;
+            }
+        }
+    });
+    out
+}
+
+/// The backward: `(dq, dk, dv)` from the forward's output-and-lse `res` and its
+/// gradient `g` (both `[b, h, sq, dv + 1]`; the lse column of `g` is ignored).
+fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (sq, sk, d, dv, group) = (p.sq, p.sk, p.d, p.dv, p.group());
+    let width = dv + 1;
+    let rows_total = p.b * p.h * sq;
+    // D_i = Σ dO_i ⊙ O_i, and L_i.
+    let dsum: Vec<f32> = (0..rows_total)
+        .map(|r| {
+            let (o, go) = (&res[r * width..r * width + dv], &g[r * width..r * width + dv]);
+            o.iter().zip(go).map(|(a, b)| a * b).sum()
+        })
+        .collect();
+    let lse: Vec<f32> = (0..rows_total).map(|r| res[r * width + dv]).collect();
+    let row = |b: usize, h: usize, i: usize| (b * p.h + h) * sq + i;
+
+    let mut dq = vec![0f32; p.q.len()];
+    let mut dk = vec![0f32; p.k.len()];
+    let mut dvv = vec![0f32; p.v.len()];
+    let q_tiles = sq.div_ceil(BR);
+    let k_tiles = sk.div_ceil(BC);
+
+    // Pass 1: dK, dV per key tile, over every query head of the group and query tile.
+    let (dk_ptr, dv_ptr) = (SyncPtr(dk.as_mut_ptr()), SyncPtr(dvv.as_mut_ptr()));
+    run_tasks(p.b * p.hk * k_tiles, BC * sq * group * (2 * d + 2 * dv), |task| {
+        let (dk_ptr, dv_ptr) = (dk_ptr, dv_ptr);
+        let (bkh, kt) = (task / k_tiles, task % k_tiles);
+        let (b, kh) = (bkh / p.hk, bkh % p.hk);
+        let j0 = kt * BC;
+        let cols = BC.min(sk - j0);
+        let mut s = vec![0f32; BR * BC];
+        let mut dp = vec![0f32; BR * BC];
+        let mut dk_acc = vec![0f32; cols * d];
+        let mut dv_acc = vec![0f32; cols * dv];
+        for h in kh * group..(kh + 1) * group {
+            for qt in 0..q_tiles {
+                let i0 = qt * BR;
+                let rows = BR.min(sq - i0);
+                if p.key_end(i0 + rows) <= j0 {
+                    continue;
+                }
+                let r0 = row(b, h, i0);
+                p.scores(b, h, i0, rows, j0, cols, &mut s);
+                probabilities_dispatch(&mut s, rows, cols, &lse[r0..r0 + rows]);
+                unsafe {
+                    let go = g.as_ptr().add(r0 * width);
+                    // dV += Pᵀ dO
+                    matmul(cols, dv, rows, dv_acc.as_mut_ptr(), dv, s.as_ptr(), 1, BC, go, width, 1, true, 1.0);
+                    // dP = dO Vᵀ
+                    let vt = p.v.as_ptr().add(p.v_row(b, kh, j0));
+                    matmul(rows, cols, dv, dp.as_mut_ptr(), BC, go, width, 1, vt, 1, dv, false, 1.0);
+                }
+                score_grad_dispatch(&s, &mut dp, rows, cols, &dsum[r0..r0 + rows]);
+                unsafe {
+                    // dK += scale · dSᵀ Q
+                    let qi = p.q.as_ptr().add(p.q_row(b, h, i0));
+                    matmul(cols, d, rows, dk_acc.as_mut_ptr(), d, dp.as_ptr(), 1, BC, qi, d, 1, true, p.scale);
+                }
+            }
+        }
+        // SAFETY: key rows j0..j0+cols of (b, kh) belong to this task alone.
+        unsafe {
+            std::ptr::copy_nonoverlapping(dk_acc.as_ptr(), dk_ptr.0.add(p.k_row(b, kh, j0)), cols * d);
+            std::ptr::copy_nonoverlapping(dv_acc.as_ptr(), dv_ptr.0.add(p.v_row(b, kh, j0)), cols * dv);
+        }
+    });
+
+    // Pass 2: dQ per query tile.
+    let dq_ptr = SyncPtr(dq.as_mut_ptr());
+    run_tasks(p.b * p.h * q_tiles, BR * sk * (2 * d + dv), |task| {
+        let dq_ptr = dq_ptr;
+        let (bh, qt) = (task / q_tiles, task % q_tiles);
+        let (b, h) = (bh / p.h, bh % p.h);
+        let kh = h / group;
+        let i0 = qt * BR;
+        let rows = BR.min(sq - i0);
+        let r0 = row(b, h, i0);
+        let mut s = vec![0f32; BR * BC];
+        let mut dp = vec![0f32; BR * BC];
+        let mut dq_acc = vec![0f32; rows * d];
+        let end = p.key_end(i0 + rows);
+        let mut j0 = 0;
+        while j0 < end {
+            let cols = BC.min(end - j0);
+            p.scores(b, h, i0, rows, j0, cols, &mut s);
+            probabilities_dispatch(&mut s, rows, cols, &lse[r0..r0 + rows]);
+            unsafe {
+                let go = g.as_ptr().add(r0 * width);
+                let vt = p.v.as_ptr().add(p.v_row(b, kh, j0));
+                matmul(rows, cols, dv, dp.as_mut_ptr(), BC, go, width, 1, vt, 1, dv, false, 1.0);
+            }
+            score_grad_dispatch(&s, &mut dp, rows, cols, &dsum[r0..r0 + rows]);
+            unsafe {
+                // dQ += scale · dS K
+                let kj = p.k.as_ptr().add(p.k_row(b, kh, j0));
+                matmul(rows, d, cols, dq_acc.as_mut_ptr(), d, dp.as_ptr(), BC, 1, kj, d, 1, true, p.scale);
+            }
+            j0 += cols;
+        }
+        // SAFETY: query rows i0..i0+rows of (b, h) belong to this task alone.
+        unsafe { std::ptr::copy_nonoverlapping(dq_acc.as_ptr(), dq_ptr.0.add(p.q_row(b, h, i0)), rows * d) };
+    });
+    (dq, dk, dvv)
+}
+
+struct AttentionOp {
+    scale: f32,
+    causal: Option<Causal>,
+    /// Broadcast to `[b, h, sq, sk]`, f32, last stride 1.
+    mask: Option<Tensor>,
+    alibi: Option<Vec<f32>>,
+}
+
+impl AttentionOp {
+    /// Runs `f` on the problem built from f32 slices of q, k, v.
+    fn with_problem<R>(
+        &self,
+        (q, lq): (&[f32], &Layout),
+        (k, lk): (&[f32], &Layout),
+        v: &[f32],
+        dv: usize,
+        f: impl FnOnce(&Problem<'_>) -> R,
+    ) -> Result<R> {
+        let (b, h, sq, d) = lq.shape().dims4()?;
+        let (_, hk, sk, _) = lk.shape().dims4()?;
+        let causal_offset = self.causal.map(|c| c.offset(sq, sk));
+        let mut problem = Problem {
+            q,
+            k,
+            v,
+            b,
+            h,
+            hk,
+            sq,
+            sk,
+            d,
+            dv,
+            scale: self.scale,
+            causal_offset,
+            mask: None,
+            alibi: self.alibi.as_deref(),
+        };
+        match &self.mask {
+            None => Ok(f(&problem)),
+            Some(mask) => {
+                let (storage, layout) = mask.storage_and_layout();
+                let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+                    bail!("attention: the mask must be an f32 CPU tensor")
+                };
+                let st = layout.stride();
+                problem.mask = Some((data.as_slice(), [st[0], st[1], st[2]], layout.start_offset()));
+                Ok(f(&problem))
+            }
+        }
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "replica-flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = cpu::f32_slice(self.name(), s1, l1)?;
+        let k = cpu::f32_slice(self.name(), s2, l2)?;
+        let v = cpu::f32_slice(self.name(), s3, l3)?;
+        let (b, h, sq, _) = l1.shape().dims4()?;
+        let dv = l3.shape().dims4()?.3;
+        let out = self.with_problem((q, l1), (k, l2), v, dv, forward)?;
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[b, h, sq, dv + 1])))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        const OP: &str = "attention backward";
+        let dv = v.dim(3)?;
+        let (dq, dk, dvv) = cpu::with_f32(OP, q, |qs| {
+            cpu::with_f32(OP, k, |ks| {
+                cpu::with_f32(OP, v, |vs| {
+                    cpu::with_f32(OP, res, |rs| {
+                        cpu::with_f32(OP, g, |gs| {
+                            self.with_problem((qs, q.layout()), (ks, k.layout()), vs, dv, |p| backward(p, rs, gs))
+                        })
+                    })
+                })
+            })
+        })?;
+        Ok((
+            Some(cpu::from_vec(dq, q.shape())?),
+            Some(cpu::from_vec(dk, k.shape())?),
+            Some(cpu::from_vec(dvv, v.shape())?),
+        ))
+    }
+}

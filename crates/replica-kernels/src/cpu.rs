@@ -1,0 +1,161 @@
+//! Plumbing shared by the kernels: reading candle CPU storage as f32 slices,
+//! choosing between the kernel and the composition, and splitting rows over
+//! rayon's threads only when there is enough work to pay for it.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Elements of work (roughly: row length × rows) below which a kernel runs on the
+/// calling thread. Waking a rayon worker costs a few microseconds, about the time
+/// an AVX2 kernel needs for 16k elements.
+pub const MIN_PARALLEL_WORK: usize = 1 << 15;
+
+/// How a public function computes its result for a given input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// f32 on the CPU: the kernel.
+    Kernel,
+    /// f16 / bf16 on the CPU: converted to f32, the kernel, converted back (as
+    /// PyTorch computes these ops in f32 for half inputs).
+    KernelViaF32,
+    /// Any other device, or f64: the plain candle composition.
+    Composition,
+}
+
+/// Picks the route for `x`; integer dtypes are an error naming `op`.
+pub(crate) fn route(op: &str, x: &Tensor) -> Result<Route> {
+    let dtype = x.dtype();
+    if !dtype.is_float() {
+        bail!("{op}: unsupported dtype {dtype:?}, expected f32, f16, bf16 or f64")
+    }
+    Ok(match (x.device(), dtype) {
+        (Device::Cpu, DType::F32) => Route::Kernel,
+        (Device::Cpu, DType::F16 | DType::BF16) => Route::KernelViaF32,
+        _ => Route::Composition,
+    })
+}
+
+/// Checks that every tensor shares `x`'s dtype and device.
+pub(crate) fn same_kind(op: &str, x: &Tensor, others: &[(&str, &Tensor)]) -> Result<()> {
+    for (name, t) in others {
+        if t.dtype() != x.dtype() {
+            bail!("{op}: {name} has dtype {:?}, the input {:?}", t.dtype(), x.dtype())
+        }
+        if !t.device().same_device(x.device()) {
+            bail!(
+                "{op}: {name} is on {:?}, the input on {:?}",
+                t.device().location(),
+                x.device().location()
+            )
+        }
+    }
+    Ok(())
+}
+
+/// The f32 elements of contiguous CPU storage.
+pub(crate) fn f32_slice<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("{op}: the kernel takes f32, got {:?}", storage.dtype())
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!(
+            "{op}: the kernel needs a contiguous input, got strides {:?}",
+            layout.stride()
+        ),
+    }
+}
+
+/// Runs `f` on the f32 elements of a CPU tensor, made contiguous first.
+pub(crate) fn with_f32<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(f32_slice(op, cpu, layout)?),
+        _ => bail!("{op}: the kernel runs on the CPU, got {:?}", t.device().location()),
+    }
+}
+
+/// A new CPU tensor holding `data`.
+pub(crate) fn from_vec(data: Vec<f32>, shape: &Shape) -> Result<Tensor> {
+    Tensor::from_vec(data, shape.clone(), &Device::Cpu)
+}
+
+/// How many tasks to cut `rows` rows costing `row_cost` each into: 1 when the
+/// whole job is small or there is one thread, else enough to balance the threads.
+pub(crate) fn tasks_for(rows: usize, row_cost: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    let work = rows.saturating_mul(row_cost.max(1));
+    if threads <= 1 || work < 2 * MIN_PARALLEL_WORK || rows <= 1 {
+        return 1;
+    }
+    (work / MIN_PARALLEL_WORK).clamp(1, 4 * threads).min(rows)
+}
+
+/// Calls `f(first_row, rows_of_out)` on consecutive groups of rows of `out`
+/// (`row_len` floats each), in parallel when the work is large enough.
+pub(crate) fn for_row_chunks(
+    out: &mut [f32],
+    row_len: usize,
+    row_cost: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    if row_len == 0 || out.is_empty() {
+        return;
+    }
+    let rows = out.len() / row_len;
+    let tasks = tasks_for(rows, row_cost);
+    if tasks == 1 {
+        f(0, out);
+        return;
+    }
+    let rows_per_task = rows.div_ceil(tasks);
+    out.par_chunks_mut(rows_per_task * row_len)
+        .enumerate()
+        .for_each(|(i, chunk)| f(i * rows_per_task, chunk));
+}
+
+/// Like [`for_row_chunks`], collecting one value per group (for partial sums).
+pub(crate) fn map_row_chunks<R: Send>(
+    out: &mut [f32],
+    row_len: usize,
+    row_cost: usize,
+    f: impl Fn(usize, &mut [f32]) -> R + Sync + Send,
+) -> Vec<R> {
+    if row_len == 0 || out.is_empty() {
+        return Vec::new();
+    }
+    let rows = out.len() / row_len;
+    let tasks = tasks_for(rows, row_cost);
+    if tasks == 1 {
+        return vec![f(0, out)];
+    }
+    let rows_per_task = rows.div_ceil(tasks);
+    out.par_chunks_mut(rows_per_task * row_len)
+        .enumerate()
+        .map(|(i, chunk)| f(i * rows_per_task, chunk))
+        .collect()
+}
+
+/// Offsets of the rows of a strided tensor (last dimension contiguous), in row order.
+pub(crate) fn row_offsets(layout: &Layout) -> Vec<usize> {
+    let dims = layout.dims();
+    let strides = layout.stride();
+    let lead = &dims[..dims.len().saturating_sub(1)];
+    let rows: usize = lead.iter().product();
+    let mut offsets = Vec::with_capacity(rows);
+    let mut index = vec![0usize; lead.len()];
+    for _ in 0..rows {
+        let offset = index.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
+        offsets.push(layout.start_offset() + offset);
+        for d in (0..lead.len()).rev() {
+            index[d] += 1;
+            if index[d] < lead[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+    offsets
+}

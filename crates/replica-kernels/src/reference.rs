@@ -1,0 +1,180 @@
+//! The plain candle compositions the kernels replace: differentiable candle ops
+//! only, in any dtype and on any device. The public functions fall back to these
+//! off the CPU and for f64; the tests and benchmarks use them as the reference.
+//!
+//! They follow the kernels' conventions where PyTorch leaves a choice: a softmax
+//! row whose every score is -inf gives zeros (as `scaled_dot_product_attention`).
+
+use candle_core::{bail, DType, Device, Result, Tensor, D};
+
+use crate::{AttentionOptions, Causal, GeluApprox, Mask, RopeStyle};
+
+/// A `[q, k]` additive mask: 0 where query `i` sees key `j`, -inf elsewhere.
+pub fn causal_mask(q: usize, k: usize, causal: Causal, dtype: DType, device: &Device) -> Result<Tensor> {
+    let offset = causal.offset(q, k);
+    let data: Vec<f32> = (0..q)
+        .flat_map(|i| {
+            (0..k).map(move |j| {
+                if j as isize <= i as isize + offset {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(data, (q, k), device)?.to_dtype(dtype)
+}
+
+/// Softmax over the last dimension of scores that may be -inf, with a fully
+/// hidden row giving zeros rather than NaN.
+fn softmax_safe(z: &Tensor) -> Result<Tensor> {
+    // A row maximum of -inf becomes 0 (exp then gives 0 everywhere); a sum of 0 becomes 1.
+    let max = z.max_keepdim(D::Minus1)?.detach();
+    let finite = max.ne(f64::NEG_INFINITY)?;
+    let max = finite.where_cond(&max, &max.zeros_like()?)?;
+    let e = z.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    let sum = sum.eq(0.0)?.where_cond(&sum.ones_like()?, &sum)?;
+    e.broadcast_div(&sum)
+}
+
+/// `softmax(scale · x + mask)` over the last dimension.
+pub fn softmax_last_dim(x: &Tensor, scale: f64, mask: Mask<'_>) -> Result<Tensor> {
+    let z = x.affine(scale, 0.0)?;
+    let z = match mask {
+        Mask::None => z,
+        Mask::Causal(causal) => {
+            let (q, k) = (x.dim(D::Minus2)?, x.dim(D::Minus1)?);
+            z.broadcast_add(&causal_mask(q, k, causal, x.dtype(), x.device())?)?
+        }
+        Mask::Additive(m) => z.broadcast_add(&m.to_dtype(x.dtype())?)?,
+    };
+    softmax_safe(&z)
+}
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) · w + b`,
+/// with the biased variance of the centred values.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = centred
+        .broadcast_div(&(variance + eps)?.sqrt()?)?
+        .broadcast_mul(weight)?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) · w`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(weight)
+}
+
+/// `x · Φ(x)` with `Φ(x) = (1 + erf(x/√2)) / 2`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    let cdf = ((x / std::f64::consts::SQRT_2)?.erf()? + 1.0)? * 0.5;
+    x * cdf?
+}
+
+/// `x · (1 + tanh(√(2/π) (x + 0.044715 x³))) / 2`.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    let inner = ((x + (x.powf(3.0)? * 0.044715)?)? * (2.0 / std::f64::consts::PI).sqrt())?;
+    x * ((inner.tanh()? + 1.0)? * 0.5)?
+}
+
+/// `x · σ(x)` with `σ(x) = 1 / (1 + e^-x)`.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    x / (x.neg()?.exp()? + 1.0)?
+}
+
+/// `silu(gate) · up`.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    silu(gate)? * up
+}
+
+/// `gelu(gate) · up`.
+pub fn geglu(gate: &Tensor, up: &Tensor, approx: GeluApprox) -> Result<Tensor> {
+    let g = match approx {
+        GeluApprox::Erf => gelu_erf(gate)?,
+        GeluApprox::Tanh => gelu_tanh(gate)?,
+    };
+    g * up
+}
+
+/// Rotary embedding of `x` `[b, h, t, d]` by the angles whose cosines and sines
+/// are `cos`, `sin` `[t, r/2]`; the first `r` features rotate, the rest pass.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    let (_, half) = cos.dims2()?;
+    let r = 2 * half;
+    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+    let xr = x.narrow(D::Minus1, 0, r)?;
+    let rotated = match style {
+        RopeStyle::HalfSplit => {
+            let (a, bb) = (xr.narrow(D::Minus1, 0, half)?, xr.narrow(D::Minus1, half, half)?);
+            let ya = (a.broadcast_mul(&cos)? - bb.broadcast_mul(&sin)?)?;
+            let yb = (bb.broadcast_mul(&cos)? + a.broadcast_mul(&sin)?)?;
+            Tensor::cat(&[&ya, &yb], D::Minus1)?
+        }
+        RopeStyle::Interleaved => {
+            let pairs = xr.reshape((b, h, t, half, 2))?;
+            let (a, bb) = (pairs.narrow(4, 0, 1)?.squeeze(4)?, pairs.narrow(4, 1, 1)?.squeeze(4)?);
+            let ya = (a.broadcast_mul(&cos)? - bb.broadcast_mul(&sin)?)?;
+            let yb = (bb.broadcast_mul(&cos)? + a.broadcast_mul(&sin)?)?;
+            Tensor::stack(&[&ya, &yb], 4)?.reshape((b, h, t, r))?
+        }
+    };
+    if r == d {
+        Ok(rotated)
+    } else {
+        Tensor::cat(&[&rotated, &x.narrow(D::Minus1, r, d - r)?], D::Minus1)
+    }
+}
+
+/// The ALiBi bias `[h, q, k]`: `-slope_h · (i + k - q - j)` for query `i`, key `j`.
+pub fn alibi_bias(slopes: &[f32], q: usize, k: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let offset = k as f32 - q as f32;
+    let mut data = Vec::with_capacity(slopes.len() * q * k);
+    for &m in slopes {
+        for i in 0..q {
+            data.extend((0..k).map(|j| -m * (i as f32 + offset - j as f32)));
+        }
+    }
+    Tensor::from_vec(data, (slopes.len(), q, k), device)?.to_dtype(dtype)
+}
+
+/// Scaled dot-product attention by materialising the scores: `q` `[b, h, sq, d]`,
+/// `k` `[b, hk, sk, d]`, `v` `[b, hk, sk, dv]` with `h` a multiple of `hk` (GQA).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<'_>) -> Result<Tensor> {
+    let (b, h, sq, d) = q.dims4()?;
+    let (_, hk, sk, _) = k.dims4()?;
+    let dv = v.dim(3)?;
+    if hk == 0 || h % hk != 0 {
+        bail!("attention: {h} query heads are not a multiple of {hk} key/value heads")
+    }
+    let group = h / hk;
+    let repeat = |t: &Tensor, last: usize| -> Result<Tensor> {
+        if group == 1 {
+            return Ok(t.clone());
+        }
+        t.unsqueeze(2)?
+            .broadcast_as((b, hk, group, sk, last))?
+            .reshape((b, h, sk, last))
+    };
+    let (k, v) = (repeat(k, d)?, repeat(v, dv)?);
+    let scale = options.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    if let Some(slopes) = options.alibi_slopes {
+        scores = scores.broadcast_add(&alibi_bias(slopes, sq, sk, q.dtype(), q.device())?.unsqueeze(0)?)?;
+    }
+    if let Some(mask) = options.mask {
+        scores = scores.broadcast_add(&mask.to_dtype(q.dtype())?)?;
+    }
+    if let Some(causal) = options.causal {
+        scores = scores.broadcast_add(&causal_mask(sq, sk, causal, q.dtype(), q.device())?)?;
+    }
+    softmax_safe(&scores)?.matmul(&v.contiguous()?)
+}

@@ -1,0 +1,400 @@
+//! The kernels against the plain candle compositions in `replica_kernels::reference`
+//! (computed in f64 where the question is numerics), forward and gradients, at
+//! awkward shapes: length 1, sizes that are not multiples of the vector width,
+//! rows long enough to go parallel, large magnitudes, rows masked entirely.
+
+use candle_core::{DType, Device, Tensor, Var};
+use replica_check::{assert_close, Tolerance};
+use replica_kernels::{self as rk, reference, AttentionOptions, Causal, GeluApprox, Mask, RopeStyle};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Deterministic pseudo-normal values (sum of uniforms), `scale · N(0, 1) + shift`.
+fn rand(dims: &[usize], seed: u64, scale: f32, shift: f32) -> Tensor {
+    let n: usize = dims.iter().product();
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut uniform = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 40) as f32) / (1u64 << 24) as f32
+    };
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            let s: f32 = (0..4).map(|_| uniform()).sum();
+            (s - 2.0) * 1.732 * scale + shift
+        })
+        .collect();
+    Tensor::from_vec(data, dims, &Device::Cpu).unwrap()
+}
+
+/// `f(inputs)` and the gradients of `Σ f(inputs) ⊙ upstream` with respect to every input.
+fn run(f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>, inputs: &[Tensor], seed: u64) -> Result<(Tensor, Vec<Tensor>)> {
+    let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<candle_core::Result<_>>()?;
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&tensors)?;
+    let upstream = rand(y.dims(), seed ^ 0x5eed, 1.0, 0.0).to_dtype(y.dtype())?;
+    let grads = (&y * upstream)?.sum_all()?.backward()?;
+    let g = tensors
+        .iter()
+        .map(|t| grads.get(t).cloned().unwrap_or_else(|| t.zeros_like().unwrap()))
+        .collect();
+    Ok((y, g))
+}
+
+/// The kernel and the reference on the same inputs: outputs within `fwd`, gradients within `bwd`.
+fn check(
+    what: &str,
+    kernel: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    reference: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    inputs: &[Tensor],
+    fwd: Tolerance,
+    bwd: Tolerance,
+) -> Result<()> {
+    let (y, g) = run(kernel, inputs, 7)?;
+    let (y_ref, g_ref) = run(reference, inputs, 7)?;
+    assert_close(&format!("{what}: output"), &y, &y_ref, fwd);
+    for (i, (a, b)) in g.iter().zip(&g_ref).enumerate() {
+        assert_close(&format!("{what}: grad of input {i}"), a, b, bwd);
+    }
+    Ok(())
+}
+
+/// The reference evaluated in f64, its output and gradients cast back to f32.
+fn in_f64(f: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>) -> impl Fn(&[Tensor]) -> candle_core::Result<Tensor> {
+    move |xs: &[Tensor]| {
+        let xs: Vec<Tensor> = xs.iter().map(|x| x.to_dtype(DType::F64)).collect::<candle_core::Result<_>>()?;
+        f(&xs)?.to_dtype(DType::F32)
+    }
+}
+
+const TIGHT: Tolerance = Tolerance::new(2e-6, 1e-6);
+const GRAD: Tolerance = Tolerance::new(1e-5, 1e-5);
+
+#[test]
+fn softmax_against_the_composition() -> Result<()> {
+    let shapes: &[&[usize]] = &[&[1], &[1, 1], &[3, 7], &[2, 3, 5, 17], &[4, 1000], &[2, 9, 33], &[64, 4096]];
+    for (i, dims) in shapes.iter().enumerate() {
+        let x = rand(dims, i as u64, 3.0, 0.0);
+        for (scale, mask) in [(1.0, Mask::None), (0.37, Mask::None), (-0.5, Mask::None)] {
+            check(
+                &format!("softmax {dims:?} scale {scale}"),
+                &|t| rk::softmax_last_dim(&t[0], scale, mask),
+                &in_f64(|t| reference::softmax_last_dim(&t[0], scale, mask)),
+                &[x.clone()],
+                TIGHT,
+                GRAD,
+            )?;
+        }
+    }
+    // Large magnitudes: scores in the thousands, most probabilities underflow to 0.
+    let x = rand(&[5, 77], 11, 2000.0, 500.0);
+    check(
+        "softmax large",
+        &|t| rk::softmax_last_dim(&t[0], 1.0, Mask::None),
+        &in_f64(|t| reference::softmax_last_dim(&t[0], 1.0, Mask::None)),
+        &[x],
+        TIGHT,
+        GRAD,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn softmax_masks() -> Result<()> {
+    // q > k with a bottom-right causal mask: the first queries see nothing (zeros, zero gradient).
+    for (dims, causal) in [
+        (&[2, 3, 9, 6][..], Causal::BottomRight),
+        (&[2, 3, 6, 9][..], Causal::BottomRight),
+        (&[2, 3, 9, 6][..], Causal::TopLeft),
+        (&[1, 1, 37, 37][..], Causal::TopLeft),
+    ] {
+        let x = rand(dims, 3, 2.0, 0.0);
+        let mask = Mask::Causal(causal);
+        check(
+            &format!("causal {causal:?} {dims:?}"),
+            &|t| rk::softmax_last_dim(&t[0], 0.125, mask),
+            &in_f64(|t| reference::softmax_last_dim(&t[0], 0.125, mask)),
+            &[x],
+            TIGHT,
+            GRAD,
+        )?;
+    }
+    // An additive mask broadcast over heads, with a row hidden entirely and partial -inf;
+    // the mask is a tracked input, so its gradient is checked too.
+    let (b, h, q, k) = (2, 3, 5, 19);
+    let mut m = vec![0f32; b * q * k];
+    for (idx, v) in m.iter_mut().enumerate() {
+        let (row, col) = (idx / k, idx % k);
+        if row % q == 2 || col % 5 == 3 {
+            *v = f32::NEG_INFINITY;
+        } else {
+            *v = ((idx % 7) as f32 - 3.0) * 0.25;
+        }
+    }
+    let mask = Tensor::from_vec(m, (b, 1, q, k), &Device::Cpu)?;
+    let x = rand(&[b, h, q, k], 5, 1.5, 0.0);
+    let (y, _) = run(&|t| rk::softmax_last_dim(&t[0], 0.7, Mask::Additive(&t[1])), &[x.clone(), mask.clone()], 1)?;
+    assert_eq!(y.narrow(2, 2, 1)?.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0, "a hidden row is zeros");
+    // The reference gives NaN gradients to -inf mask entries (0 · inf); compare the finite ones only.
+    let (y_ref, g_ref) = run(
+        &in_f64(|t| reference::softmax_last_dim(&t[0], 0.7, Mask::Additive(&t[1]))),
+        &[x.clone(), mask.clone()],
+        1,
+    )?;
+    let (_, g) = run(&|t| rk::softmax_last_dim(&t[0], 0.7, Mask::Additive(&t[1])), &[x, mask], 1)?;
+    assert_close("masked softmax", &y, &y_ref, TIGHT);
+    assert_close("masked softmax dx", &g[0], &g_ref[0], GRAD);
+    let finite = |t: &Tensor| -> candle_core::Result<Tensor> {
+        let ok = t.eq(t)?; // false for NaN
+        ok.where_cond(t, &t.zeros_like()?)
+    };
+    assert_close("masked softmax dmask", &finite(&g[1])?, &finite(&g_ref[1])?, GRAD);
+    Ok(())
+}
+
+#[test]
+fn softmax_routes() -> Result<()> {
+    let x = rand(&[3, 4, 33], 9, 2.0, 0.0);
+    let expected = reference::softmax_last_dim(&x, 1.0, Mask::None)?;
+    // Non-contiguous input is made contiguous.
+    let xt = x.transpose(0, 1)?;
+    assert!(!xt.is_contiguous());
+    let y = rk::softmax_last_dim(&xt, 1.0, Mask::None)?;
+    assert_close("transposed", &y, &expected.transpose(0, 1)?, TIGHT);
+    // Half precision through f32; f64 through the composition.
+    for dtype in [DType::F16, DType::BF16, DType::F64] {
+        let xd = x.to_dtype(dtype)?;
+        let y = rk::softmax_last_dim(&xd, 1.0, Mask::None)?;
+        assert_eq!(y.dtype(), dtype);
+        let expected = reference::softmax_last_dim(&xd.to_dtype(DType::F32)?, 1.0, Mask::None)?.to_dtype(dtype)?;
+        assert_close(&format!("{dtype:?}"), &y, &expected, Tolerance::for_dtype(dtype));
+    }
+    // Errors, not panics.
+    let ints = Tensor::new(&[1u32, 2, 3], &Device::Cpu)?;
+    let err = rk::softmax_last_dim(&ints, 1.0, Mask::None).unwrap_err().to_string();
+    assert!(err.contains("unsupported dtype"), "{err}");
+    let bad = rand(&[2, 7], 1, 1.0, 0.0);
+    let err = rk::softmax_last_dim(&x, 1.0, Mask::Additive(&bad)).unwrap_err().to_string();
+    assert!(err.contains("does not broadcast"), "{err}");
+    let err = rk::softmax_last_dim(&rand(&[5], 1, 1.0, 0.0), 1.0, Mask::Causal(Causal::TopLeft))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("causal"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn portable_backend_agrees() -> Result<()> {
+    let x = rand(&[7, 45], 13, 4.0, 0.0);
+    let w = rand(&[45], 14, 1.0, 1.0);
+    let ops: Vec<(&str, Box<dyn Fn() -> candle_core::Result<Tensor>>)> = vec![
+        ("softmax", Box::new(|| rk::softmax_last_dim(&x, 0.3, Mask::Causal(Causal::TopLeft)))),
+        ("layer_norm", Box::new(|| rk::layer_norm(&x, &w, Some(&w), 1e-5))),
+        ("rms_norm", Box::new(|| rk::rms_norm(&x, &w, 1e-6))),
+        ("gelu_erf", Box::new(|| rk::gelu_erf(&x))),
+        ("gelu_tanh", Box::new(|| rk::gelu_tanh(&x))),
+        ("swiglu", Box::new(|| rk::swiglu(&x, &x))),
+    ];
+    for (name, op) in ops {
+        rk::simd::force_portable(true);
+        let portable = op();
+        rk::simd::force_portable(false);
+        assert_close(name, &portable?, &op()?, Tolerance::new(1e-6, 1e-7));
+    }
+    Ok(())
+}
+
+#[test]
+fn norms_against_f64() -> Result<()> {
+    let shapes: &[&[usize]] = &[&[1, 1], &[3, 7], &[2, 5, 16], &[4, 1000], &[2, 3, 33], &[300, 384]];
+    for (i, dims) in shapes.iter().enumerate() {
+        let n = *dims.last().unwrap();
+        // Large mean, small spread: E[x²] - mean² would lose every digit here.
+        for (scale, shift) in [(1.0, 0.0), (0.01, 1e4), (1e3, -5.0)] {
+            let x = rand(dims, i as u64, scale, shift);
+            let w = rand(&[n], 100 + i as u64, 0.5, 1.0);
+            let b = rand(&[n], 200 + i as u64, 0.5, 0.0);
+            let what = format!("layer_norm {dims:?} scale {scale} shift {shift}");
+            check(
+                &what,
+                &|t| rk::layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5),
+                &in_f64(|t| reference::layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5)),
+                &[x.clone(), w.clone(), b.clone()],
+                Tolerance::new(1e-5, 1e-5),
+                Tolerance::new(1e-4, 1e-4),
+            )?;
+            check(
+                &format!("rms_norm {dims:?} scale {scale} shift {shift}"),
+                &|t| rk::rms_norm(&t[0], &t[1], 1e-6),
+                &in_f64(|t| reference::rms_norm(&t[0], &t[1], 1e-6)),
+                &[x.clone(), w.clone()],
+                Tolerance::new(1e-5, 1e-6),
+                Tolerance::new(1e-4, 1e-5),
+            )?;
+        }
+    }
+    // Without a bias; errors for a weight of the wrong shape.
+    let x = rand(&[3, 10], 1, 1.0, 0.0);
+    let w = rand(&[10], 2, 1.0, 0.0);
+    assert_close(
+        "no bias",
+        &rk::layer_norm(&x, &w, None, 1e-5)?,
+        &reference::layer_norm(&x, &w, None, 1e-5)?,
+        TIGHT,
+    );
+    let err = rk::rms_norm(&x, &rand(&[9], 1, 1.0, 0.0), 1e-6).unwrap_err().to_string();
+    assert!(err.contains("weight must have shape [10]"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn activations_against_f64() -> Result<()> {
+    // A dense grid over [-12, 12], odd sizes, and large magnitudes.
+    let grid: Vec<f32> = (0..4801).map(|i| -12.0 + i as f32 * 0.005).collect();
+    let grid = Tensor::from_vec(grid, 4801, &Device::Cpu)?;
+    // (Beyond ±700 the f64 reference itself overflows in exp.)
+    let big = Tensor::new(&[-600f32, -300.0, -88.0, -30.0, 30.0, 88.0, 300.0, 600.0, 0.0, -0.0, 1e-30], &Device::Cpu)?;
+    let inputs = [grid, big, rand(&[1], 1, 2.0, 0.0), rand(&[7], 2, 2.0, 0.0), rand(&[3, 333], 3, 3.0, 0.0)];
+    type Op = fn(&Tensor) -> candle_core::Result<Tensor>;
+    let ops: [(&str, Op, Op); 3] = [
+        ("gelu_erf", rk::gelu_erf, reference::gelu_erf),
+        ("gelu_tanh", rk::gelu_tanh, reference::gelu_tanh),
+        ("silu", rk::silu, reference::silu),
+    ];
+    for (name, kernel, refer) in ops {
+        for x in &inputs {
+            check(
+                &format!("{name} {:?}", x.dims()),
+                &|t| kernel(&t[0]),
+                &in_f64(|t| refer(&t[0])),
+                &[x.clone()],
+                Tolerance::new(4e-6, 1e-6),
+                Tolerance::new(4e-6, 1e-6),
+            )?;
+        }
+    }
+    // The gated units, gradients of both halves.
+    for dims in [&[1usize][..], &[5, 13], &[2, 3, 1000]] {
+        let (gate, up) = (rand(dims, 1, 3.0, 0.0), rand(dims, 2, 1.0, 0.0));
+        check(
+            "swiglu",
+            &|t| rk::swiglu(&t[0], &t[1]),
+            &in_f64(|t| reference::swiglu(&t[0], &t[1])),
+            &[gate.clone(), up.clone()],
+            Tolerance::new(4e-6, 1e-6),
+            Tolerance::new(4e-6, 1e-6),
+        )?;
+        for approx in [GeluApprox::Erf, GeluApprox::Tanh] {
+            check(
+                "geglu",
+                &|t| rk::geglu(&t[0], &t[1], approx),
+                &in_f64(|t| reference::geglu(&t[0], &t[1], approx)),
+                &[gate.clone(), up.clone()],
+                Tolerance::new(4e-6, 1e-6),
+                Tolerance::new(4e-6, 1e-6),
+            )?;
+        }
+    }
+    let err = rk::swiglu(&rand(&[3], 1, 1.0, 0.0), &rand(&[4], 1, 1.0, 0.0)).unwrap_err().to_string();
+    assert!(err.contains("same shape"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn rope_against_the_composition() -> Result<()> {
+    for (dims, r) in [([1, 1, 1, 2], 2), ([2, 3, 5, 10], 6), ([2, 3, 5, 10], 10), ([1, 4, 17, 64], 64), ([2, 2, 3, 40], 34)] {
+        let x = rand(&dims, 3, 1.0, 0.0);
+        let t = dims[2];
+        let angles = rand(&[t, r / 2], 4, 3.0, 0.0);
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        for style in [RopeStyle::HalfSplit, RopeStyle::Interleaved] {
+            check(
+                &format!("rope {style:?} {dims:?} r {r}"),
+                &|x| rk::rope(&x[0], &cos, &sin, style),
+                &|x| reference::rope(&x[0], &cos, &sin, style),
+                &[x.clone()],
+                TIGHT,
+                TIGHT,
+            )?;
+        }
+    }
+    // candle's own rope kernels agree on the full-rotation case.
+    let x = rand(&[2, 3, 7, 16], 1, 1.0, 0.0);
+    let angles = rand(&[7, 8], 2, 3.0, 0.0);
+    let (cos, sin) = (angles.cos()?, angles.sin()?);
+    assert_close(
+        "candle rope",
+        &rk::rope(&x, &cos, &sin, RopeStyle::HalfSplit)?,
+        &candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+        TIGHT,
+    );
+    assert_close(
+        "candle rope_i",
+        &rk::rope(&x, &cos, &sin, RopeStyle::Interleaved)?,
+        &candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
+        TIGHT,
+    );
+    let err = rk::rope(&x, &cos.narrow(0, 0, 6)?, &sin, RopeStyle::HalfSplit).unwrap_err().to_string();
+    assert!(err.contains("cos must be [seq = 7"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn attention_against_the_composition() -> Result<()> {
+    struct Case {
+        b: usize,
+        h: usize,
+        hk: usize,
+        sq: usize,
+        sk: usize,
+        d: usize,
+        dv: usize,
+    }
+    let cases = [
+        Case { b: 1, h: 1, hk: 1, sq: 1, sk: 1, d: 1, dv: 1 },
+        Case { b: 2, h: 4, hk: 2, sq: 70, sk: 150, d: 24, dv: 20 },
+        Case { b: 1, h: 3, hk: 3, sq: 130, sk: 130, d: 16, dv: 16 },
+        Case { b: 2, h: 2, hk: 1, sq: 1, sk: 33, d: 8, dv: 8 },
+        Case { b: 1, h: 2, hk: 2, sq: 40, sk: 9, d: 8, dv: 5 },
+    ];
+    for (n, c) in cases.iter().enumerate() {
+        let q = rand(&[c.b, c.h, c.sq, c.d], 10 + n as u64, 1.0, 0.0);
+        let k = rand(&[c.b, c.hk, c.sk, c.d], 20 + n as u64, 1.0, 0.0);
+        let v = rand(&[c.b, c.hk, c.sk, c.dv], 30 + n as u64, 1.0, 0.0);
+        // Padding: the last keys of batch 0 hidden; every key of batch 1's ... none.
+        let keep: Vec<f32> = (0..c.b * c.sk)
+            .map(|i| if i / c.sk == 0 && i % c.sk >= c.sk.div_ceil(2) + 1 { f32::NEG_INFINITY } else { 0.0 })
+            .collect();
+        let padding = Tensor::from_vec(keep, (c.b, 1, 1, c.sk), &Device::Cpu)?;
+        let slopes: Vec<f32> = (0..c.h).map(|i| 0.5f32.powi(i as i32 + 1)).collect();
+        let variants: Vec<(&str, AttentionOptions)> = vec![
+            ("plain", AttentionOptions::default()),
+            ("causal bottom-right", AttentionOptions { causal: Some(Causal::BottomRight), ..Default::default() }),
+            ("causal top-left", AttentionOptions { causal: Some(Causal::TopLeft), scale: Some(0.3), ..Default::default() }),
+            ("padding", AttentionOptions { mask: Some(&padding), ..Default::default() }),
+            (
+                "alibi causal padding",
+                AttentionOptions {
+                    alibi_slopes: Some(&slopes),
+                    causal: Some(Causal::BottomRight),
+                    mask: Some(&padding),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (name, opts) in variants {
+            check(
+                &format!("attention {name} case {n}"),
+                &|t| rk::attention(&t[0], &t[1], &t[2], &opts),
+                &in_f64(|t| reference::attention(&t[0], &t[1], &t[2], &opts)),
+                &[q.clone(), k.clone(), v.clone()],
+                Tolerance::new(1e-5, 2e-6),
+                Tolerance::new(1e-4, 1e-5),
+            )?;
+        }
+    }
+    let q = rand(&[1, 3, 4, 8], 1, 1.0, 0.0);
+    let k = rand(&[1, 2, 4, 8], 1, 1.0, 0.0);
+    let err = rk::attention(&q, &k, &k, &AttentionOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("not a multiple"), "{err}");
+    Ok(())
+}

@@ -1,0 +1,474 @@
+//! The BERT encoder: Devlin et al., "BERT: Pre-training of Deep Bidirectional
+//! Transformers for Language Understanding", arXiv 1810.04805. Reference: HF
+//! `transformers.BertModel`.
+//!
+//! Word + position + token-type embeddings and a LayerNorm, post-norm layers
+//! (`x = LN(x + attention(x))`, `x = LN(x + ffn(x))`, Vaswani et al.'s layout),
+//! a padding mask from the tokenizer's `attention_mask`, and the `tanh` pooler
+//! over the first token. [`Bert::sentence_embeddings`] adds the sentence-transformers
+//! head (Reimers & Gurevych, arXiv 1908.10084): mean pooling over the real tokens
+//! and L2 normalisation, which is all-MiniLM-L6-v2's pipeline.
+//!
+//! BERT's layer splits its feed-forward network over two modules (`intermediate`
+//! and `output`, the latter also holding the residual LayerNorm), so the layer is
+//! assembled here from the blocks (Attention, LayerNorm, Linear, Activation,
+//! Dropout) rather than from `TransformerBlock`, whose names cannot express that.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use replica_blocks::attention::{Attention, AttentionConfig, AttentionNames};
+use replica_blocks::dropout::Dropout;
+use replica_blocks::mask;
+use replica_blocks::position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
+use replica_blocks::{Activation, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use replica_check::{tap, WeightMap};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::checkpoint::{self, Family};
+use crate::config::{parse_config, positive, probabilities};
+use crate::{Error, Result};
+
+fn yes() -> bool {
+    true
+}
+fn gelu() -> Activation {
+    Activation::Gelu
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_max_positions() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn absolute() -> String {
+    "absolute".into()
+}
+
+/// A HF BERT `config.json` (`BertConfig`); fields it lacks take HF's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "gelu")]
+    pub hidden_act: Activation,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Only `absolute` (learned positions) is implemented.
+    #[serde(default = "absolute")]
+    pub position_embedding_type: String,
+    #[serde(default)]
+    pub is_decoder: bool,
+    /// Not a `config.json` field: HF's `BertModel(add_pooling_layer=...)`.
+    #[serde(default = "yes")]
+    pub add_pooling_layer: bool,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+impl BertConfig {
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let config: Self = crate::config::read_config(path)?;
+        config.validate().map_err(|m| Error::config(path, m))?;
+        Ok(config)
+    }
+
+    pub fn from_value(value: &Value, origin: impl AsRef<Path>) -> Result<Self> {
+        let config: Self = parse_config(value, &origin)?;
+        config.validate().map_err(|m| Error::config(origin, m))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(kind) = self.model_type.as_deref().filter(|k| *k != "bert") {
+            return Err(format!("model_type is `{kind}`, not `bert`: this is not a BERT config"));
+        }
+        positive(&[
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ])?;
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        probabilities(&[
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+        ])?;
+        if self.position_embedding_type != "absolute" {
+            return Err(format!(
+                "position_embedding_type `{}` is not implemented (only `absolute`)",
+                self.position_embedding_type
+            ));
+        }
+        if self.is_decoder {
+            return Err("is_decoder (BERT as a causal decoder) is not implemented".into());
+        }
+        Ok(())
+    }
+
+    fn layer_norm(&self, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
+        LayerNorm::new(
+            &LayerNormConfig {
+                eps: self.layer_norm_eps,
+                ..LayerNormConfig::new(self.hidden_size)
+            },
+            vb,
+        )
+    }
+
+    /// The attention of one layer, as `BertAttention` minus its residual LayerNorm:
+    /// `self.{query,key,value}` and the output projection `output.dense`.
+    pub fn attention_config(&self) -> AttentionConfig {
+        AttentionConfig {
+            qkv_bias: true,
+            proj_bias: Some(true),
+            attention_dropout: self.attention_probs_dropout_prob as f32,
+            proj_dropout: self.hidden_dropout_prob as f32,
+            max_positions: self.max_position_embeddings,
+            names: Some(AttentionNames {
+                q: "self.query".into(),
+                k: "self.key".into(),
+                v: "self.value".into(),
+                out: "output.dense".into(),
+                proj_drop: Some("output.dropout".into()),
+                trace_placeholders: false,
+                ..AttentionNames::hf()
+            }),
+            ..AttentionConfig::new(self.hidden_size, self.num_attention_heads)
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "vocab_size {}, hidden_size {}, num_hidden_layers {}, num_attention_heads {}, intermediate_size {}, max_position_embeddings {}",
+            self.vocab_size,
+            self.hidden_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.intermediate_size,
+            self.max_position_embeddings
+        )
+    }
+}
+
+/// `BertEmbeddings`: word + token-type + position embeddings, LayerNorm, dropout.
+#[derive(Clone, Debug)]
+struct BertEmbeddings {
+    word_embeddings: Embedding,
+    position_embeddings: LearnedPositionEmbedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+    path: String,
+}
+
+impl BertEmbeddings {
+    fn new(config: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let table = |vocab| EmbeddingConfig {
+            vocab,
+            dim: config.hidden_size,
+        };
+        Ok(Self {
+            word_embeddings: Embedding::new(&table(config.vocab_size), vb.pp("word_embeddings"))?,
+            position_embeddings: LearnedPositionEmbedding::new(
+                &LearnedPositionConfig::new(config.max_position_embeddings, config.hidden_size),
+                vb.pp("position_embeddings"),
+            )?,
+            token_type_embeddings: Embedding::new(&table(config.type_vocab_size), vb.pp("token_type_embeddings"))?,
+            layer_norm: config.layer_norm(vb.pp("LayerNorm"))?,
+            dropout: Dropout::from_probability(config.hidden_dropout_prob, vb.pp("dropout").prefix())?,
+            path: vb.prefix(),
+        })
+    }
+
+    fn forward(&self, ids: &Tensor, token_type_ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let words = self.word_embeddings.forward(ids)?;
+        let types = self.token_type_embeddings.forward(token_type_ids)?;
+        let positions = self.position_embeddings.forward(ids.dim(1)?, 0)?;
+        let x = (words + types)?.broadcast_add(&positions)?;
+        let x = self.dropout.forward_t(&self.layer_norm.forward(&x)?, train)?;
+        tap(&self.path, &x);
+        Ok(x)
+    }
+}
+
+/// `BertLayer`: attention, residual + LayerNorm, the feed-forward network, residual + LayerNorm.
+#[derive(Clone, Debug)]
+struct BertLayer {
+    attention: Attention,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    activation: Activation,
+    output: Linear,
+    output_dropout: Dropout,
+    output_norm: LayerNorm,
+    path: String,
+}
+
+impl BertLayer {
+    fn new(config: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let (dim, hidden) = (config.hidden_size, config.intermediate_size);
+        Ok(Self {
+            attention: Attention::new(&config.attention_config(), vb.pp("attention"))?,
+            attention_norm: config.layer_norm(vb.pp("attention.output.LayerNorm"))?,
+            intermediate: Linear::new(&LinearConfig::new(dim, hidden), vb.pp("intermediate.dense"))?,
+            activation: config.hidden_act,
+            output: Linear::new(&LinearConfig::new(hidden, dim), vb.pp("output.dense"))?,
+            output_dropout: Dropout::from_probability(config.hidden_dropout_prob, vb.pp("output.dropout").prefix())?,
+            output_norm: config.layer_norm(vb.pp("output.LayerNorm"))?,
+            path: vb.prefix(),
+        })
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.attention.set_training(training);
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> candle_core::Result<Tensor> {
+        let p = &self.path;
+        // The probabilities are computed only for a trace (the reference records them).
+        let attended = if replica_check::trace::is_active() {
+            let (attended, weights) = self.attention.forward_with_weights(x, None, mask, None)?;
+            tap(&format!("{p}.attention.self:1"), &weights);
+            let a = self.attention_norm.forward(&(x + attended)?)?;
+            tap(&format!("{p}.attention.output"), &a);
+            tap(&format!("{p}.attention:0"), &a);
+            tap(&format!("{p}.attention:1"), &weights);
+            a
+        } else {
+            let attended = self.attention.forward(x, mask, None)?;
+            self.attention_norm.forward(&(x + attended)?)?
+        };
+        let h = self.activation.forward(&self.intermediate.forward(&attended)?)?;
+        tap(&format!("{p}.intermediate.intermediate_act_fn"), &h);
+        tap(&format!("{p}.intermediate"), &h);
+        let y = self.output_dropout.forward_t(&self.output.forward(&h)?, train)?;
+        let y = self.output_norm.forward(&(y + attended)?)?;
+        tap(&format!("{p}.output"), &y);
+        tap(p, &y);
+        Ok(y)
+    }
+}
+
+/// What [`Bert::forward`] returns, as HF's `BaseModelOutputWithPooling`.
+#[derive(Clone, Debug)]
+pub struct BertOutput {
+    /// `[batch, seq, hidden_size]`.
+    pub last_hidden_state: Tensor,
+    /// `tanh(dense(first token))`, `[batch, hidden_size]`; `None` without a pooler.
+    pub pooler_output: Option<Tensor>,
+}
+
+/// HF's `BertModel`.
+#[derive(Clone, Debug)]
+pub struct Bert {
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+    pooler: Option<Linear>,
+    config: BertConfig,
+    training: bool,
+}
+
+impl Bert {
+    /// Builds the model under `vb` (the checkpoint's root: `embeddings.*`, `encoder.*`, `pooler.*`).
+    pub fn new(config: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        config
+            .validate()
+            .map_err(|m| candle_core::Error::Msg(format!("BERT config: {m}")))?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| BertLayer::new(config, vb.pp("encoder.layer").pp(i)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let pooler = config
+            .add_pooling_layer
+            .then(|| {
+                Linear::new(
+                    &LinearConfig::new(config.hidden_size, config.hidden_size),
+                    vb.pp("pooler.dense"),
+                )
+            })
+            .transpose()?;
+        Ok(Self {
+            embeddings: BertEmbeddings::new(config, vb.pp("embeddings"))?,
+            layers,
+            pooler,
+            config: config.clone(),
+            training: false,
+        })
+    }
+
+    /// HF BERT checkpoints: the `bert.` prefix of the pre-training heads' checkpoints
+    /// dropped, with those heads (`cls.*`), the `position_ids` / `token_type_ids`
+    /// buffers, and TF-era `gamma`/`beta` LayerNorm names renamed.
+    pub fn weight_map(config: &BertConfig) -> WeightMap {
+        let map = WeightMap::new()
+            .ignore(r"^cls\.")
+            .ignore(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
+            .rename(r"^bert\.", "")
+            .rename(r"LayerNorm\.gamma$", "LayerNorm.weight")
+            .rename(r"LayerNorm\.beta$", "LayerNorm.bias");
+        if config.add_pooling_layer {
+            map
+        } else {
+            map.ignore(r"^pooler\.")
+        }
+    }
+
+    /// Loads a HF BERT checkpoint strictly (see [`crate::gpt2::Gpt2::load`]).
+    pub fn load(config: &BertConfig, checkpoint: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
+        let checkpoint = checkpoint.as_ref();
+        let tensors = checkpoint::read_checkpoint(checkpoint, device)?;
+        Self::from_tensors(config, tensors, checkpoint, dtype, device)
+    }
+
+    pub fn from_tensors(
+        config: &BertConfig,
+        tensors: std::collections::BTreeMap<String, Tensor>,
+        origin: impl AsRef<Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|m| Error::config(origin.as_ref(), format!("BERT config: {m}")))?;
+        checkpoint::load_strict(
+            Family::Bert,
+            tensors,
+            origin.as_ref(),
+            &Self::weight_map(config),
+            dtype,
+            device,
+            &config.summary(),
+            |vb| Self::new(config, vb),
+        )
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// Turns dropout on (training) or off (inference, the default).
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+        for layer in &mut self.layers {
+            layer.set_training(training);
+        }
+    }
+
+    /// Encodes token ids `[batch, seq]`. `token_type_ids` (segment A = 0, B = 1)
+    /// default to zeros; `attention_mask` (1 = token, 0 = padding) to all ones.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+    ) -> candle_core::Result<BertOutput> {
+        let (_, seq) = input_ids.dims2().map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "BERT: input_ids must be [batch, seq], got shape {:?}",
+                input_ids.dims()
+            ))
+        })?;
+        if seq > self.config.max_position_embeddings {
+            candle_core::bail!(
+                "BERT: a sequence of {seq} tokens is longer than the position table (max_position_embeddings {}); truncate it",
+                self.config.max_position_embeddings
+            )
+        }
+        for (name, tensor) in [("token_type_ids", token_type_ids), ("attention_mask", attention_mask)] {
+            if let Some(t) = tensor.filter(|t| t.dims() != input_ids.dims()) {
+                candle_core::bail!(
+                    "BERT: {name} has shape {:?}, input_ids {:?}; they must match",
+                    t.dims(),
+                    input_ids.dims()
+                )
+            }
+        }
+        let zeros;
+        let token_type_ids = match token_type_ids {
+            Some(t) => t,
+            None => {
+                zeros = input_ids.zeros_like()?;
+                &zeros
+            }
+        };
+        let mut x = self.embeddings.forward(input_ids, token_type_ids, self.training)?;
+        let mask = attention_mask
+            .map(|m| mask::padding_mask(m, DType::F32))
+            .transpose()?;
+        for layer in &self.layers {
+            x = layer.forward(&x, mask.as_ref(), self.training)?;
+        }
+        tap("encoder:last_hidden_state", &x);
+        let pooler_output = match &self.pooler {
+            Some(dense) => {
+                let first = x.narrow(1, 0, 1)?.squeeze(1)?;
+                let pooled = dense.forward(&first)?.tanh()?;
+                tap("pooler.activation", &pooled);
+                tap("pooler", &pooled);
+                Some(pooled)
+            }
+            None => None,
+        };
+        Ok(BertOutput {
+            last_hidden_state: x,
+            pooler_output,
+        })
+    }
+
+    /// Sentence embeddings as sentence-transformers computes them: the mean of the
+    /// last hidden states over the real tokens, L2-normalised; `[batch, hidden_size]`.
+    pub fn sentence_embeddings(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let output = self.forward(input_ids, token_type_ids, Some(attention_mask))?;
+        l2_normalize(&mean_pooling(&output.last_hidden_state, attention_mask)?)
+    }
+}
+
+/// The mean of `hidden` `[batch, seq, dim]` over the positions where
+/// `attention_mask` `[batch, seq]` is nonzero (sentence-transformers' `Pooling`
+/// with `pooling_mode_mean_tokens`).
+pub fn mean_pooling(hidden: &Tensor, attention_mask: &Tensor) -> candle_core::Result<Tensor> {
+    let mask = attention_mask.ne(0u32)?.to_dtype(hidden.dtype())?.unsqueeze(D::Minus1)?;
+    let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+    let counts = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
+    summed.broadcast_div(&counts)
+}
+
+/// Each row of `x` `[batch, dim]` divided by its Euclidean norm (at least 1e-12),
+/// as `torch.nn.functional.normalize(x, p=2, dim=1)`.
+pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+    x.broadcast_div(&norm)
+}

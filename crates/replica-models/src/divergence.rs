@@ -1,0 +1,72 @@
+//! First-divergence tracing: run a model with tracing on (every block records
+//! its output under its module path, the reference's name for it), compare each
+//! recorded activation with the bundle's, and name the first module, in execution
+//! order, that does not match.
+//!
+//! ```no_run
+//! use candle_core::{DType, Device};
+//! use replica_check::{Bundle, Tolerance};
+//! use replica_models::{divergence, gpt2::{Gpt2, Gpt2Config}};
+//! # fn main() -> replica_models::Result<()> {
+//! let bundle = Bundle::load("tests/fixtures/models/gpt2.safetensors", &Device::Cpu)?;
+//! let config = Gpt2Config::from_value(&bundle.metadata().config, bundle.origin())?;
+//! let model = Gpt2::from_tensors(&config, bundle.namespace(replica_check::Namespace::Param),
+//!                                bundle.origin(), DType::F32, &Device::Cpu)?;
+//! let (logits, trace) = divergence::record(|| model.forward(bundle.input("0").unwrap(), None));
+//! let report = divergence::compare(&trace, &bundle, Tolerance::default());
+//! println!("{report}");          // one row per module, then "First divergent module: ..." or "No module diverges."
+//! # Ok(()) }
+//! ```
+//!
+//! HF modules that return a tuple are recorded by the reference as `path:0`,
+//! `path:1`, ...; a block records its one output under `path`. [`align`] matches
+//! the two: a recorded `path` the reference lacks is compared with the reference's
+//! `path:0` (the module's output), unless the trace records `path:0` itself.
+
+use std::collections::HashSet;
+
+use replica_check::trace::{self, Trace, TraceEntry};
+use replica_check::{compare_trace, Bundle, Namespace, Tolerance, TraceReport};
+
+/// Runs `forward` with tracing on; returns its result and the activations it recorded.
+pub fn record<T>(forward: impl FnOnce() -> T) -> (T, Trace) {
+    trace::record(forward)
+}
+
+/// `trace` with each block output renamed to the reference's name for it where
+/// the reference records a tuple (`attn` compared with `attn:0`).
+pub fn align(trace: &Trace, bundle: &Bundle) -> Trace {
+    let recorded: HashSet<&str> = trace.names().collect();
+    let mut aligned = Trace::default();
+    for entry in &trace.entries {
+        let mut name = entry.name.clone();
+        if !bundle.contains(Namespace::Activation, &name) {
+            let first = format!("{name}:0");
+            if bundle.contains(Namespace::Activation, &first) && !recorded.contains(first.as_str()) {
+                name = first;
+            }
+        }
+        aligned.entries.push(TraceEntry {
+            name,
+            tensor: entry.tensor.clone(),
+        });
+    }
+    aligned
+}
+
+/// The per-module comparison of `trace` (aligned with [`align`]) against the
+/// bundle's activations: path, shape, greatest absolute and relative differences,
+/// cosine, verdict, and the first module that diverges.
+pub fn compare(trace: &Trace, bundle: &Bundle, tolerance: Tolerance) -> TraceReport {
+    compare_trace(&align(trace, bundle), bundle, tolerance)
+}
+
+/// The recorded modules the reference has no activation for (after alignment).
+pub fn unreferenced(report: &TraceReport) -> Vec<String> {
+    report
+        .rows
+        .iter()
+        .filter(|row| row.comparison.is_none())
+        .map(|row| row.path.clone())
+        .collect()
+}

@@ -1,0 +1,117 @@
+//! Autoregressive decoding for the causal language models (GPT-2, LLaMA):
+//! greedy search, as HF `generate(do_sample=False)`, with or without a KV cache.
+
+use candle_core::{DType, Device, Tensor, D};
+use replica_blocks::kv_cache::KvCache;
+
+/// A decoder-only language model.
+pub trait CausalLm {
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`. With a `cache`
+    /// (one [`KvCache`] per layer), the ids continue the tokens it holds: they sit
+    /// at positions `cache.len() ..` and their keys and values are appended.
+    fn forward_lm(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor>;
+
+    /// The number of transformer layers (one cache each).
+    fn num_layers(&self) -> usize;
+
+    /// The longest sequence, prompt and generated tokens together, the model can position.
+    fn max_positions(&self) -> usize;
+
+    fn device(&self) -> &Device;
+
+    /// An empty cache, one [`KvCache`] per layer.
+    fn new_cache(&self) -> Vec<KvCache> {
+        (0..self.num_layers()).map(|_| KvCache::new()).collect()
+    }
+}
+
+/// How to decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// Feed only the newest token each step and keep the others' keys and values
+    /// (fast); without it every step runs the whole sequence again.
+    pub use_cache: bool,
+    /// Stop after producing this token.
+    pub eos_token: Option<u32>,
+}
+
+impl GenerateOptions {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            max_new_tokens,
+            use_cache: true,
+            eos_token: None,
+        }
+    }
+
+    pub fn without_cache(mut self) -> Self {
+        self.use_cache = false;
+        self
+    }
+}
+
+/// Greedy decoding: the prompt followed by up to `max_new_tokens` tokens, each the
+/// arg-max of the logits at the last position (the first on ties, as `torch.argmax`).
+/// `on_token` sees each new token as it is chosen.
+pub fn generate_greedy(
+    model: &impl CausalLm,
+    prompt: &[u32],
+    options: GenerateOptions,
+    mut on_token: impl FnMut(u32),
+) -> candle_core::Result<Vec<u32>> {
+    if prompt.is_empty() {
+        candle_core::bail!("generate: the prompt is empty (give at least one token)")
+    }
+    let total = prompt.len() + options.max_new_tokens;
+    if total > model.max_positions() {
+        candle_core::bail!(
+            "generate: {} prompt tokens + {} new tokens = {total} positions, more than the model's {} (its position table / rotary tables end there)",
+            prompt.len(),
+            options.max_new_tokens,
+            model.max_positions()
+        )
+    }
+    let device = model.device();
+    let mut tokens = prompt.to_vec();
+    let mut cache = options.use_cache.then(|| model.new_cache());
+    let mut fed = 0;
+    for _ in 0..options.max_new_tokens {
+        let input = match &cache {
+            Some(_) => &tokens[fed..],
+            None => &tokens[..],
+        };
+        let ids = Tensor::new(input, device)?.unsqueeze(0)?;
+        let logits = model.forward_lm(&ids, cache.as_deref_mut())?;
+        fed = tokens.len();
+        let last = logits.get(0)?.get(input.len() - 1)?;
+        let next = first_argmax(&last)?;
+        tokens.push(next);
+        on_token(next);
+        if options.eos_token == Some(next) {
+            break;
+        }
+    }
+    Ok(tokens)
+}
+
+/// The index of the greatest value of a 1-D tensor, the first one on ties.
+fn first_argmax(logits: &Tensor) -> candle_core::Result<u32> {
+    let values = logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] || (values[best].is_nan() && !v.is_nan()) {
+            best = i;
+        }
+    }
+    Ok(best as u32)
+}
+
+/// `logits` `[batch, seq, vocab]` and target ids `[batch, seq]` to the mean
+/// cross-entropy over all positions (natural log).
+pub fn language_model_loss(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, s, v) = logits.dims3()?;
+    let flat = logits.reshape((b * s, v))?;
+    let log_probs = candle_nn::ops::log_softmax(&flat, D::Minus1)?;
+    candle_nn::loss::nll(&log_probs, &targets.reshape(b * s)?.to_dtype(DType::U32)?)
+}

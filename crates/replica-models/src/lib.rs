@@ -1,0 +1,47 @@
+//! Reference models built only from [`replica_blocks`], each in one file with a
+//! serde `Config` that reads the reference's own `config.json`, module paths equal
+//! to the reference checkpoint's tensor names, and its paper cited:
+//!
+//! - [`gpt2`]: GPT-2 as HF `GPT2LMHeadModel` / minGPT (arXiv 2005.14165), with a
+//!   tied LM head and greedy generation with a KV cache;
+//! - [`vit`]: the Vision Transformer as timm's `VisionTransformer` (arXiv 2010.11929);
+//! - [`llama`]: a LLaMA-style decoder as HF `LlamaForCausalLM` (arXiv 2302.13971):
+//!   RMSNorm, RoPE, SwiGLU, grouped-query attention, KV cache;
+//! - [`bert`]: the BERT encoder as HF `BertModel` (arXiv 1810.04805), with
+//!   sentence embeddings ([`sentence`]) for sentence-transformers models.
+//!
+//! Around them: the [`registry`] of named presets (`list_models`, `create_model`),
+//! [`checkpoint`] loading that refuses another model's weights or a config that
+//! contradicts them, [`generation`], [`divergence`] (the first module whose
+//! activation departs from the reference's), and the parity [`cases`] that
+//! `replica check` runs.
+
+pub mod bert;
+pub mod cases;
+pub mod checkpoint;
+pub mod config;
+pub mod divergence;
+mod error;
+pub mod generation;
+pub mod gpt2;
+pub mod llama;
+pub mod papers;
+pub mod registry;
+pub mod sentence;
+pub mod vit;
+
+pub use bert::{Bert, BertConfig, BertOutput};
+pub use checkpoint::Family;
+pub use error::{Error, Result};
+pub use gpt2::{Gpt2, Gpt2Config};
+pub use llama::{Llama, LlamaConfig};
+pub use registry::{create_model, list_models, load_model, Model, Preset};
+pub use vit::{Vit, VitConfig};
+
+/// The tokenizer library the sentence embedder uses (HF `tokenizers`), for callers that tokenise themselves.
+pub use tokenizers;
+
+/// Every model parity case, in the order `replica check` runs them.
+pub fn cases() -> Vec<replica_check::Case> {
+    cases::cases()
+}

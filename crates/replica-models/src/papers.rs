@@ -1,0 +1,43 @@
+//! The papers the models implement (the blocks' own papers are in
+//! [`replica_blocks::papers`]).
+
+use replica_blocks::Paper;
+
+/// GPT-2's architecture (Radford et al. 2019, "Language Models are Unsupervised
+/// Multitask Learners", [`GPT2_REPORT`]) as the GPT-3 paper restates it and
+/// minGPT implements it. The GPT-2 report has no arXiv id.
+pub const GPT2: Paper = Paper {
+    title: "Language Models are Few-Shot Learners (the GPT-2 architecture)",
+    arxiv: "2005.14165",
+    year: 2020,
+};
+
+/// The GPT-2 report itself.
+pub const GPT2_REPORT: &str =
+    "https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf";
+
+pub const LLAMA: Paper = Paper {
+    title: "LLaMA: Open and Efficient Foundation Language Models",
+    arxiv: "2302.13971",
+    year: 2023,
+};
+
+pub const BERT: Paper = Paper {
+    title: "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding",
+    arxiv: "1810.04805",
+    year: 2018,
+};
+
+/// Mean-pooled, normalised BERT outputs as sentence embeddings (sentence-transformers).
+pub const SENTENCE_BERT: Paper = Paper {
+    title: "Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
+    arxiv: "1908.10084",
+    year: 2019,
+};
+
+/// The distilled encoder all-MiniLM-L6-v2 starts from.
+pub const MINILM: Paper = Paper {
+    title: "MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained Transformers",
+    arxiv: "2002.10957",
+    year: 2020,
+};

