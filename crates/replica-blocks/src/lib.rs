@@ -33,19 +33,22 @@ pub mod transformer_block;
 pub use activation::Activation;
 pub use alibi::{Alibi, AlibiConfig};
 pub use attention::{scaled_dot_product_attention, Attention, AttentionConfig, AttentionNames, SdpaOptions};
-pub use kv_cache::KvCache;
-pub use position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
-pub use sinusoidal::{SinusoidalConfig, SinusoidalLayout, SinusoidalPositionEmbedding};
 pub use class_token::{ClassToken, ClassTokenConfig};
+pub use diff_attention::{DiffAttention, DiffAttentionConfig};
 pub use drop_path::{DropPath, DropPathConfig};
 pub use dropout::{Dropout, DropoutConfig};
 pub use embedding::{Embedding, EmbeddingConfig};
 pub use glu::{GluMlp, GluMlpConfig, GluMlpNames, GluProjections};
+pub use kv_cache::KvCache;
 pub use layer_scale::{LayerScale, LayerScaleConfig};
 pub use linear::{Linear, LinearConfig};
 pub use mlp::{Mlp, MlpConfig, MlpNames};
 pub use norm::{LayerNorm, LayerNormConfig, Norm, NormKind, RmsNorm, RmsNormConfig};
 pub use papers::{paper_of, BlockPaper, Paper, PAPERS};
 pub use patch_embed::{PatchEmbed, PatchEmbedConfig, PatchEmbedNames, Size2};
+pub use position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
 pub use rope::{Rope, RopeConfig, RopeStyle};
-pub use transformer_block::{BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig};
+pub use sinusoidal::{SinusoidalConfig, SinusoidalLayout, SinusoidalPositionEmbedding};
+pub use transformer_block::{
+    AttentionOutput, BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig,
+};
