@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor, D};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use replica_kernels::{self as rk, reference, AttentionOptions, Causal, Mask, RopeStyle};
 
-type Op<'a> = Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>;
+type Op<'a> = Box<dyn Fn() -> candle_core::Result<Tensor> + Send + Sync + 'a>;
 
 /// The thread counts every benchmark runs at, each in its own rayon pool.
 const THREADS: [usize; 2] = [1, 2];
@@ -25,7 +25,15 @@ const THREADS: [usize; 2] = [1, 2];
 fn pools() -> Vec<(usize, rayon::ThreadPool)> {
     THREADS
         .iter()
-        .map(|&n| (n, rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a rayon pool")))
+        .map(|&n| {
+            (
+                n,
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .expect("a rayon pool"),
+            )
+        })
         .collect()
 }
 
@@ -100,9 +108,18 @@ fn bench_softmax(c: &mut Criterion) {
     let scale = 0.125;
     group.throughput(Throughput::Elements(elements(&dims) as u64));
     let ops: Vec<(&str, Op)> = vec![
-        ("replica", Box::new(|| rk::softmax_last_dim(&x, scale, Mask::Causal(Causal::BottomRight)))),
-        ("candle", Box::new(|| candle_nn::ops::softmax_last_dim(&(&x * scale)?.broadcast_add(&mask)?))),
-        ("composed", Box::new(|| candle_nn::ops::softmax(&(&x * scale)?.broadcast_add(&mask)?, D::Minus1))),
+        (
+            "replica",
+            Box::new(|| rk::softmax_last_dim(&x, scale, Mask::Causal(Causal::BottomRight))),
+        ),
+        (
+            "candle",
+            Box::new(|| candle_nn::ops::softmax_last_dim(&(&x * scale)?.broadcast_add(&mask)?)),
+        ),
+        (
+            "composed",
+            Box::new(|| candle_nn::ops::softmax(&(&x * scale)?.broadcast_add(&mask)?, D::Minus1)),
+        ),
     ];
     run_shape(&mut group, &pools, shape, &ops, Some(8 * elements(&dims)));
     group.finish();
@@ -130,7 +147,10 @@ fn bench_norms(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("rms_norm");
-    for (shape, dims) in [("llama-7b_b1_s128", [1usize, 128, 4096]), ("llama-7b_b1_s2048", [1, 2048, 4096])] {
+    for (shape, dims) in [
+        ("llama-7b_b1_s128", [1usize, 128, 4096]),
+        ("llama-7b_b1_s2048", [1, 2048, 4096]),
+    ] {
         let x = randn(&dims);
         let w = randn(&dims[2..]);
         group.throughput(Throughput::Elements(elements(&dims) as u64));
@@ -146,7 +166,11 @@ fn bench_norms(c: &mut Criterion) {
 
 fn bench_activations(c: &mut Criterion) {
     let pools = pools();
-    let mut unary = |name: &str, shapes: &[(&str, [usize; 3])], kernel: fn(&Tensor) -> candle_core::Result<Tensor>, candle: fn(&Tensor) -> candle_core::Result<Tensor>, composed: fn(&Tensor) -> candle_core::Result<Tensor>| {
+    let mut unary = |name: &str,
+                     shapes: &[(&str, [usize; 3])],
+                     kernel: fn(&Tensor) -> candle_core::Result<Tensor>,
+                     candle: fn(&Tensor) -> candle_core::Result<Tensor>,
+                     composed: fn(&Tensor) -> candle_core::Result<Tensor>| {
         let mut group = c.benchmark_group(name);
         for (shape, dims) in shapes {
             let x = randn(dims);
@@ -162,13 +186,28 @@ fn bench_activations(c: &mut Criterion) {
     };
     unary(
         "gelu_erf",
-        &[("minilm_b8_s128", [8, 128, 1536]), ("bert-base_b8_s128", [8, 128, 3072])],
+        &[
+            ("minilm_b8_s128", [8, 128, 1536]),
+            ("bert-base_b8_s128", [8, 128, 3072]),
+        ],
         rk::gelu_erf,
         Tensor::gelu_erf,
         reference::gelu_erf,
     );
-    unary("gelu_tanh", &[("gpt2_b1_s1024", [1, 1024, 3072])], rk::gelu_tanh, Tensor::gelu, reference::gelu_tanh);
-    unary("silu", &[("llama-7b_b1_s128", [1, 128, 11008])], rk::silu, Tensor::silu, reference::silu);
+    unary(
+        "gelu_tanh",
+        &[("gpt2_b1_s1024", [1, 1024, 3072])],
+        rk::gelu_tanh,
+        Tensor::gelu,
+        reference::gelu_tanh,
+    );
+    unary(
+        "silu",
+        &[("llama-7b_b1_s128", [1, 128, 11008])],
+        rk::silu,
+        Tensor::silu,
+        reference::silu,
+    );
 
     let mut group = c.benchmark_group("swiglu");
     let (shape, dims) = ("llama-7b_b1_s128", [1usize, 128, 11008]);
@@ -189,7 +228,10 @@ fn bench_rope(c: &mut Criterion) {
     let x = randn(&dims);
     let angles = randn(&[512, 64]);
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-    for (name, style) in [("rope_half_split", RopeStyle::HalfSplit), ("rope_interleaved", RopeStyle::Interleaved)] {
+    for (name, style) in [
+        ("rope_half_split", RopeStyle::HalfSplit),
+        ("rope_interleaved", RopeStyle::Interleaved),
+    ] {
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Elements(elements(&dims) as u64));
         let candle: Op = match style {
@@ -237,7 +279,15 @@ fn bench_attention(c: &mut Criterion) {
             (
                 "candle",
                 Box::new(|| {
-                    candle_nn::attention::flash_attn::<f32>(&qt, &kt, &vt, scale as f32, candle_mask.clone(), None, None)
+                    candle_nn::attention::flash_attn::<f32>(
+                        &qt,
+                        &kt,
+                        &vt,
+                        scale as f32,
+                        candle_mask.clone(),
+                        None,
+                        None,
+                    )
                 }),
             ),
             ("composed", Box::new(|| reference::attention(&q, &k, &v, &options))),
@@ -250,7 +300,9 @@ fn bench_attention(c: &mut Criterion) {
     let mut group = c.benchmark_group("attention_fwd_bwd");
     group.sample_size(10);
     let (shape, [b, h, s, d]) = ("gpt2_b1_s1024_causal", [1usize, 12, 1024, 64]);
-    let vars: Vec<candle_core::Var> = (0..3).map(|_| candle_core::Var::from_tensor(&randn(&[b, h, s, d])).unwrap()).collect();
+    let vars: Vec<candle_core::Var> = (0..3)
+        .map(|_| candle_core::Var::from_tensor(&randn(&[b, h, s, d])).unwrap())
+        .collect();
     let (q, k, v) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
     let options = AttentionOptions {
         causal: Some(Causal::BottomRight),
@@ -264,7 +316,10 @@ fn bench_attention(c: &mut Criterion) {
             Ok(grads.get(q).expect("dq").clone())
         })
     };
-    let ops: Vec<(&str, Op)> = vec![("replica", fwd_bwd(rk::attention)), ("composed", fwd_bwd(reference::attention))];
+    let ops: Vec<(&str, Op)> = vec![
+        ("replica", fwd_bwd(rk::attention)),
+        ("composed", fwd_bwd(reference::attention)),
+    ];
     run_shape(&mut group, &pools, shape, &ops, None);
     group.finish();
 }
@@ -273,7 +328,10 @@ fn bench_matmul(c: &mut Criterion) {
     let pools = pools();
     let mut group = c.benchmark_group("matmul");
     group.sample_size(10);
-    for (shape, [m, k, n]) in [("bert-base_ffn_b8_s128", [1024usize, 768, 3072]), ("llama-7b_proj_s128", [128, 4096, 4096])] {
+    for (shape, [m, k, n]) in [
+        ("bert-base_ffn_b8_s128", [1024usize, 768, 3072]),
+        ("llama-7b_proj_s128", [128, 4096, 4096]),
+    ] {
         let (a, b) = (randn(&[m, k]), randn(&[k, n]));
         group.throughput(Throughput::Elements((2 * m * k * n) as u64));
         let ops: Vec<(&str, Op)> = vec![("candle", Box::new(|| a.matmul(&b)))];

@@ -2,15 +2,15 @@
 //! al., arXiv 1702.03118), and the gated units SwiGLU and GeGLU (Shazeer, arXiv
 //! 2002.05202), forward and backward, elementwise and vectorised.
 //!
-//! Numerics: GELU-erf uses `x · Φ(x)` with `Φ` from a relative-accurate `erfc`, so
-//! the negative tail keeps its relative precision; GELU-tanh uses the identity
+//! Numerics: GELU-erf is `x · Φ(x)` with `Φ` from a rational `erf` (absolute error
+//! below 4e-7, as PyTorch's vectorised `erf`); GELU-tanh uses the identity
 //! `(1 + tanh(u)) / 2 = σ(2u)`, which avoids `1 + tanh(u)` cancelling for negative `x`.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{self, Route};
-use crate::simd::{self, load_partial, store_partial, Simd, LANES};
+use crate::simd::{self, load_n, store_n, Simd, LANES};
 use crate::simd_dispatch;
 
 /// Which GELU: the exact one with `erf` (`torch.nn.GELU()`), or the tanh
@@ -119,90 +119,82 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_TANH_C: f32 = 0.044_715;
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
-/// `(f(x), f'(x))` of an activation; `want_d` skips the derivative in the forward.
-#[inline(always)]
-fn act_value_and_grad<S: Simd>(act: Act, x: S::V, want_d: bool) -> (S::V, S::V) {
-    let one = S::splat(1.0);
-    match act {
-        Act::GeluErf => {
-            let cdf = simd::normal_cdf::<S>(x);
-            let y = S::mul(x, cdf);
-            if !want_d {
-                return (y, y);
-            }
-            // Φ(x) + x φ(x), φ(x) = e^{-x²/2} / √(2π)
-            let pdf = S::mul(
-                simd::exp::<S>(S::mul(S::mul(x, x), S::splat(-0.5))),
-                S::splat(INV_SQRT_2PI),
-            );
-            (y, S::fma(x, pdf, cdf))
-        }
-        Act::GeluTanh => {
-            // u = √(2/π) (x + c x³); (1 + tanh u) / 2 = σ(2u)
-            let x2 = S::mul(x, x);
-            let u = S::mul(
-                S::mul(x, S::fma(x2, S::splat(GELU_TANH_C), one)),
-                S::splat(SQRT_2_OVER_PI),
-            );
-            let s = simd::sigmoid::<S>(S::add(u, u));
-            let y = S::mul(x, s);
-            if !want_d {
-                return (y, y);
-            }
-            // d/dx [x σ(2u)] = σ + x σ (1 - σ) 2 u',  u' = √(2/π) (1 + 3 c x²)
-            let du = S::mul(
-                S::fma(x2, S::splat(3.0 * GELU_TANH_C), one),
-                S::splat(2.0 * SQRT_2_OVER_PI),
-            );
-            let ds = S::mul(S::mul(s, S::sub(one, s)), du);
-            (y, S::fma(x, ds, s))
-        }
-        Act::Silu => {
-            let s = simd::sigmoid::<S>(x);
-            let y = S::mul(x, s);
-            if !want_d {
-                return (y, y);
-            }
-            // σ (1 + x (1 - σ))
-            (y, S::mul(s, S::fma(x, S::sub(one, s), one)))
-        }
+/// An activation's value and derivative on a vector, chosen at compile time so
+/// that the element loops carry no branch.
+trait Activation {
+    fn value<S: Simd>(x: S::V) -> S::V;
+    fn value_and_grad<S: Simd>(x: S::V) -> (S::V, S::V);
+}
+
+struct GeluErf;
+struct GeluTanh;
+struct Silu;
+
+impl Activation for GeluErf {
+    #[inline(always)]
+    fn value<S: Simd>(x: S::V) -> S::V {
+        S::mul(x, simd::normal_cdf::<S>(x))
+    }
+    #[inline(always)]
+    fn value_and_grad<S: Simd>(x: S::V) -> (S::V, S::V) {
+        let cdf = simd::normal_cdf::<S>(x);
+        // Φ(x) + x φ(x), φ(x) = e^{-x²/2} / √(2π)
+        let pdf = S::mul(
+            simd::exp::<S>(S::mul(S::mul(x, x), S::splat(-0.5))),
+            S::splat(INV_SQRT_2PI),
+        );
+        (S::mul(x, cdf), S::fma(x, pdf, cdf))
     }
 }
 
-/// Applies `f` to `LANES`-wide slices of `n` elements: full vectors, then one padded tail.
-#[inline(always)]
-unsafe fn for_vectors<S: Simd>(n: usize, mut f: impl FnMut(usize, usize)) {
-    let body = n - n % LANES;
-    let mut i = 0;
-    while i < body {
-        f(i, LANES);
-        i += LANES;
-    }
-    if i < n {
-        f(i, n - i);
-    }
-}
-
-#[inline(always)]
-unsafe fn load_n<S: Simd>(p: *const f32, len: usize) -> S::V {
-    if len == LANES {
-        S::load(p)
-    } else {
-        load_partial::<S>(p, len, 0.0)
+impl GeluTanh {
+    /// `(x², σ(2u))` with `u = √(2/π) (x + c x³)`: `(1 + tanh u) / 2 = σ(2u)`.
+    #[inline(always)]
+    fn gate<S: Simd>(x: S::V) -> (S::V, S::V) {
+        let x2 = S::mul(x, x);
+        let u2 = S::mul(
+            S::mul(x, S::fma(x2, S::splat(GELU_TANH_C), S::splat(1.0))),
+            S::splat(2.0 * SQRT_2_OVER_PI),
+        );
+        (x2, simd::sigmoid::<S>(u2))
     }
 }
 
-#[inline(always)]
-unsafe fn store_n<S: Simd>(p: *mut f32, len: usize, v: S::V) {
-    if len == LANES {
-        S::store(p, v)
-    } else {
-        store_partial::<S>(p, len, v)
+impl Activation for GeluTanh {
+    #[inline(always)]
+    fn value<S: Simd>(x: S::V) -> S::V {
+        S::mul(x, Self::gate::<S>(x).1)
+    }
+    #[inline(always)]
+    fn value_and_grad<S: Simd>(x: S::V) -> (S::V, S::V) {
+        let one = S::splat(1.0);
+        let (x2, s) = Self::gate::<S>(x);
+        // d/dx [x σ(2u)] = σ + x σ (1 - σ) 2 u',  u' = √(2/π) (1 + 3 c x²)
+        let du = S::mul(
+            S::fma(x2, S::splat(3.0 * GELU_TANH_C), one),
+            S::splat(2.0 * SQRT_2_OVER_PI),
+        );
+        let ds = S::mul(S::mul(s, S::sub(one, s)), du);
+        (S::mul(x, s), S::fma(x, ds, s))
+    }
+}
+
+impl Activation for Silu {
+    #[inline(always)]
+    fn value<S: Simd>(x: S::V) -> S::V {
+        S::mul(x, simd::sigmoid::<S>(x))
+    }
+    #[inline(always)]
+    fn value_and_grad<S: Simd>(x: S::V) -> (S::V, S::V) {
+        let one = S::splat(1.0);
+        let s = simd::sigmoid::<S>(x);
+        // σ (1 + x (1 - σ))
+        (S::mul(x, s), S::mul(s, S::fma(x, S::sub(one, s), one)))
     }
 }
 
 /// The element-wise kernels, on `out.len()` elements starting at `first`:
-/// forward (`g`, `up` absent / `up` for a GLU) or backward (`g` present).
+/// forward (`g` absent; `up` for a GLU) or backward (`g` present).
 struct Elementwise<'a> {
     act: Act,
     x: &'a [f32],
@@ -210,58 +202,115 @@ struct Elementwise<'a> {
     g: Option<&'a [f32]>,
 }
 
+/// Runs `$body(i, len)` over the vectors of `$n` elements, four full vectors per
+/// iteration (independent dependency chains: the latency of exp and its
+/// polynomials, not the FMA throughput, bounds a single chain), then the rest
+/// one (possibly partial) vector at a time.
+macro_rules! vector_loop {
+    ($n:expr, |$i:ident, $len:ident| $body:block) => {{
+        let n = $n;
+        let mut start = 0;
+        while start + 4 * LANES <= n {
+            for k in 0..4 {
+                let ($i, $len) = (start + k * LANES, LANES);
+                $body
+            }
+            start += 4 * LANES;
+        }
+        while start < n {
+            let ($i, $len) = (start, n - start);
+            $body
+            start += LANES;
+        }
+    }};
+}
+
+#[inline(always)]
+fn forward_loop<S: Simd, A: Activation>(x: &[f32], up: Option<&[f32]>, out: &mut [f32]) {
+    let (xp, yp) = (x.as_ptr(), out.as_mut_ptr());
+    unsafe {
+        match up {
+            None => vector_loop!(out.len(), |i, len| {
+                store_n::<S>(yp.add(i), len, A::value::<S>(load_n::<S>(xp.add(i), len, 0.0)));
+            }),
+            Some(u) => {
+                let up = u.as_ptr();
+                vector_loop!(out.len(), |i, len| {
+                    let y = A::value::<S>(load_n::<S>(xp.add(i), len, 0.0));
+                    store_n::<S>(yp.add(i), len, S::mul(y, load_n::<S>(up.add(i), len, 0.0)));
+                })
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn forward_chunk<S: Simd>(e: &Elementwise<'_>, first: usize, out: &mut [f32]) {
     let x = &e.x[first..first + out.len()];
     let up = e.up.map(|u| &u[first..first + out.len()]);
-    let yp = out.as_mut_ptr();
-    unsafe {
-        for_vectors::<S>(out.len(), |i, len| {
-            let (y, _) = act_value_and_grad::<S>(e.act, load_n::<S>(x.as_ptr().add(i), len), false);
-            let y = match up {
-                Some(u) => S::mul(y, load_n::<S>(u.as_ptr().add(i), len)),
-                None => y,
-            };
-            store_n::<S>(yp.add(i), len, y);
-        });
+    match e.act {
+        Act::GeluErf => forward_loop::<S, GeluErf>(x, up, out),
+        Act::GeluTanh => forward_loop::<S, GeluTanh>(x, up, out),
+        Act::Silu => forward_loop::<S, Silu>(x, up, out),
     }
 }
 
 simd_dispatch!(fn forward_chunk_dispatch(e: &Elementwise<'_>, first: usize, out: &mut [f32]) => forward_chunk);
 
-/// Backward of a plain activation: `dx = g · f'(x)`.
+/// `dx = g · f'(x)`.
+#[inline(always)]
+fn backward_loop<S: Simd, A: Activation>(x: &[f32], g: &[f32], out: &mut [f32]) {
+    let (xp, gp, dp) = (x.as_ptr(), g.as_ptr(), out.as_mut_ptr());
+    unsafe {
+        vector_loop!(out.len(), |i, len| {
+            let (_, d) = A::value_and_grad::<S>(load_n::<S>(xp.add(i), len, 0.0));
+            store_n::<S>(dp.add(i), len, S::mul(d, load_n::<S>(gp.add(i), len, 0.0)));
+        })
+    }
+}
+
+/// Backward of a plain activation.
 #[inline(always)]
 fn backward_chunk<S: Simd>(e: &Elementwise<'_>, first: usize, out: &mut [f32]) {
     let n = out.len();
     let x = &e.x[first..first + n];
     let g = &e.g.expect("backward has an upstream gradient")[first..first + n];
-    let dp = out.as_mut_ptr();
-    unsafe {
-        for_vectors::<S>(n, |i, len| {
-            let (_, d) = act_value_and_grad::<S>(e.act, load_n::<S>(x.as_ptr().add(i), len), true);
-            store_n::<S>(dp.add(i), len, S::mul(d, load_n::<S>(g.as_ptr().add(i), len)));
-        });
+    match e.act {
+        Act::GeluErf => backward_loop::<S, GeluErf>(x, g, out),
+        Act::GeluTanh => backward_loop::<S, GeluTanh>(x, g, out),
+        Act::Silu => backward_loop::<S, Silu>(x, g, out),
     }
 }
 
 simd_dispatch!(fn backward_chunk_dispatch(e: &Elementwise<'_>, first: usize, out: &mut [f32]) => backward_chunk);
 
-/// Backward of a GLU: `dgate = g · up · f'(gate)`, `dup = g · f(gate)`.
+/// `dgate = g · up · f'(gate)`, `dup = g · f(gate)`.
+#[inline(always)]
+fn glu_backward_loop<S: Simd, A: Activation>(x: &[f32], up: &[f32], g: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+    let (xp, upp, gp) = (x.as_ptr(), up.as_ptr(), g.as_ptr());
+    let (dgp, dup_p) = (dgate.as_mut_ptr(), dup.as_mut_ptr());
+    unsafe {
+        vector_loop!(dgate.len(), |i, len| {
+            let (y, d) = A::value_and_grad::<S>(load_n::<S>(xp.add(i), len, 0.0));
+            let gv = load_n::<S>(gp.add(i), len, 0.0);
+            let uv = load_n::<S>(upp.add(i), len, 0.0);
+            store_n::<S>(dgp.add(i), len, S::mul(S::mul(gv, uv), d));
+            store_n::<S>(dup_p.add(i), len, S::mul(gv, y));
+        })
+    }
+}
+
+/// Backward of a GLU.
 #[inline(always)]
 fn glu_backward_chunk<S: Simd>(e: &Elementwise<'_>, first: usize, dgate: &mut [f32], dup: &mut [f32]) {
     let n = dgate.len();
     let x = &e.x[first..first + n];
     let up = &e.up.expect("a GLU has an up projection")[first..first + n];
     let g = &e.g.expect("backward has an upstream gradient")[first..first + n];
-    let (dgp, dup_p) = (dgate.as_mut_ptr(), dup.as_mut_ptr());
-    unsafe {
-        for_vectors::<S>(n, |i, len| {
-            let (y, d) = act_value_and_grad::<S>(e.act, load_n::<S>(x.as_ptr().add(i), len), true);
-            let gv = load_n::<S>(g.as_ptr().add(i), len);
-            let uv = load_n::<S>(up.as_ptr().add(i), len);
-            store_n::<S>(dgp.add(i), len, S::mul(S::mul(gv, uv), d));
-            store_n::<S>(dup_p.add(i), len, S::mul(gv, y));
-        });
+    match e.act {
+        Act::GeluErf => glu_backward_loop::<S, GeluErf>(x, up, g, dgate, dup),
+        Act::GeluTanh => glu_backward_loop::<S, GeluTanh>(x, up, g, dgate, dup),
+        Act::Silu => glu_backward_loop::<S, Silu>(x, up, g, dgate, dup),
     }
 }
 
@@ -271,7 +320,7 @@ simd_dispatch!(fn glu_backward_chunk_dispatch(e: &Elementwise<'_>, first: usize,
 const ELEMENT_COST: usize = 8;
 
 fn run_forward(e: &Elementwise<'_>, shape: &Shape) -> Result<(CpuStorage, Shape)> {
-    let mut y = vec![0f32; e.x.len()];
+    let mut y = cpu::output_buffer(e.x.len());
     cpu::for_row_chunks(&mut y, 1, ELEMENT_COST, |first, out| {
         forward_chunk_dispatch(e, first, out)
     });
@@ -288,7 +337,7 @@ fn unary_backward(act: Act, x: &Tensor, g: &Tensor) -> Result<Tensor> {
                 up: None,
                 g: Some(gs),
             };
-            let mut dx = vec![0f32; xs.len()];
+            let mut dx = cpu::output_buffer(xs.len());
             cpu::for_row_chunks(&mut dx, 1, ELEMENT_COST, |first, out| {
                 backward_chunk_dispatch(&e, first, out)
             });
@@ -308,7 +357,7 @@ fn glu_backward(act: Act, gate: &Tensor, up: &Tensor, g: &Tensor) -> Result<(Ten
                     up: Some(us),
                     g: Some(gs),
                 };
-                let (mut dgate, mut dup) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
+                let (mut dgate, mut dup) = (cpu::output_buffer(xs.len()), cpu::output_buffer(xs.len()));
                 let tasks = cpu::tasks_for(xs.len(), ELEMENT_COST);
                 if tasks == 1 {
                     glu_backward_chunk_dispatch(&e, 0, &mut dgate, &mut dup);

@@ -48,14 +48,23 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<
     let route = cpu::route(OP, q)?;
     cpu::same_kind(OP, q, &[("k", k), ("v", v)])?;
     let dims4 = |name: &str, t: &Tensor| {
-        t.dims4()
-            .map_err(|_| candle_core::Error::Msg(format!("{OP}: {name} must be 4-d [batch, heads, seq, dim], got {:?}", t.dims())))
+        t.dims4().map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "{OP}: {name} must be 4-d [batch, heads, seq, dim], got {:?}",
+                t.dims()
+            ))
+        })
     };
     let (b, h, sq, d) = dims4("q", q)?;
     let (bk, hk, sk, dk) = dims4("k", k)?;
     let (bv, hv, skv, _) = dims4("v", v)?;
     if bk != b || bv != b || hv != hk || skv != sk || dk != d {
-        bail!("{OP}: shapes do not agree: q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims())
+        bail!(
+            "{OP}: shapes do not agree: q {:?}, k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
     }
     if hk == 0 || h % hk != 0 {
         bail!("{OP}: {h} query heads are not a multiple of {hk} key/value heads")
@@ -67,7 +76,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<
     }
     if let Some(mask) = options.mask {
         if !mask.dtype().is_float() || mask.broadcast_as((b, h, sq, sk)).is_err() {
-            bail!("{OP}: the mask must be a float tensor broadcastable to [{b}, {h}, {sq}, {sk}], got {:?} {:?}", mask.dtype(), mask.dims())
+            bail!(
+                "{OP}: the mask must be a float tensor broadcastable to [{b}, {h}, {sq}, {sk}], got {:?} {:?}",
+                mask.dtype(),
+                mask.dims()
+            )
         }
     }
     match route {
@@ -115,6 +128,13 @@ const BC: usize = 128;
 struct SyncPtr(*mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// `C (m×n) = beta · A (m×k) · B (k×n)` (+ C when `accumulate`), row strides given,
 /// unit column strides unless stated: `a_cs`/`b_cs` let a transposed view in.
@@ -267,7 +287,15 @@ impl Problem<'_> {
 /// running max and sum updated, the output rows rescaled by `exp(m_old - m_new)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn online_softmax<S: Simd>(s: &mut [f32], rows: usize, cols: usize, m: &mut [f32], l: &mut [f32], o: &mut [f32], dv: usize) {
+fn online_softmax<S: Simd>(
+    s: &mut [f32],
+    rows: usize,
+    cols: usize,
+    m: &mut [f32],
+    l: &mut [f32],
+    o: &mut [f32],
+    dv: usize,
+) {
     let body = cols - cols % LANES;
     for r in 0..rows {
         let row = &mut s[r * BC..r * BC + cols];
@@ -302,7 +330,11 @@ fn online_softmax<S: Simd>(s: &mut [f32], rows: usize, cols: usize, m: &mut [f32
                 store_partial::<S>(p.add(j), cols - j, e);
                 acc = S::add(acc, e);
             }
-            let alpha = if m[r] == f32::NEG_INFINITY { 0.0 } else { (m[r] - m_new).exp() };
+            let alpha = if m[r] == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (m[r] - m_new).exp()
+            };
             l[r] = l[r] * alpha + S::reduce_sum(acc);
             m[r] = m_new;
             if alpha != 1.0 {
@@ -357,7 +389,10 @@ fn score_grad<S: Simd>(p: &[f32], dp: &mut [f32], rows: usize, cols: usize, dsum
             }
             if j < cols {
                 let n = cols - j;
-                let v = S::mul(load_partial::<S>(pp.add(j), n, 0.0), S::sub(load_partial::<S>(dpp.add(j), n, 0.0), dv));
+                let v = S::mul(
+                    load_partial::<S>(pp.add(j), n, 0.0),
+                    S::sub(load_partial::<S>(dpp.add(j), n, 0.0), dv),
+                );
                 store_partial::<S>(dpp.add(j), n, v);
             }
         }
@@ -380,11 +415,10 @@ fn run_tasks(tasks: usize, task_work: usize, f: impl Fn(usize) + Sync + Send) {
 fn forward(p: &Problem<'_>) -> Vec<f32> {
     let (sq, dv) = (p.sq, p.dv);
     let width = dv + 1;
-    let mut out = vec![0f32; p.b * p.h * sq * width];
+    let mut out = cpu::output_buffer(p.b * p.h * sq * width);
     let q_tiles = sq.div_ceil(BR);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     run_tasks(p.b * p.h * q_tiles, BR * p.sk * (p.d + dv), |task| {
-        let out_ptr = out_ptr;
         let (bh, qt) = (task / q_tiles, task % q_tiles);
         let (b, h) = (bh / p.h, bh % p.h);
         let kh = h / p.group();
@@ -400,18 +434,35 @@ fn forward(p: &Problem<'_>) -> Vec<f32> {
             p.scores(b, h, i0, rows, j0, cols, &mut s);
             online_softmax_dispatch(&mut s, rows, cols, &mut m, &mut l, &mut o, dv);
             unsafe {
-                matmul(rows, dv, cols, o.as_mut_ptr(), dv, s.as_ptr(), BC, 1, p.v.as_ptr().add(p.v_row(b, kh, j0)), dv, 1, true, 1.0);
+                matmul(
+                    rows,
+                    dv,
+                    cols,
+                    o.as_mut_ptr(),
+                    dv,
+                    s.as_ptr(),
+                    BC,
+                    1,
+                    p.v.as_ptr().add(p.v_row(b, kh, j0)),
+                    dv,
+                    1,
+                    true,
+                    1.0,
+                );
             }
             j0 += cols;
         }
         for r in 0..rows {
             // SAFETY: row (b, h, i0 + r) belongs to this task alone.
             let dst = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.0.add(((b * p.h + h) * sq + i0 + r) * width), width)
+                std::slice::from_raw_parts_mut(out_ptr.get().add(((b * p.h + h) * sq + i0 + r) * width), width)
             };
             if l[r] > 0.0 {
                 let inv = 1.0 / l[r];
-                dst[..dv].iter_mut().zip(&o[r * dv..(r + 1) * dv]).for_each(|(d, x)| *d = x * inv);
+                dst[..dv]
+                    .iter_mut()
+                    .zip(&o[r * dv..(r + 1) * dv])
+                    .for_each(|(d, x)| *d = x * inv);
                 dst[dv] = m[r] + l[r].ln();
             } else {
                 dst[..dv].fill(0.0);
@@ -438,16 +489,15 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
     let lse: Vec<f32> = (0..rows_total).map(|r| res[r * width + dv]).collect();
     let row = |b: usize, h: usize, i: usize| (b * p.h + h) * sq + i;
 
-    let mut dq = vec![0f32; p.q.len()];
-    let mut dk = vec![0f32; p.k.len()];
-    let mut dvv = vec![0f32; p.v.len()];
+    let mut dq = cpu::output_buffer(p.q.len());
+    let mut dk = cpu::output_buffer(p.k.len());
+    let mut dvv = cpu::output_buffer(p.v.len());
     let q_tiles = sq.div_ceil(BR);
     let k_tiles = sk.div_ceil(BC);
 
     // Pass 1: dK, dV per key tile, over every query head of the group and query tile.
     let (dk_ptr, dv_ptr) = (SyncPtr(dk.as_mut_ptr()), SyncPtr(dvv.as_mut_ptr()));
     run_tasks(p.b * p.hk * k_tiles, BC * sq * group * (2 * d + 2 * dv), |task| {
-        let (dk_ptr, dv_ptr) = (dk_ptr, dv_ptr);
         let (bkh, kt) = (task / k_tiles, task % k_tiles);
         let (b, kh) = (bkh / p.hk, bkh % p.hk);
         let j0 = kt * BC;
@@ -469,7 +519,21 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
                 unsafe {
                     let go = g.as_ptr().add(r0 * width);
                     // dV += Pᵀ dO
-                    matmul(cols, dv, rows, dv_acc.as_mut_ptr(), dv, s.as_ptr(), 1, BC, go, width, 1, true, 1.0);
+                    matmul(
+                        cols,
+                        dv,
+                        rows,
+                        dv_acc.as_mut_ptr(),
+                        dv,
+                        s.as_ptr(),
+                        1,
+                        BC,
+                        go,
+                        width,
+                        1,
+                        true,
+                        1.0,
+                    );
                     // dP = dO Vᵀ
                     let vt = p.v.as_ptr().add(p.v_row(b, kh, j0));
                     matmul(rows, cols, dv, dp.as_mut_ptr(), BC, go, width, 1, vt, 1, dv, false, 1.0);
@@ -478,21 +542,34 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
                 unsafe {
                     // dK += scale · dSᵀ Q
                     let qi = p.q.as_ptr().add(p.q_row(b, h, i0));
-                    matmul(cols, d, rows, dk_acc.as_mut_ptr(), d, dp.as_ptr(), 1, BC, qi, d, 1, true, p.scale);
+                    matmul(
+                        cols,
+                        d,
+                        rows,
+                        dk_acc.as_mut_ptr(),
+                        d,
+                        dp.as_ptr(),
+                        1,
+                        BC,
+                        qi,
+                        d,
+                        1,
+                        true,
+                        p.scale,
+                    );
                 }
             }
         }
         // SAFETY: key rows j0..j0+cols of (b, kh) belong to this task alone.
         unsafe {
-            std::ptr::copy_nonoverlapping(dk_acc.as_ptr(), dk_ptr.0.add(p.k_row(b, kh, j0)), cols * d);
-            std::ptr::copy_nonoverlapping(dv_acc.as_ptr(), dv_ptr.0.add(p.v_row(b, kh, j0)), cols * dv);
+            std::ptr::copy_nonoverlapping(dk_acc.as_ptr(), dk_ptr.get().add(p.k_row(b, kh, j0)), cols * d);
+            std::ptr::copy_nonoverlapping(dv_acc.as_ptr(), dv_ptr.get().add(p.v_row(b, kh, j0)), cols * dv);
         }
     });
 
     // Pass 2: dQ per query tile.
     let dq_ptr = SyncPtr(dq.as_mut_ptr());
     run_tasks(p.b * p.h * q_tiles, BR * sk * (2 * d + dv), |task| {
-        let dq_ptr = dq_ptr;
         let (bh, qt) = (task / q_tiles, task % q_tiles);
         let (b, h) = (bh / p.h, bh % p.h);
         let kh = h / group;
@@ -517,12 +594,26 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
             unsafe {
                 // dQ += scale · dS K
                 let kj = p.k.as_ptr().add(p.k_row(b, kh, j0));
-                matmul(rows, d, cols, dq_acc.as_mut_ptr(), d, dp.as_ptr(), BC, 1, kj, d, 1, true, p.scale);
+                matmul(
+                    rows,
+                    d,
+                    cols,
+                    dq_acc.as_mut_ptr(),
+                    d,
+                    dp.as_ptr(),
+                    BC,
+                    1,
+                    kj,
+                    d,
+                    1,
+                    true,
+                    p.scale,
+                );
             }
             j0 += cols;
         }
         // SAFETY: query rows i0..i0+rows of (b, h) belong to this task alone.
-        unsafe { std::ptr::copy_nonoverlapping(dq_acc.as_ptr(), dq_ptr.0.add(p.q_row(b, h, i0)), rows * d) };
+        unsafe { std::ptr::copy_nonoverlapping(dq_acc.as_ptr(), dq_ptr.get().add(p.q_row(b, h, i0)), rows * d) };
     });
     (dq, dk, dvv)
 }

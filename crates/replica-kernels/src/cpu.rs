@@ -82,6 +82,19 @@ pub(crate) fn from_vec(data: Vec<f32>, shape: &Shape) -> Result<Tensor> {
     Tensor::from_vec(data, shape.clone(), &Device::Cpu)
 }
 
+/// A buffer of `len` floats for a kernel to fill, left uninitialised: zeroing a
+/// large output first costs as much as a light kernel's whole pass over it.
+///
+/// Every caller writes every element before the buffer is read or handed to candle.
+#[allow(clippy::uninit_vec)]
+pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: f32 has no invalid bit patterns and the kernels write each element
+    // (through raw pointers or slices) before anything reads it.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// How many tasks to cut `rows` rows costing `row_cost` each into: 1 when the
 /// whole job is small or there is one thread, else enough to balance the threads.
 pub(crate) fn tasks_for(rows: usize, row_cost: usize) -> usize {

@@ -9,7 +9,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 
 use crate::cpu::{self, Route};
-use crate::simd::{load_partial, store_partial, Simd, LANES};
+use crate::simd::{load_n, store_n, Simd, LANES};
 use crate::simd_dispatch;
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) · weight + bias`,
@@ -88,65 +88,86 @@ struct Norm<'a> {
     rms: bool,
 }
 
-/// Σ f(i) over vectors of a row, with two accumulators; `tail` gives the last partial vector.
-#[inline(always)]
-unsafe fn row_sum<S: Simd>(n: usize, f: impl Fn(usize) -> S::V, tail: impl Fn(usize) -> S::V) -> f32 {
-    let body = n - n % LANES;
-    let (mut a0, mut a1) = (S::splat(0.0), S::splat(0.0));
-    let mut i = 0;
-    while i + 2 * LANES <= body {
-        a0 = S::add(a0, f(i));
-        a1 = S::add(a1, f(i + LANES));
-        i += 2 * LANES;
-    }
-    if i < body {
-        a0 = S::add(a0, f(i));
-        i += LANES;
-    }
-    if i < n {
-        a1 = S::add(a1, tail(i));
-    }
-    S::reduce_sum(S::add(a0, a1))
-}
-
 impl Norm<'_> {
     /// The row's statistics: `x - mean = (x - pivot) - offset`, and `1 / sqrt(var + eps)`.
     /// For RMSNorm pivot and offset are 0 and the "variance" is the mean square.
     ///
-    /// The pivot is the row's first element: when `|mean| ≫ std` the differences
-    /// `x - pivot` are exact and small, so neither the sum nor the centred values
-    /// lose the digits that a mean rounded to f32 (near 1e4, say) would take away.
+    /// One pass sums `d = x - pivot` and `d²` with the pivot the row's first element,
+    /// so `var = mean(d²) - mean(d)²` cancels only when the pivot lies many standard
+    /// deviations from the mean; when it would lose more than 4 bits (`mean(d²) > 16
+    /// var`), a second pass computes `mean((d - mean(d))²)` exactly as the two-pass
+    /// formula. Either way no digits are lost to a large common offset: `x - pivot` is
+    /// exact, and the centred values are never formed from a rounded mean.
     #[inline(always)]
     unsafe fn stats<S: Simd>(&self, x: &[f32]) -> Centre {
         let n = self.n;
-        let body = n - n % LANES;
         let p = x.as_ptr();
-        let (pivot, offset) = if self.rms || n == 0 {
-            (0.0, 0.0)
-        } else {
-            let pivot = x[0];
-            let k = S::splat(pivot);
-            let sum = row_sum::<S>(
-                n,
-                |i| S::sub(S::load(p.add(i)), k),
-                |i| S::sub(load_partial::<S>(p.add(i), n - i, pivot), k),
-            );
-            (pivot, sum / n as f32)
-        };
-        let (pv, ov) = (S::splat(pivot), S::splat(offset));
-        let sq = |v: S::V| {
-            let c = S::sub(S::sub(v, pv), ov);
-            S::mul(c, c)
-        };
-        let mut var = row_sum::<S>(body, |i| sq(S::load(p.add(i))), |_| S::splat(0.0));
-        for &v in &x[body..] {
-            let c = (v - pivot) - offset;
-            var += c * c;
+        let body = n - n % LANES;
+        let pivot = if self.rms || n == 0 { 0.0 } else { x[0] };
+        let k = S::splat(pivot);
+        let (mut s0, mut s1, mut q0, mut q1) = (S::splat(0.0), S::splat(0.0), S::splat(0.0), S::splat(0.0));
+        let mut i = 0;
+        while i + 2 * LANES <= n {
+            let d0 = S::sub(S::load(p.add(i)), k);
+            let d1 = S::sub(S::load(p.add(i + LANES)), k);
+            s0 = S::add(s0, d0);
+            s1 = S::add(s1, d1);
+            q0 = S::fma(d0, d0, q0);
+            q1 = S::fma(d1, d1, q1);
+            i += 2 * LANES;
+        }
+        if i < body {
+            let d0 = S::sub(S::load(p.add(i)), k);
+            s0 = S::add(s0, d0);
+            q0 = S::fma(d0, d0, q0);
+            i += LANES;
+        }
+        let (mut sum, mut sq) = (S::reduce_sum(S::add(s0, s1)), S::reduce_sum(S::add(q0, q1)));
+        for &v in &x[i..] {
+            let d = v - pivot;
+            sum += d;
+            sq += d * d;
+        }
+        let inv_n = 1.0 / n as f32;
+        if self.rms {
+            return Centre {
+                pivot: 0.0,
+                offset: 0.0,
+                rstd: 1.0 / (sq * inv_n + self.eps).sqrt(),
+            };
+        }
+        let offset = sum * inv_n;
+        let mut var = sq * inv_n - offset * offset;
+        // False for NaN too, which then takes the exact path.
+        let exact_enough = 16.0 * var >= sq * inv_n;
+        if !exact_enough {
+            // Cancellation (or a NaN): the second pass about the mean.
+            let o = S::splat(offset);
+            let (mut a0, mut a1) = (S::splat(0.0), S::splat(0.0));
+            let mut i = 0;
+            while i + 2 * LANES <= n {
+                let c0 = S::sub(S::sub(S::load(p.add(i)), k), o);
+                let c1 = S::sub(S::sub(S::load(p.add(i + LANES)), k), o);
+                a0 = S::fma(c0, c0, a0);
+                a1 = S::fma(c1, c1, a1);
+                i += 2 * LANES;
+            }
+            if i < body {
+                let c0 = S::sub(S::sub(S::load(p.add(i)), k), o);
+                a0 = S::fma(c0, c0, a0);
+                i += LANES;
+            }
+            let mut acc = S::reduce_sum(S::add(a0, a1));
+            for &v in &x[i..] {
+                let c = (v - pivot) - offset;
+                acc += c * c;
+            }
+            var = acc * inv_n;
         }
         Centre {
             pivot,
             offset,
-            rstd: 1.0 / (var / n as f32 + self.eps).sqrt(),
+            rstd: 1.0 / (var + self.eps).sqrt(),
         }
     }
 }
@@ -162,7 +183,47 @@ struct Centre {
 impl Centre {
     #[inline(always)]
     fn normalise<S: Simd>(&self, v: S::V) -> S::V {
-        S::mul(S::sub(S::sub(v, S::splat(self.pivot)), S::splat(self.offset)), S::splat(self.rstd))
+        S::mul(
+            S::sub(S::sub(v, S::splat(self.pivot)), S::splat(self.offset)),
+            S::splat(self.rstd),
+        )
+    }
+}
+
+/// `y = x̂ · w (+ b)` for one row: full vectors, then one partial one.
+#[inline(always)]
+unsafe fn normalise_row<S: Simd, const BIAS: bool>(centre: Centre, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+    let n = x.len();
+    let body = n - n % LANES;
+    let (xp, wp, bp, yp) = (x.as_ptr(), w.as_ptr(), b.as_ptr(), y.as_mut_ptr());
+    // x̂ · w = (x - pivot - offset) · rstd · w, with rstd folded into the weight.
+    let (k, o, r) = (S::splat(centre.pivot), S::splat(centre.offset), S::splat(centre.rstd));
+    let step = |xv: S::V, wv: S::V, bv: S::V| -> S::V {
+        let c = S::sub(S::sub(xv, k), o);
+        if BIAS {
+            S::fma(c, S::mul(wv, r), bv)
+        } else {
+            S::mul(c, S::mul(wv, r))
+        }
+    };
+    let mut j = 0;
+    while j < body {
+        let bv = if BIAS { S::load(bp.add(j)) } else { S::splat(0.0) };
+        S::store(yp.add(j), step(S::load(xp.add(j)), S::load(wp.add(j)), bv));
+        j += LANES;
+    }
+    if j < n {
+        let len = n - j;
+        let bv = if BIAS {
+            load_n::<S>(bp.add(j), len, 0.0)
+        } else {
+            S::splat(0.0)
+        };
+        store_n::<S>(
+            yp.add(j),
+            len,
+            step(load_n::<S>(xp.add(j), len, 0.0), load_n::<S>(wp.add(j), len, 0.0), bv),
+        );
     }
 }
 
@@ -173,34 +234,9 @@ fn forward_chunk<S: Simd>(a: &Norm<'_>, first: usize, out: &mut [f32]) {
         let x = &a.x[(first + i) * n..(first + i + 1) * n];
         unsafe {
             let centre = a.stats::<S>(x);
-            let (xp, wp, yp) = (x.as_ptr(), a.w.as_ptr(), y.as_mut_ptr());
-            let step = |i: usize, xv: S::V, wv: S::V| -> S::V {
-                let h = centre.normalise::<S>(xv);
-                match a.b {
-                    Some(b) => {
-                        let bv = if i + LANES <= n {
-                            S::load(b.as_ptr().add(i))
-                        } else {
-                            load_partial::<S>(b.as_ptr().add(i), n - i, 0.0)
-                        };
-                        S::fma(h, wv, bv)
-                    }
-                    None => S::mul(h, wv),
-                }
-            };
-            let body = n - n % LANES;
-            let mut j = 0;
-            while j < body {
-                S::store(yp.add(j), step(j, S::load(xp.add(j)), S::load(wp.add(j))));
-                j += LANES;
-            }
-            if j < n {
-                let v = step(
-                    j,
-                    load_partial::<S>(xp.add(j), n - j, 0.0),
-                    load_partial::<S>(wp.add(j), n - j, 0.0),
-                );
-                store_partial::<S>(yp.add(j), n - j, v);
+            match a.b {
+                Some(b) => normalise_row::<S, true>(centre, x, a.w, b, y),
+                None => normalise_row::<S, false>(centre, x, a.w, &[], y),
             }
         }
     }
@@ -216,80 +252,42 @@ simd_dispatch!(fn forward_chunk_dispatch(a: &Norm<'_>, first: usize, out: &mut [
 #[inline(always)]
 fn backward_chunk<S: Simd>(a: &Norm<'_>, g: &[f32], first: usize, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) {
     let n = a.n;
-    let body = n - n % LANES;
     for (i, dxr) in dx.chunks_exact_mut(n).enumerate() {
         let r = first + i;
         let (x, g) = (&a.x[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
         unsafe {
             let centre = a.stats::<S>(x);
-            let rs = S::splat(centre.rstd);
             let (xp, gp, wp) = (x.as_ptr(), g.as_ptr(), a.w.as_ptr());
             let (dwp, dbp, dxp) = (dw.as_mut_ptr(), db.as_mut_ptr(), dxr.as_mut_ptr());
-            // Pass 1: Σ ĝ and Σ ĝ·x̂, and the parameter gradients.
+            // Pass 1: Σ ĝ and Σ ĝ·x̂, and the parameter gradients. Padding lanes
+            // have g = 0 and w = 0, so they add nothing.
             let (mut s_g, mut s_gx) = (S::splat(0.0), S::splat(0.0));
-            let mut accumulate = |xv: S::V, gv: S::V, wv: S::V, j: usize, full: bool| {
-                let xh = centre.normalise::<S>(xv);
-                let gh = S::mul(gv, wv);
+            let mut j = 0;
+            while j < n {
+                let len = n - j;
+                let xh = centre.normalise::<S>(load_n::<S>(xp.add(j), len, centre.pivot));
+                let gv = load_n::<S>(gp.add(j), len, 0.0);
+                let gh = S::mul(gv, load_n::<S>(wp.add(j), len, 0.0));
                 s_g = S::add(s_g, gh);
                 s_gx = S::fma(gh, xh, s_gx);
-                let rest = n - j;
-                if full {
-                    S::store(dwp.add(j), S::fma(gv, xh, S::load(dwp.add(j))));
-                    if !a.rms {
-                        S::store(dbp.add(j), S::add(gv, S::load(dbp.add(j))));
-                    }
-                } else {
-                    store_partial::<S>(
-                        dwp.add(j),
-                        rest,
-                        S::fma(gv, xh, load_partial::<S>(dwp.add(j), rest, 0.0)),
-                    );
-                    if !a.rms {
-                        store_partial::<S>(dbp.add(j), rest, S::add(gv, load_partial::<S>(dbp.add(j), rest, 0.0)));
-                    }
+                store_n::<S>(dwp.add(j), len, S::fma(gv, xh, load_n::<S>(dwp.add(j), len, 0.0)));
+                if !a.rms {
+                    store_n::<S>(dbp.add(j), len, S::add(gv, load_n::<S>(dbp.add(j), len, 0.0)));
                 }
-            };
-            let mut j = 0;
-            while j < body {
-                accumulate(S::load(xp.add(j)), S::load(gp.add(j)), S::load(wp.add(j)), j, true);
                 j += LANES;
-            }
-            if j < n {
-                // Padding: g = 0 and w = 0, so nothing is added.
-                let xv = load_partial::<S>(xp.add(j), n - j, centre.pivot);
-                accumulate(
-                    xv,
-                    load_partial::<S>(gp.add(j), n - j, 0.0),
-                    load_partial::<S>(wp.add(j), n - j, 0.0),
-                    j,
-                    false,
-                );
             }
             let inv_n = 1.0 / n as f32;
             let c_g = S::splat(if a.rms { 0.0 } else { S::reduce_sum(s_g) * inv_n });
             let c_gx = S::splat(S::reduce_sum(s_gx) * inv_n);
+            let rs = S::splat(centre.rstd);
             // Pass 2: dx.
-            let step = |xv: S::V, gv: S::V, wv: S::V| -> S::V {
-                let xh = centre.normalise::<S>(xv);
-                let gh = S::mul(gv, wv);
-                S::mul(rs, S::sub(S::sub(gh, c_g), S::mul(xh, c_gx)))
-            };
             let mut j = 0;
-            while j < body {
-                S::store(
-                    dxp.add(j),
-                    step(S::load(xp.add(j)), S::load(gp.add(j)), S::load(wp.add(j))),
-                );
+            while j < n {
+                let len = n - j;
+                let xh = centre.normalise::<S>(load_n::<S>(xp.add(j), len, centre.pivot));
+                let gh = S::mul(load_n::<S>(gp.add(j), len, 0.0), load_n::<S>(wp.add(j), len, 0.0));
+                store_n::<S>(dxp.add(j), len, S::mul(rs, S::sub(S::sub(gh, c_g), S::mul(xh, c_gx))));
                 j += LANES;
-            }
-            if j < n {
-                let rest = n - j;
-                let v = step(
-                    load_partial::<S>(xp.add(j), rest, 0.0),
-                    load_partial::<S>(gp.add(j), rest, 0.0),
-                    load_partial::<S>(wp.add(j), rest, 0.0),
-                );
-                store_partial::<S>(dxp.add(j), rest, v);
             }
         }
     }
@@ -298,7 +296,7 @@ fn backward_chunk<S: Simd>(a: &Norm<'_>, g: &[f32], first: usize, dx: &mut [f32]
 simd_dispatch!(fn backward_chunk_dispatch(a: &Norm<'_>, g: &[f32], first: usize, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) => backward_chunk);
 
 fn forward(a: Norm<'_>, shape: &Shape) -> Result<(CpuStorage, Shape)> {
-    let mut y = vec![0f32; a.x.len()];
+    let mut y = cpu::output_buffer(a.x.len());
     let n = a.n;
     cpu::for_row_chunks(&mut y, n, 3 * n, |first, out| forward_chunk_dispatch(&a, first, out));
     Ok((CpuStorage::F32(y), shape.clone()))
@@ -319,7 +317,7 @@ fn backward(x: &Tensor, w: &Tensor, g: &Tensor, eps: f32, rms: bool) -> Result<(
                     eps,
                     rms,
                 };
-                let mut dx = vec![0f32; xs.len()];
+                let mut dx = cpu::output_buffer(xs.len());
                 let partials = cpu::map_row_chunks(&mut dx, n, 5 * n, |first, out| {
                     let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
                     backward_chunk_dispatch(&a, gs, first, out, &mut dw, &mut db);

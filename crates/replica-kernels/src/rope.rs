@@ -10,7 +10,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use crate::cpu::{self, Route};
-use crate::simd::{load_partial, store_partial, Simd, LANES};
+use crate::simd::{load_n, store_n, Simd, LANES};
 use crate::simd_dispatch;
 
 /// How features are paired for rotation.
@@ -119,44 +119,29 @@ fn rotate_chunk<S: Simd>(a: &Rotation<'_>, first: usize, out: &mut [f32]) {
                     // y[i] = x[i] c[i] - x[i+h] s'[i], y[i+h] = x[i+h] c[i] + x[i] s'[i]
                     let mut j = 0;
                     while j < half {
-                        let len = (half - j).min(LANES);
-                        let ld = |p: *const f32| {
-                            if len == LANES {
-                                S::load(p)
-                            } else {
-                                load_partial::<S>(p, len, 0.0)
-                            }
-                        };
-                        let (lo, hi) = (ld(xp.add(j)), ld(xp.add(j + half)));
-                        let (cv, s_lo, s_hi) = (ld(cp.add(j)), ld(sp.add(j)), ld(sp.add(j + half)));
-                        let y_lo = S::fma(hi, s_lo, S::mul(lo, cv));
-                        let y_hi = S::fma(lo, s_hi, S::mul(hi, cv));
-                        if len == LANES {
-                            S::store(yp.add(j), y_lo);
-                            S::store(yp.add(j + half), y_hi);
-                        } else {
-                            store_partial::<S>(yp.add(j), len, y_lo);
-                            store_partial::<S>(yp.add(j + half), len, y_hi);
-                        }
+                        let len = half - j;
+                        let (lo, hi) = (
+                            load_n::<S>(xp.add(j), len, 0.0),
+                            load_n::<S>(xp.add(j + half), len, 0.0),
+                        );
+                        let cv = load_n::<S>(cp.add(j), len, 0.0);
+                        let (s_lo, s_hi) = (
+                            load_n::<S>(sp.add(j), len, 0.0),
+                            load_n::<S>(sp.add(j + half), len, 0.0),
+                        );
+                        store_n::<S>(yp.add(j), len, S::fma(hi, s_lo, S::mul(lo, cv)));
+                        store_n::<S>(yp.add(j + half), len, S::fma(lo, s_hi, S::mul(hi, cv)));
                         j += LANES;
                     }
                 }
                 RopeStyle::Interleaved => {
+                    // Pairs never straddle a vector: r is even and vectors start at multiples of 8.
                     let mut j = 0;
                     while j < r {
-                        let len = (r - j).min(LANES);
-                        if len == LANES {
-                            let xv = S::load(xp.add(j));
-                            let v = S::fma(S::swap_pairs(xv), S::load(sp.add(j)), S::mul(xv, S::load(cp.add(j))));
-                            S::store(yp.add(j), v);
-                        } else {
-                            let xv = load_partial::<S>(xp.add(j), len, 0.0);
-                            let (cv, sv) = (
-                                load_partial::<S>(cp.add(j), len, 0.0),
-                                load_partial::<S>(sp.add(j), len, 0.0),
-                            );
-                            store_partial::<S>(yp.add(j), len, S::fma(S::swap_pairs(xv), sv, S::mul(xv, cv)));
-                        }
+                        let len = r - j;
+                        let xv = load_n::<S>(xp.add(j), len, 0.0);
+                        let (cv, sv) = (load_n::<S>(cp.add(j), len, 0.0), load_n::<S>(sp.add(j), len, 0.0));
+                        store_n::<S>(yp.add(j), len, S::fma(S::swap_pairs(xv), sv, S::mul(xv, cv)));
                         j += LANES;
                     }
                 }
@@ -190,7 +175,7 @@ fn rotate(
         r: 2 * half,
         style,
     };
-    let mut y = vec![0f32; x.len()];
+    let mut y = cpu::output_buffer(x.len());
     cpu::for_row_chunks(&mut y, d, 2 * d, |first, out| rotate_chunk_dispatch(&a, first, out));
     y
 }

@@ -180,15 +180,12 @@ fn forward_row<S: Simd>(x: &[f32], mask: Option<&[f32]>, scale: f32, y: &mut [f3
             }
             S::reduce_max(S::max(m0, m1)) * scale
         } else {
-            let score = |i: usize| -> S::V {
+            while i < body {
                 let s = S::mul(S::load(xp.add(i)), sv);
-                match mask {
+                let z = match mask {
                     Some(m) => S::add(s, S::load(m.as_ptr().add(i))),
                     None => s,
-                }
-            };
-            while i < body {
-                let z = score(i);
+                };
                 S::store(yp.add(i), z);
                 m0 = S::max(m0, z);
                 i += LANES;
@@ -214,20 +211,25 @@ fn forward_row<S: Simd>(x: &[f32], mask: Option<&[f32]>, scale: f32, y: &mut [f3
         let mv = S::splat(-max);
         let (mut s0, mut s1) = (S::splat(0.0), S::splat(0.0));
         let mut i = 0;
-        // exp(scale·x - max), from x directly or from the stored scores.
+        // exp(scale·x - max), from x directly or from the stored scores; four
+        // independent exps per iteration hide the latency of each.
         let (src, mul) = if direct {
             (xp, sv)
         } else {
             (yp as *const f32, S::splat(1.0))
         };
-        while i + 2 * LANES <= n {
+        while i + 4 * LANES <= n {
             let e0 = simd::exp::<S>(S::fma(S::load(src.add(i)), mul, mv));
             let e1 = simd::exp::<S>(S::fma(S::load(src.add(i + LANES)), mul, mv));
+            let e2 = simd::exp::<S>(S::fma(S::load(src.add(i + 2 * LANES)), mul, mv));
+            let e3 = simd::exp::<S>(S::fma(S::load(src.add(i + 3 * LANES)), mul, mv));
             S::store(yp.add(i), e0);
             S::store(yp.add(i + LANES), e1);
-            s0 = S::add(s0, e0);
-            s1 = S::add(s1, e1);
-            i += 2 * LANES;
+            S::store(yp.add(i + 2 * LANES), e2);
+            S::store(yp.add(i + 3 * LANES), e3);
+            s0 = S::add(s0, S::add(e0, e1));
+            s1 = S::add(s1, S::add(e2, e3));
+            i += 4 * LANES;
         }
         while i < body {
             let e = simd::exp::<S>(S::fma(S::load(src.add(i)), mul, mv));
@@ -284,18 +286,18 @@ fn backward_row<S: Simd>(y: &[f32], g: &[f32], factor: f32, dz: &mut [f32]) {
         }
         let dot = S::splat(S::reduce_sum(S::add(a0, a1)));
         let f = S::splat(factor);
-        let step = |y: S::V, g: S::V| S::mul(S::mul(y, S::sub(g, dot)), f);
         let mut i = 0;
         while i < body {
-            S::store(dp.add(i), step(S::load(yp.add(i)), S::load(gp.add(i))));
+            let (y, g) = (S::load(yp.add(i)), S::load(gp.add(i)));
+            S::store(dp.add(i), S::mul(S::mul(y, S::sub(g, dot)), f));
             i += LANES;
         }
         if i < n {
-            let v = step(
+            let (y, g) = (
                 load_partial::<S>(yp.add(i), n - i, 0.0),
                 load_partial::<S>(gp.add(i), n - i, 0.0),
             );
-            store_partial::<S>(dp.add(i), n - i, v);
+            store_partial::<S>(dp.add(i), n - i, S::mul(S::mul(y, S::sub(g, dot)), f));
         }
     }
 }
@@ -317,7 +319,7 @@ pub(crate) fn backward(y: &Tensor, g: &Tensor, factor: f32) -> Result<Tensor> {
     let shape = y.shape().clone();
     cpu::with_f32(OP, y, |y| {
         cpu::with_f32(OP, g, |g| {
-            let mut dz = vec![0f32; y.len()];
+            let mut dz = cpu::output_buffer(y.len());
             cpu::for_row_chunks(&mut dz, n, 2 * n, |first, out| {
                 backward_chunk_dispatch(y, g, n, factor, first, out)
             });
@@ -327,7 +329,7 @@ pub(crate) fn backward(y: &Tensor, g: &Tensor, factor: f32) -> Result<Tensor> {
 }
 
 fn forward(rows: Rows<'_>, shape: &Shape) -> Result<(CpuStorage, Shape)> {
-    let mut y = vec![0f32; rows.x.len()];
+    let mut y = cpu::output_buffer(rows.x.len());
     let n = rows.n;
     cpu::for_row_chunks(&mut y, n, 4 * n, |first, out| forward_chunk_dispatch(&rows, first, out));
     Ok((CpuStorage::F32(y), shape.clone()))

@@ -103,13 +103,19 @@ fn rms_norm_matches_torch() -> Result<()> {
 #[test]
 fn gated_mlps_match_timm() -> Result<()> {
     let linear = |run: &Parity, name: &str| -> Result<Linear> {
-        Ok(Linear::new(run.param(&format!("{name}.weight"))?, Some(run.param(&format!("{name}.bias"))?)))
+        Ok(Linear::new(
+            run.param(&format!("{name}.weight"))?,
+            Some(run.param(&format!("{name}.bias"))?),
+        ))
     };
     // SwiGLU: separate gate and value projections.
     let b = bundle("blocks/swiglu");
     let mut run = Parity::new(&b)?;
     let x = run.input("0")?;
-    let hidden = rk::swiglu(&linear(&run, "fc1_g")?.forward(&x)?, &linear(&run, "fc1_x")?.forward(&x)?)?;
+    let hidden = rk::swiglu(
+        &linear(&run, "fc1_g")?.forward(&x)?,
+        &linear(&run, "fc1_x")?.forward(&x)?,
+    )?;
     run.check_activations(&[("norm", &hidden)]);
     let y = linear(&run, "fc2")?.forward(&hidden)?;
     run.check_outputs(&[("0", &y)]);
@@ -155,7 +161,10 @@ fn hf_tables(b: &Bundle) -> Result<(Tensor, Tensor)> {
         let r = t.dim(D::Minus1)?;
         Ok(t.squeeze(0)?.narrow(D::Minus1, 0, r / 2)?.contiguous()?)
     };
-    Ok((half(b.activation("rotary_emb:0")?)?, half(b.activation("rotary_emb:1")?)?))
+    Ok((
+        half(b.activation("rotary_emb:0")?)?,
+        half(b.activation("rotary_emb:1")?)?,
+    ))
 }
 
 #[test]
@@ -167,7 +176,10 @@ fn rope_matches_hf() -> Result<()> {
     // GPT-J: tables made as `create_sinusoidal_positions`, in f32, at the fixture's offset.
     let name = "blocks/rope_interleaved_partial";
     let config = bundle(name).metadata().config.clone();
-    let (rotary, offset) = (config["rotary_dim"].as_u64().unwrap() as usize, config["offset"].as_u64().unwrap() as usize);
+    let (rotary, offset) = (
+        config["rotary_dim"].as_u64().unwrap() as usize,
+        config["offset"].as_u64().unwrap() as usize,
+    );
     let seq = bundle(name).input("0")?.dim(2)?;
     let (mut cos, mut sin) = (Vec::new(), Vec::new());
     for p in offset..offset + seq {
@@ -185,7 +197,10 @@ fn rope_matches_hf() -> Result<()> {
 
 /// `scaled_dot_product_attention` fixtures: output and the gradients of q, k, v
 /// (the kernel computes no gradient for a mask).
-fn check_sdpa(name: &str, options: impl Fn(&Bundle) -> Result<(AttentionOptions<'static>, Option<Tensor>)>) -> Result<()> {
+fn check_sdpa(
+    name: &str,
+    options: impl Fn(&Bundle) -> Result<(AttentionOptions<'static>, Option<Tensor>)>,
+) -> Result<()> {
     let b = bundle(name);
     let run = Parity::new(&b)?;
     let (q, k, v) = (run.input("0")?, run.input("1")?, run.input("2")?);
@@ -214,24 +229,56 @@ fn additive_from_keep(keep: &Tensor) -> Result<Tensor> {
 #[test]
 fn attention_matches_torch_sdpa() -> Result<()> {
     check_sdpa("blocks/sdpa_causal", |_| {
-        Ok((AttentionOptions { causal: Some(Causal::TopLeft), ..Default::default() }, None))
+        Ok((
+            AttentionOptions {
+                causal: Some(Causal::TopLeft),
+                ..Default::default()
+            },
+            None,
+        ))
     })?;
     check_sdpa("blocks/sdpa_causal_top_left", |_| {
-        Ok((AttentionOptions { causal: Some(Causal::TopLeft), ..Default::default() }, None))
+        Ok((
+            AttentionOptions {
+                causal: Some(Causal::TopLeft),
+                ..Default::default()
+            },
+            None,
+        ))
     })?;
     check_sdpa("blocks/sdpa_gqa", |_| {
-        Ok((AttentionOptions { causal: Some(Causal::TopLeft), ..Default::default() }, None))
+        Ok((
+            AttentionOptions {
+                causal: Some(Causal::TopLeft),
+                ..Default::default()
+            },
+            None,
+        ))
     })?;
     check_sdpa("blocks/sdpa_additive", |b| {
         let scale = b.metadata().config["scale"].as_f64();
-        Ok((AttentionOptions { scale, ..Default::default() }, Some(b.input("3")?.clone())))
+        Ok((
+            AttentionOptions {
+                scale,
+                ..Default::default()
+            },
+            Some(b.input("3")?.clone()),
+        ))
     })?;
-    check_sdpa("blocks/sdpa_padding", |b| Ok((AttentionOptions::default(), Some(additive_from_keep(b.input("3")?)?))))?;
+    check_sdpa("blocks/sdpa_padding", |b| {
+        Ok((AttentionOptions::default(), Some(additive_from_keep(b.input("3")?)?)))
+    })?;
     check_sdpa("blocks/sdpa_left_padding_causal", |b| {
         let keep = b.input("3")?;
         let (batch, k) = keep.dims2()?;
         let mask = additive_from_keep(&keep.reshape((batch, 1, 1, k))?)?;
-        Ok((AttentionOptions { causal: Some(Causal::BottomRight), ..Default::default() }, Some(mask)))
+        Ok((
+            AttentionOptions {
+                causal: Some(Causal::BottomRight),
+                ..Default::default()
+            },
+            Some(mask),
+        ))
     })
 }
 
@@ -241,7 +288,11 @@ fn attention_mask_grad_is_not_computed_but_the_rest_is() -> Result<()> {
     let b = bundle("blocks/sdpa_additive");
     let run = Parity::new(&b)?;
     let mask = run.input("3")?;
-    let opts = AttentionOptions { mask: Some(&mask), scale: Some(0.3), ..Default::default() };
+    let opts = AttentionOptions {
+        mask: Some(&mask),
+        scale: Some(0.3),
+        ..Default::default()
+    };
     let y = rk::attention(&run.input("0")?, &run.input("1")?, &run.input("2")?, &opts)?;
     let grads = b.upstream_loss(&[("0", &y)])?.backward()?;
     assert!(grads.get(&mask).is_none());
@@ -262,7 +313,10 @@ fn softmax_kernel_matches_the_attention_probabilities() -> Result<()> {
     report.push("output/0", compare(&y, b.output("0")?, tol));
     let grads = b.upstream_loss(&[("0", &y)])?.backward()?;
     for (input, t) in [("0", &q), ("1", &k), ("2", &v), ("3", &mask)] {
-        report.push(format!("grad/input/{input}"), compare(grads.get(t).ok_or("no gradient")?, b.input_grad(input)?, tol));
+        report.push(
+            format!("grad/input/{input}"),
+            compare(grads.get(t).ok_or("no gradient")?, b.input_grad(input)?, tol),
+        );
     }
     assert_passed(report);
     Ok(())

@@ -420,9 +420,7 @@ impl Bert {
             }
         };
         let mut x = self.embeddings.forward(input_ids, token_type_ids, self.training)?;
-        let mask = attention_mask
-            .map(|m| mask::padding_mask(m, DType::F32))
-            .transpose()?;
+        let mask = attention_mask.map(|m| mask::padding_mask(m, DType::F32)).transpose()?;
         for layer in &self.layers {
             x = layer.forward(&x, mask.as_ref(), self.training)?;
         }
@@ -460,7 +458,10 @@ impl Bert {
 /// `attention_mask` `[batch, seq]` is nonzero (sentence-transformers' `Pooling`
 /// with `pooling_mode_mean_tokens`).
 pub fn mean_pooling(hidden: &Tensor, attention_mask: &Tensor) -> candle_core::Result<Tensor> {
-    let mask = attention_mask.ne(0u32)?.to_dtype(hidden.dtype())?.unsqueeze(D::Minus1)?;
+    let mask = attention_mask
+        .ne(0u32)?
+        .to_dtype(hidden.dtype())?
+        .unsqueeze(D::Minus1)?;
     let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
     let counts = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
     summed.broadcast_div(&counts)

@@ -110,10 +110,7 @@ fn add_trace_rows(report: &mut Report, trace: &TraceReport) {
 }
 
 fn device_of(run: &Parity) -> Device {
-    run.params()
-        .values()
-        .next()
-        .map_or(Device::Cpu, |t| t.device().clone())
+    run.params().values().next().map_or(Device::Cpu, |t| t.device().clone())
 }
 
 /// Runs `forward` traced, compares the trace, and adds its rows to the run.
@@ -134,7 +131,12 @@ fn traced<T>(
 /// every parameter the bundle has one for. A tied parameter (`ties`: its name and
 /// the name of the tensor it shares) is compared with the shared tensor's
 /// gradient, as torch stores the sum of both uses under each name.
-fn check_gradients(run: &mut Parity, bundle: &Bundle, outputs: &[(&str, &Tensor)], ties: &[(&str, &str)]) -> Result<()> {
+fn check_gradients(
+    run: &mut Parity,
+    bundle: &Bundle,
+    outputs: &[(&str, &Tensor)],
+    ties: &[(&str, &str)],
+) -> Result<()> {
     let grads = bundle.upstream_loss(outputs)?.backward()?;
     let params: BTreeMap<String, Tensor> = run.params().clone();
     let names: Vec<String> = bundle.names(Namespace::ParamGrad).map(str::to_string).collect();
@@ -151,9 +153,10 @@ fn check_gradients(run: &mut Parity, bundle: &Bundle, outputs: &[(&str, &Tensor)
             None => param.zeros_like()?,
         };
         let tolerance = Tolerance::for_dtype(param.dtype());
-        let tolerance = bundle
-            .tolerances()
-            .resolve(&format!("{}{name}", Namespace::ParamGrad), param.dtype(), tolerance);
+        let tolerance =
+            bundle
+                .tolerances()
+                .resolve(&format!("{}{name}", Namespace::ParamGrad), param.dtype(), tolerance);
         run.report_mut()
             .check(bundle, Namespace::ParamGrad, &name, &grad, tolerance);
     }
@@ -166,7 +169,13 @@ pub fn gpt2_parity(bundle: &Bundle) -> Result<ModelParity> {
     let mut run = Parity::new(bundle)?;
     let config = Gpt2Config::from_value(&bundle.metadata().config, bundle.origin())?;
     let device = device_of(&run);
-    let model = Gpt2::from_tensors(&config, run.params().clone(), bundle.origin(), dtype_of(bundle)?, &device)?;
+    let model = Gpt2::from_tensors(
+        &config,
+        run.params().clone(),
+        bundle.origin(),
+        dtype_of(bundle)?,
+        &device,
+    )?;
     let ids = run.input("0")?;
     let (logits, trace) = traced(&mut run, bundle, || model.forward(&ids, None))?;
     run.check_outputs(&[("logits", &logits)]);
@@ -189,7 +198,13 @@ pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
     let mut run = Parity::new(bundle)?;
     let config = LlamaConfig::from_value(&bundle.metadata().config, bundle.origin())?;
     let device = device_of(&run);
-    let model = Llama::from_tensors(&config, run.params().clone(), bundle.origin(), dtype_of(bundle)?, &device)?;
+    let model = Llama::from_tensors(
+        &config,
+        run.params().clone(),
+        bundle.origin(),
+        dtype_of(bundle)?,
+        &device,
+    )?;
     let ids = run.input("0")?;
     let (logits, trace) = traced(&mut run, bundle, || model.forward(&ids, None))?;
     run.check_outputs(&[("logits", &logits)]);
@@ -204,7 +219,13 @@ pub fn vit_parity(bundle: &Bundle) -> Result<ModelParity> {
     let mut run = Parity::new(bundle)?;
     let config = VitConfig::from_value(&bundle.metadata().config, bundle.origin())?;
     let device = device_of(&run);
-    let model = Vit::from_tensors(&config, run.params().clone(), bundle.origin(), dtype_of(bundle)?, &device)?;
+    let model = Vit::from_tensors(
+        &config,
+        run.params().clone(),
+        bundle.origin(),
+        dtype_of(bundle)?,
+        &device,
+    )?;
     let images = run.input("0")?;
     let (logits, trace) = traced(&mut run, bundle, || model.forward(&images))?;
     run.check_outputs(&[("0", &logits)]);
@@ -220,13 +241,26 @@ pub fn bert_parity(bundle: &Bundle) -> Result<ModelParity> {
     let mut run = Parity::new(bundle)?;
     let config = BertConfig::from_value(&bundle.metadata().config, bundle.origin())?;
     let device = device_of(&run);
-    let model = Bert::from_tensors(&config, run.params().clone(), bundle.origin(), dtype_of(bundle)?, &device)?;
-    let (ids, types, mask) = (run.input("0")?, run.input("token_type_ids")?, run.input("attention_mask")?);
+    let model = Bert::from_tensors(
+        &config,
+        run.params().clone(),
+        bundle.origin(),
+        dtype_of(bundle)?,
+        &device,
+    )?;
+    let (ids, types, mask) = (
+        run.input("0")?,
+        run.input("token_type_ids")?,
+        run.input("attention_mask")?,
+    );
     let (output, trace) = traced(&mut run, bundle, || model.forward(&ids, Some(&types), Some(&mask)))?;
     let pooled = output
         .pooler_output
         .ok_or_else(|| Error::config(bundle.origin(), "the model has no pooler"))?;
-    run.check_outputs(&[("last_hidden_state", &output.last_hidden_state), ("pooler_output", &pooled)]);
+    run.check_outputs(&[
+        ("last_hidden_state", &output.last_hidden_state),
+        ("pooler_output", &pooled),
+    ]);
     Ok(ModelParity {
         report: run.finish(),
         trace,
@@ -235,12 +269,16 @@ pub fn bert_parity(bundle: &Bundle) -> Result<ModelParity> {
 
 /// The prompt (`input/0`, `[1, n]`) and the number of tokens the reference generated.
 fn generation_task(bundle: &Bundle) -> Result<(Vec<u32>, usize)> {
-    let prompt = bundle.input("0")?.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+    let prompt = bundle
+        .input("0")?
+        .to_dtype(DType::I64)?
+        .flatten_all()?
+        .to_vec1::<i64>()?;
     let expected = bundle.output("0")?.elem_count();
     let prompt: Vec<u32> = prompt.into_iter().map(|t| t as u32).collect();
-    let new_tokens = expected.checked_sub(prompt.len()).ok_or_else(|| {
-        Error::config(bundle.origin(), "output/0 is shorter than the prompt")
-    })?;
+    let new_tokens = expected
+        .checked_sub(prompt.len())
+        .ok_or_else(|| Error::config(bundle.origin(), "output/0 is shorter than the prompt"))?;
     Ok((prompt, new_tokens))
 }
 

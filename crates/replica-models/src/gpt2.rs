@@ -16,7 +16,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{VarBuilder, VarMap};
 use replica_blocks::attention::{AttentionConfig, AttentionNames};
 use replica_blocks::dropout::Dropout;
 use replica_blocks::kv_cache::KvCache;
@@ -317,9 +317,9 @@ impl Gpt2 {
                     return Err(Error::config(
                         checkpoint,
                         format!(
-                            "no GPT-2 config: give one, or put the checkpoint's config.json beside it ({} does not exist)",
-                            beside.display()
-                        ),
+                        "no GPT-2 config: give one, or put the checkpoint's config.json beside it ({} does not exist)",
+                        beside.display()
+                    ),
                     ))
                 }
             },
@@ -352,6 +352,30 @@ impl Gpt2 {
 
     pub fn config(&self) -> &Gpt2Config {
         &self.config
+    }
+
+    /// Gives a model built on `varmap` GPT-2's initialisation (minGPT's
+    /// `_init_weights`): linear and embedding weights from N(0, 0.02), the two
+    /// residual projections (`attn.c_proj`, `mlp.c_proj`) from N(0, 0.02 / sqrt(2 n_layer)),
+    /// biases 0, LayerNorm scales 1. The blocks' own defaults (PyTorch's, N(0, 1)
+    /// embeddings with a tied head) start training from a loss far above log(vocab).
+    pub fn init_weights(varmap: &VarMap, config: &Gpt2Config) -> candle_core::Result<()> {
+        let residual_std = 0.02 / (2.0 * config.n_layer as f64).sqrt();
+        let vars = varmap.data().lock().expect("the varmap's lock");
+        for (name, var) in vars.iter() {
+            let t = var.as_tensor();
+            let value = if name.ends_with(".bias") {
+                t.zeros_like()?
+            } else if name.contains(".ln_") {
+                t.ones_like()?
+            } else if name.ends_with("c_proj.weight") {
+                Tensor::randn(0f32, residual_std as f32, t.shape(), t.device())?.to_dtype(t.dtype())?
+            } else {
+                Tensor::randn(0f32, 0.02, t.shape(), t.device())?.to_dtype(t.dtype())?
+            };
+            var.set(&value)?;
+        }
+        Ok(())
     }
 
     /// Turns dropout on (training) or off (inference, the default).

@@ -127,7 +127,9 @@ impl LlamaConfig {
 
     pub fn validate(&self) -> std::result::Result<(), String> {
         if let Some(kind) = self.model_type.as_deref().filter(|k| *k != "llama") {
-            return Err(format!("model_type is `{kind}`, not `llama`: this is not a LLaMA config"));
+            return Err(format!(
+                "model_type is `{kind}`, not `llama`: this is not a LLaMA config"
+            ));
         }
         positive(&[
             ("vocab_size", self.vocab_size),
@@ -152,7 +154,10 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim() % 2 != 0 {
-            return Err(format!("head_dim {} must be even for rotary embeddings", self.head_dim()));
+            return Err(format!(
+                "head_dim {} must be even for rotary embeddings",
+                self.head_dim()
+            ));
         }
         if self.rope_scaling.as_ref().is_some_and(|s| !s.is_null()) {
             return Err("rope_scaling is set; only unscaled RoPE is implemented".into());
@@ -163,7 +168,9 @@ impl LlamaConfig {
             .and_then(|p| p.rope_type.as_deref())
             .filter(|t| *t != "default")
         {
-            return Err(format!("rope_type `{kind}` is not implemented (only `default`, unscaled RoPE)"));
+            return Err(format!(
+                "rope_type `{kind}` is not implemented (only `default`, unscaled RoPE)"
+            ));
         }
         Ok(())
     }
@@ -317,7 +324,10 @@ impl Llama {
     /// The final hidden states `[batch, seq, hidden_size]` (after `model.norm`).
     pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
         let (_, seq) = ids.dims2().map_err(|_| {
-            candle_core::Error::Msg(format!("LLaMA: token ids must be [batch, seq], got shape {:?}", ids.dims()))
+            candle_core::Error::Msg(format!(
+                "LLaMA: token ids must be [batch, seq], got shape {:?}",
+                ids.dims()
+            ))
         })?;
         let offset = check_cache(&cache, self.layers.len())?;
         if offset + seq > self.config.max_position_embeddings {

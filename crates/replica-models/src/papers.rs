@@ -41,3 +41,32 @@ pub const MINILM: Paper = Paper {
     arxiv: "2002.10957",
     year: 2020,
 };
+
+/// Each model and the paper it follows, for `replica papers` (the blocks' are in
+/// [`replica_blocks::PAPERS`]).
+pub const PAPERS: &[replica_blocks::BlockPaper] = &[
+    replica_blocks::BlockPaper {
+        block: "Gpt2",
+        paper: GPT2,
+    },
+    replica_blocks::BlockPaper {
+        block: "Vit",
+        paper: replica_blocks::papers::VIT,
+    },
+    replica_blocks::BlockPaper {
+        block: "Llama",
+        paper: LLAMA,
+    },
+    replica_blocks::BlockPaper {
+        block: "Bert",
+        paper: BERT,
+    },
+    replica_blocks::BlockPaper {
+        block: "SentenceEmbedder (mean pooling, L2 normalisation)",
+        paper: SENTENCE_BERT,
+    },
+    replica_blocks::BlockPaper {
+        block: "all-MiniLM-L6-v2",
+        paper: MINILM,
+    },
+];

@@ -186,6 +186,8 @@ pub fn preset(name: &str) -> Result<&'static Preset> {
 }
 
 /// A model of any family.
+// A model is built once and held; the few hundred bytes between variants do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Model {
     Gpt2(Gpt2),
@@ -270,9 +272,29 @@ pub fn load_model(
     let origin = format!("config of `{name}`");
     let path = checkpoint.as_ref();
     Ok(match preset.family {
-        Family::Gpt2 => Model::Gpt2(Gpt2::load(&Gpt2Config::from_value(&config, &origin)?, path, dtype, device)?),
-        Family::Vit => Model::Vit(Vit::load(&VitConfig::from_value(&config, &origin)?, path, dtype, device)?),
-        Family::Llama => Model::Llama(Llama::load(&LlamaConfig::from_value(&config, &origin)?, path, dtype, device)?),
-        Family::Bert => Model::Bert(Bert::load(&BertConfig::from_value(&config, &origin)?, path, dtype, device)?),
+        Family::Gpt2 => Model::Gpt2(Gpt2::load(
+            &Gpt2Config::from_value(&config, &origin)?,
+            path,
+            dtype,
+            device,
+        )?),
+        Family::Vit => Model::Vit(Vit::load(
+            &VitConfig::from_value(&config, &origin)?,
+            path,
+            dtype,
+            device,
+        )?),
+        Family::Llama => Model::Llama(Llama::load(
+            &LlamaConfig::from_value(&config, &origin)?,
+            path,
+            dtype,
+            device,
+        )?),
+        Family::Bert => Model::Bert(Bert::load(
+            &BertConfig::from_value(&config, &origin)?,
+            path,
+            dtype,
+            device,
+        )?),
     })
 }

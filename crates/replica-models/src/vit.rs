@@ -17,8 +17,8 @@ use replica_blocks::attention::AttentionConfig;
 use replica_blocks::dropout::Dropout;
 use replica_blocks::{
     Activation, BlockNames, ClassToken, ClassTokenConfig, FeedForwardConfig, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig, MlpConfig, MlpNames, NormKind, PatchEmbed, PatchEmbedConfig, ResidualLayout, Size2,
-    TransformerBlock, TransformerBlockConfig,
+    LinearConfig, MlpConfig, MlpNames, NormKind, PatchEmbed, PatchEmbedConfig, ResidualLayout, Size2, TransformerBlock,
+    TransformerBlockConfig,
 };
 use replica_check::WeightMap;
 use serde::{Deserialize, Serialize};
@@ -162,7 +162,11 @@ impl VitConfig {
                 return Err("global_pool `token` needs class_token: true".into());
             }
             "token" | "avg" => {}
-            other => return Err(format!("global_pool `{other}` is not implemented (use `token` or `avg`)")),
+            other => {
+                return Err(format!(
+                    "global_pool `{other}` is not implemented (use `token` or `avg`)"
+                ))
+            }
         }
         for (name, on) in [
             ("no_embed_class", self.no_embed_class),

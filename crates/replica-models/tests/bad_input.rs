@@ -15,7 +15,11 @@ fn fixture(name: &str) -> std::path::PathBuf {
 }
 
 fn config_of(name: &str) -> Value {
-    Bundle::load(fixture(name), &Device::Cpu).unwrap().metadata().config.clone()
+    Bundle::load(fixture(name), &Device::Cpu)
+        .unwrap()
+        .metadata()
+        .config
+        .clone()
 }
 
 fn with(config: &Value, field: &str, value: Value) -> Value {
@@ -49,26 +53,55 @@ fn another_models_checkpoint_is_named() {
     assert!(matches!(err, Error::Checkpoint { .. }), "{err:?}");
     assert_contains(
         &err.to_string(),
-        &["vit.safetensors", "this is a ViT checkpoint", "blocks.", "not a GPT-2 one"],
+        &[
+            "vit.safetensors",
+            "this is a ViT checkpoint",
+            "blocks.",
+            "not a GPT-2 one",
+        ],
     );
 
     let llama_config = LlamaConfig::from_value(&config_of("models/llama"), "llama").unwrap();
-    let text = message(Llama::load(&llama_config, fixture("models/bert"), DType::F32, &Device::Cpu));
+    let text = message(Llama::load(
+        &llama_config,
+        fixture("models/bert"),
+        DType::F32,
+        &Device::Cpu,
+    ));
     assert_contains(&text, &["this is a BERT checkpoint", "not a LLaMA one"]);
 
     let bert_config = BertConfig::from_value(&config_of("models/bert"), "bert").unwrap();
-    let text = message(Bert::load(&bert_config, fixture("models/gpt2"), DType::F32, &Device::Cpu));
+    let text = message(Bert::load(
+        &bert_config,
+        fixture("models/gpt2"),
+        DType::F32,
+        &Device::Cpu,
+    ));
     assert_contains(&text, &["this is a GPT-2 checkpoint", "not a BERT one"]);
 
     let vit_config = VitConfig::from_value(&config_of("models/vit"), "vit").unwrap();
-    let text = message(Vit::load(&vit_config, fixture("models/llama"), DType::F32, &Device::Cpu));
+    let text = message(Vit::load(
+        &vit_config,
+        fixture("models/llama"),
+        DType::F32,
+        &Device::Cpu,
+    ));
     assert_contains(&text, &["this is a LLaMA checkpoint", "not a ViT one"]);
 
     // Not a model at all: a single Linear layer's bundle.
-    let text = message(Gpt2::load(&gpt2_config, fixture("blocks/linear"), DType::F32, &Device::Cpu));
+    let text = message(Gpt2::load(
+        &gpt2_config,
+        fixture("blocks/linear"),
+        DType::F32,
+        &Device::Cpu,
+    ));
     assert_contains(
         &text,
-        &["does not look like a GPT-2 checkpoint", "transformer.h.0.attn.c_attn.weight", "`weight`"],
+        &[
+            "does not look like a GPT-2 checkpoint",
+            "transformer.h.0.attn.c_attn.weight",
+            "`weight`",
+        ],
     );
 }
 
@@ -102,7 +135,11 @@ fn a_config_that_contradicts_itself_is_refused() {
         &message(LlamaConfig::from_value(&config, "x")),
         &["num_attention_heads 4 is not a multiple of num_key_value_heads 3"],
     );
-    let config = with(&config_of("models/llama"), "rope_scaling", json!({"rope_type": "linear", "factor": 2.0}));
+    let config = with(
+        &config_of("models/llama"),
+        "rope_scaling",
+        json!({"rope_type": "linear", "factor": 2.0}),
+    );
     assert_contains(&message(LlamaConfig::from_value(&config, "x")), &["rope_scaling"]);
     let config = with(&config_of("models/gpt2"), "model_type", json!("llama"));
     assert_contains(&message(Gpt2Config::from_value(&config, "x")), &["not a GPT-2 config"]);
@@ -123,7 +160,10 @@ fn a_config_that_contradicts_the_weights_says_where() {
 
     let deeper = Gpt2Config::from_value(&with(&config_of("models/gpt2"), "n_layer", json!(3)), "x").unwrap();
     let text = message(Gpt2::load(&deeper, fixture("models/gpt2"), DType::F32, &Device::Cpu));
-    assert_contains(&text, &["does not fit the GPT-2 model", "missing: `transformer.h.2.ln_1.weight`"]);
+    assert_contains(
+        &text,
+        &["does not fit the GPT-2 model", "missing: `transformer.h.2.ln_1.weight`"],
+    );
 
     let shallower = Gpt2Config::from_value(&with(&config_of("models/gpt2"), "n_layer", json!(1)), "x").unwrap();
     let text = message(Gpt2::load(&shallower, fixture("models/gpt2"), DType::F32, &Device::Cpu));
@@ -131,7 +171,10 @@ fn a_config_that_contradicts_the_weights_says_where() {
 
     let vocab = BertConfig::from_value(&with(&config_of("models/bert"), "vocab_size", json!(100)), "x").unwrap();
     let text = message(Bert::load(&vocab, fixture("models/bert"), DType::F32, &Device::Cpu));
-    assert_contains(&text, &["`embeddings.word_embeddings.weight`: the model expects [100, 32]"]);
+    assert_contains(
+        &text,
+        &["`embeddings.word_embeddings.weight`: the model expects [100, 32]"],
+    );
 }
 
 #[test]
@@ -151,7 +194,10 @@ fn token_ids_outside_the_vocabulary_are_refused() {
     let types = Tensor::new(&[[0u32, 1, 2]], &Device::Cpu).unwrap();
     assert_contains(
         &message(bert.forward(&ids, Some(&types), None)),
-        &["embeddings.token_type_embeddings", "token id 2 is out of range for a table of 2 rows"],
+        &[
+            "embeddings.token_type_embeddings",
+            "token id 2 is out of range for a table of 2 rows",
+        ],
     );
     let short_mask = Tensor::new(&[[1u32, 1]], &Device::Cpu).unwrap();
     assert_contains(
@@ -168,8 +214,16 @@ fn sequences_longer_than_the_position_table_are_refused() {
         &message(model.forward(&ids, None)),
         &["a sequence of 40 tokens is longer than the position table (n_positions 32)"],
     );
-    let text = message(generate_greedy(&model, &[1, 2, 3, 4, 5], GenerateOptions::greedy(40), |_| {}));
-    assert_contains(&text, &["5 prompt tokens + 40 new tokens = 45 positions, more than the model's 32"]);
+    let text = message(generate_greedy(
+        &model,
+        &[1, 2, 3, 4, 5],
+        GenerateOptions::greedy(40),
+        |_| {},
+    ));
+    assert_contains(
+        &text,
+        &["5 prompt tokens + 40 new tokens = 45 positions, more than the model's 32"],
+    );
 
     let llama_config = LlamaConfig::from_value(&config_of("models/llama"), "llama").unwrap();
     let llama = Llama::load(&llama_config, fixture("models/llama"), DType::F32, &Device::Cpu).unwrap();
@@ -203,7 +257,10 @@ fn images_the_patch_size_does_not_divide_are_refused() {
         &["ViT (32x32 images, 8x8 patches)", "the input is 30x30"],
     );
     let gray = Tensor::zeros((1, 1, 32, 32), DType::F32, &Device::Cpu).unwrap();
-    assert_contains(&message(vit.forward(&gray)), &["the input has 1 channels, the projection expects 3"]);
+    assert_contains(
+        &message(vit.forward(&gray)),
+        &["the input has 1 channels, the projection expects 3"],
+    );
 }
 
 #[test]

@@ -37,13 +37,18 @@ fn assert_first_divergence(report: &TraceReport, expected: &str) {
     assert_eq!(report.first_divergence.as_deref(), Some(expected), "{report}");
     let position = report.rows.iter().position(|r| r.path == expected).unwrap();
     let before = &report.rows[..position];
-    assert!(before.iter().any(|row| row.comparison.is_some()), "modules before the bug were compared");
+    assert!(
+        before.iter().any(|row| row.comparison.is_some()),
+        "modules before the bug were compared"
+    );
     for row in before {
         if let Some(comparison) = &row.comparison {
             assert!(comparison.passed(), "`{}` precedes the bug and must match", row.path);
         }
     }
-    assert!(report.to_string().contains(&format!("First divergent module: `{expected}`")));
+    assert!(report
+        .to_string()
+        .contains(&format!("First divergent module: `{expected}`")));
 }
 
 fn bert_with(field: &str, value: serde_json::Value) -> TraceReport {
@@ -90,14 +95,18 @@ fn wrong_layer_norm_eps_is_found_at_the_first_norm() {
 #[test]
 fn swapped_rope_convention_is_found_in_the_first_attention() {
     let b = bundle("llama");
-    let config = LlamaConfig::from_value(&with(&b.metadata().config, "rope_interleaved", true.into()), b.origin()).unwrap();
+    let config =
+        LlamaConfig::from_value(&with(&b.metadata().config, "rope_interleaved", true.into()), b.origin()).unwrap();
     let model = Llama::from_tensors(&config, params(&b), b.origin(), DType::F32, &Device::Cpu).unwrap();
     let report = diverges(&b, || model.forward(b.input("0").unwrap(), None));
     assert_first_divergence(&report, "model.layers.0.self_attn.o_proj");
     for projection in ["q_proj", "k_proj", "v_proj"] {
         let path = format!("model.layers.0.self_attn.{projection}");
         let row = report.rows.iter().find(|r| r.path == path).unwrap();
-        assert!(row.comparison.as_ref().unwrap().passed(), "{path} comes before the rotation");
+        assert!(
+            row.comparison.as_ref().unwrap().passed(),
+            "{path} comes before the rotation"
+        );
     }
 }
 

@@ -14,7 +14,13 @@ use replica_models::Gpt2;
 fn reference() -> (Bundle, Vec<u32>, Vec<u32>) {
     let bundle = Bundle::load(fixtures_dir().join("models/gpt2_generate.safetensors"), &Device::Cpu).unwrap();
     let ids = |t: &Tensor| -> Vec<u32> {
-        t.flatten_all().unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|x| x as u32)
+            .collect()
     };
     let prompt = ids(bundle.input("0").unwrap());
     let expected = ids(bundle.output("0").unwrap());
@@ -81,7 +87,10 @@ fn a_hf_style_checkpoint_directory_generates_the_same() {
 fn cached_and_uncached_logits_agree_step_by_step() {
     let (bundle, prompt, _) = reference();
     let model = Gpt2::from_checkpoint(bundle.origin(), None, DType::F32, &Device::Cpu).unwrap();
-    let ids = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let ids = Tensor::new(prompt.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let full = model.forward(&ids, None).unwrap();
     let mut cache = replica_models::generation::CausalLm::new_cache(&model);
     let mut steps = Vec::new();
@@ -90,5 +99,10 @@ fn cached_and_uncached_logits_agree_step_by_step() {
         steps.push(model.forward(&one, Some(&mut cache)).unwrap());
     }
     let stepped = Tensor::cat(&steps, 1).unwrap();
-    replica_check::assert_close("logits, one token at a time", &stepped, &full, replica_check::Tolerance::default());
+    replica_check::assert_close(
+        "logits, one token at a time",
+        &stepped,
+        &full,
+        replica_check::Tolerance::default(),
+    );
 }

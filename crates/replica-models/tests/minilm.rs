@@ -12,7 +12,11 @@ use replica_models::cases::fixtures_dir;
 use replica_models::sentence::{cosine_similarities, ensure_minilm, SentenceEmbedder};
 
 fn reference() -> Bundle {
-    Bundle::load(fixtures_dir().join("models/minilm_embeddings.safetensors"), &Device::Cpu).unwrap()
+    Bundle::load(
+        fixtures_dir().join("models/minilm_embeddings.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn embedder() -> SentenceEmbedder {
@@ -64,11 +68,24 @@ fn minilm_sentence_embeddings_match_sentence_transformers() {
 #[test]
 fn minilm_embeddings_rank_related_sentences_first() {
     let embedder = embedder();
-    let texts = ["A man is eating food.", "A man is eating a piece of bread.", "A woman is playing violin."];
+    let texts = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "A woman is playing violin.",
+    ];
     let embeddings = embedder.embed(&texts).unwrap();
-    let norms = embeddings.sqr().unwrap().sum(D::Minus1).unwrap().to_vec1::<f32>().unwrap();
+    let norms = embeddings
+        .sqr()
+        .unwrap()
+        .sum(D::Minus1)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5), "unit length: {norms:?}");
-    let similarity = cosine_similarities(&embeddings, &embeddings).unwrap().to_vec2::<f32>().unwrap();
+    let similarity = cosine_similarities(&embeddings, &embeddings)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     assert!(similarity[0][1] > similarity[0][2] + 0.3, "{similarity:?}");
 }
 

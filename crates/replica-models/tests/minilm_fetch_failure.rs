@@ -8,7 +8,10 @@ use replica_models::sentence::{ensure_minilm, fetch_script, minilm_dir};
 fn an_unfetchable_model_is_a_loud_error() {
     // A directory nobody can create: the script fails before it downloads anything.
     std::env::set_var("REPLICA_MINILM_DIR", "/proc/replica-cannot-exist/all-MiniLM-L6-v2");
-    assert_eq!(minilm_dir().to_str(), Some("/proc/replica-cannot-exist/all-MiniLM-L6-v2"));
+    assert_eq!(
+        minilm_dir().to_str(),
+        Some("/proc/replica-cannot-exist/all-MiniLM-L6-v2")
+    );
     assert!(fetch_script().is_file(), "the committed fetch script exists");
     let err = ensure_minilm().unwrap_err().to_string();
     for part in [

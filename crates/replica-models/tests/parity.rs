@@ -23,7 +23,10 @@ fn check_model(parity: &ModelParity, unreferenced: &[&str], not_recorded: &[&str
     assert!(parity.trace.passed(), "{}", parity.trace);
     let loose: Vec<String> = replica_models::divergence::unreferenced(&parity.trace);
     assert_eq!(loose, unreferenced, "recorded modules without a reference activation");
-    assert_eq!(parity.trace.not_recorded, not_recorded, "reference activations the model does not record");
+    assert_eq!(
+        parity.trace.not_recorded, not_recorded,
+        "reference activations the model does not record"
+    );
 }
 
 #[test]
@@ -31,15 +34,27 @@ fn gpt2_matches_hf() {
     let bundle = bundle("gpt2");
     let parity = cases::gpt2_parity(&bundle).unwrap();
     check_model(&parity, &[], &["transformer.h.0.attn:1", "transformer.h.1.attn:1"]);
-    let grads = parity.report.rows.iter().filter(|r| r.name.starts_with("grad/param/")).count();
+    let grads = parity
+        .report
+        .rows
+        .iter()
+        .filter(|r| r.name.starts_with("grad/param/"))
+        .count();
     let params = bundle.names(replica_check::Namespace::Param).count();
-    assert_eq!(grads, params, "a gradient row for every parameter, the tied lm_head included");
+    assert_eq!(
+        grads, params,
+        "a gradient row for every parameter, the tied lm_head included"
+    );
 }
 
 #[test]
 fn llama_matches_hf() {
     let parity = cases::llama_parity(&bundle("llama")).unwrap();
-    check_model(&parity, &[], &["model.layers.0.self_attn:1", "model.layers.1.self_attn:1"]);
+    check_model(
+        &parity,
+        &[],
+        &["model.layers.0.self_attn:1", "model.layers.1.self_attn:1"],
+    );
 }
 
 #[test]

@@ -31,8 +31,16 @@ fn the_issue_presets_are_registered() {
 #[test]
 fn every_preset_cites_its_paper_and_names_its_checkpoint() {
     for preset in PRESETS {
-        assert!(!preset.paper.arxiv.is_empty() && !preset.paper.title.is_empty(), "{}", preset.name);
-        assert!(!preset.checkpoint.is_empty() && !preset.description.is_empty(), "{}", preset.name);
+        assert!(
+            !preset.paper.arxiv.is_empty() && !preset.paper.title.is_empty(),
+            "{}",
+            preset.name
+        );
+        assert!(
+            !preset.checkpoint.is_empty() && !preset.description.is_empty(),
+            "{}",
+            preset.name
+        );
         assert!(preset.checkpoint_naming().len() > 20, "{}", preset.name);
         let origin = preset.name;
         let config = preset.config();
@@ -45,7 +53,10 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
         }
     }
     assert_eq!(registry::preset("gpt2").unwrap().paper.arxiv, "2005.14165");
-    assert_eq!(registry::preset("vit_base_patch16_224").unwrap().paper.arxiv, "2010.11929");
+    assert_eq!(
+        registry::preset("vit_base_patch16_224").unwrap().paper.arxiv,
+        "2010.11929"
+    );
     assert_eq!(registry::preset("llama-tiny").unwrap().paper.arxiv, "2302.13971");
     assert_eq!(registry::preset("bert-base-uncased").unwrap().paper.arxiv, "1810.04805");
 }
@@ -53,19 +64,31 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
 #[test]
 fn the_preset_configs_are_the_published_sizes() {
     let gpt2 = Gpt2Config::from_value(&registry::preset("gpt2").unwrap().config(), "gpt2").unwrap();
-    assert_eq!((gpt2.n_layer, gpt2.n_embd, gpt2.n_head, gpt2.vocab_size), (12, 768, 12, 50257));
+    assert_eq!(
+        (gpt2.n_layer, gpt2.n_embd, gpt2.n_head, gpt2.vocab_size),
+        (12, 768, 12, 50257)
+    );
     let medium = Gpt2Config::from_value(&registry::preset("gpt2-medium").unwrap().config(), "m").unwrap();
     assert_eq!((medium.n_layer, medium.n_embd, medium.n_head), (24, 1024, 16));
     let tiny = VitConfig::from_value(&registry::preset("vit_tiny_patch16_224").unwrap().config(), "t").unwrap();
-    assert_eq!((tiny.embed_dim, tiny.depth, tiny.num_heads, tiny.num_tokens()), (192, 12, 3, 197));
+    assert_eq!(
+        (tiny.embed_dim, tiny.depth, tiny.num_heads, tiny.num_tokens()),
+        (192, 12, 3, 197)
+    );
     let minilm = BertConfig::from_value(&registry::preset("all-MiniLM-L6-v2").unwrap().config(), "m").unwrap();
-    assert_eq!((minilm.hidden_size, minilm.num_hidden_layers, minilm.intermediate_size), (384, 6, 1536));
+    assert_eq!(
+        (minilm.hidden_size, minilm.num_hidden_layers, minilm.intermediate_size),
+        (384, 6, 1536)
+    );
 }
 
 #[test]
 fn unknown_names_get_suggestions() {
     let err = registry::preset("vit_large_patch16_224").unwrap_err().to_string();
-    assert!(err.contains("no model named `vit_large_patch16_224`") && err.contains("vit_base_patch16_224"), "{err}");
+    assert!(
+        err.contains("no model named `vit_large_patch16_224`") && err.contains("vit_base_patch16_224"),
+        "{err}"
+    );
     let err = registry::preset("resnet50").unwrap_err().to_string();
     assert!(err.contains("the registry has"), "{err}");
 }
@@ -80,11 +103,21 @@ fn create_model_builds_a_trainable_model_with_overrides() {
     assert_eq!(gpt2.config().n_embd, 64);
     // Every parameter is a variable to train: wte, wpe, 2 x 12 block tensors, ln_f (tied head).
     assert_eq!(varmap.all_vars().len(), 2 + 2 * 12 + 2);
-    let logits = gpt2.forward(&Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap(), None).unwrap();
+    let logits = gpt2
+        .forward(&Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap(), None)
+        .unwrap();
     assert_eq!(logits.dims(), [1, 3, 100]);
 
-    let err = create_model("gpt2", &json!({"n_head": 7}), VarBuilder::zeros(DType::F32, &Device::Cpu)).unwrap_err();
-    assert!(err.to_string().contains("n_embd 768 is not divisible by n_head 7"), "{err}");
+    let err = create_model(
+        "gpt2",
+        &json!({"n_head": 7}),
+        VarBuilder::zeros(DType::F32, &Device::Cpu),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("n_embd 768 is not divisible by n_head 7"),
+        "{err}"
+    );
     let err = create_model("gpt2", &json!([1, 2]), VarBuilder::zeros(DType::F32, &Device::Cpu)).unwrap_err();
     assert!(err.to_string().contains("overrides must be a JSON object"), "{err}");
 }
@@ -95,7 +128,10 @@ fn create_model_builds_vit_tiny_at_its_real_size() {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = create_model("vit_tiny_patch16_224", &Value::Null, vb).unwrap();
     let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    assert_eq!(params, 5_717_416, "timm's vit_tiny_patch16_224 has 5,717,416 parameters");
+    assert_eq!(
+        params, 5_717_416,
+        "timm's vit_tiny_patch16_224 has 5,717,416 parameters"
+    );
     let images = Tensor::randn(0f32, 1.0, (1, 3, 224, 224), &Device::Cpu).unwrap();
     let vit = model.as_vit().unwrap();
     assert_eq!(vit.forward(&images).unwrap().dims(), [1, 1000]);
@@ -115,5 +151,8 @@ fn load_model_reads_a_checkpoint_into_a_preset() {
     assert_eq!(config["hidden_size"], 288);
     // Without the overrides, the preset's shapes contradict the checkpoint's.
     let err = load_model("llama-tiny", &Value::Null, &fixture, DType::F32, &Device::Cpu).unwrap_err();
-    assert!(err.to_string().contains("contradicts the checkpoint's tensor shapes"), "{err}");
+    assert!(
+        err.to_string().contains("contradicts the checkpoint's tensor shapes"),
+        "{err}"
+    );
 }
