@@ -15,3 +15,8 @@ pub use replica_models as models;
 
 pub mod candle_ops;
 pub mod suite;
+
+/// Every block and model of replica with the paper it implements (`replica papers`).
+pub fn papers() -> impl Iterator<Item = &'static replica_blocks::BlockPaper> {
+    replica_blocks::PAPERS.iter().chain(replica_models::papers::PAPERS)
+}

@@ -1,6 +1,5 @@
 //! `replica models` and `replica papers`: what replica knows.
 
-use replica_blocks::PAPERS;
 use serde_json::{json, Value};
 
 use crate::args::{ModelsArgs, PapersArgs};
@@ -13,11 +12,22 @@ use crate::Status;
 pub fn models(args: &ModelsArgs, format: Format) -> Result<Status, CliError> {
     let registry = Registry::load();
     let components: Vec<_> = registry.filter(args.filter.as_deref()).collect();
+    let presets = model_presets(args.filter.as_deref());
     let text = match format {
         Format::Json => json_text(&Value::Array(
-            components
+            presets
                 .iter()
-                .map(|c| {
+                .map(|p| {
+                    json!({
+                        "name": p.name,
+                        "kind": "preset",
+                        "reference": p.checkpoint,
+                        "paper": p.paper.arxiv,
+                        "paper_title": p.paper.title,
+                        "fixture": null,
+                    })
+                })
+                .chain(components.iter().map(|c| {
                     json!({
                         "name": c.name,
                         "kind": c.kind,
@@ -26,11 +36,20 @@ pub fn models(args: &ModelsArgs, format: Format) -> Result<Status, CliError> {
                         "paper_title": c.paper_title(),
                         "fixture": c.fixture.as_ref().map(|p| p.display().to_string()),
                     })
-                })
+                }))
                 .collect(),
         )),
         _ => {
             let mut table = Table::new(&["component", "kind", "reference", "paper", "fixture"]);
+            for p in &presets {
+                table.push(vec![
+                    Cell::plain(p.name),
+                    Cell::plain("preset"),
+                    Cell::plain(p.checkpoint),
+                    Cell::plain(format!("{} ({})", p.paper.arxiv, p.paper.title)),
+                    Cell::plain("-"),
+                ]);
+            }
             for c in &components {
                 let paper = match (c.paper, c.paper_title()) {
                     (Some(id), Some(title)) => format!("{id} ({title})"),
@@ -54,11 +73,15 @@ pub fn models(args: &ModelsArgs, format: Format) -> Result<Status, CliError> {
             if format == Format::Text {
                 out.push_str(&paint(
                     HEADER,
-                    &heading(components.len(), registry.all().len(), args.filter.as_deref()),
+                    &format!(
+                        "{} model presets; {}",
+                        presets.len(),
+                        heading(components.len(), registry.all().len(), args.filter.as_deref())
+                    ),
                 ));
                 out.push_str("\n\n");
             }
-            if components.is_empty() {
+            if components.is_empty() && presets.is_empty() {
                 let filter = args.filter.as_deref().unwrap_or_default();
                 out.push_str(&format!("No component matches `{filter}`."));
                 if let Some(close) = registry.closest(filter) {
@@ -75,6 +98,22 @@ pub fn models(args: &ModelsArgs, format: Format) -> Result<Status, CliError> {
     Ok(Status::Passed)
 }
 
+/// The model registry's presets (`replica_models::PRESETS`) whose name, checkpoint
+/// or paper contains `filter`: what `create_model` builds, listed beside the checkable components.
+fn model_presets(filter: Option<&str>) -> Vec<&'static replica::models::registry::Preset> {
+    let needle = filter.map(str::to_lowercase);
+    replica::models::registry::PRESETS
+        .iter()
+        .filter(|p| {
+            needle.as_ref().is_none_or(|n| {
+                [p.name, p.checkpoint, p.paper.arxiv, p.paper.title]
+                    .iter()
+                    .any(|text| text.to_lowercase().contains(n.as_str()))
+            })
+        })
+        .collect()
+}
+
 fn heading(shown: usize, total: usize, filter: Option<&str>) -> String {
     match filter {
         Some(filter) => format!("{shown} of {total} registered components match `{filter}`"),
@@ -82,11 +121,10 @@ fn heading(shown: usize, total: usize, filter: Option<&str>) -> String {
     }
 }
 
-/// Runs `replica papers [FILTER]`: every block and the paper it implements.
+/// Runs `replica papers [FILTER]`: every block and model and the paper it implements.
 pub fn papers(args: &PapersArgs, format: Format) -> Result<Status, CliError> {
     let needle = args.filter.as_deref().map(str::to_lowercase);
-    let entries: Vec<_> = PAPERS
-        .iter()
+    let entries: Vec<_> = replica::papers()
         .filter(|e| {
             needle.as_ref().is_none_or(|n| {
                 [e.block, e.paper.title, e.paper.arxiv]

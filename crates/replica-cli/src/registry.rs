@@ -56,11 +56,10 @@ impl Component {
         Ok(report)
     }
 
-    /// The paper's title from the block registry, when the id is known there.
+    /// The paper's title from the paper registry, when the id is known there.
     pub fn paper_title(&self) -> Option<&'static str> {
         let id = self.paper?;
-        replica_blocks::PAPERS
-            .iter()
+        replica::papers()
             .find(|entry| entry.paper.arxiv == id || id.contains(entry.paper.arxiv))
             .map(|entry| entry.paper.title)
     }

@@ -727,3 +727,25 @@ fn a_component_that_cannot_run_on_its_bundle_is_an_input_error() {
         "{text}"
     );
 }
+
+#[test]
+fn models_lists_the_model_presets_and_their_papers() {
+    let out = replica(&["models", "gpt2"]);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 0);
+    let medium = text.lines().find(|l| l.starts_with("gpt2-medium ")).expect("a gpt2-medium row");
+    assert!(medium.contains("preset") && medium.contains("2005.14165"), "{medium}");
+    let doc = json(&replica(&["models", "--format", "json"]));
+    let presets: Vec<&str> = doc
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "preset")
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for name in ["gpt2", "vit_base_patch16_224", "bert-base-uncased", "all-MiniLM-L6-v2"] {
+        assert!(presets.contains(&name), "{name} missing from {presets:?}");
+    }
+    let papers = stdout(&replica(&["papers", "llama"]));
+    assert!(papers.contains("2302.13971"), "{papers}");
+}
