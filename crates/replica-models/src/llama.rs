@@ -18,8 +18,9 @@ use candle_nn::VarBuilder;
 use replica_blocks::attention::{AttentionConfig, AttentionNames};
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::{
-    Activation, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, GluMlpConfig, Linear, LinearConfig,
-    NormKind, ResidualLayout, RmsNorm, RmsNormConfig, RopeStyle, TransformerBlock, TransformerBlockConfig,
+    Activation, AttentionOutput, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, GluMlpConfig, Linear,
+    LinearConfig, NormKind, ResidualLayout, RmsNorm, RmsNormConfig, RopeStyle, TransformerBlock,
+    TransformerBlockConfig,
 };
 use replica_check::WeightMap;
 use serde::{Deserialize, Serialize};
@@ -206,7 +207,7 @@ impl LlamaConfig {
             feed_forward: FeedForwardConfig::Glu(mlp),
             layer_scale: None,
             drop_path: 0.0,
-            names: BlockNames::llama(),
+            names: BlockNames::llama().returning(AttentionOutput::TupleWithWeights),
         }
     }
 

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
@@ -47,6 +48,9 @@ pub fn missing_files(dir: &Path) -> Vec<&'static str> {
 /// when its files are missing. Fails, with the script's own output, when they
 /// still cannot be found.
 pub fn ensure_minilm() -> Result<PathBuf> {
+    // One fetch at a time in this process (tests run in parallel threads).
+    static FETCH: Mutex<()> = Mutex::new(());
+    let _fetching = FETCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = minilm_dir();
     if missing_files(&dir).is_empty() {
         return Ok(dir);

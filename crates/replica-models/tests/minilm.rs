@@ -55,7 +55,7 @@ fn minilm_sentence_embeddings_match_sentence_transformers() {
     let cosines = row_cosines(&embeddings, expected);
     let min_cosine = cosines.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
-        "all-MiniLM-L6-v2, {} sentences: max abs diff {:.3e}, min cosine {min_cosine:.9}\n{comparison}",
+        "all-MiniLM-L6-v2, {} sentences: max abs diff {:.3e}, min cosine {min_cosine:.12}\n{comparison}",
         texts.len(),
         comparison.worst_abs()
     );
