@@ -733,7 +733,10 @@ fn models_lists_the_model_presets_and_their_papers() {
     let out = replica(&["models", "gpt2"]);
     let text = stdout(&out);
     assert_eq!(code(&out), 0);
-    let medium = text.lines().find(|l| l.starts_with("gpt2-medium ")).expect("a gpt2-medium row");
+    let medium = text
+        .lines()
+        .find(|l| l.starts_with("gpt2-medium "))
+        .expect("a gpt2-medium row");
     assert!(medium.contains("preset") && medium.contains("2005.14165"), "{medium}");
     let doc = json(&replica(&["models", "--format", "json"]));
     let presets: Vec<&str> = doc
