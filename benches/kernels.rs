@@ -251,7 +251,6 @@ fn bench_rope(c: &mut Criterion) {
 fn bench_attention(c: &mut Criterion) {
     let pools = pools();
     let mut group = c.benchmark_group("attention");
-    group.sample_size(10);
     for (shape, [b, h, s, d], causal) in [
         ("bert-base_b8_s128", [8usize, 12, 128, 64], false),
         ("gpt2_b1_s1024_causal", [1, 12, 1024, 64], true),
@@ -298,7 +297,6 @@ fn bench_attention(c: &mut Criterion) {
 
     // Training: forward and backward of the fused kernel against the composition.
     let mut group = c.benchmark_group("attention_fwd_bwd");
-    group.sample_size(10);
     let (shape, [b, h, s, d]) = ("gpt2_b1_s1024_causal", [1usize, 12, 1024, 64]);
     let vars: Vec<candle_core::Var> = (0..3)
         .map(|_| candle_core::Var::from_tensor(&randn(&[b, h, s, d])).unwrap())
@@ -327,7 +325,6 @@ fn bench_attention(c: &mut Criterion) {
 fn bench_matmul(c: &mut Criterion) {
     let pools = pools();
     let mut group = c.benchmark_group("matmul");
-    group.sample_size(10);
     for (shape, [m, k, n]) in [
         ("bert-base_ffn_b8_s128", [1024usize, 768, 3072]),
         ("llama-7b_proj_s128", [128, 4096, 4096]),
@@ -341,7 +338,11 @@ fn bench_matmul(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
+    // Ten samples: the slowest compositions take 0.2-0.5 s a call, and criterion
+    // runs every sample at least once.
     Criterion::default()
+        .sample_size(10)
+        .without_plots()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2))
         .configure_from_args()

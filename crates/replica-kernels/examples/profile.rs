@@ -16,6 +16,8 @@ fn main() -> candle_core::Result<()> {
     let w = Tensor::randn(0f32, 1.0, 768, &dev)?;
     let small = Tensor::randn(0f32, 1.0, (8, 1024), &dev)?;
     let q = Tensor::randn(0f32, 1.0, (1, 12, 1024, 64), &dev)?;
+    let qb = Tensor::randn(0f32, 1.0, (8, 12, 128, 64), &dev)?;
+    let scores = Tensor::randn(0f32, 1.0, (1, 12, 1024, 1024), &dev)?;
     let cpu_start = thread_cpu_ns();
     let start = Instant::now();
     for _ in 0..iters {
@@ -36,6 +38,10 @@ fn main() -> candle_core::Result<()> {
                     ..Default::default()
                 },
             )?,
+            "attention_bert" => rk::attention(&qb, &qb, &qb, &AttentionOptions::default())?,
+            "attention_bert_composed" => rk::reference::attention(&qb, &qb, &qb, &AttentionOptions::default())?,
+            "softmax_gpt2" => rk::softmax_last_dim(&scores, 1.0, Mask::None)?,
+            "candle_softmax_gpt2" => candle_nn::ops::softmax_last_dim(&scores)?,
             other => candle_core::bail!("unknown kernel {other}"),
         };
         std::hint::black_box(y);
