@@ -244,8 +244,9 @@ def main():
         note = ("† Slower with 2 threads than with 1 (by more than 20%): the second core was busy with other "
                 "work during that measurement. PyTorch suffers most: its OpenMP threads meet at a barrier, so "
                 "one descheduled thread stalls the whole op for a scheduler tick (milliseconds); rayon's work stealing lets the running thread take the waiting one's work. "
-                "Such rows are noise, not a property of the kernel; the 1-thread rows are the comparison to "
-                "trust. Kernels with such rows: " + ", ".join(sorted(contended)) + ".")
+                "Such rows are noise, not a property of the kernel. More generally, when the machine is "
+                "shared, 2-thread speedups understate what an idle machine gives (for every implementation): "
+                "the 1-thread rows are the comparison to trust. Kernels with such rows: " + ", ".join(sorted(contended)) + ".")
         lines += ["## A note on the 2-thread rows", "", note, ""]
 
     # Targets: every (kernel, shape, threads) against each target ratio.

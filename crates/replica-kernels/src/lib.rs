@@ -13,7 +13,7 @@
 //! Every function takes and returns candle tensors. On the CPU, f32 runs the
 //! kernel (AVX2+FMA when the CPU has it, detected at run time, else a portable
 //! version), f16 and bf16 run it in f32 and round once; f64 and other devices run
-//! the plain candle composition in [`reference`]. Rows are split over rayon's
+//! the plain candle composition in [`reference`](mod@reference). Rows are split over rayon's
 //! threads only when there are enough of them ([`MIN_PARALLEL_WORK`]).
 //!
 //! The fast `exp`, `erf`/normal CDF and `tanh` behind them are in [`simd`], with

@@ -3,7 +3,7 @@
 //! CDF built on them.
 //!
 //! Kernels are written once, generic over [`Simd`], marked `#[inline(always)]`,
-//! and instantiated twice by [`simd_dispatch!`]: inside a `#[target_feature(enable =
+//! and instantiated twice by [`simd_dispatch!`](crate::simd_dispatch): inside a `#[target_feature(enable =
 //! "avx2,fma")]` function (where every intrinsic inlines), and for [`Portable`].
 //! Both backends evaluate the same polynomials in the same order, so they agree to
 //! an ulp or two (the portable path has no fused multiply-add).
