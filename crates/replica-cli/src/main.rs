@@ -1,52 +1,12 @@
-//! `replica`: check candle reimplementations of ML components against reference
-//! tensors dumped from PyTorch; diff and inspect safetensors files; list the
-//! registered components and the papers they implement.
-//!
-//! Exit codes: 0 when every check passes, 1 when a check fails, 2 on a usage
-//! or input error (a one-line cause on stderr).
-
-mod args;
-mod check;
-mod device;
-mod diff;
-mod error;
-mod guard;
-mod inspect;
-mod listing;
-mod manifest;
-mod output;
-mod registry;
+//! The `replica` binary: parses the command line and runs the library's commands.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, ColorWhen, Command};
-
-/// How a command ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Passed,
-    Failed,
-    InputError,
-}
-
-impl Status {
-    fn code(self) -> ExitCode {
-        match self {
-            Status::Passed => ExitCode::SUCCESS,
-            Status::Failed => ExitCode::from(1),
-            Status::InputError => ExitCode::from(2),
-        }
-    }
-}
-
-/// `error: message` on stderr, `error:` in red on a terminal.
-pub fn print_error(message: &str) {
-    let style = output::BAD;
-    let _ = writeln!(anstream::stderr(), "{}: {message}", output::paint(style, "error"));
-}
+use replica_cli::args::{Cli, ColorWhen, Command};
+use replica_cli::{check, diff, guard, inspect, listing, print_error, Status};
 
 /// clap's error with its cause on one line (`error: ... --model <NAME>`), then its usage hint.
 fn usage_error(err: &clap::Error) -> ExitCode {

@@ -1,0 +1,48 @@
+//! `replica`: check candle reimplementations of ML components against reference
+//! tensors dumped from PyTorch; diff and inspect safetensors files; list the
+//! registered components and the papers they implement.
+//!
+//! This library holds the commands; `src/main.rs` only parses the command line.
+//! Fuzz targets and tests call the parsers and renderers directly.
+//!
+//! Exit codes: 0 when every check passes, 1 when a check fails, 2 on a usage
+//! or input error (a one-line cause on stderr).
+
+pub mod args;
+pub mod check;
+pub mod device;
+pub mod diff;
+pub mod error;
+pub mod guard;
+pub mod inspect;
+pub mod listing;
+pub mod manifest;
+pub mod output;
+pub mod registry;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Passed,
+    Failed,
+    InputError,
+}
+
+impl Status {
+    pub fn code(self) -> ExitCode {
+        match self {
+            Status::Passed => ExitCode::SUCCESS,
+            Status::Failed => ExitCode::from(1),
+            Status::InputError => ExitCode::from(2),
+        }
+    }
+}
+
+/// `error: message` on stderr, `error:` in red on a terminal.
+pub fn print_error(message: &str) {
+    let style = output::BAD;
+    let _ = writeln!(anstream::stderr(), "{}: {message}", output::paint(style, "error"));
+}
