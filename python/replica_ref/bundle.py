@@ -284,13 +284,30 @@ def write_bundle(
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """Move `tmp` to `path` unless `path` exists, without a check-then-rename race.
+
+    A hard link fails if `path` exists, even one another writer created a moment
+    ago. Where the file system has no hard links, fall back to check-then-rename.
+    """
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)") from None
+    except OSError:
+        if path.exists():
+            raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)") from None
+        os.replace(tmp, path)
 
 
 def read_bundle(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -287,3 +287,35 @@ def test_inputs_must_name_the_stored_inputs(tmp_path):
         write_bundle(tmp_path / "b.safetensors", {"input/0": x, "input/mask": x, "output/0": x}, meta())
     with pytest.raises(BundleError, match="'1'"):
         write_bundle(tmp_path / "b.safetensors", {"input/0": x, "output/0": x}, meta(outputs=["0", "1"]))
+
+
+def test_a_file_that_appears_during_the_write_is_kept(tmp_path, monkeypatch):
+    # Another writer creates the file after the early check, while the bytes are encoded:
+    # the final placement must still refuse it, and leave no temporary file.
+    import replica_ref.bundle as bundle_module
+
+    x = np.zeros(2, dtype=np.float32)
+    path = tmp_path / "b.safetensors"
+    real_encode = bundle_module.encode_bundle
+
+    def encode_while_another_writer_wins(tensors, metadata):
+        path.write_bytes(b"the other writer")
+        return real_encode(tensors, metadata)
+
+    monkeypatch.setattr(bundle_module, "encode_bundle", encode_while_another_writer_wins)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_bundle(path, {"input/0": x, "output/0": x}, meta())
+    assert path.read_bytes() == b"the other writer"
+    assert os.listdir(tmp_path) == ["b.safetensors"]
+
+
+def test_without_hard_links_a_new_file_is_still_written(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    x = np.zeros(2, dtype=np.float32)
+    path = tmp_path / "b.safetensors"
+    write_bundle(path, {"input/0": x, "output/0": x}, meta())
+    np.testing.assert_array_equal(read_bundle(path)[0]["input/0"], x)
+    assert os.listdir(tmp_path) == ["b.safetensors"]
