@@ -8,7 +8,8 @@
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// An activation function; every variant is differentiable in candle.
+/// An activation function; every variant is differentiable. GELU (both forms) and
+/// SiLU run the `replica_kernels` ops when [`crate::compute`] is on kernels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
@@ -32,12 +33,46 @@ pub enum Activation {
 
 impl Activation {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(kernel) = self.kernel().filter(|_| crate::compute::kernels_for(x)) {
+            // The kernels compute half precision in f32 and round once, as below.
+            return kernel(x);
+        }
         match (self, x.dtype()) {
             // PyTorch evaluates these in f32 for half-precision inputs and rounds once;
             // candle's f16 kernels round intermediate steps (an ulp off for SiLU).
             // QuickGELU is three separate ops in PyTorch too, so it stays composed.
             (Activation::QuickGelu, _) | (_, DType::F32 | DType::F64) => self.eval(x),
             _ => self.eval(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype()),
+        }
+    }
+
+    /// The fused kernel of this activation; QuickGELU, ReLU and ReLU² have none
+    /// (they are one or two cheap candle ops already).
+    fn kernel(&self) -> Option<fn(&Tensor) -> Result<Tensor>> {
+        match self {
+            Activation::Gelu => Some(replica_kernels::gelu_erf),
+            Activation::GeluTanh => Some(replica_kernels::gelu_tanh),
+            Activation::Silu => Some(replica_kernels::silu),
+            Activation::QuickGelu | Activation::Relu | Activation::ReluSquared => None,
+        }
+    }
+
+    /// `act(gate) · up` fused in one kernel, when this activation has a gated
+    /// kernel (SwiGLU, GeGLU) and the kernels are in force for these inputs.
+    pub(crate) fn gated_kernel(&self, gate: &Tensor, up: &Tensor) -> Option<Result<Tensor>> {
+        // f32 only: for half inputs the reference rounds `act(gate)` before the product,
+        // which the fused kernel (one rounding) would not reproduce.
+        if !crate::compute::kernels_for(gate) || gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
+            return None;
+        }
+        if gate.dims() != up.dims() {
+            return None;
+        }
+        match self {
+            Activation::Silu => Some(replica_kernels::swiglu(gate, up)),
+            Activation::Gelu => Some(replica_kernels::geglu(gate, up, replica_kernels::GeluApprox::Erf)),
+            Activation::GeluTanh => Some(replica_kernels::geglu(gate, up, replica_kernels::GeluApprox::Tanh)),
+            _ => None,
         }
     }
 

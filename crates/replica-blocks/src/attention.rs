@@ -19,10 +19,19 @@
 //! end: the order of operations of PyTorch's fused sdpa kernel on CPU (and of
 //! flash attention), which this reproduces bit for bit on small inputs.
 //!
-//! Everything is composed of differentiable candle ops (no fused softmax), so
-//! every block here trains. Masks follow [`crate::mask`]: additive `-inf` (or
-//! boolean, nonzero = attend); a query that may attend to no key gets zeros, as
-//! with torch's sdpa.
+//! # Kernels
+//!
+//! With [`crate::compute`] on kernels (the default) and f32 inputs on the CPU,
+//! attention runs `replica_kernels::attention` (fused, FlashAttention-style:
+//! causal, additive or boolean mask, ALiBi, GQA). f16/bf16 keep the composition,
+//! whose rounding order is PyTorch's (above); the kernels would round once. Where
+//! the fused op does not fit (soft-capping, dropout on the probabilities, the
+//! probabilities asked for, or a mask that needs a gradient) the scores are
+//! materialised and `replica_kernels::softmax_last_dim` applies the scale and the
+//! mask in one pass. Otherwise (f64, other devices, the composition
+//! chosen) everything is composed of differentiable candle ops. Every path trains.
+//! Masks follow [`crate::mask`]: additive `-inf` (or boolean, nonzero = attend); a
+//! query that may attend to no key gets zeros, as with torch's sdpa.
 
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -84,7 +93,7 @@ pub fn scaled_dot_product_attention(
     mask: Option<&Tensor>,
     options: &SdpaOptions,
 ) -> Result<Tensor> {
-    Ok(attend(q, k, v, mask, options, false)?.0)
+    Ok(attend(q, k, v, mask, None, options, false)?.0)
 }
 
 /// [`scaled_dot_product_attention`], also returning the attention probabilities
@@ -96,7 +105,7 @@ pub fn scaled_dot_product_attention_with_weights(
     mask: Option<&Tensor>,
     options: &SdpaOptions,
 ) -> Result<(Tensor, Tensor)> {
-    let (out, weights) = attend(q, k, v, mask, options, true)?;
+    let (out, weights) = attend(q, k, v, mask, None, options, true)?;
     Ok((out, weights.ok_or_else(weights_missing)?))
 }
 
@@ -104,11 +113,19 @@ fn weights_missing() -> candle_core::Error {
     candle_core::Error::Msg("attention: the probabilities were asked for but not computed".into())
 }
 
+/// ALiBi biases for queries whose first one sits at position `offset`.
+#[derive(Clone, Copy)]
+struct AlibiAt<'a> {
+    alibi: &'a Alibi,
+    offset: usize,
+}
+
 fn attend(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
+    alibi: Option<AlibiAt<'_>>,
     options: &SdpaOptions,
     want_weights: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
@@ -153,16 +170,43 @@ fn attend(
             options.dropout_p
         )
     }
+    if let Some(cap) = options.softcap {
+        if !(cap > 0.0 && cap.is_finite()) {
+            candle_core::bail!("scaled_dot_product_attention: softcap must be positive, got {cap}")
+        }
+    }
+    if let Some(m) = mask {
+        if m.broadcast_as((b, heads, q_len, k_len)).is_err() {
+            candle_core::bail!(
+                "scaled_dot_product_attention: mask of shape {:?} does not broadcast to the scores [{b}, {heads}, {q_len}, {k_len}]",
+                m.dims()
+            )
+        }
+    }
+    // f32 only: for f16/bf16, PyTorch's CPU sdpa rounds `exp(s - max)` to the input
+    // dtype before the value product (module docs), which the kernels, in f32
+    // throughout, do not reproduce (up to 8e-3 relative off an f16 reference whose
+    // tolerance is 1e-3), so half precision keeps the composition.
+    if crate::compute::kernels_for(q) && dtype == DType::F32 {
+        return attend_kernels(q, k, v, mask, alibi, options, scale, want_weights);
+    }
 
+    // The composition: ALiBi as one more additive bias.
+    let alibi = alibi
+        .map(|a| a.alibi.bias(q_len, k_len, a.offset, DType::F32))
+        .transpose()?;
+    let combined = match (mask, alibi) {
+        (Some(mask), Some(alibi)) => mask::combine(&[mask, &alibi], DType::F32)?,
+        (Some(mask), None) => Some(mask.clone()),
+        (None, alibi) => alibi,
+    };
+    let mask = combined.as_ref();
     let n_rep = heads / kv_heads;
     let q32 = q.to_dtype(DType::F32)?.contiguous()?;
     let k32 = repeat_kv(&k.to_dtype(DType::F32)?, n_rep)?;
     let v32 = repeat_kv(&v.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
     let mut scores = (q32.matmul(&k32.t()?.contiguous()?)? * scale)?;
     if let Some(cap) = options.softcap {
-        if !(cap > 0.0 && cap.is_finite()) {
-            candle_core::bail!("scaled_dot_product_attention: softcap must be positive, got {cap}")
-        }
         scores = ((scores / cap)?.tanh()? * cap)?;
     }
 
@@ -223,6 +267,82 @@ fn attend(
         None
     };
     Ok((out.to_dtype(dtype)?, weights))
+}
+
+/// [`attend`] on the kernels; the inputs are checked.
+#[allow(clippy::too_many_arguments)]
+fn attend_kernels(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    alibi: Option<AlibiAt<'_>>,
+    options: &SdpaOptions,
+    scale: f64,
+    want_weights: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (q_len, k_len) = (q.dim(2)?, k.dim(2)?);
+    let causal = options.causal.then_some(replica_kernels::Causal::BottomRight);
+    // The fused op gives the mask no gradient: a mask that is being trained (a learned
+    // bias) goes through the softmax kernel, which gives it one.
+    let mask_trained = mask.is_some_and(|m| m.track_op());
+    let additive = mask.map(|m| mask::to_additive(m, DType::F32)).transpose()?;
+    // The fused op places query `i` at position `i + k_len - q_len`, as a KV cache does.
+    let alibi_fits = alibi.is_none_or(|a| a.offset + q_len == k_len);
+    let fused = options.softcap.is_none() && options.dropout_p == 0.0 && !want_weights && !mask_trained && alibi_fits;
+    if fused {
+        let slopes = alibi.map(|a| a.alibi.slopes().to_vec1::<f32>()).transpose()?;
+        let kernel_options = replica_kernels::AttentionOptions {
+            scale: Some(scale),
+            causal,
+            mask: additive.as_ref(),
+            alibi_slopes: slopes.as_deref(),
+        };
+        return Ok((replica_kernels::attention(q, k, v, &kernel_options)?, None));
+    }
+
+    // Materialised scores; the softmax kernel fuses the scale (unless soft-capping
+    // must come between the two) and the mask.
+    let dtype = q.dtype();
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let q32 = q.to_dtype(DType::F32)?.contiguous()?;
+    let k32 = repeat_kv(&k.to_dtype(DType::F32)?, n_rep)?;
+    let v32 = repeat_kv(&v.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
+    let mut scores = q32.matmul(&k32.t()?.contiguous()?)?;
+    let mut softmax_scale = scale;
+    if let Some(cap) = options.softcap {
+        scores = (((scores * scale)? / cap)?.tanh()? * cap)?;
+        softmax_scale = 1.0;
+    }
+    let mut biases = Vec::new();
+    if let Some(a) = alibi {
+        biases.push(a.alibi.bias(q_len, k_len, a.offset, DType::F32)?);
+    }
+    if let Some(m) = additive {
+        biases.push(m);
+    }
+    let probs = if biases.is_empty() {
+        let mask = causal.map_or(replica_kernels::Mask::None, replica_kernels::Mask::Causal);
+        replica_kernels::softmax_last_dim(&scores, softmax_scale, mask)?
+    } else {
+        if options.causal {
+            let shift = k_len as i64 - q_len as i64;
+            biases.push(mask::causal_mask_shifted(q_len, k_len, shift, DType::F32, q.device())?);
+        }
+        let mut total = biases[0].clone();
+        for bias in &biases[1..] {
+            total = total.broadcast_add(bias)?;
+        }
+        replica_kernels::softmax_last_dim(&scores, softmax_scale, replica_kernels::Mask::Additive(&total))?
+    };
+    let for_values = if options.dropout_p > 0.0 {
+        candle_nn::ops::dropout(&probs, options.dropout_p)?
+    } else {
+        probs.clone()
+    };
+    let out = for_values.matmul(&v32)?.to_dtype(dtype)?;
+    let weights = want_weights.then(|| probs.to_dtype(dtype)).transpose()?;
+    Ok((out, weights))
 }
 
 /// The names of an attention module's parts in the reference checkpoint; a
@@ -800,18 +920,7 @@ impl Attention {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
         };
-        let k_len = k.dim(2)?;
-
-        let alibi = self
-            .alibi
-            .as_ref()
-            .map(|alibi| alibi.bias(q_len, k_len, offset, DType::F32))
-            .transpose()?;
-        let mask = match (mask, alibi) {
-            (Some(mask), Some(alibi)) => mask::combine(&[mask, &alibi], DType::F32)?,
-            (Some(mask), None) => Some(mask.clone()),
-            (None, alibi) => alibi,
-        };
+        let alibi = self.alibi.as_ref().map(|alibi| AlibiAt { alibi, offset });
         let options = SdpaOptions {
             scale: self.scale,
             causal: self.causal,
@@ -819,7 +928,7 @@ impl Attention {
             dropout_p: if self.training { self.attention_dropout } else { 0.0 },
         };
         let (y, weights) =
-            attend(&q, &k, &v, mask.as_ref(), &options, want_weights).map_err(|e| self.fail(e.to_string()))?;
+            attend(&q, &k, &v, mask, alibi, &options, want_weights).map_err(|e| self.fail(e.to_string()))?;
 
         let y = y.transpose(1, 2)?.reshape((batch, q_len, q_dim))?;
         let y = match &self.scale_norm {

@@ -291,16 +291,39 @@ impl DiffAttention {
         if let Some(m) = mask {
             biases.push(mask::to_additive(m, DType::F32)?);
         }
-        let mut scores = scores;
-        for bias in &biases {
-            scores = scores
-                .broadcast_add(bias)
-                .map_err(|e| self.fail(format!("mask of shape {:?}: {e}", bias.dims())))?;
-        }
-        // Softmax from differentiable ops; the row max is a constant shift, detached.
-        let max = scores.max_keepdim(D::Minus1)?.detach();
-        let exp = scores.broadcast_sub(&max)?.exp()?;
-        let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?.to_dtype(dtype)?;
+        // The two maps are combined before the value product, so the fused attention
+        // kernel does not fit; the softmax kernel (scale 1: q is scaled above, as the
+        // reference orders it) fuses the mask when the kernels are in force.
+        let probs = if crate::compute::kernels_for(x) {
+            let total = match biases.split_first() {
+                // The causal mask alone: the kernel applies it without a bias tensor.
+                Some(_) if self.causal && mask.is_none() => None,
+                Some((first, rest)) => Some(rest.iter().try_fold(first.clone(), |sum, bias| {
+                    sum.broadcast_add(bias)
+                        .map_err(|e| self.fail(format!("mask of shape {:?}: {e}", bias.dims())))
+                })?),
+                None => None,
+            };
+            let softmax_mask = match (&total, self.causal) {
+                (Some(m), _) => replica_kernels::Mask::Additive(m),
+                (None, true) => replica_kernels::Mask::Causal(replica_kernels::Causal::TopLeft),
+                (None, false) => replica_kernels::Mask::None,
+            };
+            replica_kernels::softmax_last_dim(&scores, 1.0, softmax_mask)
+                .map_err(|e| self.fail(e.to_string()))?
+                .to_dtype(dtype)?
+        } else {
+            let mut scores = scores;
+            for bias in &biases {
+                scores = scores
+                    .broadcast_add(bias)
+                    .map_err(|e| self.fail(format!("mask of shape {:?}: {e}", bias.dims())))?;
+            }
+            // Softmax from differentiable ops; the row max is a constant shift, detached.
+            let max = scores.max_keepdim(D::Minus1)?.detach();
+            let exp = scores.broadcast_sub(&max)?.exp()?;
+            exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?.to_dtype(dtype)?
+        };
 
         // softmax(Q1 K1ᵀ) − λ softmax(Q2 K2ᵀ): half-heads 2i and 2i + 1 are the two maps of head i.
         let probs = probs.reshape((b, h, 2, t, t))?;

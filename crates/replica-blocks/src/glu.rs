@@ -243,13 +243,33 @@ impl GluMlp {
         Ok(a)
     }
 
+    /// Whether a trace needs the activation's output on its own.
+    fn act_traced(&self) -> bool {
+        self.act_path.is_some() && replica_check::trace::is_active()
+    }
+
+    /// `act(gate) · up` for the fused projection: one kernel (SwiGLU, GeGLU) when the
+    /// kernels are in force and no trace needs the activation on its own; otherwise
+    /// the activation (itself a kernel where it has one), recorded, times `up`.
+    fn gated(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        if !self.act_traced() {
+            if let Some(h) = self.activation.gated_kernel(gate, up) {
+                return h;
+            }
+        }
+        self.activate(gate)?.mul(up)
+    }
+
     /// `x` is `[..., dim]`; dropout is active only when `train`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let h = match &self.projections {
             Projections::Split { gate, up } => {
-                // LLaMA's order: gate, its activation, then up.
-                let a = self.activate(&gate.forward(x)?)?;
-                a.mul(&up.forward(x)?)?
+                let g = gate.forward(x)?;
+                match self.act_traced() {
+                    // LLaMA's order (as its hooks record it): gate, its activation, then up.
+                    true => self.activate(&g)?.mul(&up.forward(x)?)?,
+                    false => self.gated(&g, &up.forward(x)?)?,
+                }
             }
             Projections::Fused { fc1, gate_last } => {
                 let both = fc1.forward(x)?;
@@ -257,9 +277,9 @@ impl GluMlp {
                 let first = both.narrow(D::Minus1, 0, half)?;
                 let second = both.narrow(D::Minus1, half, half)?;
                 if *gate_last {
-                    first.mul(&self.activate(&second)?)?
+                    self.gated(&second, &first)?
                 } else {
-                    self.activate(&first)?.mul(&second)?
+                    self.gated(&first, &second)?
                 }
             }
         };

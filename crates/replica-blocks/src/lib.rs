@@ -1,6 +1,9 @@
 //! Transformer building blocks on candle: each cites its paper, records its
-//! output in activation traces under its module path, and is built from
-//! differentiable operations so it can be trained.
+//! output in activation traces under its module path, and can be trained.
+//!
+//! On the CPU the blocks run the fused kernels of `replica-kernels` (each with a
+//! backward) by default; [`compute`] switches them to the plain composition of
+//! differentiable candle ops (`REPLICA_COMPUTE=composition`, or [`with_compute`]).
 //!
 //! Blocks take a serde `Config` (whose field aliases read the relevant part of a
 //! reference `config.json`) and a `VarBuilder` positioned at the block's module
@@ -12,6 +15,7 @@ pub mod alibi;
 pub mod attention;
 pub mod cases;
 pub mod class_token;
+pub mod compute;
 pub mod diff_attention;
 pub mod drop_path;
 pub mod dropout;
@@ -34,6 +38,7 @@ pub use activation::Activation;
 pub use alibi::{Alibi, AlibiConfig};
 pub use attention::{scaled_dot_product_attention, Attention, AttentionConfig, AttentionNames, SdpaOptions};
 pub use class_token::{ClassToken, ClassTokenConfig};
+pub use compute::{current, with_compute, Compute};
 pub use diff_attention::{DiffAttention, DiffAttentionConfig};
 pub use drop_path::{DropPath, DropPathConfig};
 pub use dropout::{Dropout, DropoutConfig};

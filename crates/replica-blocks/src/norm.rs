@@ -3,8 +3,10 @@
 //! - LayerNorm: Ba, Kiros & Hinton, arXiv 1607.06450, as `torch.nn.LayerNorm`.
 //! - RMSNorm: Zhang & Sennrich, arXiv 1910.07467, as HF `LlamaRMSNorm`.
 //!
-//! Both normalise in f32 whatever the input dtype, as PyTorch does for f16/bf16,
-//! and are composed of differentiable candle ops so they can be trained.
+//! Both normalise in f32 whatever the input dtype, as PyTorch does for f16/bf16.
+//! With [`crate::compute`] on kernels (the default) they run the fused
+//! `replica_kernels` LayerNorm / RMSNorm ops (with a backward); otherwise, and for
+//! f64, a composition of differentiable candle ops.
 
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -79,6 +81,28 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = if crate::compute::kernels_for(x) {
+            self.forward_kernel(x)?
+        } else {
+            self.forward_composed(x)?
+        };
+        replica_check::tap(&self.path, &y);
+        Ok(y)
+    }
+
+    /// The fused kernel in f32 (the weights cast to it), rounded once to the input dtype.
+    fn forward_kernel(&self, x: &Tensor) -> Result<Tensor> {
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let weight = match &self.weight {
+            Some(w) => f32(w)?,
+            // No affine parameters: a unit scale, untracked (nothing to learn).
+            None => Tensor::ones(x.dim(D::Minus1)?, DType::F32, x.device())?,
+        };
+        let bias = self.bias.as_ref().map(f32).transpose()?;
+        replica_kernels::layer_norm(&f32(x)?, &weight, bias.as_ref(), self.eps)?.to_dtype(x.dtype())
+    }
+
+    fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
@@ -91,9 +115,7 @@ impl LayerNorm {
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(&bias.to_dtype(DType::F32)?)?;
         }
-        let y = y.to_dtype(dtype)?;
-        replica_check::tap(&self.path, &y);
-        Ok(y)
+        y.to_dtype(dtype)
     }
 }
 
@@ -135,11 +157,23 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let x32 = x.to_dtype(DType::F32)?;
-        let mean_square = x32.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x32.broadcast_div(&(mean_square + self.eps)?.sqrt()?)?;
-        // As LlamaRMSNorm: back to the input dtype *before* the scale.
-        let y = normed.to_dtype(dtype)?.broadcast_mul(&self.weight.to_dtype(dtype)?)?;
+        let y = if crate::compute::kernels_for(x) && dtype == DType::F32 && self.weight.dtype() == DType::F32 {
+            // f32 throughout: normalisation and scale fused in one kernel.
+            replica_kernels::rms_norm(x, &self.weight, self.eps)?
+        } else {
+            let normed = if crate::compute::kernels_for(x) {
+                // Half precision: the kernel normalises in f32 (unit scale), and the scale
+                // is applied after rounding, in the input dtype, as LlamaRMSNorm orders it.
+                let unit = Tensor::ones(x.dim(D::Minus1)?, DType::F32, x.device())?;
+                replica_kernels::rms_norm(&x.to_dtype(DType::F32)?, &unit, self.eps)?
+            } else {
+                let x32 = x.to_dtype(DType::F32)?;
+                let mean_square = x32.sqr()?.mean_keepdim(D::Minus1)?;
+                x32.broadcast_div(&(mean_square + self.eps)?.sqrt()?)?
+            };
+            // As LlamaRMSNorm: back to the input dtype *before* the scale.
+            normed.to_dtype(dtype)?.broadcast_mul(&self.weight.to_dtype(dtype)?)?
+        };
         replica_check::tap(&self.path, &y);
         Ok(y)
     }

@@ -6,7 +6,8 @@
 //! - [`RopeStyle::HalfSplit`]: feature `i` pairs with `i + d/2` (HF LLaMA's `rotate_half`, GPT-NeoX);
 //! - [`RopeStyle::Interleaved`]: feature `2i` pairs with `2i + 1` (the paper, GPT-J, timm).
 //!
-//! Built from differentiable candle ops, so gradients flow to queries and keys.
+//! Gradients flow to queries and keys: through the `replica_kernels::rope` op (its
+//! backward) when [`crate::compute`] is on kernels, else through candle ops.
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -170,8 +171,19 @@ impl Rope {
             )
         }
         let (cos, sin) = self.tables(seq, offset)?;
-        // As HF: the tables are cast to the input dtype and the rotation runs in it.
+        // As HF: the tables are cast to the input dtype (and, composed, the rotation runs in it).
         let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+        // f32 only: HF rotates f16/bf16 in the input dtype, rounding each product and
+        // the sum, which the kernel (f32, one rounding) does not reproduce closely
+        // enough for the f16 tolerance downstream (attention outputs 6e-3 relative off).
+        if crate::compute::kernels_for(x) && x.dtype() == DType::F32 {
+            // One kernel for both pairings and partial rotary.
+            let style = match self.style {
+                RopeStyle::HalfSplit => replica_kernels::RopeStyle::HalfSplit,
+                RopeStyle::Interleaved => replica_kernels::RopeStyle::Interleaved,
+            };
+            return replica_kernels::rope(x, &cos, &sin, style);
+        }
         let rotated_part = x.narrow(D::Minus1, 0, self.rotary_dim)?;
         let rotated = match self.style {
             RopeStyle::HalfSplit => rotate_half_split(&rotated_part, &cos, &sin)?,
