@@ -210,7 +210,17 @@ fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
 struct Sums {
     worst_abs: (f64, usize),
     worst_rel: (f64, usize),
+    /// The greatest magnitude on each side, to tell whether the sums below lost range.
+    max_a: f64,
+    max_e: f64,
     pairs: usize,
+    moments: Moments,
+}
+
+/// Sums of the differences and of the products behind the cosine, over the
+/// finite pairs, with each side multiplied by a power of two (exact) first.
+#[derive(Default)]
+struct Moments {
     abs: f64,
     squares: f64,
     dot: f64,
@@ -218,58 +228,116 @@ struct Sums {
     norm_e: f64,
 }
 
-fn fill_statistics(c: &mut Comparison, actual: &CpuValues<'_>, expected: &CpuValues<'_>) {
+impl Moments {
+    #[inline]
+    fn add(&mut self, diff: f64, a: f64, e: f64) {
+        self.abs += diff;
+        self.squares += diff * diff;
+        self.dot += a * e;
+        self.norm_a += a * a;
+        self.norm_e += e * e;
+    }
+}
+
+/// Squares of magnitudes outside `[2^-LIMIT, 2^LIMIT]` may underflow or overflow
+/// (or sum to infinity); within it they are safe for any element count.
+const SAFE_EXPONENT: i32 = 400;
+
+/// Whether `m`, a nonnegative magnitude, is too large or small to square safely.
+fn out_of_range(m: f64) -> bool {
+    let limit = 2f64.powi(SAFE_EXPONENT);
+    m != 0.0 && !(1.0 / limit..=limit).contains(&m)
+}
+
+/// A power of two that brings the finite magnitude `m` near 1 (1 for 0).
+fn unit_scale(m: f64) -> f64 {
+    if m == 0.0 || !m.is_finite() {
+        return 1.0;
+    }
+    2f64.powi((-m.log2().floor() as i32).clamp(-1000, 1000))
+}
+
+/// Calls `f(flat_index, actual, expected)` on every pair, reading a chunk at a time.
+fn for_each_pair(actual: &CpuValues<'_>, expected: &CpuValues<'_>, mut f: impl FnMut(usize, f64, f64)) {
     const CHUNK: usize = 1024;
-    let tolerance = c.tolerance;
     let (mut a_buf, mut e_buf) = ([0.0f64; CHUNK], [0.0f64; CHUNK]);
+    let mut at = 0;
+    while at < expected.len {
+        let n = CHUNK.min(expected.len - at);
+        let (a_chunk, e_chunk) = (&mut a_buf[..n], &mut e_buf[..n]);
+        // Both were read once in `CpuValues::new`: a dtype error cannot appear here.
+        if actual.read(at, a_chunk).and(expected.read(at, e_chunk)).is_err() {
+            break;
+        }
+        for (j, (&a, &e)) in a_chunk.iter().zip(e_chunk.iter()).enumerate() {
+            f(at + j, a, e);
+        }
+        at += n;
+    }
+}
+
+/// The moments again, each side and the differences scaled by a power of two,
+/// for tensors whose magnitudes would overflow or underflow the plain sums: the
+/// cosine of [1e200] with itself is 1, not inf/inf, and that of [1e-200] with
+/// [1] is 1, not 0. Returns the moments and the scale of the differences.
+fn rescaled_moments(actual: &CpuValues<'_>, expected: &CpuValues<'_>, s: &Sums) -> (Moments, f64) {
+    let (scale_a, scale_e) = (unit_scale(s.max_a), unit_scale(s.max_e));
+    // A difference that overflowed is taken between the scaled sides instead.
+    let diff_overflowed = !s.worst_abs.0.is_finite();
+    let scale_d = if diff_overflowed {
+        unit_scale(s.max_a.max(s.max_e))
+    } else {
+        unit_scale(s.worst_abs.0)
+    };
+    let mut m = Moments::default();
+    for_each_pair(actual, expected, |_, a, e| {
+        if a.is_finite() && e.is_finite() {
+            let diff = if diff_overflowed {
+                (a * scale_d - e * scale_d).abs()
+            } else {
+                (a - e).abs() * scale_d
+            };
+            m.add(diff, a * scale_a, e * scale_e);
+        }
+    });
+    (m, scale_d)
+}
+
+fn fill_statistics(c: &mut Comparison, actual: &CpuValues<'_>, expected: &CpuValues<'_>) {
+    let tolerance = c.tolerance;
     let (mut a_nonfinite, mut e_nonfinite) = (NonFinite::default(), NonFinite::default());
     let (mut mismatched, mut first_mismatch) = (0usize, None);
     let mut s = Sums {
         worst_abs: (-1.0, 0),
         worst_rel: (-1.0, 0),
+        max_a: 0.0,
+        max_e: 0.0,
         pairs: 0,
-        abs: 0.0,
-        squares: 0.0,
-        dot: 0.0,
-        norm_a: 0.0,
-        norm_e: 0.0,
+        moments: Moments::default(),
     };
-    let mut at = 0;
-    while at < expected.len {
-        let n = CHUNK.min(expected.len - at);
-        let (a_chunk, e_chunk) = (&mut a_buf[..n], &mut e_buf[..n]);
-        // Both were read once in `CpuValues::of`: a dtype error cannot appear here.
-        if actual.read(at, a_chunk).and(expected.read(at, e_chunk)).is_err() {
-            break;
+    for_each_pair(actual, expected, |i, a, e| {
+        if !tolerance.accepts(a, e) {
+            mismatched += 1;
+            first_mismatch.get_or_insert(i);
         }
-        for (j, (&a, &e)) in a_chunk.iter().zip(e_chunk.iter()).enumerate() {
-            let i = at + j;
-            if !tolerance.accepts(a, e) {
-                mismatched += 1;
-                first_mismatch.get_or_insert(i);
-            }
-            if !(a.is_finite() && e.is_finite()) {
-                a_nonfinite.count(a);
-                e_nonfinite.count(e);
-                continue;
-            }
-            let abs = (a - e).abs();
-            let rel = if abs == 0.0 { 0.0 } else { abs / e.abs() };
-            if abs > s.worst_abs.0 {
-                s.worst_abs = (abs, i);
-            }
-            if rel > s.worst_rel.0 {
-                s.worst_rel = (rel, i);
-            }
-            s.pairs += 1;
-            s.abs += abs;
-            s.squares += abs * abs;
-            s.dot += a * e;
-            s.norm_a += a * a;
-            s.norm_e += e * e;
+        if !(a.is_finite() && e.is_finite()) {
+            a_nonfinite.count(a);
+            e_nonfinite.count(e);
+            return;
         }
-        at += n;
-    }
+        let abs = (a - e).abs();
+        let rel = if abs == 0.0 { 0.0 } else { abs / e.abs() };
+        if abs > s.worst_abs.0 {
+            s.worst_abs = (abs, i);
+        }
+        if rel > s.worst_rel.0 {
+            s.worst_rel = (rel, i);
+        }
+        s.max_a = s.max_a.max(a.abs());
+        s.max_e = s.max_e.max(e.abs());
+        s.pairs += 1;
+        s.moments.add(abs, a, e);
+    });
     let element = |i: usize| {
         let (mut a, mut e) = ([0.0], [0.0]);
         let _ = actual.read(i, &mut a).and(expected.read(i, &mut e));
@@ -295,14 +363,20 @@ fn fill_statistics(c: &mut Comparison, actual: &CpuValues<'_>, expected: &CpuVal
     c.mismatched = mismatched;
     c.actual_nonfinite = a_nonfinite;
     c.expected_nonfinite = e_nonfinite;
-    if s.pairs > 0 {
-        c.mean_abs_error = s.abs / s.pairs as f64;
-        c.rms_error = (s.squares / s.pairs as f64).sqrt();
+    let extreme = found && [s.worst_abs.0, s.max_a, s.max_e].into_iter().any(out_of_range);
+    let (m, scale_d) = if extreme {
+        rescaled_moments(actual, expected, &s)
+    } else {
+        (std::mem::take(&mut s.moments), 1.0)
+    };
+    if found {
+        c.mean_abs_error = m.abs / s.pairs as f64 / scale_d;
+        c.rms_error = (m.squares / s.pairs as f64).sqrt() / scale_d;
     }
-    c.cosine = match (s.norm_a == 0.0, s.norm_e == 0.0) {
+    c.cosine = match (m.norm_a == 0.0, m.norm_e == 0.0) {
         (true, true) => Some(1.0),
         (true, false) | (false, true) => Some(0.0),
-        (false, false) => Some(s.dot / (s.norm_a.sqrt() * s.norm_e.sqrt())),
+        (false, false) => Some(m.dot / (m.norm_a.sqrt() * m.norm_e.sqrt())),
     };
 }
 
