@@ -2,7 +2,7 @@
 //! outputs, per-module activations and gradients. The format is specified in
 //! `docs/bundle-format.md`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::tensor_file::{read_safetensors, write_safetensors, TensorFile};
+use crate::tensor_file::{open_safetensors, write_safetensors, SafetensorsFile, TensorFile};
 use crate::weight_map::{LoadReport, ShapeMismatch};
 use crate::{Error, Result, ToleranceOverrides};
 
@@ -206,21 +206,20 @@ impl Bundle {
         }
     }
 
-    /// Reads and validates a bundle file.
+    /// Reads and validates a bundle file (memory-mapped, under
+    /// [`ReadLimits::current`](crate::tensor_file::ReadLimits::current)).
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
-        Self::from_tensor_file(read_safetensors(path, device)?, path)
+        let file = open_safetensors(path)?;
+        // Refuse a file that is not a bundle before reading its tensors.
+        BundleOutline::of(&file)?;
+        Self::from_tensor_file(file.load_all(device)?, path)
     }
 
     /// Validates already-read safetensors contents as a bundle; `origin` names it in errors.
     pub fn from_tensor_file(file: TensorFile, origin: &Path) -> Result<Self> {
         let fail = |message: String| Error::file(origin, message);
-        let text = file.metadata.get(METADATA_KEY).ok_or_else(|| {
-            fail(format!(
-                "not a reference bundle: no `{METADATA_KEY}` entry in the safetensors metadata"
-            ))
-        })?;
-        let metadata = BundleMetadata::from_json(text).map_err(fail)?;
+        let metadata = bundle_metadata(&file.metadata).map_err(fail)?;
         let mut bundle = Self {
             origin: origin.to_path_buf(),
             metadata,
@@ -228,12 +227,7 @@ impl Bundle {
             tolerances: ToleranceOverrides::default(),
         };
         for (key, tensor) in file.tensors {
-            let (ns, name) = Namespace::split(&key).ok_or_else(|| {
-                fail(format!(
-                    "key `{key}` is outside the bundle namespaces ({})",
-                    Namespace::ALL.map(Namespace::prefix).join(", ")
-                ))
-            })?;
+            let (ns, name) = split_key(&key).map_err(fail)?;
             bundle.tensors.entry(ns).or_default().insert(name.to_string(), tensor);
         }
         bundle.validate().map_err(fail)?;
@@ -242,44 +236,7 @@ impl Bundle {
 
     /// Checks that the name lists in the metadata agree with the tensors.
     fn validate(&self) -> std::result::Result<(), String> {
-        let lists = [
-            (Namespace::Activation, "activations", &self.metadata.activations, true),
-            (Namespace::Input, "inputs", &self.metadata.inputs, false),
-            (Namespace::Output, "outputs", &self.metadata.outputs, false),
-        ];
-        for (ns, field, listed, required) in lists {
-            if listed.is_empty() && !required {
-                continue;
-            }
-            let mut seen = HashMap::new();
-            for name in listed {
-                if seen.insert(name.as_str(), ()).is_some() {
-                    return Err(format!("metadata `{field}` lists `{name}` twice"));
-                }
-                if !self.contains(ns, name) {
-                    return Err(format!(
-                        "metadata `{field}` lists `{name}` but the bundle has no `{ns}{name}`"
-                    ));
-                }
-            }
-            if let Some(name) = self.names(ns).find(|name| !seen.contains_key(name)) {
-                return Err(format!("tensor `{ns}{name}` is not listed in metadata `{field}`"));
-            }
-        }
-        // A gradient belongs to a tensor of the bundle.
-        let owners = [
-            (Namespace::ParamGrad, Namespace::Param),
-            (Namespace::InputGrad, Namespace::Input),
-            (Namespace::OutputGrad, Namespace::Output),
-        ];
-        for (grad_ns, owner_ns) in owners {
-            if let Some(name) = self.names(grad_ns).find(|name| !self.contains(owner_ns, name)) {
-                return Err(format!(
-                    "tensor `{grad_ns}{name}` has no `{owner_ns}{name}` to belong to"
-                ));
-            }
-        }
-        Ok(())
+        validate_names(&self.metadata, |ns| self.names(ns).collect())
     }
 
     /// Writes the bundle; an existing file is replaced only when `overwrite` is set.
@@ -462,6 +419,101 @@ impl Bundle {
             Some((name.as_str(), tensor))
         })
     }
+}
+
+/// Checks that the name lists in the metadata agree with the tensor names,
+/// given as the sorted names of each namespace.
+fn validate_names<'a>(
+    metadata: &BundleMetadata,
+    names_of: impl Fn(Namespace) -> Vec<&'a str>,
+) -> std::result::Result<(), String> {
+    let lists = [
+        (Namespace::Activation, "activations", &metadata.activations, true),
+        (Namespace::Input, "inputs", &metadata.inputs, false),
+        (Namespace::Output, "outputs", &metadata.outputs, false),
+    ];
+    for (ns, field, listed, required) in lists {
+        if listed.is_empty() && !required {
+            continue;
+        }
+        let present: HashSet<&str> = names_of(ns).into_iter().collect();
+        let mut seen = HashMap::new();
+        for name in listed {
+            if seen.insert(name.as_str(), ()).is_some() {
+                return Err(format!("metadata `{field}` lists `{name}` twice"));
+            }
+            if !present.contains(name.as_str()) {
+                return Err(format!(
+                    "metadata `{field}` lists `{name}` but the bundle has no `{ns}{name}`"
+                ));
+            }
+        }
+        if let Some(name) = names_of(ns).into_iter().find(|name| !seen.contains_key(name)) {
+            return Err(format!("tensor `{ns}{name}` is not listed in metadata `{field}`"));
+        }
+    }
+    // A gradient belongs to a tensor of the bundle.
+    let owners = [
+        (Namespace::ParamGrad, Namespace::Param),
+        (Namespace::InputGrad, Namespace::Input),
+        (Namespace::OutputGrad, Namespace::Output),
+    ];
+    for (grad_ns, owner_ns) in owners {
+        let owners: HashSet<&str> = names_of(owner_ns).into_iter().collect();
+        if let Some(name) = names_of(grad_ns).into_iter().find(|name| !owners.contains(name)) {
+            return Err(format!(
+                "tensor `{grad_ns}{name}` has no `{owner_ns}{name}` to belong to"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A bundle's metadata and tensor names, checked as [`Bundle::load`] checks
+/// them, without reading a tensor: what `replica inspect` shows of a large file.
+#[derive(Clone, Debug)]
+pub struct BundleOutline {
+    pub metadata: BundleMetadata,
+    pub names: BTreeMap<Namespace, Vec<String>>,
+}
+
+impl BundleOutline {
+    /// The outline of a mapped file; the error is the one `Bundle::load` would give.
+    pub fn of(file: &SafetensorsFile) -> Result<Self> {
+        let origin = file.path();
+        let fail = |message: String| Error::file(origin, message);
+        let metadata = bundle_metadata(file.metadata()).map_err(fail)?;
+        let mut names: BTreeMap<Namespace, Vec<String>> = BTreeMap::new();
+        for info in file.tensors() {
+            let (ns, name) = split_key(&info.name).map_err(fail)?;
+            names.entry(ns).or_default().push(name.to_string());
+        }
+        validate_names(&metadata, |ns| {
+            names
+                .get(&ns)
+                .map_or(Vec::new(), |v| v.iter().map(String::as_str).collect())
+        })
+        .map_err(fail)?;
+        Ok(Self { metadata, names })
+    }
+}
+
+/// The bundle metadata in a safetensors file's `__metadata__`.
+fn bundle_metadata(metadata: &HashMap<String, String>) -> std::result::Result<BundleMetadata, String> {
+    let text = metadata
+        .get(METADATA_KEY)
+        .ok_or_else(|| format!("not a reference bundle: no `{METADATA_KEY}` entry in the safetensors metadata"))?;
+    BundleMetadata::from_json(text)
+}
+
+/// A key's namespace and name, or why it has none.
+fn split_key(key: &str) -> std::result::Result<(Namespace, &str), String> {
+    Namespace::split(key).ok_or_else(|| {
+        format!(
+            "key `{key}` is outside the bundle namespaces ({})",
+            Namespace::ALL.map(Namespace::prefix).join(", ")
+        )
+    })
 }
 
 #[cfg(test)]

@@ -27,13 +27,15 @@ pub mod weight_map;
 
 pub use approx_eq::Approx;
 pub use assert::{assert_close, check_close};
-pub use bundle::{Bundle, BundleMetadata, Namespace, Producer, FORMAT_VERSION};
+pub use bundle::{Bundle, BundleMetadata, BundleOutline, Namespace, Producer, FORMAT_VERSION};
 pub use compare::{compare, compare_default, Comparison, Element, Extreme, NonFinite};
 pub use error::{Error, Result};
 pub use parity::Parity;
 pub use report::{compare_trace, summary_table, Report, ReportRow, TraceReport, TraceRow};
 pub use suite::Case;
-pub use tensor_file::{read_safetensors, write_safetensors, TensorFile};
+pub use tensor_file::{
+    open_safetensors, read_safetensors, write_safetensors, ReadLimits, SafetensorsFile, TensorFile, TensorInfo,
+};
 pub use tolerance::{glob_match, Tolerance, ToleranceOverrides, ToleranceSpec};
 pub use trace::{record_nested, tap, tap_tuple, Trace};
 pub use weight_map::{LoadReport, MappedWeights, ShapeMismatch, WeightMap};

@@ -1,16 +1,101 @@
 //! Reading and writing safetensors files with errors that say what is wrong
 //! and where: the file, the tensor key, what was expected and what was found.
+//!
+//! A file is memory-mapped, and its whole header is checked against the file's
+//! length and the [`ReadLimits`] before a single tensor is allocated; tensors
+//! are then materialised one at a time, so a caller that drops each before
+//! loading the next (`replica inspect`, `replica diff`) holds about one tensor
+//! in memory, not the file. See `docs/reliability.md`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 use crate::{Error, Result};
+
+/// The little-endian u64 header length that opens every safetensors file.
+const PREFIX: usize = 8;
+
+/// How much a safetensors file may claim before it is refused, unread. The
+/// checks run on the header alone, so a corrupt or hostile length cannot make
+/// a reader allocate (or map and touch) more than these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// The JSON header's length (the safetensors crate itself refuses more than 100 MB).
+    pub max_header_bytes: u64,
+    /// One tensor's data.
+    pub max_tensor_bytes: u64,
+    /// All tensors of one file together.
+    pub max_total_bytes: u64,
+}
+
+impl ReadLimits {
+    /// 100 MB of header, 16 GiB per tensor, 1 TiB per file.
+    pub const DEFAULT: ReadLimits = ReadLimits {
+        max_header_bytes: 100_000_000,
+        max_tensor_bytes: 16 << 30,
+        max_total_bytes: 1 << 40,
+    };
+
+    /// The limits that [`read_safetensors`], [`open_safetensors`] and
+    /// [`Bundle::load`](crate::Bundle::load) apply: [`DEFAULT`](Self::DEFAULT)
+    /// unless [`set_current`](Self::set_current) changed them.
+    pub fn current() -> ReadLimits {
+        *CURRENT.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets the limits for every later read in this process (the `replica`
+    /// command's `--max-tensor-bytes` and `--max-total-bytes`).
+    pub fn set_current(limits: ReadLimits) {
+        *CURRENT.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = limits;
+    }
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+static CURRENT: RwLock<ReadLimits> = RwLock::new(ReadLimits::DEFAULT);
+
+/// One tensor as the header describes it; its data is not read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Byte range within the data section (after the header).
+    pub begin: usize,
+    pub end: usize,
+}
+
+impl TensorInfo {
+    pub fn bytes(&self) -> usize {
+        self.end - self.begin
+    }
+
+    /// The dtype's name as `replica` prints it: `f32`, `bf16`, `bool`.
+    pub fn dtype_name(&self) -> String {
+        format!("{:?}", self.dtype).to_lowercase()
+    }
+}
+
+/// What a checked header says: where the data starts, the tensors by name, the metadata.
+#[derive(Clone, Debug)]
+struct Index {
+    data_start: usize,
+    tensors: Vec<TensorInfo>,
+    metadata: HashMap<String, String>,
+}
 
 /// The tensors of one safetensors file, sorted by key, and its `__metadata__`.
 #[derive(Debug, Clone, Default)]
@@ -19,11 +104,122 @@ pub struct TensorFile {
     pub metadata: HashMap<String, String>,
 }
 
-/// Reads a whole safetensors file onto `device`.
+/// A memory-mapped safetensors file whose header has been checked: tensors are
+/// read one at a time with [`load`](Self::load).
+pub struct SafetensorsFile {
+    path: PathBuf,
+    file: File,
+    map: memmap2::Mmap,
+    index: Index,
+}
+
+impl std::fmt::Debug for SafetensorsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafetensorsFile")
+            .field("path", &self.path)
+            .field("bytes", &self.map.len())
+            .field("tensors", &self.index.tensors.len())
+            .finish()
+    }
+}
+
+/// Opens and checks a safetensors file under [`ReadLimits::current`].
+pub fn open_safetensors(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
+    SafetensorsFile::open(path, ReadLimits::current())
+}
+
+impl SafetensorsFile {
+    /// Maps `path` and checks its header against the file's length and `limits`.
+    pub fn open(path: impl AsRef<Path>, limits: ReadLimits) -> Result<Self> {
+        let path = path.as_ref();
+        let fail = |message: String| Error::file(path, message);
+        if path.is_dir() {
+            return Err(fail("is a directory, expected a file".into()));
+        }
+        let file = File::open(path).map_err(|err| fail(format!("cannot read: {err}")))?;
+        let len = file
+            .metadata()
+            .map_err(|err| fail(format!("cannot read: {err}")))?
+            .len();
+        // Check the prefix before mapping: an empty file cannot be mapped on every system.
+        check_prefix_len(len).map_err(fail)?;
+        // SAFETY: the map is read-only and private to this value. Another process
+        // truncating the file while it is mapped would make reads past the new end
+        // fault (SIGBUS); `load` re-checks the length before touching a tensor,
+        // and docs/reliability.md records the window that remains.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|err| fail(format!("cannot map: {err}")))?;
+        let index = index(&map, limits).map_err(fail)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            map,
+            index,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's length in bytes when it was opened.
+    pub fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.tensors.is_empty()
+    }
+
+    /// The tensors the header describes, sorted by name.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.index.tensors
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.index
+            .tensors
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.index.tensors[i])
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.index.metadata
+    }
+
+    /// Reads one tensor onto `device`.
+    pub fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let info = self
+            .info(name)
+            .ok_or_else(|| Error::file(&self.path, format!("has no tensor `{name}`")))?;
+        // A file cut short since it was opened would fault on the missing pages.
+        let now = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let needed = (self.index.data_start + info.end) as u64;
+        if now < needed {
+            return Err(Error::file(
+                &self.path,
+                format!("tensor `{name}`: the file shrank to {now} bytes while open; its data ends at byte {needed}"),
+            ));
+        }
+        load_tensor(&self.map, &self.index, info, device).map_err(|message| Error::file(&self.path, message))
+    }
+
+    /// Reads every tensor onto `device`.
+    pub fn load_all(&self, device: &Device) -> Result<TensorFile> {
+        let mut tensors = BTreeMap::new();
+        for info in &self.index.tensors {
+            tensors.insert(info.name.clone(), self.load(&info.name, device)?);
+        }
+        Ok(TensorFile {
+            tensors,
+            metadata: self.index.metadata.clone(),
+        })
+    }
+}
+
+/// Reads a whole safetensors file onto `device` (mapped, checked under [`ReadLimits::current`]).
 pub fn read_safetensors(path: impl AsRef<Path>, device: &Device) -> Result<TensorFile> {
-    let path = path.as_ref();
-    let bytes = read_file(path)?;
-    parse_safetensors(&bytes, path, device)
+    open_safetensors(path)?.load_all(device)
 }
 
 /// Reads a file's bytes, with the path in every error.
@@ -34,45 +230,55 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|err| Error::file(path, format!("cannot read: {err}")))
 }
 
-/// Parses safetensors bytes; `origin` names them in errors.
+/// Parses safetensors bytes already in memory; `origin` names them in errors.
 pub fn parse_safetensors(bytes: &[u8], origin: &Path, device: &Device) -> Result<TensorFile> {
     let fail = |message: String| Error::file(origin, message);
-    check_layout(bytes).map_err(fail)?;
-    let parsed = SafeTensors::deserialize(bytes).map_err(|err| fail(format!("not a valid safetensors file: {err}")))?;
-    let (_, header) =
-        SafeTensors::read_metadata(bytes).map_err(|err| fail(format!("not a valid safetensors file: {err}")))?;
+    check_prefix_len(bytes.len() as u64).map_err(fail)?;
+    let index = index(bytes, ReadLimits::current()).map_err(fail)?;
     let mut tensors = BTreeMap::new();
-    for (name, view) in parsed.tensors() {
-        let loaded = match view.dtype() {
-            // candle has no bool dtype: masks are read as their 0/1 bytes.
-            Dtype::BOOL => Tensor::from_raw_buffer(view.data(), DType::U8, view.shape(), device),
-            _ => view.load(device),
-        };
-        let tensor = loaded.map_err(|err| {
-            fail(format!(
-                "tensor `{name}`: cannot load {:?} {:?}: {err}",
-                view.dtype(),
-                view.shape()
-            ))
-        })?;
-        tensors.insert(name, tensor);
+    for info in &index.tensors {
+        tensors.insert(
+            info.name.clone(),
+            load_tensor(bytes, &index, info, device).map_err(fail)?,
+        );
     }
     Ok(TensorFile {
         tensors,
-        metadata: header.metadata().clone().unwrap_or_default(),
+        metadata: index.metadata,
     })
 }
 
-/// Checks the framing and every header entry before handing the bytes to the
-/// safetensors crate, so that errors name the key and the numbers involved.
-fn check_layout(bytes: &[u8]) -> std::result::Result<(), String> {
-    const PREFIX: usize = 8;
-    if bytes.len() < PREFIX {
+fn check_prefix_len(len: u64) -> std::result::Result<(), String> {
+    if len < PREFIX as u64 {
         return Err(format!(
-            "file is {} bytes, too short for a safetensors header (at least {PREFIX}): truncated or not safetensors",
-            bytes.len()
+            "file is {len} bytes, too short for a safetensors header (at least {PREFIX}): truncated or not safetensors"
         ));
     }
+    Ok(())
+}
+
+/// One tensor's bytes as a candle tensor.
+fn load_tensor(bytes: &[u8], index: &Index, info: &TensorInfo, device: &Device) -> std::result::Result<Tensor, String> {
+    let data = &bytes[index.data_start + info.begin..index.data_start + info.end];
+    let loaded = match info.dtype {
+        // candle has no bool dtype: masks are read as their 0/1 bytes.
+        Dtype::BOOL => Tensor::from_raw_buffer(data, DType::U8, &info.shape, device),
+        dtype => TensorView::new(dtype, info.shape.clone(), data)
+            .map_err(|err| candle_core::Error::Msg(err.to_string()))
+            .and_then(|view| view.load(device)),
+    };
+    loaded.map_err(|err| {
+        format!(
+            "tensor `{}`: cannot load {:?} {:?}: {err}",
+            info.name, info.dtype, info.shape
+        )
+    })
+}
+
+/// Checks the framing and every header entry against the file's length and
+/// `limits`, so that errors name the key and the numbers involved and nothing
+/// is allocated for a claim the file cannot back.
+fn index(bytes: &[u8], limits: ReadLimits) -> std::result::Result<Index, String> {
     let header_len = u64::from_le_bytes(bytes[..PREFIX].try_into().expect("8 bytes"));
     let available = (bytes.len() - PREFIX) as u64;
     if header_len > available {
@@ -80,52 +286,117 @@ fn check_layout(bytes: &[u8]) -> std::result::Result<(), String> {
             "header length {header_len} is larger than the {available} bytes after the length prefix: truncated or not safetensors"
         ));
     }
-    let header_end = PREFIX + header_len as usize;
+    if header_len > limits.max_header_bytes {
+        return Err(format!(
+            "header length {header_len} is over the limit of {} bytes (max_header_bytes)",
+            limits.max_header_bytes
+        ));
+    }
+    let data_start = PREFIX + header_len as usize;
     let header: Value =
-        serde_json::from_slice(&bytes[PREFIX..header_end]).map_err(|err| format!("header is not valid JSON: {err}"))?;
+        serde_json::from_slice(&bytes[PREFIX..data_start]).map_err(|err| format!("header is not valid JSON: {err}"))?;
     let Value::Object(entries) = header else {
         return Err("header is not a JSON object".into());
     };
-    let data_len = (bytes.len() - header_end) as u64;
+    let data_len = (bytes.len() - data_start) as u64;
+    let mut metadata = HashMap::new();
+    let mut tensors = Vec::with_capacity(entries.len());
     for (name, entry) in &entries {
         if name == "__metadata__" {
-            if !entry.as_object().is_some_and(|m| m.values().all(Value::is_string)) {
+            let Some(map) = entry.as_object().filter(|m| m.values().all(Value::is_string)) else {
                 return Err("`__metadata__` must map strings to strings".into());
-            }
+            };
+            metadata = map
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect();
             continue;
         }
-        check_entry(name, entry, data_len).map_err(|err| format!("tensor `{name}`: {err}"))?;
+        let info = check_entry(name, entry, data_len, limits).map_err(|err| format!("tensor `{name}`: {err}"))?;
+        tensors.push(info);
+    }
+    let total: u64 = tensors.iter().map(|t| t.bytes() as u64).sum();
+    if total > limits.max_total_bytes {
+        return Err(format!(
+            "its tensors claim {total} bytes in all, over the limit of {} bytes (max_total_bytes)",
+            limits.max_total_bytes
+        ));
+    }
+    check_coverage(&tensors, data_len)?;
+    // The safetensors crate's own reading of the header, as a second opinion.
+    SafeTensors::deserialize(bytes).map_err(|err| format!("not a valid safetensors file: {err}"))?;
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Index {
+        data_start,
+        tensors,
+        metadata,
+    })
+}
+
+/// The format stores tensors back to back: no two share a byte, and no byte of
+/// the data section belongs to none.
+fn check_coverage(tensors: &[TensorInfo], data_len: u64) -> std::result::Result<(), String> {
+    let mut by_offset: Vec<&TensorInfo> = tensors.iter().collect();
+    by_offset.sort_by_key(|t| (t.begin, t.end));
+    let mut covered = 0usize;
+    let mut previous: Option<&TensorInfo> = None;
+    for t in by_offset {
+        if t.begin < covered {
+            let p = previous.expect("covered > 0 means a previous tensor");
+            return Err(format!(
+                "tensor `{}`: data offsets [{}, {}] overlap those of `{}` [{}, {}]",
+                t.name, t.begin, t.end, p.name, p.begin, p.end
+            ));
+        }
+        if t.begin > covered {
+            return Err(format!(
+                "tensor `{}`: data offsets [{}, {}] leave bytes [{covered}, {}] of the data section unused",
+                t.name, t.begin, t.end, t.begin
+            ));
+        }
+        covered = t.end;
+        previous = Some(t);
+    }
+    if covered as u64 != data_len {
+        return Err(format!(
+            "the data section holds {data_len} bytes but the tensors cover {covered}: trailing bytes or a corrupt header"
+        ));
     }
     Ok(())
 }
 
-fn check_entry(name: &str, entry: &Value, data_len: u64) -> std::result::Result<(), String> {
-    let _ = name;
+fn check_entry(
+    name: &str,
+    entry: &Value,
+    data_len: u64,
+    limits: ReadLimits,
+) -> std::result::Result<TensorInfo, String> {
     let field = |key: &str| entry.get(key).ok_or(format!("header entry has no `{key}`"));
     let dtype_value = field("dtype")?;
     let dtype: Dtype =
         serde_json::from_value(dtype_value.clone()).map_err(|_| format!("unknown dtype {dtype_value}"))?;
-    let shape: Vec<u64> = serde_json::from_value(field("shape")?.clone()).map_err(|_| {
-        format!(
-            "shape {} is not a list of non-negative integers",
-            field("shape").unwrap()
-        )
-    })?;
-    let offsets: [u64; 2] = serde_json::from_value(field("data_offsets")?.clone()).map_err(|_| {
-        format!(
-            "data_offsets {} is not a pair of non-negative integers",
-            field("data_offsets").unwrap()
-        )
-    })?;
-    let [begin, end] = offsets;
+    let shape_value = field("shape")?;
+    let shape: Vec<u64> = serde_json::from_value(shape_value.clone())
+        .map_err(|_| format!("shape {shape_value} is not a list of non-negative integers"))?;
+    let offsets_value = field("data_offsets")?;
+    let [begin, end]: [u64; 2] = serde_json::from_value(offsets_value.clone())
+        .map_err(|_| format!("data_offsets {offsets_value} is not a pair of non-negative integers"))?;
     if begin > end || end > data_len {
         return Err(format!(
             "data offsets [{begin}, {end}] lie outside the data section of {data_len} bytes: truncated or corrupt file"
         ));
     }
-    let bits = shape
+    // The element count must fit too, not only the bytes: with a zero dimension
+    // the bytes are 0 whatever the other dimensions claim.
+    // (Strides are products of the other dimensions, so those must fit as well.)
+    let nonzero = shape
         .iter()
-        .try_fold(dtype.bitsize() as u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&&d| d > 0)
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d));
+    let elements = if shape.contains(&0) { Some(0) } else { nonzero };
+    let bits = nonzero
+        .and(elements)
+        .and_then(|elements| elements.checked_mul(dtype.bitsize() as u64))
         .ok_or(format!("shape {shape:?} overflows"))?;
     let needed = bits.div_ceil(8);
     if needed != end - begin {
@@ -134,12 +405,24 @@ fn check_entry(name: &str, entry: &Value, data_len: u64) -> std::result::Result<
             end - begin
         ));
     }
-    Ok(())
+    if needed > limits.max_tensor_bytes {
+        return Err(format!(
+            "claims {needed} bytes, over the limit of {} bytes per tensor (max_tensor_bytes)",
+            limits.max_tensor_bytes
+        ));
+    }
+    // Every number now fits in the file's length, hence in usize.
+    Ok(TensorInfo {
+        name: name.to_string(),
+        dtype,
+        shape: shape.iter().map(|&d| d as usize).collect(),
+        begin: begin as usize,
+        end: end as usize,
+    })
 }
 
-/// Writes tensors and metadata to `path` atomically: the bytes go to a temporary
-/// file beside it, renamed into place once complete, so an interrupted run never
-/// leaves half a file. An existing file is replaced only when `overwrite` is set.
+/// Writes tensors and metadata to `path` atomically (see [`write_atomically`]).
+/// An existing file is replaced only when `overwrite` is set.
 pub fn write_safetensors<'a>(
     path: impl AsRef<Path>,
     tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
@@ -148,8 +431,9 @@ pub fn write_safetensors<'a>(
 ) -> Result<()> {
     let path = path.as_ref();
     let fail = |message: String| Error::file(path, message);
+    // Refuse early, before serialising; `write_atomically` checks again without a race.
     if !overwrite && path.exists() {
-        return Err(fail("already exists (pass overwrite to replace it)".into()));
+        return Err(fail(ALREADY_EXISTS.into()));
     }
     let mut contiguous = Vec::new();
     for (name, tensor) in tensors {
@@ -157,11 +441,18 @@ pub fn write_safetensors<'a>(
     }
     let bytes = safetensors::serialize(contiguous.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
         .map_err(|err| fail(format!("cannot serialise: {err}")))?;
-    write_atomically(path, &bytes)
+    write_atomically(path, &bytes, overwrite)
 }
 
-/// Writes `bytes` to a temporary file in `path`'s directory and renames it into place.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+const ALREADY_EXISTS: &str = "already exists (pass overwrite, or --force, to replace it)";
+
+/// Writes `bytes` to `path` so that no reader ever sees half a file: they go to
+/// a temporary file in the same directory, synced, then moved into place. With
+/// `overwrite` the move is a rename over any existing file; without it, a hard
+/// link, which fails if `path` exists even when another writer created it a
+/// moment ago (a file system without hard links falls back to check-then-rename).
+/// On any error the temporary file is removed and an existing `path` is untouched.
+pub fn write_atomically(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     let fail = |message: String| Error::file(path, message);
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -171,19 +462,46 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .ok_or_else(|| fail("is not a file path".into()))?
         .to_string_lossy();
+    if path.is_dir() {
+        return Err(fail("is a directory, expected a file".into()));
+    }
     // Unique per call, not only per process: two threads saving the same path
     // must not share (and truncate) one temporary file.
     static NEXT_TEMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let serial = NEXT_TEMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let temp = dir.join(format!(".{file_name}.{}.{serial}.tmp", std::process::id()));
-    let result = std::fs::File::create(&temp)
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
         .and_then(|mut file| {
             file.write_all(bytes)?;
             file.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&temp, path));
-    result.map_err(|err| {
+        });
+    if let Err(err) = written {
         let _ = std::fs::remove_file(&temp);
-        fail(format!("cannot write: {err}"))
+        return Err(fail(format!("cannot write: {err}")));
+    }
+    let placed = if overwrite {
+        std::fs::rename(&temp, path)
+    } else {
+        place_new(&temp, path)
+    };
+    let _ = std::fs::remove_file(&temp);
+    placed.map_err(|err| match err.kind() {
+        std::io::ErrorKind::AlreadyExists => fail(ALREADY_EXISTS.into()),
+        _ => fail(format!("cannot write: {err}")),
     })
+}
+
+/// Moves `temp` to `path` unless `path` exists. The caller removes `temp` afterwards.
+fn place_new(temp: &Path, path: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(temp, path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Err(err),
+        // No hard links here (some network and FAT file systems): the check and
+        // the rename are two steps, with a race between them.
+        Err(_) if !path.exists() => std::fs::rename(temp, path),
+        Err(_) => Err(std::io::ErrorKind::AlreadyExists.into()),
+    }
 }

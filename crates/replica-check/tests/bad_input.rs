@@ -247,7 +247,10 @@ fn overlapping_tensors_name_a_tensor() {
         &[0; 12],
     );
     let (_, err) = load_error(&dir, &bytes);
-    assert_contains(&err, &["not a valid safetensors file", "param/"]);
+    assert_contains(
+        &err,
+        &["tensor `param/b`: data offsets [4, 12] overlap those of `param/a` [0, 8]"],
+    );
 }
 
 #[test]
