@@ -9,6 +9,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use replica_check::{check_close, compare, compare_default, Comparison, Tolerance};
 
 // ------------------------------------------------------------------------------------
@@ -175,9 +176,14 @@ fn close(x: f64, y: f64, slack: f64) -> bool {
     x == y || (x - y).abs() <= slack * x.abs().max(y.abs())
 }
 
+/// 256 cases per property; failures are kept in `proptest-regressions/properties.txt`
+/// (relative to the crate, where `cargo test` runs) and replayed first.
 fn config() -> ProptestConfig {
     ProptestConfig {
         cases: 256,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/properties.txt",
+        ))),
         ..ProptestConfig::default()
     }
 }
@@ -404,4 +410,28 @@ proptest! {
             }
         }
     }
+}
+
+/// The cases the properties above first failed on, spelled out: sums of squares that
+/// overflow or underflow f64 must not leak into the statistics.
+#[test]
+fn statistics_of_extreme_magnitudes() {
+    let f64s = |v: &[f64]| Tensor::new(v, &Device::Cpu).unwrap();
+    // |a - e| = [2e200, 0]: the squares overflow f64.
+    let c = compare(&f64s(&[3e200, 1e200]), &f64s(&[1e200, 1e200]), Tolerance::default());
+    assert!(close(c.mean_abs_error, 1e200, 1e-15), "{}", c.mean_abs_error);
+    assert!(close(c.rms_error, 2f64.sqrt() * 1e200, 1e-15), "{}", c.rms_error);
+    assert!(close(c.cosine.unwrap(), 4.0 / (10f64.sqrt() * 2f64.sqrt()), 1e-15));
+    // The squares underflow to 0: the sides still point the same way.
+    let c = compare(&f64s(&[1e-200, 2e-200]), &f64s(&[1.0, 2.0]), Tolerance::default());
+    assert!(close(c.cosine.unwrap(), 1.0, 1e-15), "{:?}", c.cosine);
+    let c = compare(&f64s(&[3e-170, 1e-170]), &f64s(&[1e-170, 1e-170]), Tolerance::default());
+    assert!(close(c.rms_error, 2f64.sqrt() * 1e-170, 1e-15), "{}", c.rms_error);
+    // A difference beyond f64::MAX is infinite, and so are its mean and RMS.
+    let c = compare(&f64s(&[f64::MAX]), &f64s(&[-f64::MAX]), Tolerance::default());
+    assert_eq!(
+        (c.worst_abs(), c.mean_abs_error, c.rms_error),
+        (f64::INFINITY, f64::INFINITY, f64::INFINITY)
+    );
+    assert_eq!(c.cosine, Some(-1.0));
 }
