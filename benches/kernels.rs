@@ -5,10 +5,17 @@
 //!
 //!     CARGO_TARGET_DIR=/work/target-kernels cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 2
 //!
+//! candle 0.11 runs its element-wise ops (in `candle` and `composed`) on a thread pool
+//! of its own, sized once per process by `CANDLE_NUM_THREADS` (default: the physical
+//! cores), not by the rayon pool; to pin those too, run each thread count in its own
+//! process: `CANDLE_NUM_THREADS=1 cargo bench --bench kernels -- '_1t/'`, then `=2` and `'_2t/'`.
+//!
 //! Benchmark ids are `<kernel>/<impl>_<threads>t/<shape>`; `impl` is `replica`,
 //! `candle` (candle's built-in, where one exists), `composed` (the plain candle
 //! composition) or `copy` (a memory copy of the same traffic, the roofline of a
 //! memory-bound kernel). Keep the shapes in step with python/bench_torch.py.
+//! An implementation whose one call at a shape takes over `SLOW_CALL` is left out
+//! of criterion there and its one-call time goes to `<criterion dir>/skipped.json`.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -295,6 +302,45 @@ fn bench_attention(c: &mut Criterion) {
     }
     group.finish();
 
+    // The prefill target: batch 1, 12 heads, head dim 64, 512 and 2048 tokens.
+    let mut group = c.benchmark_group("attention_prefill");
+    for (shape, s, causal) in [
+        ("b1_h12_d64_s512", 512usize, false),
+        ("b1_h12_d64_s512_causal", 512, true),
+        ("b1_h12_d64_s2048", 2048, false),
+        ("b1_h12_d64_s2048_causal", 2048, true),
+    ] {
+        let (b, h, d) = (1usize, 12usize, 64usize);
+        let (q, k, v) = (randn(&[b, h, s, d]), randn(&[b, h, s, d]), randn(&[b, h, s, d]));
+        let bshd = |t: &Tensor| t.transpose(1, 2).unwrap().contiguous().unwrap();
+        let (qt, kt, vt) = (bshd(&q), bshd(&k), bshd(&v));
+        let options = AttentionOptions {
+            causal: causal.then_some(Causal::BottomRight),
+            ..Default::default()
+        };
+        let visible = if causal { s * (s + 1) / 2 } else { s * s };
+        group.throughput(Throughput::Elements((4 * b * h * visible * d) as u64));
+        let candle_mask = if causal {
+            candle_nn::attention::AttnMask::causal()
+        } else {
+            candle_nn::attention::AttnMask::None
+        };
+        let candle: Op = Box::new(move || {
+            candle_nn::attention::flash_attn::<f32>(&qt, &kt, &vt, 0.125, candle_mask.clone(), None, None)
+        });
+        let mut ops: Vec<(&str, Op)> = vec![
+            ("replica", Box::new(|| rk::attention(&q, &k, &v, &options))),
+            ("composed", Box::new(|| reference::attention(&q, &k, &v, &options))),
+        ];
+        // candle's CPU flash attention is timed only where one call takes under
+        // SLOW_CALL; otherwise one timed call is recorded for BENCHMARKS.md instead.
+        if s < 2048 || keep_slow_op(&pools[0].1, "attention_prefill", "candle", shape, &candle) {
+            ops.insert(1, ("candle", candle));
+        }
+        run_shape(&mut group, &pools, shape, &ops, None);
+    }
+    group.finish();
+
     // Training: forward and backward of the fused kernel against the composition.
     let mut group = c.benchmark_group("attention_fwd_bwd");
     let (shape, [b, h, s, d]) = ("gpt2_b1_s1024_causal", [1usize, 12, 1024, 64]);
@@ -320,6 +366,46 @@ fn bench_attention(c: &mut Criterion) {
     ];
     run_shape(&mut group, &pools, shape, &ops, None);
     group.finish();
+}
+
+/// Above this time per call, an implementation is left out of a shape's criterion
+/// run (ten samples of it would take minutes).
+const SLOW_CALL: Duration = Duration::from_secs(2);
+
+/// Times one call of `op` on a 1-thread pool; when it takes longer than
+/// [`SLOW_CALL`], records that time in `<criterion dir>/skipped.json` (which
+/// python/benchmarks_md.py shows in place of the criterion row) and returns false.
+fn keep_slow_op(pool: &rayon::ThreadPool, group: &str, name: &str, shape: &str, op: &Op<'_>) -> bool {
+    let start = std::time::Instant::now();
+    pool.install(|| black_box(op().expect("the op runs")));
+    let seconds = start.elapsed().as_secs_f64();
+    if seconds < SLOW_CALL.as_secs_f64() {
+        return true;
+    }
+    println!("{group}/{name}/{shape}: one call took {seconds:.1} s (over {SLOW_CALL:?}): not run under criterion");
+    // Where criterion keeps its results.
+    let criterion_dir = std::env::var("CRITERION_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+            std::path::Path::new(&target).join("criterion")
+        });
+    let path = criterion_dir.join("skipped.json");
+    let mut skipped: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    skipped.retain(|r| !(r["group"] == group && r["impl"] == name && r["shape"] == shape));
+    let unix_seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    skipped.push(serde_json::json!({
+        "group": group, "impl": name, "shape": shape, "threads": 1,
+        "one_call_seconds": seconds, "limit_seconds": SLOW_CALL.as_secs_f64(), "unix_time": unix_seconds,
+    }));
+    std::fs::create_dir_all(path.parent().expect("a parent")).expect("the criterion folder");
+    std::fs::write(&path, serde_json::to_string_pretty(&skipped).expect("JSON")).expect("skipped.json");
+    false
 }
 
 fn bench_matmul(c: &mut Criterion) {

@@ -1,6 +1,9 @@
-"""Time PyTorch at the shapes of benches/kernels.rs, with 1 and 2 threads.
+"""Time PyTorch at the shapes of benches/kernels.rs and benches/blocks.rs, with 1 and 2 threads.
 
     ~/venv-ref/bin/python python/bench_torch.py --out target/bench_torch.json
+    ~/venv-ref/bin/python python/bench_torch.py --out target/bench_torch.json --merge --only '^(block_|minilm)'
+
+Everything runs under torch.inference_mode() except the backward benchmarks.
 
 Writes JSON: the machine, the torch version, and one record per
 (kernel, shape, threads) with the median seconds per call. The kernel and
@@ -12,10 +15,13 @@ benches/kernels.rs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
+import os
 import platform
+import re
 import subprocess
 
 import torch
@@ -127,6 +133,102 @@ def cases():
 
     for shape, (m, k, n) in [("bert-base_ffn_b8_s128", (1024, 768, 3072)), ("llama-7b_proj_s128", (128, 4096, 4096))]:
         out.append(("matmul", shape, 2 * m * k * n, lambda m=m, k=k, n=n: (lambda a, b: lambda: a @ b)(randn(m, k), randn(k, n))))
+
+    # The issue's prefill target (benches/kernels.rs, group attention_prefill).
+    for s in (512, 2048):
+        for causal in (False, True):
+            shape = f"b1_h12_d64_s{s}" + ("_causal" if causal else "")
+            visible = s * (s + 1) // 2 if causal else s * s
+
+            def prefill(s=s, causal=causal):
+                q, k, v = randn(1, 12, s, 64), randn(1, 12, s, 64), randn(1, 12, s, 64)
+                return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+            out.append(("attention_prefill", shape, 4 * 12 * visible * 64, prefill))
+    return out + block_cases() + minilm_cases()
+
+
+# Whole blocks at the shapes of benches/blocks.rs: (batch, seq, dim, heads, mlp hidden, causal, GELU form).
+BLOCK_SHAPES = {
+    "minilm_b8_s128": (8, 128, 384, 12, 1536, False, "none"),
+    "bert-base_b8_s128": (8, 128, 768, 12, 3072, False, "none"),
+    "gpt2_b1_s1024": (1, 1024, 768, 12, 3072, True, "tanh"),
+}
+
+
+def init_small(module):
+    # N(0, 0.02) weights as benches/blocks.rs uses (the values do not change the time).
+    for p in module.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.02)
+    return module.eval()
+
+
+def block_cases():
+    """Attention: nn.MultiheadAttention (the projections and SDPA, as replica's Attention);
+    MLP: Linear-GELU-Linear; transformer block: HF BertLayer (post-norm) or GPT2Block (pre-norm)."""
+    from transformers import BertConfig, GPT2Config
+    from transformers.models.bert.modeling_bert import BertLayer
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+
+    out = []
+    for shape, (b, s, d, h, hidden, causal, gelu) in BLOCK_SHAPES.items():
+        def attention(b=b, s=s, d=d, h=h, causal=causal):
+            mha = init_small(torch.nn.MultiheadAttention(d, h, batch_first=True))
+            x = randn(b, s, d)
+            mask = torch.ones(s, s, dtype=torch.bool).triu(1) if causal else None
+            return lambda: mha(x, x, x, need_weights=False, attn_mask=mask, is_causal=causal)[0]
+
+        def mlp(b=b, s=s, d=d, hidden=hidden, gelu=gelu):
+            net = init_small(torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.GELU(approximate=gelu), torch.nn.Linear(hidden, d)))
+            x = randn(b, s, d)
+            return lambda: net(x)
+
+        def layer(b=b, s=s, d=d, h=h, hidden=hidden, causal=causal):
+            if causal:
+                config = GPT2Config(n_embd=d, n_head=h, n_inner=hidden, resid_pdrop=0.0, attn_pdrop=0.0, embd_pdrop=0.0)
+            else:
+                config = BertConfig(hidden_size=d, num_attention_heads=h, intermediate_size=hidden, hidden_dropout_prob=0.0,
+                                    attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12)
+            # A standalone layer has no attention implementation set; use SDPA, as the models do.
+            config._attn_implementation = "sdpa"
+            module = init_small(GPT2Block(config, layer_idx=0) if causal else BertLayer(config))
+            x = randn(b, s, d)
+            return lambda: module(x)
+
+        out += [("block_attention", shape, None, attention), ("block_mlp", shape, None, mlp), ("block_transformer", shape, None, layer)]
+    return out
+
+
+def token_ids(batch, seq):
+    """The fixed pattern of benches/blocks.rs: [CLS] w... [SEP], w = 1000 + (131 b + 17 i) mod 20000."""
+    ids = [[101 if i == 0 else 102 if i == seq - 1 else 1000 + (131 * b + 17 * i) % 20000 for i in range(seq)] for b in range(batch)]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def minilm_model():
+    """HF BertModel on the cached all-MiniLM-L6-v2, or on random weights of its config (and says so)."""
+    from transformers import BertConfig, BertModel
+
+    directory = os.environ.get("REPLICA_MINILM_DIR") or os.path.expanduser("~/.cache/replica/all-MiniLM-L6-v2")
+    if os.path.isfile(os.path.join(directory, "model.safetensors")):
+        return BertModel.from_pretrained(directory, attn_implementation="sdpa").eval(), "real"
+    print(f"all-MiniLM-L6-v2 is not in {directory} (python3 python/fetch_minilm.py fetches it): timing RANDOM weights")
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+                        layer_norm_eps=1e-12, max_position_embeddings=512)
+    config._attn_implementation = "sdpa"
+    return BertModel(config).eval(), "random"
+
+
+def minilm_cases():
+    out = []
+    for shape, (b, s) in [("b8_s128", (8, 128)), ("b1_s128", (1, 128))]:
+        def forward(b=b, s=s):
+            model, _ = minilm_model()
+            ids = token_ids(b, s)
+            types, mask = torch.zeros_like(ids), torch.ones_like(ids)
+            return lambda: model(input_ids=ids, token_type_ids=types, attention_mask=mask).last_hidden_state
+
+        out.append(("minilm_forward", shape, None, forward))
     return out
 
 
@@ -145,24 +247,34 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="target/bench_torch.json")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
-    parser.add_argument("--only", default=None, help="run only kernels whose name contains this")
+    parser.add_argument("--only", default=None, help="run only kernels whose name matches this regular expression")
+    parser.add_argument("--merge", action="store_true", help="keep --out's records of the kernels this run skips")
     args = parser.parse_args()
     torch.manual_seed(0)
     records = []
     for kernel, shape, flops, make in cases():
-        if args.only and args.only not in kernel:
+        if args.only and not re.search(args.only, kernel):
             continue
         for threads in THREADS:
             torch.set_num_threads(threads)
             fn = make()
             grad = kernel.endswith("_bwd")
-            with torch.set_grad_enabled(grad):
+            with torch.set_grad_enabled(grad), (torch.inference_mode() if not grad else contextlib.nullcontext()):
                 fn()  # warm-up
                 timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
                 m = timer.blocked_autorange(min_run_time=args.min_run_time)
             seconds = m.median
-            records.append({"kernel": kernel, "shape": shape, "threads": threads, "seconds": seconds, "flops": flops})
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            records.append({"kernel": kernel, "shape": shape, "threads": threads, "seconds": seconds, "flops": flops, "date": now})
             print(f"{kernel:22} {shape:26} {threads}t {seconds * 1e3:10.3f} ms", flush=True)
+    if args.merge and os.path.isfile(args.out):
+        # Keep the earlier run's records of what this run did not measure; they carry their own date.
+        with open(args.out) as f:
+            earlier = json.load(f)
+        done = {(r["kernel"], r["shape"], r["threads"]) for r in records}
+        for r in earlier["records"]:
+            if (r["kernel"], r["shape"], r["threads"]) not in done:
+                records.append({**r, "date": r.get("date", earlier.get("date"))})
     result = {
         "machine": machine(),
         "torch": torch.__version__,

@@ -1,0 +1,81 @@
+//! A small driver for profilers (callgrind, perf): runs one benchmarked op a few
+//! times, with the inputs of benches/kernels.rs and benches/blocks.rs, and nothing
+//! else. `RAYON_NUM_THREADS=1` gives the 1-thread rows' setting.
+//!
+//!     CARGO_TARGET_DIR=/work/target-kernels cargo bench --bench profile --no-run
+//!     RAYON_NUM_THREADS=1 valgrind --tool=callgrind /work/target-kernels/release/deps/profile-<hash> attention-bert 2
+//!
+//! Cases: `attention-bert` (replica kernel, BERT-base b8 s128), `attention-bert-composed`,
+//! `softmax-gpt2` (replica kernel, GPT-2 b1 s1024 scores), `softmax-gpt2-candle`,
+//! `attention-prefill-2048` (replica kernel, b1 h12 d64 s2048), `minilm-b8`, `minilm-b1`
+//! (replica's BERT on all-MiniLM-L6-v2, random weights when the model is not cached),
+//! each optionally followed by a repeat count (default 3).
+
+use std::hint::black_box;
+
+use candle_core::{DType, Device, Tensor};
+use replica_kernels::{self as rk, reference, AttentionOptions, Mask};
+
+fn randn(dims: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1.0, dims, &Device::Cpu).expect("random tensor")
+}
+
+fn minilm() -> replica_models::Bert {
+    let dir = replica_models::sentence::minilm_dir();
+    let config = replica_models::BertConfig::from_file(dir.join("config.json"));
+    match config {
+        Ok(config) if dir.join("model.safetensors").is_file() => {
+            replica_models::Bert::load(&config, dir.join("model.safetensors"), DType::F32, &Device::Cpu).unwrap()
+        }
+        _ => {
+            eprintln!("all-MiniLM-L6-v2 is not cached: profiling random weights of its size");
+            let config = replica_models::registry::preset("all-MiniLM-L6-v2").unwrap().config();
+            let config = replica_models::BertConfig::from_value(&config, "preset").unwrap();
+            let varmap = candle_nn::VarMap::new();
+            let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            replica_models::Bert::new(&config, vb).unwrap()
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; the case and the count are the other arguments.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let case = args.first().map(String::as_str).unwrap_or("attention-bert");
+    let repeats: usize = args.get(1).map_or(3, |n| n.parse().expect("a repeat count"));
+    let op: Box<dyn Fn() -> candle_core::Result<Tensor>> = match case {
+        "attention-bert" | "attention-bert-composed" | "attention-prefill-2048" => {
+            let dims = if case == "attention-prefill-2048" {
+                [1, 12, 2048, 64]
+            } else {
+                [8, 12, 128, 64]
+            };
+            let (q, k, v) = (randn(&dims), randn(&dims), randn(&dims));
+            let options = AttentionOptions::default();
+            if case == "attention-bert-composed" {
+                Box::new(move || reference::attention(&q, &k, &v, &options))
+            } else {
+                Box::new(move || rk::attention(&q, &k, &v, &options))
+            }
+        }
+        "softmax-gpt2" => {
+            let x = randn(&[1, 12, 1024, 1024]);
+            Box::new(move || rk::softmax_last_dim(&x, 1.0, Mask::None))
+        }
+        "softmax-gpt2-candle" => {
+            let x = randn(&[1, 12, 1024, 1024]);
+            Box::new(move || candle_nn::ops::softmax_last_dim(&x))
+        }
+        "minilm-b8" | "minilm-b1" => {
+            let batch = if case == "minilm-b8" { 8 } else { 1 };
+            let model = minilm();
+            let ids: Vec<u32> = (0..batch * 128).map(|i| 1000 + (i as u32 * 17) % 20000).collect();
+            let ids = Tensor::from_vec(ids, (batch, 128), &Device::Cpu).unwrap();
+            Box::new(move || Ok(model.forward(&ids, None, None)?.last_hidden_state))
+        }
+        other => panic!("unknown case `{other}`; see the cases in benches/profile.rs"),
+    };
+    for _ in 0..repeats {
+        black_box(op().expect("the op runs"));
+    }
+}
