@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use replica_check::ReadLimits;
+
 use crate::device::DeviceSpec;
 use crate::output::Format;
 
@@ -30,8 +32,54 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
     pub color: ColorWhen,
 
+    /// Refuse a safetensors tensor larger than this (bytes; K, M, G, T suffixes are powers of 1024),
+    /// before reading it [env: REPLICA_MAX_TENSOR_BYTES; default 16G].
+    #[arg(long, global = true, value_name = "SIZE", value_parser = byte_size)]
+    pub max_tensor_bytes: Option<u64>,
+
+    /// Refuse a safetensors file whose tensors add up to more than this, before reading them
+    /// [env: REPLICA_MAX_TOTAL_BYTES; default 1T].
+    #[arg(long, global = true, value_name = "SIZE", value_parser = byte_size)]
+    pub max_total_bytes: Option<u64>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The read limits: these flags, else the environment variables, else the defaults.
+    pub fn read_limits(&self) -> Result<ReadLimits, String> {
+        let pick = |flag: Option<u64>, var: &str, default: u64| -> Result<u64, String> {
+            match (flag, std::env::var(var)) {
+                (Some(value), _) => Ok(value),
+                (None, Ok(text)) => byte_size(&text).map_err(|err| format!("{var}: {err}")),
+                (None, Err(_)) => Ok(default),
+            }
+        };
+        let default = ReadLimits::DEFAULT;
+        Ok(ReadLimits {
+            max_tensor_bytes: pick(
+                self.max_tensor_bytes,
+                "REPLICA_MAX_TENSOR_BYTES",
+                default.max_tensor_bytes,
+            )?,
+            max_total_bytes: pick(self.max_total_bytes, "REPLICA_MAX_TOTAL_BYTES", default.max_total_bytes)?,
+            ..default
+        })
+    }
+}
+
+/// Where a report goes instead of stdout.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Write the report to FILE instead of stdout (written whole or not at all: a temporary file
+    /// beside it is renamed into place). An existing FILE is kept unless --force is given.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Replace an existing --output file.
+    #[arg(long, requires = "output")]
+    pub force: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -113,6 +161,9 @@ pub struct CheckArgs {
     /// Where to run: cpu, or cuda:N with a replica built with `--features cuda`.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +192,9 @@ pub struct DiffArgs {
     /// replacement (`$1` for groups), e.g. `--rename '^transformer\.='`. Repeatable; applied in order.
     #[arg(long, value_name = "PATTERN=REPLACEMENT", value_parser = rename_rule)]
     pub rename: Vec<(String, String)>,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +227,30 @@ pub fn tolerance_value(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
+/// A byte count: digits with an optional K, M, G or T suffix (powers of 1024; a trailing B or iB is allowed).
+pub fn byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let upper = trimmed.to_ascii_uppercase();
+    let upper = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
+    let (digits, shift) = match upper.chars().last() {
+        Some('K') => (&upper[..upper.len() - 1], 10),
+        Some('M') => (&upper[..upper.len() - 1], 20),
+        Some('G') => (&upper[..upper.len() - 1], 30),
+        Some('T') => (&upper[..upper.len() - 1], 40),
+        _ => (upper, 0),
+    };
+    let value: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size in bytes (e.g. 4096, 512M, 2G)"))?;
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
 /// `PATTERN=REPLACEMENT`, split at the first `=`.
 fn rename_rule(text: &str) -> Result<(String, String), String> {
     let (pattern, replacement) = text
@@ -201,6 +279,16 @@ mod tests {
         assert!(tolerance_value("-1").unwrap_err().contains(">= 0"));
         assert!(tolerance_value("abc").unwrap_err().contains("not a number"));
         assert!(tolerance_value("inf").is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(byte_size("4096"), Ok(4096));
+        assert_eq!(byte_size("512M"), Ok(512 << 20));
+        assert_eq!(byte_size("2GiB"), Ok(2 << 30));
+        assert_eq!(byte_size("1k"), Ok(1024));
+        assert!(byte_size("lots").unwrap_err().contains("not a size"));
+        assert!(byte_size("99999999999T").unwrap_err().contains("too large"));
     }
 
     #[test]

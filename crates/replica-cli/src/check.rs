@@ -9,15 +9,15 @@ use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use replica_check::bundle::METADATA_KEY;
 use replica_check::{
-    compare_trace, read_safetensors, trace, Bundle, Comparison, Report, ToleranceOverrides, ToleranceSpec, TraceReport,
-    WeightMap,
+    compare_trace, open_safetensors, read_safetensors, trace, Bundle, Comparison, Report, ToleranceOverrides,
+    ToleranceSpec, TraceReport, WeightMap,
 };
 use serde_json::{json, Value};
 
 use crate::args::CheckArgs;
 use crate::error::{without_backtrace, CliError};
 use crate::manifest::{self, parse_dtype};
-use crate::output::{self, emit, json_number, paint, sci, Cell, Format, Table, BAD, DIM, GOOD, HEADER, WARN};
+use crate::output::{self, json_number, paint, sci, Cell, Format, Table, BAD, DIM, GOOD, HEADER, WARN};
 use crate::registry::{Component, Registry};
 use crate::{guard, Status};
 
@@ -137,7 +137,7 @@ fn load_weights(weights: &Weights, device: &Device) -> Result<BTreeMap<String, T
 
 /// Whether a weights file is itself a reference bundle (its weights are under `param/`).
 fn is_bundle(path: &Path) -> bool {
-    read_safetensors(path, &Device::Cpu).is_ok_and(|file| file.metadata.contains_key(METADATA_KEY))
+    open_safetensors(path).is_ok_and(|file| file.metadata().contains_key(METADATA_KEY))
 }
 
 /// What running one job gave.
@@ -224,6 +224,7 @@ impl Outcome {
 
 /// Runs `replica check`.
 pub fn run(args: &CheckArgs, format: Format) -> Result<Status, CliError> {
+    output::check_output(&args.output)?;
     let device = args.device.open()?;
     let registry = Registry::load();
     // As a pattern matching every key, the command line's tolerances come after
@@ -294,7 +295,7 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<Status, CliError> {
         Format::Text => render_text(&title, &device_name, &outcomes),
         Format::Markdown => render_markdown(&title, &device_name, &outcomes),
     };
-    emit(&text);
+    output::deliver(&text, &args.output)?;
 
     let errors: Vec<&Outcome> = outcomes.iter().filter(|o| o.verdict() == Verdict::Error).collect();
     for outcome in &errors {

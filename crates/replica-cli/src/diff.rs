@@ -3,19 +3,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
-use replica_check::{compare, read_safetensors, Comparison, Tolerance, WeightMap};
+use candle_core::Device;
+use regex::Regex;
+use replica_check::{compare, open_safetensors, Comparison, SafetensorsFile, TensorInfo, Tolerance};
 use serde_json::{json, Value};
 
 use crate::args::DiffArgs;
 use crate::error::CliError;
-use crate::output::{emit, json_number, json_text, paint, sci, Cell, Format, Table, BAD, GOOD, HEADER, WARN};
+use crate::output::{
+    check_output, deliver, json_number, json_text, paint, sci, Cell, Format, Table, BAD, GOOD, HEADER, WARN,
+};
 use crate::Status;
 
 /// How one key fares.
 enum Row {
-    OnlyInA(Tensor),
-    OnlyInB(Tensor),
+    OnlyInA(TensorInfo),
+    OnlyInB(TensorInfo),
     Shared(Box<Comparison>),
 }
 
@@ -37,7 +40,7 @@ impl Row {
     }
 
     fn cells(&self, key: &str) -> Vec<Cell> {
-        let describe = |t: &Tensor| (format!("{:?}", t.dims()), format!("{:?}", t.dtype()).to_lowercase());
+        let describe = |t: &TensorInfo| (format!("{:?}", t.shape), t.dtype_name());
         let status = self.status();
         let style = if self.passed() {
             GOOD
@@ -84,30 +87,48 @@ impl Row {
     }
 }
 
-/// A file's tensors, under their renamed keys, and its metadata.
+/// A mapped file and its keys after renaming: new key -> key in the file.
 struct Side {
-    tensors: BTreeMap<String, Tensor>,
-    metadata: BTreeMap<String, String>,
+    file: SafetensorsFile,
+    keys: BTreeMap<String, String>,
 }
 
-fn read(path: &Path, renames: &[(String, String)]) -> Result<Side, CliError> {
-    let file = read_safetensors(path, &Device::Cpu)?;
-    let map = renames.iter().fold(WeightMap::new(), |map, (pattern, replacement)| {
-        map.rename(pattern, replacement)
-    });
-    let mapped = map
-        .apply(file.tensors, path)
-        .map_err(|err| CliError::from(err).context("--rename"))?;
-    Ok(Side {
-        tensors: mapped.tensors().clone(),
-        metadata: file.metadata.into_iter().collect(),
-    })
+impl Side {
+    fn open(path: &Path, renames: &[(Regex, String)]) -> Result<Self, CliError> {
+        let file = open_safetensors(path)?;
+        let mut keys = BTreeMap::new();
+        for info in file.tensors() {
+            // Each rule rewrites the first match, in order, as a weight map's `rename` does.
+            let key = renames.iter().fold(info.name.clone(), |name, (pattern, replacement)| {
+                pattern.replace(&name, replacement.as_str()).into_owned()
+            });
+            if let Some(earlier) = keys.insert(key.clone(), info.name.clone()) {
+                return Err(CliError::file(
+                    path,
+                    format!("weight map sends both `{earlier}` and `{}` to `{key}`", info.name),
+                )
+                .context("--rename"));
+            }
+        }
+        Ok(Self { file, keys })
+    }
+
+    fn info(&self, key: &str) -> Option<&TensorInfo> {
+        self.keys.get(key).and_then(|name| self.file.info(name))
+    }
+
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.file.metadata().clone().into_iter().collect()
+    }
 }
 
-/// Runs `replica diff`.
+/// Runs `replica diff`. Both files are mapped and compared one key at a time,
+/// so memory holds a pair of tensors, not the files.
 pub fn run(args: &DiffArgs, format: Format) -> Result<Status, CliError> {
-    for (pattern, _) in &args.rename {
-        regex::Regex::new(pattern).map_err(|err| {
+    check_output(&args.output)?;
+    let mut renames = Vec::with_capacity(args.rename.len());
+    for (pattern, replacement) in &args.rename {
+        let regex = Regex::new(pattern).map_err(|err| {
             let why = err.to_string();
             let why = why
                 .lines()
@@ -118,36 +139,32 @@ pub fn run(args: &DiffArgs, format: Format) -> Result<Status, CliError> {
                 .to_string();
             CliError::new(format!("--rename: `{pattern}` is not a regular expression: {why}"))
         })?;
+        renames.push((regex, replacement.clone()));
     }
-    let Side {
-        tensors: a,
-        metadata: a_meta,
-    } = read(&args.a, &args.rename)?;
-    let Side {
-        tensors: b,
-        metadata: b_meta,
-    } = read(&args.b, &args.rename)?;
-    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    let rows: Vec<(String, Row)> = keys
-        .into_iter()
-        .map(|key| {
-            let row = match (a.get(key), b.get(key)) {
-                (Some(expected), Some(actual)) => {
-                    let base = Tolerance::for_dtype(expected.dtype());
-                    let tolerance = Tolerance {
-                        rtol: args.rtol.unwrap_or(base.rtol),
-                        atol: args.atol.unwrap_or(base.atol),
-                        equal_nan: args.equal_nan,
-                    };
-                    Row::Shared(Box::new(compare(actual, expected, tolerance)))
-                }
-                (Some(t), None) => Row::OnlyInA(t.clone()),
-                (None, Some(t)) => Row::OnlyInB(t.clone()),
-                (None, None) => unreachable!("every key comes from A or B"),
-            };
-            (key.clone(), row)
-        })
-        .collect();
+    let a = Side::open(&args.a, &renames)?;
+    let b = Side::open(&args.b, &renames)?;
+    let keys: BTreeSet<&String> = a.keys.keys().chain(b.keys.keys()).collect();
+    let mut rows: Vec<(String, Row)> = Vec::with_capacity(keys.len());
+    for key in keys {
+        let row = match (a.keys.get(key), b.keys.get(key)) {
+            (Some(name_a), Some(name_b)) => {
+                let expected = a.file.load(name_a, &Device::Cpu)?;
+                let actual = b.file.load(name_b, &Device::Cpu)?;
+                let base = Tolerance::for_dtype(expected.dtype());
+                let tolerance = Tolerance {
+                    rtol: args.rtol.unwrap_or(base.rtol),
+                    atol: args.atol.unwrap_or(base.atol),
+                    equal_nan: args.equal_nan,
+                };
+                Row::Shared(Box::new(compare(&actual, &expected, tolerance)))
+            }
+            (Some(_), None) => Row::OnlyInA(a.info(key).expect("key of A").clone()),
+            (None, Some(_)) => Row::OnlyInB(b.info(key).expect("key of B").clone()),
+            (None, None) => unreachable!("every key comes from A or B"),
+        };
+        rows.push((key.clone(), row));
+    }
+    let (a_meta, b_meta) = (a.metadata(), b.metadata());
     let metadata_differs: Vec<String> = a_meta
         .keys()
         .chain(b_meta.keys())
@@ -162,7 +179,7 @@ pub fn run(args: &DiffArgs, format: Format) -> Result<Status, CliError> {
         Format::Json => json_text(&to_json(args, &rows, &metadata_differs, passed)),
         Format::Text | Format::Markdown => render(args, &rows, &metadata_differs, format),
     };
-    emit(&text);
+    deliver(&text, &args.output)?;
     Ok(if passed { Status::Passed } else { Status::Failed })
 }
 

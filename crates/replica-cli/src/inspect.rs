@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use replica_check::bundle::METADATA_KEY;
-use replica_check::{read_safetensors, Bundle, Namespace};
+use replica_check::{open_safetensors, BundleOutline, Namespace};
 use serde_json::{json, Value};
 
 use crate::args::InspectArgs;
@@ -77,21 +77,36 @@ fn dtype_name(dtype: DType) -> String {
     format!("{dtype:?}").to_lowercase()
 }
 
-/// Runs `replica inspect`.
+/// One tensor's row: what `inspect` keeps after dropping the tensor itself.
+pub struct Row {
+    pub name: String,
+    pub dtype: DType,
+    pub dims: Vec<usize>,
+    pub stats: Option<Stats>,
+}
+
+/// Runs `replica inspect`. The file is mapped and its tensors read one at a
+/// time, each dropped once its statistics are taken: memory holds about one
+/// tensor, however large the file.
 pub fn run(args: &InspectArgs, format: Format) -> Result<Status, CliError> {
     let path = args.file.as_path();
-    let file = read_safetensors(path, &Device::Cpu)?;
-    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let file = open_safetensors(path)?;
+    let size = file.len();
     let bundle = file
-        .metadata
+        .metadata()
         .contains_key(METADATA_KEY)
-        .then(|| Bundle::from_tensor_file(file.clone(), path));
-    let tensors: Vec<(String, Tensor, Option<Stats>)> = file
-        .tensors
-        .iter()
-        .map(|(name, tensor)| (name.clone(), tensor.clone(), Stats::of(tensor)))
-        .collect();
-    let mut metadata: Vec<(&String, &String)> = file.metadata.iter().collect();
+        .then(|| BundleOutline::of(&file));
+    let mut tensors = Vec::with_capacity(file.tensors().len());
+    for info in file.tensors() {
+        let tensor = file.load(&info.name, &Device::Cpu)?;
+        tensors.push(Row {
+            name: info.name.clone(),
+            dtype: tensor.dtype(),
+            dims: tensor.dims().to_vec(),
+            stats: Stats::of(&tensor),
+        });
+    }
+    let mut metadata: Vec<(&String, &String)> = file.metadata().iter().collect();
     metadata.sort();
 
     let text = match format {
@@ -102,11 +117,11 @@ pub fn run(args: &InspectArgs, format: Format) -> Result<Status, CliError> {
     Ok(Status::Passed)
 }
 
-fn bundle_summary(bundle: &Bundle) -> String {
-    let m = bundle.metadata();
+fn bundle_summary(bundle: &BundleOutline) -> String {
+    let m = &bundle.metadata;
     let counts: Vec<String> = Namespace::ALL
         .iter()
-        .map(|&ns| (ns, bundle.names(ns).count()))
+        .map(|&ns| (ns, bundle.names.get(&ns).map_or(0, Vec::len)))
         .filter(|(_, n)| *n > 0)
         .map(|(ns, n)| format!("{n} {ns}"))
         .collect();
@@ -121,11 +136,17 @@ fn bundle_summary(bundle: &Bundle) -> String {
     )
 }
 
-fn table(tensors: &[(String, Tensor, Option<Stats>)]) -> Table {
+fn table(tensors: &[Row]) -> Table {
     let mut table = Table::new(&[
         "tensor", "dtype", "shape", "elements", "min", "max", "mean", "std", "nan", "inf",
     ]);
-    for (name, tensor, stats) in tensors {
+    for Row {
+        name,
+        dtype,
+        dims,
+        stats,
+    } in tensors
+    {
         let (min, max, mean, std, nan, inf) = match stats {
             Some(s) => (
                 number(s.min),
@@ -146,9 +167,9 @@ fn table(tensors: &[(String, Tensor, Option<Stats>)]) -> Table {
         };
         table.push(vec![
             Cell::plain(name.clone()),
-            Cell::plain(dtype_name(tensor.dtype())),
-            Cell::plain(format!("{:?}", tensor.dims())),
-            Cell::plain(tensor.elem_count().to_string()),
+            Cell::plain(dtype_name(*dtype)),
+            Cell::plain(format!("{dims:?}")),
+            Cell::plain(dims.iter().product::<usize>().to_string()),
             Cell::plain(min),
             Cell::plain(max),
             Cell::plain(mean),
@@ -164,8 +185,8 @@ fn render(
     path: &Path,
     size: u64,
     metadata: &[(&String, &String)],
-    bundle: Option<&Result<Bundle, replica_check::Error>>,
-    tensors: &[(String, Tensor, Option<Stats>)],
+    bundle: Option<&Result<BundleOutline, replica_check::Error>>,
+    tensors: &[Row],
     format: Format,
 ) -> String {
     let markdown = format == Format::Markdown;
@@ -214,36 +235,43 @@ fn to_json(
     path: &Path,
     size: u64,
     metadata: &[(&String, &String)],
-    bundle: Option<&Result<Bundle, replica_check::Error>>,
-    tensors: &[(String, Tensor, Option<Stats>)],
+    bundle: Option<&Result<BundleOutline, replica_check::Error>>,
+    tensors: &[Row],
 ) -> Value {
     let metadata: serde_json::Map<String, Value> = metadata
         .iter()
         .map(|(k, v)| ((*k).clone(), Value::from(v.as_str())))
         .collect();
     let bundle = match bundle {
-        Some(Ok(bundle)) => json!({ "valid": true, "metadata": bundle.metadata() }),
+        Some(Ok(bundle)) => json!({ "valid": true, "metadata": bundle.metadata }),
         Some(Err(err)) => json!({ "valid": false, "error": err.to_string() }),
         None => Value::Null,
     };
     let tensors: Vec<Value> = tensors
         .iter()
-        .map(|(name, tensor, stats)| {
-            let stat = |f: fn(&Stats) -> Option<f64>| json_number(stats.as_ref().and_then(f));
-            json!({
-                "name": name,
-                "dtype": dtype_name(tensor.dtype()),
-                "shape": tensor.dims(),
-                "elements": tensor.elem_count(),
-                "min": stat(|s| s.min),
-                "max": stat(|s| s.max),
-                "mean": stat(|s| s.mean),
-                "std": stat(|s| s.std),
-                "nan": stats.as_ref().map_or(0, |s| s.nan),
-                "pos_inf": stats.as_ref().map_or(0, |s| s.pos_inf),
-                "neg_inf": stats.as_ref().map_or(0, |s| s.neg_inf),
-            })
-        })
+        .map(
+            |Row {
+                 name,
+                 dtype,
+                 dims,
+                 stats,
+             }| {
+                let stat = |f: fn(&Stats) -> Option<f64>| json_number(stats.as_ref().and_then(f));
+                json!({
+                    "name": name,
+                    "dtype": dtype_name(*dtype),
+                    "shape": dims,
+                    "elements": dims.iter().product::<usize>(),
+                    "min": stat(|s| s.min),
+                    "max": stat(|s| s.max),
+                    "mean": stat(|s| s.mean),
+                    "std": stat(|s| s.std),
+                    "nan": stats.as_ref().map_or(0, |s| s.nan),
+                    "pos_inf": stats.as_ref().map_or(0, |s| s.pos_inf),
+                    "neg_inf": stats.as_ref().map_or(0, |s| s.neg_inf),
+                })
+            },
+        )
         .collect();
     json!({
         "file": path.display().to_string(),

@@ -39,6 +39,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
     };
+    match cli.read_limits() {
+        Ok(limits) => replica_check::ReadLimits::set_current(limits),
+        Err(err) => {
+            print_error(&err);
+            return Status::InputError.code();
+        }
+    }
     match cli.color {
         ColorWhen::Auto => {}
         ColorWhen::Always => anstream::ColorChoice::Always.write_global(),

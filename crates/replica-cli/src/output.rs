@@ -3,10 +3,15 @@
 //! codes when stdout is not a terminal or `NO_COLOR` is set.
 
 use std::io::Write;
+use std::path::Path;
 
 use anstyle::{AnsiColor, Style};
 use clap::ValueEnum;
+use replica_check::tensor_file::write_atomically;
 use serde_json::Value;
+
+use crate::args::OutputArgs;
+use crate::error::CliError;
 
 /// How a command prints its result.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -215,6 +220,55 @@ pub fn emit(text: &str) {
         if err.kind() != std::io::ErrorKind::BrokenPipe {
             let _ = writeln!(anstream::stderr(), "error: cannot write to stdout: {err}");
         }
+    }
+}
+
+/// Prints a report to stdout, or writes it to `--output` (without colour) with
+/// the harness's safe writer: whole or not at all, never over an existing file
+/// unless `--force`.
+pub fn deliver(text: &str, output: &OutputArgs) -> Result<(), CliError> {
+    match &output.output {
+        None => {
+            emit(text);
+            Ok(())
+        }
+        Some(path) => {
+            let plain = anstream::adapter::strip_str(text).to_string();
+            write_atomically(path, plain.as_bytes(), output.force)
+                .map_err(|err| CliError::from(err).context("--output"))
+        }
+    }
+}
+
+/// Checks before a long run that `--output` can be written: not an existing
+/// file (unless `--force`), not a directory, in a directory that takes new files.
+pub fn check_output(output: &OutputArgs) -> Result<(), CliError> {
+    let Some(path) = &output.output else {
+        return Ok(());
+    };
+    let fail = |message: String| CliError::file(path, message).context("--output");
+    if path.is_dir() {
+        return Err(fail("is a directory, expected a file".into()));
+    }
+    if path.exists() && !output.force {
+        return Err(fail("already exists (pass --force to replace it)".into()));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(fail(format!("directory {} does not exist", dir.display())));
+    }
+    // Probe with the kind of file the writer will create: a read-only directory
+    // is refused now, not after the run.
+    let probe = dir.join(format!(".replica-probe.{}.tmp", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(err) => Err(fail(format!("cannot create a file in {}: {err}", dir.display()))),
     }
 }
 
