@@ -183,6 +183,8 @@ fn apply_rule(
                 return Err(format!("split along dim {dim}, but the tensor has shape {dims:?}"));
             };
             let sizes: Vec<usize> = match parts.iter().map(|(_, n)| *n).collect::<Option<Vec<_>>>() {
+                // No parts at all would silently drop the tensor.
+                _ if parts.is_empty() => return Err("split into no parts".into()),
                 Some(sizes) => sizes,
                 None if total % parts.len() == 0 => vec![total / parts.len(); parts.len()],
                 None => {
@@ -192,7 +194,8 @@ fn apply_rule(
                     ))
                 }
             };
-            if sizes.iter().sum::<usize>() != total {
+            // Checked: sizes come from a suite file and may be anything; a wrapped sum could pass.
+            if sizes.iter().try_fold(0usize, |sum, &n| sum.checked_add(n)) != Some(total) {
                 return Err(format!(
                     "split sizes {sizes:?} do not add up to dim {dim} of size {total}"
                 ));

@@ -155,8 +155,14 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Suite, CliError> {
     }
     let bytes = std::fs::read(path).map_err(|err| CliError::file(path, format!("cannot read: {err}")))?;
     let source = String::from_utf8(bytes).map_err(|_| CliError::file(path, "is not UTF-8 text"))?;
-    let file = SourceFile { path, source: &source };
-    let parsed: SuiteToml = toml::from_str(&source).map_err(|err| file.toml_error(&err))?;
+    parse(&source, path, registry)
+}
+
+/// Checks the text of a suite file; `path` names it in errors and anchors its relative paths.
+/// Reads no other file.
+pub fn parse(source: &str, path: &Path, registry: &Registry) -> Result<Suite, CliError> {
+    let file = SourceFile { path, source };
+    let parsed: SuiteToml = toml::from_str(source).map_err(|err| file.toml_error(&err))?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let suite_tolerances = match &parsed.tolerance {
         Some(tolerance) => file.tolerances(tolerance)?,
