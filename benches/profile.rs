@@ -1,14 +1,15 @@
 //! A small driver for profilers (callgrind, perf): runs one benchmarked op a few
 //! times, with the inputs of benches/kernels.rs and benches/blocks.rs, and nothing
-//! else. `RAYON_NUM_THREADS=1` gives the 1-thread rows' setting.
+//! else. `RAYON_NUM_THREADS=1 CANDLE_NUM_THREADS=1` gives the 1-thread rows' setting.
 //!
 //!     CARGO_TARGET_DIR=/work/target-kernels cargo bench --bench profile --no-run
-//!     RAYON_NUM_THREADS=1 valgrind --tool=callgrind /work/target-kernels/release/deps/profile-<hash> attention-bert 2
+//!     RAYON_NUM_THREADS=1 CANDLE_NUM_THREADS=1 valgrind --tool=callgrind /work/target-kernels/release/deps/profile-<hash> attention-bert 2
 //!
 //! Cases: `attention-bert` (replica kernel, BERT-base b8 s128), `attention-bert-composed`,
 //! `softmax-gpt2` (replica kernel, GPT-2 b1 s1024 scores), `softmax-gpt2-candle`,
 //! `attention-prefill-2048` (replica kernel, b1 h12 d64 s2048), `minilm-b8`, `minilm-b1`
 //! (replica's BERT on all-MiniLM-L6-v2, random weights when the model is not cached),
+//! `minilm-b8-candle`, `minilm-b1-candle` (candle-transformers' BERT, cached weights only),
 //! each optionally followed by a repeat count (default 3).
 
 use std::hint::black_box;
@@ -71,7 +72,22 @@ fn main() {
             let model = minilm();
             let ids: Vec<u32> = (0..batch * 128).map(|i| 1000 + (i as u32 * 17) % 20000).collect();
             let ids = Tensor::from_vec(ids, (batch, 128), &Device::Cpu).unwrap();
-            Box::new(move || Ok(model.forward(&ids, None, None)?.last_hidden_state))
+            // As benches/blocks.rs: segment ids zero, attention mask all ones.
+            let (types, mask) = (ids.zeros_like().unwrap(), ids.ones_like().unwrap());
+            Box::new(move || Ok(model.forward(&ids, Some(&types), Some(&mask))?.last_hidden_state))
+        }
+        "minilm-b8-candle" | "minilm-b1-candle" => {
+            let batch = if case == "minilm-b8-candle" { 8 } else { 1 };
+            let dir = replica_models::sentence::minilm_dir();
+            let config = std::fs::read_to_string(dir.join("config.json")).expect("all-MiniLM-L6-v2 is cached");
+            let config: candle_transformers::models::bert::Config = serde_json::from_str(&config).unwrap();
+            let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+            let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+            let model = candle_transformers::models::bert::BertModel::load(vb, &config).unwrap();
+            let ids: Vec<u32> = (0..batch * 128).map(|i| 1000 + (i as u32 * 17) % 20000).collect();
+            let ids = Tensor::from_vec(ids, (batch, 128), &Device::Cpu).unwrap();
+            let (types, mask) = (ids.zeros_like().unwrap(), ids.ones_like().unwrap());
+            Box::new(move || model.forward(&ids, &types, Some(&mask)))
         }
         other => panic!("unknown case `{other}`; see the cases in benches/profile.rs"),
     };
