@@ -49,7 +49,8 @@ KERNELS = {
     "attention_fwd_bwd": ("attention forward and backward (training), causal", "flops", {}, KERNEL_IMPLS),
     "matmul": ("matrix product, candle (gemm crate) against PyTorch (MKL/oneDNN)", "flops", {}, KERNEL_IMPLS),
     "block_attention": ("replica_blocks `Attention` (q/k/v and output projections around attention; GPT-2: one fused qkv "
-                        "projection, causal) against torch `nn.MultiheadAttention(batch_first=True, need_weights=False)`", "model", {}, BLOCK_IMPLS),
+                        "projection, causal) against the same in PyTorch: `nn.Linear` projections around `F.scaled_dot_product_attention` "
+                        "(python/bench_torch.py `SdpaAttention`)", "model", {}, BLOCK_IMPLS),
     "block_mlp": ("replica_blocks `Mlp` (Linear, GELU — erf for BERT/MiniLM, tanh for GPT-2 —, Linear) against the same "
                   "`nn.Sequential`", "model", {}, BLOCK_IMPLS),
     "block_transformer": ("replica_blocks `TransformerBlock`: BERT/MiniLM as torch's post-norm encoder layer, GPT-2 as "
