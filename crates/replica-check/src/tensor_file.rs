@@ -201,7 +201,29 @@ impl SafetensorsFile {
                 format!("tensor `{name}`: the file shrank to {now} bytes while open; its data ends at byte {needed}"),
             ));
         }
-        load_tensor(&self.map, &self.index, info, device).map_err(|message| Error::file(&self.path, message))
+        let tensor =
+            load_tensor(&self.map, &self.index, info, device).map_err(|message| Error::file(&self.path, message))?;
+        self.release(self.index.data_start + info.begin, info.end - info.begin);
+        Ok(tensor)
+    }
+
+    /// Hands a read range's pages back to the OS once the tensor holds its own copy,
+    /// so reading a large file tensor by tensor keeps resident memory near one
+    /// tensor rather than the whole file (touched mapped pages count as resident).
+    fn release(&self, start: usize, len: usize) {
+        #[cfg(unix)]
+        if len > 0 {
+            // SAFETY: the map is a read-only shared file mapping and no tensor borrows
+            // it (loading copies): MADV_DONTNEED only drops this process's view of the
+            // pages, and a later read faults them in again from the file. Failure
+            // only means the pages stay resident, so it is ignored.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = (start, len);
     }
 
     /// Reads every tensor onto `device`.
