@@ -2,7 +2,7 @@
 # Builds the fuzz targets on the stable toolchain (libFuzzer without coverage
 # instrumentation) and replays the committed seeds and regression inputs through
 # each of them: every input must run without a panic, an abort or a timeout.
-# Fuzzing itself needs nightly and cargo-fuzz: see docs/reliability-fuzzing.md.
+# Fuzzing itself needs nightly and cargo-fuzz: see docs/reliability.md, "Fuzzing".
 set -euo pipefail
 cd "$(dirname "$0")"
 # The fuzz crate is its own workspace, built into fuzz/target unless CARGO_TARGET_DIR
