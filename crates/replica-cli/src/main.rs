@@ -46,6 +46,11 @@ fn main() -> ExitCode {
             return Status::InputError.code();
         }
     }
+    // A misspelt REPLICA_COMPUTE would otherwise only warn and run the kernels.
+    if let Err(message) = replica_blocks::Compute::from_env() {
+        print_error(&message);
+        return Status::InputError.code();
+    }
     match cli.color {
         ColorWhen::Auto => {}
         ColorWhen::Always => anstream::ColorChoice::Always.write_global(),

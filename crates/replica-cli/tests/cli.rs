@@ -752,3 +752,21 @@ fn models_lists_the_model_presets_and_their_papers() {
     let papers = stdout(&replica(&["papers", "llama"]));
     assert!(papers.contains("2302.13971"), "{papers}");
 }
+
+#[test]
+fn an_unknown_compute_setting_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_replica"))
+        .args(["papers"])
+        .current_dir(workspace())
+        .env("REPLICA_COMPUTE", "fast")
+        .output()
+        .expect("the replica binary runs");
+    assert_input_error(&out, &["REPLICA_COMPUTE", "`fast`", "composition"]);
+    let composed = Command::new(env!("CARGO_BIN_EXE_replica"))
+        .args(["papers"])
+        .current_dir(workspace())
+        .env("REPLICA_COMPUTE", "composition")
+        .output()
+        .expect("the replica binary runs");
+    assert_eq!(code(&composed), 0, "{}", stderr(&composed));
+}
