@@ -201,11 +201,8 @@ fn attend(
         (None, alibi) => alibi,
     };
     let mask = combined.as_ref();
-    let n_rep = heads / kv_heads;
-    let q32 = q.to_dtype(DType::F32)?.contiguous()?;
-    let k32 = repeat_kv(&k.to_dtype(DType::F32)?, n_rep)?;
-    let v32 = repeat_kv(&v.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
-    let mut scores = (q32.matmul(&k32.t()?.contiguous()?)? * scale)?;
+    let (scores, v32) = scores_f32(q, k, v)?;
+    let mut scores = (scores * scale)?;
     if let Some(cap) = options.softcap {
         scores = ((scores / cap)?.tanh()? * cap)?;
     }
@@ -216,14 +213,8 @@ fn attend(
         biases.push(mask::causal_mask_shifted(q_len, k_len, shift, DType::F32, q.device())?);
     }
     if let Some(m) = mask {
-        let additive = mask::to_additive(m, DType::F32)?;
-        if additive.broadcast_as(scores.shape()).is_err() {
-            candle_core::bail!(
-                "scaled_dot_product_attention: mask of shape {:?} does not broadcast to the scores [{b}, {heads}, {q_len}, {k_len}]",
-                m.dims()
-            )
-        }
-        biases.push(additive);
+        // Its shape was checked above.
+        biases.push(mask::to_additive(m, DType::F32)?);
     }
     let masked = !biases.is_empty();
     for bias in &biases {
@@ -269,6 +260,16 @@ fn attend(
     Ok((out.to_dtype(dtype)?, weights))
 }
 
+/// The unscaled scores `q kᵀ` in f32, with the key/value heads repeated for
+/// grouped-query attention, and the values in f32 ready for the product.
+fn scores_f32(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let q32 = q.to_dtype(DType::F32)?.contiguous()?;
+    let k32 = repeat_kv(&k.to_dtype(DType::F32)?, n_rep)?;
+    let v32 = repeat_kv(&v.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
+    Ok((q32.matmul(&k32.t()?.contiguous()?)?, v32))
+}
+
 /// [`attend`] on the kernels; the inputs are checked.
 #[allow(clippy::too_many_arguments)]
 fn attend_kernels(
@@ -304,11 +305,7 @@ fn attend_kernels(
     // Materialised scores; the softmax kernel fuses the scale (unless soft-capping
     // must come between the two) and the mask.
     let dtype = q.dtype();
-    let n_rep = q.dim(1)? / k.dim(1)?;
-    let q32 = q.to_dtype(DType::F32)?.contiguous()?;
-    let k32 = repeat_kv(&k.to_dtype(DType::F32)?, n_rep)?;
-    let v32 = repeat_kv(&v.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
-    let mut scores = q32.matmul(&k32.t()?.contiguous()?)?;
+    let (mut scores, v32) = scores_f32(q, k, v)?;
     let mut softmax_scale = scale;
     if let Some(cap) = options.softcap {
         scores = (((scores * scale)? / cap)?.tanh()? * cap)?;
@@ -321,19 +318,21 @@ fn attend_kernels(
     if let Some(m) = additive {
         biases.push(m);
     }
-    let probs = if biases.is_empty() {
-        let mask = causal.map_or(replica_kernels::Mask::None, replica_kernels::Mask::Causal);
-        replica_kernels::softmax_last_dim(&scores, softmax_scale, mask)?
-    } else {
-        if options.causal {
-            let shift = k_len as i64 - q_len as i64;
-            biases.push(mask::causal_mask_shifted(q_len, k_len, shift, DType::F32, q.device())?);
+    // The kernel takes one mask: a causal one joins the biases as a tensor, and
+    // needs none when it is alone.
+    if options.causal && !biases.is_empty() {
+        let shift = k_len as i64 - q_len as i64;
+        biases.push(mask::causal_mask_shifted(q_len, k_len, shift, DType::F32, q.device())?);
+    }
+    let biases: Vec<&Tensor> = biases.iter().collect();
+    let probs = match mask::combine(&biases, DType::F32)? {
+        Some(total) => {
+            replica_kernels::softmax_last_dim(&scores, softmax_scale, replica_kernels::Mask::Additive(&total))?
         }
-        let mut total = biases[0].clone();
-        for bias in &biases[1..] {
-            total = total.broadcast_add(bias)?;
+        None => {
+            let mask = causal.map_or(replica_kernels::Mask::None, replica_kernels::Mask::Causal);
+            replica_kernels::softmax_last_dim(&scores, softmax_scale, mask)?
         }
-        replica_kernels::softmax_last_dim(&scores, softmax_scale, replica_kernels::Mask::Additive(&total))?
     };
     let for_values = if options.dropout_p > 0.0 {
         candle_nn::ops::dropout(&probs, options.dropout_p)?

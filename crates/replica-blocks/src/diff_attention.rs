@@ -284,8 +284,14 @@ impl DiffAttention {
             .matmul(&k.to_dtype(DType::F32)?.t()?.contiguous()?)?
             .to_dtype(dtype)?
             .to_dtype(DType::F32)?;
+        let kernels = crate::compute::kernels_for(x);
+        let add_bias = |sum: Tensor, bias: &Tensor| {
+            sum.broadcast_add(bias)
+                .map_err(|e| self.fail(format!("mask of shape {:?}: {e}", bias.dims())))
+        };
         let mut biases = Vec::new();
-        if self.causal {
+        // With the kernels a causal mask alone needs no tensor: the softmax kernel applies it.
+        if self.causal && !(kernels && mask.is_none()) {
             biases.push(mask::causal_mask(t, t, 0, DType::F32, x.device())?);
         }
         if let Some(m) = mask {
@@ -294,14 +300,9 @@ impl DiffAttention {
         // The two maps are combined before the value product, so the fused attention
         // kernel does not fit; the softmax kernel (scale 1: q is scaled above, as the
         // reference orders it) fuses the mask when the kernels are in force.
-        let probs = if crate::compute::kernels_for(x) {
+        let probs = if kernels {
             let total = match biases.split_first() {
-                // The causal mask alone: the kernel applies it without a bias tensor.
-                Some(_) if self.causal && mask.is_none() => None,
-                Some((first, rest)) => Some(rest.iter().try_fold(first.clone(), |sum, bias| {
-                    sum.broadcast_add(bias)
-                        .map_err(|e| self.fail(format!("mask of shape {:?}: {e}", bias.dims())))
-                })?),
+                Some((first, rest)) => Some(rest.iter().try_fold(first.clone(), add_bias)?),
                 None => None,
             };
             let softmax_mask = match (&total, self.causal) {
@@ -313,12 +314,7 @@ impl DiffAttention {
                 .map_err(|e| self.fail(e.to_string()))?
                 .to_dtype(dtype)?
         } else {
-            let mut scores = scores;
-            for bias in &biases {
-                scores = scores
-                    .broadcast_add(bias)
-                    .map_err(|e| self.fail(format!("mask of shape {:?}: {e}", bias.dims())))?;
-            }
+            let scores = biases.iter().try_fold(scores, add_bias)?;
             // Softmax from differentiable ops; the row max is a constant shift, detached.
             let max = scores.max_keepdim(D::Minus1)?.detach();
             let exp = scores.broadcast_sub(&max)?.exp()?;

@@ -265,10 +265,11 @@ impl GluMlp {
         let h = match &self.projections {
             Projections::Split { gate, up } => {
                 let g = gate.forward(x)?;
-                match self.act_traced() {
+                if self.act_traced() {
                     // LLaMA's order (as its hooks record it): gate, its activation, then up.
-                    true => self.activate(&g)?.mul(&up.forward(x)?)?,
-                    false => self.gated(&g, &up.forward(x)?)?,
+                    self.activate(&g)?.mul(&up.forward(x)?)?
+                } else {
+                    self.gated(&g, &up.forward(x)?)?
                 }
             }
             Projections::Fused { fc1, gate_last } => {
