@@ -4,8 +4,8 @@
 //! 2 rayon threads. python/bench_torch.py times the PyTorch equivalents under the
 //! same ids and python/benchmarks_md.py joins both into BENCHMARKS.md.
 //!
-//!     CARGO_TARGET_DIR=/work/target-kernels CANDLE_NUM_THREADS=1 cargo bench --bench blocks -- '_1t/'
-//!     CARGO_TARGET_DIR=/work/target-kernels CANDLE_NUM_THREADS=2 cargo bench --bench blocks -- '_2t/'
+//!     CANDLE_NUM_THREADS=1 cargo bench --bench blocks -- '_1t/'
+//!     CANDLE_NUM_THREADS=2 cargo bench --bench blocks -- '_2t/'
 //!
 //! candle 0.11 runs its element-wise ops on a thread pool of its own, sized once per
 //! process by `CANDLE_NUM_THREADS` (default: the physical cores) and outside the rayon
@@ -31,25 +31,8 @@ use replica_blocks::{
 };
 use replica_models::{Bert, BertConfig, Gpt2Config};
 
-type Op<'a> = Box<dyn Fn() -> candle_core::Result<Tensor> + Send + Sync + 'a>;
-
-/// The thread counts every benchmark runs at, each in its own rayon pool (as benches/kernels.rs).
-const THREADS: [usize; 2] = [1, 2];
-
-fn pools() -> Vec<(usize, rayon::ThreadPool)> {
-    THREADS
-        .iter()
-        .map(|&n| {
-            (
-                n,
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .expect("a rayon pool"),
-            )
-        })
-        .collect()
-}
+mod common;
+use common::{pools, Op};
 
 /// Builds `T` on random weights, N(0, 0.02) as BERT and GPT-2 initialise: a first
 /// build on a `VarMap` names the parameters and their shapes, the second reads plain

@@ -3,7 +3,7 @@
 //! and 2 rayon threads. python/bench_torch.py times PyTorch at the same shapes
 //! and python/benchmarks_md.py joins both into BENCHMARKS.md.
 //!
-//!     CARGO_TARGET_DIR=/work/target-kernels cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 2
+//!     cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 2
 //!
 //! candle 0.11 runs its element-wise ops (in `candle` and `composed`) on a thread pool
 //! of its own, sized once per process by `CANDLE_NUM_THREADS` (default: the physical
@@ -24,25 +24,8 @@ use candle_core::{DType, Device, Tensor, D};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use replica_kernels::{self as rk, reference, AttentionOptions, Causal, Mask, RopeStyle};
 
-type Op<'a> = Box<dyn Fn() -> candle_core::Result<Tensor> + Send + Sync + 'a>;
-
-/// The thread counts every benchmark runs at, each in its own rayon pool.
-const THREADS: [usize; 2] = [1, 2];
-
-fn pools() -> Vec<(usize, rayon::ThreadPool)> {
-    THREADS
-        .iter()
-        .map(|&n| {
-            (
-                n,
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .expect("a rayon pool"),
-            )
-        })
-        .collect()
-}
+mod common;
+use common::{pools, Op};
 
 fn randn(dims: &[usize]) -> Tensor {
     Tensor::randn(0f32, 1.0, dims, &Device::Cpu).expect("random tensor")

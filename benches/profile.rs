@@ -2,8 +2,8 @@
 //! times, with the inputs of benches/kernels.rs and benches/blocks.rs, and nothing
 //! else. `RAYON_NUM_THREADS=1 CANDLE_NUM_THREADS=1` gives the 1-thread rows' setting.
 //!
-//!     CARGO_TARGET_DIR=/work/target-kernels cargo bench --bench profile --no-run
-//!     RAYON_NUM_THREADS=1 CANDLE_NUM_THREADS=1 valgrind --tool=callgrind /work/target-kernels/release/deps/profile-<hash> attention-bert 2
+//!     cargo bench --bench profile --no-run
+//!     RAYON_NUM_THREADS=1 CANDLE_NUM_THREADS=1 valgrind --tool=callgrind target/release/deps/profile-<hash> attention-bert 2
 //!
 //! Cases: `attention-bert` (replica kernel, BERT-base b8 s128), `attention-bert-composed`,
 //! `softmax-gpt2` (replica kernel, GPT-2 b1 s1024 scores), `softmax-gpt2-candle`,

@@ -3,12 +3,12 @@ python/bench_torch.py's timings into BENCHMARKS.md: one table per kernel, block
 or model, replica / candle / PyTorch times, their ratios and the fraction of the
 machine's peak.
 
-    CARGO_TARGET_DIR=/work/target-kernels cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 2
-    CARGO_TARGET_DIR=/work/target-kernels CANDLE_NUM_THREADS=1 cargo bench --bench blocks -- '_1t/'
-    CARGO_TARGET_DIR=/work/target-kernels CANDLE_NUM_THREADS=2 cargo bench --bench blocks -- '_2t/'
-    ~/venv-ref/bin/python python/bench_torch.py --out /work/target-kernels/bench_torch.json
-    python3 python/benchmarks_md.py --criterion /work/target-kernels/criterion \\
-        --torch /work/target-kernels/bench_torch.json --out BENCHMARKS.md
+    cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 2
+    CANDLE_NUM_THREADS=1 cargo bench --bench blocks -- '_1t/'
+    CANDLE_NUM_THREADS=2 cargo bench --bench blocks -- '_2t/'
+    ~/venv-ref/bin/python python/bench_torch.py --out target/bench_torch.json
+    python3 python/benchmarks_md.py --criterion target/criterion \\
+        --torch target/bench_torch.json --out BENCHMARKS.md
 
 Each table states when its rows were measured (criterion's files' modification
 times, the PyTorch records' dates), so sets re-run at different times stay honest.

@@ -4,8 +4,8 @@ tests/fixtures/blocks/ from the real torch, HF transformers and timm code.
 Every bundle is tiny and built from a fixed seed on one CPU thread with
 deterministic algorithms, so running this twice gives byte-identical files.
 
-    /root/venv-ref/bin/python python/fixtures_blocks_attention.py            # writes tests/fixtures/blocks/
-    /root/venv-ref/bin/python python/fixtures_blocks_attention.py --out DIR  # somewhere else
+    ~/venv-ref/bin/python python/fixtures_blocks_attention.py            # writes tests/fixtures/blocks/
+    ~/venv-ref/bin/python python/fixtures_blocks_attention.py --out DIR  # somewhere else
 
 Several reference functions take arguments a bundle cannot hold (a `(cos, sin)`
 tuple, a position offset, an options dict) or are plain functions rather than

@@ -7,8 +7,8 @@ timm `PatchEmbed`, `LayerScale`, `DropPath`, `nn.Dropout` and ViT's class token.
 Every bundle is tiny and built from a fixed seed on one CPU thread with
 deterministic algorithms, so running this twice gives byte-identical files.
 
-    /root/venv-ref/bin/python python/fixtures_blocks_basics.py            # writes tests/fixtures/blocks/
-    /root/venv-ref/bin/python python/fixtures_blocks_basics.py --out DIR  # somewhere else
+    ~/venv-ref/bin/python python/fixtures_blocks_basics.py            # writes tests/fixtures/blocks/
+    ~/venv-ref/bin/python python/fixtures_blocks_basics.py --out DIR  # somewhere else
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ paper's reference module.
 Every bundle is tiny and built from a fixed seed on one CPU thread with
 deterministic algorithms, so running this twice gives byte-identical files.
 
-    /root/venv-ref/bin/python python/fixtures_blocks_composite.py            # writes tests/fixtures/blocks/
-    /root/venv-ref/bin/python python/fixtures_blocks_composite.py --out DIR  # somewhere else
+    ~/venv-ref/bin/python python/fixtures_blocks_composite.py            # writes tests/fixtures/blocks/
+    ~/venv-ref/bin/python python/fixtures_blocks_composite.py --out DIR  # somewhere else
 
 The layers:
 
