@@ -89,10 +89,47 @@ pub(crate) fn from_vec(data: Vec<f32>, shape: &Shape) -> Result<Tensor> {
 #[allow(clippy::uninit_vec)]
 pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
+    advise_huge_pages(&mut v);
     // SAFETY: f32 has no invalid bit patterns and the kernels write each element
     // (through raw pointers or slices) before anything reads it.
     unsafe { v.set_len(len) };
     v
+}
+
+/// Bytes from which an output is worth backing with 2 MiB pages.
+const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
+
+/// Asks Linux to back a large, not yet touched buffer with transparent huge pages.
+///
+/// A large output is a fresh mapping on every call (glibc returns big blocks to the
+/// OS when they are freed), so its first write faults in every page. With 4 KiB
+/// pages that fault handling took about two thirds of a 50 MB softmax; with 2 MiB
+/// pages there are 512 times fewer faults. PyTorch offers the same advice for its
+/// CPU tensors (`THP_MEM_ALLOC_ENABLE`). Only the 2 MiB-aligned interior is advised,
+/// and a refusal (huge pages disabled) changes nothing but speed.
+fn advise_huge_pages(buffer: &mut Vec<f32>) {
+    let bytes = buffer.capacity() * std::mem::size_of::<f32>();
+    if bytes < HUGE_PAGE_MIN_BYTES {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE_PAGE: usize = 2 << 20;
+        let start = buffer.as_mut_ptr() as usize;
+        let aligned_start = start.next_multiple_of(HUGE_PAGE);
+        let aligned_end = (start + bytes) / HUGE_PAGE * HUGE_PAGE;
+        if aligned_end > aligned_start {
+            // SAFETY: the range lies inside the buffer's own allocation, and the advice
+            // changes how its pages are backed, never their contents.
+            unsafe {
+                libc::madvise(
+                    aligned_start as *mut libc::c_void,
+                    aligned_end - aligned_start,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+    }
 }
 
 /// How many tasks to cut `rows` rows costing `row_cost` each into: 1 when the
@@ -171,4 +208,42 @@ pub(crate) fn row_offsets(layout: &Layout) -> Vec<usize> {
         }
     }
     offsets
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The `VmFlags` of the mapping holding `address`, from /proc/self/smaps.
+    fn vm_flags_at(address: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps");
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().unwrap_or("");
+            if let Some((start, end)) = range.split_once('-') {
+                if let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
+                    inside = (start..end).contains(&address);
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return flags.trim().to_string();
+                }
+            }
+        }
+        panic!("no mapping holds {address:#x}")
+    }
+
+    #[test]
+    fn large_outputs_are_advised_to_use_huge_pages() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            eprintln!("this kernel has no transparent huge pages: nothing to advise");
+            return;
+        }
+        let large = output_buffer(HUGE_PAGE_MIN_BYTES); // 4x the minimum, in bytes
+        let middle = large.as_ptr() as usize + large.len() * 2;
+        let flags = vm_flags_at(middle);
+        assert!(flags.split(' ').any(|f| f == "hg"), "flags: {flags}");
+    }
 }
