@@ -81,11 +81,23 @@ fn bench_softmax(c: &mut Criterion) {
         let x = randn(dims);
         let n = elements(dims);
         group.throughput(Throughput::Elements(n as u64));
-        let ops: Vec<(&str, Op)> = vec![
+        let mut ops: Vec<(&str, Op)> = vec![
             ("replica", Box::new(|| rk::softmax_last_dim(&x, 1.0, Mask::None))),
             ("candle", Box::new(|| candle_nn::ops::softmax_last_dim(&x))),
             ("composed", Box::new(|| candle_nn::ops::softmax(&x, D::Minus1))),
         ];
+        if n * 4 >= 4 << 20 {
+            // The cost of faulting in a fresh output 4 KiB at a time (docs/kernels.md).
+            ops.push((
+                "replica-4k-pages",
+                Box::new(|| {
+                    rk::set_huge_pages(false);
+                    let y = rk::softmax_last_dim(&x, 1.0, Mask::None);
+                    rk::set_huge_pages(true);
+                    y
+                }),
+            ));
+        }
         run_shape(&mut group, &pools, shape, &ops, Some(8 * n));
     }
     group.finish();

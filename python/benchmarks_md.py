@@ -3,7 +3,8 @@ python/bench_torch.py's timings into BENCHMARKS.md: one table per kernel, block
 or model, replica / candle / PyTorch times, their ratios and the fraction of the
 machine's peak.
 
-    cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 2
+    CANDLE_NUM_THREADS=1 cargo bench --bench kernels -- '_1t/' --warm-up-time 1 --measurement-time 2
+    CANDLE_NUM_THREADS=2 cargo bench --bench kernels -- '_2t/' --warm-up-time 1 --measurement-time 2
     CANDLE_NUM_THREADS=1 cargo bench --bench blocks -- '_1t/'
     CANDLE_NUM_THREADS=2 cargo bench --bench blocks -- '_2t/'
     ~/venv-ref/bin/python python/bench_torch.py --out target/bench_torch.json
@@ -83,37 +84,31 @@ def labels_for(kernel: str) -> dict:
 # What limits a kernel that misses its target, shown only when it does.
 # Keys are a kernel, or (kernel, other) where the reason depends on the comparison.
 LIMITS = {
-    "softmax": "The OS, not the kernel, at the GPT-2 shape: the scores are 50 MB, above glibc's largest mmap "
-    "threshold, so every call's output is a fresh mapping whose pages the OS must fault in, zero and unmap again. "
-    "A profile (1 thread, `benches/profile.rs softmax-gpt2`, perf sampling cpu-clock, 20 calls) puts 64% of "
-    "replica's samples in the kernel's page-fault, page-zeroing and unmapping paths and 26% in the softmax loop; "
-    "candle's `softmax_last_dim`, same method: 40% in the OS, 28% in scalar libm `expf`, 25% in its loop. The OS "
-    "part is about the same absolute time for both (about 1,620 and 1,680 samples), so even a softmax that took no "
-    "time would be at most about 2.5x faster than candle here: the 3x target needs the output written into a "
-    "reused buffer, which the tensor API does not offer. The smaller shapes, whose outputs glibc recycles, meet it. "
-    "Compare the copy column: a plain copy of the same bytes into a reused buffer.",
-    ("minilm_forward", "torch"): "Mostly the shared machine, then MKL. The criterion and PyTorch runs were minutes "
-    "apart on 2 cores with a load average of 8 to 9 from other builds, and the wall-clock times moved by up to 2x "
-    "between runs (replica's b1_s128 1-thread time was 115 ms in one run, about 150 ms in the next, 83-124 ms in four "
-    "back-to-back runs). CPU time per call is steadier: a profile (1 thread, perf sampling cpu-clock at 1 kHz, the "
-    "difference between two run lengths so that loading does not count; `benches/profile.rs minilm-b1`/`minilm-b8` "
-    "with the benchmark's ids and mask, and HF `BertModel` under `torch.inference_mode()`) gives, for b1_s128, "
-    "replica 51 ms against PyTorch 83 ms (replica 1.6x faster), and for b8_s128 replica 410 ms against PyTorch "
-    "386 ms (replica 6% slower). At b8_s128 replica spends 68% of its time in the gemm crate's products (the 2x6 "
-    "FMA microkernel 66%), about 15% in the OS faulting in freshly allocated tensors, and under 5% in its own kernels "
-    "(layer norm, GELU, attention, softmax); PyTorch runs the same products through MKL's sgemm, which is the "
-    "difference that remains at batch 8. At batch 1 PyTorch's per-op overhead (Python, dispatch) outweighs that.",
+    "softmax": "The OS at the GPT-2 shape: its scores are 50 MB, above glibc's largest mmap threshold, so every "
+    "call's output is a fresh mapping that the OS must fault in, zero and unmap again, and candle pays the same. "
+    "Backing the output with transparent huge pages (docs/kernels.md) cut that cost: in one run, "
+    "`cargo bench --bench kernels -- '^softmax/replica(-4k-pages)?_1t/gpt2'` times replica's softmax at 24.6 ms "
+    "with them and 61.9 ms without. Where the OS refuses huge pages, this target is out of reach at that shape.",
+    ("minilm_forward", "torch"): "Matrix products, on a noisy host. A profile of replica's b8_s128 forward "
+    "(1 thread, `benches/profile.rs minilm-b8`, perf sampling cpu-clock, 8 calls with the model load) puts 70% of "
+    "its samples in the gemm crate (the 2x6 FMA microkernel 67%, operand packing 3%), 16% in the OS (faulting in "
+    "and zeroing the tensors candle allocates for every product and element-wise op), 3% in candle's bias and "
+    "residual adds, 5% in libc copies and memsets, and under 4% in replica's own kernels (GELU 1.8%, attention's "
+    "online softmax 1.2%, LayerNorm 0.7%). PyTorch runs the same products through MKL and reuses freed memory "
+    "through its caching of large blocks, so the gap is in candle's products and allocations at these shapes "
+    "(K = 384, 32-wide heads), not in the kernels. The host is shared even when this VM is idle: two back-to-back "
+    "CPU-time measurements of PyTorch's b8_s128 forward (`perf stat`, difference of 12 and 2 calls) gave 379 ms "
+    "and 600 ms, and replica's 517 and 576 ms, so single ratios here carry about ±25%.",
     ("minilm_forward", "candle"): "Amdahl's law: both BERTs run their projections and MLPs through the same gemm "
     "crate, and those products take the same time in both. A profile (1 thread, perf sampling cpu-clock, CPU time "
     "per call from two run lengths; `benches/profile.rs minilm-b1`, `minilm-b1-candle`, `minilm-b8`, "
-    "`minilm-b8-candle`) gives b1_s128: replica 51 ms, candle-transformers 91 ms (1.78x); b8_s128: 410 ms and "
+    "`minilm-b8-candle`) gave b1_s128: replica 51 ms, candle-transformers 91 ms (1.78x); b8_s128: 410 ms and "
     "1019 ms (2.48x). At b1_s128 the gemm crate is 78% of replica's time (microkernel 61%, operand packing 18%) "
     "and about the same absolute time in candle-transformers, whose remaining time is scalar libm erf for GELU "
     "(10%), expf, the OS and element-wise passes. Even if everything but the products took no time, replica "
-    "could be at most about 2.3x faster at b1_s128; reaching 2x needs its non-product time (11 ms: page faults "
-    "5%, candle's bias and residual adds 2%, copies 2%, softmax 2%, GELU 2%) halved, which points at the "
-    "gemm-crate products at 128 rows and the per-call allocations, not at the kernels. The wall-clock ratios in "
-    "the table moved with the machine's load (1.26x to 1.87x at b1_s128 in two runs).",
+    "could be at most about 2.3x faster at b1_s128; reaching 2x needs its non-product time (page faults, "
+    "candle's bias and residual adds, copies, softmax, GELU) halved, which points at the gemm-crate products at "
+    "128 rows and the per-call allocations, not at the kernels.",
     "layer_norm": "Memory-bound: one pass for the statistics and one to normalise, plus one read and one write of the tensor.",
     "rms_norm": "Memory-bound: one read and one write of the tensor.",
     "gelu_erf": "Arithmetic per element: a rational erf (11 FMAs and a division).",
@@ -121,16 +116,24 @@ LIMITS = {
     "two well-shaped matrix products per head (the same gemm crate) plus element-wise passes over a small matrix: "
     "fusion can only save those passes. A profile of the fused kernel at bert-base_b8_s128 (1 thread, "
     "`benches/profile.rs attention-bert`, perf sampling cpu-clock, 60 calls; the CPU's instruction counter is not "
-    "available in this VM) puts 53% of its time in the gemm crate (the 2x6 FMA microkernel 39%, operand packing "
-    "10%), 29% in the OS — page faults and the zeroing of fresh pages, because its output and scratch buffers are "
-    "allocated zeroed (calloc) on every call and their pages go back to the OS in between (callgrind: calloc's "
-    "memset is 11% of the kernel's instructions) — and 6% in the online softmax. PyTorch's SDPA at the same shape (perf, same method): "
-    "MKL's sgemm kernel and packing 74% of libtorch's samples, its flash-attention loop 13%, the OS about 6% of "
-    "the whole process. So the gap to PyTorch is the per-call allocation (reusing the buffers would remove most of "
-    "the OS share) and MKL's faster small-tile products; the composition (profiled the same way: microkernel 20%, "
-    "expf 11%, strided copies 7%, the OS 39%) pays the same allocation cost several times over, which is why the "
-    "fused kernel's lead over it is only about 3x at this shape. The kernel pulls ahead as the sequence grows "
-    "(see attention_prefill) and the composition has to materialise and re-read large score matrices.",
+    "available in this VM) put 53% of its time in the gemm crate (the 2x6 FMA microkernel 39%, operand packing "
+    "10%), 29% in the OS (page faults and the zeroing of fresh pages for its output and per-task scratch) and 6% "
+    "in the online softmax. PyTorch's SDPA at the same shape (perf, same method): MKL's sgemm kernel and packing "
+    "74% of libtorch's samples, its flash-attention loop 13%, the OS about 6% of the whole process. So the gap to "
+    "PyTorch is the per-call allocation and MKL's faster small-tile products; the composition (profiled the same "
+    "way: microkernel 20%, expf 11%, strided copies 7%, the OS 39%) pays the same allocation cost several times "
+    "over, which bounds the fused kernel's lead over it at this shape. The kernel pulls ahead as the sequence "
+    "grows and the composition has to materialise and re-read large score matrices (the GPT-2 and LLaMA rows, "
+    "attention_prefill).",
+    ("attention_prefill", "torch"): "Matrix products, and a noisy host. A profile at b1_h12_d64_s2048 (1 thread, "
+    "`benches/profile.rs attention-prefill-2048`, perf sampling cpu-clock, 6 calls with the input set-up) puts 78% "
+    "of the samples in the gemm crate (its 2x6 FMA microkernel 65%, operand packing 12%), 11% in the online "
+    "softmax and under 4% in the OS. Each 64-query x 128-key tile is two gemm calls, and each call packs its "
+    "operands again: a query tile once per key tile, a key or value tile once per query tile. PyTorch's CPU flash "
+    "attention runs the same tiling through MKL's sgemm. Packing each key and value tile once per head and "
+    "reusing it across the query tiles is the next step. The two sides are close enough that the host's noise "
+    "decides single rows: the same code timed b1_h12_d64_s512 at 1 thread at 15.1 ms and 18.7 ms in two runs 35 "
+    "minutes apart, and b1_h12_d64_s2048 at 246 ms and 223 ms, while PyTorch's rows moved by up to 20%.",
 }
 
 
@@ -279,18 +282,17 @@ def main():
         "`python/bench_torch.py`; do not edit by hand. Regenerate with the commands in the",
         "script's docstring.",
         "",
-        f"- **Machine**: {machine} (lscpu). Shared with other people's builds while measuring: compare",
-        "  the ratios within one row (measured in the same run, minutes apart) rather than absolute times.",
+        f"- **Machine**: {machine} (lscpu), a VM on a shared host: even with nothing else running in the VM,",
+        "  the same code's time moves by up to about 25% between runs minutes apart. Compare the ratios within",
+        "  one row (measured in the same run, minutes apart) rather than absolute times, and treat a ratio",
+        "  within 25% of its target as undecided by one run.",
         f"- **Date**: generated {today}; each table says when its rows were measured (criterion: the result files'"
         f" times; PyTorch {torch_meta.get('torch')} ({torch_meta.get('cpu_capability')}): each record's time).",
         "- **Threads**: every row is pinned to a thread count: a rayon pool of 1 or 2 threads for",
         "  replica and candle (candle's matrix products run on the rayon pool they are called from),",
         "  `torch.set_num_threads` for PyTorch. candle 0.11 also runs its element-wise ops on a pool of its own,",
-        "  sized once per process by `CANDLE_NUM_THREADS` (default: the physical cores, 2 here): the block and",
-        "  model tables and the attention_prefill table ran each thread count in its own process with",
-        "  `CANDLE_NUM_THREADS` equal to it; the other kernel tables ran in one process with candle's default, so",
-        "  their 1-thread candle and composed rows could use the second core for element-wise passes (which can",
-        "  only flatter candle and the composition, not replica's kernels, which run on the rayon pool).",
+        "  sized once per process by `CANDLE_NUM_THREADS` (default: the physical cores, 2 here): every table",
+        "  ran each thread count in its own process with `CANDLE_NUM_THREADS` equal to it.",
         "- **Times**: criterion's median (replica, candle, composed, copy); the median of",
         "  `torch.utils.benchmark` `blocked_autorange` (PyTorch, under `torch.inference_mode()` but for backward",
         "  rows). f32 throughout.",
@@ -379,12 +381,13 @@ def main():
             lines += notes + [""]
 
     if contended:
-        note = ("† Slower with 2 threads than with 1 (by more than 20%): the second core was busy with other "
-                "work during that measurement. PyTorch suffers most: its OpenMP threads meet at a barrier, so "
-                "one descheduled thread stalls the whole op for a scheduler tick (milliseconds); rayon's work stealing lets the running thread take the waiting one's work. "
-                "Such rows are noise, not a property of the kernel. More generally, when the machine is "
-                "shared, 2-thread speedups understate what an idle machine gives (for every implementation): "
-                "the 1-thread rows are the comparison to trust. Tables with such rows: " + ", ".join(sorted(contended)) + ".")
+        note = ("† Slower with 2 threads than with 1 (by more than 20%). Either the second core was taken by "
+                "other work on the shared host during that measurement, which PyTorch suffers most from (its "
+                "OpenMP threads meet at a barrier, so one descheduled thread stalls the whole op for a scheduler "
+                "tick, while rayon's work stealing lets the running thread take the waiting one's work), or, on "
+                "small shapes, splitting the work costs more than it gains (candle's element-wise pool in the "
+                "composed rows). Either way such rows say little about the kernel: the 1-thread rows are the "
+                "comparison to trust. Tables with such rows: " + ", ".join(sorted(contended)) + ".")
         lines += ["## A note on the 2-thread rows", "", note, ""]
 
     # Targets: every (kernel, shape, threads) against each target ratio.

@@ -5,6 +5,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Elements of work (roughly: row length × rows) below which a kernel runs on the
 /// calling thread. Waking a rayon worker costs a few microseconds, about the time
@@ -99,6 +100,16 @@ pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
 /// Bytes from which an output is worth backing with 2 MiB pages.
 const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 
+static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
+
+/// Whether the kernels advise their outputs of 4 MiB or more to use transparent
+/// huge pages (on by default; Linux only). Turning it off gives back the OS's
+/// 4 KiB granularity for those buffers at the cost of the page-fault time below;
+/// it exists mainly to measure that cost. Applies to the whole process.
+pub fn set_huge_pages(enabled: bool) {
+    HUGE_PAGES.store(enabled, Ordering::Relaxed);
+}
+
 /// Asks Linux to back a large, not yet touched buffer with transparent huge pages.
 ///
 /// A large output is a fresh mapping on every call (glibc returns big blocks to the
@@ -109,7 +120,7 @@ const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 /// and a refusal (huge pages disabled) changes nothing but speed.
 fn advise_huge_pages(buffer: &mut Vec<f32>) {
     let bytes = buffer.capacity() * std::mem::size_of::<f32>();
-    if bytes < HUGE_PAGE_MIN_BYTES {
+    if bytes < HUGE_PAGE_MIN_BYTES || !HUGE_PAGES.load(Ordering::Relaxed) {
         return;
     }
     #[cfg(target_os = "linux")]
@@ -235,15 +246,31 @@ mod tests {
         panic!("no mapping holds {address:#x}")
     }
 
+    fn advised(buffer: &[f32]) -> bool {
+        let middle = buffer.as_ptr() as usize + buffer.len() * 2; // a byte inside the aligned interior
+        vm_flags_at(middle).split(' ').any(|f| f == "hg")
+    }
+
     #[test]
-    fn large_outputs_are_advised_to_use_huge_pages() {
+    fn large_outputs_are_advised_to_use_huge_pages_unless_turned_off() {
         if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
             eprintln!("this kernel has no transparent huge pages: nothing to advise");
             return;
         }
-        let large = output_buffer(HUGE_PAGE_MIN_BYTES); // 4x the minimum, in bytes
-        let middle = large.as_ptr() as usize + large.len() * 2;
-        let flags = vm_flags_at(middle);
-        assert!(flags.split(' ').any(|f| f == "hg"), "flags: {flags}");
+        // Both buffers stay alive, so the second cannot reuse the first's mapping.
+        set_huge_pages(false);
+        let plain = output_buffer(HUGE_PAGE_MIN_BYTES); // 4x the minimum, in bytes
+        set_huge_pages(true);
+        let advised_buffer = output_buffer(HUGE_PAGE_MIN_BYTES);
+        assert!(
+            !advised(&plain),
+            "advised although turned off: {}",
+            vm_flags_at(plain.as_ptr() as usize)
+        );
+        assert!(
+            advised(&advised_buffer),
+            "not advised: {}",
+            vm_flags_at(advised_buffer.as_ptr() as usize)
+        );
     }
 }

@@ -30,7 +30,7 @@ mod softmax;
 
 pub use activation::{geglu, gelu, gelu_erf, gelu_tanh, silu, swiglu, GeluApprox};
 pub use attention::{attention, AttentionOptions};
-pub use cpu::MIN_PARALLEL_WORK;
+pub use cpu::{set_huge_pages, MIN_PARALLEL_WORK};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{rope, RopeStyle};
 pub use softmax::{softmax_last_dim, Causal, Mask};
