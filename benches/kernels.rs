@@ -12,8 +12,10 @@
 //!
 //! Benchmark ids are `<kernel>/<impl>_<threads>t/<shape>`; `impl` is `replica`,
 //! `candle` (candle's built-in, where one exists), `composed` (the plain candle
-//! composition) or `copy` (a memory copy of the same traffic, the roofline of a
-//! memory-bound kernel). Keep the shapes in step with python/bench_torch.py.
+//! composition) or `copy` (a copy of the same traffic into a reused buffer, mostly
+//! in cache at these sizes), and the group `memory_bandwidth` copies 128 MiB, beyond the
+//! caches, to measure the machine's memory bandwidth. Keep the shapes in step with
+//! python/bench_torch.py.
 //! An implementation whose one call at a shape takes over `SLOW_CALL` is left out
 //! of criterion there and its one-call time goes to `<criterion dir>/skipped.json`.
 
@@ -40,30 +42,53 @@ fn run_shape(
     ops: &[(&str, Op<'_>)],
     traffic_bytes: Option<usize>,
 ) {
-    let copy_src = traffic_bytes.map(|bytes| vec![1f32; bytes / 8]);
     for (threads, pool) in pools {
         for (name, op) in ops {
             group.bench_function(BenchmarkId::new(format!("{name}_{threads}t"), shape), |b| {
                 pool.install(|| b.iter(|| black_box(op().expect("the op runs"))))
             });
         }
-        if let Some(src) = &copy_src {
-            let mut dst = vec![0f32; src.len()];
-            group.bench_function(BenchmarkId::new(format!("copy_{threads}t"), shape), |b| {
-                pool.install(|| {
-                    b.iter(|| {
-                        // Split as the kernels split their rows.
-                        use rayon::prelude::*;
-                        let chunk = src.len().div_ceil(*threads);
-                        dst.par_chunks_mut(chunk)
-                            .zip(src.par_chunks(chunk))
-                            .for_each(|(d, s)| d.copy_from_slice(s));
-                        black_box(&dst);
-                    })
-                })
-            });
-        }
     }
+    if let Some(bytes) = traffic_bytes {
+        bench_copy(group, pools, shape, bytes);
+    }
+}
+
+/// A copy reading and writing `traffic_bytes` in all, into a buffer reused across
+/// iterations, with `Throughput::Bytes` so that BENCHMARKS.md knows the traffic.
+fn bench_copy(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    pools: &[(usize, rayon::ThreadPool)],
+    shape: &str,
+    traffic_bytes: usize,
+) {
+    use rayon::prelude::*;
+    group.throughput(Throughput::Bytes(traffic_bytes as u64));
+    let src = vec![1f32; traffic_bytes / 8];
+    let mut dst = vec![0f32; src.len()];
+    for (threads, pool) in pools {
+        group.bench_function(BenchmarkId::new(format!("copy_{threads}t"), shape), |b| {
+            pool.install(|| {
+                b.iter(|| {
+                    // Split as the kernels split their rows.
+                    let chunk = src.len().div_ceil(*threads);
+                    dst.par_chunks_mut(chunk)
+                        .zip(src.par_chunks(chunk))
+                        .for_each(|(d, s)| d.copy_from_slice(s));
+                    black_box(&dst);
+                })
+            })
+        });
+    }
+}
+
+/// The machine's memory bandwidth: a copy of 128 MiB, four times the L3 cache, so
+/// that it streams from and to DRAM. BENCHMARKS.md rates memory-bound kernels by it.
+fn bench_memory_bandwidth(c: &mut Criterion) {
+    let pools = pools();
+    let mut group = c.benchmark_group("memory_bandwidth");
+    bench_copy(&mut group, &pools, "copy_128MiB", 2 * (128 << 20));
+    group.finish();
 }
 
 fn elements(dims: &[usize]) -> usize {
@@ -432,6 +457,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_softmax, bench_norms, bench_activations, bench_rope, bench_attention, bench_matmul
+    targets = bench_softmax, bench_norms, bench_activations, bench_rope, bench_attention, bench_matmul, bench_memory_bandwidth
 }
 criterion_main!(benches);

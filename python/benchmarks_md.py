@@ -36,14 +36,14 @@ BLOCK_IMPLS = ["replica", "composed", "torch"]
 KERNELS = {
     "softmax": ("softmax over the last dimension", "memory", {"candle": 3.0, "torch": 1.0}, KERNEL_IMPLS),
     "softmax_scale_causal": ("softmax(scale·x + causal mask): fused in replica, mask added first elsewhere", "memory", {}, KERNEL_IMPLS),
-    "layer_norm": ("LayerNorm with weight and bias, eps 1e-5", "memory", {"torch": 1.0}, KERNEL_IMPLS),
-    "rms_norm": ("RMSNorm with weight, eps 1e-6", "memory", {"torch": 1.0}, KERNEL_IMPLS),
-    "gelu_erf": ("GELU, erf form", "memory", {"torch": 1.0}, KERNEL_IMPLS),
-    "gelu_tanh": ("GELU, tanh approximation", "memory", {"torch": 1.0}, KERNEL_IMPLS),
-    "silu": ("SiLU", "memory", {"torch": 1.0}, KERNEL_IMPLS),
+    "layer_norm": ("LayerNorm with weight and bias, eps 1e-5", "memory", {"torch": 1.0, "memory": 0.5}, KERNEL_IMPLS),
+    "rms_norm": ("RMSNorm with weight, eps 1e-6", "memory", {"torch": 1.0, "memory": 0.5}, KERNEL_IMPLS),
+    "gelu_erf": ("GELU, erf form", "memory", {"torch": 1.0, "memory": 0.5}, KERNEL_IMPLS),
+    "gelu_tanh": ("GELU, tanh approximation", "memory", {"torch": 1.0, "memory": 0.5}, KERNEL_IMPLS),
+    "silu": ("SiLU", "memory", {"torch": 1.0, "memory": 0.5}, KERNEL_IMPLS),
     "swiglu": ("SwiGLU gating silu(gate)·up (candle: built-in silu, then a product)", "memory", {}, KERNEL_IMPLS),
-    "rope_half_split": ("RoPE, half-split pairs (HF LLaMA); PyTorch: HF's rotate_half composition", "memory", {"torch": 1.0}, KERNEL_IMPLS),
-    "rope_interleaved": ("RoPE, interleaved pairs (GPT-J); PyTorch: GPT-J's rotate_every_two composition", "memory", {"torch": 1.0}, KERNEL_IMPLS),
+    "rope_half_split": ("RoPE, half-split pairs (HF LLaMA); PyTorch: HF's rotate_half composition", "memory", {"torch": 1.0, "memory": 0.5}, KERNEL_IMPLS),
+    "rope_interleaved": ("RoPE, interleaved pairs (GPT-J); PyTorch: GPT-J's rotate_every_two composition", "memory", {"torch": 1.0, "memory": 0.5}, KERNEL_IMPLS),
     "attention": ("attention at model shapes; candle: candle_nn::attention::flash_attn (CPU); PyTorch: F.scaled_dot_product_attention", "flops", {"torch": 1.0, "composed": 3.0}, KERNEL_IMPLS),
     "attention_prefill": ("attention prefill at the issue's target shapes: batch 1, 12 heads, head dim 64, 512 and 2048 tokens, causal and not; "
                           "candle: candle_nn::attention::flash_attn (CPU); PyTorch: F.scaled_dot_product_attention", "flops", {"torch": 1.0, "composed": 3.0}, KERNEL_IMPLS),
@@ -81,6 +81,9 @@ def labels_for(kernel: str) -> dict:
     return MODEL_LABELS if kernel.startswith("block_") else LABELS
 
 
+# The criterion group whose copy measures the machine's memory bandwidth.
+BANDWIDTH_GROUP = "memory_bandwidth"
+
 # What limits a kernel that misses its target, shown only when it does.
 # Keys are a kernel, or (kernel, other) where the reason depends on the comparison.
 LIMITS = {
@@ -94,9 +97,8 @@ LIMITS = {
     "its samples in the gemm crate (the 2x6 FMA microkernel 67%, operand packing 3%), 16% in the OS (faulting in "
     "and zeroing the tensors candle allocates for every product and element-wise op), 3% in candle's bias and "
     "residual adds, 5% in libc copies and memsets, and under 4% in replica's own kernels (GELU 1.8%, attention's "
-    "online softmax 1.2%, LayerNorm 0.7%). PyTorch runs the same products through MKL and reuses freed memory "
-    "through its caching of large blocks, so the gap is in candle's products and allocations at these shapes "
-    "(K = 384, 32-wide heads), not in the kernels. The host is shared even when this VM is idle: two back-to-back "
+    "online softmax 1.2%, LayerNorm 0.7%). PyTorch runs the same products through MKL, so the gap is in "
+    "candle's products and allocations at these shapes (K = 384, 32-wide heads), not in the kernels. The host is shared even when this VM is idle: two back-to-back "
     "CPU-time measurements of PyTorch's b8_s128 forward (`perf stat`, difference of 12 and 2 calls) gave 379 ms "
     "and 600 ms, and replica's 517 and 576 ms, so single ratios here carry about ±25%.",
     ("minilm_forward", "candle"): "Amdahl's law: both BERTs run their projections and MLPs through the same gemm "
@@ -109,9 +111,20 @@ LIMITS = {
     "could be at most about 2.3x faster at b1_s128; reaching 2x needs its non-product time (page faults, "
     "candle's bias and residual adds, copies, softmax, GELU) halved, which points at the gemm-crate products at "
     "128 rows and the per-call allocations, not at the kernels.",
-    "layer_norm": "Memory-bound: one pass for the statistics and one to normalise, plus one read and one write of the tensor.",
-    "rms_norm": "Memory-bound: one read and one write of the tensor.",
-    "gelu_erf": "Arithmetic per element: a rational erf (11 FMAs and a division).",
+    ("layer_norm", "memory"): "LayerNorm reads each row twice (statistics, then normalising, the second time "
+    "from L1) and the weight and bias for every row; it was not profiled further.",
+    ("rms_norm", "memory"): "RMSNorm reads each row twice (the sum of squares, then scaling) and the weight for "
+    "every row; it was not profiled further.",
+    ("gelu_erf", "memory"): "Per element the kernel computes a rational erf: 11 FMAs, a division, the clamps and "
+    "the final products: arithmetic, not bandwidth.",
+    ("gelu_tanh", "memory"): "Per element the kernel computes tanh both ways (an exp and a division for large "
+    "|x|, a degree-13 odd polynomial for small |x|) and selects: arithmetic, not bandwidth.",
+    ("silu", "memory"): "Per element the kernel computes an exp (a range reduction and a degree-7 polynomial) "
+    "and a division: arithmetic, not bandwidth.",
+    ("gelu_erf", "torch"): "The host's noise, at a ratio close to 1. Per element both compute a rational erf "
+    "(replica: 11 FMAs and a division, vectorised for AVX2). The run an hour before this one, same code, timed "
+    "replica at 2.54 ms and PyTorch at 3.61 ms at bert-base_b8_s128 with 1 thread (1.42x); this run took "
+    "3.47 ms for replica and 3.34 ms for PyTorch, and 1.63 ms against 2.45 ms with 2 threads.",
     "attention": "At BERT's 128 tokens a head's whole score matrix is one 128x128 tile, so the composition is itself "
     "two well-shaped matrix products per head (the same gemm crate) plus element-wise passes over a small matrix: "
     "fusion can only save those passes. A profile of the fused kernel at bert-base_b8_s128 (1 thread, "
@@ -178,10 +191,11 @@ def utc(timestamp: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
 
 
-def read_criterion(root: str) -> tuple[dict, dict]:
+def read_criterion(root: str) -> tuple[dict, dict, dict]:
     """{(kernel, impl, threads, shape): seconds} from criterion's estimates (the median),
-    and the same keys' measurement times (the estimates file's modification time)."""
-    results, when = {}, {}
+    the same keys' measurement times (the estimates file's modification time), and the
+    bytes moved by the benchmarks whose throughput is given in bytes (the copies)."""
+    results, when, traffic = {}, {}, {}
     for dirpath, _, files in os.walk(root):
         if "benchmark.json" not in files or not dirpath.endswith(os.sep + "new"):
             continue
@@ -197,7 +211,9 @@ def read_criterion(root: str) -> tuple[dict, dict]:
         key = (bench["group_id"], impl, threads, bench["value_str"])
         results[key] = est["median"]["point_estimate"] * 1e-9
         when[key] = utc(os.path.getmtime(estimates))
-    return results, when
+        if "Bytes" in (bench.get("throughput") or {}):
+            traffic[key] = bench["throughput"]["Bytes"]
+    return results, when, traffic
 
 
 def read_skipped(root: str) -> dict:
@@ -261,7 +277,7 @@ def main():
     parser.add_argument("--out", default="BENCHMARKS.md")
     args = parser.parse_args()
 
-    rust, rust_when = read_criterion(args.criterion)
+    rust, rust_when, traffic = read_criterion(args.criterion)
     skipped_runs = read_skipped(args.criterion)
     torch_results, torch_when, torch_extra = read_torch(args.torch)
     results = {**rust, **torch_results}
@@ -273,6 +289,13 @@ def main():
     by_kernel = defaultdict(lambda: defaultdict(dict))
     for (kernel, impl, threads, shape), seconds in results.items():
         by_kernel[kernel][(shape, threads)][impl] = seconds
+    # Memory bandwidth (bytes/s) per thread count, and for each memory-bound row the time
+    # its traffic would take at that bandwidth: the "memory" column a target compares with.
+    bandwidth = {threads: traffic[key] / seconds for key, seconds in rust.items()
+                 if key[0] == BANDWIDTH_GROUP and key in traffic for threads in [key[2]]}
+    for (kernel, impl, threads, shape), nbytes in traffic.items():
+        if impl == "copy" and kernel != BANDWIDTH_GROUP and threads in bandwidth:
+            by_kernel[kernel][(shape, threads)]["memory"] = nbytes / bandwidth[threads]
 
     today = datetime.date.today().isoformat()
     lines = [
@@ -299,8 +322,12 @@ def main():
         "- **Ratios** are `other / replica`: above 1 means replica is faster.",
         f"- **Peak**: compute-bound rows show GFLOP/s and the share of the nominal f32 peak,"
         f" {peak_per_core:.0f} GFLOP/s per core (AVX2+FMA: 2 FMA units × 8 lanes × 2 flops per cycle"
-        " at the nominal clock). Memory-bound rows show the share of a plain copy of the same bytes",
-        "  in the same run (`copy`): 100% would be the memory roofline.",
+        " at the nominal clock). Memory-bound rows show the bandwidth replica reaches (bytes read and",
+        "  written once each, over its time) as a share of the machine's memory bandwidth, measured in the same",
+        "  run by a 128 MiB copy (`memory_bandwidth` in benches/kernels.rs: "
+        + ", ".join(f"{bandwidth[t] / 1e9:.1f} GB/s at {t} thread{'s' if t > 1 else ''}" for t in sorted(bandwidth))
+        + "), and as a share of a copy of the",
+        "  same bytes into a reused buffer (`copy`), which at these sizes mostly stays in the 32 MiB L3.",
         "- Implementations: **replica** is replica-kernels; **candle** is candle 0.11's built-in fused",
         "  op where one exists; **composed** is the plain candle composition of differentiable ops.",
         "  Block and model tables: **replica (kernels)** is replica-blocks with its default `Compute::Kernels`,",
@@ -326,7 +353,7 @@ def main():
         if bound == "flops":
             header += ["replica GFLOP/s", "% of peak"]
         elif bound == "memory":
-            header += ["% of copy bandwidth"]
+            header += ["% of memory bandwidth", "% of copy"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---"] * len(header)) + "|")
         notes = []
@@ -358,8 +385,7 @@ def main():
                 else:
                     cells += ["—", "—"]
             elif bound == "memory":
-                copy = r.get("copy")
-                cells.append(f"{100 * copy / rep:.0f}%" if copy and rep else "—")
+                cells += [f"{100 * r[base] / rep:.0f}%" if r.get(base) and rep else "—" for base in ("memory", "copy")]
             lines.append("| " + " | ".join(cells) + " |")
             for other, want in targets.items():
                 have = r.get(other)
@@ -391,7 +417,8 @@ def main():
         lines += ["## A note on the 2-thread rows", "", note, ""]
 
     # Targets: every (kernel, shape, threads) against each target ratio.
-    names = {"candle": "candle's built-in", "torch": "PyTorch", "composed": "the plain candle composition"}
+    names = {"candle": "candle's built-in", "torch": "PyTorch", "composed": "the plain candle composition",
+             "memory": "the machine's memory bandwidth (within 2x)"}
     names_for = {"minilm_forward": {**names, "candle": "candle-transformers' BERT", "composed": "replica's composition"}}
     lines += ["## Targets", "",
               "From the issue; ratios are `other / replica` (≥ the target is met). Rows marked † on either",
