@@ -222,20 +222,9 @@ fn bench_minilm(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    // Ten samples of at least one call each: a GPT-2 block or a MiniLM batch through the
-    // composition takes a few hundred milliseconds.
-    Criterion::default()
-        .sample_size(10)
-        .without_plots()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .configure_from_args()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config(Duration::from_secs(3));
     targets = bench_blocks, bench_minilm
 }
 criterion_main!(benches);

@@ -275,47 +275,46 @@ fn bench_rope(c: &mut Criterion) {
     }
 }
 
+/// Random `q, k, v` of shape `[b, h, s, d]`, the kernel's options, and candle's CPU
+/// flash attention on the same inputs (which takes `[b, s, h, d]`); sets the group's
+/// throughput to the flops of the two products over the visible scores.
+fn attention_case(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    [b, h, s, d]: [usize; 4],
+    causal: bool,
+) -> ([Tensor; 3], AttentionOptions<'static>, Op<'static>) {
+    let qkv = [randn(&[b, h, s, d]), randn(&[b, h, s, d]), randn(&[b, h, s, d])];
+    let bshd = |t: &Tensor| t.transpose(1, 2).unwrap().contiguous().unwrap();
+    let (qt, kt, vt) = (bshd(&qkv[0]), bshd(&qkv[1]), bshd(&qkv[2]));
+    let options = AttentionOptions {
+        causal: causal.then_some(Causal::BottomRight),
+        ..Default::default()
+    };
+    let visible = if causal { s * (s + 1) / 2 } else { s * s };
+    group.throughput(Throughput::Elements((4 * b * h * visible * d) as u64));
+    let mask = if causal {
+        candle_nn::attention::AttnMask::causal()
+    } else {
+        candle_nn::attention::AttnMask::None
+    };
+    let scale = 1.0 / (d as f32).sqrt();
+    let candle: Op =
+        Box::new(move || candle_nn::attention::flash_attn::<f32>(&qt, &kt, &vt, scale, mask.clone(), None, None));
+    (qkv, options, candle)
+}
+
 fn bench_attention(c: &mut Criterion) {
     let pools = pools();
     let mut group = c.benchmark_group("attention");
-    for (shape, [b, h, s, d], causal) in [
+    for (shape, dims, causal) in [
         ("bert-base_b8_s128", [8usize, 12, 128, 64], false),
         ("gpt2_b1_s1024_causal", [1, 12, 1024, 64], true),
         ("llama-7b_b1_s512_causal", [1, 32, 512, 128], true),
     ] {
-        let (q, k, v) = (randn(&[b, h, s, d]), randn(&[b, h, s, d]), randn(&[b, h, s, d]));
-        // candle's CPU flash attention takes [b, s, h, d].
-        let bshd = |t: &Tensor| t.transpose(1, 2).unwrap().contiguous().unwrap();
-        let (qt, kt, vt) = (bshd(&q), bshd(&k), bshd(&v));
-        let scale = 1.0 / (d as f64).sqrt();
-        let options = AttentionOptions {
-            causal: causal.then_some(Causal::BottomRight),
-            ..Default::default()
-        };
-        // Flops of the two products over the visible scores.
-        let visible = if causal { s * (s + 1) / 2 } else { s * s };
-        group.throughput(Throughput::Elements((4 * b * h * visible * d) as u64));
-        let candle_mask = if causal {
-            candle_nn::attention::AttnMask::causal()
-        } else {
-            candle_nn::attention::AttnMask::None
-        };
+        let ([q, k, v], options, candle) = attention_case(&mut group, dims, causal);
         let ops: Vec<(&str, Op)> = vec![
             ("replica", Box::new(|| rk::attention(&q, &k, &v, &options))),
-            (
-                "candle",
-                Box::new(|| {
-                    candle_nn::attention::flash_attn::<f32>(
-                        &qt,
-                        &kt,
-                        &vt,
-                        scale as f32,
-                        candle_mask.clone(),
-                        None,
-                        None,
-                    )
-                }),
-            ),
+            ("candle", candle),
             ("composed", Box::new(|| reference::attention(&q, &k, &v, &options))),
         ];
         run_shape(&mut group, &pools, shape, &ops, None);
@@ -330,24 +329,7 @@ fn bench_attention(c: &mut Criterion) {
         ("b1_h12_d64_s2048", 2048, false),
         ("b1_h12_d64_s2048_causal", 2048, true),
     ] {
-        let (b, h, d) = (1usize, 12usize, 64usize);
-        let (q, k, v) = (randn(&[b, h, s, d]), randn(&[b, h, s, d]), randn(&[b, h, s, d]));
-        let bshd = |t: &Tensor| t.transpose(1, 2).unwrap().contiguous().unwrap();
-        let (qt, kt, vt) = (bshd(&q), bshd(&k), bshd(&v));
-        let options = AttentionOptions {
-            causal: causal.then_some(Causal::BottomRight),
-            ..Default::default()
-        };
-        let visible = if causal { s * (s + 1) / 2 } else { s * s };
-        group.throughput(Throughput::Elements((4 * b * h * visible * d) as u64));
-        let candle_mask = if causal {
-            candle_nn::attention::AttnMask::causal()
-        } else {
-            candle_nn::attention::AttnMask::None
-        };
-        let candle: Op = Box::new(move || {
-            candle_nn::attention::flash_attn::<f32>(&qt, &kt, &vt, 0.125, candle_mask.clone(), None, None)
-        });
+        let ([q, k, v], options, candle) = attention_case(&mut group, [1, 12, s, 64], causal);
         let mut ops: Vec<(&str, Op)> = vec![
             ("replica", Box::new(|| rk::attention(&q, &k, &v, &options))),
             ("composed", Box::new(|| reference::attention(&q, &k, &v, &options))),
@@ -443,20 +425,9 @@ fn bench_matmul(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    // Ten samples: the slowest compositions take 0.2-0.5 s a call, and criterion
-    // runs every sample at least once.
-    Criterion::default()
-        .sample_size(10)
-        .without_plots()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-        .configure_from_args()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config(Duration::from_secs(2));
     targets = bench_softmax, bench_norms, bench_activations, bench_rope, bench_attention, bench_matmul, bench_memory_bandwidth
 }
 criterion_main!(benches);

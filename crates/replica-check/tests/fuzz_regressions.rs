@@ -4,36 +4,15 @@
 //! error naming the file. A panic fails the test.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use replica_check::tensor_file::parse_safetensors;
 use replica_check::{Bundle, WeightMap};
 
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
-}
-
-/// The files of `fuzz/<kind>/<target>/` whose names start with `prefix`, sorted.
-fn inputs(kind: &str, target: &str, prefix: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = fuzz_dir().join(kind).join(target);
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
-        .collect();
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|p| {
-            let bytes = fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            (p, bytes)
-        })
-        .collect()
-}
+#[path = "../../../fuzz/inputs.rs"]
+mod fuzz_inputs;
+use fuzz_inputs::{fuzz_dir, inputs};
 
 /// The bundle_load target's input form, `header JSON, 0x00, data`, as a safetensors file.
 fn frame(input: &[u8]) -> Vec<u8> {
@@ -53,7 +32,7 @@ fn load(bytes: &[u8], origin: &Path) -> Result<Bundle, String> {
 
 #[test]
 fn committed_seeds_load() {
-    let seeds = inputs("corpus", "safetensors_parse", "seed-");
+    let seeds = inputs("corpus", "safetensors_parse");
     assert!(
         seeds.len() >= 3,
         "expected the committed seeds under {}",
@@ -62,7 +41,7 @@ fn committed_seeds_load() {
     for (path, bytes) in &seeds {
         parse_safetensors(bytes, path, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
     }
-    let framed = inputs("corpus", "bundle_load", "seed-");
+    let framed = inputs("corpus", "bundle_load");
     assert_eq!(framed.len(), seeds.len(), "one bundle_load seed per safetensors seed");
     for ((path, input), (_, bytes)) in framed.iter().zip(&seeds) {
         assert_eq!(
@@ -81,8 +60,8 @@ fn committed_seeds_load() {
 
 #[test]
 fn inputs_that_once_failed_are_handled() {
-    let raw = inputs("regressions", "safetensors_parse", "");
-    let framed = inputs("regressions", "bundle_load", "");
+    let raw = inputs("regressions", "safetensors_parse");
+    let framed = inputs("regressions", "bundle_load");
     let cases = raw
         .into_iter()
         .chain(framed.into_iter().map(|(p, input)| (p, frame(&input))));

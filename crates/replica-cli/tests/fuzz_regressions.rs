@@ -4,35 +4,16 @@
 //! targets. Each must end in a clean `Ok` or an error naming the file.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use replica_cli::args::InspectArgs;
 use replica_cli::output::Format;
 use replica_cli::registry::Registry;
 use replica_cli::{inspect, manifest};
 
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
-}
-
-/// The files of `fuzz/<kind>/<target>/`, sorted; only the `seed-` ones from a corpus.
-fn inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let Ok(entries) = fs::read_dir(fuzz_dir().join(kind).join(target)) else {
-        return Vec::new();
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| kind != "corpus" || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seed-")))
-        .collect();
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|p| {
-            let bytes = fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            (p, bytes)
-        })
-        .collect()
-}
+#[path = "../../../fuzz/inputs.rs"]
+mod fuzz_inputs;
+use fuzz_inputs::inputs;
 
 /// What the suite_manifest target does with one input.
 fn suite(bytes: &[u8], registry: &Registry) -> Option<Result<usize, String>> {
