@@ -30,6 +30,11 @@ NAMESPACES = (
     "grad/param/",
     "grad/input/",
 )
+# The float64 shadow of what the reference computed: each key names the
+# reference tensor it shadows, e.g. `shadow/act/h.0.mlp` shadows `act/h.0.mlp`.
+SHADOW = "shadow/"
+SHADOWED = ("output/", "act/", "grad/param/", "grad/input/")
+SHADOW_NAMESPACES = tuple(SHADOW + ns for ns in SHADOWED)
 
 METADATA_KEY = "replica"
 REQUIRED_FIELDS = ("format_version", "component", "config", "producer", "dtype", "seed")
@@ -118,7 +123,7 @@ def float32_to_bf16_bits(values: Any) -> np.ndarray:
 
 def namespace_of(key: str) -> str | None:
     """The namespace prefix a key belongs to, or None."""
-    for prefix in NAMESPACES:
+    for prefix in NAMESPACES + SHADOW_NAMESPACES:
         if key.startswith(prefix) and len(key) > len(prefix):
             return prefix
     return None
@@ -191,14 +196,16 @@ def validate(keys: Any, metadata: Any) -> None:
 
     names = {field: _check_name_list(metadata, field) for field in NAME_LIST_FIELDS}
 
-    by_namespace: dict[str, set[str]] = {prefix: set() for prefix in NAMESPACES}
+    by_namespace: dict[str, set[str]] = {prefix: set() for prefix in NAMESPACES + SHADOW_NAMESPACES}
     for key in keys:
         prefix = namespace_of(key)
         if prefix is None:
             raise BundleError(
-                f"tensor key {key!r} is outside the bundle namespaces {list(NAMESPACES)}"
+                f"tensor key {key!r} is outside the bundle namespaces "
+                f"{list(NAMESPACES + SHADOW_NAMESPACES)}"
             )
         by_namespace[prefix].add(key[len(prefix):])
+    _check_shadow(metadata, by_namespace)
 
     # activations <-> act/ keys, both ways.
     _check_same_names(by_namespace["act/"], "act/", names["activations"], "activations")
@@ -220,6 +227,27 @@ def validate(keys: Any, metadata: Any) -> None:
             )
 
 
+def _check_shadow(metadata: Mapping[str, Any], by_namespace: Mapping[str, set[str]]) -> None:
+    """`shadow`, when present, is {"dtype": "float64"} or {"skipped": why}; every
+    shadow tensor shadows a tensor of the bundle, and only a float64 shadow has any."""
+    info = metadata.get("shadow")
+    shadowed = sorted(SHADOW + ns + n for ns in SHADOWED for n in by_namespace[SHADOW + ns])
+    if info is not None:
+        if info != {"dtype": "float64"} and not (
+            isinstance(info, dict) and list(info) == ["skipped"] and isinstance(info["skipped"], str)
+        ):
+            raise BundleError(
+                "metadata field 'shadow' must be {\"dtype\": \"float64\"} or {\"skipped\": \"<why>\"}, "
+                f"got {info!r}"
+            )
+    if shadowed and info != {"dtype": "float64"}:
+        raise BundleError(f"tensor key {shadowed[0]!r} needs metadata shadow = {{\"dtype\": \"float64\"}}")
+    for ns in SHADOWED:
+        orphans = sorted(by_namespace[SHADOW + ns] - by_namespace[ns])
+        if orphans:
+            raise BundleError(f"tensor key '{SHADOW}{ns}{orphans[0]}' has no matching '{ns}{orphans[0]}'")
+
+
 def _check_same_names(stored: set[str], prefix: str, listed: list[str], field: str) -> None:
     unlisted = sorted(stored - set(listed))
     if unlisted:
@@ -239,6 +267,9 @@ def encode_bundle(tensors: Mapping[str, Any], metadata: Mapping[str, Any]) -> by
         raise BundleError(f"metadata is not plain JSON: {exc}") from exc
 
     raws = {key: _as_raw(key, value) for key, value in tensors.items()}
+    for key, raw in raws.items():
+        if key.startswith(SHADOW) and raw.dtype != "F64":
+            raise BundleError(f"tensor {key!r}: a shadow is float64, got {raw.dtype}")
     # Widest dtypes first (then by name), as safetensors does, so that every
     # tensor starts at an offset aligned to its element size.
     order = sorted(raws, key=lambda k: (-_ITEMSIZE[raws[k].dtype], k))

@@ -319,3 +319,29 @@ def test_without_hard_links_a_new_file_is_still_written(tmp_path, monkeypatch):
     write_bundle(path, {"input/0": x, "output/0": x}, meta())
     np.testing.assert_array_equal(read_bundle(path)[0]["input/0"], x)
     assert os.listdir(tmp_path) == ["b.safetensors"]
+
+
+# ---- the float64 shadow ---------------------------------------------------------
+
+
+def _shadow_meta(**extra):
+    return {"format_version": 1, "component": "c", "config": {}, "producer": {"name": "t", "version": "0"},
+            "dtype": "float32", "seed": 0, "activations": [], **extra}
+
+
+def test_shadow_tensors_need_their_reference_float64_and_the_metadata(tmp_path):
+    ok = {"output/0": np.ones(2, np.float32), "shadow/output/0": np.ones(2, np.float64)}
+    write_bundle(tmp_path / "ok.safetensors", ok, _shadow_meta(shadow={"dtype": "float64"}))
+    with pytest.raises(BundleError, match="shadow/output/1"):
+        write_bundle(tmp_path / "a.safetensors", {**ok, "shadow/output/1": np.ones(2)},
+                     _shadow_meta(shadow={"dtype": "float64"}))
+    with pytest.raises(BundleError, match="a shadow is float64"):
+        write_bundle(tmp_path / "b.safetensors", {**ok, "shadow/output/0": np.ones(2, np.float32)},
+                     _shadow_meta(shadow={"dtype": "float64"}))
+    with pytest.raises(BundleError, match="needs metadata shadow"):
+        write_bundle(tmp_path / "c.safetensors", ok, _shadow_meta())
+    with pytest.raises(BundleError, match="'shadow' must be"):
+        write_bundle(tmp_path / "d.safetensors", {"output/0": np.ones(2)}, _shadow_meta(shadow={"dtype": "f32"}))
+    with pytest.raises(BundleError, match="outside the bundle namespaces"):
+        write_bundle(tmp_path / "e.safetensors", {"param/w": np.ones(2), "shadow/param/w": np.ones(2)},
+                     _shadow_meta(shadow={"dtype": "float64"}))

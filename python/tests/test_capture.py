@@ -28,10 +28,10 @@ def test_sequential_records_params_inputs_outputs_activations(tmp_path):
     assert meta["dtype"] == "float32" and meta["seed"] == 0
     assert meta["activations"] == ["0", "1", "2"]
     assert meta["inputs"] == ["0"] and meta["outputs"] == ["0"]
+    reference = {"output/0", "act/0", "act/1", "act/2"}
     assert set(tensors) == {
-        "param/0.weight", "param/0.bias", "param/2.weight", "param/2.bias",
-        "input/0", "output/0", "act/0", "act/1", "act/2",
-    }
+        "param/0.weight", "param/0.bias", "param/2.weight", "param/2.bias", "input/0",
+    } | reference | {f"shadow/{key}" for key in reference}
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(tensors[f"param/{key}"], value.numpy())
     np.testing.assert_array_equal(tensors["input/0"], x.numpy())
@@ -199,3 +199,80 @@ def test_capture_refuses_to_overwrite(tmp_path):
         capture(nn.Identity(), torch.zeros(2), path)
     capture(nn.Identity(), torch.zeros(2), path, overwrite=True)
     np.testing.assert_array_equal(read_bundle(path)[0]["input/0"], np.zeros(2, np.float32))
+
+
+# ---- the float64 shadow ---------------------------------------------------------
+
+
+class Upcasts(nn.Module):
+    """Upcasts "for safety" as HF norms do, then rounds to bfloat16 on purpose."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.proj(x).float().exp()
+        return y, y.to(torch.bfloat16).to(y.dtype)
+
+
+def test_shadow_holds_float64_twins_of_what_the_reference_computed(tmp_path):
+    model = mlp()
+    x = torch.randn(3, 8)
+    tensors, meta = read_bundle(capture(model, x, tmp_path / "s.safetensors", grads=True))
+    assert meta["shadow"] == {"dtype": "float64"}
+    shadowed = sorted(k.removeprefix("shadow/") for k in tensors if k.startswith("shadow/"))
+    assert shadowed == sorted(k for k in tensors if k.split("/")[0] in ("output", "act")
+                              or k.startswith(("grad/param/", "grad/input/")))
+    twin = {k: v.double() for k, v in model.state_dict().items()}
+    model64 = mlp().double()
+    model64.load_state_dict(twin)
+    x64 = x.double().requires_grad_(True)
+    out = model64(x64)
+    np.testing.assert_array_equal(tensors["shadow/output/0"], out.detach().numpy())
+    assert tensors["shadow/output/0"].dtype == np.float64
+    (out * torch.from_numpy(tensors["grad/output/0"]).double()).sum().backward()
+    np.testing.assert_allclose(tensors["shadow/grad/input/0"], x64.grad.numpy(), rtol=1e-12)
+    # The reference differs from its shadow by float32 rounding only.
+    np.testing.assert_allclose(tensors["output/0"], tensors["shadow/output/0"], rtol=1e-5, atol=1e-6)
+
+
+def test_shadow_widens_float32_upcasts_and_keeps_half_precision_rounding(tmp_path):
+    torch.manual_seed(0)
+    model, x = Upcasts(), torch.randn(2, 4)
+    tensors, _ = read_bundle(capture(model, x, tmp_path / "u.safetensors"))
+    w, b = model.proj.weight.detach().double(), model.proj.bias.detach().double()
+    exact = torch.exp(x.double() @ w.T + b)
+    np.testing.assert_allclose(tensors["shadow/output/0"], exact.numpy(), rtol=1e-14)
+    rounded = exact.to(torch.bfloat16).double()
+    np.testing.assert_array_equal(tensors["shadow/output/1"], rounded.numpy())
+
+
+def test_shadow_can_be_turned_off_and_says_why_it_is_missing(tmp_path):
+    tensors, meta = read_bundle(capture(mlp(), torch.randn(3, 8), tmp_path / "n.safetensors", shadow=False))
+    assert meta["shadow"] == {"skipped": "turned off by the caller (shadow=False)"}
+    assert not any(k.startswith("shadow/") for k in tensors)
+    _, meta = read_bundle(capture(mlp().double(), torch.randn(3, 8).double(), tmp_path / "d.safetensors"))
+    assert meta["shadow"] == {"skipped": "the reference already runs in float64"}
+
+
+class NoFloat64(nn.Module):
+    def forward(self, x):
+        if x.dtype == torch.float64:
+            raise TypeError("float64 is not supported here")
+        return x * 2
+
+
+def test_a_module_that_cannot_run_in_float64_is_captured_without_shadow(tmp_path):
+    tensors, meta = read_bundle(capture(NoFloat64(), torch.randn(3), tmp_path / "f.safetensors"))
+    assert meta["shadow"]["skipped"].startswith("the module cannot run in float64: TypeError")
+    assert "output/0" in tensors and not any(k.startswith("shadow/") for k in tensors)
+
+
+def test_shadow_of_a_bf16_reference_starts_from_its_exact_weights(tmp_path):
+    model = mlp().to(torch.bfloat16)
+    x = torch.randn(3, 8).to(torch.bfloat16)
+    tensors, _ = read_bundle(capture(model, x, tmp_path / "b.safetensors"))
+    model64 = mlp().double()
+    model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    np.testing.assert_allclose(tensors["shadow/output/0"], model64(x.double()).detach().numpy(), rtol=1e-12)

@@ -157,7 +157,8 @@ fn fixtures_stay_small() {
         .iter()
         .map(|case| std::fs::metadata(case.fixture_path(&fixtures_dir())).unwrap().len())
         .sum();
-    assert!(total < 500_000, "{total} bytes of fixtures");
+    // The float64 shadow (docs/bundle-format.md) makes up about half of each bundle.
+    assert!(total < 700_000, "{total} bytes of fixtures");
 }
 
 // --- Planted bugs --------------------------------------------------------------

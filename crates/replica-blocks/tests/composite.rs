@@ -205,7 +205,8 @@ fn cases_are_unique_and_every_fixture_comes_from_the_script() {
 fn fixtures_stay_small() {
     let files: BTreeSet<_> = cases().iter().map(|c| c.fixture_path(&fixtures_dir())).collect();
     let total: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
-    assert!(total < 600_000, "{total} bytes of fixtures");
+    // The float64 shadow (docs/bundle-format.md) makes up about half of each bundle.
+    assert!(total < 900_000, "{total} bytes of fixtures");
 }
 
 // --- Differential attention ---------------------------------------------------------

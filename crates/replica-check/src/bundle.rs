@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::tensor_file::{open_safetensors, write_safetensors, SafetensorsFile, TensorFile};
 use crate::weight_map::{LoadReport, ShapeMismatch};
-use crate::{Error, Result, ToleranceOverrides};
+use crate::{Error, Result, Rule, ToleranceOverrides};
 
 /// The bundle format version this crate reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
@@ -38,7 +38,19 @@ pub enum Namespace {
     InputGrad,
 }
 
+/// The prefix of a float64 shadow tensor: `shadow/act/h.0.mlp` is the float64
+/// shadow of `act/h.0.mlp`, what the reference computes without rounding.
+pub const SHADOW_PREFIX: &str = "shadow/";
+
 impl Namespace {
+    /// The namespaces a float64 shadow may accompany: what the reference computed.
+    pub const SHADOWED: [Namespace; 4] = [
+        Namespace::Output,
+        Namespace::Activation,
+        Namespace::ParamGrad,
+        Namespace::InputGrad,
+    ];
+
     pub const ALL: [Namespace; 7] = [
         Namespace::Param,
         Namespace::Input,
@@ -102,9 +114,57 @@ pub struct BundleMetadata {
     pub inputs: Vec<String>,
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// Whether the bundle holds a float64 shadow of the reference, or why not
+    /// (absent in bundles written before shadows existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowInfo>,
     /// Fields a producer added beyond the format's own.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,
+}
+
+/// The metadata's `shadow`: `{"dtype": "float64"}` when the bundle holds `shadow/`
+/// tensors, `{"skipped": "<why>"}` when the producer could not (or was told not to) run one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+impl ShadowInfo {
+    /// A float64 shadow is present.
+    pub fn float64() -> Self {
+        Self {
+            dtype: Some("float64".into()),
+            skipped: None,
+        }
+    }
+
+    /// No shadow, and why.
+    pub fn skipped(why: impl Into<String>) -> Self {
+        Self {
+            dtype: None,
+            skipped: Some(why.into()),
+        }
+    }
+
+    pub fn is_present(&self) -> bool {
+        self.dtype.as_deref() == Some("float64")
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        match (&self.dtype, &self.skipped) {
+            (Some(dtype), None) if dtype == "float64" => Ok(()),
+            (None, Some(_)) => Ok(()),
+            _ => Err(format!(
+                "metadata `shadow` must be {{\"dtype\": \"float64\"}} or {{\"skipped\": \"<why>\"}}, got {}",
+                serde_json::to_string(self).unwrap_or_default()
+            )),
+        }
+    }
 }
 
 impl BundleMetadata {
@@ -124,6 +184,7 @@ impl BundleMetadata {
             activations: Vec::new(),
             inputs: Vec::new(),
             outputs: Vec::new(),
+            shadow: None,
             extra: Default::default(),
         }
     }
@@ -180,6 +241,7 @@ fn misfit_field(fields: &serde_json::Map<String, Value>) -> Option<&'static str>
         ("activations", fits::<Vec<String>>(field("activations"))),
         ("inputs", fits::<Vec<String>>(field("inputs"))),
         ("outputs", fits::<Vec<String>>(field("outputs"))),
+        ("shadow", fits::<ShadowInfo>(field("shadow"))),
     ]
     .into_iter()
     .find(|(_, fits)| !fits)
@@ -192,8 +254,12 @@ pub struct Bundle {
     origin: PathBuf,
     metadata: BundleMetadata,
     tensors: BTreeMap<Namespace, BTreeMap<String, Tensor>>,
+    /// The float64 shadow of reference tensors, by the namespace and name of the tensor shadowed.
+    shadows: BTreeMap<Namespace, BTreeMap<String, Tensor>>,
     /// Tolerances a user laid over the component's own for this run (not stored in the file).
     tolerances: ToleranceOverrides,
+    /// The rule that decides each tensor's verdict for this run (not stored in the file).
+    rule: Rule,
 }
 
 impl Bundle {
@@ -202,7 +268,9 @@ impl Bundle {
             origin: PathBuf::from("<memory>"),
             metadata,
             tensors: BTreeMap::new(),
+            shadows: BTreeMap::new(),
             tolerances: ToleranceOverrides::default(),
+            rule: Rule::default(),
         }
     }
 
@@ -224,29 +292,58 @@ impl Bundle {
             origin: origin.to_path_buf(),
             metadata,
             tensors: BTreeMap::new(),
+            shadows: BTreeMap::new(),
             tolerances: ToleranceOverrides::default(),
+            rule: Rule::default(),
         };
         for (key, tensor) in file.tensors {
-            let (ns, name) = split_key(&key).map_err(fail)?;
-            bundle.tensors.entry(ns).or_default().insert(name.to_string(), tensor);
+            let (ns, shadow, name) = split_key(&key).map_err(fail)?;
+            let map = if shadow { &mut bundle.shadows } else { &mut bundle.tensors };
+            map.entry(ns).or_default().insert(name.to_string(), tensor);
         }
         bundle.validate().map_err(fail)?;
         Ok(bundle)
     }
 
-    /// Checks that the name lists in the metadata agree with the tensors.
+    /// Checks that the name lists in the metadata agree with the tensors, and that
+    /// every shadow is a float64 tensor of its reference's shape.
     fn validate(&self) -> std::result::Result<(), String> {
-        validate_names(&self.metadata, |ns| self.names(ns).collect())
+        validate_names(&self.metadata, |ns| self.names(ns).collect(), |ns| self.shadow_names(ns))?;
+        for (ns, shadows) in &self.shadows {
+            for (name, shadow) in shadows {
+                let reference = &self.tensors[ns][name];
+                if shadow.dtype() != candle_core::DType::F64 || shadow.dims() != reference.dims() {
+                    return Err(format!(
+                        "tensor `{SHADOW_PREFIX}{ns}{name}` must be f64 of shape {:?} like `{ns}{name}`, got {:?} {:?}",
+                        reference.dims(),
+                        shadow.dtype(),
+                        shadow.dims()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn shadow_names(&self, ns: Namespace) -> Vec<&str> {
+        self.shadows
+            .get(&ns)
+            .map_or(Vec::new(), |m| m.keys().map(String::as_str).collect())
     }
 
     /// Writes the bundle; an existing file is replaced only when `overwrite` is set.
     pub fn save(&self, path: impl AsRef<Path>, overwrite: bool) -> Result<()> {
         let path = path.as_ref();
         self.validate().map_err(|message| Error::file(path, message))?;
+        let shadows = self.shadows.iter().flat_map(|(ns, map)| {
+            map.iter()
+                .map(move |(name, t)| (format!("{SHADOW_PREFIX}{ns}{name}"), t))
+        });
         let keys: Vec<(String, &Tensor)> = self
             .tensors
             .iter()
             .flat_map(|(ns, map)| map.iter().map(move |(name, t)| (format!("{ns}{name}"), t)))
+            .chain(shadows)
             .collect();
         let metadata = HashMap::from([(METADATA_KEY.to_string(), self.metadata.to_json())]);
         write_safetensors(path, keys.iter().map(|(k, t)| (k.as_str(), *t)), metadata, overwrite)
@@ -268,6 +365,23 @@ impl Bundle {
             }
         }
         self.tensors.entry(ns).or_default().insert(name, tensor);
+    }
+
+    /// Adds the float64 shadow of the reference tensor `ns`/`name` (insert that first)
+    /// and marks the metadata as holding a shadow.
+    pub fn insert_shadow(&mut self, ns: Namespace, name: impl Into<String>, tensor: Tensor) {
+        self.metadata.shadow = Some(ShadowInfo::float64());
+        self.shadows.entry(ns).or_default().insert(name.into(), tensor);
+    }
+
+    /// The float64 shadow of the reference tensor `ns`/`name`, when the bundle holds one.
+    pub fn shadow(&self, ns: Namespace, name: &str) -> Option<&Tensor> {
+        self.shadows.get(&ns).and_then(|m| m.get(name))
+    }
+
+    /// Whether the bundle holds any float64 shadow tensor.
+    pub fn has_shadow(&self) -> bool {
+        self.shadows.values().any(|m| !m.is_empty())
     }
 
     pub fn metadata(&self) -> &BundleMetadata {
@@ -412,6 +526,18 @@ impl Bundle {
         &self.tolerances
     }
 
+    /// This bundle with `rule` deciding each tensor's verdict (by default the noise
+    /// multiple against the shadow where there is one, see [`Rule`]). In memory only.
+    pub fn with_rule(mut self, rule: Rule) -> Self {
+        self.rule = rule;
+        self
+    }
+
+    /// The rule that decides each tensor's verdict in this run.
+    pub fn rule(&self) -> Rule {
+        self.rule
+    }
+
     /// Activations in execution order.
     pub fn activations(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.metadata.activations.iter().filter_map(|name| {
@@ -422,11 +548,36 @@ impl Bundle {
 }
 
 /// Checks that the name lists in the metadata agree with the tensor names,
-/// given as the sorted names of each namespace.
+/// given as the sorted names of each namespace (and of each namespace's shadows).
 fn validate_names<'a>(
     metadata: &BundleMetadata,
     names_of: impl Fn(Namespace) -> Vec<&'a str>,
+    shadows_of: impl Fn(Namespace) -> Vec<&'a str>,
 ) -> std::result::Result<(), String> {
+    if let Some(info) = &metadata.shadow {
+        info.validate()?;
+    }
+    let has_shadow = metadata.shadow.as_ref().is_some_and(ShadowInfo::is_present);
+    for ns in Namespace::ALL {
+        let shadows = shadows_of(ns);
+        let Some(first) = shadows.first() else {
+            continue;
+        };
+        if !Namespace::SHADOWED.contains(&ns) {
+            return Err(format!(
+                "tensor `{SHADOW_PREFIX}{ns}{first}`: only outputs, activations and gradients of params and inputs have a shadow"
+            ));
+        }
+        if !has_shadow {
+            return Err(format!(
+                "tensor `{SHADOW_PREFIX}{ns}{first}` needs metadata shadow = {{\"dtype\": \"float64\"}}"
+            ));
+        }
+        let owners: HashSet<&str> = names_of(ns).into_iter().collect();
+        if let Some(name) = shadows.iter().find(|name| !owners.contains(*name)) {
+            return Err(format!("tensor `{SHADOW_PREFIX}{ns}{name}` shadows no `{ns}{name}`"));
+        }
+    }
     let lists = [
         (Namespace::Activation, "activations", &metadata.activations, true),
         (Namespace::Input, "inputs", &metadata.inputs, false),
@@ -475,6 +626,8 @@ fn validate_names<'a>(
 pub struct BundleOutline {
     pub metadata: BundleMetadata,
     pub names: BTreeMap<Namespace, Vec<String>>,
+    /// The names of the shadowed tensors, by namespace.
+    pub shadows: BTreeMap<Namespace, Vec<String>>,
 }
 
 impl BundleOutline {
@@ -484,17 +637,23 @@ impl BundleOutline {
         let fail = |message: String| Error::file(origin, message);
         let metadata = bundle_metadata(file.metadata()).map_err(fail)?;
         let mut names: BTreeMap<Namespace, Vec<String>> = BTreeMap::new();
+        let mut shadows: BTreeMap<Namespace, Vec<String>> = BTreeMap::new();
         for info in file.tensors() {
-            let (ns, name) = split_key(&info.name).map_err(fail)?;
-            names.entry(ns).or_default().push(name.to_string());
+            let (ns, shadow, name) = split_key(&info.name).map_err(fail)?;
+            let map = if shadow { &mut shadows } else { &mut names };
+            map.entry(ns).or_default().push(name.to_string());
         }
-        validate_names(&metadata, |ns| {
-            names
-                .get(&ns)
-                .map_or(Vec::new(), |v| v.iter().map(String::as_str).collect())
+        fn listed(map: &BTreeMap<Namespace, Vec<String>>, ns: Namespace) -> Vec<&str> {
+            let mut list: Vec<&str> = map.get(&ns).map_or(Vec::new(), |v| v.iter().map(String::as_str).collect());
+            list.sort_unstable();
+            list
+        }
+        validate_names(&metadata, |ns| listed(&names, ns), |ns| listed(&shadows, ns)).map_err(fail)?;
+        Ok(Self {
+            metadata,
+            names,
+            shadows,
         })
-        .map_err(fail)?;
-        Ok(Self { metadata, names })
     }
 }
 
@@ -506,11 +665,15 @@ fn bundle_metadata(metadata: &HashMap<String, String>) -> std::result::Result<Bu
     BundleMetadata::from_json(text)
 }
 
-/// A key's namespace and name, or why it has none.
-fn split_key(key: &str) -> std::result::Result<(Namespace, &str), String> {
-    Namespace::split(key).ok_or_else(|| {
+/// A key's namespace, whether it is a shadow (`shadow/...`), and its name; or why it has none.
+fn split_key(key: &str) -> std::result::Result<(Namespace, bool, &str), String> {
+    let (shadow, rest) = match key.strip_prefix(SHADOW_PREFIX) {
+        Some(rest) => (true, rest),
+        None => (false, key),
+    };
+    Namespace::split(rest).map(|(ns, name)| (ns, shadow, name)).ok_or_else(|| {
         format!(
-            "key `{key}` is outside the bundle namespaces ({})",
+            "key `{key}` is outside the bundle namespaces ({}, and {SHADOW_PREFIX} before one of them)",
             Namespace::ALL.map(Namespace::prefix).join(", ")
         )
     })

@@ -7,6 +7,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::noise::{noise, Noise, Rule};
 use crate::Tolerance;
 
 /// One element of the compared pair, located by its N-d index.
@@ -79,6 +80,12 @@ pub struct Comparison {
     pub cosine: Option<f64>,
     pub actual_nonfinite: NonFinite,
     pub expected_nonfinite: NonFinite,
+    /// The port's error against the reference's float64 shadow, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<Noise>,
+    /// Whether the noise multiple decides [`passed`](Self::passed) (else the tolerance does).
+    #[serde(default)]
+    pub decided_by_noise: bool,
 }
 
 /// Compares `actual` against the reference `expected` under `tolerance`.
@@ -103,6 +110,8 @@ pub fn compare(actual: &Tensor, expected: &Tensor, tolerance: Tolerance) -> Comp
         cosine: None,
         actual_nonfinite: NonFinite::default(),
         expected_nonfinite: NonFinite::default(),
+        noise: None,
+        decided_by_noise: false,
     };
     if actual.dims() != expected.dims() {
         comparison.incompatible = Some(format!(
@@ -140,6 +149,35 @@ pub fn compare(actual: &Tensor, expected: &Tensor, tolerance: Tolerance) -> Comp
     comparison
 }
 
+/// Compares `actual` against the reference `expected` and, with a `shadow` (the
+/// reference's float64 twin), measures the noise multiple too; `rule` says which
+/// of the two decides. The `assert_close` statistics are always filled in.
+pub fn compare_with_shadow(
+    actual: &Tensor,
+    expected: &Tensor,
+    shadow: Option<&Tensor>,
+    tolerance: Tolerance,
+    rule: Rule,
+) -> Comparison {
+    let mut comparison = compare(actual, expected, tolerance);
+    let Some(shadow) = shadow else {
+        return comparison;
+    };
+    let limit = match rule {
+        Rule::Calibrated { limit } => limit,
+        Rule::AssertClose => crate::NOISE_LIMIT,
+    };
+    match noise(actual, expected, shadow, tolerance, limit) {
+        Ok(measured) => {
+            comparison.decided_by_noise = matches!(rule, Rule::Calibrated { .. }) && measured.reference_agrees;
+            comparison.noise = Some(measured);
+        }
+        Err(why) if comparison.incompatible.is_none() => comparison.incompatible = Some(why),
+        Err(_) => {}
+    }
+    comparison
+}
+
 /// Compares under the default tolerance of the reference's dtype.
 pub fn compare_default(actual: &Tensor, expected: &Tensor) -> Comparison {
     compare(actual, expected, Tolerance::for_dtype(expected.dtype()))
@@ -148,7 +186,7 @@ pub fn compare_default(actual: &Tensor, expected: &Tensor) -> Comparison {
 /// A tensor's values in row-major order, read in place from CPU memory.
 /// Elements are widened to f64 a chunk at a time, so comparing large tensors
 /// allocates nothing in proportion to their size.
-struct CpuValues<'a> {
+pub(crate) struct CpuValues<'a> {
     storage: &'a CpuStorage,
     start: usize,
     len: usize,
@@ -156,7 +194,7 @@ struct CpuValues<'a> {
 
 impl<'a> CpuValues<'a> {
     /// Views a contiguous CPU tensor's storage.
-    fn new(storage: &'a Storage, layout: &candle_core::Layout, len: usize) -> candle_core::Result<Self> {
+    pub(crate) fn new(storage: &'a Storage, layout: &candle_core::Layout, len: usize) -> candle_core::Result<Self> {
         let Storage::Cpu(storage) = storage else {
             candle_core::bail!("tensor is not on the CPU after moving it there")
         };
@@ -170,8 +208,12 @@ impl<'a> CpuValues<'a> {
         Ok(values)
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Widens elements `at..at + out.len()` into `out`.
-    fn read(&self, at: usize, out: &mut [f64]) -> candle_core::Result<()> {
+    pub(crate) fn read(&self, at: usize, out: &mut [f64]) -> candle_core::Result<()> {
         let range = self.start + at..self.start + at + out.len();
         fn widen<T: Copy>(src: &[T], out: &mut [f64], f: impl Fn(T) -> f64) {
             out.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v));
@@ -196,7 +238,7 @@ pub(crate) fn dtype_name(dtype: DType) -> String {
     format!("{dtype:?}").to_lowercase()
 }
 
-fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+pub(crate) fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
     let mut index = vec![0; shape.len()];
     for (slot, &dim) in index.iter_mut().zip(shape).rev() {
         *slot = flat % dim;
@@ -381,8 +423,26 @@ fn fill_statistics(c: &mut Comparison, actual: &CpuValues<'_>, expected: &CpuVal
 }
 
 impl Comparison {
+    /// The verdict: no incompatibility, and the noise multiple within its limit
+    /// where it decides, every element within the tolerance elsewhere.
     pub fn passed(&self) -> bool {
+        if self.incompatible.is_some() {
+            return false;
+        }
+        match (&self.noise, self.decided_by_noise) {
+            (Some(noise), true) => noise.passed(),
+            _ => self.mismatched == 0,
+        }
+    }
+
+    /// What `torch.testing.assert_close` would say, whatever rule decides.
+    pub fn passed_assert_close(&self) -> bool {
         self.incompatible.is_none() && self.mismatched == 0
+    }
+
+    /// The noise multiple, when the reference has a shadow.
+    pub fn multiple(&self) -> Option<f64> {
+        self.noise.as_ref().map(|n| n.multiple)
     }
 
     pub fn mismatched_percent(&self) -> f64 {
@@ -446,6 +506,19 @@ impl fmt::Display for Comparison {
             if self.max_abs_diff.is_none() && self.mismatched == 0 {
                 return Ok(());
             }
+        }
+        if let Some(noise) = &self.noise {
+            let rule = if self.decided_by_noise {
+                format!(
+                    "decides; assert_close alone would say {}",
+                    if self.passed_assert_close() { "close" } else { "not close" }
+                )
+            } else if !noise.reference_agrees {
+                "not applicable: assert_close decides".into()
+            } else {
+                "reported only: assert_close decides".into()
+            };
+            writeln!(f, "\nNoise multiple ({rule}): {}", noise.summary())?;
         }
         writeln!(f)?;
         writeln!(

@@ -8,6 +8,8 @@
 //!   strictly.
 //! - [`trace`] and [`compare_trace`]: per-module activations, and the first module
 //!   that diverges.
+//! - [`noise`]: the verdict calibrated against the reference's float64 shadow: a
+//!   port's error as a multiple of the reference's own rounding error.
 
 mod approx_eq;
 mod assert;
@@ -16,6 +18,7 @@ mod compare;
 mod error;
 mod float_json;
 mod gradients;
+pub mod noise;
 mod parity;
 pub mod report;
 pub mod suite;
@@ -27,8 +30,9 @@ pub mod weight_map;
 
 pub use approx_eq::Approx;
 pub use assert::{assert_close, check_close};
-pub use bundle::{Bundle, BundleMetadata, BundleOutline, Namespace, Producer, FORMAT_VERSION};
-pub use compare::{compare, compare_default, Comparison, Element, Extreme, NonFinite};
+pub use bundle::{Bundle, BundleMetadata, BundleOutline, Namespace, Producer, ShadowInfo, FORMAT_VERSION, SHADOW_PREFIX};
+pub use compare::{compare, compare_default, compare_with_shadow, Comparison, Element, Extreme, NonFinite};
+pub use noise::{format_multiple, Noise, Rule, NOISE_LIMIT};
 pub use error::{Error, Result};
 pub use parity::Parity;
 pub use report::{compare_trace, summary_table, Report, ReportRow, TraceReport, TraceRow};

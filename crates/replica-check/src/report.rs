@@ -9,13 +9,16 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::{Bundle, Namespace};
 use crate::table::Table;
 use crate::trace::Trace;
-use crate::{compare, Comparison, Tolerance};
+use crate::{compare, compare_with_shadow, format_multiple, Comparison, Tolerance};
 
 /// A comparison with the name of what was compared.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReportRow {
     pub name: String,
     pub comparison: Comparison,
+    /// The bundle has no reference tensor of this name: the row compared nothing.
+    #[serde(default)]
+    pub missing_reference: bool,
 }
 
 /// Named comparisons, shown as one table followed by the details of each failure.
@@ -37,6 +40,7 @@ impl Report {
         self.rows.push(ReportRow {
             name: name.into(),
             comparison,
+            missing_reference: false,
         });
     }
 
@@ -57,13 +61,35 @@ impl Report {
         tolerance: Tolerance,
     ) {
         match bundle.get(ns, name) {
-            Ok(expected) => self.push(label, compare(actual, expected, tolerance)),
-            Err(err) => self.push(label, missing_reference(actual, &err.to_string(), tolerance)),
+            Ok(expected) => {
+                let shadow = bundle.shadow(ns, name);
+                self.push(
+                    label,
+                    compare_with_shadow(actual, expected, shadow, tolerance, bundle.rule()),
+                )
+            }
+            Err(err) => {
+                self.push(label, missing_reference(actual, &err.to_string(), tolerance));
+                if let Some(row) = self.rows.last_mut() {
+                    row.missing_reference = true;
+                }
+            }
         }
     }
 
+    /// Every row passes, and there is at least one: a check that compared nothing is not clean.
     pub fn passed(&self) -> bool {
-        self.rows.iter().all(|r| r.comparison.passed())
+        !self.rows.is_empty() && self.rows.iter().all(|r| r.comparison.passed())
+    }
+
+    /// Rows whose reference tensor the bundle lacks (a misnamed or missing tensor).
+    pub fn missing(&self) -> impl Iterator<Item = &ReportRow> {
+        self.rows.iter().filter(|r| r.missing_reference)
+    }
+
+    /// The greatest noise multiple over the rows that have one.
+    pub fn worst_multiple(&self) -> Option<f64> {
+        self.rows.iter().filter_map(|r| r.comparison.multiple()).reduce(f64::max)
     }
 
     pub fn failures(&self) -> impl Iterator<Item = &ReportRow> {
@@ -71,7 +97,15 @@ impl Report {
     }
 
     pub fn table(&self) -> Table {
-        let mut table = Table::new(&["tensor", "shape", "max abs diff", "max rel diff", "cosine", "verdict"]);
+        let mut table = Table::new(&[
+            "tensor",
+            "shape",
+            "max abs diff",
+            "max rel diff",
+            "cosine",
+            "noise x",
+            "verdict",
+        ]);
         for row in &self.rows {
             table.push(comparison_cells(&row.name, &row.comparison));
         }
@@ -88,21 +122,42 @@ fn missing_reference(actual: &Tensor, why: &str, tolerance: Tolerance) -> Compar
     comparison
 }
 
-fn comparison_cells(name: &str, c: &Comparison) -> Vec<String> {
-    let verdict = if c.passed() {
+/// The verdict cell of one comparison: `ok`, or what kind of failure.
+pub fn verdict_cell(c: &Comparison) -> String {
+    if c.passed() {
         "ok".to_string()
-    } else if c.incompatible.is_some() {
-        "FAIL (incompatible)".to_string()
+    } else if let Some(reason) = &c.incompatible {
+        let kind = if reason.starts_with("shapes differ") {
+            "shape"
+        } else if reason.starts_with("dtypes differ") {
+            "dtype"
+        } else if reason.contains("bundle has no") {
+            "missing"
+        } else {
+            "incompatible"
+        };
+        format!("FAIL ({kind})")
+    } else if c.decided_by_noise {
+        format!("FAIL (noise x{})", c.multiple().map_or("?".into(), format_multiple))
     } else {
         format!("FAIL ({}/{})", c.mismatched, c.elements)
-    };
+    }
+}
+
+/// A difference cell: `-` when nothing finite was compared (a shape mismatch, a missing tensor).
+fn difference_cell(value: Option<f64>) -> String {
+    value.map_or("-".into(), |v| format!("{v:.2e}"))
+}
+
+fn comparison_cells(name: &str, c: &Comparison) -> Vec<String> {
     vec![
         name.to_string(),
         format!("{:?}", c.expected_shape),
-        format!("{:.2e}", c.worst_abs()),
-        format!("{:.2e}", c.worst_rel()),
+        difference_cell(c.max_abs_diff.as_ref().map(|e| e.value)),
+        difference_cell(c.max_rel_diff.as_ref().map(|e| e.value)),
         c.cosine.map_or("-".into(), |v| format!("{v:.7}")),
-        verdict,
+        c.multiple().map_or("-".into(), format_multiple),
+        verdict_cell(c),
     ]
 }
 
@@ -114,21 +169,25 @@ pub fn summary_table(reports: &[Report]) -> Table {
         "max abs diff",
         "max rel diff",
         "min cosine",
+        "max noise x",
         "verdict",
     ]);
     for report in reports {
         let comparisons = || report.rows.iter().map(|r| &r.comparison);
-        let worst_abs = comparisons().map(Comparison::worst_abs).fold(0.0, f64::max);
-        let worst_rel = comparisons().map(Comparison::worst_rel).fold(0.0, f64::max);
+        let worst_abs = comparisons().filter_map(|c| c.max_abs_diff.as_ref()).map(|e| e.value).reduce(f64::max);
+        let worst_rel = comparisons().filter_map(|c| c.max_rel_diff.as_ref()).map(|e| e.value).reduce(f64::max);
         let min_cosine = comparisons().filter_map(|c| c.cosine).reduce(f64::min);
         let failed = report.failures().count();
         table.push(vec![
             report.title.clone(),
             report.rows.len().to_string(),
-            format!("{worst_abs:.2e}"),
-            format!("{worst_rel:.2e}"),
+            difference_cell(worst_abs),
+            difference_cell(worst_rel),
             min_cosine.map_or("-".into(), |v| format!("{v:.7}")),
-            if failed == 0 {
+            report.worst_multiple().map_or("-".into(), format_multiple),
+            if report.rows.is_empty() {
+                "FAIL (nothing compared)".into()
+            } else if failed == 0 {
                 "ok".into()
             } else {
                 format!("FAIL ({failed} tensors)")
@@ -145,6 +204,9 @@ impl fmt::Display for Report {
         }
         write!(f, "{}", self.table())?;
         let failed = self.failures().count();
+        if self.rows.is_empty() {
+            writeln!(f, "Nothing was compared: the check is not clean.")?;
+        }
         writeln!(f, "{} of {} tensors match.", self.rows.len() - failed, self.rows.len())?;
         for row in self.failures() {
             writeln!(f, "\n{}: {}", row.name, row.comparison)?;
@@ -172,6 +234,9 @@ pub struct TraceReport {
     pub first_divergence: Option<String>,
     /// Activations the reference has and the trace never recorded.
     pub not_recorded: Vec<String>,
+    /// How many activations the reference holds.
+    #[serde(default)]
+    pub reference_activations: usize,
 }
 
 /// Compares every recorded activation with the bundle's activation of the same
@@ -187,7 +252,8 @@ pub fn compare_trace(trace: &Trace, bundle: &Bundle, tolerance: Tolerance) -> Tr
             comparison: bundle.get(Namespace::Activation, &entry.name).ok().map(|expected| {
                 let key = format!("{}{}", Namespace::Activation, entry.name);
                 let tolerance = bundle.tolerances().resolve(&key, expected.dtype(), tolerance);
-                compare(&entry.tensor, expected, tolerance)
+                let shadow = bundle.shadow(Namespace::Activation, &entry.name);
+                compare_with_shadow(&entry.tensor, expected, shadow, tolerance, bundle.rule())
             }),
         })
         .collect();
@@ -205,12 +271,20 @@ pub fn compare_trace(trace: &Trace, bundle: &Bundle, tolerance: Tolerance) -> Tr
         rows,
         first_divergence,
         not_recorded,
+        reference_activations: bundle.metadata().activations.len(),
     }
 }
 
 impl TraceReport {
+    /// No module diverges, and something was compared whenever the reference had
+    /// activations to compare with: a trace that matched nothing is not clean.
     pub fn passed(&self) -> bool {
-        self.first_divergence.is_none()
+        self.first_divergence.is_none() && !self.compared_nothing()
+    }
+
+    /// The reference holds activations and not one was compared.
+    pub fn compared_nothing(&self) -> bool {
+        self.reference_activations > 0 && self.compared() == 0
     }
 
     /// How many recorded activations had a reference to compare with.
@@ -232,6 +306,7 @@ impl TraceReport {
             "max abs diff",
             "max rel diff",
             "cosine",
+            "noise x",
             "verdict",
         ]);
         for (i, row) in self.rows.iter().enumerate() {
@@ -243,11 +318,12 @@ impl TraceReport {
                     "-".into(),
                     "-".into(),
                     "-".into(),
+                    "-".into(),
                     "no reference".into(),
                 ],
             };
             if self.first_divergence.as_deref() == Some(row.path.as_str()) {
-                cells[5].push_str("  <- first divergence");
+                cells[6].push_str("  <- first divergence");
             }
             cells.insert(0, (i + 1).to_string());
             table.push(cells);
@@ -277,6 +353,11 @@ impl fmt::Display for TraceReport {
                 let comparison = row.comparison.as_ref().expect("a failed row has a comparison");
                 write!(f, "First divergent module: `{}`\n{}", row.path, comparison)
             }
+            None if self.compared_nothing() => write!(
+                f,
+                "Nothing was compared: the reference holds {} activations and the trace matched none of them.",
+                self.reference_activations
+            ),
             None => write!(f, "No module diverges."),
         }
     }

@@ -44,7 +44,8 @@ fn a_missing_reference_is_a_failed_row_not_an_error() {
         why.contains("bundle has no `output/logits`") && why.contains("it holds 0, 1"),
         "{why}"
     );
-    assert!(report.to_string().contains("FAIL (incompatible)"));
+    assert!(report.to_string().contains("FAIL (missing)"));
+    assert!(row.missing_reference && report.missing().count() == 1);
 }
 
 #[test]

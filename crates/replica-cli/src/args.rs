@@ -158,12 +158,49 @@ pub struct CheckArgs {
     #[arg(long, value_name = "ATOL", value_parser = tolerance_value, allow_hyphen_values = true)]
     pub atol: Option<f64>,
 
+    /// What decides each tensor: `calibrated` (the noise multiple against the bundle's
+    /// float64 shadow where it has one, assert_close elsewhere) or `assert-close` (always).
+    #[arg(long, value_name = "RULE", value_enum, default_value = "calibrated")]
+    pub rule: RuleArg,
+
+    /// The noise multiple above which a tensor fails under the calibrated rule.
+    #[arg(long, value_name = "K", value_parser = noise_limit_value, default_value_t = replica_check::NOISE_LIMIT)]
+    pub noise_limit: f64,
+
     /// Where to run: cpu, or cuda:N with a replica built with `--features cuda`.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
 
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `--rule`: which rule decides a tensor's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuleArg {
+    Calibrated,
+    AssertClose,
+}
+
+impl CheckArgs {
+    /// The verdict rule the flags ask for.
+    pub fn verdict_rule(&self) -> replica_check::Rule {
+        match self.rule {
+            RuleArg::Calibrated => replica_check::Rule::Calibrated {
+                limit: self.noise_limit,
+            },
+            RuleArg::AssertClose => replica_check::Rule::AssertClose,
+        }
+    }
+}
+
+/// A noise limit: a finite number of at least 1 (a port cannot be asked to beat the reference).
+fn noise_limit_value(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 1.0 => Ok(value),
+        Ok(value) => Err(format!("must be a finite number >= 1, got {value}")),
+        Err(_) => Err(format!("not a number: `{text}`")),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -9,8 +9,8 @@ use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use replica_check::bundle::METADATA_KEY;
 use replica_check::{
-    compare_trace, open_safetensors, read_safetensors, trace, Bundle, Comparison, Report, ToleranceOverrides,
-    ToleranceSpec, TraceReport, WeightMap,
+    compare_trace, format_multiple, open_safetensors, read_safetensors, trace, Bundle, Comparison, Report, Rule,
+    ToleranceOverrides, ToleranceSpec, TraceReport, WeightMap,
 };
 use serde_json::{json, Value};
 
@@ -66,8 +66,8 @@ impl Job {
     }
 
     /// Loads the bundle and applies the job's config, weights and tolerances (`extra` last).
-    fn prepare(&self, device: &Device, extra: &ToleranceOverrides) -> Result<Bundle, CliError> {
-        self.try_prepare(device, extra).map_err(|err| {
+    fn prepare(&self, device: &Device, extra: &ToleranceOverrides, rule: Rule) -> Result<Bundle, CliError> {
+        self.try_prepare(device, extra).map(|b| b.with_rule(rule)).map_err(|err| {
             if self.origin.is_empty() {
                 err
             } else {
@@ -111,7 +111,7 @@ impl Job {
         if self.weights.as_ref().is_some_and(|w| is_bundle(&w.path)) {
             cli.details.push(
                 "hint: this weights file is a reference bundle; its weights are its `param/` tensors. A suite's \
-                 weight_map takes them: ignore = [\"^(input|output|act|grad)/\"], rename = { \"^param/\" = \"\" }"
+                 weight_map takes them: ignore = [\"^(input|output|act|grad|shadow)/\"], rename = { \"^param/\" = \"\" }"
                     .to_string(),
             );
         }
@@ -164,8 +164,28 @@ impl Outcome {
     fn verdict(&self) -> Verdict {
         match &self.result {
             Err(_) => Verdict::Error,
+            // A reference tensor the component needs is not in the bundle: bad input, not a port bug.
+            Ok(report) if report.missing().next().is_some() => Verdict::Error,
             Ok(report) if report.passed() && self.trace.as_ref().is_none_or(TraceReport::passed) => Verdict::Pass,
             Ok(_) => Verdict::Fail,
+        }
+    }
+
+    /// Why the case could not be judged: its error, or the reference tensors it needs and the bundle lacks.
+    fn input_error(&self) -> Option<String> {
+        match &self.result {
+            Err(err) => Some(err.clone()),
+            Ok(report) => {
+                let missing: Vec<&str> = report.missing().map(|row| row.name.as_str()).collect();
+                let first = report.missing().next()?;
+                Some(format!(
+                    "the bundle lacks {} tensor{} the component compares: {} ({})",
+                    missing.len(),
+                    if missing.len() == 1 { "" } else { "s" },
+                    missing.join(", "),
+                    first.comparison.incompatible.as_deref().unwrap_or_default()
+                ))
+            }
         }
     }
 
@@ -177,11 +197,23 @@ impl Outcome {
     }
 
     fn worst_abs(&self) -> Option<f64> {
-        self.comparisons().iter().map(|c| c.worst_abs()).reduce(f64::max)
+        self.comparisons()
+            .iter()
+            .filter_map(|c| c.max_abs_diff.as_ref())
+            .map(|e| e.value)
+            .reduce(f64::max)
     }
 
     fn worst_rel(&self) -> Option<f64> {
-        self.comparisons().iter().map(|c| c.worst_rel()).reduce(f64::max)
+        self.comparisons()
+            .iter()
+            .filter_map(|c| c.max_rel_diff.as_ref())
+            .map(|e| e.value)
+            .reduce(f64::max)
+    }
+
+    fn worst_multiple(&self) -> Option<f64> {
+        self.comparisons().iter().filter_map(|c| c.multiple()).reduce(f64::max)
     }
 
     fn min_cosine(&self) -> Option<f64> {
@@ -196,6 +228,7 @@ impl Outcome {
         match self.verdict() {
             Verdict::Pass => Cell::styled("ok", GOOD),
             Verdict::Error => Cell::styled("ERROR", BAD),
+            Verdict::Fail if self.comparisons().is_empty() => Cell::styled("FAIL (nothing compared)", BAD),
             Verdict::Fail if self.failed_tensors() == 0 => Cell::styled("FAIL (trace)", BAD),
             Verdict::Fail => {
                 let failed = self.failed_tensors();
@@ -217,6 +250,7 @@ impl Outcome {
             Cell::plain(sci(self.worst_abs())),
             Cell::plain(sci(self.worst_rel())),
             Cell::plain(self.min_cosine().map_or("-".into(), |v| format!("{v:.7}"))),
+            Cell::plain(self.worst_multiple().map_or("-".into(), format_multiple)),
             self.verdict_cell(),
         ]
     }
@@ -270,7 +304,7 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<Status, CliError> {
         .iter()
         .map(|job| {
             progress.start(&job.label);
-            let bundle = job.prepare(&device, &cli_tolerances);
+            let bundle = job.prepare(&device, &cli_tolerances, args.verdict_rule());
             progress.done();
             bundle
         })
@@ -290,16 +324,17 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<Status, CliError> {
     progress.finish();
 
     let device_name = args.device.to_string();
+    let rule = args.verdict_rule();
     let text = match format {
-        Format::Json => output::json_text(&to_json(&title, &device_name, &outcomes)),
-        Format::Text => render_text(&title, &device_name, &outcomes),
-        Format::Markdown => render_markdown(&title, &device_name, &outcomes),
+        Format::Json => output::json_text(&to_json(&title, &device_name, rule, &outcomes)),
+        Format::Text => render_text(&title, &device_name, rule, &outcomes),
+        Format::Markdown => render_markdown(&title, &device_name, rule, &outcomes),
     };
     output::deliver(&text, &args.output)?;
 
     let errors: Vec<&Outcome> = outcomes.iter().filter(|o| o.verdict() == Verdict::Error).collect();
     for outcome in &errors {
-        let message = outcome.result.as_ref().err().map_or("", String::as_str);
+        let message = outcome.input_error().unwrap_or_default();
         let first = message.lines().next().unwrap_or_default();
         crate::print_error(&format!(
             "case `{}` could not run on {}: {first}",
@@ -405,13 +440,14 @@ impl Drop for Progress {
     }
 }
 
-const HEADERS: [&str; 7] = [
+const HEADERS: [&str; 8] = [
     "component",
     "paper",
     "tensors",
     "max abs diff",
     "max rel diff",
     "min cosine",
+    "max noise x",
     "verdict",
 ];
 
@@ -443,12 +479,27 @@ fn tally(outcomes: &[Outcome]) -> String {
     line
 }
 
-fn render_text(title: &str, device: &str, outcomes: &[Outcome]) -> String {
+/// One line saying what decides the verdicts.
+fn rule_note(rule: Rule) -> String {
+    match rule {
+        Rule::Calibrated { limit } => format!(
+            "Verdicts: a tensor fails when its error against the reference's float64 shadow is more than {limit} times \
+             the reference's own (noise x); without a shadow, by assert_close."
+        ),
+        Rule::AssertClose => "Verdicts: assert_close (|actual - expected| <= atol + rtol * |expected|); \
+                              noise x is reported only."
+            .to_string(),
+    }
+}
+
+fn render_text(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> String {
     let cases = if outcomes.len() == 1 { "case" } else { "cases" };
     let mut out = paint(
         HEADER,
         &format!("replica check: {title} ({} {cases} on {device})", outcomes.len()),
     );
+    out.push('\n');
+    out.push_str(&paint(DIM, &rule_note(rule)));
     out.push_str("\n\n");
     out.push_str(&summary_table(outcomes).text());
     for outcome in outcomes {
@@ -542,13 +593,24 @@ fn trace_trailer(trace: &TraceReport) -> String {
                 out.push_str(&format!("{}\n", comparison.to_string().trim_end()));
             }
         }
+        None if trace.compared_nothing() => out.push_str(&paint(
+            BAD,
+            &format!(
+                "Nothing was compared: the reference holds {} activations and none was recorded under its name.\n",
+                trace.reference_activations
+            ),
+        )),
         None => out.push_str(&paint(GOOD, "No module diverges.\n")),
     }
     out
 }
 
-fn render_markdown(title: &str, device: &str, outcomes: &[Outcome]) -> String {
-    let mut out = format!("### replica check: {title} ({} cases on {device})\n\n", outcomes.len());
+fn render_markdown(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> String {
+    let mut out = format!(
+        "### replica check: {title} ({} cases on {device})\n\n{}\n\n",
+        outcomes.len(),
+        rule_note(rule)
+    );
     out.push_str(&summary_table(outcomes).markdown());
     out.push_str(&format!("\n**{}**\n", tally(outcomes)));
     for outcome in outcomes {
@@ -583,7 +645,7 @@ fn render_markdown(title: &str, device: &str, outcomes: &[Outcome]) -> String {
     out
 }
 
-fn to_json(title: &str, device: &str, outcomes: &[Outcome]) -> Value {
+fn to_json(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> Value {
     let count = |v: Verdict| outcomes.iter().filter(|o| o.verdict() == v).count();
     let cases: Vec<Value> = outcomes
         .iter()
@@ -605,6 +667,7 @@ fn to_json(title: &str, device: &str, outcomes: &[Outcome]) -> Value {
                 "max_abs_diff": json_number(o.worst_abs()),
                 "max_rel_diff": json_number(o.worst_rel()),
                 "min_cosine": json_number(o.min_cosine()),
+                "max_noise_multiple": json_number(o.worst_multiple()),
                 "seconds": o.seconds,
                 "error": o.result.as_ref().err(),
                 "report": o.result.as_ref().ok(),
@@ -615,6 +678,7 @@ fn to_json(title: &str, device: &str, outcomes: &[Outcome]) -> Value {
     json!({
         "suite": title,
         "device": device,
+        "rule": rule,
         "passed": count(Verdict::Pass) == outcomes.len(),
         "counts": {
             "cases": outcomes.len(),

@@ -137,7 +137,7 @@ fn markdown_output_is_a_markdown_table() {
     assert_eq!(code(&out), 0);
     let text = stdout(&out);
     assert!(
-        text.contains("| component | paper | tensors | max abs diff | max rel diff | min cosine | verdict |"),
+        text.contains("| component | paper | tensors | max abs diff | max rel diff | min cosine | max noise x | verdict |"),
         "{text}"
     );
     assert!(text.contains("| --- | --- |"), "{text}");
@@ -334,7 +334,7 @@ fn diff_of_a_file_with_itself_passes() {
     let text = stdout(&out);
     assert_eq!(code(&out), 0, "{text}");
     assert!(
-        text.contains("15 shared keys: 15 match, 0 differ; 0 only in A, 0 only in B."),
+        text.contains("24 shared keys: 24 match, 0 differ; 0 only in A, 0 only in B."),
         "{text}"
     );
 }
