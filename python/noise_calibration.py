@@ -10,6 +10,7 @@ most bugs sit far below `atol`.
 
     ~/venv-ref/bin/python python/noise_calibration.py                       # table on stdout
     ~/venv-ref/bin/python python/noise_calibration.py --seeds 0 1 2 --replica target/debug/replica
+    ~/venv-ref/bin/python python/noise_calibration.py --write-fixtures tests/fixtures/planted
 
 Bundles go to a temporary directory; nothing in the repository changes.
 """
@@ -34,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = {"transformers": transformers.__version__}
 
 
-def gpt2(seed: int, *, act="gelu_new", port_act=None, eps=1e-5, port_eps=None, attn="eager"):
+def gpt2(seed: int, *, act="gelu_new", port_act=None, eps=1e-5, port_eps=None, attn="eager", width=48):
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=96, n_positions=32, n_embd=48, n_layer=2, n_head=4, activation_function=act,
+    config = GPT2Config(vocab_size=96, n_positions=32, n_embd=width, n_layer=2, n_head=4, activation_function=act,
                         layer_norm_epsilon=eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         bos_token_id=None, eos_token_id=None, attn_implementation=attn)
     model = GPT2LMHeadModel(config).eval()
@@ -68,10 +69,10 @@ def llama(seed: int, *, eps=1e-6, port_eps=None, attn="eager", wrong_scale=False
     return model, (ids,), {"use_cache": False}, told, "llama_causal_lm", "transformers.LlamaForCausalLM"
 
 
-def bert(seed: int, *, act="gelu", port_act=None, attn="eager"):
+def bert(seed: int, *, act="gelu", port_act=None, attn="eager", width=32):
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, type_vocab_size=2, hidden_act=act,
+    config = BertConfig(vocab_size=96, hidden_size=width, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=2 * width, max_position_embeddings=32, type_vocab_size=2, hidden_act=act,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation=attn)
     model = BertModel(config).eval()
     ids = torch.randint(1, 96, (2, 9))
@@ -126,12 +127,35 @@ def check(replica: Path, component: str, bundle: Path, rule: str, compute: str) 
     }
 
 
+# The committed planted-bug fixtures (tests/fixtures/planted/): name, builder, what the CLI tests expect.
+FIXTURES = [
+    ("gpt2_gelu_erf_as_tanh", lambda: gpt2(0, act="gelu", port_act="gelu_new", width=16)),
+    ("bert_gelu_erf_as_tanh", lambda: bert(0, act="gelu", port_act="gelu_new", width=16)),
+    ("gpt2_gelu_pytorch_tanh_as_new", lambda: gpt2(0, act="gelu_pytorch_tanh", port_act="gelu_new", width=16)),
+]
+
+
+def write_fixtures(out: Path) -> None:
+    """Forward passes only (no gradients) at width 16, to keep the files small."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, build in FIXTURES:
+        model, inputs, kwargs, told, _, cls = build()
+        path = capture(model, inputs, out / f"{name}.safetensors", config=told, component=cls, seed=0,
+                       kwargs=kwargs, producer_extra=VERSIONS, overwrite=True)
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replica", type=Path, default=ROOT / "target" / "debug" / "replica")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--write-fixtures", type=Path, metavar="DIR",
+                        help="write the planted-bug fixtures the CLI tests use (tests/fixtures/planted) and stop")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.write_fixtures:
+        write_fixtures(args.write_fixtures)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, kind, build, where in EXPERIMENTS:

@@ -298,7 +298,11 @@ impl Bundle {
         };
         for (key, tensor) in file.tensors {
             let (ns, shadow, name) = split_key(&key).map_err(fail)?;
-            let map = if shadow { &mut bundle.shadows } else { &mut bundle.tensors };
+            let map = if shadow {
+                &mut bundle.shadows
+            } else {
+                &mut bundle.tensors
+            };
             map.entry(ns).or_default().insert(name.to_string(), tensor);
         }
         bundle.validate().map_err(fail)?;
@@ -308,7 +312,11 @@ impl Bundle {
     /// Checks that the name lists in the metadata agree with the tensors, and that
     /// every shadow is a float64 tensor of its reference's shape.
     fn validate(&self) -> std::result::Result<(), String> {
-        validate_names(&self.metadata, |ns| self.names(ns).collect(), |ns| self.shadow_names(ns))?;
+        validate_names(
+            &self.metadata,
+            |ns| self.names(ns).collect(),
+            |ns| self.shadow_names(ns),
+        )?;
         for (ns, shadows) in &self.shadows {
             for (name, shadow) in shadows {
                 let reference = &self.tensors[ns][name];
@@ -644,7 +652,9 @@ impl BundleOutline {
             map.entry(ns).or_default().push(name.to_string());
         }
         fn listed(map: &BTreeMap<Namespace, Vec<String>>, ns: Namespace) -> Vec<&str> {
-            let mut list: Vec<&str> = map.get(&ns).map_or(Vec::new(), |v| v.iter().map(String::as_str).collect());
+            let mut list: Vec<&str> = map
+                .get(&ns)
+                .map_or(Vec::new(), |v| v.iter().map(String::as_str).collect());
             list.sort_unstable();
             list
         }
@@ -671,12 +681,14 @@ fn split_key(key: &str) -> std::result::Result<(Namespace, bool, &str), String> 
         Some(rest) => (true, rest),
         None => (false, key),
     };
-    Namespace::split(rest).map(|(ns, name)| (ns, shadow, name)).ok_or_else(|| {
-        format!(
-            "key `{key}` is outside the bundle namespaces ({}, and {SHADOW_PREFIX} before one of them)",
-            Namespace::ALL.map(Namespace::prefix).join(", ")
-        )
-    })
+    Namespace::split(rest)
+        .map(|(ns, name)| (ns, shadow, name))
+        .ok_or_else(|| {
+            format!(
+                "key `{key}` is outside the bundle namespaces ({}, and {SHADOW_PREFIX} before one of them)",
+                Namespace::ALL.map(Namespace::prefix).join(", ")
+            )
+        })
 }
 
 #[cfg(test)]

@@ -511,7 +511,11 @@ impl fmt::Display for Comparison {
             let rule = if self.decided_by_noise {
                 format!(
                     "decides; assert_close alone would say {}",
-                    if self.passed_assert_close() { "close" } else { "not close" }
+                    if self.passed_assert_close() {
+                        "close"
+                    } else {
+                        "not close"
+                    }
                 )
             } else if !noise.reference_agrees {
                 "not applicable: assert_close decides".into()

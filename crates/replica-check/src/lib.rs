@@ -30,10 +30,12 @@ pub mod weight_map;
 
 pub use approx_eq::Approx;
 pub use assert::{assert_close, check_close};
-pub use bundle::{Bundle, BundleMetadata, BundleOutline, Namespace, Producer, ShadowInfo, FORMAT_VERSION, SHADOW_PREFIX};
+pub use bundle::{
+    Bundle, BundleMetadata, BundleOutline, Namespace, Producer, ShadowInfo, FORMAT_VERSION, SHADOW_PREFIX,
+};
 pub use compare::{compare, compare_default, compare_with_shadow, Comparison, Element, Extreme, NonFinite};
-pub use noise::{format_multiple, Noise, Rule, NOISE_LIMIT};
 pub use error::{Error, Result};
+pub use noise::{format_multiple, Noise, Rule, NOISE_LIMIT};
 pub use parity::Parity;
 pub use report::{compare_trace, summary_table, Report, ReportRow, TraceReport, TraceRow};
 pub use suite::Case;

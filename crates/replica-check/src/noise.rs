@@ -99,10 +99,7 @@ impl Noise {
             line.push_str("; the reference is too far from its own shadow to calibrate against");
         }
         if self.nonfinite_mismatched > 0 {
-            line.push_str(&format!(
-                "; {} non-finite elements disagree",
-                self.nonfinite_mismatched
-            ));
+            line.push_str(&format!("; {} non-finite elements disagree", self.nonfinite_mismatched));
         }
         line
     }
@@ -143,7 +140,13 @@ fn tiny(dtype: DType) -> f64 {
 /// The noise multiple of `actual` against the reference `expected`, both measured
 /// against `shadow`. `tolerance` decides only non-finite elements (an infinity
 /// matches only itself; NaN matches NaN only with `equal_nan`). Shapes must agree.
-pub fn noise(actual: &Tensor, expected: &Tensor, shadow: &Tensor, tolerance: Tolerance, limit: f64) -> Result<Noise, String> {
+pub fn noise(
+    actual: &Tensor,
+    expected: &Tensor,
+    shadow: &Tensor,
+    tolerance: Tolerance,
+    limit: f64,
+) -> Result<Noise, String> {
     if actual.dims() != expected.dims() || shadow.dims() != expected.dims() {
         return Err(format!(
             "shapes differ: actual {:?}, reference {:?}, shadow {:?}",
@@ -161,7 +164,8 @@ pub fn noise(actual: &Tensor, expected: &Tensor, shadow: &Tensor, tolerance: Tol
     let (a_storage, a_layout) = a.storage_and_layout();
     let (e_storage, e_layout) = e.storage_and_layout();
     let (s_storage, s_layout) = s.storage_and_layout();
-    let values = |storage, layout| CpuValues::new(storage, layout, n).map_err(|err| format!("cannot read the values: {err}"));
+    let values =
+        |storage, layout| CpuValues::new(storage, layout, n).map_err(|err| format!("cannot read the values: {err}"));
     let (a, e, s) = (
         values(&a_storage, a_layout)?,
         values(&e_storage, e_layout)?,
@@ -173,7 +177,7 @@ pub fn noise(actual: &Tensor, expected: &Tensor, shadow: &Tensor, tolerance: Tol
     let (mut max_s, mut ref_max, mut port_max, mut port_max_at) = (0f64, 0f64, 0f64, 0usize);
     let (mut finite, mut nonfinite_mismatched) = (0usize, 0usize);
     for_each_triple(&a, &e, &s, |i, a, e, s| {
-        if !(e.is_finite() && s.is_finite()) || !a.is_finite() {
+        if !(e.is_finite() && s.is_finite() && a.is_finite()) {
             // The shadow alone overflowing says nothing about the port.
             if !e.is_finite() || !a.is_finite() {
                 nonfinite_mismatched += usize::from(!tolerance.accepts(a, e));
@@ -198,7 +202,13 @@ pub fn noise(actual: &Tensor, expected: &Tensor, shadow: &Tensor, tolerance: Tol
             sum_port += ((a - s) / scale).powi(2);
         }
     });
-    let rms = |sum: f64| if finite == 0 { 0.0 } else { (sum / finite as f64).sqrt() * scale };
+    let rms = |sum: f64| {
+        if finite == 0 {
+            0.0
+        } else {
+            (sum / finite as f64).sqrt() * scale
+        }
+    };
     let (rms_s, reference_rms, port_rms) = (rms(sum_s), rms(sum_ref), rms(sum_port));
     let (eps, tiny) = (epsilon(expected.dtype()), tiny(expected.dtype()));
     let (floor_rms, floor_max) = (eps * rms_s, eps * max_s);
@@ -235,7 +245,11 @@ fn for_each_triple(a: &CpuValues<'_>, e: &CpuValues<'_>, s: &CpuValues<'_>, mut 
     while at < e.len() {
         let n = CHUNK.min(e.len() - at);
         // Each was read once in `CpuValues::new`: a dtype error cannot appear here.
-        if a.read(at, &mut ab[..n]).and(e.read(at, &mut eb[..n])).and(s.read(at, &mut sb[..n])).is_err() {
+        if a.read(at, &mut ab[..n])
+            .and(e.read(at, &mut eb[..n]))
+            .and(s.read(at, &mut sb[..n]))
+            .is_err()
+        {
             break;
         }
         for j in 0..n {

@@ -89,7 +89,10 @@ impl Report {
 
     /// The greatest noise multiple over the rows that have one.
     pub fn worst_multiple(&self) -> Option<f64> {
-        self.rows.iter().filter_map(|r| r.comparison.multiple()).reduce(f64::max)
+        self.rows
+            .iter()
+            .filter_map(|r| r.comparison.multiple())
+            .reduce(f64::max)
     }
 
     pub fn failures(&self) -> impl Iterator<Item = &ReportRow> {
@@ -174,8 +177,14 @@ pub fn summary_table(reports: &[Report]) -> Table {
     ]);
     for report in reports {
         let comparisons = || report.rows.iter().map(|r| &r.comparison);
-        let worst_abs = comparisons().filter_map(|c| c.max_abs_diff.as_ref()).map(|e| e.value).reduce(f64::max);
-        let worst_rel = comparisons().filter_map(|c| c.max_rel_diff.as_ref()).map(|e| e.value).reduce(f64::max);
+        let worst_abs = comparisons()
+            .filter_map(|c| c.max_abs_diff.as_ref())
+            .map(|e| e.value)
+            .reduce(f64::max);
+        let worst_rel = comparisons()
+            .filter_map(|c| c.max_rel_diff.as_ref())
+            .map(|e| e.value)
+            .reduce(f64::max);
         let min_cosine = comparisons().filter_map(|c| c.cosine).reduce(f64::min);
         let failed = report.failures().count();
         table.push(vec![

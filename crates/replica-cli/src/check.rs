@@ -67,13 +67,15 @@ impl Job {
 
     /// Loads the bundle and applies the job's config, weights and tolerances (`extra` last).
     fn prepare(&self, device: &Device, extra: &ToleranceOverrides, rule: Rule) -> Result<Bundle, CliError> {
-        self.try_prepare(device, extra).map(|b| b.with_rule(rule)).map_err(|err| {
-            if self.origin.is_empty() {
-                err
-            } else {
-                err.context(format!("{} (case `{}`)", self.origin, self.label))
-            }
-        })
+        self.try_prepare(device, extra)
+            .map(|b| b.with_rule(rule))
+            .map_err(|err| {
+                if self.origin.is_empty() {
+                    err
+                } else {
+                    err.context(format!("{} (case `{}`)", self.origin, self.label))
+                }
+            })
     }
 
     fn try_prepare(&self, device: &Device, extra: &ToleranceOverrides) -> Result<Bundle, CliError> {

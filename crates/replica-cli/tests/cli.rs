@@ -137,7 +137,9 @@ fn markdown_output_is_a_markdown_table() {
     assert_eq!(code(&out), 0);
     let text = stdout(&out);
     assert!(
-        text.contains("| component | paper | tensors | max abs diff | max rel diff | min cosine | max noise x | verdict |"),
+        text.contains(
+            "| component | paper | tensors | max abs diff | max rel diff | min cosine | max noise x | verdict |"
+        ),
         "{text}"
     );
     assert!(text.contains("| --- | --- |"), "{text}");
