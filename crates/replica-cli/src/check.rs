@@ -168,9 +168,21 @@ impl Outcome {
             Err(_) => Verdict::Error,
             // A reference tensor the component needs is not in the bundle: bad input, not a port bug.
             Ok(report) if report.missing().next().is_some() => Verdict::Error,
-            Ok(report) if report.passed() && self.trace.as_ref().is_none_or(TraceReport::passed) => Verdict::Pass,
+            Ok(report) if report.passed() && self.trace_passed(report) => Verdict::Pass,
             Ok(_) => Verdict::Fail,
         }
+    }
+
+    /// No traced module diverges, and the trace compared something, unless the
+    /// case compared the reference's activations itself (a component that checks
+    /// a submodule's output without tapping it): a run that looked at no
+    /// activation of a reference that has them is not clean.
+    fn trace_passed(&self, report: &Report) -> bool {
+        let Some(trace) = &self.trace else {
+            return true;
+        };
+        let checks_activations = report.rows.iter().any(|row| row.name.starts_with("act/"));
+        trace.first_divergence.is_none() && (!trace.compared_nothing() || checks_activations)
     }
 
     /// Why the case could not be judged: its error, or the reference tensors it needs and the bundle lacks.
@@ -568,8 +580,19 @@ fn trace_text(outcome: &Outcome, trace: &TraceReport) -> String {
 }
 
 fn empty_trace_note(outcome: &Outcome) -> String {
+    let checked = match &outcome.result {
+        Ok(report) => report.rows.iter().filter(|row| row.name.starts_with("act/")).count(),
+        Err(_) => 0,
+    };
+    let compared = if outcome.reference_activations == 0 {
+        String::new()
+    } else if checked > 0 {
+        format!("; the case compares {checked} of them itself")
+    } else {
+        "; nothing was compared with them, so the case is not clean".to_string()
+    };
     format!(
-        "No module recorded an activation: `{}` taps none (the reference holds {} activations).",
+        "No module recorded an activation: `{}` taps none (the reference holds {} activations{compared}).",
         outcome.component, outcome.reference_activations
     )
 }
