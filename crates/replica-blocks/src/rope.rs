@@ -173,10 +173,9 @@ impl Rope {
         let (cos, sin) = self.tables(seq, offset)?;
         // As HF: the tables are cast to the input dtype (and, composed, the rotation runs in it).
         let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-        // f32 only: HF rotates f16/bf16 in the input dtype, rounding each product and
-        // the sum, which the kernel (f32, one rounding) does not reproduce closely
-        // enough for the f16 tolerance downstream (attention outputs 6e-3 relative off).
-        if crate::compute::kernels_for(x) && x.dtype() == DType::F32 {
+        // Half inputs too: HF rotates f16/bf16 in the input dtype, rounding each product
+        // and the sum; the kernel rounds once, at least as close to the float64 shadow.
+        if crate::compute::kernels_for(x) {
             // One kernel for both pairings and partial rotary.
             let style = match self.style {
                 RopeStyle::HalfSplit => replica_kernels::RopeStyle::HalfSplit,
