@@ -103,6 +103,7 @@ def generate(model, config, path: Path, component: str) -> None:
         "producer": {"name": "torch", "version": torch.__version__, **VERSIONS},
         "dtype": "float32", "seed": None, "activations": [], "inputs": ["0"], "outputs": ["0"],
         "max_new_tokens": 20, "decoding": "greedy",
+        "shadow": {"skipped": "the output is token ids, compared exactly"},
     }
     write_bundle(path, tensors, metadata, overwrite=True)
 
@@ -149,16 +150,22 @@ def minilm(out: Path, model_dir: Path) -> None:
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     model = transformers.AutoModel.from_pretrained(model_dir).eval()
     batch = tokenizer(SENTENCES, padding=True, truncation=True, max_length=128, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    embeddings = torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    def embed(model):
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    embeddings = embed(model)
+    shadow = embed(model.double())  # the float64 shadow (docs/bundle-format.md)
     tensors = {
         "input/input_ids": batch["input_ids"].numpy(),
         "input/attention_mask": batch["attention_mask"].numpy(),
         "input/token_type_ids": batch["token_type_ids"].numpy(),
         "output/embeddings": embeddings.numpy().astype(np.float32),
+        "shadow/output/embeddings": shadow.numpy(),
     }
     metadata = {
         "format_version": 1, "component": "sentence-transformers/all-MiniLM-L6-v2",
@@ -166,6 +173,7 @@ def minilm(out: Path, model_dir: Path) -> None:
         "producer": {"name": "torch", "version": torch.__version__, **VERSIONS},
         "dtype": "float32", "seed": None, "activations": [],
         "inputs": ["input_ids", "attention_mask", "token_type_ids"], "outputs": ["embeddings"],
+        "shadow": {"dtype": "float64"},
     }
     write_bundle(out / "minilm_embeddings.safetensors", tensors, metadata, overwrite=True)
 

@@ -7,7 +7,7 @@
 //! fails too (no network, no pip), the test fails with the script's output.
 
 use candle_core::{DType, Device, Tensor, D};
-use replica_check::{compare, Bundle, Tolerance};
+use replica_check::{compare, compare_with_shadow, Bundle, Namespace, Rule, Tolerance};
 use replica_models::cases::fixtures_dir;
 use replica_models::sentence::{cosine_similarities, ensure_minilm, SentenceEmbedder};
 
@@ -51,7 +51,16 @@ fn minilm_sentence_embeddings_match_sentence_transformers() {
 
     let embeddings = embedder.embed_encoded(&encoded).unwrap();
     let expected = bundle.output("embeddings").unwrap();
-    let comparison = compare(&embeddings, expected, Tolerance::for_dtype(DType::F32));
+    // Judged against the float64 shadow of the pipeline (the calibrated rule).
+    let shadow = bundle.shadow(Namespace::Output, "embeddings");
+    assert!(shadow.is_some(), "the reference embeddings have no float64 shadow");
+    let comparison = compare_with_shadow(
+        &embeddings,
+        expected,
+        shadow,
+        Tolerance::for_dtype(DType::F32),
+        Rule::default(),
+    );
     let cosines = row_cosines(&embeddings, expected);
     let min_cosine = cosines.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
