@@ -194,6 +194,8 @@ pub struct Bundle {
     tensors: BTreeMap<Namespace, BTreeMap<String, Tensor>>,
     /// Tolerances a user laid over the component's own for this run (not stored in the file).
     tolerances: ToleranceOverrides,
+    /// What reads of the config recorded (`config.rs`).
+    pub(crate) config_state: crate::config::ConfigState,
 }
 
 impl Bundle {
@@ -203,6 +205,7 @@ impl Bundle {
             metadata,
             tensors: BTreeMap::new(),
             tolerances: ToleranceOverrides::default(),
+            config_state: Default::default(),
         }
     }
 
@@ -225,6 +228,7 @@ impl Bundle {
             metadata,
             tensors: BTreeMap::new(),
             tolerances: ToleranceOverrides::default(),
+            config_state: Default::default(),
         };
         for (key, tensor) in file.tensors {
             let (ns, name) = split_key(&key).map_err(fail)?;
