@@ -312,6 +312,7 @@ mod tests {
     struct Norm {
         eps: f64,
         #[serde(default)]
+        #[allow(dead_code)] // read so that its fields are checked
         inner: Option<Inner>,
     }
 

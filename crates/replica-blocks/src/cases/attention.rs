@@ -249,6 +249,22 @@ fn outside_rope() -> Vec<&'static str> {
     fields
 }
 
+/// The attention settings of a HF decoder `config.json` in the bundle (LLaMA,
+/// GPT-NeoX, Gemma 2), read strictly as the cases read it, for tests that build the
+/// block themselves. The RoPE fixtures' `offset` and the fields of the attention
+/// pattern (`sliding_window`, `layer_types`, ...) are accepted without being checked:
+/// the cases check them.
+pub fn attention_config(bundle: &Bundle) -> Result<AttentionConfig> {
+    #[derive(Deserialize)]
+    struct Rest {
+        #[serde(default)]
+        #[allow(dead_code)] // read so that it is not refused
+        offset: Option<usize>,
+    }
+    let (config, _, _): (AttentionConfig, AttentionPattern, Rest) = bundle.config_parts(&outside_rope())?;
+    Ok(config)
+}
+
 /// A position offset (the cache length the positions start after).
 #[derive(Deserialize)]
 struct Offset {
