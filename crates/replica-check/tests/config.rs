@@ -40,7 +40,10 @@ fn declared_fields_are_read() {
 #[test]
 fn a_field_no_struct_reads_is_refused_naming_it_and_its_value() {
     let message = refusal(bundle(json!({"eps": 1e-5, "elementwise_affine": false})).config::<Norm>());
-    assert!(message.starts_with("<memory>: config field `elementwise_affine` (= false)"), "{message}");
+    assert!(
+        message.starts_with("<memory>: config field `elementwise_affine` (= false)"),
+        "{message}"
+    );
     assert!(!message.contains('\n'), "one line: {message}");
     let message = refusal(bundle(json!({"eps": 1e-5, "rope": {"theta": 1e4, "factor": 2.0}})).config::<Norm>());
     assert!(message.contains("`rope.factor` (= 2.0)"), "{message}");
@@ -54,7 +57,10 @@ fn a_wrong_type_names_the_field_and_what_was_expected() {
         "<memory>: config field `eps`: invalid type: string \"x\", expected f64"
     );
     let message = refusal(bundle(json!({"eps": 1e-5, "rope": {"theta": []}})).config::<Norm>());
-    assert!(message.contains("config field `rope.theta`: invalid type: sequence"), "{message}");
+    assert!(
+        message.contains("config field `rope.theta`: invalid type: sequence"),
+        "{message}"
+    );
     let message = refusal(bundle(json!({"rope": null})).config::<Norm>());
     assert!(message.contains("missing field `eps`"), "{message}");
 }

@@ -33,7 +33,12 @@ fn text(bytes: &[u8]) -> String {
 #[track_caller]
 fn assert_refused(output: &Output, needles: &[&str]) {
     let err = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "stderr:\n{err}\nstdout:\n{}", text(&output.stdout));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "stderr:\n{err}\nstdout:\n{}",
+        text(&output.stdout)
+    );
     let first = err.lines().next().unwrap_or_default();
     assert!(first.starts_with("error: "), "{err}");
     for needle in needles {
@@ -73,18 +78,54 @@ fn write_json(dir: &Path, name: &str, value: &Value) -> PathBuf {
 /// Each case: the component, its fixture, the changed field and value, and what the
 /// one-line error must say besides the field's name and the config file.
 const IGNORED_BEFORE: &[(&str, &str, &str, &str, &str)] = &[
-    ("sdpa_causal", "blocks/sdpa_causal", "is_causal", "false", "expected true, got false"),
+    (
+        "sdpa_causal",
+        "blocks/sdpa_causal",
+        "is_causal",
+        "false",
+        "expected true, got false",
+    ),
     ("softmax", "softmax", "dim", "0", "got 0"),
-    ("attention_softcap", "blocks/attention_softcap", "sliding_window", "1", "got 1"),
+    (
+        "attention_softcap",
+        "blocks/attention_softcap",
+        "sliding_window",
+        "1",
+        "got 1",
+    ),
     ("layer_norm", "layer_norm", "eps", "\"x\"", "invalid type: string \"x\""),
-    ("multihead_attention", "multihead_attention", "embed_dim", "\"x\"", "invalid type: string \"x\""),
+    (
+        "multihead_attention",
+        "multihead_attention",
+        "embed_dim",
+        "\"x\"",
+        "invalid type: string \"x\"",
+    ),
     ("linear", "linear", "bias", "\"yes\"", "invalid type: string \"yes\""),
-    ("dropout_eval", "blocks/dropout", "training", "true", "expected false, got true"),
-    ("class_token", "blocks/class_token", "pos_embed", "\"learn\"", "got \"learn\""),
+    (
+        "dropout_eval",
+        "blocks/dropout",
+        "training",
+        "true",
+        "expected false, got true",
+    ),
+    (
+        "class_token",
+        "blocks/class_token",
+        "pos_embed",
+        "\"learn\"",
+        "got \"learn\"",
+    ),
     ("gelu_erf", "gelu_erf", "approximate", "\"sigmoid\"", "got \"sigmoid\""),
     // A field no struct reads, and no bookkeeping: its value is shown.
     ("softmax", "softmax", "log", "true", "(= true)"),
-    ("attention_gqa", "blocks/attention_gqa", "rope_scaling_factor", "2.0", "(= 2.0)"),
+    (
+        "attention_gqa",
+        "blocks/attention_gqa",
+        "rope_scaling_factor",
+        "2.0",
+        "(= 2.0)",
+    ),
 ];
 
 #[test]
@@ -94,7 +135,13 @@ fn config_values_a_component_does_not_honour_are_refused_naming_the_field() {
         let original = fixture_config(stem);
         // The fixture's own config passes through --config: the refusal below is the field's.
         let same = write_json(dir.path(), "same.json", &original);
-        assert_passes(&replica(&["check", "--model", component, "--config", same.to_str().unwrap()]));
+        assert_passes(&replica(&[
+            "check",
+            "--model",
+            component,
+            "--config",
+            same.to_str().unwrap(),
+        ]));
 
         let changed = with(&original, field, serde_json::from_str(value).unwrap());
         let path = write_json(dir.path(), &format!("{component}-{field}.json"), &changed);
@@ -130,7 +177,10 @@ fn unused_config_fields_are_listed() {
         assert!(line.contains(field), "{line}");
     }
     // Read fields are not listed.
-    assert!(!line.contains("num_key_value_heads") && !line.contains("rope_parameters"), "{line}");
+    assert!(
+        !line.contains("num_key_value_heads") && !line.contains("rope_parameters"),
+        "{line}"
+    );
 
     let output = replica(&["--format", "json", "check", "--model", "bert_model"]);
     assert_passes(&output);
@@ -147,21 +197,43 @@ fn a_bundle_of_another_component_is_refused_unless_asked() {
     let output = replica(&["check", "--model", "activation_relu", "--reference", gelu]);
     assert_refused(
         &output,
-        &["act_gelu.safetensors", "`torch.nn.GELU`", "`torch.nn.ReLU`", "`activation_relu`", "--any-component"],
+        &[
+            "act_gelu.safetensors",
+            "`torch.nn.GELU`",
+            "`torch.nn.ReLU`",
+            "`activation_relu`",
+            "--any-component",
+        ],
     );
-    let output = replica(&["check", "--model", "activation_relu", "--reference", gelu, "--any-component"]);
+    let output = replica(&[
+        "check",
+        "--model",
+        "activation_relu",
+        "--reference",
+        gelu,
+        "--any-component",
+    ]);
     assert_passes(&output);
     assert!(text(&output.stdout).contains("activation_relu"));
     // The same component on another bundle of its kind runs.
     let tanh = fixture("blocks/act_gelu_tanh");
-    assert_passes(&replica(&["check", "--model", "activation_gelu", "--reference", tanh.to_str().unwrap()]));
+    assert_passes(&replica(&[
+        "check",
+        "--model",
+        "activation_gelu",
+        "--reference",
+        tanh.to_str().unwrap(),
+    ]));
 }
 
 #[test]
 fn a_suite_case_on_another_component_needs_any_component() {
     let dir = tempfile::tempdir().unwrap();
     let gelu = fixture("blocks/act_gelu");
-    let case = format!("[[case]]\ncomponent = \"activation_relu\"\nreference = {:?}\n", gelu.to_str().unwrap());
+    let case = format!(
+        "[[case]]\ncomponent = \"activation_relu\"\nreference = {:?}\n",
+        gelu.to_str().unwrap()
+    );
     let suite = dir.path().join("suite.toml");
     std::fs::write(&suite, &case).unwrap();
     let output = replica(&["check", suite.to_str().unwrap()]);

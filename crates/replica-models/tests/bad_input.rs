@@ -288,7 +288,10 @@ fn bundle_params_load_like_a_checkpoint() {
 #[test]
 fn config_fields_the_model_does_not_implement_are_refused() {
     let config = with(&config_of("models/gpt2"), "reorder_and_upcast_attn", json!(true));
-    assert_contains(&message(Gpt2Config::from_value(&config, "x")), &["reorder_and_upcast_attn"]);
+    assert_contains(
+        &message(Gpt2Config::from_value(&config, "x")),
+        &["reorder_and_upcast_attn"],
+    );
     let config = with(&config_of("models/llama"), "sliding_window", json!(4));
     assert_contains(
         &message(LlamaConfig::from_value(&config, "llama/config.json")),
