@@ -6,7 +6,9 @@
 
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
+use replica_blocks::cases::attention::MultiheadArgs;
 use replica_check::{compare_trace, trace, Bundle, Namespace, Parity, Report, Result, Tolerance, WeightMap};
+use serde::Deserialize;
 
 use replica_check::Case;
 
@@ -53,14 +55,14 @@ pub fn cases() -> Vec<Case> {
             reference: "torch.nn.GELU",
             paper: None,
             fixture: "gelu_erf",
-            run: gelu_erf,
+            run: gelu,
         },
         Case {
             name: "gelu_tanh",
             reference: "torch.nn.GELU(approximate='tanh')",
             paper: None,
             fixture: "gelu_tanh",
-            run: gelu_tanh,
+            run: gelu,
         },
         Case {
             name: "multihead_attention",
@@ -79,17 +81,98 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// That a config's size is the one the weights have (the case takes its sizes from them).
+fn same_size(bundle: &Bundle, field: &str, config: usize, weights: usize, what: &str) -> Result<()> {
+    if config != weights {
+        return Err(bundle.config_error(field, format!("{what} is {weights}, got {config}")));
+    }
+    Ok(())
+}
+
+/// `torch.nn.Linear(in_features, out_features, bias)`.
 fn linear(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Args {
+        in_features: usize,
+        out_features: usize,
+        #[serde(default = "yes")]
+        bias: bool,
+    }
+    let args: Args = bundle.config()?;
     let mut run = Parity::new(bundle)?;
-    let layer = Linear::new(run.param("weight")?, Some(run.param("bias")?));
+    let weight = run.param("weight")?;
+    let (out_features, in_features) = weight.dims2()?;
+    same_size(
+        bundle,
+        "in_features",
+        args.in_features,
+        in_features,
+        "the weight's input width",
+    )?;
+    same_size(
+        bundle,
+        "out_features",
+        args.out_features,
+        out_features,
+        "the weight's output width",
+    )?;
+    let bias = if args.bias { Some(run.param("bias")?) } else { None };
+    let layer = Linear::new(weight, bias);
     let y = layer.forward(&run.input("0")?)?;
     run.check_outputs(&[("0", &y)]);
     run.check_backward(&[("0", &y)])?;
     Ok(run.finish())
 }
 
-fn layer_norm_eps(bundle: &Bundle) -> f64 {
-    bundle.metadata().config["eps"].as_f64().unwrap_or(1e-5)
+/// `torch.nn.LayerNorm(normalized_shape, eps, elementwise_affine, bias)` over the last dimension.
+#[derive(Deserialize)]
+struct LayerNormArgs {
+    normalized_shape: NormalizedShape,
+    #[serde(default = "default_eps")]
+    eps: f64,
+    #[serde(default = "yes")]
+    elementwise_affine: bool,
+    #[serde(default = "yes")]
+    bias: bool,
+}
+
+/// Torch takes an int or a list of ints.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NormalizedShape {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+/// The epsilon, after refusing what the case does not compute: a norm over more than
+/// the last dimension, or one without its weight and bias.
+fn layer_norm_eps(bundle: &Bundle, x: &Tensor) -> Result<f64> {
+    let args: LayerNormArgs = bundle.config()?;
+    let shape = match args.normalized_shape {
+        NormalizedShape::One(n) => vec![n],
+        NormalizedShape::Many(dims) => dims,
+    };
+    let last = x.dim(D::Minus1)?;
+    if shape != [last] {
+        return Err(bundle.config_error(
+            "normalized_shape",
+            format!("this case normalises the last dimension: expected [{last}], got {shape:?}"),
+        ));
+    }
+    for (field, set) in [("elementwise_affine", args.elementwise_affine), ("bias", args.bias)] {
+        if !set {
+            return Err(bundle.config_error(field, "this case applies a weight and a bias: expected true, got false"));
+        }
+    }
+    Ok(args.eps)
 }
 
 /// LayerNorm from differentiable ops: (x - mean) / sqrt(var + eps) * weight + bias,
@@ -104,7 +187,7 @@ fn composed_layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> 
 fn layer_norm(bundle: &Bundle) -> Result<Report> {
     let mut run = Parity::new(bundle)?;
     let (x, w, b) = (run.input("0")?, run.param("weight")?, run.param("bias")?);
-    let eps = layer_norm_eps(bundle);
+    let eps = layer_norm_eps(bundle, &x)?;
     let fused = candle_nn::ops::layer_norm(&x, &w, &b, eps as f32)?;
     run.check_outputs_of("fused candle_nn::ops::layer_norm", &[("0", &fused)]);
     let composed = composed_layer_norm(&x, &w, &b, eps)?;
@@ -118,14 +201,31 @@ fn layer_norm(bundle: &Bundle) -> Result<Report> {
 fn layer_norm_forward(bundle: &Bundle) -> Result<Report> {
     let mut run = Parity::new(bundle)?;
     let (x, w, b) = (run.input("0")?, run.param("weight")?, run.param("bias")?);
-    let y = candle_nn::ops::layer_norm(&x, &w, &b, layer_norm_eps(bundle) as f32)?;
+    let y = candle_nn::ops::layer_norm(&x, &w, &b, layer_norm_eps(bundle, &x)? as f32)?;
     run.check_outputs(&[("0", &y)]);
     Ok(run.finish())
 }
 
+/// `torch.nn.Softmax(dim)`; candle's fused op is over the last dimension, which the case checks.
 fn softmax(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Args {
+        dim: i64,
+    }
+    let args: Args = bundle.config()?;
     let mut run = Parity::new(bundle)?;
     let x = run.input("0")?;
+    let rank = x.rank() as i64;
+    if args.dim != -1 && args.dim != rank - 1 {
+        return Err(bundle.config_error(
+            "dim",
+            format!(
+                "this case checks softmax over the last dimension: expected -1 or {}, got {}",
+                rank - 1,
+                args.dim
+            ),
+        ));
+    }
     let fused = candle_nn::ops::softmax_last_dim(&x)?;
     run.check_outputs_of("fused candle_nn::ops::softmax_last_dim", &[("0", &fused)]);
     let composed = candle_nn::ops::softmax(&x, D::Minus1)?;
@@ -134,7 +234,24 @@ fn softmax(bundle: &Bundle) -> Result<Report> {
     Ok(run.finish())
 }
 
-fn unary(bundle: &Bundle, op: fn(&Tensor) -> candle_core::Result<Tensor>) -> Result<Report> {
+/// `torch.nn.GELU(approximate)`: candle's `gelu_erf` for `"none"`, `gelu` (tanh) for `"tanh"`.
+fn gelu(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Args {
+        #[serde(default = "exact")]
+        approximate: String,
+    }
+    fn exact() -> String {
+        "none".into()
+    }
+    let args: Args = bundle.config()?;
+    let op = match args.approximate.as_str() {
+        "none" => Tensor::gelu_erf,
+        "tanh" => Tensor::gelu,
+        other => {
+            return Err(bundle.config_error("approximate", format!("expected \"none\" or \"tanh\", got {other:?}")))
+        }
+    };
     let mut run = Parity::new(bundle)?;
     let y = op(&run.input("0")?)?;
     run.check_outputs(&[("0", &y)]);
@@ -142,20 +259,49 @@ fn unary(bundle: &Bundle, op: fn(&Tensor) -> candle_core::Result<Tensor>) -> Res
     Ok(run.finish())
 }
 
-fn gelu_erf(bundle: &Bundle) -> Result<Report> {
-    unary(bundle, Tensor::gelu_erf)
-}
-
-fn gelu_tanh(bundle: &Bundle) -> Result<Report> {
-    unary(bundle, Tensor::gelu)
-}
-
 /// `nn.MultiheadAttention` (batch first, self-attention) from candle ops. The
 /// fused `in_proj_weight` is split into Q, K and V by a weight map, and the
 /// weights are built through the strict loader so a naming slip is reported.
 fn multihead_attention(bundle: &Bundle) -> Result<Report> {
+    /// The call: `attn(x, x, x, need_weights, average_attn_weights)`.
+    #[derive(Deserialize)]
+    struct Call {
+        query_key_value: String,
+        #[serde(default = "yes")]
+        need_weights: bool,
+        #[serde(default = "yes")]
+        average_attn_weights: bool,
+    }
+    let (module, call): (MultiheadArgs, Call) = bundle.config_parts(&[])?;
+    module.check(bundle)?;
+    if module.kdim.is_some_and(|kdim| kdim != module.embed_dim) {
+        return Err(bundle.config_error("kdim", "this case is self-attention: kdim must be null or embed_dim"));
+    }
+    if !module.bias {
+        return Err(bundle.config_error("bias", "the projections have biases: expected true, got false"));
+    }
+    if call.query_key_value != "same input" {
+        return Err(bundle.config_error(
+            "query_key_value",
+            format!(
+                "this case is self-attention: expected \"same input\", got {:?}",
+                call.query_key_value
+            ),
+        ));
+    }
+    if !call.need_weights || call.average_attn_weights {
+        let field = if call.need_weights {
+            "average_attn_weights"
+        } else {
+            "need_weights"
+        };
+        return Err(bundle.config_error(
+            field,
+            "the case checks the per-head weights (need_weights true, average_attn_weights false)",
+        ));
+    }
     let mut run = Parity::new(bundle)?;
-    let heads = bundle.metadata().config["num_heads"].as_u64().unwrap_or(1) as usize;
+    let heads = module.num_heads;
     let map = WeightMap::new()
         .rename(r"^attn\.", "")
         .split(r"^in_proj_(weight|bias)$", 0, &["q.$1", "k.$1", "v.$1"]);
@@ -163,6 +309,13 @@ fn multihead_attention(bundle: &Bundle) -> Result<Report> {
     let attention = weights.build(DType::F32, &candle_core::Device::Cpu, |vb| {
         SelfAttention::new(vb, heads)
     })?;
+    same_size(bundle, "embed_dim", module.embed_dim, attention.dim, "out_proj's width")?;
+    if heads == 0 || module.embed_dim % heads != 0 {
+        return Err(bundle.config_error(
+            "num_heads",
+            format!("must divide embed_dim {}, got {heads}", module.embed_dim),
+        ));
+    }
     let (out, probs) = attention.forward(&run.input("0")?)?;
     run.check_outputs(&[("0", &out), ("1", &probs)]);
     run.check_backward(&[("0", &out), ("1", &probs)])?;
@@ -175,6 +328,7 @@ struct SelfAttention {
     v: Linear,
     out: Linear,
     heads: usize,
+    dim: usize,
 }
 
 impl SelfAttention {
@@ -187,6 +341,7 @@ impl SelfAttention {
             v: projection("v")?,
             out: projection("out_proj")?,
             heads,
+            dim,
         })
     }
 
@@ -212,9 +367,32 @@ impl SelfAttention {
 /// Linear -> GELU -> Linear, each step tapped under its `nn.Sequential` index,
 /// so the trace lines up with the reference's forward hooks.
 fn two_layer_mlp(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Args {
+        activation: String,
+        sizes: Vec<usize>,
+    }
+    let args: Args = bundle.config()?;
+    if args.activation != "gelu" {
+        return Err(bundle.config_error(
+            "activation",
+            format!(
+                "the case applies exact GELU: expected \"gelu\", got {:?}",
+                args.activation
+            ),
+        ));
+    }
     let mut run = Parity::new(bundle)?;
-    let fc1 = Linear::new(run.param("0.weight")?, Some(run.param("0.bias")?));
-    let fc2 = Linear::new(run.param("2.weight")?, Some(run.param("2.bias")?));
+    let (w1, w2) = (run.param("0.weight")?, run.param("2.weight")?);
+    let sizes = vec![w1.dim(1)?, w1.dim(0)?, w2.dim(0)?];
+    if args.sizes != sizes {
+        return Err(bundle.config_error(
+            "sizes",
+            format!("the weights' widths are {sizes:?}, got {:?}", args.sizes),
+        ));
+    }
+    let fc1 = Linear::new(w1, Some(run.param("0.bias")?));
+    let fc2 = Linear::new(w2, Some(run.param("2.bias")?));
     let x = run.input("0")?;
     let (y, recorded) = trace::record(|| -> candle_core::Result<Tensor> {
         let h = fc1.forward(&x)?;

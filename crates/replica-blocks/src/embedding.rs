@@ -5,19 +5,35 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-/// `torch.nn.Embedding(num_embeddings, embedding_dim)`.
+/// `torch.nn.Embedding(num_embeddings, embedding_dim, padding_idx)`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmbeddingConfig {
     #[serde(alias = "vocab_size", alias = "num_embeddings")]
     pub vocab: usize,
     #[serde(alias = "hidden_size", alias = "n_embd", alias = "embedding_dim")]
     pub dim: usize,
+    /// Torch's `padding_idx`: that row's output is as any other's, but no gradient
+    /// flows to it.
+    #[serde(default)]
+    pub padding_idx: Option<usize>,
+}
+
+impl EmbeddingConfig {
+    /// A table of `vocab` rows of `dim` features, without a padding row.
+    pub fn new(vocab: usize, dim: usize) -> Self {
+        Self {
+            vocab,
+            dim,
+            padding_idx: None,
+        }
+    }
 }
 
 /// Maps integer ids of any shape to vectors: `[...] -> [..., dim]`.
 #[derive(Clone, Debug)]
 pub struct Embedding {
     weight: Tensor,
+    padding_idx: Option<usize>,
     path: String,
 }
 
@@ -25,8 +41,16 @@ impl Embedding {
     pub fn new(config: &EmbeddingConfig, vb: VarBuilder) -> Result<Self> {
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 };
         let weight = vb.get_with_hints((config.vocab, config.dim), "weight", init)?;
+        if let Some(pad) = config.padding_idx.filter(|&pad| pad >= config.vocab) {
+            candle_core::bail!(
+                "embedding `{}`: padding_idx {pad} is out of range for a table of {} rows",
+                vb.prefix(),
+                config.vocab
+            )
+        }
         Ok(Self {
             weight,
+            padding_idx: config.padding_idx,
             path: vb.prefix(),
         })
     }
@@ -34,6 +58,7 @@ impl Embedding {
     pub fn from_weight(weight: Tensor, path: impl Into<String>) -> Self {
         Self {
             weight,
+            padding_idx: None,
             path: path.into(),
         }
     }
@@ -61,7 +86,14 @@ impl Embedding {
         }
         let mut shape = ids.dims().to_vec();
         shape.push(self.weight.dim(1)?);
-        let y = self.weight.index_select(&ids.flatten_all()?, 0)?.reshape(shape)?;
+        let flat = ids.flatten_all()?;
+        let mut y = self.weight.index_select(&flat, 0)?;
+        if let Some(pad) = self.padding_idx {
+            // The same values, with the padding rows' gradient cut: y * keep + detached y * (1 - keep).
+            let keep = flat.ne(pad as f64)?.to_dtype(y.dtype())?.unsqueeze(1)?;
+            y = (y.broadcast_mul(&keep)? + y.detach().broadcast_mul(&keep.affine(-1.0, 1.0)?)?)?;
+        }
+        let y = y.reshape(shape)?;
         replica_check::tap(&self.path, &y);
         Ok(y)
     }

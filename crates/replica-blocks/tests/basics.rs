@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use replica_blocks::cases::basics::{cases, check_block, config_of};
+use replica_blocks::cases::basics::{cases, check_block};
 use replica_blocks::cases::fixtures_dir;
 use replica_blocks::class_token::{ClassToken, ClassTokenConfig};
 use replica_blocks::drop_path::{DropPath, DropPathConfig};
@@ -16,7 +16,7 @@ use replica_blocks::glu::{GluMlp, GluMlpConfig, GluMlpNames, GluProjections};
 use replica_blocks::layer_scale::{LayerScale, LayerScaleConfig};
 use replica_blocks::mlp::{Mlp, MlpConfig, MlpNames};
 use replica_blocks::patch_embed::{PatchEmbed, PatchEmbedConfig, PatchEmbedNames, Size2};
-use replica_blocks::Activation;
+use replica_blocks::{Activation, Embedding, EmbeddingConfig};
 use replica_check::{
     compare_trace, summary_table, trace, Bundle, Error, Namespace, Parity, Tolerance, TraceReport, WeightMap,
 };
@@ -168,7 +168,7 @@ fn tanh_gelu_in_an_erf_mlp_diverges_first_at_act() {
     let bundle = fixture("mlp");
     let config = MlpConfig {
         activation: Activation::GeluTanh,
-        ..config_of(&bundle).unwrap()
+        ..bundle.config().unwrap()
     };
     let traced = trace_of(&bundle, |vb| Mlp::new(&config, vb), Mlp::forward);
     assert_eq!(traced.first_divergence.as_deref(), Some("act"), "{traced}");
@@ -197,7 +197,7 @@ fn gpt2_conv1d_weights_must_be_transposed() {
     let bundle = fixture("mlp_gpt2");
     let config = MlpConfig {
         names: MlpNames::gpt2(),
-        ..config_of(&bundle).unwrap()
+        ..bundle.config().unwrap()
     };
     let err = check_block(&bundle, WeightMap::new(), |vb| Mlp::new(&config, vb), Mlp::forward).unwrap_err();
     let Error::Load(report) = &err else { panic!("{err}") };
@@ -208,7 +208,7 @@ fn gpt2_conv1d_weights_must_be_transposed() {
 #[test]
 fn timm_names_on_a_gpt2_checkpoint_are_reported_together() {
     let bundle = fixture("mlp_gpt2");
-    let config: MlpConfig = config_of(&bundle).unwrap();
+    let config: MlpConfig = bundle.config().unwrap();
     let err = check_block(&bundle, WeightMap::new(), |vb| Mlp::new(&config, vb), Mlp::forward).unwrap_err();
     let message = err.to_string();
     for name in [
@@ -230,7 +230,7 @@ fn a_misnamed_or_unrecorded_module_fails_the_trace() {
             act: Some("activation".into()),
             ..MlpNames::gpt2()
         },
-        ..config_of(&bundle).unwrap()
+        ..bundle.config().unwrap()
     };
     let report = check_block(&bundle, map(), |vb| Mlp::new(&config, vb), Mlp::forward).unwrap();
     let failed: Vec<&str> = report.failures().map(|r| r.name.as_str()).collect();
@@ -247,7 +247,7 @@ fn a_misnamed_or_unrecorded_module_fails_the_trace() {
             act: None,
             ..MlpNames::gpt2()
         },
-        ..config_of(&bundle).unwrap()
+        ..bundle.config().unwrap()
     };
     let report = check_block(&bundle, map(), |vb| Mlp::new(&config, vb), Mlp::forward).unwrap();
     let failed: Vec<&str> = report.failures().map(|r| r.name.as_str()).collect();
@@ -610,4 +610,30 @@ fn small_configs_read_reference_fields() {
     assert!(values(block.gamma()).iter().all(|g| *g == 1e-5));
     let token: ClassTokenConfig = serde_json::from_str(r#"{"hidden_size": 8}"#).unwrap();
     assert_eq!(token.dim, 8);
+}
+
+/// Torch's `padding_idx` (HF's `pad_token_id`): the padding row embeds as any other,
+/// and no gradient reaches it.
+#[test]
+fn the_padding_row_gets_no_gradient() {
+    let table = Var::from_tensor(&randn(&[5, 3])).unwrap();
+    let vb = VarBuilder::from_tensors(
+        [("weight".to_string(), table.as_tensor().clone())].into(),
+        DType::F32,
+        &Device::Cpu,
+    );
+    let ids = Tensor::new(&[[1u32, 0, 0, 3]], &Device::Cpu).unwrap();
+    let config = EmbeddingConfig {
+        padding_idx: Some(0),
+        ..EmbeddingConfig::new(5, 3)
+    };
+    let padded = Embedding::new(&config, vb.clone()).unwrap();
+    let plain = Embedding::new(&EmbeddingConfig::new(5, 3), vb).unwrap();
+    let y = padded.forward(&ids).unwrap();
+    assert_eq!(values(&y), values(&plain.forward(&ids).unwrap()));
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    let grad = grads.get(table.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(grad[0], [0.0; 3], "the padding row");
+    assert_eq!(grad[1], [1.0; 3]);
+    assert_eq!(grad[3], [1.0; 3]);
 }

@@ -9,7 +9,6 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use replica_blocks::activation::Activation;
 use replica_blocks::attention::AttentionConfig;
-use replica_blocks::cases::basics::config_of;
 use replica_blocks::cases::composite::{cases, POST_NORM_RUST_ONLY};
 use replica_blocks::cases::fixtures_dir;
 use replica_blocks::diff_attention::{lambda_init, DiffAttention, DiffAttentionConfig};
@@ -219,7 +218,7 @@ fn fixtures_stay_small() {
 #[test]
 fn diff_attention_with_the_wrong_depth_diverges_first_at_subln() {
     let bundle = fixture("diff_attention");
-    let right: DiffAttentionConfig = config_of(&bundle).unwrap();
+    let right: DiffAttentionConfig = bundle.config().unwrap();
     assert_eq!(right.depth, 2);
     let wrong = DiffAttentionConfig { depth: 3, ..right };
     let (_, _, report) = traced(&bundle, |vb| DiffAttention::new(&wrong, vb), |a, x| a.forward(x, None));
@@ -243,7 +242,7 @@ fn diff_attention_with_the_wrong_depth_diverges_first_at_subln() {
 fn swapped_lambda_vectors_are_caught_at_subln_too() {
     // A checkpoint-naming slip: λ_q1 and λ_q2 exchanged flips the sign of λ − λ_init.
     let bundle = fixture("diff_attention");
-    let config: DiffAttentionConfig = config_of(&bundle).unwrap();
+    let config: DiffAttentionConfig = bundle.config().unwrap();
     let run = Parity::new(&bundle).unwrap();
     let map = WeightMap::new()
         .rename("^lambda_q1$", "swap")
@@ -267,7 +266,7 @@ fn lambda_follows_the_paper() {
     assert!(lambda_init(100) < 0.8 && lambda_init(100) > 0.7999);
 
     let bundle = fixture("diff_attention_gqa");
-    let config: DiffAttentionConfig = config_of(&bundle).unwrap();
+    let config: DiffAttentionConfig = bundle.config().unwrap();
     let run = Parity::new(&bundle).unwrap();
     let weights = WeightMap::new().apply(run.params().clone(), bundle.origin()).unwrap();
     let attention = weights

@@ -260,6 +260,8 @@ pub struct Bundle {
     tolerances: ToleranceOverrides,
     /// The rule that decides each tensor's verdict for this run (not stored in the file).
     rule: Rule,
+    /// What reads of the config recorded (`config.rs`).
+    pub(crate) config_state: crate::config::ConfigState,
 }
 
 impl Bundle {
@@ -271,6 +273,7 @@ impl Bundle {
             shadows: BTreeMap::new(),
             tolerances: ToleranceOverrides::default(),
             rule: Rule::default(),
+            config_state: Default::default(),
         }
     }
 
@@ -295,6 +298,7 @@ impl Bundle {
             shadows: BTreeMap::new(),
             tolerances: ToleranceOverrides::default(),
             rule: Rule::default(),
+            config_state: Default::default(),
         };
         for (key, tensor) in file.tensors {
             let (ns, shadow, name) = split_key(&key).map_err(fail)?;

@@ -3,7 +3,8 @@
 //! - [`Tolerance`] and [`compare`]: the `torch.testing.assert_close` rule, with
 //!   statistics that say where and by how much two tensors differ.
 //! - [`Approx`], [`assert_close`] and [`assert_tensor_close!`]: the same in tests.
-//! - [`Bundle`]: reference tensors dumped from PyTorch (`docs/bundle-format.md`).
+//! - [`Bundle`]: reference tensors dumped from PyTorch (`docs/bundle-format.md`),
+//!   and [`Bundle::config`], which reads a component's config strictly ([`config`]).
 //! - [`WeightMap`]: a reference checkpoint's tensors into a candle `VarBuilder`,
 //!   strictly.
 //! - [`trace`] and [`compare_trace`]: per-module activations, and the first module
@@ -15,6 +16,7 @@ mod approx_eq;
 mod assert;
 pub mod bundle;
 mod compare;
+pub mod config;
 mod error;
 mod float_json;
 mod gradients;
@@ -34,6 +36,7 @@ pub use bundle::{
     Bundle, BundleMetadata, BundleOutline, Namespace, Producer, ShadowInfo, FORMAT_VERSION, SHADOW_PREFIX,
 };
 pub use compare::{compare, compare_default, compare_with_shadow, Comparison, Element, Extreme, NonFinite};
+pub use config::{read_config, read_config_parts, ConfigParts, ConfigRead};
 pub use error::{Error, Result};
 pub use noise::{format_multiple, Noise, Rule, NOISE_LIMIT};
 pub use parity::Parity;

@@ -126,7 +126,10 @@ are given. Exit code 0 when the files match, 1 when they differ.";
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// A suite file (TOML) listing the cases to run; see docs/suite-format.md.
-    #[arg(value_name = "SUITE.toml", conflicts_with_all = ["model", "reference", "weights", "config"])]
+    #[arg(
+        value_name = "SUITE.toml",
+        conflicts_with_all = ["model", "reference", "weights", "config", "any_component"]
+    )]
     pub suite: Option<PathBuf>,
 
     /// Run one registered component (see `replica models`).
@@ -142,9 +145,15 @@ pub struct CheckArgs {
     #[arg(long, value_name = "FILE", requires = "model")]
     pub weights: Option<PathBuf>,
 
-    /// A JSON file that replaces the bundle's `config` (a reference `config.json`).
+    /// A JSON file that replaces the bundle's `config` (a reference `config.json`). Every field
+    /// must be one the component reads or HF bookkeeping; any other is refused.
     #[arg(long, value_name = "FILE", requires = "model")]
     pub config: Option<PathBuf>,
+
+    /// Run the component on a --reference bundle whose `component` differs from the one the
+    /// component implements (its fixture's), which is otherwise refused.
+    #[arg(long, requires = "reference")]
+    pub any_component: bool,
 
     /// Record every module's output, print the per-module table and name the first divergent module.
     #[arg(long)]

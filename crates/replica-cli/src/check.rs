@@ -44,6 +44,8 @@ pub struct Job {
     pub tolerances: ToleranceOverrides,
     /// Where the case was declared (`suite.toml:12`), for errors; empty on the command line.
     pub origin: String,
+    /// Run on a bundle whose `component` is not the one the component implements.
+    pub any_component: bool,
 }
 
 impl Job {
@@ -62,6 +64,7 @@ impl Job {
             config: None,
             tolerances: ToleranceOverrides::default(),
             origin: String::new(),
+            any_component: false,
         })
     }
 
@@ -80,9 +83,11 @@ impl Job {
 
     fn try_prepare(&self, device: &Device, extra: &ToleranceOverrides) -> Result<Bundle, CliError> {
         let mut bundle = Bundle::load(&self.reference, device)?;
+        self.check_component(&bundle)?;
         match &self.config {
-            Some(ConfigSource::File(path)) => bundle = bundle.with_config(read_json(path)?),
-            Some(ConfigSource::Inline(value)) => bundle = bundle.with_config(value.clone()),
+            Some(ConfigSource::File(path)) => bundle = bundle.with_config_file(read_json(path)?, path),
+            // Config errors then name the suite file and line.
+            Some(ConfigSource::Inline(value)) => bundle = bundle.with_config_file(value.clone(), &self.origin),
             None => {}
         }
         if let Some(weights) = &self.weights {
@@ -92,6 +97,34 @@ impl Job {
                 .map_err(|err| self.misfit(err))?;
         }
         Ok(bundle.with_tolerances(self.tolerances.clone().then(extra)))
+    }
+
+    /// Refuses a bundle made from another component than this one implements (a ReLU
+    /// case on a GELU bundle would read the GELU config and pass), unless told otherwise.
+    fn check_component(&self, bundle: &Bundle) -> Result<(), CliError> {
+        if self.any_component || self.component.fixture.as_ref() == Some(&self.reference) {
+            return Ok(());
+        }
+        let Some(expected) = self.component.implements()? else {
+            return Ok(());
+        };
+        let actual = &bundle.metadata().component;
+        if *actual == expected {
+            return Ok(());
+        }
+        let flag = if self.origin.is_empty() {
+            "--any-component"
+        } else {
+            "`any_component = true` on the case"
+        };
+        Err(CliError::file(
+            &self.reference,
+            format!(
+                "the bundle's component is `{actual}`, but `{}` implements `{expected}` (its fixture's); \
+                 {flag} runs it anyway",
+                self.component.name
+            ),
+        ))
     }
 
     /// Weights that do not fit: a headline naming the files, then the first problems.
@@ -152,6 +185,10 @@ pub struct Outcome {
     pub trace: Option<TraceReport>,
     /// How many activations the reference holds (to explain an empty trace).
     pub reference_activations: usize,
+    /// Config fields the component left unused (bookkeeping, or not its part of the config).
+    pub unused_config: Vec<String>,
+    /// Whether the text report lists them (the user gave the config, or ran one case).
+    pub show_unused_config: bool,
     pub seconds: f64,
 }
 
@@ -301,6 +338,7 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<Status, CliError> {
             map: WeightMap::new(),
         });
         job.config = args.config.clone().map(ConfigSource::File);
+        job.any_component = args.any_component;
         (format!("{name} against {}", job.reference.display()), vec![job])
     } else {
         let jobs = registry
@@ -330,7 +368,8 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<Status, CliError> {
         .zip(&bundles)
         .map(|(job, bundle)| {
             progress.start(&job.label);
-            let outcome = execute(job, bundle, &device, args.trace);
+            let mut outcome = execute(job, bundle, &device, args.trace);
+            outcome.show_unused_config = job.config.is_some() || jobs.len() == 1;
             progress.done();
             outcome
         })
@@ -389,6 +428,8 @@ fn execute(job: &Job, bundle: &Bundle, device: &Device, traced: bool) -> Outcome
         result,
         trace,
         reference_activations: bundle.metadata().activations.len(),
+        unused_config: bundle.unused_config_fields(),
+        show_unused_config: false,
         seconds: started.elapsed().as_secs_f64(),
     }
 }
@@ -536,6 +577,14 @@ fn render_text(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> S
             out.push_str(&trace_text(outcome, trace));
         }
     }
+    for outcome in outcomes
+        .iter()
+        .filter(|o| o.show_unused_config && !o.unused_config.is_empty())
+    {
+        out.push('\n');
+        out.push_str(&paint(DIM, &unused_config_note(outcome)));
+        out.push('\n');
+    }
     let all_pass = outcomes.iter().all(|o| o.verdict() == Verdict::Pass);
     out.push('\n');
     out.push_str(&paint(if all_pass { GOOD } else { BAD }, &tally(outcomes)));
@@ -565,6 +614,15 @@ fn report_text(outcome: &Outcome, report: &Report) -> String {
         ));
     }
     out
+}
+
+/// The config fields a case did not use, which changed nothing it computed.
+fn unused_config_note(outcome: &Outcome) -> String {
+    format!(
+        "Config fields unused by `{}` (bookkeeping, or not its part of the config): {}",
+        outcome.label,
+        outcome.unused_config.join(", ")
+    )
 }
 
 fn trace_text(outcome: &Outcome, trace: &TraceReport) -> String {
@@ -695,6 +753,7 @@ fn to_json(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> Value
                 "max_noise_multiple": json_number(o.worst_multiple()),
                 "seconds": o.seconds,
                 "error": o.result.as_ref().err(),
+                "unused_config": o.unused_config,
                 "report": o.result.as_ref().ok(),
                 "trace": o.trace,
             })

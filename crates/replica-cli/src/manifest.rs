@@ -45,6 +45,9 @@ struct CaseToml {
     weight_map: Option<WeightMapToml>,
     /// A JSON file path, or an inline table, replacing the bundle's `config`.
     config: Option<Spanned<toml::Value>>,
+    /// Run on a bundle whose `component` is not the one the component implements.
+    #[serde(default)]
+    any_component: bool,
     tolerance: Option<ToleranceToml>,
 }
 
@@ -220,6 +223,7 @@ pub fn parse(source: &str, path: &Path, registry: &Registry) -> Result<Suite, Cl
             config,
             tolerances,
             origin: format!("{}:{line}", path.display()),
+            any_component: case.any_component,
         });
     }
     let title = parsed.name.unwrap_or_else(|| path.display().to_string());

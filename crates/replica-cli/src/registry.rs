@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use replica::suite::Case;
-use replica_check::{Bundle, Report};
+use replica_check::{open_safetensors, Bundle, BundleOutline, Report};
 
 /// What runs a component on a bundle.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +54,15 @@ impl Component {
         };
         report.title = title.to_string();
         Ok(report)
+    }
+
+    /// The `component` its committed fixture records: what it implements, and so
+    /// what a bundle it runs on must record (`None` without a fixture).
+    pub fn implements(&self) -> replica_check::Result<Option<String>> {
+        let Some(fixture) = &self.fixture else {
+            return Ok(None);
+        };
+        Ok(Some(BundleOutline::of(&open_safetensors(fixture)?)?.metadata.component))
     }
 
     /// The paper's title from the paper registry, when the id is known there.

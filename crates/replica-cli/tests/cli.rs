@@ -714,15 +714,24 @@ fn a_gpu_needs_the_cuda_build() {
 
 #[test]
 fn a_component_that_cannot_run_on_its_bundle_is_an_input_error() {
-    // The linear case on a LayerNorm bundle: a 1-D weight where a matrix is needed.
+    // The linear case on a LayerNorm bundle (forced past the component check): the
+    // LayerNorm config's fields are not the Linear's.
     let out = replica(&[
         "check",
         "--model",
         "linear",
         "--reference",
         "tests/fixtures/layer_norm.safetensors",
+        "--any-component",
     ]);
-    assert_input_error(&out, &["case `linear` could not run", "layer_norm.safetensors", "rank"]);
+    assert_input_error(
+        &out,
+        &[
+            "case `linear` could not run",
+            "layer_norm.safetensors",
+            "config: missing field `in_features`",
+        ],
+    );
     let text = stdout(&out);
     assert!(
         text.lines().any(|l| l.starts_with("linear ") && l.ends_with("ERROR")),

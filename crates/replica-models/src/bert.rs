@@ -78,11 +78,28 @@ pub struct BertConfig {
     pub position_embedding_type: String,
     #[serde(default)]
     pub is_decoder: bool,
+    /// The word embedding's padding row (no gradient flows to it); HF's default is 0.
+    #[serde(default = "pad_zero")]
+    pub pad_token_id: Option<usize>,
     /// Not a `config.json` field: HF's `BertModel(add_pooling_layer=...)`.
     #[serde(default = "yes")]
     pub add_pooling_layer: bool,
     #[serde(default)]
     pub model_type: Option<String>,
+}
+
+fn pad_zero() -> Option<usize> {
+    Some(0)
+}
+
+impl crate::config::ModelConfig for BertConfig {
+    /// What `BertModel` has no use for: the classification heads' dropout and the
+    /// tying of an LM head it does not have.
+    const NOT_USED: &'static [&'static str] = &["classifier_dropout", "tie_word_embeddings"];
+
+    fn check(&self) -> std::result::Result<(), String> {
+        self.validate()
+    }
 }
 
 impl BertConfig {
@@ -192,12 +209,13 @@ struct BertEmbeddings {
 
 impl BertEmbeddings {
     fn new(config: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        let table = |vocab| EmbeddingConfig {
-            vocab,
-            dim: config.hidden_size,
+        let table = |vocab| EmbeddingConfig::new(vocab, config.hidden_size);
+        let words = EmbeddingConfig {
+            padding_idx: config.pad_token_id,
+            ..table(config.vocab_size)
         };
         Ok(Self {
-            word_embeddings: Embedding::new(&table(config.vocab_size), vb.pp("word_embeddings"))?,
+            word_embeddings: Embedding::new(&words, vb.pp("word_embeddings"))?,
             position_embeddings: LearnedPositionEmbedding::new(
                 &LearnedPositionConfig::new(config.max_position_embeddings, config.hidden_size),
                 vb.pp("position_embeddings"),

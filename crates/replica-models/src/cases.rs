@@ -20,6 +20,7 @@ use replica_blocks::cases::basics::dtype_of;
 use replica_check::{Bundle, Case, Namespace, Parity, Report, Tolerance, TraceReport};
 
 use crate::bert::{Bert, BertConfig};
+use crate::config::bundle_config;
 use crate::divergence;
 use crate::generation::{generate_greedy, CausalLm, GenerateOptions};
 use crate::gpt2::{Gpt2, Gpt2Config};
@@ -169,7 +170,7 @@ fn check_gradients(
 /// every parameter (the tied `lm_head.weight` against the token embedding's).
 pub fn gpt2_parity(bundle: &Bundle) -> Result<ModelParity> {
     let mut run = Parity::new(bundle)?;
-    let config = Gpt2Config::from_value(&bundle.metadata().config, bundle.origin())?;
+    let config: Gpt2Config = bundle_config(bundle)?;
     let device = device_of(&run);
     let model = Gpt2::from_tensors(
         &config,
@@ -198,7 +199,7 @@ pub fn gpt2_parity(bundle: &Bundle) -> Result<ModelParity> {
 /// HF `LlamaForCausalLM` with grouped-query attention: logits and every block's activation.
 pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
     let mut run = Parity::new(bundle)?;
-    let config = LlamaConfig::from_value(&bundle.metadata().config, bundle.origin())?;
+    let config: LlamaConfig = bundle_config(bundle)?;
     let device = device_of(&run);
     let model = Llama::from_tensors(
         &config,
@@ -219,7 +220,7 @@ pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
 /// timm `VisionTransformer`: classification logits and every block's activation.
 pub fn vit_parity(bundle: &Bundle) -> Result<ModelParity> {
     let mut run = Parity::new(bundle)?;
-    let config = VitConfig::from_value(&bundle.metadata().config, bundle.origin())?;
+    let config: VitConfig = bundle_config(bundle)?;
     let device = device_of(&run);
     let model = Vit::from_tensors(
         &config,
@@ -241,7 +242,7 @@ pub fn vit_parity(bundle: &Bundle) -> Result<ModelParity> {
 /// states, the pooler output and every block's activation.
 pub fn bert_parity(bundle: &Bundle) -> Result<ModelParity> {
     let mut run = Parity::new(bundle)?;
-    let config = BertConfig::from_value(&bundle.metadata().config, bundle.origin())?;
+    let config: BertConfig = bundle_config(bundle)?;
     let device = device_of(&run);
     let model = Bert::from_tensors(
         &config,
@@ -301,7 +302,7 @@ fn check_generation(bundle: &Bundle, model: &impl CausalLm) -> Result<Report> {
 
 /// GPT-2: 20 greedy tokens, identical to HF's, with and without the cache.
 pub fn gpt2_generate(bundle: &Bundle) -> Result<Report> {
-    let config = Gpt2Config::from_value(&bundle.metadata().config, bundle.origin())?;
+    let config: Gpt2Config = bundle_config(bundle)?;
     let params = bundle.namespace(Namespace::Param);
     let device = params.values().next().map_or(Device::Cpu, |t| t.device().clone());
     let model = Gpt2::from_tensors(&config, params, bundle.origin(), dtype_of(bundle)?, &device)?;
@@ -310,7 +311,7 @@ pub fn gpt2_generate(bundle: &Bundle) -> Result<Report> {
 
 /// LLaMA (GQA, RoPE): 20 greedy tokens, identical to HF's, with and without the cache.
 pub fn llama_generate(bundle: &Bundle) -> Result<Report> {
-    let config = LlamaConfig::from_value(&bundle.metadata().config, bundle.origin())?;
+    let config: LlamaConfig = bundle_config(bundle)?;
     let params = bundle.namespace(Namespace::Param);
     let device = params.values().next().map_or(Device::Cpu, |t| t.device().clone());
     let model = Llama::from_tensors(&config, params, bundle.origin(), dtype_of(bundle)?, &device)?;

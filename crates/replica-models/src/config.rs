@@ -2,24 +2,46 @@
 
 use std::path::Path;
 
+use replica_check::Bundle;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{Error, Result};
 
-/// Reads a `config.json` as a model's config type; a missing or mistyped field is
-/// an error that names the file and the field.
-pub fn read_config<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
+/// A model's config type, read strictly (`replica_check::config`): a field it does
+/// not read is refused unless it is HF bookkeeping or in [`ModelConfig::NOT_USED`].
+pub trait ModelConfig: DeserializeOwned {
+    /// Fields of the reference's `config.json` that this model has no use for
+    /// (another model class's head, a legacy duplicate), beyond the bookkeeping.
+    const NOT_USED: &'static [&'static str];
+
+    /// Refuses settings that contradict each other or that the model does not implement.
+    fn check(&self) -> std::result::Result<(), String>;
+}
+
+/// A bundle's config as the model's config type, checked; the fields left unused
+/// are recorded on the bundle ([`Bundle::unused_config_fields`]).
+pub fn bundle_config<T: ModelConfig>(bundle: &Bundle) -> Result<T> {
+    let (config,) = bundle.config_parts::<(T,)>(T::NOT_USED)?;
+    config.check().map_err(|m| Error::config(bundle.config_origin(), m))?;
+    Ok(config)
+}
+
+/// Reads a `config.json` as a model's config type; a missing, mistyped or unread
+/// field is an error that names the file and the field.
+pub fn read_config<T: ModelConfig>(path: impl AsRef<Path>) -> Result<T> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|err| Error::config(path, format!("cannot read: {err}")))?;
     let value: Value = serde_json::from_str(&text).map_err(|err| Error::config(path, format!("not JSON: {err}")))?;
     parse_config(&value, path)
 }
 
-/// Reads a JSON value (a `config.json`'s contents) as a model's config type;
-/// `origin` names it in errors.
-pub fn parse_config<T: DeserializeOwned>(value: &Value, origin: impl AsRef<Path>) -> Result<T> {
-    T::deserialize(value).map_err(|err| Error::config(origin, format!("config: {err}")))
+/// Reads a JSON value (a `config.json`'s contents) as a model's config type, as
+/// strictly as [`read_config`]; `origin` names it in errors.
+pub fn parse_config<T: ModelConfig>(value: &Value, origin: impl AsRef<Path>) -> Result<T> {
+    replica_check::read_config::<T>(value, T::NOT_USED)
+        .map(|read| read.config)
+        .map_err(|message| Error::config(origin, message))
 }
 
 /// `base` with the fields of `overrides` (a JSON object) put over it, as timm's

@@ -77,8 +77,30 @@ pub struct Gpt2Config {
     pub scale_attn_by_inverse_layer_idx: bool,
     #[serde(default)]
     pub add_cross_attention: bool,
+    /// Attention in f32 with the scale applied before the product; only `false` is implemented.
+    #[serde(default)]
+    pub reorder_and_upcast_attn: bool,
     #[serde(default)]
     pub model_type: Option<String>,
+}
+
+impl crate::config::ModelConfig for Gpt2Config {
+    /// `GPT2DoubleHeadsModel`'s sequence-summary head, `n_ctx` (a legacy copy of
+    /// `n_positions` that no modeling code reads) and `pad_token_id` (GPT-2's `wte`
+    /// has no padding row).
+    const NOT_USED: &'static [&'static str] = &[
+        "summary_type",
+        "summary_use_proj",
+        "summary_activation",
+        "summary_proj_to_labels",
+        "summary_first_dropout",
+        "n_ctx",
+        "pad_token_id",
+    ];
+
+    fn check(&self) -> std::result::Result<(), String> {
+        self.validate()
+    }
 }
 
 impl Gpt2Config {
@@ -100,6 +122,7 @@ impl Gpt2Config {
             scale_attn_weights: true,
             scale_attn_by_inverse_layer_idx: false,
             add_cross_attention: false,
+            reorder_and_upcast_attn: false,
             model_type: Some("gpt2".into()),
         }
     }
@@ -146,6 +169,9 @@ impl Gpt2Config {
         ])?;
         if self.scale_attn_by_inverse_layer_idx {
             return Err("scale_attn_by_inverse_layer_idx is not implemented".into());
+        }
+        if self.reorder_and_upcast_attn {
+            return Err("reorder_and_upcast_attn is not implemented".into());
         }
         if self.add_cross_attention {
             return Err("add_cross_attention (GPT-2 as a decoder of an encoder) is not implemented".into());
@@ -228,13 +254,7 @@ impl Gpt2 {
             .validate()
             .map_err(|m| candle_core::Error::Msg(format!("GPT-2 config: {m}")))?;
         let t = vb.pp("transformer");
-        let wte = Embedding::new(
-            &EmbeddingConfig {
-                vocab: config.vocab_size,
-                dim: config.n_embd,
-            },
-            t.pp("wte"),
-        )?;
+        let wte = Embedding::new(&EmbeddingConfig::new(config.vocab_size, config.n_embd), t.pp("wte"))?;
         let wpe = LearnedPositionEmbedding::new(
             &LearnedPositionConfig::new(config.n_positions, config.n_embd),
             t.pp("wpe"),

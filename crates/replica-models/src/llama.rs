@@ -86,12 +86,28 @@ pub struct LlamaConfig {
     pub mlp_bias: bool,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Dropout on the attention probabilities, in training.
+    #[serde(default)]
+    pub attention_dropout: f64,
+    /// The embedding's padding row (no gradient flows to it).
+    #[serde(default)]
+    pub pad_token_id: Option<usize>,
     /// Not a HF field: pair neighbouring features in RoPE (Meta's checkpoints)
     /// instead of HF's halves.
     #[serde(default)]
     pub rope_interleaved: bool,
     #[serde(default)]
     pub model_type: Option<String>,
+}
+
+impl crate::config::ModelConfig for LlamaConfig {
+    /// `pretraining_tp`: transformers v5 ignores it, and v4's sliced projections
+    /// only reorder the same sums.
+    const NOT_USED: &'static [&'static str] = &["pretraining_tp"];
+
+    fn check(&self) -> std::result::Result<(), String> {
+        self.validate()
+    }
 }
 
 impl LlamaConfig {
@@ -190,6 +206,7 @@ impl LlamaConfig {
                 RopeStyle::HalfSplit
             }),
             rope_theta: Some(self.theta()),
+            attention_dropout: self.attention_dropout as f32,
             max_positions: self.max_position_embeddings,
             names: Some(AttentionNames::hf()),
             ..AttentionConfig::new(self.hidden_size, self.num_attention_heads)
@@ -244,8 +261,8 @@ impl Llama {
         let m = vb.pp("model");
         let embed_tokens = Embedding::new(
             &EmbeddingConfig {
-                vocab: config.vocab_size,
-                dim: config.hidden_size,
+                padding_idx: config.pad_token_id,
+                ..EmbeddingConfig::new(config.vocab_size, config.hidden_size)
             },
             m.pp("embed_tokens"),
         )?;

@@ -114,6 +114,14 @@ pub struct VitConfig {
     pub act_layer: Activation,
 }
 
+impl crate::config::ModelConfig for VitConfig {
+    const NOT_USED: &'static [&'static str] = &[];
+
+    fn check(&self) -> std::result::Result<(), String> {
+        self.validate()
+    }
+}
+
 impl Default for VitConfig {
     fn default() -> Self {
         serde_json::from_value(serde_json::json!({})).expect("every field has a default")

@@ -282,3 +282,35 @@ fn bundle_params_load_like_a_checkpoint() {
     let config = Gpt2Config::from_value(&bundle.metadata().config, bundle.origin()).unwrap();
     Gpt2::load(&config, bundle.origin(), DType::F32, &Device::Cpu).unwrap();
 }
+
+/// A model config is read strictly: a field the model does not implement is refused
+/// by name, and a real `config.json`'s bookkeeping is accepted.
+#[test]
+fn config_fields_the_model_does_not_implement_are_refused() {
+    let config = with(&config_of("models/gpt2"), "reorder_and_upcast_attn", json!(true));
+    assert_contains(
+        &message(Gpt2Config::from_value(&config, "x")),
+        &["reorder_and_upcast_attn"],
+    );
+    let config = with(&config_of("models/llama"), "sliding_window", json!(4));
+    assert_contains(
+        &message(LlamaConfig::from_value(&config, "llama/config.json")),
+        &["llama/config.json", "config field `sliding_window` (= 4)"],
+    );
+    let config = with(&config_of("models/bert"), "hidden_size", json!("32"));
+    assert_contains(
+        &message(BertConfig::from_value(&config, "x")),
+        &["config field `hidden_size`: invalid type: string \"32\""],
+    );
+    // sentence-transformers/all-MiniLM-L6-v2's config.json.
+    let minilm = json!({
+        "_name_or_path": "nreimers/MiniLM-L6-H384-uncased", "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.1, "gradient_checkpointing": false, "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1, "hidden_size": 384, "initializer_range": 0.02, "intermediate_size": 1536,
+        "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
+        "num_hidden_layers": 6, "pad_token_id": 0, "position_embedding_type": "absolute",
+        "transformers_version": "4.8.2", "type_vocab_size": 2, "use_cache": true, "vocab_size": 30522
+    });
+    let config = BertConfig::from_value(&minilm, "minilm").unwrap();
+    assert_eq!(config.pad_token_id, Some(0));
+}

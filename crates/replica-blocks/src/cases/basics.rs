@@ -16,7 +16,7 @@ use candle_nn::VarBuilder;
 use replica_check::{
     compare, compare_trace, trace, Bundle, Case, Error, Namespace, Parity, Report, Result, Tolerance, WeightMap,
 };
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::class_token::{ClassToken, ClassTokenConfig};
 use crate::drop_path::{DropPath, DropPathConfig};
@@ -91,12 +91,6 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
-/// The block's configuration, read from the bundle's `config` (the reference's own fields).
-pub fn config_of<T: DeserializeOwned>(bundle: &Bundle) -> Result<T> {
-    serde_json::from_value(bundle.metadata().config.clone())
-        .map_err(|err| Error::file(bundle.origin(), format!("config: {err}")))
-}
-
 /// The dtype the reference ran in (the bundle's `dtype`).
 pub fn dtype_of(bundle: &Bundle) -> Result<DType> {
     match bundle.metadata().dtype.as_str() {
@@ -160,12 +154,12 @@ pub fn check_block<M>(
 }
 
 fn linear(bundle: &Bundle) -> Result<Report> {
-    let config: LinearConfig = config_of(bundle)?;
+    let config: LinearConfig = bundle.config()?;
     check_block(bundle, WeightMap::new(), |vb| Linear::new(&config, vb), Linear::forward)
 }
 
 fn embedding(bundle: &Bundle) -> Result<Report> {
-    let config: EmbeddingConfig = config_of(bundle)?;
+    let config: EmbeddingConfig = bundle.config()?;
     check_block(
         bundle,
         WeightMap::new(),
@@ -175,7 +169,7 @@ fn embedding(bundle: &Bundle) -> Result<Report> {
 }
 
 fn layer_norm(bundle: &Bundle) -> Result<Report> {
-    let config: LayerNormConfig = config_of(bundle)?;
+    let config: LayerNormConfig = bundle.config()?;
     check_block(
         bundle,
         WeightMap::new(),
@@ -185,7 +179,7 @@ fn layer_norm(bundle: &Bundle) -> Result<Report> {
 }
 
 fn rms_norm(bundle: &Bundle) -> Result<Report> {
-    let config: RmsNormConfig = config_of(bundle)?;
+    let config: RmsNormConfig = bundle.config()?;
     check_block(
         bundle,
         WeightMap::new(),
@@ -196,16 +190,16 @@ fn rms_norm(bundle: &Bundle) -> Result<Report> {
 
 /// The bundle's config is `{"hidden_act": <HF name>}`.
 fn activation(bundle: &Bundle) -> Result<Report> {
-    #[derive(serde::Deserialize)]
+    #[derive(Deserialize)]
     struct Config {
         hidden_act: Activation,
     }
-    let config: Config = config_of(bundle)?;
+    let config: Config = bundle.config()?;
     check_block(bundle, WeightMap::new(), |_| Ok(config.hidden_act), Activation::forward)
 }
 
 fn mlp_timm(bundle: &Bundle) -> Result<Report> {
-    let config: MlpConfig = config_of(bundle)?;
+    let config: MlpConfig = bundle.config()?;
     check_block(bundle, WeightMap::new(), |vb| Mlp::new(&config, vb), Mlp::forward)
 }
 
@@ -213,62 +207,84 @@ fn mlp_timm(bundle: &Bundle) -> Result<Report> {
 fn mlp_gpt2(bundle: &Bundle) -> Result<Report> {
     let config = MlpConfig {
         names: MlpNames::gpt2(),
-        ..config_of(bundle)?
+        ..bundle.config()?
     };
     let map = WeightMap::new().transpose(r"^(c_fc|c_proj)\.weight$");
     check_block(bundle, map, |vb| Mlp::new(&config, vb), Mlp::forward)
 }
 
-fn timm_size(bundle: &Bundle, field: &str) -> Result<usize> {
-    bundle.metadata().config[field]
-        .as_u64()
-        .map(|n| n as usize)
-        .ok_or_else(|| Error::file(bundle.origin(), format!("config: `{field}` is not a size")))
+/// timm `SwiGLU` / `GluMlp` arguments.
+#[derive(Deserialize)]
+struct TimmGlu {
+    in_features: usize,
+    hidden_features: usize,
+    #[serde(default)]
+    out_features: Option<usize>,
+    act_layer: Activation,
+    #[serde(default = "yes")]
+    bias: bool,
+    #[serde(default)]
+    drop: f64,
+    /// `GluMlp` only: the second half of `fc1` is the gate (timm's default).
+    #[serde(default)]
+    gate_last: Option<bool>,
 }
 
-fn timm_activation(bundle: &Bundle) -> Result<Activation> {
-    serde_json::from_value(bundle.metadata().config["act_layer"].clone())
-        .map_err(|err| Error::file(bundle.origin(), format!("config: `act_layer`: {err}")))
+fn yes() -> bool {
+    true
+}
+
+impl TimmGlu {
+    fn config(&self, gated_width: usize, names: GluMlpNames) -> GluMlpConfig {
+        GluMlpConfig {
+            bias: self.bias,
+            out_dim: self.out_features,
+            dropout: self.drop,
+            names,
+            ..GluMlpConfig::new(self.in_features, gated_width, self.act_layer)
+        }
+    }
 }
 
 /// timm `SwiGLU(in_features, hidden_features)`: `hidden_features` is each branch's width.
 fn swiglu_timm(bundle: &Bundle) -> Result<Report> {
-    let config = GluMlpConfig {
-        bias: true,
-        names: GluMlpNames::timm_swiglu(),
-        ..GluMlpConfig::new(
-            timm_size(bundle, "in_features")?,
-            timm_size(bundle, "hidden_features")?,
-            timm_activation(bundle)?,
-        )
-    };
+    let args: TimmGlu = bundle.config()?;
+    if args.gate_last.is_some() {
+        return Err(bundle.config_error(
+            "gate_last",
+            "timm `SwiGLU` has separate gate and up projections, so no `gate_last`",
+        ));
+    }
+    let config = args.config(args.hidden_features, GluMlpNames::timm_swiglu());
     check_block(bundle, WeightMap::new(), |vb| GluMlp::new(&config, vb), GluMlp::forward)
 }
 
 /// timm `GluMlp(in_features, hidden_features, act_layer, gate_last)`: `hidden_features`
 /// is the fused `fc1`'s width, twice the gated width.
 fn glu_mlp_timm(bundle: &Bundle) -> Result<Report> {
-    let gate_last = bundle.metadata().config["gate_last"].as_bool().unwrap_or(true);
-    let config = GluMlpConfig {
-        bias: true,
-        names: GluMlpNames::timm_glu_mlp(gate_last),
-        ..GluMlpConfig::new(
-            timm_size(bundle, "in_features")?,
-            timm_size(bundle, "hidden_features")? / 2,
-            timm_activation(bundle)?,
-        )
-    };
+    let args: TimmGlu = bundle.config()?;
+    if args.hidden_features % 2 != 0 {
+        return Err(bundle.config_error(
+            "hidden_features",
+            format!(
+                "`GluMlp` halves the fused width, so it must be even, got {}",
+                args.hidden_features
+            ),
+        ));
+    }
+    let names = GluMlpNames::timm_glu_mlp(args.gate_last.unwrap_or(true));
+    let config = args.config(args.hidden_features / 2, names);
     check_block(bundle, WeightMap::new(), |vb| GluMlp::new(&config, vb), GluMlp::forward)
 }
 
 /// HF `LlamaMLP`, configured straight from the LLaMA config fields.
 fn glu_mlp_llama(bundle: &Bundle) -> Result<Report> {
-    let config: GluMlpConfig = config_of(bundle)?;
+    let config: GluMlpConfig = bundle.config()?;
     check_block(bundle, WeightMap::new(), |vb| GluMlp::new(&config, vb), GluMlp::forward)
 }
 
 fn patch_embed(bundle: &Bundle) -> Result<Report> {
-    let config: PatchEmbedConfig = config_of(bundle)?;
+    let config: PatchEmbedConfig = bundle.config()?;
     check_block(
         bundle,
         WeightMap::new(),
@@ -277,8 +293,37 @@ fn patch_embed(bundle: &Bundle) -> Result<Report> {
     )
 }
 
+/// timm's `_pos_embed` with a class token and no position embedding (`pos_embed: "none"`).
 fn class_token(bundle: &Bundle) -> Result<Report> {
-    let config: ClassTokenConfig = config_of(bundle)?;
+    #[derive(Deserialize)]
+    struct Args {
+        #[serde(alias = "embed_dim", alias = "hidden_size")]
+        dim: usize,
+        #[serde(default = "yes")]
+        class_token: bool,
+        #[serde(default = "no_pos_embed")]
+        pos_embed: String,
+    }
+    fn no_pos_embed() -> String {
+        "none".into()
+    }
+    let args: Args = bundle.config()?;
+    if !args.class_token {
+        return Err(bundle.config_error(
+            "class_token",
+            "this case prepends a class token: expected true, got false",
+        ));
+    }
+    if args.pos_embed != "none" {
+        return Err(bundle.config_error(
+            "pos_embed",
+            format!(
+                "this case adds no position embedding: expected \"none\", got {:?}",
+                args.pos_embed
+            ),
+        ));
+    }
+    let config = ClassTokenConfig { dim: args.dim };
     check_block(
         bundle,
         WeightMap::new(),
@@ -288,7 +333,7 @@ fn class_token(bundle: &Bundle) -> Result<Report> {
 }
 
 fn layer_scale(bundle: &Bundle) -> Result<Report> {
-    let config: LayerScaleConfig = config_of(bundle)?;
+    let config: LayerScaleConfig = bundle.config()?;
     check_block(
         bundle,
         WeightMap::new(),
@@ -297,9 +342,29 @@ fn layer_scale(bundle: &Bundle) -> Result<Report> {
     )
 }
 
+/// Whether the reference module ran in training mode (torch's `module.training`).
+#[derive(Deserialize)]
+struct Mode {
+    #[serde(default)]
+    training: bool,
+}
+
+/// The cases run dropout in eval mode: a training-mode reference drew random masks
+/// that cannot be reproduced.
+fn eval_mode(bundle: &Bundle, mode: &Mode) -> Result<()> {
+    if mode.training {
+        return Err(bundle.config_error(
+            "training",
+            "the block is checked in eval mode (a training-mode reference drew random masks): expected false, got true",
+        ));
+    }
+    Ok(())
+}
+
 /// The reference ran in eval mode (`"training": false`): DropPath is the identity.
 fn drop_path(bundle: &Bundle) -> Result<Report> {
-    let config: DropPathConfig = config_of(bundle)?;
+    let (config, mode): (DropPathConfig, Mode) = bundle.config_parts(&[])?;
+    eval_mode(bundle, &mode)?;
     check_block(
         bundle,
         WeightMap::new(),
@@ -310,7 +375,8 @@ fn drop_path(bundle: &Bundle) -> Result<Report> {
 
 /// The reference ran in eval mode (`"training": false`): dropout is the identity.
 fn dropout(bundle: &Bundle) -> Result<Report> {
-    let config: DropoutConfig = config_of(bundle)?;
+    let (config, mode): (DropoutConfig, Mode) = bundle.config_parts(&[])?;
+    eval_mode(bundle, &mode)?;
     check_block(
         bundle,
         WeightMap::new(),

@@ -21,7 +21,8 @@ use candle_nn::VarBuilder;
 use replica_check::{trace, Bundle, Case, Error, Parity, Report, Result, Tolerance, WeightMap};
 use serde::Deserialize;
 
-use super::basics::{check_block, check_trace, config_of, dtype_of};
+use super::attention::{norm_layer, OUTSIDE_ATTENTION};
+use super::basics::{check_block, check_trace, dtype_of};
 use crate::activation::Activation;
 use crate::attention::{AttentionConfig, AttentionNames};
 use crate::diff_attention::{DiffAttention, DiffAttentionConfig};
@@ -75,13 +76,87 @@ fn forward(block: &TransformerBlock, x: &Tensor) -> candle_core::Result<Tensor> 
     block.forward(x, None, None)
 }
 
-/// `"eager"` HF attention returns its probabilities (`attn:1`); sdpa returns `None` there.
-fn hf_attention_output(bundle: &Bundle) -> Result<AttentionOutput> {
-    match bundle.metadata().config["attn_implementation"].as_str() {
-        Some("eager") => Ok(AttentionOutput::TupleWithWeights),
-        Some("sdpa") => Ok(AttentionOutput::Tuple),
-        other => Err(fail(bundle, format!("config: unknown attn_implementation {other:?}"))),
+/// The fields of a HF decoder `config.json` that its layer reads beside the attention
+/// and MLP settings, and the settings of GPT-2's attention that the block implements
+/// only at their defaults.
+#[derive(Deserialize)]
+struct HfLayer {
+    #[serde(default)]
+    model_type: Option<String>,
+    attn_implementation: String,
+    #[serde(default)]
+    layer_norm_epsilon: Option<f64>,
+    #[serde(default)]
+    rms_norm_eps: Option<f64>,
+    /// GPT-J: the length of the rotary tables.
+    #[serde(default)]
+    n_positions: Option<usize>,
+    /// GPT-2: divide the scores by `sqrt(head_dim)`.
+    #[serde(default)]
+    scale_attn_weights: Option<bool>,
+    #[serde(default)]
+    scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default)]
+    reorder_and_upcast_attn: bool,
+}
+
+impl HfLayer {
+    /// Refuses another model's config and the GPT-2 options the block does not implement.
+    fn check(&self, bundle: &Bundle, model_type: &str) -> Result<()> {
+        if let Some(kind) = self.model_type.as_deref().filter(|kind| *kind != model_type) {
+            return Err(bundle.config_error(
+                "model_type",
+                format!("this case implements the {model_type:?} layer, got {kind:?}"),
+            ));
+        }
+        for (field, set) in [
+            ("scale_attn_by_inverse_layer_idx", self.scale_attn_by_inverse_layer_idx),
+            ("reorder_and_upcast_attn", self.reorder_and_upcast_attn),
+        ] {
+            if set {
+                return Err(bundle.config_error(field, "not implemented: expected false, got true"));
+            }
+        }
+        Ok(())
     }
+
+    /// `"eager"` HF attention returns its probabilities (`attn:1`); sdpa returns `None` there.
+    fn attention_output(&self, bundle: &Bundle) -> Result<AttentionOutput> {
+        match self.attn_implementation.as_str() {
+            "eager" => Ok(AttentionOutput::TupleWithWeights),
+            "sdpa" => Ok(AttentionOutput::Tuple),
+            other => Err(bundle.config_error(
+                "attn_implementation",
+                format!("expected \"eager\" or \"sdpa\", got {other:?}"),
+            )),
+        }
+    }
+
+    /// A required number of the config, by name.
+    fn require<T: Copy>(bundle: &Bundle, field: &str, value: Option<T>) -> Result<T> {
+        value.ok_or_else(|| fail(bundle, format!("config: missing field `{field}`")))
+    }
+}
+
+/// What a single GPT-2 / GPT-J / LLaMA layer does not use of its model's config:
+/// the embeddings, the depth, the heads, and dropout on the embeddings.
+fn outside_layer() -> Vec<&'static str> {
+    let mut fields: Vec<&str> = OUTSIDE_ATTENTION
+        .iter()
+        .copied()
+        .filter(|field| !["intermediate_size", "hidden_act", "mlp_bias"].contains(field))
+        .collect();
+    fields.extend([
+        "n_layer",
+        "embd_pdrop",
+        // GPT2DoubleHeadsModel's sequence-summary head.
+        "summary_type",
+        "summary_use_proj",
+        "summary_activation",
+        "summary_proj_to_labels",
+        "summary_first_dropout",
+    ]);
+    fields
 }
 
 /// [`check_block`] for a layer that records activations the reference cannot:
@@ -133,8 +208,21 @@ fn timm_block(bundle: &Bundle) -> Result<Report> {
         qk_norm: bool,
         init_values: Option<f64>,
         norm_eps: f64,
+        #[serde(default)]
+        norm_layer: Option<String>,
+        #[serde(default = "gelu")]
+        act_layer: Activation,
+        #[serde(default)]
+        attn_drop: f32,
+        #[serde(default)]
+        proj_drop: f64,
+        #[serde(default)]
+        drop_path: f64,
     }
-    let args: Args = config_of(bundle)?;
+    fn gelu() -> Activation {
+        Activation::Gelu
+    }
+    let args: Args = bundle.config()?;
     let mut config = TransformerBlockConfig::timm(
         args.dim,
         args.num_heads,
@@ -143,8 +231,19 @@ fn timm_block(bundle: &Bundle) -> Result<Report> {
         args.qk_norm,
         args.init_values,
     );
+    if let Some(name) = &args.norm_layer {
+        config.norm = norm_layer(bundle, "norm_layer", name)?;
+        config.attention.norm = config.norm;
+    }
     config.norm_eps = args.norm_eps;
     config.attention.norm_eps = args.norm_eps;
+    config.attention.attention_dropout = args.attn_drop;
+    config.attention.proj_dropout = args.proj_drop as f32;
+    config.drop_path = args.drop_path;
+    if let FeedForwardConfig::Mlp(mlp) = &mut config.feed_forward {
+        mlp.activation = args.act_layer;
+        mlp.dropout = args.proj_drop;
+    }
     check_block(
         bundle,
         WeightMap::new(),
@@ -153,18 +252,13 @@ fn timm_block(bundle: &Bundle) -> Result<Report> {
     )
 }
 
-/// The LayerNorm epsilon of a GPT-2 / GPT-J `config.json`.
-fn layer_norm_epsilon(bundle: &Bundle) -> Result<f64> {
-    bundle.metadata().config["layer_norm_epsilon"]
-        .as_f64()
-        .ok_or_else(|| fail(bundle, "config: `layer_norm_epsilon` is not a number"))
-}
-
 /// HF `GPT2Block`: the attention and MLP configs read the GPT-2 `config.json`
 /// directly; its `Conv1D` weights are `[in, out]`, so the weight map transposes
 /// them (gradients flow back through the transpose to the stored layout). With no
 /// mask, the sdpa attention is causal and returns `(output, None)`: `attn:0`.
 fn gpt2_block(bundle: &Bundle) -> Result<Report> {
+    let (attention, mlp, layer): (AttentionConfig, MlpConfig, HfLayer) = bundle.config_parts(&outside_layer())?;
+    layer.check(bundle, "gpt2")?;
     let attention = AttentionConfig {
         fused_qkv: true,
         qkv_bias: true,
@@ -176,22 +270,23 @@ fn gpt2_block(bundle: &Bundle) -> Result<Report> {
             proj_drop: Some("resid_dropout".into()),
             ..AttentionNames::hf()
         }),
-        ..config_of(bundle)?
+        scale: (layer.scale_attn_weights == Some(false)).then_some(1.0),
+        ..attention
     };
     let mlp = MlpConfig {
         names: MlpNames::gpt2(),
-        ..config_of(bundle)?
+        ..mlp
     };
     let config = TransformerBlockConfig {
         dim: attention.dim,
         layout: ResidualLayout::PreNorm,
         norm: NormKind::LayerNorm,
-        norm_eps: layer_norm_epsilon(bundle)?,
+        norm_eps: HfLayer::require(bundle, "layer_norm_epsilon", layer.layer_norm_epsilon)?,
         attention,
         feed_forward: FeedForwardConfig::Mlp(mlp),
         layer_scale: None,
         drop_path: 0.0,
-        names: BlockNames::gpt2().returning(hf_attention_output(bundle)?),
+        names: BlockNames::gpt2().returning(layer.attention_output(bundle)?),
     };
     let map = WeightMap::new().transpose(r"^(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$");
     check_block(bundle, map, |vb| TransformerBlock::new(&config, vb), forward)
@@ -203,26 +298,22 @@ fn gpt2_block(bundle: &Bundle) -> Result<Report> {
 /// layout (each frequency twice, `[1, seq, head_dim]`, in the input dtype), taken from
 /// the block's own [`crate::rope::Rope`]; the causal mask is the attention's `causal`.
 fn llama_layer(bundle: &Bundle) -> Result<Report> {
-    #[derive(Deserialize)]
-    struct Rest {
-        rms_norm_eps: f64,
-    }
+    let (attention, glu, layer): (AttentionConfig, GluMlpConfig, HfLayer) = bundle.config_parts(&outside_layer())?;
+    layer.check(bundle, "llama")?;
     let attention = AttentionConfig {
         causal: true,
-        ..config_of(bundle)?
+        ..attention
     };
-    let glu: GluMlpConfig = config_of(bundle)?;
-    let rest: Rest = config_of(bundle)?;
     let config = TransformerBlockConfig {
         dim: attention.dim,
         layout: ResidualLayout::PreNorm,
         norm: NormKind::RmsNorm,
-        norm_eps: rest.rms_norm_eps,
+        norm_eps: HfLayer::require(bundle, "rms_norm_eps", layer.rms_norm_eps)?,
         attention,
         feed_forward: FeedForwardConfig::Glu(glu),
         layer_scale: None,
         drop_path: 0.0,
-        names: BlockNames::llama().returning(hf_attention_output(bundle)?),
+        names: BlockNames::llama().returning(layer.attention_output(bundle)?),
     };
     check_block(
         bundle,
@@ -265,8 +356,24 @@ fn post_norm_layer(bundle: &Bundle) -> Result<Report> {
         activation: Activation,
         layer_norm_eps: f64,
         norm_first: bool,
+        #[serde(default)]
+        batch_first: bool,
+        #[serde(default = "yes")]
+        bias: bool,
     }
-    let args: Args = config_of(bundle)?;
+    fn yes() -> bool {
+        true
+    }
+    let args: Args = bundle.config()?;
+    if !args.batch_first {
+        return Err(bundle.config_error(
+            "batch_first",
+            "inputs are read as [batch, seq, features]: expected true, got false",
+        ));
+    }
+    if !args.bias {
+        return Err(bundle.config_error("bias", "the layer is built with biases: expected true, got false"));
+    }
     let config = TransformerBlockConfig::torch_encoder(
         args.d_model,
         args.nhead,
@@ -311,21 +418,21 @@ fn post_norm_layer(bundle: &Bundle) -> Result<Report> {
 /// biases. The case records the wrapper's rotary tables as GPT-J's rotary module
 /// returns them, `rotary_emb:0` (sin) and `rotary_emb:1` (cos), `[1, seq, rotary_dim / 2]`.
 fn gptj_layer(bundle: &Bundle) -> Result<Report> {
-    #[derive(Deserialize)]
-    struct Rest {
-        n_positions: usize,
+    let (attention, mlp, layer): (AttentionConfig, MlpConfig, HfLayer) = bundle.config_parts(&outside_layer())?;
+    layer.check(bundle, "gptj")?;
+    if layer.scale_attn_weights.is_some() {
+        return Err(bundle.config_error("scale_attn_weights", "GPT-J has no such setting; it always scales"));
     }
-    let rest: Rest = config_of(bundle)?;
     let attention = AttentionConfig {
         causal: true,
         rope: Some(RopeStyle::Interleaved),
-        max_positions: rest.n_positions,
+        max_positions: HfLayer::require(bundle, "n_positions", layer.n_positions)?,
         names: Some(AttentionNames {
             out: "out_proj".into(),
             proj_drop: Some("resid_dropout".into()),
             ..AttentionNames::hf()
         }),
-        ..config_of(bundle)?
+        ..attention
     };
     let mlp = MlpConfig {
         names: MlpNames {
@@ -336,18 +443,18 @@ fn gptj_layer(bundle: &Bundle) -> Result<Report> {
             fc2: "fc_out".into(),
             drop2: Some("dropout".into()),
         },
-        ..config_of(bundle)?
+        ..mlp
     };
     let config = TransformerBlockConfig {
         dim: attention.dim,
         layout: ResidualLayout::Parallel,
         norm: NormKind::LayerNorm,
-        norm_eps: layer_norm_epsilon(bundle)?,
+        norm_eps: HfLayer::require(bundle, "layer_norm_epsilon", layer.layer_norm_epsilon)?,
         attention,
         feed_forward: FeedForwardConfig::Mlp(mlp),
         layer_scale: None,
         drop_path: 0.0,
-        names: BlockNames::gptj().returning(hf_attention_output(bundle)?),
+        names: BlockNames::gptj().returning(layer.attention_output(bundle)?),
     };
     check_block(
         bundle,
@@ -367,7 +474,7 @@ fn gptj_layer(bundle: &Bundle) -> Result<Report> {
 
 /// `MultiheadDiffAttn` (causal, rotary on), configured from its constructor arguments.
 fn diff_attention(bundle: &Bundle) -> Result<Report> {
-    let config: DiffAttentionConfig = config_of(bundle)?;
+    let config: DiffAttentionConfig = bundle.config()?;
     check_block(
         bundle,
         WeightMap::new(),
