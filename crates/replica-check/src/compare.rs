@@ -7,7 +7,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::Tolerance;
+use crate::{ExactIntegers, Tolerance};
 
 /// One element of the compared pair, located by its N-d index.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +56,8 @@ impl NonFinite {
 /// Statistics are computed in f64. The difference measures (greatest absolute and
 /// relative difference, mean absolute error, RMS error, cosine similarity) cover
 /// the elements that are finite on both sides; the mismatch count covers all.
+/// Integer tensors are compared exactly, as integers, and
+/// [`integers`](Self::integers) holds their worst values unrounded.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     pub actual_shape: Vec<usize>,
@@ -79,6 +81,9 @@ pub struct Comparison {
     pub cosine: Option<f64>,
     pub actual_nonfinite: NonFinite,
     pub expected_nonfinite: NonFinite,
+    /// Integer tensors only: the worst and first failing values, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integers: Option<ExactIntegers>,
 }
 
 /// Compares `actual` against the reference `expected` under `tolerance`.
@@ -103,6 +108,7 @@ pub fn compare(actual: &Tensor, expected: &Tensor, tolerance: Tolerance) -> Comp
         cosine: None,
         actual_nonfinite: NonFinite::default(),
         expected_nonfinite: NonFinite::default(),
+        integers: None,
     };
     if actual.dims() != expected.dims() {
         comparison.incompatible = Some(format!(
@@ -118,6 +124,11 @@ pub fn compare(actual: &Tensor, expected: &Tensor, tolerance: Tolerance) -> Comp
             "dtypes differ: actual {}, expected {}",
             comparison.actual_dtype, comparison.expected_dtype
         ));
+    }
+    // Integers compare exactly, as integers: f64 cannot hold every i64.
+    if actual.dtype().is_int() && expected.dtype().is_int() {
+        crate::exact::compare_integers(&mut comparison, actual, expected);
+        return comparison;
     }
     let on_cpu = |t: &Tensor| t.to_device(&candle_core::Device::Cpu).and_then(|t| t.contiguous());
     let (actual_cpu, expected_cpu) = match (on_cpu(actual), on_cpu(expected)) {
@@ -196,7 +207,7 @@ pub(crate) fn dtype_name(dtype: DType) -> String {
     format!("{dtype:?}").to_lowercase()
 }
 
-fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+pub(crate) fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
     let mut index = vec![0; shape.len()];
     for (slot, &dim) in index.iter_mut().zip(shape).rev() {
         *slot = flat % dim;
@@ -483,6 +494,9 @@ impl fmt::Display for Comparison {
                 first.actual,
                 first.expected
             )?;
+        }
+        if let Some(exact) = &self.integers {
+            writeln!(f, "{exact}")?;
         }
         write!(
             f,

@@ -1,7 +1,9 @@
 //! The parity harness: does a reimplementation compute what the reference computes?
 //!
 //! - [`Tolerance`] and [`compare`]: the `torch.testing.assert_close` rule, with
-//!   statistics that say where and by how much two tensors differ.
+//!   statistics that say where and by how much two tensors differ; integers are
+//!   compared exactly, and [`compare_stored`] also holds tensors read from files
+//!   to the dtypes they were stored with.
 //! - [`Approx`], [`assert_close`] and [`assert_tensor_close!`]: the same in tests.
 //! - [`Bundle`]: reference tensors dumped from PyTorch (`docs/bundle-format.md`).
 //! - [`WeightMap`]: a reference checkpoint's tensors into a candle `VarBuilder`,
@@ -14,6 +16,7 @@ mod assert;
 pub mod bundle;
 mod compare;
 mod error;
+mod exact;
 mod float_json;
 mod gradients;
 mod parity;
@@ -30,6 +33,7 @@ pub use assert::{assert_close, check_close};
 pub use bundle::{Bundle, BundleMetadata, BundleOutline, Namespace, Producer, FORMAT_VERSION};
 pub use compare::{compare, compare_default, Comparison, Element, Extreme, NonFinite};
 pub use error::{Error, Result};
+pub use exact::{compare_stored, ExactIntegers, ExactPair};
 pub use parity::Parity;
 pub use report::{compare_trace, summary_table, Report, ReportRow, TraceReport, TraceRow};
 pub use suite::Case;
