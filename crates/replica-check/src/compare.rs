@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, DType, Storage, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::noise::{noise, Noise, Rule};
-use crate::Tolerance;
+use crate::{ExactIntegers, Tolerance};
 
 /// One element of the compared pair, located by its N-d index.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +57,8 @@ impl NonFinite {
 /// Statistics are computed in f64. The difference measures (greatest absolute and
 /// relative difference, mean absolute error, RMS error, cosine similarity) cover
 /// the elements that are finite on both sides; the mismatch count covers all.
+/// Integer tensors are compared exactly, as integers, and
+/// [`integers`](Self::integers) holds their worst values unrounded.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     pub actual_shape: Vec<usize>,
@@ -86,6 +88,9 @@ pub struct Comparison {
     /// Whether the noise multiple decides [`passed`](Self::passed) (else the tolerance does).
     #[serde(default)]
     pub decided_by_noise: bool,
+    /// Integer tensors only: the worst and first failing values, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integers: Option<ExactIntegers>,
 }
 
 /// Compares `actual` against the reference `expected` under `tolerance`.
@@ -112,6 +117,7 @@ pub fn compare(actual: &Tensor, expected: &Tensor, tolerance: Tolerance) -> Comp
         expected_nonfinite: NonFinite::default(),
         noise: None,
         decided_by_noise: false,
+        integers: None,
     };
     if actual.dims() != expected.dims() {
         comparison.incompatible = Some(format!(
@@ -127,6 +133,11 @@ pub fn compare(actual: &Tensor, expected: &Tensor, tolerance: Tolerance) -> Comp
             "dtypes differ: actual {}, expected {}",
             comparison.actual_dtype, comparison.expected_dtype
         ));
+    }
+    // Integers compare exactly, as integers: f64 cannot hold every i64.
+    if actual.dtype().is_int() && expected.dtype().is_int() {
+        crate::exact::compare_integers(&mut comparison, actual, expected);
+        return comparison;
     }
     let on_cpu = |t: &Tensor| t.to_device(&candle_core::Device::Cpu).and_then(|t| t.contiguous());
     let (actual_cpu, expected_cpu) = match (on_cpu(actual), on_cpu(expected)) {
@@ -560,6 +571,9 @@ impl fmt::Display for Comparison {
                 first.actual,
                 first.expected
             )?;
+        }
+        if let Some(exact) = &self.integers {
+            writeln!(f, "{exact}")?;
         }
         write!(
             f,

@@ -1,7 +1,9 @@
 //! The parity harness: does a reimplementation compute what the reference computes?
 //!
 //! - [`Tolerance`] and [`compare`]: the `torch.testing.assert_close` rule, with
-//!   statistics that say where and by how much two tensors differ.
+//!   statistics that say where and by how much two tensors differ; integers are
+//!   compared exactly, and [`compare_stored`] also holds tensors read from files
+//!   to the dtypes they were stored with.
 //! - [`Approx`], [`assert_close`] and [`assert_tensor_close!`]: the same in tests.
 //! - [`Bundle`]: reference tensors dumped from PyTorch (`docs/bundle-format.md`),
 //!   and [`Bundle::config`], which reads a component's config strictly ([`config`]).
@@ -18,6 +20,7 @@ pub mod bundle;
 mod compare;
 pub mod config;
 mod error;
+mod exact;
 mod float_json;
 mod gradients;
 pub mod noise;
@@ -38,6 +41,7 @@ pub use bundle::{
 pub use compare::{compare, compare_default, compare_with_shadow, Comparison, Element, Extreme, NonFinite};
 pub use config::{read_config, read_config_parts, ConfigParts, ConfigRead};
 pub use error::{Error, Result};
+pub use exact::{compare_stored, ExactIntegers, ExactPair};
 pub use noise::{format_multiple, Noise, Rule, NOISE_LIMIT};
 pub use parity::Parity;
 pub use report::{compare_trace, summary_table, Report, ReportRow, TraceReport, TraceRow};

@@ -3,9 +3,12 @@
 mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{flat_f64, seeded, seeded_tensor};
+use common::{flat_f64, raw_safetensors, seeded, seeded_tensor, ScratchDir};
 use half::{bf16, f16};
-use replica_check::{compare, compare_default, Comparison, Tolerance};
+use replica_check::{
+    compare, compare_default, compare_stored, open_safetensors, read_safetensors, Comparison, ExactPair, Tolerance,
+};
+use safetensors::Dtype;
 
 fn f32s(values: &[f32]) -> Tensor {
     Tensor::new(values, &Device::Cpu).unwrap()
@@ -529,4 +532,175 @@ fn tolerance_defaults_and_rule() {
         .validate()
         .unwrap_err()
         .contains("rtol"));
+}
+
+// ---- integers, exactly ------------------------------------------------------
+
+fn i64s(values: &[i64]) -> Tensor {
+    Tensor::new(values, &Device::Cpu).unwrap()
+}
+
+const TWO_53: i64 = 1 << 53;
+
+#[test]
+fn i64_above_2_53_compares_exactly() {
+    // 2^53 + 1 rounds to 2^53 in f64: the pair must fail all the same.
+    assert_eq!((TWO_53 + 1) as f64, TWO_53 as f64);
+    let c = compare(&i64s(&[7, TWO_53 + 1]), &i64s(&[7, TWO_53]), Tolerance::EXACT);
+    assert!(!c.passed(), "{c}");
+    assert_eq!(c.mismatched, 1);
+    assert_eq!(first_index(&c), vec![1]);
+    assert_eq!(c.worst_abs(), 1.0);
+    let exact = c.integers.as_ref().expect("exact values");
+    assert_eq!(exact.max_abs_diff, 1);
+    let pair = ExactPair {
+        actual: (TWO_53 + 1).into(),
+        expected: TWO_53.into(),
+    };
+    assert_eq!((exact.worst, exact.first_mismatch), (pair, Some(pair)));
+    let text = c.to_string();
+    assert!(
+        text.contains("greatest absolute difference 1 (actual 9007199254740993, expected 9007199254740992)"),
+        "{text}"
+    );
+    // The default tolerance of an integer dtype is exact too.
+    assert!(!compare_default(&i64s(&[TWO_53 + 1]), &i64s(&[TWO_53])).passed());
+}
+
+#[test]
+fn equal_integers_pass() {
+    for values in [vec![0i64, -3, 5], vec![TWO_53 + 1, i64::MAX, i64::MIN]] {
+        let c = compare(&i64s(&values), &i64s(&values), Tolerance::EXACT);
+        assert!(c.passed(), "{c}");
+        assert_eq!((c.worst_abs(), c.mean_abs_error, c.mismatched), (0.0, 0.0, 0));
+        assert!((c.cosine.unwrap() - 1.0).abs() < 1e-15, "{c}");
+        assert_eq!(c.integers.as_ref().unwrap().max_abs_diff, 0);
+    }
+}
+
+#[test]
+fn the_largest_and_smallest_i64_compare_exactly() {
+    // Neighbours that f64 cannot tell apart, at both ends.
+    for (a, e) in [(i64::MAX, i64::MAX - 1), (i64::MIN, i64::MIN + 1)] {
+        let c = compare(&i64s(&[a]), &i64s(&[e]), Tolerance::EXACT);
+        assert_eq!(c.mismatched, 1, "{a} against {e}: {c}");
+        assert_eq!(c.integers.unwrap().max_abs_diff, 1);
+    }
+    // The widest difference there is, 2^64 - 1, without overflow.
+    let c = compare(&i64s(&[i64::MAX]), &i64s(&[i64::MIN]), Tolerance::EXACT);
+    assert_eq!(c.mismatched, 1);
+    let exact = c.integers.as_ref().unwrap();
+    assert_eq!(exact.max_abs_diff, u64::MAX as u128);
+    assert_eq!(
+        exact.worst,
+        ExactPair {
+            actual: i64::MAX.into(),
+            expected: i64::MIN.into()
+        }
+    );
+    assert_eq!(c.worst_abs(), 2f64.powi(64));
+    assert_eq!(c.cosine, Some(-1.0));
+}
+
+#[test]
+fn integer_tolerances_apply_to_the_exact_difference() {
+    // f64 steps by 256 at 2^60: in f64 the pair would differ by 0.
+    let big = 1i64 << 60;
+    let (a, e) = (i64s(&[big + 2]), i64s(&[big]));
+    assert_eq!(compare(&a, &e, Tolerance::new(0.0, 1.0)).mismatched, 1);
+    assert_eq!(compare(&a, &e, Tolerance::new(0.0, 1.999)).mismatched, 1);
+    assert!(compare(&a, &e, Tolerance::new(0.0, 2.0)).passed());
+}
+
+#[test]
+fn a_negative_i32_against_its_bit_pattern_in_u32_fails() {
+    let a = Tensor::new(&[-1i32, 5], &Device::Cpu).unwrap();
+    let e = Tensor::new(&[u32::MAX, 5], &Device::Cpu).unwrap();
+    let c = compare(&a, &e, Tolerance::EXACT);
+    assert!(!c.passed());
+    assert_eq!(
+        c.incompatible.as_deref(),
+        Some("dtypes differ: actual i32, expected u32")
+    );
+    // The values differ too, by 2^32, not by a reinterpretation of the bits.
+    assert_eq!(c.mismatched, 1);
+    assert_eq!(c.integers.unwrap().max_abs_diff, 1 << 32);
+}
+
+#[test]
+fn json_round_trip_keeps_exact_integers() {
+    let c = compare(
+        &i64s(&[i64::MAX, TWO_53 + 1]),
+        &i64s(&[i64::MIN, TWO_53]),
+        Tolerance::EXACT,
+    );
+    let json = serde_json::to_string(&c).unwrap();
+    assert!(json.contains(r#""max_abs_diff":18446744073709551615"#), "{json}");
+    let back: Comparison = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, c);
+    // Float comparisons carry no `integers` field.
+    let floats = compare(&f32s(&[1.0]), &f32s(&[1.0]), Tolerance::default());
+    assert!(floats.integers.is_none());
+    assert!(!serde_json::to_string(&floats).unwrap().contains("integers"));
+}
+
+// ---- dtypes as stored -------------------------------------------------------
+
+fn le_bytes<const N: usize, T: Copy>(values: &[T], to_le: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+    values.iter().flat_map(|&v| to_le(v)).collect()
+}
+
+#[test]
+fn stored_dtypes_are_kept_and_must_agree() {
+    let dir = ScratchDir::new("stored-dtypes");
+    let tensors: [(&str, &str, Vec<u8>); 4] = [
+        ("u16", "U16", le_bytes(&[1u16, 65535], u16::to_le_bytes)),
+        ("u32", "U32", le_bytes(&[1u32, 65535], u32::to_le_bytes)),
+        ("bool", "BOOL", vec![0, 1]),
+        ("u8", "U8", vec![0, 1]),
+    ];
+    let (mut header, mut data) = (serde_json::json!({}), Vec::new());
+    for (key, dtype, bytes) in &tensors {
+        let offsets = [data.len(), data.len() + bytes.len()];
+        header[*key] = serde_json::json!({"dtype": dtype, "shape": [2], "data_offsets": offsets});
+        data.extend_from_slice(bytes);
+    }
+    let path = dir.write("t.safetensors", &raw_safetensors(&header, &data));
+
+    let file = read_safetensors(&path, &Device::Cpu).unwrap();
+    // candle holds u16 as u32 and bool as u8, values intact; the stored tags are kept.
+    assert_eq!(file.tensors["u16"].dtype(), DType::U32);
+    assert_eq!(file.tensors["u16"].to_vec1::<u32>().unwrap(), [1, 65535]);
+    assert_eq!(file.tensors["bool"].dtype(), DType::U8);
+    assert_eq!((file.dtypes["u16"], file.dtypes["bool"]), (Dtype::U16, Dtype::BOOL));
+    let opened = open_safetensors(&path).unwrap();
+    assert_eq!(opened.info("u16").unwrap().dtype_name(), "u16");
+
+    let stored = |a: &str, e: &str| {
+        compare_stored(
+            &file.tensors[a],
+            file.dtypes[a],
+            &file.tensors[e],
+            file.dtypes[e],
+            Tolerance::EXACT,
+        )
+    };
+    for (a, e) in [("u16", "u32"), ("bool", "u8"), ("u32", "u16"), ("u8", "bool")] {
+        // By candle's dtypes alone the pair would pass.
+        assert!(compare(&file.tensors[a], &file.tensors[e], Tolerance::EXACT).passed());
+        let c = stored(a, e);
+        assert!(!c.passed(), "{a} against {e}: {c}");
+        assert_eq!(c.incompatible, Some(format!("dtypes differ: actual {a}, expected {e}")));
+        assert_eq!((c.actual_dtype.as_str(), c.expected_dtype.as_str()), (a, e));
+        assert_eq!(c.mismatched, 0, "the values themselves agree");
+    }
+    for key in ["u16", "u32", "bool", "u8"] {
+        let c = stored(key, key);
+        assert!(c.passed(), "{c}");
+        assert_eq!(c.expected_dtype, key);
+    }
+    // A shape disagreement stays the reason given.
+    let wide = file.tensors["u32"].reshape((2, 1)).unwrap();
+    let c = compare_stored(&wide, Dtype::U32, &file.tensors["u16"], Dtype::U16, Tolerance::EXACT);
+    assert!(c.incompatible.unwrap().starts_with("shapes differ"));
 }

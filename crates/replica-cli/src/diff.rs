@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use regex::Regex;
-use replica_check::{compare, open_safetensors, Comparison, SafetensorsFile, TensorInfo, Tolerance};
+use replica_check::{compare_stored, open_safetensors, Comparison, SafetensorsFile, TensorInfo, Tolerance};
 use serde_json::{json, Value};
 
 use crate::args::DiffArgs;
@@ -150,13 +150,20 @@ pub fn run(args: &DiffArgs, format: Format) -> Result<Status, CliError> {
             (Some(name_a), Some(name_b)) => {
                 let expected = a.file.load(name_a, &Device::Cpu)?;
                 let actual = b.file.load(name_b, &Device::Cpu)?;
+                // By the dtypes as stored: candle reads a u16 file as u32, a bool one as u8.
+                let (a_dtype, b_dtype) = (
+                    a.info(key).expect("key of A").dtype,
+                    b.info(key).expect("key of B").dtype,
+                );
                 let base = Tolerance::for_dtype(expected.dtype());
                 let tolerance = Tolerance {
                     rtol: args.rtol.unwrap_or(base.rtol),
                     atol: args.atol.unwrap_or(base.atol),
                     equal_nan: args.equal_nan,
                 };
-                Row::Shared(Box::new(compare(&actual, &expected, tolerance)))
+                Row::Shared(Box::new(compare_stored(
+                    &actual, b_dtype, &expected, a_dtype, tolerance,
+                )))
             }
             (Some(_), None) => Row::OnlyInA(a.info(key).expect("key of A").clone()),
             (None, Some(_)) => Row::OnlyInB(b.info(key).expect("key of B").clone()),

@@ -73,14 +73,11 @@ fn number(value: Option<f64>) -> String {
     }
 }
 
-fn dtype_name(dtype: DType) -> String {
-    format!("{dtype:?}").to_lowercase()
-}
-
 /// One tensor's row: what `inspect` keeps after dropping the tensor itself.
 pub struct Row {
     pub name: String,
-    pub dtype: DType,
+    /// As stored (`bool`, `u16`), not as candle holds it (`u8`, `u32`).
+    pub dtype: String,
     pub dims: Vec<usize>,
     pub stats: Option<Stats>,
 }
@@ -101,7 +98,7 @@ pub fn run(args: &InspectArgs, format: Format) -> Result<Status, CliError> {
         let tensor = file.load(&info.name, &Device::Cpu)?;
         tensors.push(Row {
             name: info.name.clone(),
-            dtype: tensor.dtype(),
+            dtype: info.dtype_name(),
             dims: tensor.dims().to_vec(),
             stats: Stats::of(&tensor),
         });
@@ -167,7 +164,7 @@ fn table(tensors: &[Row]) -> Table {
         };
         table.push(vec![
             Cell::plain(name.clone()),
-            Cell::plain(dtype_name(*dtype)),
+            Cell::plain(dtype.clone()),
             Cell::plain(format!("{dims:?}")),
             Cell::plain(dims.iter().product::<usize>().to_string()),
             Cell::plain(min),
@@ -259,7 +256,7 @@ fn to_json(
                 let stat = |f: fn(&Stats) -> Option<f64>| json_number(stats.as_ref().and_then(f));
                 json!({
                     "name": name,
-                    "dtype": dtype_name(*dtype),
+                    "dtype": dtype,
                     "shape": dims,
                     "elements": dims.iter().product::<usize>(),
                     "min": stat(|s| s.min),

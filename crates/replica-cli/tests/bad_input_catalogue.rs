@@ -201,6 +201,25 @@ fn wrong_types_and_impossible_claims() {
 }
 
 #[test]
+fn a_dtype_candle_cannot_hold() {
+    let dir = Scratch::new("i8");
+    let path = dir.write(
+        "i8.safetensors",
+        &raw(r#"{"w":{"dtype":"I8","shape":[2],"data_offsets":[0,2]}}"#, &[0xff, 1]),
+    );
+    // `diff` reads only the keys both files hold: the other file has a `w` too.
+    let other = dir.write(
+        "f32.safetensors",
+        &raw(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, &[0; 8]),
+    );
+    let (name, other) = (s(&path), s(&other));
+    let needles = [name, "tensor `w`: dtype i8 cannot be loaded: candle has no such dtype"];
+    assert_one_line(&replica(&["inspect", name]), &needles);
+    assert_one_line(&replica(&["diff", name, other]), &needles);
+    assert_one_line(&replica(&["diff", other, name]), &needles);
+}
+
+#[test]
 fn a_tensor_over_the_configured_limit() {
     let fixture = linear_fixture();
     let out = replica(&["--max-tensor-bytes", "8", "inspect", s(&fixture)]);

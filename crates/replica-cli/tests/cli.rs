@@ -413,6 +413,88 @@ fn diff_renames_keys_before_matching() {
     assert!(text.contains("2 shared keys: 2 match"), "{text}");
 }
 
+/// A safetensors file of one-dimensional tensors in any dtype, candle's or not:
+/// (key, dtype tag, element count, little-endian bytes).
+fn write_raw(path: &Path, tensors: &[(&str, &str, usize, Vec<u8>)]) {
+    let (mut header, mut data) = (serde_json::json!({}), Vec::new());
+    for (key, dtype, elements, bytes) in tensors {
+        let offsets = [data.len(), data.len() + bytes.len()];
+        header[*key] = serde_json::json!({"dtype": dtype, "shape": [elements], "data_offsets": offsets});
+        data.extend_from_slice(bytes);
+    }
+    let header = header.to_string();
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header.as_bytes());
+    file.extend_from_slice(&data);
+    std::fs::write(path, file).unwrap();
+}
+
+#[test]
+fn diff_compares_i64_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let ids = |v: i64| Tensor::new(&[3, v], &Device::Cpu).unwrap();
+    // 2^53 + 1 rounds to 2^53 in f64.
+    write(&path("a.safetensors"), &[("ids", &ids(1 << 53))]);
+    write(&path("b.safetensors"), &[("ids", &ids((1 << 53) + 1))]);
+    write(&path("c.safetensors"), &[("ids", &ids(1 << 53))]);
+    let (a, b, c) = (path("a.safetensors"), path("b.safetensors"), path("c.safetensors"));
+
+    let out = replica(&["diff", s(&a), s(&b)]);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 1, "{text}");
+    let row = text.lines().find(|l| l.starts_with("ids ")).expect("a row for ids");
+    assert!(row.ends_with("FAIL (1/2)"), "{text}");
+    assert!(
+        text.contains("(actual 9007199254740993, expected 9007199254740992)"),
+        "{text}"
+    );
+    let doc = json(&replica(&["diff", s(&a), s(&b), "--format", "json"]));
+    assert_eq!(doc["passed"], false);
+    let comparison = &doc["shared"][0]["comparison"];
+    assert_eq!(comparison["mismatched"], 1);
+    assert_eq!(comparison["integers"]["max_abs_diff"], 1);
+    assert_eq!(comparison["integers"]["worst"]["actual"], 9007199254740993i64);
+
+    let out = replica(&["diff", s(&a), s(&c)]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+}
+
+#[test]
+fn diff_fails_when_stored_dtypes_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = |values: &[u32], width: usize| -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()[..width].to_vec()).collect()
+    };
+    // (A's dtype, its bytes), (B's dtype, its bytes): the values agree, or the bits do.
+    let pairs = [
+        (("U16", bytes(&[1, 65535], 2)), ("U32", bytes(&[1, 65535], 4))),
+        (("BOOL", vec![0, 1]), ("U8", vec![0, 1])),
+        (("U32", bytes(&[u32::MAX, 5], 4)), ("I32", bytes(&[u32::MAX, 5], 4))),
+    ];
+    for ((a_dtype, a_bytes), (b_dtype, b_bytes)) in pairs {
+        let (a, b) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+        write_raw(&a, &[("t", a_dtype, 2, a_bytes)]);
+        write_raw(&b, &[("t", b_dtype, 2, b_bytes)]);
+        let (a_name, b_name) = (a_dtype.to_lowercase(), b_dtype.to_lowercase());
+        let out = replica(&["diff", s(&a), s(&b)]);
+        let text = stdout(&out);
+        assert_eq!(code(&out), 1, "{a_name} against {b_name}:\n{text}");
+        let row = text.lines().find(|l| l.starts_with("t ")).expect("a row for t");
+        assert!(row.ends_with("FAIL (dtype mismatch)"), "{text}");
+        assert!(row.contains(&format!("A {a_name}, B {b_name}")), "{text}");
+        // B is the actual side, A the expected one.
+        assert!(
+            text.contains(&format!("dtypes differ: actual {b_name}, expected {a_name}")),
+            "{text}"
+        );
+        // The same file against itself passes, and inspect shows the stored dtype.
+        assert_eq!(code(&replica(&["diff", s(&a), s(&a)])), 0);
+        let doc = json(&replica(&["inspect", s(&a), "--format", "json"]));
+        assert_eq!(doc["tensors"][0]["dtype"], a_name.as_str());
+    }
+}
+
 // ---- inspect, models, papers -------------------------------------------------
 
 #[test]
