@@ -24,7 +24,8 @@ Exit codes: 0 when every check passes, 1 when a check fails, 2 on a usage or inp
 #[derive(Debug, Parser)]
 #[command(name = "replica", version, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
 pub struct Cli {
-    /// Output format: aligned text, JSON for scripts, or markdown for a pull request.
+    /// Output format: aligned text, JSON for scripts, markdown for a pull request, or (`check`
+    /// only) one self-contained HTML page with a plot of every --trace.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 

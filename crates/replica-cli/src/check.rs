@@ -193,14 +193,14 @@ pub struct Outcome {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Verdict {
+pub(crate) enum Verdict {
     Pass,
     Fail,
     Error,
 }
 
 impl Outcome {
-    fn verdict(&self) -> Verdict {
+    pub(crate) fn verdict(&self) -> Verdict {
         match &self.result {
             Err(_) => Verdict::Error,
             // A reference tensor the component needs is not in the bundle: bad input, not a port bug.
@@ -223,7 +223,7 @@ impl Outcome {
     }
 
     /// Why the case could not be judged: its error, or the reference tensors it needs and the bundle lacks.
-    fn input_error(&self) -> Option<String> {
+    pub(crate) fn input_error(&self) -> Option<String> {
         match &self.result {
             Err(err) => Some(err.clone()),
             Ok(report) => {
@@ -382,6 +382,7 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<Status, CliError> {
         Format::Json => output::json_text(&to_json(&title, &device_name, rule, &outcomes)),
         Format::Text => render_text(&title, &device_name, rule, &outcomes),
         Format::Markdown => render_markdown(&title, &device_name, rule, &outcomes),
+        Format::Html => crate::html::render(&title, &device_name, rule, &outcomes),
     };
     output::deliver(&text, &args.output)?;
 
@@ -506,7 +507,7 @@ const HEADERS: [&str; 8] = [
     "verdict",
 ];
 
-fn summary_table(outcomes: &[Outcome]) -> Table {
+pub(crate) fn summary_table(outcomes: &[Outcome]) -> Table {
     let mut table = Table::new(&HEADERS);
     for outcome in outcomes {
         table.push(outcome.row());
@@ -514,7 +515,7 @@ fn summary_table(outcomes: &[Outcome]) -> Table {
     table
 }
 
-fn tally(outcomes: &[Outcome]) -> String {
+pub(crate) fn tally(outcomes: &[Outcome]) -> String {
     let count = |v: Verdict| outcomes.iter().filter(|o| o.verdict() == v).count();
     let (passed, failed, errors) = (count(Verdict::Pass), count(Verdict::Fail), count(Verdict::Error));
     if passed == outcomes.len() {
@@ -535,7 +536,7 @@ fn tally(outcomes: &[Outcome]) -> String {
 }
 
 /// One line saying what decides the verdicts.
-fn rule_note(rule: Rule) -> String {
+pub(crate) fn rule_note(rule: Rule) -> String {
     match rule {
         Rule::Calibrated { limit } => format!(
             "Verdicts: a tensor fails when its error against the reference's float64 shadow is more than {limit} times \
@@ -637,7 +638,7 @@ fn trace_text(outcome: &Outcome, trace: &TraceReport) -> String {
     out
 }
 
-fn empty_trace_note(outcome: &Outcome) -> String {
+pub(crate) fn empty_trace_note(outcome: &Outcome) -> String {
     let checked = match &outcome.result {
         Ok(report) => report.rows.iter().filter(|row| row.name.starts_with("act/")).count(),
         Err(_) => 0,
@@ -656,7 +657,7 @@ fn empty_trace_note(outcome: &Outcome) -> String {
 }
 
 /// The lines under a trace table: counts, what was never recorded, the first divergence.
-fn trace_trailer(trace: &TraceReport) -> String {
+pub(crate) fn trace_trailer(trace: &TraceReport) -> String {
     let mut out = format!(
         "{} modules recorded, {} compared with the reference.\n",
         trace.rows.len(),

@@ -125,6 +125,7 @@ impl Side {
 /// Runs `replica diff`. Both files are mapped and compared one key at a time,
 /// so memory holds a pair of tensors, not the files.
 pub fn run(args: &DiffArgs, format: Format) -> Result<Status, CliError> {
+    format.refuse_html("diff")?;
     check_output(&args.output)?;
     let mut renames = Vec::with_capacity(args.rename.len());
     for (pattern, replacement) in &args.rename {
@@ -184,7 +185,7 @@ pub fn run(args: &DiffArgs, format: Format) -> Result<Status, CliError> {
 
     let text = match format {
         Format::Json => json_text(&to_json(args, &rows, &metadata_differs, passed)),
-        Format::Text | Format::Markdown => render(args, &rows, &metadata_differs, format),
+        Format::Text | Format::Markdown | Format::Html => render(args, &rows, &metadata_differs, format),
     };
     deliver(&text, &args.output)?;
     Ok(if passed { Status::Passed } else { Status::Failed })

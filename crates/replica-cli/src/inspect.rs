@@ -86,6 +86,7 @@ pub struct Row {
 /// time, each dropped once its statistics are taken: memory holds about one
 /// tensor, however large the file.
 pub fn run(args: &InspectArgs, format: Format) -> Result<Status, CliError> {
+    format.refuse_html("inspect")?;
     let path = args.file.as_path();
     let file = open_safetensors(path)?;
     let size = file.len();
@@ -108,7 +109,9 @@ pub fn run(args: &InspectArgs, format: Format) -> Result<Status, CliError> {
 
     let text = match format {
         Format::Json => json_text(&to_json(path, size, &metadata, bundle.as_ref(), &tensors)),
-        Format::Text | Format::Markdown => render(path, size, &metadata, bundle.as_ref(), &tensors, format),
+        Format::Text | Format::Markdown | Format::Html => {
+            render(path, size, &metadata, bundle.as_ref(), &tensors, format)
+        }
     };
     emit(&text);
     Ok(Status::Passed)

@@ -14,6 +14,7 @@ pub mod device;
 pub mod diff;
 pub mod error;
 pub mod guard;
+pub mod html;
 pub mod inspect;
 pub mod listing;
 pub mod manifest;

@@ -10,6 +10,7 @@ use crate::Status;
 
 /// Runs `replica models [FILTER]`: the registered components.
 pub fn models(args: &ModelsArgs, format: Format) -> Result<Status, CliError> {
+    format.refuse_html("models")?;
     let registry = Registry::load();
     let components: Vec<_> = registry.filter(args.filter.as_deref()).collect();
     let presets = model_presets(args.filter.as_deref());
@@ -123,6 +124,7 @@ fn heading(shown: usize, total: usize, filter: Option<&str>) -> String {
 
 /// Runs `replica papers [FILTER]`: every block and model and the paper it implements.
 pub fn papers(args: &PapersArgs, format: Format) -> Result<Status, CliError> {
+    format.refuse_html("papers")?;
     let needle = args.filter.as_deref().map(str::to_lowercase);
     let entries: Vec<_> = replica::papers()
         .filter(|e| {

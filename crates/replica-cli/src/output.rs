@@ -23,6 +23,20 @@ pub enum Format {
     Json,
     /// Markdown tables, to paste into a pull request.
     Markdown,
+    /// One self-contained HTML page with plots of every trace (`check` only).
+    Html,
+}
+
+impl Format {
+    /// Refuses `--format html` for a command that has no HTML report.
+    pub fn refuse_html(self, command: &str) -> Result<(), CliError> {
+        if self == Format::Html {
+            return Err(CliError::new(format!(
+                "--format html is only for `replica check`; `replica {command}` takes text, json or markdown"
+            )));
+        }
+        Ok(())
+    }
 }
 
 pub const HEADER: Style = Style::new().bold();
@@ -179,7 +193,7 @@ impl Table {
     }
 }
 
-fn looks_numeric(cell: &str) -> bool {
+pub(crate) fn looks_numeric(cell: &str) -> bool {
     !cell.is_empty() && cell.parse::<f64>().is_ok()
 }
 
