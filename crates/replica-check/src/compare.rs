@@ -1,97 +1,13 @@
-//! Elementwise comparison of two tensors, with the statistics a reader needs to
-//! tell where and by how much they differ.
+//! Elementwise comparison of two tensors: the `assert_close` statistics, the
+//! exact integer path, and the noise multiple against a float64 shadow.
 
-use std::fmt;
+use candle_core::Tensor;
+use safetensors::Dtype;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Storage, Tensor};
-use serde::{Deserialize, Serialize};
-
-use crate::noise::{noise, Noise, Rule};
-use crate::{ExactIntegers, Tolerance};
-
-/// One element of the compared pair, located by its N-d index.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Element {
-    pub index: Vec<usize>,
-    #[serde(with = "crate::float_json")]
-    pub actual: f64,
-    #[serde(with = "crate::float_json")]
-    pub expected: f64,
-}
-
-/// The greatest value of a difference measure and the element where it occurs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Extreme {
-    #[serde(with = "crate::float_json")]
-    pub value: f64,
-    pub at: Element,
-}
-
-/// Counts of non-finite values on one side of a comparison.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NonFinite {
-    pub nan: usize,
-    pub pos_inf: usize,
-    pub neg_inf: usize,
-}
-
-impl NonFinite {
-    pub fn total(&self) -> usize {
-        self.nan + self.pos_inf + self.neg_inf
-    }
-
-    fn count(&mut self, value: f64) {
-        if value.is_nan() {
-            self.nan += 1;
-        } else if value == f64::INFINITY {
-            self.pos_inf += 1;
-        } else if value == f64::NEG_INFINITY {
-            self.neg_inf += 1;
-        }
-    }
-}
-
-/// The verdict on `actual` against the reference `expected`.
-///
-/// Statistics are computed in f64. The difference measures (greatest absolute and
-/// relative difference, mean absolute error, RMS error, cosine similarity) cover
-/// the elements that are finite on both sides; the mismatch count covers all.
-/// Integer tensors are compared exactly, as integers, and
-/// [`integers`](Self::integers) holds their worst values unrounded.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Comparison {
-    pub actual_shape: Vec<usize>,
-    pub expected_shape: Vec<usize>,
-    pub actual_dtype: String,
-    pub expected_dtype: String,
-    pub tolerance: Tolerance,
-    /// Why the pair fails before any element is looked at (shape or dtype disagreement).
-    pub incompatible: Option<String>,
-    pub elements: usize,
-    pub mismatched: usize,
-    /// The first failing element in row-major order.
-    pub first_mismatch: Option<Element>,
-    pub max_abs_diff: Option<Extreme>,
-    pub max_rel_diff: Option<Extreme>,
-    #[serde(with = "crate::float_json")]
-    pub mean_abs_error: f64,
-    #[serde(with = "crate::float_json")]
-    pub rms_error: f64,
-    /// Cosine similarity of the two tensors as flat vectors; 1 when both are all zero.
-    pub cosine: Option<f64>,
-    pub actual_nonfinite: NonFinite,
-    pub expected_nonfinite: NonFinite,
-    /// The port's error against the reference's float64 shadow, when there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub noise: Option<Noise>,
-    /// Whether the noise multiple decides [`passed`](Self::passed) (else the tolerance does).
-    #[serde(default)]
-    pub decided_by_noise: bool,
-    /// Integer tensors only: the worst and first failing values, exactly.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub integers: Option<ExactIntegers>,
-}
+use crate::noise::{noise, Rule};
+use crate::tensor_file::stored_dtype_name;
+use crate::values::{dtype_name, unravel, CpuValues};
+use crate::{Comparison, Element, Extreme, NonFinite, Tolerance};
 
 /// Compares `actual` against the reference `expected` under `tolerance`.
 ///
@@ -194,70 +110,6 @@ pub fn compare_default(actual: &Tensor, expected: &Tensor) -> Comparison {
     compare(actual, expected, Tolerance::for_dtype(expected.dtype()))
 }
 
-/// A tensor's values in row-major order, read in place from CPU memory.
-/// Elements are widened to f64 a chunk at a time, so comparing large tensors
-/// allocates nothing in proportion to their size.
-pub(crate) struct CpuValues<'a> {
-    storage: &'a CpuStorage,
-    start: usize,
-    len: usize,
-}
-
-impl<'a> CpuValues<'a> {
-    /// Views a contiguous CPU tensor's storage.
-    pub(crate) fn new(storage: &'a Storage, layout: &candle_core::Layout, len: usize) -> candle_core::Result<Self> {
-        let Storage::Cpu(storage) = storage else {
-            candle_core::bail!("tensor is not on the CPU after moving it there")
-        };
-        let values = Self {
-            storage,
-            start: layout.start_offset(),
-            len,
-        };
-        // Fail early on dtypes that cannot be widened, rather than per chunk.
-        values.read(0, &mut [0.0; 0])?;
-        Ok(values)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Widens elements `at..at + out.len()` into `out`.
-    pub(crate) fn read(&self, at: usize, out: &mut [f64]) -> candle_core::Result<()> {
-        let range = self.start + at..self.start + at + out.len();
-        fn widen<T: Copy>(src: &[T], out: &mut [f64], f: impl Fn(T) -> f64) {
-            out.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v));
-        }
-        match &self.storage {
-            CpuStorage::F32(v) => widen(&v[range], out, f64::from),
-            CpuStorage::F64(v) => out.copy_from_slice(&v[range]),
-            CpuStorage::F16(v) => widen(&v[range], out, f64::from),
-            CpuStorage::BF16(v) => widen(&v[range], out, f64::from),
-            CpuStorage::U8(v) => widen(&v[range], out, f64::from),
-            CpuStorage::U32(v) => widen(&v[range], out, f64::from),
-            CpuStorage::I16(v) => widen(&v[range], out, f64::from),
-            CpuStorage::I32(v) => widen(&v[range], out, f64::from),
-            CpuStorage::I64(v) => widen(&v[range], out, |x| x as f64),
-            other => candle_core::bail!("cannot compare values of dtype {:?}", other.dtype()),
-        }
-        Ok(())
-    }
-}
-
-pub(crate) fn dtype_name(dtype: DType) -> String {
-    format!("{dtype:?}").to_lowercase()
-}
-
-pub(crate) fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
-    let mut index = vec![0; shape.len()];
-    for (slot, &dim) in index.iter_mut().zip(shape).rev() {
-        *slot = flat % dim;
-        flat /= dim;
-    }
-    index
-}
-
 /// Running sums over the elements finite on both sides. The worst values start
 /// below any difference, so the first finite pair always takes them.
 struct Sums {
@@ -315,8 +167,8 @@ fn for_each_pair(actual: &CpuValues<'_>, expected: &CpuValues<'_>, mut f: impl F
     const CHUNK: usize = 1024;
     let (mut a_buf, mut e_buf) = ([0.0f64; CHUNK], [0.0f64; CHUNK]);
     let mut at = 0;
-    while at < expected.len {
-        let n = CHUNK.min(expected.len - at);
+    while at < expected.len() {
+        let n = CHUNK.min(expected.len() - at);
         let (a_chunk, e_chunk) = (&mut a_buf[..n], &mut e_buf[..n]);
         // Both were read once in `CpuValues::new`: a dtype error cannot appear here.
         if actual.read(at, a_chunk).and(expected.read(at, e_chunk)).is_err() {
@@ -433,169 +285,26 @@ fn fill_statistics(c: &mut Comparison, actual: &CpuValues<'_>, expected: &CpuVal
     };
 }
 
-impl Comparison {
-    /// The verdict: no incompatibility, and the noise multiple within its limit
-    /// where it decides, every element within the tolerance elsewhere.
-    pub fn passed(&self) -> bool {
-        if self.incompatible.is_some() {
-            return false;
-        }
-        match (&self.noise, self.decided_by_noise) {
-            (Some(noise), true) => noise.passed(),
-            _ => self.mismatched == 0,
-        }
+/// [`compare`] for tensors read from files, whose dtypes are the ones they were
+/// stored with ([`TensorInfo::dtype`](crate::TensorInfo::dtype)): candle reads
+/// `BOOL` as u8 and `U16` as u32, so its own dtypes would let a u16 tensor pass
+/// against a u32 one. Stored dtypes that differ fail, and are the ones reported.
+pub fn compare_stored(
+    actual: &Tensor,
+    actual_dtype: Dtype,
+    expected: &Tensor,
+    expected_dtype: Dtype,
+    tolerance: Tolerance,
+) -> Comparison {
+    let mut c = compare(actual, expected, tolerance);
+    c.actual_dtype = stored_dtype_name(actual_dtype);
+    c.expected_dtype = stored_dtype_name(expected_dtype);
+    // A shape disagreement stays the reason given; `compare` checked that first.
+    if actual_dtype != expected_dtype && c.actual_shape == c.expected_shape {
+        c.incompatible = Some(format!(
+            "dtypes differ: actual {}, expected {}",
+            c.actual_dtype, c.expected_dtype
+        ));
     }
-
-    /// What `torch.testing.assert_close` would say, whatever rule decides.
-    pub fn passed_assert_close(&self) -> bool {
-        self.incompatible.is_none() && self.mismatched == 0
-    }
-
-    /// The noise multiple, when the reference has a shadow.
-    pub fn multiple(&self) -> Option<f64> {
-        self.noise.as_ref().map(|n| n.multiple)
-    }
-
-    pub fn mismatched_percent(&self) -> f64 {
-        if self.elements == 0 {
-            0.0
-        } else {
-            100.0 * self.mismatched as f64 / self.elements as f64
-        }
-    }
-
-    /// The greatest absolute difference, 0 when nothing finite was compared.
-    pub fn worst_abs(&self) -> f64 {
-        self.max_abs_diff.as_ref().map_or(0.0, |e| e.value)
-    }
-
-    /// The greatest relative difference, 0 when nothing finite was compared.
-    pub fn worst_rel(&self) -> f64 {
-        self.max_rel_diff.as_ref().map_or(0.0, |e| e.value)
-    }
-
-    /// A one-line summary for tables and logs.
-    pub fn summary(&self) -> String {
-        if let Some(reason) = &self.incompatible {
-            if self.max_abs_diff.is_none() {
-                return reason.clone();
-            }
-        }
-        let mut line = format!(
-            "{} / {} mismatched, max abs {:.3e}, max rel {:.3e}",
-            self.mismatched,
-            self.elements,
-            self.worst_abs(),
-            self.worst_rel()
-        );
-        if let Some(reason) = &self.incompatible {
-            line = format!("{reason}; {line}");
-        }
-        line
-    }
-}
-
-pub(crate) fn format_index(index: &[usize]) -> String {
-    let parts: Vec<String> = index.iter().map(usize::to_string).collect();
-    if parts.len() == 1 {
-        format!("({},)", parts[0])
-    } else {
-        format!("({})", parts.join(", "))
-    }
-}
-
-impl fmt::Display for Comparison {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tol = &self.tolerance;
-        if self.passed() {
-            writeln!(f, "Tensors are close ({} elements).", self.elements)?;
-        } else {
-            writeln!(f, "Tensors are not close!")?;
-        }
-        if let Some(reason) = &self.incompatible {
-            writeln!(f, "\n{reason}")?;
-            if self.max_abs_diff.is_none() && self.mismatched == 0 {
-                return Ok(());
-            }
-        }
-        if let Some(noise) = &self.noise {
-            let rule = if self.decided_by_noise {
-                format!(
-                    "decides; assert_close alone would say {}",
-                    if self.passed_assert_close() {
-                        "close"
-                    } else {
-                        "not close"
-                    }
-                )
-            } else if !noise.reference_agrees {
-                "not applicable: assert_close decides".into()
-            } else {
-                "reported only: assert_close decides".into()
-            };
-            writeln!(f, "\nNoise multiple ({rule}): {}", noise.summary())?;
-        }
-        writeln!(f)?;
-        writeln!(
-            f,
-            "Mismatched elements: {} / {} ({:.1}%)",
-            self.mismatched,
-            self.elements,
-            self.mismatched_percent()
-        )?;
-        if let Some(m) = &self.max_abs_diff {
-            writeln!(
-                f,
-                "Greatest absolute difference: {:e} at index {} (actual {:e}, expected {:e}; up to {:e} allowed there)",
-                m.value,
-                format_index(&m.at.index),
-                m.at.actual,
-                m.at.expected,
-                tol.allowed(m.at.expected)
-            )?;
-        }
-        if let Some(m) = &self.max_rel_diff {
-            writeln!(
-                f,
-                "Greatest relative difference: {:e} at index {} (up to {:e} allowed)",
-                m.value,
-                format_index(&m.at.index),
-                tol.rtol
-            )?;
-        }
-        if let Some(first) = &self.first_mismatch {
-            writeln!(
-                f,
-                "First mismatch: index {} (actual {:e}, expected {:e})",
-                format_index(&first.index),
-                first.actual,
-                first.expected
-            )?;
-        }
-        if let Some(exact) = &self.integers {
-            writeln!(f, "{exact}")?;
-        }
-        write!(
-            f,
-            "Mean absolute error: {:e}, RMS error: {:e}",
-            self.mean_abs_error, self.rms_error
-        )?;
-        if let Some(cosine) = self.cosine {
-            write!(f, ", cosine similarity: {cosine:.9}")?;
-        }
-        writeln!(f)?;
-        let (a, e) = (&self.actual_nonfinite, &self.expected_nonfinite);
-        if a.total() + e.total() > 0 {
-            writeln!(
-                f,
-                "Non-finite values: actual {} NaN, {} +inf, {} -inf; expected {} NaN, {} +inf, {} -inf (equal_nan: {})",
-                a.nan, a.pos_inf, a.neg_inf, e.nan, e.pos_inf, e.neg_inf, tol.equal_nan
-            )?;
-        }
-        write!(
-            f,
-            "Tolerance: rtol {:e}, atol {:e} (|actual - expected| <= atol + rtol * |expected|), shape {:?}, dtype {}",
-            tol.rtol, tol.atol, self.expected_shape, self.expected_dtype
-        )
-    }
+    c
 }

@@ -18,6 +18,7 @@ mod approx_eq;
 mod assert;
 pub mod bundle;
 mod compare;
+mod comparison;
 pub mod config;
 mod error;
 mod exact;
@@ -31,6 +32,7 @@ pub mod table;
 pub mod tensor_file;
 mod tolerance;
 pub mod trace;
+mod values;
 pub mod weight_map;
 
 pub use approx_eq::Approx;
@@ -38,11 +40,11 @@ pub use assert::{assert_close, check_close};
 pub use bundle::{
     Bundle, BundleMetadata, BundleOutline, Namespace, Producer, ShadowInfo, FORMAT_VERSION, SHADOW_PREFIX,
 };
-pub use compare::{compare, compare_default, compare_with_shadow, Comparison, Element, Extreme, NonFinite};
+pub use compare::{compare, compare_default, compare_stored, compare_with_shadow};
+pub use comparison::{format_multiple, Comparison, Element, ExactIntegers, ExactPair, Extreme, Noise, NonFinite};
 pub use config::{read_config, read_config_parts, ConfigParts, ConfigRead};
 pub use error::{Error, Result};
-pub use exact::{compare_stored, ExactIntegers, ExactPair};
-pub use noise::{format_multiple, Noise, Rule, NOISE_LIMIT};
+pub use noise::{Rule, NOISE_LIMIT};
 pub use parity::Parity;
 pub use report::{compare_trace, summary_table, Report, ReportRow, TraceReport, TraceRow};
 pub use suite::Case;

@@ -12,8 +12,8 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{format_index, unravel, CpuValues};
-use crate::Tolerance;
+use crate::values::{unravel, CpuValues};
+use crate::{Noise, Tolerance};
 
 /// How far a port's error may exceed the reference's own before a tensor fails.
 ///
@@ -36,85 +36,6 @@ pub enum Rule {
 impl Default for Rule {
     fn default() -> Self {
         Rule::Calibrated { limit: NOISE_LIMIT }
-    }
-}
-
-/// The port's and the reference's errors against the float64 shadow.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Noise {
-    /// RMS and greatest absolute error of the reference against the shadow.
-    #[serde(with = "crate::float_json")]
-    pub reference_rms: f64,
-    #[serde(with = "crate::float_json")]
-    pub reference_max: f64,
-    /// RMS and greatest absolute error of the port against the shadow.
-    #[serde(with = "crate::float_json")]
-    pub port_rms: f64,
-    #[serde(with = "crate::float_json")]
-    pub port_max: f64,
-    /// Where the port is furthest from the shadow.
-    pub port_max_at: Vec<usize>,
-    /// The least reference error the multiple divides by: one machine epsilon of the
-    /// reference's dtype times the shadow's RMS (for the RMS) and greatest magnitude
-    /// (for the max), so an exact reference does not make every rounding infinite.
-    #[serde(with = "crate::float_json")]
-    pub floor_rms: f64,
-    #[serde(with = "crate::float_json")]
-    pub floor_max: f64,
-    /// max(port RMS / reference RMS, port max / reference max), each reference
-    /// error raised to its floor.
-    #[serde(with = "crate::float_json")]
-    pub multiple: f64,
-    /// The multiple above which the tensor fails.
-    pub limit: f64,
-    /// Elements where the reference is not finite and the port differs from it
-    /// (or the port is not finite and the reference is); any fails the tensor.
-    pub nonfinite_mismatched: usize,
-    /// Whether the reference agrees with its shadow to half its dtype's digits (RMS and
-    /// max error within sqrt(epsilon) of the shadow's RMS and greatest magnitude). When
-    /// not, the bundle is inconsistent (edited, or a shadow of something else) or the
-    /// reference lost too much to rounding to calibrate against: `assert_close` decides.
-    pub reference_agrees: bool,
-}
-
-impl Noise {
-    /// The multiple is within the limit and every non-finite element matches.
-    pub fn passed(&self) -> bool {
-        self.nonfinite_mismatched == 0 && self.multiple <= self.limit
-    }
-
-    /// A one-line account for reports.
-    pub fn summary(&self) -> String {
-        let mut line = format!(
-            "noise multiple {} (fails above {}): against the float64 shadow the port is off by rms {:.3e}, max {:.3e} at {}; the reference by rms {:.3e}, max {:.3e}",
-            format_multiple(self.multiple),
-            self.limit,
-            self.port_rms,
-            self.port_max,
-            format_index(&self.port_max_at),
-            self.reference_rms,
-            self.reference_max
-        );
-        if !self.reference_agrees {
-            line.push_str("; the reference is too far from its own shadow to calibrate against");
-        }
-        if self.nonfinite_mismatched > 0 {
-            line.push_str(&format!("; {} non-finite elements disagree", self.nonfinite_mismatched));
-        }
-        line
-    }
-}
-
-/// A multiple as reports print it: two significant digits, `inf` when unbounded.
-pub fn format_multiple(multiple: f64) -> String {
-    if multiple.is_infinite() {
-        "inf".into()
-    } else if multiple >= 100.0 {
-        format!("{multiple:.0}")
-    } else if multiple >= 10.0 {
-        format!("{multiple:.1}")
-    } else {
-        format!("{multiple:.2}")
     }
 }
 

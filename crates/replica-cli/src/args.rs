@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use replica_check::ReadLimits;
 
 use crate::device::DeviceSpec;
-use crate::output::Format;
+use crate::output::{Format, OutputArgs};
 
 const ABOUT: &str = "Check candle reimplementations of ML components against reference tensors dumped from PyTorch";
 
@@ -68,19 +68,6 @@ impl Cli {
             ..default
         })
     }
-}
-
-/// Where a report goes instead of stdout.
-#[derive(Debug, Args)]
-pub struct OutputArgs {
-    /// Write the report to FILE instead of stdout (written whole or not at all: a temporary file
-    /// beside it is renamed into place). An existing FILE is kept unless --force is given.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub output: Option<PathBuf>,
-
-    /// Replace an existing --output file.
-    #[arg(long, requires = "output")]
-    pub force: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -4,7 +4,7 @@
 
 use replica_check::{format_multiple, Report, Rule, TraceReport, TraceRow, NOISE_LIMIT};
 
-use crate::check::{self, Outcome, Verdict};
+use crate::outcome::{self, Outcome, Verdict};
 use crate::output::{looks_numeric, Table, BAD, GOOD};
 
 const STYLE: &str = "
@@ -67,21 +67,21 @@ pub fn render(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> St
          <p>{}</p>\n",
         outcomes.len(),
         escape(device),
-        escape(&check::rule_note(rule)),
+        escape(&outcome::rule_note(rule)),
     );
     let sections: Vec<Option<String>> = outcomes
         .iter()
         .enumerate()
         .map(|(i, outcome)| case_section(i, outcome, rule))
         .collect();
-    out.push_str(&table(&check::summary_table(outcomes), |row| {
+    out.push_str(&table(&outcome::summary_table(outcomes), |row| {
         sections[row].as_ref().map(|_| format!("case-{row}"))
     }));
     let all_pass = outcomes.iter().all(|o| o.verdict() == Verdict::Pass);
     out.push_str(&format!(
         "<p class=\"{}\">{}</p>\n",
         if all_pass { "ok" } else { "bad" },
-        escape(&check::tally(outcomes))
+        escape(&outcome::tally(outcomes))
     ));
     for section in sections.into_iter().flatten() {
         out.push_str(&section);
@@ -188,7 +188,7 @@ fn trace_section(outcome: &Outcome, trace: &TraceReport, rule: Rule) -> String {
     if trace.rows.is_empty() {
         out.push_str(&format!(
             "<p class=\"warn\">{}</p>\n",
-            escape(&check::empty_trace_note(outcome))
+            escape(&outcome::empty_trace_note(outcome))
         ));
         return out;
     }
@@ -200,7 +200,7 @@ fn trace_section(outcome: &Outcome, trace: &TraceReport, rule: Rule) -> String {
     out.push_str(&format!("<div class=\"plot\">\n{svg}</div>\n"));
     let notes: Vec<String> = notes.iter().map(|note| escape(note)).collect();
     out.push_str(&format!("<p class=\"note\">{}</p>\n", notes.join("<br>\n")));
-    out.push_str(&pre(&check::trace_trailer(trace)));
+    out.push_str(&pre(&outcome::trace_trailer(trace)));
     out.push_str(&format!(
         "<details><summary>Every module ({} rows)</summary>\n{}</details>\n",
         trace.rows.len(),

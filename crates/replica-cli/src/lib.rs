@@ -16,8 +16,10 @@ pub mod error;
 pub mod guard;
 pub mod html;
 pub mod inspect;
+pub mod job;
 pub mod listing;
 pub mod manifest;
+pub mod outcome;
 pub mod output;
 pub mod registry;
 

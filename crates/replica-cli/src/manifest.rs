@@ -15,8 +15,8 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::check::{ConfigSource, Job, Weights};
 use crate::error::CliError;
+use crate::job::{ConfigSource, Job, Weights};
 use crate::registry::{closest, Registry};
 
 #[derive(Debug, Deserialize)]

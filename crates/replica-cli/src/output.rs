@@ -3,15 +3,27 @@
 //! codes when stdout is not a terminal or `NO_COLOR` is set.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anstyle::{AnsiColor, Style};
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
 use replica_check::tensor_file::write_atomically;
 use serde_json::Value;
 
-use crate::args::OutputArgs;
 use crate::error::CliError;
+
+/// Where a report goes instead of stdout.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Write the report to FILE instead of stdout (written whole or not at all: a temporary file
+    /// beside it is renamed into place). An existing FILE is kept unless --force is given.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Replace an existing --output file.
+    #[arg(long, requires = "output")]
+    pub force: bool,
+}
 
 /// How a command prints its result.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
