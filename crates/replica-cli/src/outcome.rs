@@ -78,28 +78,25 @@ impl Outcome {
         }
     }
 
+    /// One of the report's aggregates, none when the case could not run.
+    fn of_report(&self, aggregate: fn(&Report) -> Option<f64>) -> Option<f64> {
+        self.result.as_ref().ok().and_then(aggregate)
+    }
+
     pub(crate) fn worst_abs(&self) -> Option<f64> {
-        self.comparisons()
-            .iter()
-            .filter_map(|c| c.max_abs_diff.as_ref())
-            .map(|e| e.value)
-            .reduce(f64::max)
+        self.of_report(Report::worst_abs)
     }
 
     pub(crate) fn worst_rel(&self) -> Option<f64> {
-        self.comparisons()
-            .iter()
-            .filter_map(|c| c.max_rel_diff.as_ref())
-            .map(|e| e.value)
-            .reduce(f64::max)
+        self.of_report(Report::worst_rel)
     }
 
     pub(crate) fn worst_multiple(&self) -> Option<f64> {
-        self.comparisons().iter().filter_map(|c| c.multiple()).reduce(f64::max)
+        self.of_report(Report::worst_multiple)
     }
 
     pub(crate) fn min_cosine(&self) -> Option<f64> {
-        self.comparisons().iter().filter_map(|c| c.cosine).reduce(f64::min)
+        self.of_report(Report::min_cosine)
     }
 
     pub(crate) fn failed_tensors(&self) -> usize {
