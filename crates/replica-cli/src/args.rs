@@ -147,11 +147,12 @@ pub struct CheckArgs {
     #[arg(long)]
     pub trace: bool,
 
-    /// Relative tolerance for every tensor, over the component's own.
+    /// Relative tolerance for every tensor, over the component's own (it decides where a
+    /// tensor has no float64 shadow, or everywhere with --rule assert-close).
     #[arg(long, value_name = "RTOL", value_parser = tolerance_value, allow_hyphen_values = true)]
     pub rtol: Option<f64>,
 
-    /// Absolute tolerance for every tensor, over the component's own.
+    /// Absolute tolerance for every tensor, over the component's own (as --rtol).
     #[arg(long, value_name = "ATOL", value_parser = tolerance_value, allow_hyphen_values = true)]
     pub atol: Option<f64>,
 
