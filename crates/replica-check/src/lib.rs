@@ -26,6 +26,7 @@ mod float_json;
 mod gradients;
 pub mod noise;
 mod parity;
+mod printable;
 pub mod report;
 pub mod suite;
 pub mod table;
@@ -46,6 +47,7 @@ pub use config::{read_config, read_config_parts, ConfigParts, ConfigRead};
 pub use error::{Error, Result};
 pub use noise::{Rule, NOISE_LIMIT};
 pub use parity::Parity;
+pub use printable::printable;
 pub use report::{compare_trace, summary_table, Report, ReportRow, TraceReport, TraceRow};
 pub use suite::Case;
 pub use tensor_file::{

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use replica_check::{format_multiple, Comparison, Report, Rule, TraceReport};
+use replica_check::{format_multiple, printable, Comparison, Report, Rule, TraceReport};
 
 use crate::output::{paint, sci, Cell, Table, BAD, GOOD};
 
@@ -224,12 +224,15 @@ pub(crate) fn trace_trailer(trace: &TraceReport) -> String {
     if !trace.not_recorded.is_empty() {
         out.push_str(&format!(
             "The reference has activations the trace never recorded: {}\n",
-            trace.not_recorded.join(", ")
+            printable(&trace.not_recorded.join(", "))
         ));
     }
     match trace.first_failure() {
         Some(row) => {
-            out.push_str(&paint(BAD, &format!("First divergent module: `{}`", row.path)));
+            out.push_str(&paint(
+                BAD,
+                &format!("First divergent module: `{}`", printable(&row.path)),
+            ));
             out.push('\n');
             if let Some(comparison) = &row.comparison {
                 out.push_str(&format!("{}\n", comparison.to_string().trim_end()));

@@ -71,15 +71,15 @@ pub struct Cell {
 
 impl Cell {
     pub fn plain(text: impl Into<String>) -> Self {
-        Self {
-            text: text.into(),
-            style: Style::new(),
-        }
+        Self::styled(text, Style::new())
     }
 
+    /// A cell on one line: control characters (a newline in a key or case name, a
+    /// terminal escape) are written as escapes.
     pub fn styled(text: impl Into<String>, style: Style) -> Self {
+        let text = text.into();
         Self {
-            text: text.into(),
+            text: replica_check::printable(&text).into_owned(),
             style,
         }
     }
@@ -159,10 +159,12 @@ impl Table {
                 if i > 0 {
                     text.push_str("  ");
                 }
+                // Padded by hand: `format!`'s width cannot exceed u16::MAX and a cell can.
+                let fill = " ".repeat(width - cell.text.chars().count());
                 let padded = if numeric[i] {
-                    format!("{:>width$}", cell.text)
+                    format!("{fill}{}", cell.text)
                 } else {
-                    format!("{:<width$}", cell.text)
+                    format!("{}{fill}", cell.text)
                 };
                 if i + 1 == columns {
                     // No trailing blanks after the last column.
