@@ -24,6 +24,7 @@ mod error;
 mod exact;
 mod float_json;
 mod gradients;
+pub mod interrupt;
 pub mod noise;
 mod parity;
 mod printable;

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -141,14 +141,7 @@ impl SafetensorsFile {
     pub fn open(path: impl AsRef<Path>, limits: ReadLimits) -> Result<Self> {
         let path = path.as_ref();
         let fail = |message: String| Error::file(path, message);
-        if path.is_dir() {
-            return Err(fail("is a directory, expected a file".into()));
-        }
-        let file = File::open(path).map_err(|err| fail(format!("cannot read: {err}")))?;
-        let len = file
-            .metadata()
-            .map_err(|err| fail(format!("cannot read: {err}")))?
-            .len();
+        let (file, len) = open_regular(path)?;
         // Check the prefix before mapping: an empty file cannot be mapped on every system.
         check_prefix_len(len).map_err(fail)?;
         // SAFETY: the map is read-only and private to this value. Another process
@@ -253,12 +246,73 @@ pub fn read_safetensors(path: impl AsRef<Path>, device: &Device) -> Result<Tenso
     open_safetensors(path)?.load_all(device)
 }
 
-/// Reads a file's bytes, with the path in every error.
+/// Reads a small file's bytes (a `config.json`, a suite): a regular file of at
+/// most [`ReadLimits::max_header_bytes`], with the path in every error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    if path.is_dir() {
-        return Err(Error::file(path, "is a directory, expected a file"));
+    let (file, len) = open_regular(path)?;
+    let limit = ReadLimits::current().max_header_bytes;
+    if len > limit {
+        return Err(Error::file(
+            path,
+            format!("is {len} bytes, over the limit of {limit} bytes for a text file (max_header_bytes)"),
+        ));
     }
-    std::fs::read(path).map_err(|err| Error::file(path, format!("cannot read: {err}")))
+    let mut bytes = Vec::with_capacity(len as usize);
+    // `take`: a file that grows while it is read still stops at the limit.
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| Error::file(path, format!("cannot read: {err}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::file(
+            path,
+            format!("grew past the limit of {limit} bytes while read"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Opens `path` for reading if it is a regular file, with its length. Anything
+/// else is refused by kind before a byte is read: a directory, a device such as
+/// `/dev/zero` (endless), a FIFO or socket (opened without blocking, so one with no
+/// writer cannot hang the command).
+pub fn open_regular(path: &Path) -> Result<(File, u64)> {
+    let fail = |message: String| Error::file(path, message);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|err| fail(format!("cannot read: {err}")))?;
+    let meta = file.metadata().map_err(|err| fail(format!("cannot read: {err}")))?;
+    if !meta.is_file() {
+        return Err(fail(format!("is {}, expected a regular file", file_kind(&meta))));
+    }
+    Ok((file, meta.len()))
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// Parses safetensors bytes already in memory; `origin` names them in errors.
@@ -359,11 +413,8 @@ fn index(bytes: &[u8], limits: ReadLimits) -> std::result::Result<Index, String>
         ));
     }
     let data_start = PREFIX + header_len as usize;
-    let header: Value =
+    let UniqueKeys(entries) =
         serde_json::from_slice(&bytes[PREFIX..data_start]).map_err(|err| format!("header is not valid JSON: {err}"))?;
-    let Value::Object(entries) = header else {
-        return Err("header is not a JSON object".into());
-    };
     let data_len = (bytes.len() - data_start) as u64;
     let mut metadata = HashMap::new();
     let mut tensors = Vec::with_capacity(entries.len());
@@ -397,6 +448,35 @@ fn index(bytes: &[u8], limits: ReadLimits) -> std::result::Result<Index, String>
         tensors,
         metadata,
     })
+}
+
+/// A JSON object's entries in order, refusing a key given twice: serde_json keeps
+/// the last, so a header could otherwise say two things about one tensor.
+struct UniqueKeys(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<UniqueKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                let mut entries = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    if !seen.insert(key.clone()) {
+                        let key = crate::printable(&key).into_owned();
+                        return Err(serde::de::Error::custom(format!("the key `{key}` appears twice")));
+                    }
+                    entries.push((key, value));
+                }
+                Ok(UniqueKeys(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
 }
 
 /// The format stores tensors back to back: no two share a byte, and no byte of
@@ -520,14 +600,6 @@ const ALREADY_EXISTS: &str = "already exists (pass overwrite, or --force, to rep
 /// On any error the temporary file is removed and an existing `path` is untouched.
 pub fn write_atomically(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     let fail = |message: String| Error::file(path, message);
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| fail("is not a file path".into()))?
-        .to_string_lossy();
     if path.is_dir() {
         return Err(fail("is a directory, expected a file".into()));
     }
@@ -535,7 +607,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()
     // must not share (and truncate) one temporary file.
     static NEXT_TEMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let serial = NEXT_TEMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temp = dir.join(format!(".{file_name}.{}.{serial}.tmp", std::process::id()));
+    let temp = temporary_path(path, serial).ok_or_else(|| fail("is not a file path".into()))?;
+    let guard = crate::interrupt::RemoveOnSignal::new(&temp);
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -554,10 +627,23 @@ pub fn write_atomically(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()
         place_new(&temp, path)
     };
     let _ = std::fs::remove_file(&temp);
+    drop(guard);
     placed.map_err(|err| match err.kind() {
         std::io::ErrorKind::AlreadyExists => fail(ALREADY_EXISTS.into()),
         _ => fail(format!("cannot write: {err}")),
     })
+}
+
+/// The temporary file [`write_atomically`] writes before moving it to `path`:
+/// hidden, beside it, named by the process and `serial`; none for a path without a
+/// file name.
+pub fn temporary_path(path: &Path, serial: u64) -> Option<PathBuf> {
+    let file_name = path.file_name()?.to_string_lossy();
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    Some(dir.join(format!(".{file_name}.{}.{serial}.tmp", std::process::id())))
 }
 
 /// Moves `temp` to `path` unless `path` exists. The caller removes `temp` afterwards.

@@ -54,7 +54,11 @@ impl Cli {
             match (flag, std::env::var(var)) {
                 (Some(value), _) => Ok(value),
                 (None, Ok(text)) => byte_size(&text).map_err(|err| format!("{var}: {err}")),
-                (None, Err(_)) => Ok(default),
+                (None, Err(std::env::VarError::NotPresent)) => Ok(default),
+                (None, Err(std::env::VarError::NotUnicode(value))) => Err(format!(
+                    "{var}: not a byte size: {} is not UTF-8 text",
+                    replica_check::printable(&value.to_string_lossy())
+                )),
             }
         };
         let default = ReadLimits::DEFAULT;
