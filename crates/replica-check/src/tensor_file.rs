@@ -286,6 +286,9 @@ pub fn open_regular(path: &Path) -> Result<(File, u64)> {
     }
     let file = options.open(path).map_err(|err| fail(format!("cannot read: {err}")))?;
     let meta = file.metadata().map_err(|err| fail(format!("cannot read: {err}")))?;
+    if meta.is_dir() {
+        return Err(fail("is a directory, expected a file".into()));
+    }
     if !meta.is_file() {
         return Err(fail(format!("is {}, expected a regular file", file_kind(&meta))));
     }
@@ -308,11 +311,8 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
             return "a device";
         }
     }
-    if meta.is_dir() {
-        "a directory"
-    } else {
-        "not a regular file"
-    }
+    let _ = meta;
+    "not a regular file"
 }
 
 /// Parses safetensors bytes already in memory; `origin` names them in errors.
@@ -413,8 +413,11 @@ fn index(bytes: &[u8], limits: ReadLimits) -> std::result::Result<Index, String>
         ));
     }
     let data_start = PREFIX + header_len as usize;
-    let UniqueKeys(entries) =
-        serde_json::from_slice(&bytes[PREFIX..data_start]).map_err(|err| format!("header is not valid JSON: {err}"))?;
+    let json = &bytes[PREFIX..data_start];
+    if json.trim_ascii_start().first() != Some(&b'{') {
+        return Err("header is not a JSON object".into());
+    }
+    let UniqueKeys(entries) = serde_json::from_slice(json).map_err(|err| format!("header is not valid JSON: {err}"))?;
     let data_len = (bytes.len() - data_start) as u64;
     let mut metadata = HashMap::new();
     let mut tensors = Vec::with_capacity(entries.len());
