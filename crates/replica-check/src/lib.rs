@@ -29,6 +29,7 @@ pub mod noise;
 mod parity;
 mod printable;
 pub mod report;
+pub mod stats;
 pub mod suite;
 pub mod table;
 pub mod tensor_file;
@@ -50,6 +51,7 @@ pub use noise::{Rule, NOISE_LIMIT};
 pub use parity::Parity;
 pub use printable::printable;
 pub use report::{compare_trace, summary_table, Report, ReportRow, TraceReport, TraceRow};
+pub use stats::Stats;
 pub use suite::Case;
 pub use tensor_file::{
     open_safetensors, read_safetensors, write_safetensors, ReadLimits, SafetensorsFile, TensorFile, TensorInfo,
