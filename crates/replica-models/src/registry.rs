@@ -29,15 +29,15 @@ use replica_blocks::Paper;
 use serde_json::Value;
 
 use crate::config::{merge_overrides, ModelConfig};
-use crate::{Architecture, Bert, Error, Family, Gpt2, Llama, Result, Vit};
+use crate::{Architecture, Error, Family, Result};
 
 /// Every registered architecture, in the order `replica models` lists their presets.
-/// A new model is one line here.
+/// A new model is one line here (by full path, so that the line is all it takes).
 pub const MODELS: &[Descriptor] = &[
-    Descriptor::of::<Gpt2>(),
-    Descriptor::of::<Vit>(),
-    Descriptor::of::<Llama>(),
-    Descriptor::of::<Bert>(),
+    Descriptor::of::<crate::gpt2::Gpt2>(),
+    Descriptor::of::<crate::vit::Vit>(),
+    Descriptor::of::<crate::llama::Llama>(),
+    Descriptor::of::<crate::bert::Bert>(),
 ];
 
 /// A named configuration of a model: its paper and where its reference weights are published.
