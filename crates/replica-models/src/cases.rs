@@ -27,7 +27,7 @@ use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::llama::{Llama, LlamaConfig};
 use crate::papers;
 use crate::vit::{Vit, VitConfig};
-use crate::{Error, Result};
+use crate::{Architecture, Error, Result};
 
 /// The directory of the committed reference bundles (the workspace's `tests/fixtures`).
 pub fn fixtures_dir() -> PathBuf {

