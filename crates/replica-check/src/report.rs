@@ -14,7 +14,9 @@ use crate::{compare, compare_with_shadow, format_multiple, Comparison, Tolerance
 /// A comparison with the name of what was compared.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReportRow {
+    /// What was compared, e.g. `output/0` or `act/h.0.attn`.
     pub name: String,
+    /// The comparison.
     pub comparison: Comparison,
     /// The bundle has no reference tensor of this name: the row compared nothing.
     #[serde(default)]
@@ -24,11 +26,14 @@ pub struct ReportRow {
 /// Named comparisons, shown as one table followed by the details of each failure.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// What the report is about (a case, a component).
     pub title: String,
+    /// One row per compared tensor.
     pub rows: Vec<ReportRow>,
 }
 
 impl Report {
+    /// An empty report titled `title`.
     pub fn new(title: impl Into<String>) -> Self {
         Self {
             title: title.into(),
@@ -36,6 +41,7 @@ impl Report {
         }
     }
 
+    /// Adds a comparison made elsewhere.
     pub fn push(&mut self, name: impl Into<String>, comparison: Comparison) {
         self.rows.push(ReportRow {
             name: name.into(),
@@ -112,10 +118,12 @@ impl Report {
         self.rows.iter().filter_map(|r| r.comparison.cosine).reduce(f64::min)
     }
 
+    /// The rows that fail.
     pub fn failures(&self) -> impl Iterator<Item = &ReportRow> {
         self.rows.iter().filter(|r| !r.comparison.passed())
     }
 
+    /// One row per tensor: shape, differences, cosine, noise multiple, verdict.
     pub fn table(&self) -> Table {
         let mut table = Table::new(&[
             "tensor",
@@ -236,6 +244,7 @@ impl fmt::Display for Report {
 pub struct TraceRow {
     /// The activation name (module path).
     pub path: String,
+    /// The shape the port recorded.
     pub shape: Vec<usize>,
     /// `None` when the reference has no activation of that name.
     pub comparison: Option<Comparison>,
@@ -314,6 +323,7 @@ impl TraceReport {
         self.rows.iter().find(|r| &r.path == path)
     }
 
+    /// One row per recorded module, in execution order.
     pub fn table(&self) -> Table {
         let mut table = Table::new(&[
             "#",

@@ -5,11 +5,14 @@ use std::fmt;
 /// A table of text cells; numbers right-aligned, text left-aligned.
 #[derive(Clone, Debug, Default)]
 pub struct Table {
+    /// Column headers.
     pub headers: Vec<String>,
+    /// Rows of cells, one per header.
     pub rows: Vec<Vec<String>>,
 }
 
 impl Table {
+    /// An empty table with these headers.
     pub fn new(headers: &[&str]) -> Self {
         Self {
             headers: headers.iter().map(|h| h.to_string()).collect(),
@@ -17,6 +20,7 @@ impl Table {
         }
     }
 
+    /// Appends a row.
     pub fn push(&mut self, row: Vec<String>) {
         self.rows.push(row);
     }
