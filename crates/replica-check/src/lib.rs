@@ -10,7 +10,8 @@
 //! - [`WeightMap`]: a reference checkpoint's tensors into a candle `VarBuilder`,
 //!   strictly.
 //! - [`trace`] and [`compare_trace`]: per-module activations, and the first module
-//!   that diverges.
+//!   that diverges; [`TraceMap`]: how the reference's traces name them, beside the
+//!   [`WeightMap`].
 //! - [`noise`]: the verdict calibrated against the reference's float64 shadow: a
 //!   port's error as a multiple of the reference's own rounding error.
 
@@ -37,6 +38,7 @@ pub mod table;
 pub mod tensor_file;
 mod tolerance;
 pub mod trace;
+pub mod trace_map;
 mod values;
 pub mod weight_map;
 
@@ -59,5 +61,6 @@ pub use tensor_file::{
     open_safetensors, read_safetensors, write_safetensors, ReadLimits, SafetensorsFile, TensorFile, TensorInfo,
 };
 pub use tolerance::{glob_match, Tolerance, ToleranceOverrides, ToleranceSpec};
-pub use trace::{record_nested, tap, tap_tuple, Trace};
+pub use trace::{mapped, record_nested, tap, tap_tuple, Trace};
+pub use trace_map::TraceMap;
 pub use weight_map::{LoadReport, MappedWeights, ShapeMismatch, WeightMap};

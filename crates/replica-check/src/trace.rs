@@ -1,6 +1,7 @@
 //! Activation traces: blocks record their outputs under their module path
 //! during a forward pass, so a run can be compared module by module against
-//! the reference's forward hooks.
+//! the reference's forward hooks. Where the reference names things otherwise,
+//! a [`TraceMap`] applied with [`mapped`] says how.
 //!
 //! Recording is per thread and off by default; [`tap`] then costs one
 //! thread-local flag read.
@@ -9,6 +10,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use candle_core::Tensor;
+
+use crate::trace_map::{split_element, TraceMap};
 
 /// One recorded activation.
 #[derive(Clone, Debug)]
@@ -65,6 +68,8 @@ impl Trace {
 thread_local! {
     static ACTIVE: Cell<bool> = const { Cell::new(false) };
     static CURRENT: RefCell<Trace> = RefCell::new(Trace::default());
+    /// The maps of the enclosing [`mapped`] calls, outermost first.
+    static MAPS: RefCell<Vec<TraceMap>> = const { RefCell::new(Vec::new()) };
     /// Whether the innermost active recording keeps what nested recordings capture.
     static COLLECTS_NESTED: Cell<bool> = const { Cell::new(false) };
 }
@@ -95,6 +100,48 @@ pub fn tap_tuple(path: &str, tensors: &[&Tensor]) {
 
 #[cold]
 fn record_entries(path: &str, tensors: &[Tensor], tuple: bool) {
+    if MAPS.with(|maps| maps.borrow().is_empty()) {
+        return record_unmapped(path, tensors, tuple);
+    }
+    let mut entries: Vec<(String, Tensor)> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (if tuple { format!("{path}:{i}") } else { path.to_string() }, t.clone()))
+        .collect();
+    MAPS.with(|maps| {
+        // The innermost map names first: a model's own map, then a caller's around it.
+        for map in maps.borrow().iter().rev() {
+            entries = entries.iter().flat_map(|(name, t)| map.apply(name, t)).collect();
+        }
+    });
+    CURRENT.with(|current| {
+        let mut trace = current.borrow_mut();
+        // One call number per module path and tap, under the names the map gave.
+        let mut bases: Vec<(String, String)> = Vec::new();
+        for (name, tensor) in entries {
+            let (path, element) = split_element(&name);
+            // The root module's output is the bundle's `output/`, not an activation.
+            if path.is_empty() {
+                continue;
+            }
+            let base = match bases.iter().find(|(p, _)| p == path) {
+                Some((_, base)) => base.clone(),
+                None => {
+                    let base = trace.call_name(path);
+                    bases.push((path.to_string(), base.clone()));
+                    base
+                }
+            };
+            let name = match element {
+                Some(i) => format!("{base}:{i}"),
+                None => base,
+            };
+            trace.entries.push(TraceEntry { name, tensor });
+        }
+    })
+}
+
+fn record_unmapped(path: &str, tensors: &[Tensor], tuple: bool) {
     CURRENT.with(|current| {
         let mut trace = current.borrow_mut();
         let base = trace.call_name(path);
@@ -106,6 +153,26 @@ fn record_entries(path: &str, tensors: &[Tensor], tuple: bool) {
             });
         }
     })
+}
+
+/// Runs `f` with the taps it makes recorded under the names `map` gives them
+/// (see [`TraceMap`]). Maps nest: a tap is named by the innermost map first. A
+/// trace recorded inside or around `f` holds the mapped names, and so does any
+/// [`record_nested`] around that.
+pub fn mapped<T>(map: &TraceMap, f: impl FnOnce() -> T) -> T {
+    struct Pop;
+    impl Drop for Pop {
+        // Runs on unwinding too, so a panicking forward never leaves the map on.
+        fn drop(&mut self) {
+            MAPS.with(|maps| maps.borrow_mut().pop());
+        }
+    }
+    if map.is_empty() {
+        return f();
+    }
+    MAPS.with(|maps| maps.borrow_mut().push(map.clone()));
+    let _pop = Pop;
+    f()
 }
 
 /// Runs `f` with tracing on and returns its result with what it recorded.
@@ -183,6 +250,54 @@ mod tests {
         assert_eq!(outer.names().collect::<Vec<_>>(), ["before", "inner", "after"]);
         assert!(!is_active());
         assert!(!COLLECTS_NESTED.with(Cell::get));
+    }
+
+    #[test]
+    fn a_map_names_taps_as_they_are_recorded_and_numbers_the_mapped_names() {
+        let hf = TraceMap::new().element(r"\.attn$", 0);
+        let bert = TraceMap::new()
+            .alias(r"^(l)\.out\.ln$", "$1.out")
+            .ignore(r"^l\.attn:0$");
+        let ((), outer) = record_nested(|| {
+            let ((), inner) = record(|| {
+                mapped(&hf, || {
+                    mapped(&bert, || {
+                        tap("l.attn", &t(1.0));
+                        tap("l.out.ln", &t(2.0));
+                    });
+                    tap("l.attn", &t(3.0));
+                    tap_tuple("l.attn", &[&t(4.0), &t(5.0)]);
+                });
+                tap("l.attn", &t(6.0));
+            });
+            // The inner map saw `l.attn` first and let it through; the outer one made it `l.attn:0`.
+            assert_eq!(
+                inner.names().collect::<Vec<_>>(),
+                [
+                    "l.attn:0",
+                    "l.out.ln",
+                    "l.out",
+                    "l.attn#1:0",
+                    "l.attn#2:0",
+                    "l.attn#2:1",
+                    "l.attn#3"
+                ]
+            );
+        });
+        assert_eq!(outer.len(), 7, "a nested recording passes on the mapped names");
+        assert!(MAPS.with(|m| m.borrow().is_empty()));
+    }
+
+    #[test]
+    fn a_panic_inside_a_map_leaves_no_map_behind() {
+        let map = TraceMap::new().rename("^a$", "b");
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            mapped(&map, || panic!("forward failed"))
+        }));
+        assert!(result.is_err());
+        assert!(MAPS.with(|m| m.borrow().is_empty()));
+        let ((), trace) = record(|| tap("a", &t(1.0)));
+        assert_eq!(trace.names().collect::<Vec<_>>(), ["a"]);
     }
 
     #[test]
