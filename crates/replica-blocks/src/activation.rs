@@ -6,6 +6,7 @@
 //! - ReLU²: So et al. (Primer), arXiv 2109.08668.
 
 use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// An activation function; every variant is differentiable. GELU (both forms) and
@@ -52,5 +53,52 @@ impl Activation {
 impl candle_core::Module for Activation {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Activation::forward(self, x)
+    }
+}
+
+/// An activation as a module of its own, as timm and HF hold it (`act`, `act_fn`):
+/// it records its output in traces under its path.
+#[derive(Clone, Debug)]
+pub struct ActivationLayer {
+    activation: Activation,
+    path: String,
+}
+
+impl ActivationLayer {
+    /// `activation` as the module at `vb`'s path (it has no weights; `vb` only names it).
+    pub fn new(activation: Activation, vb: VarBuilder) -> Self {
+        Self {
+            activation,
+            path: vb.prefix(),
+        }
+    }
+
+    /// `activation` applied as a function: no module of the reference, nothing recorded.
+    pub fn functional(activation: Activation) -> Self {
+        Self {
+            activation,
+            path: String::new(),
+        }
+    }
+
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+
+    /// Whether a trace is being recorded that wants this module's output.
+    pub fn is_traced(&self) -> bool {
+        !self.path.is_empty() && replica_check::trace::is_active()
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.activation.forward(x)?;
+        replica_check::tap(&self.path, &y);
+        Ok(y)
+    }
+}
+
+impl candle_core::Module for ActivationLayer {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ActivationLayer::forward(self, x)
     }
 }

@@ -26,6 +26,7 @@ pub use self::names::AttentionNames;
 pub use crate::ops::{repeat_kv, scaled_dot_product_attention, scaled_dot_product_attention_with_weights, SdpaOptions};
 
 use crate::alibi::{Alibi, AlibiConfig};
+use crate::dropout::Dropout;
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, LinearConfig};
 use crate::norm::Norm;
@@ -56,18 +57,8 @@ pub struct Attention {
     scale: Option<f64>,
     softcap: Option<f64>,
     attention_dropout: f32,
-    proj_dropout: f32,
-    training: bool,
-    names: AttentionNames,
+    proj_drop: Dropout,
     path: String,
-}
-
-fn join(path: &str, name: &str) -> String {
-    if path.is_empty() {
-        name.to_string()
-    } else {
-        format!("{path}.{name}")
-    }
 }
 
 impl Attention {
@@ -151,10 +142,17 @@ impl Attention {
         let out_dim = config.out_dim.unwrap_or(config.dim);
         let proj_bias = config.proj_bias.unwrap_or(config.qkv_bias);
         let out = projection(q_dim, out_dim, proj_bias, &names.out)?;
-        let norm = |on: bool, dim: usize, name: &str| {
-            on.then(|| Norm::new(config.norm, dim, config.norm_eps, vb.pp(name)))
-                .transpose()
+        let norm = |on: bool, dim: usize, name: &str| -> Result<Option<Norm>> {
+            Ok(if on {
+                Some(Norm::new(config.norm, dim, config.norm_eps, vb.pp(name))?)
+            } else {
+                names.identity_norms.then(|| Norm::identity(vb.pp(name)))
+            })
         };
+        let proj_drop_path = names
+            .proj_drop
+            .as_ref()
+            .map_or(String::new(), |name| vb.pp(name).prefix());
         Ok(Self {
             projections,
             out,
@@ -170,20 +168,9 @@ impl Attention {
             scale: config.score_scale(),
             softcap: config.softcap,
             attention_dropout: config.attention_dropout,
-            proj_dropout: config.proj_dropout,
-            training: false,
-            names,
+            proj_drop: Dropout::from_probability(f64::from(config.proj_dropout), proj_drop_path)?,
             path,
         })
-    }
-
-    /// Turns dropout on (training) or off (inference, the default).
-    pub fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
-
-    pub fn training(&self) -> bool {
-        self.training
     }
 
     pub fn heads(&self) -> usize {
@@ -207,25 +194,56 @@ impl Attention {
         self.alibi.as_ref()
     }
 
-    /// Self-attention over `x` `[batch, seq, dim]` → `[batch, seq, out_dim]`.
+    /// Self-attention over `x` `[batch, seq, dim]` → `[batch, seq, out_dim]`, in
+    /// training (`train`: dropout on) or inference.
     ///
     /// `mask` (additive, or boolean with nonzero = attend) broadcasts against
     /// `[batch, heads, seq, k_len]`, where `k_len` counts cached tokens too; the
     /// causal mask, when configured, is added to it. With a `cache`, the new
     /// tokens sit at positions `cache.len() ..` (for RoPE, ALiBi and the causal
     /// mask), their keys and values are appended, and attention reads all of them.
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        Ok(self.run(x, None, mask, cache, false, train)?.0)
+    }
+
+    /// [`forward_t`](Self::forward_t) in inference.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        Ok(self.run(x, None, mask, cache, false)?.0)
+        self.forward_t(x, mask, cache, false)
     }
 
     /// Cross-attention: queries from `x` `[batch, q_len, dim]`, keys and values from
     /// `context` `[batch, k_len, context_dim]`. Takes no positions or causal mask.
-    pub fn forward_cross(&self, x: &Tensor, context: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        Ok(self.run(x, Some(context), mask, None, false)?.0)
+    pub fn forward_cross_t(&self, x: &Tensor, context: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        Ok(self.run(x, Some(context), mask, None, false, train)?.0)
     }
 
-    /// [`forward`](Self::forward) (or, with a `context`, [`forward_cross`](Self::forward_cross)),
-    /// also returning the attention probabilities `[batch, heads, q_len, k_len]`.
+    /// [`forward_cross_t`](Self::forward_cross_t) in inference.
+    pub fn forward_cross(&self, x: &Tensor, context: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_cross_t(x, context, mask, false)
+    }
+
+    /// [`forward_t`](Self::forward_t) (or, with a `context`, [`forward_cross_t`](Self::forward_cross_t)),
+    /// also returning the attention probabilities `[batch, heads, q_len, k_len]`. As a
+    /// module that returns a tuple, it records the pair as `path:0` and `path:1`.
+    pub fn forward_with_weights_t(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let (out, weights) = self.run(x, context, mask, cache, true, train)?;
+        Ok((out, weights.ok_or_else(weights_missing)?))
+    }
+
+    /// [`forward_with_weights_t`](Self::forward_with_weights_t) in inference.
     pub fn forward_with_weights(
         &self,
         x: &Tensor,
@@ -233,18 +251,11 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<(Tensor, Tensor)> {
-        let (out, weights) = self.run(x, context, mask, cache, true)?;
-        Ok((out, weights.ok_or_else(weights_missing)?))
+        self.forward_with_weights_t(x, context, mask, cache, false)
     }
 
     fn fail(&self, message: String) -> candle_core::Error {
         candle_core::Error::Msg(format!("attention `{}`: {message}", self.path))
-    }
-
-    fn tap_placeholder(&self, name: &str, t: &Tensor) {
-        if self.names.trace_placeholders {
-            replica_check::tap(&join(&self.path, name), t);
-        }
     }
 
     /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`.
@@ -260,6 +271,7 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
         want_weights: bool,
+        train: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (batch, q_len, _) = x
             .dims3()
@@ -312,10 +324,6 @@ impl Attention {
             Some(norm) => norm.forward(&k)?,
             None => k,
         };
-        if self.q_norm.is_none() {
-            self.tap_placeholder(&self.names.q_norm, &q);
-            self.tap_placeholder(&self.names.k_norm, &k);
-        }
 
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let (q, k) = match &self.rope {
@@ -331,7 +339,7 @@ impl Attention {
             scale: self.scale,
             causal: self.causal,
             softcap: self.softcap,
-            dropout_p: if self.training { self.attention_dropout } else { 0.0 },
+            dropout_p: if train { self.attention_dropout } else { 0.0 },
         };
         let (y, weights) =
             attend(&q, &k, &v, mask, alibi, &options, want_weights).map_err(|e| self.fail(e.to_string()))?;
@@ -339,19 +347,13 @@ impl Attention {
         let y = y.transpose(1, 2)?.reshape((batch, q_len, q_dim))?;
         let y = match &self.scale_norm {
             Some(norm) => norm.forward(&y)?,
-            None => {
-                self.tap_placeholder(&self.names.norm, &y);
-                y
-            }
+            None => y,
         };
-        let mut y = self.out.forward(&y)?;
-        if self.training && self.proj_dropout > 0.0 {
-            y = candle_nn::ops::dropout(&y, self.proj_dropout)?;
+        let y = self.proj_drop.forward_t(&self.out.forward(&y)?, train)?;
+        match &weights {
+            Some(w) if want_weights => replica_check::tap_tuple(&self.path, &[&y, w]),
+            _ => replica_check::tap(&self.path, &y),
         }
-        if let Some(name) = &self.names.proj_drop {
-            replica_check::tap(&join(&self.path, name), &y);
-        }
-        replica_check::tap(&self.path, &y);
         Ok((y, weights))
     }
 }

@@ -246,7 +246,8 @@ impl DiffAttention {
     }
 
     /// [`forward`](Self::forward), also returning the differential attention map
-    /// `softmax(Q1 K1ᵀ/√d) − λ softmax(Q2 K2ᵀ/√d)`, `[batch, heads, seq, seq]`.
+    /// `softmax(Q1 K1ᵀ/√d) − λ softmax(Q2 K2ᵀ/√d)`, `[batch, heads, seq, seq]`. As a
+    /// module that returns a tuple, it records the pair as `path:0` and `path:1`.
     pub fn forward_with_weights(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         let (y, weights) = self.run(x, mask, true)?;
         Ok((y, weights.expect("asked for")))
@@ -317,7 +318,20 @@ impl DiffAttention {
         let heads = (self.subln.forward(&heads)? * (1.0 - self.lambda_init))?;
         let y = heads.transpose(1, 2)?.reshape((b, t, 2 * h * d))?;
         let y = self.out_proj.forward(&y)?;
-        replica_check::tap(&self.path, &y);
-        Ok((y, want_weights.then_some(weights)))
+        if want_weights {
+            replica_check::tap_tuple(&self.path, &[&y, &weights]);
+            Ok((y, Some(weights)))
+        } else {
+            replica_check::tap(&self.path, &y);
+            Ok((y, None))
+        }
+    }
+}
+
+impl candle_core::ModuleT for DiffAttention {
+    /// [`DiffAttention::forward`] without a mask (causal when configured). The
+    /// reference has no dropout, so `train` changes nothing.
+    fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        self.forward(x, None)
     }
 }

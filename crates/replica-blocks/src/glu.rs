@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::dropout::Dropout;
-use crate::{Activation, Linear, LinearConfig, Norm, NormKind};
+use crate::{Activation, ActivationLayer, Linear, LinearConfig, Norm, NormKind};
 
 fn silu() -> Activation {
     Activation::Silu
@@ -43,7 +43,8 @@ pub struct GluMlpNames {
     /// The activation module on the gate.
     pub act: Option<String>,
     pub drop1: Option<String>,
-    /// The norm on the gated product (timm: an `nn.Identity` without a norm layer).
+    /// The norm on the gated product (timm: an `nn.Identity` without a norm layer,
+    /// built as an [`Identity`](crate::Identity)).
     pub norm: Option<String>,
     pub down: String,
     pub drop2: Option<String>,
@@ -179,11 +180,9 @@ enum Projections {
 #[derive(Clone, Debug)]
 pub struct GluMlp {
     projections: Projections,
-    activation: Activation,
-    act_path: Option<String>,
+    act: ActivationLayer,
     drop1: Option<Dropout>,
     norm: Option<Norm>,
-    identity_norm_path: Option<String>,
     down: Linear,
     drop2: Option<Dropout>,
     path: String,
@@ -213,49 +212,44 @@ impl GluMlp {
                 .map(|name| Dropout::from_probability(config.dropout, vb.pp(name).prefix()))
                 .transpose()
         };
-        let (norm, identity_norm_path) = match (&config.norm, &names.norm) {
-            (Some(kind), Some(name)) => (Some(Norm::new(*kind, hidden, config.norm_eps, vb.pp(name))?), None),
+        let norm = match (&config.norm, &names.norm) {
+            (Some(kind), Some(name)) => Some(Norm::new(*kind, hidden, config.norm_eps, vb.pp(name))?),
             (Some(_), None) => candle_core::bail!("glu_mlp `{path}`: a norm layer needs a name (`names.norm`)"),
-            (None, name) => (None, name.as_ref().map(|name| vb.pp(name).prefix())),
+            (None, name) => name.as_ref().map(|name| Norm::identity(vb.pp(name))),
+        };
+        let act = match &names.act {
+            Some(name) => ActivationLayer::new(config.activation, vb.pp(name)),
+            None => ActivationLayer::functional(config.activation),
         };
         Ok(Self {
             projections,
-            activation: config.activation,
-            act_path: names.act.as_ref().map(|name| vb.pp(name).prefix()),
+            act,
             drop1: dropout(&names.drop1)?,
             norm,
-            identity_norm_path,
             down: Linear::new(&linear(hidden, config.out_dim()), vb.pp(&names.down))?,
             drop2: dropout(&names.drop2)?,
             path,
         })
     }
 
+    /// This MLP without a module of its own in traces (see [`crate::Mlp`]'s).
+    pub(crate) fn inline(mut self) -> Self {
+        self.path.clear();
+        self
+    }
+
     pub fn activation(&self) -> Activation {
-        self.activation
-    }
-
-    fn activate(&self, gate: &Tensor) -> Result<Tensor> {
-        let a = self.activation.forward(gate)?;
-        if let Some(path) = &self.act_path {
-            replica_check::tap(path, &a);
-        }
-        Ok(a)
-    }
-
-    /// Whether a trace needs the activation's output on its own.
-    fn act_traced(&self) -> bool {
-        self.act_path.is_some() && replica_check::trace::is_active()
+        self.act.activation()
     }
 
     /// `act(gate) · up` for the fused projection: one kernel (SwiGLU, GeGLU) when the
-    /// kernels are in force and no trace needs the activation on its own; otherwise
-    /// the activation (itself a kernel where it has one), recorded, times `up`.
+    /// kernels are in force and no trace records the activation module on its own;
+    /// otherwise the activation (itself a kernel where it has one) times `up`.
     fn gated(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-        if self.act_traced() {
-            self.activate(gate)?.mul(up)
+        if self.act.is_traced() {
+            self.act.forward(gate)?.mul(up)
         } else {
-            crate::ops::gated(self.activation, gate, up)
+            crate::ops::gated(self.act.activation(), gate, up)
         }
     }
 
@@ -264,9 +258,9 @@ impl GluMlp {
         let h = match &self.projections {
             Projections::Split { gate, up } => {
                 let g = gate.forward(x)?;
-                if self.act_traced() {
+                if self.act.is_traced() {
                     // LLaMA's order (as its hooks record it): gate, its activation, then up.
-                    self.activate(&g)?.mul(&up.forward(x)?)?
+                    self.act.forward(&g)?.mul(&up.forward(x)?)?
                 } else {
                     self.gated(&g, &up.forward(x)?)?
                 }
@@ -287,13 +281,9 @@ impl GluMlp {
             Some(drop) => drop.forward_t(&h, train)?,
             None => h,
         };
-        let h = match (&self.norm, &self.identity_norm_path) {
-            (Some(norm), _) => norm.forward(&h)?,
-            (None, Some(path)) => {
-                replica_check::tap(path, &h);
-                h
-            }
-            (None, None) => h,
+        let h = match &self.norm {
+            Some(norm) => norm.forward(&h)?,
+            None => h,
         };
         let y = self.down.forward(&h)?;
         let y = match &self.drop2 {

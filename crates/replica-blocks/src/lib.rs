@@ -10,7 +10,10 @@
 //! Blocks take a serde `Config` (whose field aliases read the relevant part of a
 //! reference `config.json`) and a `VarBuilder` positioned at the block's module
 //! path, so `vb.pp("h").pp("0").pp("attn")` loads `h.0.attn.*` and traces as
-//! `h.0.attn`, the name PyTorch's `named_modules()` gives it.
+//! `h.0.attn`, the name PyTorch's `named_modules()` gives it. A block records only
+//! its own output; where a reference names things otherwise, a
+//! [`replica_check::TraceMap`] says how. Train or eval is an argument of each call
+//! (`forward_t(x, .., train)`), as candle's `ModuleT`; no block keeps a mode.
 
 pub mod activation;
 pub mod alibi;
@@ -23,6 +26,7 @@ pub mod drop_path;
 pub mod dropout;
 pub mod embedding;
 pub mod glu;
+pub mod identity;
 pub mod kv_cache;
 pub mod layer_scale;
 pub mod linear;
@@ -39,7 +43,7 @@ pub mod transformer_block;
 /// The masks, kept at their old path; they belong to the op layer.
 pub use ops::mask;
 
-pub use activation::Activation;
+pub use activation::{Activation, ActivationLayer};
 pub use alibi::{Alibi, AlibiConfig};
 pub use attention::{scaled_dot_product_attention, Attention, AttentionConfig, AttentionNames, SdpaOptions};
 pub use class_token::{ClassToken, ClassTokenConfig};
@@ -49,6 +53,7 @@ pub use drop_path::{DropPath, DropPathConfig};
 pub use dropout::{Dropout, DropoutConfig};
 pub use embedding::{Embedding, EmbeddingConfig};
 pub use glu::{GluMlp, GluMlpConfig, GluMlpNames, GluProjections};
+pub use identity::Identity;
 pub use kv_cache::KvCache;
 pub use layer_scale::{LayerScale, LayerScaleConfig};
 pub use linear::{Linear, LinearConfig};
@@ -59,6 +64,4 @@ pub use patch_embed::{PatchEmbed, PatchEmbedConfig, PatchEmbedNames, Size2};
 pub use position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
 pub use rope::{Rope, RopeConfig, RopeStyle};
 pub use sinusoidal::{SinusoidalConfig, SinusoidalLayout, SinusoidalPositionEmbedding};
-pub use transformer_block::{
-    AttentionOutput, BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig,
-};
+pub use transformer_block::{BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig};

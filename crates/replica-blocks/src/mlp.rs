@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::dropout::Dropout;
-use crate::{Activation, Linear, LinearConfig, Norm, NormKind};
+use crate::{Activation, ActivationLayer, Linear, LinearConfig, Norm, NormKind};
 
 fn yes() -> bool {
     true
@@ -34,7 +34,7 @@ pub struct MlpNames {
     pub act: Option<String>,
     pub drop1: Option<String>,
     /// The norm after the activation; timm always has one (an `nn.Identity` without
-    /// a norm layer, whose hook still fires).
+    /// a norm layer, built as an [`Identity`](crate::Identity)).
     pub norm: Option<String>,
     pub fc2: String,
     pub drop2: Option<String>,
@@ -157,11 +157,9 @@ impl MlpConfig {
 #[derive(Clone, Debug)]
 pub struct Mlp {
     fc1: Linear,
-    activation: Activation,
-    act_path: Option<String>,
+    act: ActivationLayer,
     drop1: Option<Dropout>,
     norm: Option<Norm>,
-    identity_norm_path: Option<String>,
     fc2: Linear,
     drop2: Option<Dropout>,
     path: String,
@@ -181,22 +179,32 @@ impl Mlp {
                 .map(|name| Dropout::from_probability(config.dropout, vb.pp(name).prefix()))
                 .transpose()
         };
-        let (norm, identity_norm_path) = match (&config.norm, &names.norm) {
-            (Some(kind), Some(name)) => (Some(Norm::new(*kind, hidden, config.norm_eps, vb.pp(name))?), None),
+        let norm = match (&config.norm, &names.norm) {
+            (Some(kind), Some(name)) => Some(Norm::new(*kind, hidden, config.norm_eps, vb.pp(name))?),
             (Some(_), None) => candle_core::bail!("mlp `{path}`: a norm layer needs a name (`names.norm`)"),
-            (None, name) => (None, name.as_ref().map(|name| vb.pp(name).prefix())),
+            (None, name) => name.as_ref().map(|name| Norm::identity(vb.pp(name))),
+        };
+        let act = match &names.act {
+            Some(name) => ActivationLayer::new(config.activation, vb.pp(name)),
+            None => ActivationLayer::functional(config.activation),
         };
         Ok(Self {
             fc1: Linear::new(&linear(config.dim, hidden), vb.pp(&names.fc1))?,
-            activation: config.activation,
-            act_path: names.act.as_ref().map(|name| vb.pp(name).prefix()),
+            act,
             drop1: dropout(&names.drop1)?,
             norm,
-            identity_norm_path,
             fc2: Linear::new(&linear(hidden, config.out_dim()), vb.pp(&names.fc2))?,
             drop2: dropout(&names.drop2)?,
             path,
         })
+    }
+
+    /// This MLP without a module of its own in traces: its layers sit on an owner's
+    /// path (torch's `linear1`/`linear2` on `TransformerEncoderLayer`), which records
+    /// the owner's output, not the MLP's.
+    pub(crate) fn inline(mut self) -> Self {
+        self.path.clear();
+        self
     }
 
     pub fn fc1(&self) -> &Linear {
@@ -208,27 +216,19 @@ impl Mlp {
     }
 
     pub fn activation(&self) -> Activation {
-        self.activation
+        self.act.activation()
     }
 
     /// `x` is `[..., dim]`; dropout is active only when `train`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.fc1.forward(x)?;
-        let h = self.activation.forward(&h)?;
-        if let Some(path) = &self.act_path {
-            replica_check::tap(path, &h);
-        }
+        let h = self.act.forward(&self.fc1.forward(x)?)?;
         let h = match &self.drop1 {
             Some(drop) => drop.forward_t(&h, train)?,
             None => h,
         };
-        let h = match (&self.norm, &self.identity_norm_path) {
-            (Some(norm), _) => norm.forward(&h)?,
-            (None, Some(path)) => {
-                replica_check::tap(path, &h);
-                h
-            }
-            (None, None) => h,
+        let h = match &self.norm {
+            Some(norm) => norm.forward(&h)?,
+            None => h,
         };
         let y = self.fc2.forward(&h)?;
         let y = match &self.drop2 {

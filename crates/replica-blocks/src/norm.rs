@@ -11,6 +11,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::identity::Identity;
 use crate::ops;
 
 fn default_layer_norm_eps() -> f64 {
@@ -140,11 +141,13 @@ pub enum NormKind {
     RmsNorm,
 }
 
-/// A LayerNorm or an RMSNorm, chosen by configuration.
+/// A LayerNorm or an RMSNorm, chosen by configuration, or the [`Identity`] a
+/// reference keeps in a norm slot that is off (timm's `nn.Identity`).
 #[derive(Clone, Debug)]
 pub enum Norm {
     LayerNorm(LayerNorm),
     RmsNorm(RmsNorm),
+    Identity(Identity),
 }
 
 impl Norm {
@@ -162,10 +165,16 @@ impl Norm {
         })
     }
 
+    /// The placeholder of a norm slot that is off, named by `vb`.
+    pub fn identity(vb: VarBuilder) -> Self {
+        Norm::Identity(Identity::new(vb))
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Norm::LayerNorm(norm) => norm.forward(x),
             Norm::RmsNorm(norm) => norm.forward(x),
+            Norm::Identity(identity) => identity.forward(x),
         }
     }
 }

@@ -86,7 +86,7 @@ pub struct PatchEmbedNames {
     /// The patch projection (a `Conv2d`).
     pub proj: String,
     /// The module after flattening: timm has `norm` (an `nn.Identity` without a
-    /// norm layer, whose hook still fires); `None` when the reference has none.
+    /// norm layer, built as an [`Identity`](crate::Identity)); `None` when the reference has none.
     pub norm: Option<String>,
 }
 
@@ -183,8 +183,6 @@ pub struct PatchEmbed {
     flatten: bool,
     norm: Option<Norm>,
     proj_path: String,
-    /// Where the reference's identity `norm` is recorded when there is no norm layer.
-    identity_norm_path: Option<String>,
     path: String,
 }
 
@@ -216,15 +214,12 @@ impl PatchEmbed {
                 )
             })
             .transpose()?;
-        let (norm, identity_norm_path) = match (&config.norm, &config.names.norm) {
-            (Some(kind), Some(name)) => (
-                Some(Norm::new(*kind, config.embed_dim, config.norm_eps, vb.pp(name))?),
-                None,
-            ),
+        let norm = match (&config.norm, &config.names.norm) {
+            (Some(kind), Some(name)) => Some(Norm::new(*kind, config.embed_dim, config.norm_eps, vb.pp(name))?),
             (Some(_), None) => {
                 candle_core::bail!("patch_embed `{path}`: a norm layer needs a name (`names.norm`)")
             }
-            (None, name) => (None, name.as_ref().map(|name| vb.pp(name).prefix())),
+            (None, name) => name.as_ref().map(|name| Norm::identity(vb.pp(name))),
         };
         Ok(Self {
             weight,
@@ -235,7 +230,6 @@ impl PatchEmbed {
             flatten: config.flatten,
             norm,
             proj_path: proj.prefix(),
-            identity_norm_path,
             path,
         })
     }
@@ -304,21 +298,15 @@ impl PatchEmbed {
         let grid_size = self.check_input(x)?;
         let grid = self.project(x, grid_size)?;
         replica_check::tap(&self.proj_path, &grid);
-        let y = if self.flatten {
-            let tokens = grid.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
-            match (&self.norm, &self.identity_norm_path) {
-                (Some(norm), _) => norm.forward(&tokens)?,
-                (None, Some(path)) => {
-                    replica_check::tap(path, &tokens);
-                    tokens
-                }
-                (None, None) => tokens,
-            }
+        let x = if self.flatten {
+            grid.flatten_from(2)?.transpose(1, 2)?.contiguous()?
         } else {
-            if let Some(path) = &self.identity_norm_path {
-                replica_check::tap(path, &grid);
-            }
             grid
+        };
+        // A norm layer needs the flattened sequence (checked in `new`); timm's identity takes either.
+        let y = match &self.norm {
+            Some(norm) => norm.forward(&x)?,
+            None => x,
         };
         replica_check::tap(&self.path, &y);
         Ok(y)

@@ -12,19 +12,17 @@
 //!
 //! # Traces
 //!
-//! The layer records its output under its own path, and its parts under the names
-//! in [`BlockNames`], so a trace lines up with the reference's forward hooks:
-//! - an attention module that returns a tuple (HF's `(output, weights)`, torch's
-//!   `MultiheadAttention`) is recorded as `attn:0` (and `attn:1`, the probabilities,
-//!   with [`AttentionOutput::TupleWithWeights`]) rather than `attn`;
-//! - an MLP whose layers sit directly on the layer (torch's `linear1`/`linear2`) is
-//!   named `""`: it loads from the layer's own path, and its output, which has no
-//!   module of its own in the reference, is not recorded (it would collide with the
-//!   layer's).
+//! The layer records its output under its own path, and each part records its own
+//! under the name [`BlockNames`] gives it, as the reference's forward hooks do. What
+//! the reference names otherwise (HF's attention returns a tuple, so its output is
+//! `attn:0`) is a [`replica_check::TraceMap`] the caller applies. An MLP whose layers
+//! sit directly on the layer (torch's `linear1`/`linear2`, BERT's `intermediate.dense`/
+//! `output.dense`) is named `""`: it loads from the layer's own path and records no
+//! output of its own, which the reference has no module for (and which would collide
+//! with the layer's).
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use replica_check::trace;
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
@@ -32,6 +30,7 @@ use crate::attention::{Attention, AttentionConfig};
 use crate::drop_path::{DropPath, DropPathConfig};
 use crate::dropout::Dropout;
 use crate::glu::{GluMlp, GluMlpConfig};
+use crate::identity::Identity;
 use crate::kv_cache::KvCache;
 use crate::layer_scale::{LayerScale, LayerScaleConfig};
 use crate::mlp::{Mlp, MlpConfig, MlpNames};
@@ -66,30 +65,16 @@ impl FeedForwardConfig {
     }
 }
 
-/// What the reference's attention module returns, which decides the names its
-/// output is recorded under in traces.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttentionOutput {
-    /// One tensor, recorded as `attn` (timm `Attention`).
-    #[default]
-    Tensor,
-    /// A tuple whose second element is `None` (HF attention under sdpa, torch's
-    /// `MultiheadAttention(need_weights=False)`): recorded as `attn:0`.
-    Tuple,
-    /// `(output, probabilities)` (HF eager attention): `attn:0` and `attn:1`. The
-    /// probabilities are computed only while a trace is recorded.
-    TupleWithWeights,
-}
-
-/// The names of the layer's parts in the reference checkpoint. `None` leaves a part
-/// out of the traces where the reference has no module for it.
+/// The names of the layer's parts in the reference (checkpoint prefixes and module
+/// paths). `None`: the reference has no module there. A LayerScale slot that is
+/// named while LayerScale is off holds an [`Identity`], as timm's does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockNames {
     pub norm1: String,
     pub attn: String,
     pub norm2: Option<String>,
-    /// `""`: the MLP's layers sit directly on the layer (torch's `linear1`, `linear2`).
+    /// `""`: the MLP's layers sit directly on the layer (torch's `linear1`, `linear2`;
+    /// BERT's `intermediate.dense`, `output.dense`).
     pub mlp: String,
     pub ls1: Option<String>,
     pub ls2: Option<String>,
@@ -100,8 +85,6 @@ pub struct BlockNames {
     /// it is then applied, and recorded, here instead of in the attention.
     #[serde(default)]
     pub dropout1: Option<String>,
-    #[serde(default)]
-    pub attn_output: AttentionOutput,
 }
 
 impl BlockNames {
@@ -118,36 +101,34 @@ impl BlockNames {
             drop_path1: Some("drop_path1".into()),
             drop_path2: Some("drop_path2".into()),
             dropout1: None,
-            attn_output: AttentionOutput::Tensor,
         }
     }
 
-    /// HF GPT-2 `GPT2Block`: `ln_1`, `attn`, `ln_2`, `mlp`; the attention returns a tuple.
+    /// HF GPT-2 `GPT2Block`: `ln_1`, `attn`, `ln_2`, `mlp`.
     pub fn gpt2() -> Self {
-        Self::plain("ln_1", "attn", "ln_2", "mlp").returning(AttentionOutput::Tuple)
+        Self::plain("ln_1", "attn", "ln_2", "mlp")
     }
 
-    /// HF LLaMA `LlamaDecoderLayer`: `input_layernorm`, `self_attn`, `post_attention_layernorm`,
-    /// `mlp`; the attention returns a tuple (with the probabilities under eager attention).
+    /// HF LLaMA `LlamaDecoderLayer`: `input_layernorm`, `self_attn`, `post_attention_layernorm`, `mlp`.
     pub fn llama() -> Self {
-        Self::plain("input_layernorm", "self_attn", "post_attention_layernorm", "mlp").returning(AttentionOutput::Tuple)
+        Self::plain("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
     }
 
     /// HF `GPTJBlock`: one `ln_1` shared by `attn` and `mlp` (the parallel layout).
     pub fn gptj() -> Self {
         Self {
             norm2: None,
-            ..Self::plain("ln_1", "attn", "", "mlp").returning(AttentionOutput::Tuple)
+            ..Self::plain("ln_1", "attn", "", "mlp")
         }
     }
 
-    /// `torch.nn.TransformerEncoderLayer`: `self_attn` (returning a tuple), `dropout1`,
-    /// `norm1`, `norm2`, and the MLP's `linear1`/`dropout`/`linear2`/`dropout2` on the
-    /// layer itself (MLP name `""`; see [`TransformerBlockConfig::torch_encoder`]).
+    /// `torch.nn.TransformerEncoderLayer`: `self_attn`, `dropout1`, `norm1`, `norm2`, and
+    /// the MLP's `linear1`/`dropout`/`linear2`/`dropout2` on the layer itself (MLP name
+    /// `""`; see [`TransformerBlockConfig::torch_encoder`]).
     pub fn torch_encoder() -> Self {
         Self {
             dropout1: Some("dropout1".into()),
-            ..Self::plain("norm1", "self_attn", "norm2", "").returning(AttentionOutput::Tuple)
+            ..Self::plain("norm1", "self_attn", "norm2", "")
         }
     }
 
@@ -162,14 +143,7 @@ impl BlockNames {
             drop_path1: None,
             drop_path2: None,
             dropout1: None,
-            attn_output: AttentionOutput::Tensor,
         }
-    }
-
-    /// These names with the attention's output recorded as `attn_output` says.
-    pub fn returning(mut self, attn_output: AttentionOutput) -> Self {
-        self.attn_output = attn_output;
-        self
     }
 }
 
@@ -303,15 +277,27 @@ impl FeedForward {
             FeedForward::Glu(glu) => glu.forward_t(x, train),
         }
     }
+
+    fn inline(self) -> Self {
+        match self {
+            FeedForward::Mlp(mlp) => FeedForward::Mlp(mlp.inline()),
+            FeedForward::Glu(glu) => FeedForward::Glu(glu.inline()),
+        }
+    }
+}
+
+/// A residual branch's scale: LayerScale, or the identity timm keeps in its slot when it is off.
+#[derive(Clone, Debug)]
+enum Scale {
+    LayerScale(LayerScale),
+    Identity(Identity),
 }
 
 /// One residual branch's tail: optional LayerScale, a dropout the reference keeps on
-/// the layer, then DropPath, each traced under its name when the reference has a
-/// module there.
+/// the layer, then DropPath, each a module of its own where the reference has one.
 #[derive(Clone, Debug)]
 struct BranchTail {
-    layer_scale: Option<LayerScale>,
-    ls_path: Option<String>,
+    scale: Option<Scale>,
     dropout: Option<Dropout>,
     drop_path: DropPath,
 }
@@ -324,54 +310,43 @@ impl BranchTail {
         dp: &Option<String>,
         vb: &VarBuilder,
     ) -> Result<Self> {
-        let layer_scale = match (config.layer_scale, ls) {
+        let scale = match (config.layer_scale, ls) {
             (Some(init_values), Some(name)) => {
                 let ls_config = LayerScaleConfig {
                     dim: config.dim,
                     init_values,
                 };
-                Some(LayerScale::new(&ls_config, vb.pp(name))?)
+                Some(Scale::LayerScale(LayerScale::new(&ls_config, vb.pp(name))?))
             }
             (Some(_), None) => candle_core::bail!(
                 "transformer block `{}`: layer_scale is set but names.ls1/ls2 are not",
                 vb.prefix()
             ),
-            (None, _) => None,
+            (None, Some(name)) => Some(Scale::Identity(Identity::new(vb.pp(name)))),
+            (None, None) => None,
         };
         let dropout = dropout
-            .map(|(name, p)| Dropout::from_probability(p, join(&vb.prefix(), name)))
+            .map(|(name, p)| Dropout::from_probability(p, vb.pp(name).prefix()))
             .transpose()?;
-        let dp_path = dp.as_ref().map_or(String::new(), |name| join(&vb.prefix(), name));
+        let dp_path = dp.as_ref().map_or(String::new(), |name| vb.pp(name).prefix());
         Ok(Self {
-            layer_scale,
-            ls_path: ls.as_ref().map(|name| join(&vb.prefix(), name)),
+            scale,
             dropout,
             drop_path: DropPath::from_config(&DropPathConfig::new(config.drop_path), dp_path)?,
         })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = match (&self.layer_scale, &self.ls_path) {
-            (Some(ls), _) => ls.forward(x)?,
-            (None, Some(path)) => {
-                replica_check::tap(path, x);
-                x.clone()
-            }
-            (None, None) => x.clone(),
+        let x = match &self.scale {
+            Some(Scale::LayerScale(ls)) => ls.forward(x)?,
+            Some(Scale::Identity(identity)) => identity.forward(x)?,
+            None => x.clone(),
         };
         let x = match &self.dropout {
             Some(dropout) => dropout.forward_t(&x, train)?,
             None => x,
         };
         self.drop_path.forward_t(&x, train)
-    }
-}
-
-fn join(path: &str, name: &str) -> String {
-    if path.is_empty() {
-        name.to_string()
-    } else {
-        format!("{path}.{name}")
     }
 }
 
@@ -384,30 +359,6 @@ fn at<'a>(vb: &VarBuilder<'a>, name: &str) -> VarBuilder<'a> {
     }
 }
 
-/// Runs `run` and, when a trace is being recorded, records what it recorded again
-/// in the enclosing trace, except the entry named `own`, which `replace` records
-/// in its place (or nothing, when `replace` records nothing). The inner recording
-/// is kept private (two plain recordings deep), so even an enclosing
-/// [`replica_check::record_nested`] sees each entry once.
-fn rerecord<T>(own: &str, run: impl FnOnce() -> Result<T>, replace: impl FnOnce(&T, &Tensor)) -> Result<T> {
-    if !trace::is_active() {
-        return run();
-    }
-    let ((value, inner), _) = trace::record(|| trace::record(run));
-    let value = value?;
-    let mut replace = Some(replace);
-    for entry in &inner.entries {
-        if entry.name == own {
-            if let Some(replace) = replace.take() {
-                replace(&value, &entry.tensor);
-            }
-        } else {
-            replica_check::tap(&entry.name, &entry.tensor);
-        }
-    }
-    Ok(value)
-}
-
 /// A transformer layer: attention and feed-forward with residual connections.
 #[derive(Clone, Debug)]
 pub struct TransformerBlock {
@@ -415,14 +366,9 @@ pub struct TransformerBlock {
     norm1: Norm,
     norm2: Option<Norm>,
     attention: Attention,
-    attn_path: String,
-    attn_output: AttentionOutput,
     feed_forward: FeedForward,
-    /// Set when the MLP sits on the layer's own path: its output is not recorded.
-    feed_forward_inline: bool,
     tail1: BranchTail,
     tail2: BranchTail,
-    training: bool,
     path: String,
 }
 
@@ -477,41 +423,29 @@ impl TransformerBlock {
             }
         };
         let ff_vb = at(&vb, &names.mlp);
-        let feed_forward = match &config.feed_forward {
+        let mut feed_forward = match &config.feed_forward {
             FeedForwardConfig::Mlp(mlp) => FeedForward::Mlp(Mlp::new(mlp, ff_vb)?),
             FeedForwardConfig::Glu(glu) => FeedForward::Glu(GluMlp::new(glu, ff_vb)?),
         };
+        if names.mlp.is_empty() {
+            feed_forward = feed_forward.inline();
+        }
         // A dropout the reference keeps on the layer leaves the attention and runs in tail1.
         let mut attention = config.attention.clone();
         let dropout1 = names.dropout1.as_deref().map(|name| {
             let p = std::mem::take(&mut attention.proj_dropout);
             (name, f64::from(p))
         });
-        let attn_vb = vb.pp(&names.attn);
         Ok(Self {
             layout: config.layout,
             norm1: norm(&names.norm1)?,
             norm2,
-            attn_path: attn_vb.prefix(),
-            attention: Attention::new(&attention, attn_vb)?,
-            attn_output: names.attn_output,
+            attention: Attention::new(&attention, vb.pp(&names.attn))?,
             feed_forward,
-            feed_forward_inline: names.mlp.is_empty(),
             tail1: BranchTail::new(config, &names.ls1, dropout1, &names.drop_path1, &vb)?,
             tail2: BranchTail::new(config, &names.ls2, None, &names.drop_path2, &vb)?,
-            training: false,
             path,
         })
-    }
-
-    /// Turns dropout and stochastic depth on (training) or off (inference, the default).
-    pub fn set_training(&mut self, training: bool) {
-        self.training = training;
-        self.attention.set_training(training);
-    }
-
-    pub fn training(&self) -> bool {
-        self.training
     }
 
     pub fn layout(&self) -> ResidualLayout {
@@ -522,60 +456,61 @@ impl TransformerBlock {
         &self.attention
     }
 
-    /// `x` `[batch, seq, dim]` → `[batch, seq, dim]`. `mask` and `cache` go to the
-    /// attention (see [`Attention::forward`]).
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        Ok(self.run(x, mask, cache, false)?.0)
+    /// `x` `[batch, seq, dim]` → `[batch, seq, dim]`, in training (`train`: dropout
+    /// and stochastic depth on) or inference. `mask` and `cache` go to the attention
+    /// (see [`Attention::forward_t`]).
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        Ok(self.run(x, mask, cache, false, train)?.0)
     }
 
-    /// [`forward`](Self::forward), also returning the attention probabilities
-    /// `[batch, heads, seq, k_len]`.
+    /// [`forward_t`](Self::forward_t) in inference.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.forward_t(x, mask, cache, false)
+    }
+
+    /// [`forward_t`](Self::forward_t), also returning the attention probabilities
+    /// `[batch, heads, seq, k_len]` (the attention records them as its output's
+    /// element 1, see [`Attention::forward_with_weights_t`]).
+    pub fn forward_with_weights_t(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let (y, weights) = self.run(x, mask, cache, true, train)?;
+        Ok((y, weights.expect("asked for")))
+    }
+
+    /// [`forward_with_weights_t`](Self::forward_with_weights_t) in inference.
     pub fn forward_with_weights(
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<(Tensor, Tensor)> {
-        let (y, weights) = self.run(x, mask, cache, true)?;
-        Ok((y, weights.expect("asked for")))
+        self.forward_with_weights_t(x, mask, cache, false)
     }
 
-    /// The attention, recorded under the names the reference's module gives its output.
     fn attend(
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
         want_weights: bool,
+        train: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let traced_weights = self.attn_output == AttentionOutput::TupleWithWeights && trace::is_active();
-        let run = || -> Result<(Tensor, Option<Tensor>)> {
-            if want_weights || traced_weights {
-                let (y, w) = self.attention.forward_with_weights(x, None, mask, cache)?;
-                Ok((y, Some(w)))
-            } else {
-                Ok((self.attention.forward(x, mask, cache)?, None))
-            }
-        };
-        match self.attn_output {
-            AttentionOutput::Tensor => run(),
-            AttentionOutput::Tuple | AttentionOutput::TupleWithWeights => {
-                rerecord(&self.attn_path, run, |(y, weights), _| match weights {
-                    Some(w) if self.attn_output == AttentionOutput::TupleWithWeights => {
-                        replica_check::tap_tuple(&self.attn_path, &[y, w])
-                    }
-                    _ => replica_check::tap_tuple(&self.attn_path, &[y]),
-                })
-            }
-        }
-    }
-
-    fn feed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let run = || self.feed_forward.forward_t(x, train);
-        if self.feed_forward_inline {
-            rerecord(&self.path, run, |_, _| {})
+        if want_weights {
+            let (y, w) = self.attention.forward_with_weights_t(x, None, mask, cache, train)?;
+            Ok((y, Some(w)))
         } else {
-            run()
+            Ok((self.attention.forward_t(x, mask, cache, train)?, None))
         }
     }
 
@@ -585,21 +520,22 @@ impl TransformerBlock {
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
         want_weights: bool,
+        train: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let train = self.training;
+        let ff = &self.feed_forward;
         let (y, weights) = match self.layout {
             ResidualLayout::PreNorm => {
                 let norm2 = self.norm2.as_ref().expect("checked in new");
-                let (attended, weights) = self.attend(&self.norm1.forward(x)?, mask, cache, want_weights)?;
+                let (attended, weights) = self.attend(&self.norm1.forward(x)?, mask, cache, want_weights, train)?;
                 let x = (x + self.tail1.forward_t(&attended, train)?)?;
-                let fed = self.feed(&norm2.forward(&x)?, train)?;
+                let fed = ff.forward_t(&norm2.forward(&x)?, train)?;
                 ((&x + self.tail2.forward_t(&fed, train)?)?, weights)
             }
             ResidualLayout::PostNorm => {
                 let norm2 = self.norm2.as_ref().expect("checked in new");
-                let (attended, weights) = self.attend(x, mask, cache, want_weights)?;
+                let (attended, weights) = self.attend(x, mask, cache, want_weights, train)?;
                 let x = self.norm1.forward(&(x + self.tail1.forward_t(&attended, train)?)?)?;
-                let fed = self.tail2.forward_t(&self.feed(&x, train)?, train)?;
+                let fed = self.tail2.forward_t(&ff.forward_t(&x, train)?, train)?;
                 (norm2.forward(&(&x + fed)?)?, weights)
             }
             ResidualLayout::Parallel => {
@@ -608,14 +544,14 @@ impl TransformerBlock {
                     Some(norm2) => norm2.forward(x)?,
                     None => normed.clone(),
                 };
-                let (attended, weights) = self.attend(&normed, mask, cache, want_weights)?;
+                let (attended, weights) = self.attend(&normed, mask, cache, want_weights, train)?;
                 let attended = self.tail1.forward_t(&attended, train)?;
-                let fed = self.tail2.forward_t(&self.feed(&mlp_input, train)?, train)?;
+                let fed = self.tail2.forward_t(&ff.forward_t(&mlp_input, train)?, train)?;
                 // GPT-J's order, `attn + mlp + residual` (GPT-NeoX's `mlp + attn + residual` is the same sum).
                 (((attended + fed)? + x)?, weights)
             }
         };
         replica_check::tap(&self.path, &y);
-        Ok((y, weights.filter(|_| want_weights)))
+        Ok((y, weights))
     }
 }

@@ -558,15 +558,16 @@ fn dropout_applies_only_in_training() {
         proj_dropout: 0.25,
         ..AttentionConfig::new(16, 4)
     };
-    let (mut attention, varmap) = random_attention(&config);
+    let (attention, varmap) = random_attention(&config);
     let x = randn(&[2, 5, 16], 9);
     let eval_a = attention.forward(&x, None, None).unwrap();
-    let eval_b = attention.forward(&x, None, None).unwrap();
+    let eval_b = attention.forward_t(&x, None, None, false).unwrap();
     assert_close("eval is deterministic", &eval_a, &eval_b, Tolerance::EXACT);
-    attention.set_training(true);
-    assert!(attention.training());
-    let train = attention.forward(&x, None, None).unwrap();
+    let train = attention.forward_t(&x, None, None, true).unwrap();
     assert!(!compare(&train, &eval_a, Tolerance::default()).passed());
+    // Each call says its mode: the training call changed nothing for the next one.
+    let eval_c = attention.forward(&x, None, None).unwrap();
+    assert_close("eval after training", &eval_a, &eval_c, Tolerance::EXACT);
     // Trainable with dropout on: every parameter receives a gradient.
     let grads = train.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     for var in varmap.all_vars() {

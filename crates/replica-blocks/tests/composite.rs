@@ -15,11 +15,11 @@ use replica_blocks::diff_attention::{lambda_init, DiffAttention, DiffAttentionCo
 use replica_blocks::glu::GluMlpConfig;
 use replica_blocks::mlp::MlpConfig;
 use replica_blocks::transformer_block::{
-    AttentionOutput, BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig,
+    BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig,
 };
 use replica_check::trace::Trace;
 use replica_check::{
-    compare_trace, summary_table, trace, Bundle, Namespace, Parity, Tolerance, TraceReport, WeightMap,
+    compare_trace, summary_table, trace, Bundle, Namespace, Parity, Tolerance, TraceMap, TraceReport, WeightMap,
 };
 
 fn fixture(stem: &str) -> Bundle {
@@ -413,7 +413,7 @@ fn pre_post_and_parallel_layouts_compute_different_things_on_the_same_weights() 
 // --- Training and evaluation ----------------------------------------------------------
 
 #[test]
-fn set_training_false_is_deterministic_and_matches_the_reference() {
+fn eval_is_deterministic_and_matches_the_reference_between_training_calls() {
     let bundle = fixture("block_post_norm");
     let expected = bundle.output("0").unwrap().clone();
     let run = Parity::new(&bundle).unwrap();
@@ -429,20 +429,17 @@ fn set_training_false_is_deterministic_and_matches_the_reference() {
         &["self_attn.q_proj.$1", "self_attn.k_proj.$1", "self_attn.v_proj.$1"],
     );
     let weights = map.apply(run.params().clone(), bundle.origin()).unwrap();
-    let mut block = weights
+    let block = weights
         .build(DType::F32, &Device::Cpu, |vb| TransformerBlock::new(&config, vb))
         .unwrap();
-    assert!(!block.training(), "a new block evaluates");
     let eval = values(&block.forward(&x, None, None).unwrap());
 
-    block.set_training(true);
-    let a = values(&block.forward(&x, None, None).unwrap());
-    let b = values(&block.forward(&x, None, None).unwrap());
+    let a = values(&block.forward_t(&x, None, None, true).unwrap());
+    let b = values(&block.forward_t(&x, None, None, true).unwrap());
     assert_ne!(a, b, "two training passes draw different dropout masks");
     assert_ne!(a, eval);
 
-    block.set_training(false);
-    let c = values(&block.forward(&x, None, None).unwrap());
+    let c = values(&block.forward_t(&x, None, None, false).unwrap());
     let d = values(&block.forward(&x, None, None).unwrap());
     assert_eq!(c, d);
     assert_eq!(c, eval);
@@ -465,7 +462,7 @@ fn drop_path_and_layer_scale_train_and_evaluate() {
         ..TransformerBlockConfig::timm(16, 4, 2.0, true, true, Some(0.1))
     };
     let weights = WeightMap::new().apply(run.params().clone(), bundle.origin()).unwrap();
-    let mut block = weights
+    let block = weights
         .build(DType::F32, &Device::Cpu, |vb| TransformerBlock::new(&config, vb))
         .unwrap();
     let eval = block.forward(&x, None, None).unwrap();
@@ -473,9 +470,8 @@ fn drop_path_and_layer_scale_train_and_evaluate() {
         max_abs_diff(&eval, bundle.output("0").unwrap()) < 1e-5,
         "drop_path is off in eval"
     );
-    block.set_training(true);
     let outputs: Vec<Vec<f32>> = (0..8)
-        .map(|_| values(&block.forward(&x, None, None).unwrap()))
+        .map(|_| values(&block.forward_t(&x, None, None, true).unwrap()))
         .collect();
     assert!(
         outputs.windows(2).any(|w| w[0] != w[1]),
@@ -489,7 +485,9 @@ fn drop_path_and_layer_scale_train_and_evaluate() {
 fn an_mlp_on_the_layers_own_path_does_not_collide_with_the_layer() {
     let config = TransformerBlockConfig::torch_encoder(8, 2, 16, 0.0, Activation::Relu, 1e-5, false);
     let block = TransformerBlock::new(&config, zeros().pp("layers").pp("3")).unwrap();
-    let (y, recorded) = trace::record(|| block.forward(&randn(&[1, 3, 8]), None, None));
+    // torch's `MultiheadAttention` returns `(output, None)`.
+    let torch = TraceMap::new().element(r"\.self_attn$", 0);
+    let (y, recorded) = trace::record(|| trace::mapped(&torch, || block.forward(&randn(&[1, 3, 8]), None, None)));
     y.unwrap();
     let names: Vec<&str> = recorded.names().collect();
     assert_eq!(
@@ -513,23 +511,20 @@ fn an_mlp_on_the_layers_own_path_does_not_collide_with_the_layer() {
 }
 
 #[test]
-fn a_layer_traced_inside_a_nested_recording_is_recorded_once() {
+fn a_mapped_layer_traced_inside_a_nested_recording_is_recorded_once() {
     let config = TransformerBlockConfig {
-        names: BlockNames::gpt2().returning(AttentionOutput::TupleWithWeights),
+        names: BlockNames::gpt2(),
         ..TransformerBlockConfig::timm(8, 2, 2.0, true, false, None)
-    };
-    let config = TransformerBlockConfig {
-        attention: AttentionConfig {
-            names: Some(replica_blocks::attention::AttentionNames::timm()),
-            ..config.attention.clone()
-        },
-        ..config
     };
     let block = TransformerBlock::new(&config, zeros().pp("h").pp("0")).unwrap();
     let x = randn(&[1, 4, 8]);
-    let (_, plain) = trace::record(|| block.forward(&x, None, None).unwrap());
+    // HF's eager attention returns `(output, probabilities)`; the layer records the pair
+    // when it computes both, and the map names a plain output as the tuple's element 0.
+    let hf = TraceMap::new().element(r"\.attn$", 0);
+    let eager = || trace::mapped(&hf, || block.forward_with_weights(&x, None, None).unwrap());
+    let (_, plain) = trace::record(eager);
     let ((), nested) = trace::record_nested(|| {
-        block.forward(&x, None, None).unwrap();
+        let _ = trace::record(eager);
     });
     let names: Vec<&str> = nested.names().collect();
     assert_eq!(names, plain.names().collect::<Vec<_>>());
@@ -540,10 +535,16 @@ fn a_layer_traced_inside_a_nested_recording_is_recorded_once() {
         "{names:?}"
     );
     assert!(!names.contains(&"h.0.attn"), "{names:?}");
+    // Without the probabilities (HF's sdpa), the output alone, as element 0.
+    let (_, sdpa) = trace::record(|| trace::mapped(&hf, || block.forward(&x, None, None).unwrap()));
+    assert!(sdpa.get("h.0.attn:0").is_some() && sdpa.get("h.0.attn:1").is_none());
+    // Unmapped, the block records its own output under its own path.
+    let (_, own) = trace::record(|| block.forward(&x, None, None).unwrap());
+    assert!(own.get("h.0.attn").is_some() && own.get("h.0.attn:0").is_none());
     // A second call of the same layer in one trace is numbered, as torch's hooks number it.
     let (_, twice) = trace::record(|| {
-        block.forward(&x, None, None).unwrap();
-        block.forward(&x, None, None).unwrap();
+        eager();
+        eager();
     });
     assert!(twice.get("h.0.attn#1:1").is_some() && twice.get("h.0#1").is_some());
 }

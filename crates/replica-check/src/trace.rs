@@ -28,7 +28,8 @@ pub struct TraceEntry {
 pub struct Trace {
     /// The activations, in the order they were recorded.
     pub entries: Vec<TraceEntry>,
-    calls: HashMap<String, usize>,
+    /// Per module path: its call number, and what the current call has recorded.
+    calls: HashMap<String, (usize, Vec<Option<String>>)>,
 }
 
 impl Trace {
@@ -52,16 +53,33 @@ impl Trace {
         self.entries.is_empty()
     }
 
-    /// The name for the next call of `path`: repeated calls get `#1`, `#2`, ...
-    fn call_name(&mut self, path: &str) -> String {
-        let count = self.calls.entry(path.to_string()).or_insert(0);
-        let name = if *count == 0 {
+    /// The name `name` (`path` or `path:i`) is recorded under: repeated calls of a
+    /// module get `#1`, `#2`, ... A call ends when it would record an element twice
+    /// (or a plain output beside elements), so the elements of one tuple share a
+    /// number even when they are recorded apart (a trace map's alias, a block that
+    /// records its tuple's first element late).
+    fn number(&mut self, name: &str) -> String {
+        let (path, element) = split_element(name);
+        let (count, seen) = self.calls.entry(path.to_string()).or_default();
+        let element = element.map(str::to_string);
+        let repeated = match &element {
+            None => !seen.is_empty(),
+            Some(_) => seen.contains(&element) || seen.contains(&None),
+        };
+        if repeated {
+            *count += 1;
+            seen.clear();
+        }
+        seen.push(element.clone());
+        let base = if *count == 0 {
             path.to_string()
         } else {
             format!("{path}#{count}")
         };
-        *count += 1;
-        name
+        match element {
+            Some(i) => format!("{base}:{i}"),
+            None => base,
+        }
     }
 }
 
@@ -100,9 +118,6 @@ pub fn tap_tuple(path: &str, tensors: &[&Tensor]) {
 
 #[cold]
 fn record_entries(path: &str, tensors: &[Tensor], tuple: bool) {
-    if MAPS.with(|maps| maps.borrow().is_empty()) {
-        return record_unmapped(path, tensors, tuple);
-    }
     let mut entries: Vec<(String, Tensor)> = tensors
         .iter()
         .enumerate()
@@ -116,41 +131,13 @@ fn record_entries(path: &str, tensors: &[Tensor], tuple: bool) {
     });
     CURRENT.with(|current| {
         let mut trace = current.borrow_mut();
-        // One call number per module path and tap, under the names the map gave.
-        let mut bases: Vec<(String, String)> = Vec::new();
         for (name, tensor) in entries {
-            let (path, element) = split_element(&name);
             // The root module's output is the bundle's `output/`, not an activation.
-            if path.is_empty() {
+            if split_element(&name).0.is_empty() {
                 continue;
             }
-            let base = match bases.iter().find(|(p, _)| p == path) {
-                Some((_, base)) => base.clone(),
-                None => {
-                    let base = trace.call_name(path);
-                    bases.push((path.to_string(), base.clone()));
-                    base
-                }
-            };
-            let name = match element {
-                Some(i) => format!("{base}:{i}"),
-                None => base,
-            };
+            let name = trace.number(&name);
             trace.entries.push(TraceEntry { name, tensor });
-        }
-    })
-}
-
-fn record_unmapped(path: &str, tensors: &[Tensor], tuple: bool) {
-    CURRENT.with(|current| {
-        let mut trace = current.borrow_mut();
-        let base = trace.call_name(path);
-        for (i, tensor) in tensors.iter().enumerate() {
-            let name = if tuple { format!("{base}:{i}") } else { base.clone() };
-            trace.entries.push(TraceEntry {
-                name,
-                tensor: tensor.clone(),
-            });
         }
     })
 }
@@ -286,6 +273,31 @@ mod tests {
         });
         assert_eq!(outer.len(), 7, "a nested recording passes on the mapped names");
         assert!(MAPS.with(|m| m.borrow().is_empty()));
+    }
+
+    #[test]
+    fn elements_of_one_tuple_recorded_apart_share_a_call_number() {
+        // BERT's attention: the block records the probabilities (`:1`), the map makes
+        // element 0 of the residual LayerNorm recorded after it.
+        let ((), trace) = record(|| {
+            for _ in 0..2 {
+                tap("attention:1", &t(1.0));
+                tap("attention:0", &t(2.0));
+            }
+            tap("attention", &t(3.0));
+            tap("attention:0", &t(4.0));
+        });
+        assert_eq!(
+            trace.names().collect::<Vec<_>>(),
+            [
+                "attention:1",
+                "attention:0",
+                "attention#1:1",
+                "attention#1:0",
+                "attention#2",
+                "attention#3:0"
+            ]
+        );
     }
 
     #[test]

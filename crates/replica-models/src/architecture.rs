@@ -4,19 +4,18 @@
 //! ([`weight_map`](Architecture::weight_map)) and how to build itself under a
 //! `VarBuilder` ([`new`](Architecture::new)); loading a checkpoint strictly, with
 //! its config from a file, a bundle or beside the checkpoint, is provided once for
-//! all. Train or eval is candle's `ModuleT::forward_t(x, train)`: a model holds no
-//! mode.
+//! all. How the reference's traces name what the model records is its
+//! [`trace_map`](Architecture::trace_map), beside the weight map. Train or eval is
+//! candle's `ModuleT::forward_t(x, train)`: a model holds no mode, nor do its blocks.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
-use replica_blocks::attention::Attention;
-use replica_blocks::{Paper, TransformerBlock};
-use replica_check::WeightMap;
+use replica_blocks::{KvCache, Paper, TransformerBlock};
+use replica_check::{TraceMap, WeightMap};
 
 use crate::checkpoint;
 use crate::config::ModelConfig;
@@ -73,6 +72,16 @@ pub trait Architecture: ModuleT + Clone + fmt::Debug + Send + Sync + 'static {
     fn weight_map(config: &Self::Config) -> WeightMap {
         let _ = config;
         WeightMap::new()
+    }
+
+    /// How the reference's traces name what the model records, where that is not
+    /// its module paths (a tuple output, a container the model has no module for);
+    /// by default nothing differs. A model that overrides it keeps the map and
+    /// records its forward pass through it ([`replica_check::mapped`]), so its traces
+    /// hold the reference's names whoever records them.
+    fn trace_map(config: &Self::Config) -> TraceMap {
+        let _ = config;
+        TraceMap::new()
     }
 
     /// Refuses a config that [`ModelConfig::validate`] refuses, for [`new`](Self::new)
@@ -143,38 +152,21 @@ pub trait Architecture: ModuleT + Clone + fmt::Debug + Send + Sync + 'static {
     }
 }
 
-/// A block that keeps its train/eval mode as state (`set_training(&mut self)`).
-pub(crate) trait Mode: Clone {
-    fn training(&self) -> bool;
-    fn set_training(&mut self, training: bool);
-}
-
-impl Mode for TransformerBlock {
-    fn training(&self) -> bool {
-        TransformerBlock::training(self)
+/// `layer` on `x`, in training (`train`) or inference, for a model whose reference
+/// is HF with eager attention: that attention also returns its probabilities, which
+/// the reference's trace records (`attn:1`). While a trace is recorded the layer
+/// computes them too (the attention records them as element 1 of its output); they
+/// are not computed otherwise.
+pub(crate) fn hf_layer(
+    layer: &TransformerBlock,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+    cache: Option<&mut KvCache>,
+    train: bool,
+) -> candle_core::Result<Tensor> {
+    if replica_check::trace::is_active() {
+        Ok(layer.forward_with_weights_t(x, mask, cache, train)?.0)
+    } else {
+        layer.forward_t(x, mask, cache, train)
     }
-    fn set_training(&mut self, training: bool) {
-        TransformerBlock::set_training(self, training)
-    }
-}
-
-impl Mode for Attention {
-    fn training(&self) -> bool {
-        Attention::training(self)
-    }
-    fn set_training(&mut self, training: bool) {
-        Attention::set_training(self, training)
-    }
-}
-
-/// `block` in the mode `train` asks for. The models take `train` per call; the
-/// blocks still hold it as state, so a call in the other mode runs on a copy
-/// (its tensors are shared, not copied). Inference, the blocks' default, borrows.
-pub(crate) fn in_mode<B: Mode>(block: &B, train: bool) -> Cow<'_, B> {
-    if block.training() == train {
-        return Cow::Borrowed(block);
-    }
-    let mut copy = block.clone();
-    copy.set_training(train);
-    Cow::Owned(copy)
 }

@@ -9,23 +9,26 @@
 //! head (Reimers & Gurevych, arXiv 1908.10084): mean pooling over the real tokens
 //! and L2 normalisation, which is all-MiniLM-L6-v2's pipeline.
 //!
-//! BERT's layer splits its feed-forward network over two modules (`intermediate`
-//! and `output`, the latter also holding the residual LayerNorm), so the layer is
-//! assembled here from the blocks (Attention, LayerNorm, Linear, Activation,
-//! Dropout) rather than from `TransformerBlock`, whose names cannot express that.
+//! Each layer is a post-norm [`TransformerBlock`] under HF's names: its feed-forward
+//! network sits on the layer itself (`intermediate.dense`, `output.dense`), and
+//! the [trace map](Architecture::trace_map) adds what HF's hooks record of the
+//! containers `BertAttention`, `BertIntermediate` and `BertOutput`.
 
 use candle_core::{DType, ModuleT, Tensor, D};
 use candle_nn::VarBuilder;
-use replica_blocks::attention::{Attention, AttentionConfig, AttentionNames};
+use replica_blocks::attention::{AttentionConfig, AttentionNames};
 use replica_blocks::dropout::Dropout;
 use replica_blocks::mask;
 use replica_blocks::position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
-use replica_blocks::{Activation, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use replica_check::{tap, WeightMap};
+use replica_blocks::{
+    Activation, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig, MlpConfig, MlpNames, NormKind, ResidualLayout, TransformerBlock, TransformerBlockConfig,
+};
+use replica_check::{tap, TraceMap, WeightMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::architecture::in_mode;
+use crate::architecture::hf_layer;
 use crate::config::{positive, probabilities};
 use crate::registry::Preset;
 use crate::{papers, Architecture, Family, ModelConfig};
@@ -171,10 +174,39 @@ impl BertConfig {
                 v: "self.value".into(),
                 out: "output.dense".into(),
                 proj_drop: Some("output.dropout".into()),
-                trace_placeholders: false,
                 ..AttentionNames::hf()
             }),
             ..AttentionConfig::new(self.hidden_size, self.num_attention_heads)
+        }
+    }
+
+    /// One layer, as `BertLayer`: post-norm, the attention's residual LayerNorm in
+    /// `attention.output`, and the feed-forward network on the layer itself
+    /// (`intermediate.dense`, its activation, `output.dense`, `output.dropout`).
+    pub fn block_config(&self) -> TransformerBlockConfig {
+        let mlp = MlpConfig {
+            activation: self.hidden_act,
+            dropout: self.hidden_dropout_prob,
+            names: MlpNames {
+                fc1: "intermediate.dense".into(),
+                act: Some("intermediate.intermediate_act_fn".into()),
+                drop1: None,
+                norm: None,
+                fc2: "output.dense".into(),
+                drop2: Some("output.dropout".into()),
+            },
+            ..MlpConfig::new(self.hidden_size, self.intermediate_size)
+        };
+        TransformerBlockConfig {
+            dim: self.hidden_size,
+            layout: ResidualLayout::PostNorm,
+            norm: NormKind::LayerNorm,
+            norm_eps: self.layer_norm_eps,
+            attention: self.attention_config(),
+            feed_forward: FeedForwardConfig::Mlp(mlp),
+            layer_scale: None,
+            drop_path: 0.0,
+            names: BlockNames::plain("attention.output.LayerNorm", "attention", "output.LayerNorm", ""),
         }
     }
 }
@@ -221,61 +253,6 @@ impl BertEmbeddings {
     }
 }
 
-/// `BertLayer`: attention, residual + LayerNorm, the feed-forward network, residual + LayerNorm.
-#[derive(Clone, Debug)]
-struct BertLayer {
-    attention: Attention,
-    attention_norm: LayerNorm,
-    intermediate: Linear,
-    activation: Activation,
-    output: Linear,
-    output_dropout: Dropout,
-    output_norm: LayerNorm,
-    path: String,
-}
-
-impl BertLayer {
-    fn new(config: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        let (dim, hidden) = (config.hidden_size, config.intermediate_size);
-        Ok(Self {
-            attention: Attention::new(&config.attention_config(), vb.pp("attention"))?,
-            attention_norm: config.layer_norm(vb.pp("attention.output.LayerNorm"))?,
-            intermediate: Linear::new(&LinearConfig::new(dim, hidden), vb.pp("intermediate.dense"))?,
-            activation: config.hidden_act,
-            output: Linear::new(&LinearConfig::new(hidden, dim), vb.pp("output.dense"))?,
-            output_dropout: Dropout::from_probability(config.hidden_dropout_prob, vb.pp("output.dropout").prefix())?,
-            output_norm: config.layer_norm(vb.pp("output.LayerNorm"))?,
-            path: vb.prefix(),
-        })
-    }
-
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> candle_core::Result<Tensor> {
-        let p = &self.path;
-        let attention = in_mode(&self.attention, train);
-        // The probabilities are computed only for a trace (the reference records them).
-        let attended = if replica_check::trace::is_active() {
-            let (attended, weights) = attention.forward_with_weights(x, None, mask, None)?;
-            tap(&format!("{p}.attention.self:1"), &weights);
-            let a = self.attention_norm.forward(&(x + attended)?)?;
-            tap(&format!("{p}.attention.output"), &a);
-            tap(&format!("{p}.attention:0"), &a);
-            tap(&format!("{p}.attention:1"), &weights);
-            a
-        } else {
-            let attended = attention.forward(x, mask, None)?;
-            self.attention_norm.forward(&(x + attended)?)?
-        };
-        let h = self.activation.forward(&self.intermediate.forward(&attended)?)?;
-        tap(&format!("{p}.intermediate.intermediate_act_fn"), &h);
-        tap(&format!("{p}.intermediate"), &h);
-        let y = self.output_dropout.forward_t(&self.output.forward(&h)?, train)?;
-        let y = self.output_norm.forward(&(y + attended)?)?;
-        tap(&format!("{p}.output"), &y);
-        tap(p, &y);
-        Ok(y)
-    }
-}
-
 /// What [`Bert::forward`] returns, as HF's `BaseModelOutputWithPooling`.
 #[derive(Clone, Debug)]
 pub struct BertOutput {
@@ -289,9 +266,10 @@ pub struct BertOutput {
 #[derive(Clone, Debug)]
 pub struct Bert {
     embeddings: BertEmbeddings,
-    layers: Vec<BertLayer>,
+    layers: Vec<TransformerBlock>,
     pooler: Option<Linear>,
     config: BertConfig,
+    trace_map: TraceMap,
 }
 
 fn bert_config(hidden: usize, layers: usize, heads: usize, intermediate: usize) -> Value {
@@ -337,8 +315,9 @@ impl Architecture for Bert {
     /// Builds the model under `vb` (the checkpoint's root: `embeddings.*`, `encoder.*`, `pooler.*`).
     fn new(config: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         Self::check(config)?;
+        let block = config.block_config();
         let layers = (0..config.num_hidden_layers)
-            .map(|i| BertLayer::new(config, vb.pp("encoder.layer").pp(i)))
+            .map(|i| TransformerBlock::new(&block, vb.pp("encoder.layer").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let pooler = config
             .add_pooling_layer
@@ -354,7 +333,31 @@ impl Architecture for Bert {
             layers,
             pooler,
             config: config.clone(),
+            trace_map: Self::trace_map(config),
         })
+    }
+
+    /// What HF's hooks record of BERT's containers. `BertAttention` returns
+    /// `(LayerNorm(x + attention), probabilities)` and `BertSelfOutput` that LayerNorm's
+    /// output; the block's attention output (the dropout's) is not among them. The
+    /// probabilities are also `BertSelfAttention`'s (`attention.self:1`; its context,
+    /// `attention.self:0`, the block keeps inside). `BertIntermediate` returns its
+    /// activation's output, `BertOutput` its LayerNorm's.
+    fn trace_map(_: &BertConfig) -> TraceMap {
+        let layer = r"^(encoder\.layer\.\d+)";
+        TraceMap::new()
+            .ignore(&format!(r"{layer}\.attention:0$"))
+            .alias(
+                &format!(r"{layer}\.attention\.output\.LayerNorm$"),
+                "$1.attention.output",
+            )
+            .alias(&format!(r"{layer}\.attention\.output\.LayerNorm$"), "$1.attention:0")
+            .alias(&format!(r"{layer}\.attention:1$"), "$1.attention.self:1")
+            .alias(
+                &format!(r"{layer}\.intermediate\.intermediate_act_fn$"),
+                "$1.intermediate",
+            )
+            .alias(&format!(r"{layer}\.output\.LayerNorm$"), "$1.output")
     }
 
     /// HF BERT checkpoints: the `bert.` prefix of the pre-training heads' checkpoints
@@ -401,6 +404,18 @@ impl Bert {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> candle_core::Result<BertOutput> {
+        replica_check::mapped(&self.trace_map, || {
+            self.run(input_ids, token_type_ids, attention_mask, train)
+        })
+    }
+
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> candle_core::Result<BertOutput> {
         let (_, seq) = input_ids.dims2().map_err(|_| {
             candle_core::Error::Msg(format!(
                 "BERT: input_ids must be [batch, seq], got shape {:?}",
@@ -433,7 +448,7 @@ impl Bert {
         let mut x = self.embeddings.forward(input_ids, token_type_ids, train)?;
         let mask = attention_mask.map(|m| mask::padding_mask(m, DType::F32)).transpose()?;
         for layer in &self.layers {
-            x = layer.forward(&x, mask.as_ref(), train)?;
+            x = hf_layer(layer, &x, mask.as_ref(), None, train)?;
         }
         tap("encoder:last_hidden_state", &x);
         let pooler_output = match &self.pooler {

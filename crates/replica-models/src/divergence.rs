@@ -18,52 +18,26 @@
 //! # Ok(()) }
 //! ```
 //!
-//! HF modules that return a tuple are recorded by the reference as `path:0`,
-//! `path:1`, .... The models record their attention that way themselves
-//! (`TransformerBlock` with `AttentionOutput::TupleWithWeights`); a block used
-//! alone records its one output under `path`. [`align`] matches the two: a
-//! recorded `path` the reference lacks is compared with the reference's `path:0`
-//! (the module's output), unless the trace records `path:0` itself.
+//! A model records its trace under the reference's names: its module paths, and
+//! what its [trace map](crate::Architecture::trace_map) adds (HF attention records
+//! `attn:0` and `attn:1`; BERT's containers repeat their last submodule's output).
 
-use std::collections::HashSet;
-
-use replica_check::trace::{self, Trace, TraceEntry};
-use replica_check::{compare_trace, Bundle, Namespace, Tolerance, TraceReport};
+use replica_check::trace::{self, Trace};
+use replica_check::{compare_trace, Bundle, Tolerance, TraceReport};
 
 /// Runs `forward` with tracing on; returns its result and the activations it recorded.
 pub fn record<T>(forward: impl FnOnce() -> T) -> (T, Trace) {
     trace::record(forward)
 }
 
-/// `trace` with each block output renamed to the reference's name for it where
-/// the reference records a tuple (`attn` compared with `attn:0`).
-pub fn align(trace: &Trace, bundle: &Bundle) -> Trace {
-    let recorded: HashSet<&str> = trace.names().collect();
-    let mut aligned = Trace::default();
-    for entry in &trace.entries {
-        let mut name = entry.name.clone();
-        if !bundle.contains(Namespace::Activation, &name) {
-            let first = format!("{name}:0");
-            if bundle.contains(Namespace::Activation, &first) && !recorded.contains(first.as_str()) {
-                name = first;
-            }
-        }
-        aligned.entries.push(TraceEntry {
-            name,
-            tensor: entry.tensor.clone(),
-        });
-    }
-    aligned
-}
-
-/// The per-module comparison of `trace` (aligned with [`align`]) against the
-/// bundle's activations: path, shape, greatest absolute and relative differences,
-/// cosine, verdict, and the first module that diverges.
+/// The per-module comparison of `trace` against the bundle's activations: path,
+/// shape, greatest absolute and relative differences, cosine, verdict, and the
+/// first module that diverges.
 pub fn compare(trace: &Trace, bundle: &Bundle, tolerance: Tolerance) -> TraceReport {
-    compare_trace(&align(trace, bundle), bundle, tolerance)
+    compare_trace(trace, bundle, tolerance)
 }
 
-/// The recorded modules the reference has no activation for (after alignment).
+/// The recorded modules the reference has no activation for.
 pub fn unreferenced(report: &TraceReport) -> Vec<String> {
     report
         .rows

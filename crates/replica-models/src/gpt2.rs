@@ -20,14 +20,14 @@ use replica_blocks::dropout::Dropout;
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
 use replica_blocks::{
-    Activation, AttentionOutput, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, LayerNorm, LayerNormConfig,
-    Linear, LinearConfig, MlpConfig, MlpNames, NormKind, ResidualLayout, TransformerBlock, TransformerBlockConfig,
+    Activation, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig, MlpConfig, MlpNames, NormKind, ResidualLayout, TransformerBlock, TransformerBlockConfig,
 };
 use replica_check::WeightMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::architecture::in_mode;
+use crate::architecture::hf_layer;
 use crate::config::{positive, probabilities};
 use crate::generation::{decoder_positions, CausalLm};
 use crate::registry::Preset;
@@ -192,7 +192,6 @@ impl Gpt2Config {
                 qkv: "c_attn".into(),
                 out: "c_proj".into(),
                 proj_drop: Some("resid_dropout".into()),
-                trace_placeholders: false,
                 ..AttentionNames::hf()
             }),
             ..AttentionConfig::new(self.n_embd, self.n_head)
@@ -213,7 +212,7 @@ impl Gpt2Config {
             feed_forward: FeedForwardConfig::Mlp(mlp),
             layer_scale: None,
             drop_path: 0.0,
-            names: BlockNames::gpt2().returning(AttentionOutput::TupleWithWeights),
+            names: BlockNames::gpt2(),
         }
     }
 }
@@ -380,7 +379,7 @@ impl Gpt2 {
         let positions = self.wpe.forward(seq, offset)?;
         let mut x = self.drop.forward_t(&tokens.broadcast_add(&positions)?, train)?;
         for (i, block) in self.h.iter().enumerate() {
-            x = in_mode(block, train).forward(&x, None, cache.as_mut().map(|c| &mut c[i]))?;
+            x = hf_layer(block, &x, None, cache.as_mut().map(|c| &mut c[i]), train)?;
         }
         let x = self.ln_f.forward(&x)?;
         replica_check::tap("transformer:last_hidden_state", &x);

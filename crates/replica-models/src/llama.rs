@@ -16,15 +16,14 @@ use candle_nn::VarBuilder;
 use replica_blocks::attention::{AttentionConfig, AttentionNames};
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::{
-    Activation, AttentionOutput, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, GluMlpConfig, Linear,
-    LinearConfig, NormKind, ResidualLayout, RmsNorm, RmsNormConfig, RopeStyle, TransformerBlock,
-    TransformerBlockConfig,
+    Activation, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, GluMlpConfig, Linear, LinearConfig,
+    NormKind, ResidualLayout, RmsNorm, RmsNormConfig, RopeStyle, TransformerBlock, TransformerBlockConfig,
 };
 use replica_check::WeightMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::architecture::in_mode;
+use crate::architecture::hf_layer;
 use crate::config::positive;
 use crate::generation::{decoder_positions, CausalLm};
 use crate::registry::Preset;
@@ -221,7 +220,7 @@ impl LlamaConfig {
             feed_forward: FeedForwardConfig::Glu(mlp),
             layer_scale: None,
             drop_path: 0.0,
-            names: BlockNames::llama().returning(AttentionOutput::TupleWithWeights),
+            names: BlockNames::llama(),
         }
     }
 }
@@ -343,7 +342,7 @@ impl Llama {
             self.trace_rotary_tables(seq, offset, x.dtype())?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            x = in_mode(layer, train).forward(&x, None, cache.as_mut().map(|c| &mut c[i]))?;
+            x = hf_layer(layer, &x, None, cache.as_mut().map(|c| &mut c[i]), train)?;
         }
         let x = self.norm.forward(&x)?;
         replica_check::tap("model:last_hidden_state", &x);

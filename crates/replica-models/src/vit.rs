@@ -5,23 +5,24 @@
 //! Patch embedding, a class token, learned position embeddings, pre-norm blocks
 //! (LayerNorm eps 1e-6, multi-head attention with a fused `qkv`, a GELU MLP), a
 //! final norm, token (or average) pooling and a linear head. Module paths are
-//! timm's, including its `nn.Identity` placeholders (`pos_drop`, `norm_pre`,
-//! `blocks.0.ls1`, `fc_norm`, ...), so a timm checkpoint loads as it is and traces
-//! line up with timm's forward hooks.
+//! timm's, including its `nn.Identity` placeholders (`patch_drop`, `norm_pre`,
+//! `blocks.0.ls1`, `fc_norm`, ...), built as [`Identity`] blocks, so a timm
+//! checkpoint loads as it is and traces line up with timm's forward hooks (the
+//! `blocks` container is the one name the [trace map](Architecture::trace_map) adds).
 
 use candle_core::{ModuleT, Tensor, D};
 use candle_nn::VarBuilder;
 use replica_blocks::attention::AttentionConfig;
 use replica_blocks::dropout::Dropout;
 use replica_blocks::{
-    Activation, BlockNames, ClassToken, ClassTokenConfig, FeedForwardConfig, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig, MlpConfig, MlpNames, NormKind, PatchEmbed, PatchEmbedConfig, ResidualLayout, Size2, TransformerBlock,
-    TransformerBlockConfig,
+    Activation, BlockNames, ClassToken, ClassTokenConfig, FeedForwardConfig, Identity, LayerNorm, LayerNormConfig,
+    Linear, LinearConfig, MlpConfig, MlpNames, Norm, NormKind, PatchEmbed, PatchEmbedConfig, ResidualLayout, Size2,
+    TransformerBlock, TransformerBlockConfig,
 };
+use replica_check::TraceMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::architecture::in_mode;
 use crate::config::positive;
 use crate::registry::Preset;
 use crate::{Architecture, Family, ModelConfig};
@@ -203,14 +204,16 @@ impl VitConfig {
         self.fc_norm.unwrap_or(self.global_pool == "avg")
     }
 
-    fn norm(&self, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
-        LayerNorm::new(
-            &LayerNormConfig {
-                eps: self.norm_eps,
-                ..LayerNormConfig::new(self.embed_dim)
-            },
-            vb,
-        )
+    /// timm's LayerNorm at `vb` when `on`, else the `nn.Identity` timm keeps there.
+    fn norm(&self, on: bool, vb: VarBuilder) -> candle_core::Result<Norm> {
+        if !on {
+            return Ok(Norm::identity(vb));
+        }
+        let config = LayerNormConfig {
+            eps: self.norm_eps,
+            ..LayerNormConfig::new(self.embed_dim)
+        };
+        Ok(Norm::LayerNorm(LayerNorm::new(&config, vb)?))
     }
 
     /// One block, as timm's `Block`.
@@ -236,6 +239,13 @@ impl VitConfig {
     }
 }
 
+/// The classifier, or the `nn.Identity` timm keeps there without classes.
+#[derive(Clone, Debug)]
+enum Head {
+    Linear(Linear),
+    Identity(Identity),
+}
+
 /// timm's `VisionTransformer`.
 #[derive(Clone, Debug)]
 pub struct Vit {
@@ -243,13 +253,15 @@ pub struct Vit {
     cls_token: Option<ClassToken>,
     pos_embed: Tensor,
     pos_drop: Dropout,
-    norm_pre: Option<LayerNorm>,
+    patch_drop: Identity,
+    norm_pre: Norm,
     blocks: Vec<TransformerBlock>,
-    norm: Option<LayerNorm>,
-    fc_norm: Option<LayerNorm>,
+    norm: Norm,
+    fc_norm: Norm,
     head_drop: Dropout,
-    head: Option<Linear>,
+    head: Head,
     config: VitConfig,
+    trace_map: TraceMap,
 }
 
 fn vit_config(embed_dim: usize, depth: usize, num_heads: usize) -> Value {
@@ -319,22 +331,35 @@ impl Architecture for Vit {
             .map(|i| TransformerBlock::new(&block, vb.pp("blocks").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let fc_norm = config.use_fc_norm();
-        let head = (config.num_classes > 0)
-            .then(|| Linear::new(&LinearConfig::new(config.embed_dim, config.num_classes), vb.pp("head")))
-            .transpose()?;
+        let head = if config.num_classes > 0 {
+            let linear = LinearConfig::new(config.embed_dim, config.num_classes);
+            Head::Linear(Linear::new(&linear, vb.pp("head"))?)
+        } else {
+            Head::Identity(Identity::new(vb.pp("head")))
+        };
         Ok(Self {
             patch_embed,
             cls_token,
             pos_embed,
             pos_drop: Dropout::from_probability(0.0, vb.pp("pos_drop").prefix())?,
-            norm_pre: config.pre_norm.then(|| config.norm(vb.pp("norm_pre"))).transpose()?,
+            patch_drop: Identity::new(vb.pp("patch_drop")),
+            norm_pre: config.norm(config.pre_norm, vb.pp("norm_pre"))?,
             blocks,
-            norm: (!fc_norm).then(|| config.norm(vb.pp("norm"))).transpose()?,
-            fc_norm: fc_norm.then(|| config.norm(vb.pp("fc_norm"))).transpose()?,
+            norm: config.norm(!fc_norm, vb.pp("norm"))?,
+            fc_norm: config.norm(fc_norm, vb.pp("fc_norm"))?,
             head_drop: Dropout::from_probability(0.0, vb.pp("head_drop").prefix())?,
             head,
             config: config.clone(),
+            trace_map: Self::trace_map(config),
         })
+    }
+
+    /// timm's `blocks` is an `nn.Sequential`, whose output is its last block's.
+    fn trace_map(config: &VitConfig) -> TraceMap {
+        match config.depth.checked_sub(1) {
+            Some(last) => TraceMap::new().alias(&format!(r"^blocks\.{last}$"), "blocks"),
+            None => TraceMap::new().alias(r"^norm_pre$", "blocks"),
+        }
     }
 }
 
@@ -367,6 +392,10 @@ impl Vit {
     }
 
     fn features_t(&self, images: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        replica_check::mapped(&self.trace_map, || self.run_features(images, train))
+    }
+
+    fn run_features(&self, images: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let x = self.patch_embed.forward(images).map_err(|e| {
             candle_core::Error::Msg(format!(
                 "ViT ({}x{} images, {}x{} patches): {e}",
@@ -381,26 +410,12 @@ impl Vit {
             None => x,
         };
         let x = x.broadcast_add(&self.pos_embed.to_dtype(x.dtype())?)?;
-        let x = self.pos_drop.forward_t(&x, train)?;
-        replica_check::tap("patch_drop", &x);
-        let mut x = match &self.norm_pre {
-            Some(norm) => norm.forward(&x)?,
-            None => {
-                replica_check::tap("norm_pre", &x);
-                x
-            }
-        };
+        let x = self.patch_drop.forward(&self.pos_drop.forward_t(&x, train)?)?;
+        let mut x = self.norm_pre.forward(&x)?;
         for block in &self.blocks {
-            x = in_mode(block, train).forward(&x, None, None)?;
+            x = block.forward_t(&x, None, None, train)?;
         }
-        replica_check::tap("blocks", &x);
-        match &self.norm {
-            Some(norm) => norm.forward(&x),
-            None => {
-                replica_check::tap("norm", &x);
-                Ok(x)
-            }
-        }
+        self.norm.forward(&x)
     }
 
     fn head_t(&self, features: &Tensor, train: bool) -> candle_core::Result<Tensor> {
@@ -412,20 +427,10 @@ impl Vit {
             }
             _ => features.narrow(1, 0, 1)?.squeeze(1)?,
         };
-        let pooled = match &self.fc_norm {
-            Some(norm) => norm.forward(&pooled)?,
-            None => {
-                replica_check::tap("fc_norm", &pooled);
-                pooled
-            }
-        };
-        let pooled = self.head_drop.forward_t(&pooled, train)?;
+        let pooled = self.head_drop.forward_t(&self.fc_norm.forward(&pooled)?, train)?;
         match &self.head {
-            Some(head) => head.forward(&pooled),
-            None => {
-                replica_check::tap("head", &pooled);
-                Ok(pooled)
-            }
+            Head::Linear(head) => head.forward(&pooled),
+            Head::Identity(identity) => identity.forward(&pooled),
         }
     }
 }

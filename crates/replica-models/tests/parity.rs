@@ -62,9 +62,10 @@ fn vit_matches_timm() {
 #[test]
 fn bert_matches_hf() {
     let parity = cases::bert_parity(&bundle("bert")).unwrap();
+    // The context before the output projection stays inside the attention block.
     check_model(
         &parity,
-        &["encoder.layer.0.attention", "encoder.layer.1.attention"],
+        &[],
         &["encoder.layer.0.attention.self:0", "encoder.layer.1.attention.self:0"],
     );
 }

@@ -18,13 +18,14 @@ pub struct AttentionNames {
     pub k_norm: String,
     /// The norm on the attention output before the projection (timm's `scale_norm`).
     pub norm: String,
-    /// The dropout after the output projection, recorded in traces when named.
+    /// The dropout after the output projection, a module of its own when named.
     #[serde(default)]
     pub proj_drop: Option<String>,
-    /// Record `q_norm`, `k_norm` and `norm` in traces even when they are off: timm
-    /// keeps `nn.Identity` placeholders there, which its forward hooks record.
+    /// The reference keeps a module in `q_norm`, `k_norm` and `norm` even when they
+    /// are off (timm's `nn.Identity`, which its hooks record): the block builds an
+    /// [`Identity`](crate::Identity) there. HF has no module where a norm is off.
     #[serde(default)]
-    pub trace_placeholders: bool,
+    pub identity_norms: bool,
 }
 
 impl AttentionNames {
@@ -41,7 +42,7 @@ impl AttentionNames {
             k_norm: "k_norm".into(),
             norm: "norm".into(),
             proj_drop: None,
-            trace_placeholders: false,
+            identity_norms: false,
         }
     }
 
@@ -58,7 +59,7 @@ impl AttentionNames {
             k_norm: "k_norm".into(),
             norm: "norm".into(),
             proj_drop: Some("proj_drop".into()),
-            trace_placeholders: true,
+            identity_norms: true,
         }
     }
 }

@@ -18,7 +18,7 @@
 
 use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
-use replica_check::{trace, Bundle, Case, Error, Parity, Report, Result, Tolerance, WeightMap};
+use replica_check::{trace, Bundle, Case, Error, Parity, Report, Result, Tolerance, TraceMap, WeightMap};
 use serde::Deserialize;
 
 use super::attention::{norm_layer, OUTSIDE_ATTENTION};
@@ -32,7 +32,7 @@ use crate::norm::NormKind;
 use crate::papers;
 use crate::rope::RopeStyle;
 use crate::transformer_block::{
-    AttentionOutput, BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig,
+    BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig,
 };
 
 macro_rules! case {
@@ -74,6 +74,19 @@ fn fail(bundle: &Bundle, message: impl Into<String>) -> Error {
 /// The block's forward pass with no mask and no cache.
 fn forward(block: &TransformerBlock, x: &Tensor) -> candle_core::Result<Tensor> {
     block.forward(x, None, None)
+}
+
+/// [`forward`] for a reference whose attention (at `attn`, a pattern) returns a tuple:
+/// its output is element 0; with `eager`, element 1 holds the probabilities, which
+/// the block then computes too.
+fn tuple_forward(block: &TransformerBlock, x: &Tensor, attn: &str, eager: bool) -> candle_core::Result<Tensor> {
+    trace::mapped(&TraceMap::new().element(attn, 0), || {
+        if eager {
+            Ok(block.forward_with_weights(x, None, None)?.0)
+        } else {
+            forward(block, x)
+        }
+    })
 }
 
 /// The fields of a HF decoder `config.json` that its layer reads beside the attention
@@ -121,10 +134,10 @@ impl HfLayer {
     }
 
     /// `"eager"` HF attention returns its probabilities (`attn:1`); sdpa returns `None` there.
-    fn attention_output(&self, bundle: &Bundle) -> Result<AttentionOutput> {
+    fn eager(&self, bundle: &Bundle) -> Result<bool> {
         match self.attn_implementation.as_str() {
-            "eager" => Ok(AttentionOutput::TupleWithWeights),
-            "sdpa" => Ok(AttentionOutput::Tuple),
+            "eager" => Ok(true),
+            "sdpa" => Ok(false),
             other => Err(bundle.config_error(
                 "attn_implementation",
                 format!("expected \"eager\" or \"sdpa\", got {other:?}"),
@@ -286,10 +299,16 @@ fn gpt2_block(bundle: &Bundle) -> Result<Report> {
         feed_forward: FeedForwardConfig::Mlp(mlp),
         layer_scale: None,
         drop_path: 0.0,
-        names: BlockNames::gpt2().returning(layer.attention_output(bundle)?),
+        names: BlockNames::gpt2(),
     };
+    let eager = layer.eager(bundle)?;
     let map = WeightMap::new().transpose(r"^(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$");
-    check_block(bundle, map, |vb| TransformerBlock::new(&config, vb), forward)
+    check_block(
+        bundle,
+        map,
+        |vb| TransformerBlock::new(&config, vb),
+        |block, x| tuple_forward(block, x, "^attn$", eager),
+    )
 }
 
 /// HF `LlamaDecoderLayer` in `LlamaLayer`: the attention (GQA, RoPE) and SwiGLU configs
@@ -313,8 +332,9 @@ fn llama_layer(bundle: &Bundle) -> Result<Report> {
         feed_forward: FeedForwardConfig::Glu(glu),
         layer_scale: None,
         drop_path: 0.0,
-        names: BlockNames::llama().returning(layer.attention_output(bundle)?),
+        names: BlockNames::llama(),
     };
+    let eager = layer.eager(bundle)?;
     check_block(
         bundle,
         WeightMap::new(),
@@ -324,7 +344,7 @@ fn llama_layer(bundle: &Bundle) -> Result<Report> {
             let (cos, sin) = rope.tables(x.dim(1)?, 0)?;
             let hf = |t: Tensor| Tensor::cat(&[&t, &t], D::Minus1)?.unsqueeze(0)?.to_dtype(x.dtype());
             replica_check::tap_tuple("rotary_emb", &[&hf(cos)?, &hf(sin)?]);
-            block.forward(x, None, None)
+            tuple_forward(block, x, r"^layer\.self_attn$", eager)
         },
     )
 }
@@ -406,7 +426,7 @@ fn post_norm_layer(bundle: &Bundle) -> Result<Report> {
         bundle,
         map,
         |vb| TransformerBlock::new(&config, vb),
-        forward,
+        |block, x| tuple_forward(block, x, "^self_attn$", false),
         &POST_NORM_RUST_ONLY,
     )
 }
@@ -454,8 +474,9 @@ fn gptj_layer(bundle: &Bundle) -> Result<Report> {
         feed_forward: FeedForwardConfig::Mlp(mlp),
         layer_scale: None,
         drop_path: 0.0,
-        names: BlockNames::gptj().returning(layer.attention_output(bundle)?),
+        names: BlockNames::gptj(),
     };
+    let eager = layer.eager(bundle)?;
     check_block(
         bundle,
         WeightMap::new(),
@@ -465,7 +486,7 @@ fn gptj_layer(bundle: &Bundle) -> Result<Report> {
             let (cos, sin) = rope.tables(x.dim(1)?, 0)?;
             let gptj = |t: Tensor| t.unsqueeze(0)?.to_dtype(x.dtype());
             replica_check::tap_tuple("rotary_emb", &[&gptj(sin)?, &gptj(cos)?]);
-            block.forward(x, None, None)
+            tuple_forward(block, x, r"^layer\.attn$", eager)
         },
     )
 }
