@@ -1,6 +1,7 @@
 //! Reports: many named comparisons in one table, and module-by-module trace
 //! comparisons that name the first module to diverge.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use candle_core::Tensor;
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Bundle, Namespace};
 use crate::table::Table;
-use crate::trace::Trace;
+use crate::trace::{Trace, TraceEntry};
 use crate::{compare, compare_with_shadow, format_multiple, Comparison, Tolerance};
 
 /// A comparison with the name of what was compared.
@@ -19,6 +20,10 @@ pub struct ReportRow {
     /// The bundle has no reference tensor of this name: the row compared nothing.
     #[serde(default)]
     pub missing_reference: bool,
+    /// The reference records this activation and the component never did: the row
+    /// compared nothing ([`Parity::finish`](crate::Parity::finish)).
+    #[serde(default)]
+    pub never_recorded: bool,
 }
 
 /// Named comparisons, shown as one table followed by the details of each failure.
@@ -41,6 +46,7 @@ impl Report {
             name: name.into(),
             comparison,
             missing_reference: false,
+            never_recorded: false,
         });
     }
 
@@ -69,7 +75,7 @@ impl Report {
                 )
             }
             Err(err) => {
-                self.push(label, missing_reference(actual, &err.to_string(), tolerance));
+                self.push(label, unmatched(actual, &err.to_string(), tolerance));
                 if let Some(row) = self.rows.last_mut() {
                     row.missing_reference = true;
                 }
@@ -116,8 +122,9 @@ impl Report {
     }
 }
 
-fn missing_reference(actual: &Tensor, why: &str, tolerance: Tolerance) -> Comparison {
-    let mut comparison = compare(actual, actual, tolerance);
+/// A failed comparison of `tensor` with nothing: one side has it and the other does not, for the reason `why`.
+pub(crate) fn unmatched(tensor: &Tensor, why: &str, tolerance: Tolerance) -> Comparison {
+    let mut comparison = compare(tensor, tensor, tolerance);
     comparison.incompatible = Some(why.to_string());
     comparison.max_abs_diff = None;
     comparison.max_rel_diff = None;
@@ -136,6 +143,8 @@ pub fn verdict_cell(c: &Comparison) -> String {
             "dtype"
         } else if reason.contains("bundle has no") {
             "missing"
+        } else if reason.contains("never recorded") {
+            "not recorded"
         } else {
             "incompatible"
         };
@@ -282,6 +291,30 @@ pub fn compare_trace(trace: &Trace, bundle: &Bundle, tolerance: Tolerance) -> Tr
         not_recorded,
         reference_activations: bundle.metadata().activations.len(),
     }
+}
+
+/// `trace` under the reference's names where the reference records a tuple: HF
+/// modules that return one are recorded by the reference as `path:0`, `path:1`, ...,
+/// and a block used alone records its one output under `path`. A recorded `path`
+/// the reference lacks is renamed `path:0` (the module's output) when the reference
+/// has that and the trace does not record it itself.
+pub fn align_trace(trace: &Trace, bundle: &Bundle) -> Trace {
+    let recorded: HashSet<&str> = trace.names().collect();
+    let mut aligned = Trace::default();
+    for entry in &trace.entries {
+        let mut name = entry.name.clone();
+        if !bundle.contains(Namespace::Activation, &name) {
+            let first = format!("{name}:0");
+            if bundle.contains(Namespace::Activation, &first) && !recorded.contains(first.as_str()) {
+                name = first;
+            }
+        }
+        aligned.entries.push(TraceEntry {
+            name,
+            tensor: entry.tensor.clone(),
+        });
+    }
+    aligned
 }
 
 impl TraceReport {

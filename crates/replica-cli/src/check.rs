@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::args::CheckArgs;
 use crate::error::{without_backtrace, CliError};
 use crate::job::{ConfigSource, Job, Weights};
-use crate::manifest::{self, parse_dtype};
+use crate::manifest;
 use crate::outcome::{
     empty_trace_note, rule_note, summary_table, tally, trace_trailer, unused_config_note, Outcome, Verdict,
 };
@@ -133,7 +133,7 @@ fn execute(job: &Job, bundle: &Bundle, device: &Device, traced: bool) -> Outcome
         Ok(Err(err)) => Err(without_backtrace(&err.to_string())),
         Err(panic) => Err(format!("the component panicked: {panic}")),
     };
-    let dtype = parse_dtype(&bundle.metadata().dtype).unwrap_or(DType::F32);
+    let dtype = bundle.dtype().unwrap_or(DType::F32);
     let trace = recorded.map(|recorded| compare_trace(&recorded, bundle, replica_check::Tolerance::for_dtype(dtype)));
     Outcome {
         label: job.label.clone(),

@@ -201,7 +201,11 @@ pub(crate) fn unused_config_note(outcome: &Outcome) -> String {
 
 pub(crate) fn empty_trace_note(outcome: &Outcome) -> String {
     let checked = match &outcome.result {
-        Ok(report) => report.rows.iter().filter(|row| row.name.starts_with("act/")).count(),
+        Ok(report) => report
+            .rows
+            .iter()
+            .filter(|row| row.name.starts_with("act/") && !row.never_recorded)
+            .count(),
         Err(_) => 0,
     };
     let compared = if outcome.reference_activations == 0 {

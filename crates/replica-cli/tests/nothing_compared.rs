@@ -44,11 +44,24 @@ fn edited(dir: &Path, stem: &str, edit: impl Fn(Namespace, &str, Tensor) -> Opti
 
 #[test]
 fn a_trace_that_compared_nothing_fails_and_says_so() {
-    // The case checks the outputs only; the reference also holds two activations.
-    let out = replica(&["check", "--model", "multihead_attention", "--trace"]);
+    // The reference holds an activation; a Linear at the root records none.
+    let dir = tempfile::tempdir().unwrap();
+    let mut bundle = Bundle::load(fixture("blocks/linear"), &Device::Cpu).unwrap();
+    let y = bundle.output("0").unwrap().clone();
+    bundle.insert(Namespace::Activation, "fc", y);
+    let path = dir.path().join("with_activation.safetensors");
+    bundle.save(&path, true).unwrap();
+    let out = replica(&[
+        "check",
+        "--model",
+        "linear_with_bias",
+        "--reference",
+        path.to_str().unwrap(),
+        "--trace",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("FAIL (trace)"), "{text}");
+    assert!(text.contains("the port never recorded it"), "{text}");
     assert!(
         text.contains("nothing was compared with them, so the case is not clean"),
         "{text}"

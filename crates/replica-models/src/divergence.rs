@@ -21,46 +21,23 @@
 //! HF modules that return a tuple are recorded by the reference as `path:0`,
 //! `path:1`, .... The models record their attention that way themselves
 //! (`TransformerBlock` with `AttentionOutput::TupleWithWeights`); a block used
-//! alone records its one output under `path`. [`align`] matches the two: a
-//! recorded `path` the reference lacks is compared with the reference's `path:0`
-//! (the module's output), unless the trace records `path:0` itself.
+//! alone records its one output under `path`. [`compare`] matches the two
+//! ([`align_trace`]): a recorded `path` the reference lacks is compared with the
+//! reference's `path:0` (the module's output), unless the trace records `path:0` itself.
 
-use std::collections::HashSet;
-
-use replica_check::trace::{self, Trace, TraceEntry};
-use replica_check::{compare_trace, Bundle, Namespace, Tolerance, TraceReport};
+use replica_check::trace::{self, Trace};
+use replica_check::{align_trace, compare_trace, Bundle, Tolerance, TraceReport};
 
 /// Runs `forward` with tracing on; returns its result and the activations it recorded.
 pub fn record<T>(forward: impl FnOnce() -> T) -> (T, Trace) {
     trace::record(forward)
 }
 
-/// `trace` with each block output renamed to the reference's name for it where
-/// the reference records a tuple (`attn` compared with `attn:0`).
-pub fn align(trace: &Trace, bundle: &Bundle) -> Trace {
-    let recorded: HashSet<&str> = trace.names().collect();
-    let mut aligned = Trace::default();
-    for entry in &trace.entries {
-        let mut name = entry.name.clone();
-        if !bundle.contains(Namespace::Activation, &name) {
-            let first = format!("{name}:0");
-            if bundle.contains(Namespace::Activation, &first) && !recorded.contains(first.as_str()) {
-                name = first;
-            }
-        }
-        aligned.entries.push(TraceEntry {
-            name,
-            tensor: entry.tensor.clone(),
-        });
-    }
-    aligned
-}
-
-/// The per-module comparison of `trace` (aligned with [`align`]) against the
+/// The per-module comparison of `trace` (aligned with [`align_trace`]) against the
 /// bundle's activations: path, shape, greatest absolute and relative differences,
 /// cosine, verdict, and the first module that diverges.
 pub fn compare(trace: &Trace, bundle: &Bundle, tolerance: Tolerance) -> TraceReport {
-    compare_trace(&align(trace, bundle), bundle, tolerance)
+    compare_trace(&align_trace(trace, bundle), bundle, tolerance)
 }
 
 /// The recorded modules the reference has no activation for (after alignment).

@@ -12,12 +12,11 @@
 //!
 //! Around them: the [`registry`] of named presets (`list_models`, `create_model`),
 //! [`checkpoint`] loading that refuses another model's weights or a config that
-//! contradicts them, [`generation`], [`divergence`] (the first module whose
-//! activation departs from the reference's), and the parity [`cases`] that
-//! `replica check` runs.
+//! contradicts them, [`generation`], and [`divergence`] (the first module whose
+//! activation departs from the reference's). The parity cases that `replica check`
+//! runs are in the `replica-suite` crate.
 
 pub mod bert;
-pub mod cases;
 pub mod checkpoint;
 pub mod config;
 pub mod divergence;
@@ -40,8 +39,3 @@ pub use vit::{Vit, VitConfig};
 
 /// The tokenizer library the sentence embedder uses (HF `tokenizers`), for callers that tokenise themselves.
 pub use tokenizers;
-
-/// Every model parity case, in the order `replica check` runs them.
-pub fn cases() -> Vec<replica_check::Case> {
-    cases::cases()
-}

@@ -3,9 +3,9 @@
 
 use candle_core::{DType, Device, Module};
 use candle_nn::Linear;
-use replica::candle_ops::cases;
-use replica::check::{compare_trace, trace, Bundle, Error, Namespace, Parity, Tolerance, WeightMap};
-use replica::suite::fixtures_dir;
+use replica_check::{compare_trace, trace, Bundle, Error, Namespace, Parity, Tolerance, WeightMap};
+use replica_suite::candle_ops::cases;
+use replica_suite::fixtures_dir;
 
 fn fixture(stem: &str) -> Bundle {
     Bundle::load(fixtures_dir().join(format!("{stem}.safetensors")), &Device::Cpu).expect("fixture loads")
