@@ -16,6 +16,8 @@
 use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::ops::{mask, AlibiBias, Causal};
+
 /// ALiBi settings; the head count is read from a HF `config.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlibiConfig {
@@ -56,7 +58,8 @@ pub fn alibi_slopes(heads: usize) -> Vec<f64> {
 pub struct Alibi {
     /// `[heads]`, f32.
     slopes: Tensor,
-    heads: usize,
+    /// The same slopes as numbers, as the op layer takes them.
+    values: Vec<f32>,
 }
 
 impl Alibi {
@@ -64,15 +67,15 @@ impl Alibi {
         if config.heads == 0 {
             candle_core::bail!("alibi: the head count must be positive")
         }
-        let slopes: Vec<f32> = alibi_slopes(config.heads).into_iter().map(|s| s as f32).collect();
+        let values: Vec<f32> = alibi_slopes(config.heads).into_iter().map(|s| s as f32).collect();
         Ok(Self {
-            slopes: Tensor::from_vec(slopes, config.heads, device)?,
-            heads: config.heads,
+            slopes: Tensor::from_slice(&values, config.heads, device)?,
+            values,
         })
     }
 
     pub fn heads(&self) -> usize {
-        self.heads
+        self.values.len()
     }
 
     /// The slopes `m_h`, `[heads]`, f32.
@@ -84,12 +87,16 @@ impl Alibi {
     /// query `i` (at position `offset + i`) and key `j`. Future keys get a positive
     /// bias; a causal mask removes them. Computed in f32, returned in `dtype`.
     pub fn bias(&self, q_len: usize, k_len: usize, offset: usize, dtype: DType) -> Result<Tensor> {
-        let device = self.slopes.device();
-        let distance: Vec<f32> = (0..q_len)
-            .flat_map(|i| (0..k_len).map(move |j| (offset + i) as f32 - j as f32))
-            .collect();
-        let distance = Tensor::from_vec(distance, (1, 1, q_len, k_len), device)?;
-        let slopes = self.slopes.reshape((1, self.heads, 1, 1))?;
-        distance.broadcast_mul(&slopes)?.neg()?.to_dtype(dtype)
+        let at = Causal::Offset(offset as isize);
+        mask::alibi_bias(&self.values, q_len, k_len, at, dtype, self.slopes.device())
+    }
+
+    /// The biases of queries whose first one sits at position `offset`, as the
+    /// attention op takes them.
+    pub(crate) fn at(&self, offset: usize) -> AlibiBias<'_> {
+        AlibiBias {
+            slopes: &self.values,
+            at: Causal::Offset(offset as isize),
+        }
     }
 }

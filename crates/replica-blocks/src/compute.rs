@@ -10,15 +10,14 @@
 //! variable, its value and the accepted values, and keeps the default, Kernels.
 //! [`with_compute`] overrides the default on the calling thread.
 //!
-//! Whatever the switch says, a block runs the composition where no kernel fits
-//! (f64, devices other than the CPU, and the per-block cases listed in docs/kernels.md).
+//! The op layer ([`crate::ops`]) is the one place that reads the switch. Whatever
+//! it says, an op runs the composition where no kernel fits (f64, devices other
+//! than the CPU, and the per-op cases listed in docs/kernels.md).
 
 use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
-
-use candle_core::{DType, Device, Tensor};
 
 /// Which implementation the blocks run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,13 +111,4 @@ pub fn with_compute<R>(compute: Compute, f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(compute))));
     f()
-}
-
-/// Whether a block should run a kernel on `x`: the kernels are in force and `x`
-/// is an f32, f16 or bf16 tensor on the CPU (elsewhere the kernels would only run
-/// their own composition, so the block keeps its own, which matches its reference).
-pub(crate) fn kernels_for(x: &Tensor) -> bool {
-    current() == Compute::Kernels
-        && matches!(x.device(), Device::Cpu)
-        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
 }

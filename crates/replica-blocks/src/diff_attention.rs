@@ -27,14 +27,13 @@
 //! Traces record `q_proj`, `k_proj`, `v_proj`, `subln` (per-head RMSNorm, before
 //! the `1 − λ_init` scale) and `out_proj`, the submodules the reference has.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::attention::repeat_kv;
 use crate::linear::{Linear, LinearConfig};
-use crate::mask;
 use crate::norm::{RmsNorm, RmsNormConfig};
+use crate::ops::{self, repeat_kv, Causal, ScoreBias};
 use crate::rope::{Rope, RopeConfig, RopeStyle};
 
 fn yes() -> bool {
@@ -284,42 +283,26 @@ impl DiffAttention {
             .matmul(&k.to_dtype(DType::F32)?.t()?.contiguous()?)?
             .to_dtype(dtype)?
             .to_dtype(DType::F32)?;
-        let kernels = crate::compute::kernels_for(x);
-        let add_bias = |sum: Tensor, bias: &Tensor| {
-            sum.broadcast_add(bias)
-                .map_err(|e| self.fail(format!("mask of shape {:?}: {e}", bias.dims())))
-        };
-        let mut biases = Vec::new();
-        // With the kernels a causal mask alone needs no tensor: the softmax kernel applies it.
-        if self.causal && !(kernels && mask.is_none()) {
-            biases.push(mask::causal_mask(t, t, 0, DType::F32, x.device())?);
-        }
         if let Some(m) = mask {
-            biases.push(mask::to_additive(m, DType::F32)?);
+            if m.broadcast_as(scores.shape()).is_err() {
+                return Err(self.fail(format!(
+                    "mask of shape {:?} does not broadcast to the scores {:?}",
+                    m.dims(),
+                    scores.dims()
+                )));
+            }
         }
         // The two maps are combined before the value product, so the fused attention
-        // kernel does not fit; the softmax kernel (scale 1: q is scaled above, as the
-        // reference orders it) fuses the mask when the kernels are in force.
-        let probs = if kernels {
-            let total = match biases.split_first() {
-                Some((first, rest)) => Some(rest.iter().try_fold(first.clone(), add_bias)?),
-                None => None,
-            };
-            let softmax_mask = match (&total, self.causal) {
-                (Some(m), _) => replica_kernels::Mask::Additive(m),
-                (None, true) => replica_kernels::Mask::Causal(replica_kernels::Causal::TopLeft),
-                (None, false) => replica_kernels::Mask::None,
-            };
-            replica_kernels::softmax_last_dim(&scores, 1.0, softmax_mask)
-                .map_err(|e| self.fail(e.to_string()))?
-                .to_dtype(dtype)?
-        } else {
-            let scores = biases.iter().try_fold(scores, add_bias)?;
-            // Softmax from differentiable ops; the row max is a constant shift, detached.
-            let max = scores.max_keepdim(D::Minus1)?.detach();
-            let exp = scores.broadcast_sub(&max)?.exp()?;
-            exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?.to_dtype(dtype)?
+        // op does not fit: the softmax op, with scale 1 (q is scaled above, as the
+        // reference orders it).
+        let bias = ScoreBias {
+            causal: self.causal.then_some(Causal::TopLeft),
+            mask,
+            alibi: None,
         };
+        let probs = ops::softmax(&scores, 1.0, &bias)
+            .map_err(|e| self.fail(e.to_string()))?
+            .to_dtype(dtype)?;
 
         // softmax(Q1 K1ᵀ) − λ softmax(Q2 K2ᵀ): half-heads 2i and 2i + 1 are the two maps of head i.
         let probs = probs.reshape((b, h, 2, t, t))?;

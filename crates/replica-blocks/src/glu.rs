@@ -252,12 +252,11 @@ impl GluMlp {
     /// kernels are in force and no trace needs the activation on its own; otherwise
     /// the activation (itself a kernel where it has one), recorded, times `up`.
     fn gated(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-        if !self.act_traced() {
-            if let Some(h) = self.activation.gated_kernel(gate, up) {
-                return h;
-            }
+        if self.act_traced() {
+            self.activate(gate)?.mul(up)
+        } else {
+            crate::ops::gated(self.activation, gate, up)
         }
-        self.activate(gate)?.mul(up)
     }
 
     /// `x` is `[..., dim]`; dropout is active only when `train`.

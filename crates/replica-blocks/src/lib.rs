@@ -1,8 +1,10 @@
 //! Transformer building blocks on candle: each cites its paper, records its
 //! output in activation traces under its module path, and can be trained.
 //!
-//! On the CPU the blocks run the fused kernels of `replica-kernels` (each with a
-//! backward) by default; [`compute`] switches them to the plain composition of
+//! The blocks compute through one op layer, [`ops`]: softmax with scale and mask,
+//! attention, norms, activations, RoPE, masks and position biases, each written
+//! once. On the CPU the ops run the fused kernels of `replica-kernels` (each with
+//! a backward) by default; [`compute`] switches them to the plain composition of
 //! differentiable candle ops (`REPLICA_COMPUTE=composition`, or [`with_compute`]).
 //!
 //! Blocks take a serde `Config` (whose field aliases read the relevant part of a
@@ -23,15 +25,18 @@ pub mod glu;
 pub mod kv_cache;
 pub mod layer_scale;
 pub mod linear;
-pub mod mask;
 pub mod mlp;
 pub mod norm;
+pub mod ops;
 pub mod papers;
 pub mod patch_embed;
 pub mod position_embedding;
 pub mod rope;
 pub mod sinusoidal;
 pub mod transformer_block;
+
+/// The masks, kept at their old path; they belong to the op layer.
+pub use ops::mask;
 
 pub use activation::Activation;
 pub use alibi::{Alibi, AlibiConfig};

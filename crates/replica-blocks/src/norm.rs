@@ -3,14 +3,15 @@
 //! - LayerNorm: Ba, Kiros & Hinton, arXiv 1607.06450, as `torch.nn.LayerNorm`.
 //! - RMSNorm: Zhang & Sennrich, arXiv 1910.07467, as HF `LlamaRMSNorm`.
 //!
-//! Both normalise in f32 whatever the input dtype, as PyTorch does for f16/bf16.
-//! With [`crate::compute`] on kernels (the default) they run the fused
-//! `replica_kernels` LayerNorm / RMSNorm ops (with a backward); otherwise, and for
-//! f64, a composition of differentiable candle ops.
+//! Both normalise in f32 whatever the input dtype, as PyTorch does for f16/bf16;
+//! the computation is the op layer's ([`ops::layer_norm`], [`ops::rms_norm`]:
+//! the fused kernels or the composition).
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
+
+use crate::ops;
 
 fn default_layer_norm_eps() -> f64 {
     1e-5
@@ -81,41 +82,9 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if crate::compute::kernels_for(x) {
-            self.forward_kernel(x)?
-        } else {
-            self.forward_composed(x)?
-        };
+        let y = ops::layer_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)?;
         replica_check::tap(&self.path, &y);
         Ok(y)
-    }
-
-    /// The fused kernel in f32 (the weights cast to it), rounded once to the input dtype.
-    fn forward_kernel(&self, x: &Tensor) -> Result<Tensor> {
-        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-        let weight = match &self.weight {
-            Some(w) => f32(w)?,
-            // No affine parameters: a unit scale, untracked (nothing to learn).
-            None => Tensor::ones(x.dim(D::Minus1)?, DType::F32, x.device())?,
-        };
-        let bias = self.bias.as_ref().map(f32).transpose()?;
-        replica_kernels::layer_norm(&f32(x)?, &weight, bias.as_ref(), self.eps)?.to_dtype(x.dtype())
-    }
-
-    fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        // Two-pass variance: no cancellation from E[x²] - E[x]².
-        let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let mut y = centred.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
-        if let Some(weight) = &self.weight {
-            y = y.broadcast_mul(&weight.to_dtype(DType::F32)?)?;
-        }
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(&bias.to_dtype(DType::F32)?)?;
-        }
-        y.to_dtype(dtype)
     }
 }
 
@@ -156,24 +125,7 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let y = if crate::compute::kernels_for(x) && dtype == DType::F32 && self.weight.dtype() == DType::F32 {
-            // f32 throughout: normalisation and scale fused in one kernel.
-            replica_kernels::rms_norm(x, &self.weight, self.eps)?
-        } else {
-            let normed = if crate::compute::kernels_for(x) {
-                // Half precision: the kernel normalises in f32 (unit scale), and the scale
-                // is applied after rounding, in the input dtype, as LlamaRMSNorm orders it.
-                let unit = Tensor::ones(x.dim(D::Minus1)?, DType::F32, x.device())?;
-                replica_kernels::rms_norm(&x.to_dtype(DType::F32)?, &unit, self.eps)?
-            } else {
-                let x32 = x.to_dtype(DType::F32)?;
-                let mean_square = x32.sqr()?.mean_keepdim(D::Minus1)?;
-                x32.broadcast_div(&(mean_square + self.eps)?.sqrt()?)?
-            };
-            // As LlamaRMSNorm: back to the input dtype *before* the scale.
-            normed.to_dtype(dtype)?.broadcast_mul(&self.weight.to_dtype(dtype)?)?
-        };
+        let y = ops::rms_norm(x, &self.weight, self.eps)?;
         replica_check::tap(&self.path, &y);
         Ok(y)
     }

@@ -6,10 +6,10 @@
 //! - [`RopeStyle::HalfSplit`]: feature `i` pairs with `i + d/2` (HF LLaMA's `rotate_half`, GPT-NeoX);
 //! - [`RopeStyle::Interleaved`]: feature `2i` pairs with `2i + 1` (the paper, GPT-J, timm).
 //!
-//! Gradients flow to queries and keys: through the `replica_kernels::rope` op (its
-//! backward) when [`crate::compute`] is on kernels, else through candle ops.
+//! Gradients flow to queries and keys: through the fused kernel's backward when
+//! [`crate::compute`] is on kernels, else through candle ops ([`crate::ops::rope`]).
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// How features are paired for rotation.
@@ -173,47 +173,6 @@ impl Rope {
         let (cos, sin) = self.tables(seq, offset)?;
         // As HF: the tables are cast to the input dtype (and, composed, the rotation runs in it).
         let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-        // Half inputs too: HF rotates f16/bf16 in the input dtype, rounding each product
-        // and the sum; the kernel rounds once, at least as close to the float64 shadow.
-        if crate::compute::kernels_for(x) {
-            // One kernel for both pairings and partial rotary.
-            let style = match self.style {
-                RopeStyle::HalfSplit => replica_kernels::RopeStyle::HalfSplit,
-                RopeStyle::Interleaved => replica_kernels::RopeStyle::Interleaved,
-            };
-            return replica_kernels::rope(x, &cos, &sin, style);
-        }
-        let rotated_part = x.narrow(D::Minus1, 0, self.rotary_dim)?;
-        let rotated = match self.style {
-            RopeStyle::HalfSplit => rotate_half_split(&rotated_part, &cos, &sin)?,
-            RopeStyle::Interleaved => rotate_interleaved(&rotated_part, &cos, &sin)?,
-        };
-        if self.rotary_dim == head_dim {
-            Ok(rotated)
-        } else {
-            let rest = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
-            Tensor::cat(&[&rotated, &rest], D::Minus1)
-        }
+        crate::ops::rope(x, &cos, &sin, self.style)
     }
-}
-
-/// `x·cos + rotate_half(x)·sin` with `rotate_half([a, b]) = [-b, a]`.
-fn rotate_half_split(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let (a, b) = (x.narrow(D::Minus1, 0, half)?, x.narrow(D::Minus1, half, half)?);
-    let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
-    let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
-    let rotated = Tensor::cat(&[&b.neg()?, &a], D::Minus1)?;
-    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
-}
-
-/// Pairs `(x[2i], x[2i+1])` rotated by the i-th angle.
-fn rotate_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (b, h, s, d) = x.dims4()?;
-    let pairs = x.reshape((b, h, s, d / 2, 2))?;
-    let even = pairs.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
-    let odd = pairs.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
-    let new_even = (even.broadcast_mul(cos)? - odd.broadcast_mul(sin)?)?;
-    let new_odd = (even.broadcast_mul(sin)? + odd.broadcast_mul(cos)?)?;
-    Tensor::stack(&[&new_even, &new_odd], D::Minus1)?.reshape((b, h, s, d))
 }

@@ -14,6 +14,7 @@ use replica_blocks::compute::{self, current, with_compute, Compute};
 use replica_blocks::diff_attention::{DiffAttention, DiffAttentionConfig};
 use replica_blocks::glu::{GluMlp, GluMlpConfig};
 use replica_blocks::mask::padding_mask_from_lengths;
+use replica_blocks::ops::{self, AlibiBias, Causal, ScoreBias};
 use replica_blocks::{
     Activation, Attention, AttentionConfig, LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig, Rope, RopeConfig,
     RopeStyle, SdpaOptions,
@@ -309,6 +310,43 @@ fn sdpa_paths_the_fused_kernel_does_not_take_still_match() {
     compare_paths("sdpa trained bias", &[q, k, v, bias], &[], &|xs| {
         scaled_dot_product_attention(&xs[0], &xs[1], &xs[2], Some(&xs[3]), &plain)
     });
+}
+
+#[test]
+fn the_softmax_op_sums_causal_mask_and_alibi_once_for_both_paths() {
+    let (b, h, sq, sk) = (2, 3, 5, 8);
+    let x = Var::from_tensor(&randn(&[b, h, sq, sk])).unwrap();
+    let keep = Tensor::from_vec(
+        (0..b * sk).map(|i| u8::from(i % 5 != 2)).collect::<Vec<_>>(),
+        (b, 1, 1, sk),
+        &CPU,
+    )
+    .unwrap();
+    let slopes = [0.5f32, 0.25, 0.125];
+    let bias = ScoreBias {
+        causal: Some(Causal::BottomRight),
+        mask: Some(&keep),
+        alibi: Some(AlibiBias {
+            slopes: &slopes,
+            at: Causal::Offset(3),
+        }),
+    };
+    // One f32 tensor: the ALiBi bias, the mask made additive, the causal mask.
+    let alibi = ops::mask::alibi_bias(&slopes, sq, sk, Causal::Offset(3), DType::F32, &CPU).unwrap();
+    let additive = ops::mask::to_additive(&keep, DType::F32).unwrap();
+    let causal = ops::mask::causal_mask(sq, sk, sk - sq, DType::F32, &CPU).unwrap();
+    let total = alibi.broadcast_add(&additive).unwrap().broadcast_add(&causal).unwrap();
+    let direct =
+        replica_kernels::softmax_last_dim(x.as_tensor(), 0.7, replica_kernels::Mask::Additive(&total)).unwrap();
+    let on_kernels = with_compute(Compute::Kernels, || ops::softmax(x.as_tensor(), 0.7, &bias)).unwrap();
+    assert_same_bits("softmax op", &on_kernels, &direct);
+    compare_paths("softmax op", &[x], &[], &|xs| ops::softmax(&xs[0], 0.7, &bias));
+    // A causal mask alone needs no tensor, on either path.
+    let causal_only = ScoreBias {
+        causal: Some(Causal::TopLeft),
+        ..ScoreBias::default()
+    };
+    assert!(causal_only.additive(&randn(&[1, 1, 4, 4])).unwrap().is_none());
 }
 
 #[test]

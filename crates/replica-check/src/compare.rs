@@ -6,7 +6,7 @@ use safetensors::Dtype;
 
 use crate::noise::{noise, Rule};
 use crate::tensor_file::stored_dtype_name;
-use crate::values::{dtype_name, unravel, CpuValues};
+use crate::values::{dtype_name, out_of_range, unit_scale, unravel, CpuValues};
 use crate::{Comparison, Element, Extreme, NonFinite, Tolerance};
 
 /// Compares `actual` against the reference `expected` under `tolerance`.
@@ -142,24 +142,6 @@ impl Moments {
         self.norm_a += a * a;
         self.norm_e += e * e;
     }
-}
-
-/// Squares of magnitudes outside `[2^-LIMIT, 2^LIMIT]` may underflow or overflow
-/// (or sum to infinity); within it they are safe for any element count.
-const SAFE_EXPONENT: i32 = 400;
-
-/// Whether `m`, a nonnegative magnitude, is too large or small to square safely.
-fn out_of_range(m: f64) -> bool {
-    let limit = 2f64.powi(SAFE_EXPONENT);
-    m != 0.0 && !(1.0 / limit..=limit).contains(&m)
-}
-
-/// A power of two that brings the finite magnitude `m` near 1 (1 for 0).
-fn unit_scale(m: f64) -> f64 {
-    if m == 0.0 || !m.is_finite() {
-        return 1.0;
-    }
-    2f64.powi((-m.log2().floor() as i32).clamp(-1000, 1000))
 }
 
 /// Calls `f(flat_index, actual, expected)` on every pair, reading a chunk at a time.

@@ -7,7 +7,7 @@ use crate::weight_map::LoadReport;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file that cannot be read, is not valid safetensors, or is not a valid bundle.
-    #[error("{}: {message}", path.display())]
+    #[error("{}: {}", crate::printable(&path.display().to_string()), crate::printable(message))]
     File { path: PathBuf, message: String },
     /// Weights that do not fit the model: every problem, listed together.
     #[error("{0}")]

@@ -30,9 +30,12 @@ mod error;
 mod exact;
 mod float_json;
 mod gradients;
+pub mod interrupt;
 pub mod noise;
 pub mod parity;
+mod printable;
 pub mod report;
+pub mod stats;
 pub mod suite;
 pub mod table;
 pub mod tensor_file;
@@ -54,7 +57,9 @@ pub use dtype::parse_dtype;
 pub use error::{Error, Result};
 pub use noise::{Rule, NOISE_LIMIT};
 pub use parity::{Parity, Unmatched};
+pub use printable::printable;
 pub use report::{align_trace, compare_trace, summary_table, Report, ReportRow, TraceReport, TraceRow};
+pub use stats::Stats;
 pub use suite::Case;
 pub use tensor_file::{
     open_safetensors, read_safetensors, write_safetensors, ReadLimits, SafetensorsFile, TensorFile, TensorInfo,

@@ -101,6 +101,23 @@ impl Report {
             .reduce(f64::max)
     }
 
+    /// The greatest absolute difference over the rows that compared finite values.
+    pub fn worst_abs(&self) -> Option<f64> {
+        let values = self.rows.iter().filter_map(|r| r.comparison.max_abs_diff.as_ref());
+        values.map(|e| e.value).reduce(f64::max)
+    }
+
+    /// The greatest relative difference over the rows that compared finite values.
+    pub fn worst_rel(&self) -> Option<f64> {
+        let values = self.rows.iter().filter_map(|r| r.comparison.max_rel_diff.as_ref());
+        values.map(|e| e.value).reduce(f64::max)
+    }
+
+    /// The lowest cosine similarity over the rows.
+    pub fn min_cosine(&self) -> Option<f64> {
+        self.rows.iter().filter_map(|r| r.comparison.cosine).reduce(f64::min)
+    }
+
     pub fn failures(&self) -> impl Iterator<Item = &ReportRow> {
         self.rows.iter().filter(|r| !r.comparison.passed())
     }
@@ -185,23 +202,13 @@ pub fn summary_table(reports: &[Report]) -> Table {
         "verdict",
     ]);
     for report in reports {
-        let comparisons = || report.rows.iter().map(|r| &r.comparison);
-        let worst_abs = comparisons()
-            .filter_map(|c| c.max_abs_diff.as_ref())
-            .map(|e| e.value)
-            .reduce(f64::max);
-        let worst_rel = comparisons()
-            .filter_map(|c| c.max_rel_diff.as_ref())
-            .map(|e| e.value)
-            .reduce(f64::max);
-        let min_cosine = comparisons().filter_map(|c| c.cosine).reduce(f64::min);
         let failed = report.failures().count();
         table.push(vec![
             report.title.clone(),
             report.rows.len().to_string(),
-            difference_cell(worst_abs),
-            difference_cell(worst_rel),
-            min_cosine.map_or("-".into(), |v| format!("{v:.7}")),
+            difference_cell(report.worst_abs()),
+            difference_cell(report.worst_rel()),
+            report.min_cosine().map_or("-".into(), |v| format!("{v:.7}")),
             report.worst_multiple().map_or("-".into(), format_multiple),
             if report.rows.is_empty() {
                 "FAIL (nothing compared)".into()

@@ -9,14 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use candle_core::safetensors::Load;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use serde_json::Value;
 
 use crate::{Error, Result};
@@ -112,12 +112,14 @@ pub struct TensorFile {
     pub metadata: HashMap<String, String>,
 }
 
-/// A memory-mapped safetensors file whose header has been checked: tensors are
-/// read one at a time with [`load`](Self::load).
+/// An open safetensors file whose header has been checked: tensors are read
+/// one at a time with [`load`](Self::load), by positioned reads into memory the
+/// tensor then owns. Nothing is mapped, so a file cut short while it is read is
+/// an error, not a SIGBUS.
 pub struct SafetensorsFile {
     path: PathBuf,
     file: File,
-    map: memmap2::Mmap,
+    len: u64,
     index: Index,
 }
 
@@ -125,7 +127,7 @@ impl std::fmt::Debug for SafetensorsFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SafetensorsFile")
             .field("path", &self.path)
-            .field("bytes", &self.map.len())
+            .field("bytes", &self.len)
             .field("tensors", &self.index.tensors.len())
             .finish()
     }
@@ -137,30 +139,28 @@ pub fn open_safetensors(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
 }
 
 impl SafetensorsFile {
-    /// Maps `path` and checks its header against the file's length and `limits`.
+    /// Opens `path` and checks its header against the file's length and `limits`;
+    /// only the header is read, and only once its length has passed the checks.
     pub fn open(path: impl AsRef<Path>, limits: ReadLimits) -> Result<Self> {
         let path = path.as_ref();
         let fail = |message: String| Error::file(path, message);
-        if path.is_dir() {
-            return Err(fail("is a directory, expected a file".into()));
-        }
-        let file = File::open(path).map_err(|err| fail(format!("cannot read: {err}")))?;
-        let len = file
-            .metadata()
-            .map_err(|err| fail(format!("cannot read: {err}")))?
-            .len();
-        // Check the prefix before mapping: an empty file cannot be mapped on every system.
+        let (file, len) = open_regular(path)?;
         check_prefix_len(len).map_err(fail)?;
-        // SAFETY: the map is read-only and private to this value. Another process
-        // truncating the file while it is mapped would make reads past the new end
-        // fault (SIGBUS); `load` re-checks the length before touching a tensor,
-        // and docs/reliability.md records the window that remains.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|err| fail(format!("cannot map: {err}")))?;
-        let index = index(&map, limits).map_err(fail)?;
+        let source = Source::File(&file);
+        let mut prefix = [0u8; PREFIX];
+        source
+            .read_at(&mut prefix, 0)
+            .map_err(|err| fail(format!("cannot read: {err}")))?;
+        let header_len = header_len(prefix, len, limits).map_err(fail)?;
+        let mut header = vec![0u8; header_len];
+        source
+            .read_at(&mut header, PREFIX as u64)
+            .map_err(|err| fail(format!("cannot read: {err}")))?;
+        let index = index(&header, len, limits).map_err(fail)?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
-            map,
+            len,
             index,
         })
     }
@@ -171,7 +171,7 @@ impl SafetensorsFile {
 
     /// The file's length in bytes when it was opened.
     pub fn len(&self) -> u64 {
-        self.map.len() as u64
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -200,38 +200,8 @@ impl SafetensorsFile {
         let info = self
             .info(name)
             .ok_or_else(|| Error::file(&self.path, format!("has no tensor `{name}`")))?;
-        // A file cut short since it was opened would fault on the missing pages.
-        let now = self.file.metadata().map(|m| m.len()).unwrap_or(0);
-        let needed = (self.index.data_start + info.end) as u64;
-        if now < needed {
-            return Err(Error::file(
-                &self.path,
-                format!("tensor `{name}`: the file shrank to {now} bytes while open; its data ends at byte {needed}"),
-            ));
-        }
-        let tensor =
-            load_tensor(&self.map, &self.index, info, device).map_err(|message| Error::file(&self.path, message))?;
-        self.release(self.index.data_start + info.begin, info.end - info.begin);
-        Ok(tensor)
-    }
-
-    /// Hands a read range's pages back to the OS once the tensor holds its own copy,
-    /// so reading a large file tensor by tensor keeps resident memory near one
-    /// tensor rather than the whole file (touched mapped pages count as resident).
-    fn release(&self, start: usize, len: usize) {
-        #[cfg(unix)]
-        if len > 0 {
-            // SAFETY: the map is a read-only shared file mapping and no tensor borrows
-            // it (loading copies): MADV_DONTNEED only drops this process's view of the
-            // pages, and a later read faults them in again from the file. Failure
-            // only means the pages stay resident, so it is ignored.
-            let _ = unsafe {
-                self.map
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
-            };
-        }
-        #[cfg(not(unix))]
-        let _ = (start, len);
+        load_tensor(Source::File(&self.file), &self.index, info, device)
+            .map_err(|message| Error::file(&self.path, message))
     }
 
     /// Reads every tensor onto `device`.
@@ -253,24 +223,89 @@ pub fn read_safetensors(path: impl AsRef<Path>, device: &Device) -> Result<Tenso
     open_safetensors(path)?.load_all(device)
 }
 
-/// Reads a file's bytes, with the path in every error.
+/// Reads a small file's bytes (a `config.json`, a suite): a regular file of at
+/// most [`ReadLimits::max_header_bytes`], with the path in every error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    if path.is_dir() {
-        return Err(Error::file(path, "is a directory, expected a file"));
+    let (file, len) = open_regular(path)?;
+    let limit = ReadLimits::current().max_header_bytes;
+    if len > limit {
+        return Err(Error::file(
+            path,
+            format!("is {len} bytes, over the limit of {limit} bytes for a text file (max_header_bytes)"),
+        ));
     }
-    std::fs::read(path).map_err(|err| Error::file(path, format!("cannot read: {err}")))
+    let mut bytes = Vec::with_capacity(len as usize);
+    // `take`: a file that grows while it is read still stops at the limit.
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| Error::file(path, format!("cannot read: {err}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::file(
+            path,
+            format!("grew past the limit of {limit} bytes while read"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Opens `path` for reading if it is a regular file, with its length. Anything
+/// else is refused by kind before a byte is read: a directory, a device such as
+/// `/dev/zero` (endless), a FIFO or socket (opened without blocking, so one with no
+/// writer cannot hang the command).
+pub fn open_regular(path: &Path) -> Result<(File, u64)> {
+    let fail = |message: String| Error::file(path, message);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|err| fail(format!("cannot read: {err}")))?;
+    let meta = file.metadata().map_err(|err| fail(format!("cannot read: {err}")))?;
+    if meta.is_dir() {
+        return Err(fail("is a directory, expected a file".into()));
+    }
+    if !meta.is_file() {
+        return Err(fail(format!("is {}, expected a regular file", file_kind(&meta))));
+    }
+    Ok((file, meta.len()))
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    let _ = meta;
+    "not a regular file"
 }
 
 /// Parses safetensors bytes already in memory; `origin` names them in errors.
 pub fn parse_safetensors(bytes: &[u8], origin: &Path, device: &Device) -> Result<TensorFile> {
     let fail = |message: String| Error::file(origin, message);
-    check_prefix_len(bytes.len() as u64).map_err(fail)?;
-    let index = index(bytes, ReadLimits::current()).map_err(fail)?;
+    let len = bytes.len() as u64;
+    check_prefix_len(len).map_err(fail)?;
+    let limits = ReadLimits::current();
+    let prefix = bytes[..PREFIX].try_into().expect("checked: at least the prefix");
+    let header_len = header_len(prefix, len, limits).map_err(fail)?;
+    let index = index(&bytes[PREFIX..PREFIX + header_len], len, limits).map_err(fail)?;
     let mut tensors = BTreeMap::new();
     for info in &index.tensors {
         tensors.insert(
             info.name.clone(),
-            load_tensor(bytes, &index, info, device).map_err(fail)?,
+            load_tensor(Source::Memory(bytes), &index, info, device).map_err(fail)?,
         );
     }
     Ok(TensorFile {
@@ -296,8 +331,14 @@ fn check_prefix_len(len: u64) -> std::result::Result<(), String> {
 /// One tensor's bytes as a candle tensor. Every value is kept, but not every
 /// dtype tag (candle has no bool or u16), so comparisons of stored tensors go by
 /// [`TensorInfo::dtype`].
-fn load_tensor(bytes: &[u8], index: &Index, info: &TensorInfo, device: &Device) -> std::result::Result<Tensor, String> {
-    let data = &bytes[index.data_start + info.begin..index.data_start + info.end];
+fn load_tensor(
+    source: Source<'_>,
+    index: &Index,
+    info: &TensorInfo,
+    device: &Device,
+) -> std::result::Result<Tensor, String> {
+    let offset = (index.data_start + info.begin) as u64;
+    let elements = info.shape.iter().product::<usize>();
     let refuse = |why: &str| {
         Err(format!(
             "tensor `{}`: dtype {} cannot be loaded: {why}",
@@ -305,34 +346,48 @@ fn load_tensor(bytes: &[u8], index: &Index, info: &TensorInfo, device: &Device) 
             info.dtype_name()
         ))
     };
+    let shape = info.shape.as_slice();
+    let read = |bytes: &mut [u8]| {
+        source.read_at(bytes, offset).map_err(|err| {
+            format!(
+                "tensor `{}`: cannot read bytes {}..{}: {err} (was the file cut short while open?)",
+                info.name,
+                offset,
+                offset + bytes.len() as u64
+            )
+        })
+    };
     let loaded = match info.dtype {
-        // Masks are read as their 0/1 bytes.
-        Dtype::BOOL => Tensor::from_raw_buffer(data, DType::U8, &info.shape, device),
-        // candle holds these as stored, except U16, which it widens to u32 (exact),
-        // and the 4- and 6-bit floats and F8_E8M0, which it keeps as opaque bytes.
-        Dtype::U8
-        | Dtype::U16
-        | Dtype::I16
-        | Dtype::U32
-        | Dtype::I32
-        | Dtype::I64
-        | Dtype::F16
-        | Dtype::BF16
-        | Dtype::F32
-        | Dtype::F64
-        | Dtype::F4
-        | Dtype::F6_E2M3
-        | Dtype::F6_E3M2
-        | Dtype::F8_E8M0 => TensorView::new(info.dtype, info.shape.clone(), data)
-            .map_err(|err| candle_core::Error::Msg(err.to_string()))
-            .and_then(|view| view.load(device)),
+        // Read straight into the memory the tensor keeps: no second copy. Masks
+        // (BOOL) are read as their 0/1 bytes.
+        Dtype::BOOL | Dtype::U8 => typed::<u8>(elements, read).map(|v| Tensor::from_vec(v, shape, device)),
+        Dtype::I16 => typed::<i16>(elements, read).map(|v| Tensor::from_vec(v, shape, device)),
+        Dtype::U32 => typed::<u32>(elements, read).map(|v| Tensor::from_vec(v, shape, device)),
+        Dtype::I32 => typed::<i32>(elements, read).map(|v| Tensor::from_vec(v, shape, device)),
+        Dtype::I64 => typed::<i64>(elements, read).map(|v| Tensor::from_vec(v, shape, device)),
+        Dtype::F16 => typed::<half::f16>(elements, read).map(|v| Tensor::from_vec(v, shape, device)),
+        Dtype::BF16 => typed::<half::bf16>(elements, read).map(|v| Tensor::from_vec(v, shape, device)),
+        Dtype::F32 => typed::<f32>(elements, read).map(|v| Tensor::from_vec(v, shape, device)),
+        Dtype::F64 => typed::<f64>(elements, read).map(|v| Tensor::from_vec(v, shape, device)),
+        // candle has no u16: widened to u32 (exact).
+        Dtype::U16 => typed::<u16>(elements, read)
+            .map(|v| Tensor::from_vec(v.into_iter().map(u32::from).collect::<Vec<_>>(), shape, device)),
+        // The 4- and 6-bit floats and F8_E8M0: candle keeps them as opaque bytes.
+        Dtype::F4 | Dtype::F6_E2M3 | Dtype::F6_E3M2 | Dtype::F8_E8M0 => {
+            let mut bytes = vec![0u8; info.end - info.begin];
+            read(&mut bytes).map(|()| {
+                TensorView::new(info.dtype, info.shape.clone(), &bytes)
+                    .map_err(|err| candle_core::Error::Msg(err.to_string()))
+                    .and_then(|view| view.load(device))
+            })
+        }
         // candle 0.11's f8e4m3 `WithDType::to_f64` calls itself, so widening to
         // f64 (`inspect`'s statistics, `to_dtype(F64)`) never returns.
         Dtype::F8_E4M3 => return refuse("candle 0.11 never finishes converting it to f64"),
         // I8, U64, F8_E5M2, the FNUZ float8s, C64, and any dtype safetensors adds:
         // refused by name rather than read as something else.
         _ => return refuse("candle has no such dtype"),
-    };
+    }?;
     loaded.map_err(|err| {
         format!(
             "tensor `{}`: cannot load {:?} {:?}: {err}",
@@ -341,12 +396,73 @@ fn load_tensor(bytes: &[u8], index: &Index, info: &TensorInfo, device: &Device) 
     })
 }
 
-/// Checks the framing and every header entry against the file's length and
-/// `limits`, so that errors name the key and the numbers involved and nothing
-/// is allocated for a claim the file cannot back.
-fn index(bytes: &[u8], limits: ReadLimits) -> std::result::Result<Index, String> {
-    let header_len = u64::from_le_bytes(bytes[..PREFIX].try_into().expect("8 bytes"));
-    let available = (bytes.len() - PREFIX) as u64;
+/// `elements` values of `T` filled by `read` from their little-endian bytes.
+fn typed<T: Copy + Default>(
+    elements: usize,
+    read: impl FnOnce(&mut [u8]) -> std::result::Result<(), String>,
+) -> std::result::Result<Vec<T>, String> {
+    const { assert!(cfg!(target_endian = "little"), "tensor files are little-endian") };
+    let mut values = vec![T::default(); elements];
+    // SAFETY: every `T` here is a plain number type (any bit pattern is a valid
+    // value); the byte view covers exactly the vector's initialised elements.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(
+            values.as_mut_ptr().cast::<u8>(),
+            std::mem::size_of_val(values.as_slice()),
+        )
+    };
+    read(bytes)?;
+    Ok(values)
+}
+
+/// Where tensor bytes come from: an open file, read at offsets, or bytes in memory.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    File(&'a File),
+    Memory(&'a [u8]),
+}
+
+impl Source<'_> {
+    /// Fills `buf` from byte `offset`; a file that ends first is an error.
+    fn read_at(self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Source::File(file) => {
+                #[cfg(unix)]
+                {
+                    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+                }
+                #[cfg(windows)]
+                {
+                    let mut done = 0;
+                    while done < buf.len() {
+                        let n = std::os::windows::fs::FileExt::seek_read(file, &mut buf[done..], offset + done as u64)?;
+                        if n == 0 {
+                            return Err(std::io::ErrorKind::UnexpectedEof.into());
+                        }
+                        done += n;
+                    }
+                    Ok(())
+                }
+            }
+            Source::Memory(bytes) => {
+                let start = usize::try_from(offset).ok().filter(|&s| s <= bytes.len());
+                match start.and_then(|s| bytes.get(s..s + buf.len())) {
+                    Some(found) => {
+                        buf.copy_from_slice(found);
+                        Ok(())
+                    }
+                    None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                }
+            }
+        }
+    }
+}
+
+/// The header's length from the file's 8-byte prefix, checked against the bytes
+/// after the prefix and `limits` before anything that long is allocated.
+fn header_len(prefix: [u8; PREFIX], file_len: u64, limits: ReadLimits) -> std::result::Result<usize, String> {
+    let header_len = u64::from_le_bytes(prefix);
+    let available = file_len - PREFIX as u64;
     if header_len > available {
         return Err(format!(
             "header length {header_len} is larger than the {available} bytes after the length prefix: truncated or not safetensors"
@@ -358,13 +474,19 @@ fn index(bytes: &[u8], limits: ReadLimits) -> std::result::Result<Index, String>
             limits.max_header_bytes
         ));
     }
-    let data_start = PREFIX + header_len as usize;
-    let header: Value =
-        serde_json::from_slice(&bytes[PREFIX..data_start]).map_err(|err| format!("header is not valid JSON: {err}"))?;
-    let Value::Object(entries) = header else {
+    usize::try_from(header_len).map_err(|_| format!("header length {header_len} does not fit in memory"))
+}
+
+/// Checks the framing and every header entry against the file's length and
+/// `limits`, so that errors name the key and the numbers involved and nothing
+/// is allocated for a claim the file cannot back.
+fn index(json: &[u8], file_len: u64, limits: ReadLimits) -> std::result::Result<Index, String> {
+    let data_start = PREFIX + json.len();
+    if json.trim_ascii_start().first() != Some(&b'{') {
         return Err("header is not a JSON object".into());
-    };
-    let data_len = (bytes.len() - data_start) as u64;
+    }
+    let UniqueKeys(entries) = serde_json::from_slice(json).map_err(|err| format!("header is not valid JSON: {err}"))?;
+    let data_len = file_len - data_start as u64;
     let mut metadata = HashMap::new();
     let mut tensors = Vec::with_capacity(entries.len());
     for (name, entry) in &entries {
@@ -389,14 +511,41 @@ fn index(bytes: &[u8], limits: ReadLimits) -> std::result::Result<Index, String>
         ));
     }
     check_coverage(&tensors, data_len)?;
-    // The safetensors crate's own reading of the header, as a second opinion.
-    SafeTensors::deserialize(bytes).map_err(|err| format!("not a valid safetensors file: {err}"))?;
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Index {
         data_start,
         tensors,
         metadata,
     })
+}
+
+/// A JSON object's entries in order, refusing a key given twice: serde_json keeps
+/// the last, so a header could otherwise say two things about one tensor.
+struct UniqueKeys(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<UniqueKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                let mut entries = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    if !seen.insert(key.clone()) {
+                        let key = crate::printable(&key).into_owned();
+                        return Err(serde::de::Error::custom(format!("the key `{key}` appears twice")));
+                    }
+                    entries.push((key, value));
+                }
+                Ok(UniqueKeys(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
 }
 
 /// The format stores tensors back to back: no two share a byte, and no byte of
@@ -520,14 +669,6 @@ const ALREADY_EXISTS: &str = "already exists (pass overwrite, or --force, to rep
 /// On any error the temporary file is removed and an existing `path` is untouched.
 pub fn write_atomically(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     let fail = |message: String| Error::file(path, message);
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| fail("is not a file path".into()))?
-        .to_string_lossy();
     if path.is_dir() {
         return Err(fail("is a directory, expected a file".into()));
     }
@@ -535,7 +676,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()
     // must not share (and truncate) one temporary file.
     static NEXT_TEMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let serial = NEXT_TEMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temp = dir.join(format!(".{file_name}.{}.{serial}.tmp", std::process::id()));
+    let temp = temporary_path(path, serial).ok_or_else(|| fail("is not a file path".into()))?;
+    let guard = crate::interrupt::RemoveOnSignal::new(&temp);
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -554,10 +696,23 @@ pub fn write_atomically(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()
         place_new(&temp, path)
     };
     let _ = std::fs::remove_file(&temp);
+    drop(guard);
     placed.map_err(|err| match err.kind() {
         std::io::ErrorKind::AlreadyExists => fail(ALREADY_EXISTS.into()),
         _ => fail(format!("cannot write: {err}")),
     })
+}
+
+/// The temporary file [`write_atomically`] writes before moving it to `path`:
+/// hidden, beside it, named by the process and `serial`; none for a path without a
+/// file name.
+pub fn temporary_path(path: &Path, serial: u64) -> Option<PathBuf> {
+    let file_name = path.file_name()?.to_string_lossy();
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    Some(dir.join(format!(".{file_name}.{}.{serial}.tmp", std::process::id())))
 }
 
 /// Moves `temp` to `path` unless `path` exists. The caller removes `temp` afterwards.

@@ -33,6 +33,22 @@ impl<'a> CpuValues<'a> {
         self.len
     }
 
+    /// Calls `each` on every element, widened, a chunk at a time.
+    pub(crate) fn for_each_chunk(&self, each: &mut dyn FnMut(&[f64])) {
+        const CHUNK: usize = 1024;
+        let mut buf = [0.0f64; CHUNK];
+        let mut at = 0;
+        while at < self.len {
+            let n = CHUNK.min(self.len - at);
+            // `new` read once already: a dtype error cannot appear here.
+            if self.read(at, &mut buf[..n]).is_err() {
+                return;
+            }
+            each(&buf[..n]);
+            at += n;
+        }
+    }
+
     /// Widens elements `at..at + out.len()` into `out`.
     pub(crate) fn read(&self, at: usize, out: &mut [f64]) -> candle_core::Result<()> {
         let range = self.start + at..self.start + at + out.len();
@@ -109,4 +125,22 @@ pub(crate) fn format_index(index: &[usize]) -> String {
     } else {
         format!("({})", parts.join(", "))
     }
+}
+
+/// Squares of magnitudes outside `[2^-LIMIT, 2^LIMIT]` may underflow or overflow
+/// (or sum to infinity); within it they are safe for any element count.
+const SAFE_EXPONENT: i32 = 400;
+
+/// Whether `m`, a nonnegative magnitude, is too large or small to square safely.
+pub(crate) fn out_of_range(m: f64) -> bool {
+    let limit = 2f64.powi(SAFE_EXPONENT);
+    m != 0.0 && !(1.0 / limit..=limit).contains(&m)
+}
+
+/// A power of two that brings the finite magnitude `m` near 1 (1 for 0).
+pub(crate) fn unit_scale(m: f64) -> f64 {
+    if m == 0.0 || !m.is_finite() {
+        return 1.0;
+    }
+    2f64.powi((-m.log2().floor() as i32).clamp(-1000, 1000))
 }

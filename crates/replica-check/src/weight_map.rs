@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use regex::Regex;
 
 use crate::tensor_file::read_safetensors;
-use crate::{Error, Result};
+use crate::{printable, Error, Result};
 
 #[derive(Clone, Debug)]
 enum Rule {
@@ -379,11 +379,11 @@ impl fmt::Display for LoadReport {
         write!(
             f,
             "{}: the weights do not fit the model ({} problems)",
-            self.origin.display(),
+            printable(&self.origin.display().to_string()),
             self.problem_count()
         )?;
         for (name, shape) in &self.missing {
-            write!(f, "\n  missing: `{name}`")?;
+            write!(f, "\n  missing: `{}`", printable(name))?;
             if !shape.is_empty() {
                 write!(f, " (the model expects shape {shape:?})")?;
             }
@@ -392,16 +392,18 @@ impl fmt::Display for LoadReport {
             write!(
                 f,
                 "\n  shape mismatch: `{}`: the model expects {:?}, the weights have {:?}",
-                m.name, m.expected, m.actual
+                printable(&m.name),
+                m.expected,
+                m.actual
             )?;
             if m.source != m.name {
-                write!(f, " (from `{}`)", m.source)?;
+                write!(f, " (from `{}`)", printable(&m.source))?;
             }
         }
         for (name, source) in &self.unused {
-            write!(f, "\n  unused: `{name}` (the model never asks for it)")?;
+            write!(f, "\n  unused: `{}` (the model never asks for it)", printable(name))?;
             if source != name {
-                write!(f, " (from `{source}`)")?;
+                write!(f, " (from `{}`)", printable(source))?;
             }
         }
         Ok(())

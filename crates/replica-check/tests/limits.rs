@@ -43,7 +43,7 @@ fn assert_contains(err: &str, needles: &[&str]) {
 }
 
 #[test]
-fn tensors_are_read_one_at_a_time_from_the_map() {
+fn tensors_are_read_one_at_a_time_from_the_file() {
     let dir = ScratchDir::new("limits-lazy");
     let path = dir.write("x.safetensors", &two_tensors());
     let file = open_safetensors(&path).unwrap();
@@ -188,7 +188,7 @@ fn an_empty_file_is_refused_before_mapping() {
 }
 
 #[test]
-fn a_file_that_shrinks_while_mapped_is_refused_not_faulted() {
+fn a_file_that_shrinks_while_open_is_refused_not_faulted() {
     let dir = ScratchDir::new("limits-shrink");
     let path = dir.write("x.safetensors", &two_tensors());
     let file = open_safetensors(&path).unwrap();
@@ -199,7 +199,7 @@ fn a_file_that_shrinks_while_mapped_is_refused_not_faulted() {
         .and_then(|f| f.set_len(len - 8))
         .unwrap();
     let err = file.load("b", &Device::Cpu).unwrap_err().to_string();
-    assert_contains(&err, &["tensor `b`", &format!("shrank to {} bytes", len - 8)]);
+    assert_contains(&err, &["tensor `b`", "cannot read bytes 134..142", "cut short"]);
     // What lies before the cut still loads.
     assert_eq!(file.load("a", &Device::Cpu).unwrap().dims(), &[4]);
 }

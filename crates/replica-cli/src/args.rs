@@ -54,7 +54,11 @@ impl Cli {
             match (flag, std::env::var(var)) {
                 (Some(value), _) => Ok(value),
                 (None, Ok(text)) => byte_size(&text).map_err(|err| format!("{var}: {err}")),
-                (None, Err(_)) => Ok(default),
+                (None, Err(std::env::VarError::NotPresent)) => Ok(default),
+                (None, Err(std::env::VarError::NotUnicode(value))) => Err(format!(
+                    "{var}: not a byte size: {} is not UTF-8 text",
+                    replica_check::printable(&value.to_string_lossy())
+                )),
             }
         };
         let default = ReadLimits::DEFAULT;
@@ -147,11 +151,12 @@ pub struct CheckArgs {
     #[arg(long)]
     pub trace: bool,
 
-    /// Relative tolerance for every tensor, over the component's own.
+    /// Relative tolerance for every tensor, over the component's own (it decides where a
+    /// tensor has no float64 shadow, or everywhere with --rule assert-close).
     #[arg(long, value_name = "RTOL", value_parser = tolerance_value, allow_hyphen_values = true)]
     pub rtol: Option<f64>,
 
-    /// Absolute tolerance for every tensor, over the component's own.
+    /// Absolute tolerance for every tensor, over the component's own (as --rtol).
     #[arg(long, value_name = "ATOL", value_parser = tolerance_value, allow_hyphen_values = true)]
     pub atol: Option<f64>,
 

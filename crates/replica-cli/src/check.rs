@@ -20,6 +20,7 @@ use crate::outcome::{
 use crate::output::{self, json_number, paint, Format, Table, BAD, DIM, GOOD, HEADER, WARN};
 use crate::registry::Registry;
 use crate::{guard, Status};
+use replica_check::printable;
 
 /// Runs `replica check`.
 pub fn run(args: &CheckArgs, format: Format) -> Result<Status, CliError> {
@@ -214,7 +215,11 @@ fn render_text(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> S
     let cases = if outcomes.len() == 1 { "case" } else { "cases" };
     let mut out = paint(
         HEADER,
-        &format!("replica check: {title} ({} {cases} on {device})", outcomes.len()),
+        &format!(
+            "replica check: {} ({} {cases} on {device})",
+            printable(title),
+            outcomes.len()
+        ),
     );
     out.push('\n');
     out.push_str(&paint(DIM, &rule_note(rule)));
@@ -224,9 +229,10 @@ fn render_text(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> S
         match (&outcome.result, outcome.verdict()) {
             (Err(err), _) => {
                 out.push_str(&format!(
-                    "\n{} could not run on {}:\n{err}\n",
-                    paint(BAD, &outcome.label),
-                    outcome.reference.display()
+                    "\n{} could not run on {}:\n{}\n",
+                    paint(BAD, &printable(&outcome.label)),
+                    printable(&outcome.reference.display().to_string()),
+                    printable_lines(err)
                 ));
             }
             (Ok(report), Verdict::Fail) if !report.passed() => {
@@ -259,8 +265,11 @@ fn render_text(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> S
 fn report_text(outcome: &Outcome, report: &Report) -> String {
     let mut out = format!(
         "{} {}\n",
-        paint(HEADER, &outcome.label),
-        paint(DIM, &format!("({})", outcome.reference.display()))
+        paint(HEADER, &printable(&outcome.label)),
+        paint(
+            DIM,
+            &format!("({})", printable(&outcome.reference.display().to_string()))
+        )
     );
     out.push_str(&Table::from_check(&report.table()).text());
     let failed = report.failures().count();
@@ -272,7 +281,7 @@ fn report_text(outcome: &Outcome, report: &Report) -> String {
     for row in report.failures() {
         out.push_str(&format!(
             "\n{}: {}\n",
-            paint(BAD, &row.name),
+            paint(BAD, &printable(&row.name)),
             row.comparison.to_string().trim_end()
         ));
     }
@@ -280,7 +289,10 @@ fn report_text(outcome: &Outcome, report: &Report) -> String {
 }
 
 fn trace_text(outcome: &Outcome, trace: &TraceReport) -> String {
-    let mut out = format!("{}\n", paint(HEADER, &format!("Trace of {}", outcome.label)));
+    let mut out = format!(
+        "{}\n",
+        paint(HEADER, &format!("Trace of {}", printable(&outcome.label)))
+    );
     if trace.rows.is_empty() {
         out.push_str(&paint(WARN, &empty_trace_note(outcome)));
         out.push('\n');
@@ -293,7 +305,8 @@ fn trace_text(outcome: &Outcome, trace: &TraceReport) -> String {
 
 fn render_markdown(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> String {
     let mut out = format!(
-        "### replica check: {title} ({} cases on {device})\n\n{}\n\n",
+        "### replica check: {} ({} cases on {device})\n\n{}\n\n",
+        printable(title),
         outcomes.len(),
         rule_note(rule)
     );
@@ -302,14 +315,15 @@ fn render_markdown(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) 
     for outcome in outcomes {
         match &outcome.result {
             Err(err) => out.push_str(&format!(
-                "\n<details><summary>{}: could not run</summary>\n\n```text\n{err}\n```\n\n</details>\n",
-                outcome.label
+                "\n<details><summary>{}: could not run</summary>\n\n```text\n{}\n```\n\n</details>\n",
+                printable(&outcome.label),
+                printable_lines(err)
             )),
             Ok(report) if !report.passed() => {
                 let plain = anstream::adapter::strip_str(&report_text(outcome, report)).to_string();
                 out.push_str(&format!(
                     "\n<details><summary>{}: {} of {} tensors fail</summary>\n\n```text\n{}```\n\n</details>\n",
-                    outcome.label,
+                    printable(&outcome.label),
                     report.failures().count(),
                     report.rows.len(),
                     plain
@@ -318,7 +332,7 @@ fn render_markdown(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) 
             Ok(_) => {}
         }
         if let Some(trace) = &outcome.trace {
-            out.push_str(&format!("\n#### Trace of {}\n\n", outcome.label));
+            out.push_str(&format!("\n#### Trace of {}\n\n", printable(&outcome.label)));
             if trace.rows.is_empty() {
                 out.push_str(&format!("{}\n", empty_trace_note(outcome)));
             } else {
@@ -375,4 +389,12 @@ fn to_json(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> Value
         },
         "cases": cases,
     })
+}
+
+/// A multi-line message (an error and its list) with every line made printable.
+fn printable_lines(text: &str) -> String {
+    text.lines()
+        .map(|line| printable(line).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
 }

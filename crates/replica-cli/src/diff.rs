@@ -5,6 +5,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use regex::Regex;
+use replica_check::printable;
 use replica_check::{compare_stored, open_safetensors, Comparison, SafetensorsFile, TensorInfo, Tolerance};
 use serde_json::{json, Value};
 
@@ -220,7 +221,8 @@ fn render(args: &DiffArgs, rows: &[(String, Row)], metadata_differs: &[String], 
         table.push(row.cells(key));
     }
     let passed = rows.iter().all(|(_, row)| row.passed());
-    let heading = format!("A: {}\nB: {}", args.a.display(), args.b.display());
+    let path = |p: &std::path::Path| printable(&p.display().to_string()).into_owned();
+    let heading = format!("A: {}\nB: {}", path(&args.a), path(&args.b));
     let metadata = if metadata_differs.is_empty() {
         "Metadata: identical.".to_string()
     } else {
@@ -228,7 +230,7 @@ fn render(args: &DiffArgs, rows: &[(String, Row)], metadata_differs: &[String], 
             "Metadata differs in: {}",
             metadata_differs
                 .iter()
-                .map(|k| format!("`{k}`"))
+                .map(|k| format!("`{}`", printable(k)))
                 .collect::<Vec<_>>()
                 .join(", ")
         )
@@ -237,8 +239,8 @@ fn render(args: &DiffArgs, rows: &[(String, Row)], metadata_differs: &[String], 
     if format == Format::Markdown {
         out.push_str(&format!(
             "### replica diff\n\n- A: `{}`\n- B: `{}`\n\n",
-            args.a.display(),
-            args.b.display()
+            path(&args.a),
+            path(&args.b)
         ));
         out.push_str(&table.markdown());
         out.push_str(&format!("\n**{}**\n\n{metadata}\n", summary(rows)));
@@ -249,7 +251,11 @@ fn render(args: &DiffArgs, rows: &[(String, Row)], metadata_differs: &[String], 
         for (key, row) in rows {
             if let Row::Shared(c) = row {
                 if !c.passed() {
-                    out.push_str(&format!("\n{}: {}\n", paint(BAD, key), c.to_string().trim_end()));
+                    out.push_str(&format!(
+                        "\n{}: {}\n",
+                        paint(BAD, &printable(key)),
+                        c.to_string().trim_end()
+                    ));
                 }
             }
         }

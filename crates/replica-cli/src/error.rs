@@ -40,6 +40,10 @@ impl From<replica_check::Error> for CliError {
     /// The harness's errors already name the file and key; a load report is a
     /// headline and a list, of which the first [`LISTED`] lines are kept.
     fn from(err: replica_check::Error) -> Self {
+        // A file error is one line by design; only a load report is a list.
+        if let replica_check::Error::File { .. } = err {
+            return Self::new(err.to_string());
+        }
         let text = without_backtrace(&err.to_string());
         let mut lines = text.lines().map(|l| l.trim().to_string());
         let message = lines.next().unwrap_or_default();

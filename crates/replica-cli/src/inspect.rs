@@ -2,63 +2,15 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use replica_check::bundle::METADATA_KEY;
-use replica_check::{open_safetensors, BundleOutline, Namespace};
+use replica_check::{open_safetensors, BundleOutline, Namespace, Stats};
 use serde_json::{json, Value};
 
 use crate::args::InspectArgs;
 use crate::error::CliError;
 use crate::output::{emit, json_number, json_text, paint, Cell, Format, Table, HEADER, WARN};
 use crate::Status;
-
-/// Statistics of one tensor, over its finite values (computed in f64).
-#[derive(Debug, Default, PartialEq)]
-pub struct Stats {
-    pub elements: usize,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub mean: Option<f64>,
-    /// Population standard deviation (ddof = 0), as numpy's default.
-    pub std: Option<f64>,
-    pub nan: usize,
-    pub pos_inf: usize,
-    pub neg_inf: usize,
-}
-
-impl Stats {
-    pub fn of(tensor: &Tensor) -> Option<Stats> {
-        let values: Vec<f64> = tensor.flatten_all().ok()?.to_dtype(DType::F64).ok()?.to_vec1().ok()?;
-        Some(Self::of_values(&values))
-    }
-
-    pub fn of_values(values: &[f64]) -> Stats {
-        let mut stats = Stats {
-            elements: values.len(),
-            ..Default::default()
-        };
-        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-        for &v in values {
-            if v.is_nan() {
-                stats.nan += 1;
-            } else if v == f64::INFINITY {
-                stats.pos_inf += 1;
-            } else if v == f64::NEG_INFINITY {
-                stats.neg_inf += 1;
-            }
-        }
-        if !finite.is_empty() {
-            let n = finite.len() as f64;
-            let mean = finite.iter().sum::<f64>() / n;
-            let variance = finite.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-            stats.min = finite.iter().copied().reduce(f64::min);
-            stats.max = finite.iter().copied().reduce(f64::max);
-            stats.mean = Some(mean);
-            stats.std = Some(variance.sqrt());
-        }
-        stats
-    }
-}
 
 /// A number for a table: plain decimals in a readable range, scientific outside it.
 fn number(value: Option<f64>) -> String {
@@ -285,16 +237,6 @@ fn to_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn statistics_skip_non_finite_values_and_count_them() {
-        let stats = Stats::of_values(&[1.0, 2.0, 3.0, 4.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY]);
-        assert_eq!(stats.elements, 7);
-        assert_eq!((stats.min, stats.max, stats.mean), (Some(1.0), Some(4.0), Some(2.5)));
-        assert!((stats.std.unwrap() - 1.25f64.sqrt()).abs() < 1e-12);
-        assert_eq!((stats.nan, stats.pos_inf, stats.neg_inf), (1, 1, 1));
-        assert_eq!(Stats::of_values(&[]).mean, None);
-    }
 
     #[test]
     fn numbers_read_well() {

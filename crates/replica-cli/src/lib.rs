@@ -46,6 +46,19 @@ impl Status {
 
 /// `error: message` on stderr, `error:` in red on a terminal.
 pub fn print_error(message: &str) {
-    let style = output::BAD;
-    let _ = writeln!(anstream::stderr(), "{}: {message}", output::paint(style, "error"));
+    print_error_lines(message, &[]);
+}
+
+/// `error: <message>` on one line, then each detail indented on its own: control
+/// characters from file contents are escaped, so no key can forge another line.
+pub fn print_error_lines(message: &str, details: &[String]) {
+    let mut out = format!(
+        "{}: {}\n",
+        output::paint(output::BAD, "error"),
+        replica_check::printable(message)
+    );
+    for line in details {
+        out.push_str(&format!("  {}\n", replica_check::printable(line)));
+    }
+    let _ = write!(anstream::stderr(), "{out}");
 }

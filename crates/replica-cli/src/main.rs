@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use replica_cli::args::{Cli, ColorWhen, Command};
-use replica_cli::{check, diff, guard, inspect, listing, print_error, Status};
+use replica_cli::{check, diff, guard, inspect, listing, print_error, print_error_lines, Status};
 
 /// clap's error with its cause on one line (`error: ... --model <NAME>`), then its usage hint.
 fn usage_error(err: &clap::Error) -> ExitCode {
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     match result {
         Ok(status) => status.code(),
         Err(err) => {
-            print_error(&err.to_string());
+            print_error_lines(&err.message, &err.details);
             Status::InputError.code()
         }
     }

@@ -152,10 +152,7 @@ pub struct Suite {
 
 /// Reads the suite file at `path`; paths in it are relative to its directory.
 pub fn load(path: &Path, registry: &Registry) -> Result<Suite, CliError> {
-    if path.is_dir() {
-        return Err(CliError::file(path, "is a directory, expected a suite file (.toml)"));
-    }
-    let bytes = std::fs::read(path).map_err(|err| CliError::file(path, format!("cannot read: {err}")))?;
+    let bytes = replica_check::tensor_file::read_file(path)?;
     let source = String::from_utf8(bytes).map_err(|_| CliError::file(path, "is not UTF-8 text"))?;
     parse(&source, path, registry)
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use replica_check::{format_multiple, Comparison, Report, Rule, TraceReport};
+use replica_check::{format_multiple, printable, Comparison, Report, Rule, TraceReport};
 
 use crate::output::{paint, sci, Cell, Table, BAD, GOOD};
 
@@ -78,28 +78,25 @@ impl Outcome {
         }
     }
 
+    /// One of the report's aggregates, none when the case could not run.
+    fn of_report(&self, aggregate: fn(&Report) -> Option<f64>) -> Option<f64> {
+        self.result.as_ref().ok().and_then(aggregate)
+    }
+
     pub(crate) fn worst_abs(&self) -> Option<f64> {
-        self.comparisons()
-            .iter()
-            .filter_map(|c| c.max_abs_diff.as_ref())
-            .map(|e| e.value)
-            .reduce(f64::max)
+        self.of_report(Report::worst_abs)
     }
 
     pub(crate) fn worst_rel(&self) -> Option<f64> {
-        self.comparisons()
-            .iter()
-            .filter_map(|c| c.max_rel_diff.as_ref())
-            .map(|e| e.value)
-            .reduce(f64::max)
+        self.of_report(Report::worst_rel)
     }
 
     pub(crate) fn worst_multiple(&self) -> Option<f64> {
-        self.comparisons().iter().filter_map(|c| c.multiple()).reduce(f64::max)
+        self.of_report(Report::worst_multiple)
     }
 
     pub(crate) fn min_cosine(&self) -> Option<f64> {
-        self.comparisons().iter().filter_map(|c| c.cosine).reduce(f64::min)
+        self.of_report(Report::min_cosine)
     }
 
     pub(crate) fn failed_tensors(&self) -> usize {
@@ -231,12 +228,15 @@ pub(crate) fn trace_trailer(trace: &TraceReport) -> String {
     if !trace.not_recorded.is_empty() {
         out.push_str(&format!(
             "The reference has activations the trace never recorded: {}\n",
-            trace.not_recorded.join(", ")
+            printable(&trace.not_recorded.join(", "))
         ));
     }
     match trace.first_failure() {
         Some(row) => {
-            out.push_str(&paint(BAD, &format!("First divergent module: `{}`", row.path)));
+            out.push_str(&paint(
+                BAD,
+                &format!("First divergent module: `{}`", printable(&row.path)),
+            ));
             out.push('\n');
             if let Some(comparison) = &row.comparison {
                 out.push_str(&format!("{}\n", comparison.to_string().trim_end()));

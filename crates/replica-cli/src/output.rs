@@ -71,15 +71,15 @@ pub struct Cell {
 
 impl Cell {
     pub fn plain(text: impl Into<String>) -> Self {
-        Self {
-            text: text.into(),
-            style: Style::new(),
-        }
+        Self::styled(text, Style::new())
     }
 
+    /// A cell on one line: control characters (a newline in a key or case name, a
+    /// terminal escape) are written as escapes.
     pub fn styled(text: impl Into<String>, style: Style) -> Self {
+        let text = text.into();
         Self {
-            text: text.into(),
+            text: replica_check::printable(&text).into_owned(),
             style,
         }
     }
@@ -159,10 +159,12 @@ impl Table {
                 if i > 0 {
                     text.push_str("  ");
                 }
+                // Padded by hand: `format!`'s width cannot exceed u16::MAX and a cell can.
+                let fill = " ".repeat(width - cell.text.chars().count());
                 let padded = if numeric[i] {
-                    format!("{:>width$}", cell.text)
+                    format!("{fill}{}", cell.text)
                 } else {
-                    format!("{:<width$}", cell.text)
+                    format!("{}{fill}", cell.text)
                 };
                 if i + 1 == columns {
                     // No trailing blanks after the last column.
@@ -273,11 +275,21 @@ pub fn check_output(output: &OutputArgs) -> Result<(), CliError> {
         return Ok(());
     };
     let fail = |message: String| CliError::file(path, message).context("--output");
-    if path.is_dir() {
-        return Err(fail("is a directory, expected a file".into()));
+    if path.as_os_str().to_string_lossy().ends_with('/') {
+        return Err(fail("ends with `/`, expected a file name".into()));
     }
-    if path.exists() && !output.force {
-        return Err(fail("already exists (pass --force to replace it)".into()));
+    // What is there now: nothing, or a regular file that --force may replace. A
+    // symlink (even to a regular file), a device or a FIFO is never replaced.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(fail("is a symbolic link; give the file it points to".into()))
+        }
+        Ok(meta) if meta.is_dir() => return Err(fail("is a directory, expected a file".into())),
+        Ok(meta) if !meta.is_file() => return Err(fail("is not a regular file; it is never replaced".into())),
+        Ok(_) if !output.force => return Err(fail("already exists (pass --force to replace it)".into())),
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(fail(format!("cannot look at it: {err}"))),
     }
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -286,9 +298,10 @@ pub fn check_output(output: &OutputArgs) -> Result<(), CliError> {
     if !dir.is_dir() {
         return Err(fail(format!("directory {} does not exist", dir.display())));
     }
-    // Probe with the kind of file the writer will create: a read-only directory
-    // is refused now, not after the run.
-    let probe = dir.join(format!(".replica-probe.{}.tmp", std::process::id()));
+    // Probe with the name the writer's temporary file will have (the longest name it
+    // makes): a read-only directory or a name too long is refused now, not after the run.
+    let probe =
+        replica_check::tensor_file::temporary_path(path, u64::MAX).ok_or_else(|| fail("is not a file path".into()))?;
     match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
         Ok(_) => {
             let _ = std::fs::remove_file(&probe);

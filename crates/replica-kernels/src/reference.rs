@@ -1,6 +1,8 @@
 //! The plain candle compositions the kernels replace: differentiable candle ops
 //! only, in any dtype and on any device. The public functions fall back to these
-//! off the CPU and for f64; the tests and benchmarks use them as the reference.
+//! off the CPU and for f64; the tests and benchmarks use them as the reference, and
+//! the op layer of `replica-blocks` runs them when the composition is chosen, so
+//! each is written once.
 //!
 //! They follow the kernels' conventions where PyTorch leaves a choice: a softmax
 //! row whose every score is -inf gives zeros (as `scaled_dot_product_attention`).
@@ -9,38 +11,52 @@ use candle_core::{bail, DType, Device, Result, Tensor, D};
 
 use crate::{AttentionOptions, Causal, GeluApprox, Mask, RopeStyle};
 
+/// `i + offset - j` for query `i` and key `j`, row by row: how far key `j` lies
+/// behind query `i` when `at` places query `i` at key position `i + offset`.
+/// The causal mask and ALiBi both read their values from it.
+fn distances(q: usize, k: usize, at: Causal) -> impl Iterator<Item = isize> {
+    let offset = at.offset(q, k);
+    (0..q as isize).flat_map(move |i| (0..k as isize).map(move |j| i + offset - j))
+}
+
 /// A `[q, k]` additive mask: 0 where query `i` sees key `j`, -inf elsewhere.
 pub fn causal_mask(q: usize, k: usize, causal: Causal, dtype: DType, device: &Device) -> Result<Tensor> {
-    let offset = causal.offset(q, k);
-    let data: Vec<f32> = (0..q)
-        .flat_map(|i| {
-            (0..k).map(move |j| {
-                if j as isize <= i as isize + offset {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
+    let data: Vec<f32> = distances(q, k, causal)
+        .map(|d| if d >= 0 { 0.0 } else { f32::NEG_INFINITY })
         .collect();
     Tensor::from_vec(data, (q, k), device)?.to_dtype(dtype)
 }
 
-/// Softmax over the last dimension of scores that may be -inf, with a fully
-/// hidden row giving zeros rather than NaN.
-fn softmax_safe(z: &Tensor) -> Result<Tensor> {
-    // A row maximum of -inf becomes 0 (exp then gives 0 everywhere); a sum of 0 becomes 1.
+/// The ALiBi bias `[h, q, k]` (Press et al., arXiv 2108.12409): `-slope_h · (i + offset - j)`
+/// for query `i` and key `j`, the queries placed by `at` as a causal mask places them
+/// (the fused kernel's placement is [`Causal::BottomRight`]). Computed in f32.
+pub fn alibi_bias(slopes: &[f32], q: usize, k: usize, at: Causal, dtype: DType, device: &Device) -> Result<Tensor> {
+    let distances: Vec<f32> = distances(q, k, at).map(|d| d as f32).collect();
+    let data: Vec<f32> = slopes
+        .iter()
+        .flat_map(|&m| distances.iter().map(move |&d| -m * d))
+        .collect();
+    Tensor::from_vec(data, (slopes.len(), q, k), device)?.to_dtype(dtype)
+}
+
+/// `exp(z - max)` over the last dimension of scores `z` that may be -inf, and its
+/// row sum; a fully hidden row gives zeros and a sum of 1, so zeros rather than NaN.
+fn exp_and_sum(z: &Tensor) -> Result<(Tensor, Tensor)> {
+    // The row maximum is a constant shift softmax does not depend on: detached, no
+    // gradient. A maximum of -inf becomes 0 (exp then gives 0 everywhere); a sum of 0 becomes 1.
     let max = z.max_keepdim(D::Minus1)?.detach();
     let finite = max.ne(f64::NEG_INFINITY)?;
     let max = finite.where_cond(&max, &max.zeros_like()?)?;
     let e = z.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
     let sum = sum.eq(0.0)?.where_cond(&sum.ones_like()?, &sum)?;
-    e.broadcast_div(&sum)
+    Ok((e, sum))
 }
 
-/// `softmax(scale · x + mask)` over the last dimension.
-pub fn softmax_last_dim(x: &Tensor, scale: f64, mask: Mask<'_>) -> Result<Tensor> {
+/// The softmax of `scale · x + mask` over the last dimension before its division:
+/// `exp(z - max)` and the row sum it is divided by. For a caller that divides
+/// later, as PyTorch's CPU attention divides after the value product.
+pub fn softmax_unnormalised(x: &Tensor, scale: f64, mask: Mask<'_>) -> Result<(Tensor, Tensor)> {
     let z = x.affine(scale, 0.0)?;
     let z = match mask {
         Mask::None => z,
@@ -50,7 +66,13 @@ pub fn softmax_last_dim(x: &Tensor, scale: f64, mask: Mask<'_>) -> Result<Tensor
         }
         Mask::Additive(m) => z.broadcast_add(&m.to_dtype(x.dtype())?)?,
     };
-    softmax_safe(&z)
+    exp_and_sum(&z)
+}
+
+/// `softmax(scale · x + mask)` over the last dimension.
+pub fn softmax_last_dim(x: &Tensor, scale: f64, mask: Mask<'_>) -> Result<Tensor> {
+    let (e, sum) = softmax_unnormalised(x, scale, mask)?;
+    e.broadcast_div(&sum)
 }
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) · w + b`,
@@ -134,41 +156,33 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<
     }
 }
 
-/// The ALiBi bias `[h, q, k]`: `-slope_h · (i + k - q - j)` for query `i`, key `j`.
-pub fn alibi_bias(slopes: &[f32], q: usize, k: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let offset = k as f32 - q as f32;
-    let mut data = Vec::with_capacity(slopes.len() * q * k);
-    for &m in slopes {
-        for i in 0..q {
-            data.extend((0..k).map(|j| -m * (i as f32 + offset - j as f32)));
-        }
+/// Repeats each of the `kv_heads` heads `n_rep` times along dim 1, `[b, kv_heads, s, d]`
+/// to `[b, kv_heads * n_rep, s, d]`, as HF's `repeat_kv`: query head `h` reads
+/// key/value head `h / n_rep` (grouped-query attention).
+pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
     }
-    Tensor::from_vec(data, (slopes.len(), q, k), device)?.to_dtype(dtype)
+    let (b, h, s, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, h, n_rep, s, d))?
+        .reshape((b, h * n_rep, s, d))
 }
 
 /// Scaled dot-product attention by materialising the scores: `q` `[b, h, sq, d]`,
 /// `k` `[b, hk, sk, d]`, `v` `[b, hk, sk, dv]` with `h` a multiple of `hk` (GQA).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<'_>) -> Result<Tensor> {
-    let (b, h, sq, d) = q.dims4()?;
+    let (_, h, sq, d) = q.dims4()?;
     let (_, hk, sk, _) = k.dims4()?;
-    let dv = v.dim(3)?;
     if hk == 0 || h % hk != 0 {
         bail!("attention: {h} query heads are not a multiple of {hk} key/value heads")
     }
-    let group = h / hk;
-    let repeat = |t: &Tensor, last: usize| -> Result<Tensor> {
-        if group == 1 {
-            return Ok(t.clone());
-        }
-        t.unsqueeze(2)?
-            .broadcast_as((b, hk, group, sk, last))?
-            .reshape((b, h, sk, last))
-    };
-    let (k, v) = (repeat(k, d)?, repeat(v, dv)?);
+    let (k, v) = (repeat_kv(k, h / hk)?, repeat_kv(v, h / hk)?);
     let scale = options.scale.unwrap_or(1.0 / (d as f64).sqrt());
     let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
     if let Some(slopes) = options.alibi_slopes {
-        scores = scores.broadcast_add(&alibi_bias(slopes, sq, sk, q.dtype(), q.device())?.unsqueeze(0)?)?;
+        let bias = alibi_bias(slopes, sq, sk, Causal::BottomRight, q.dtype(), q.device())?;
+        scores = scores.broadcast_add(&bias.unsqueeze(0)?)?;
     }
     if let Some(mask) = options.mask {
         scores = scores.broadcast_add(&mask.to_dtype(q.dtype())?)?;
@@ -176,5 +190,6 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<
     if let Some(causal) = options.causal {
         scores = scores.broadcast_add(&causal_mask(sq, sk, causal, q.dtype(), q.device())?)?;
     }
-    softmax_safe(&scores)?.matmul(&v.contiguous()?)
+    let (e, sum) = exp_and_sum(&scores)?;
+    e.broadcast_div(&sum)?.matmul(&v.contiguous()?)
 }

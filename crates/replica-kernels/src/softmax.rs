@@ -13,8 +13,10 @@ use crate::cpu::{self, Route};
 use crate::simd::{self, load_partial, store_partial, Simd, LANES};
 use crate::simd_dispatch;
 
-/// Which keys a causal mask hides. With `q` query rows and `k` key columns (the
-/// last two dimensions), query `i` sees key `j` when `j <= i + offset`.
+/// Where the queries sit among the keys, and so which keys a causal mask hides.
+/// With `q` query rows and `k` key columns (the last two dimensions), query `i`
+/// sits at key position `i + offset` and sees key `j` when `j <= i + offset`;
+/// ALiBi ([`crate::reference::alibi_bias`]) measures distances from the same place.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Causal {
     /// `offset = k - q`: the last query sees every key, as with a KV cache (HF models,
@@ -23,6 +25,9 @@ pub enum Causal {
     BottomRight,
     /// `offset = 0`: query `i` sees keys `0..=i` (PyTorch's `is_causal=True`).
     TopLeft,
+    /// This offset, e.g. the number of tokens before the queries when the keys
+    /// are not exactly those tokens plus the queries.
+    Offset(isize),
 }
 
 impl Causal {
@@ -31,6 +36,7 @@ impl Causal {
         match self {
             Causal::BottomRight => k as isize - q as isize,
             Causal::TopLeft => 0,
+            Causal::Offset(offset) => offset,
         }
     }
 }

@@ -126,6 +126,9 @@ fn softmax_masks() -> Result<()> {
         (&[2, 3, 6, 9][..], Causal::BottomRight),
         (&[2, 3, 9, 6][..], Causal::TopLeft),
         (&[1, 1, 37, 37][..], Causal::TopLeft),
+        // Any offset: some rows see nothing, some see every key.
+        (&[2, 3, 9, 6][..], Causal::Offset(-2)),
+        (&[2, 3, 6, 9][..], Causal::Offset(5)),
     ] {
         let x = rand(dims, 3, 2.0, 0.0);
         let mask = Mask::Causal(causal);
@@ -504,6 +507,13 @@ fn attention_against_the_composition() -> Result<()> {
                 AttentionOptions {
                     causal: Some(Causal::TopLeft),
                     scale: Some(0.3),
+                    ..Default::default()
+                },
+            ),
+            (
+                "causal offset",
+                AttentionOptions {
+                    causal: Some(Causal::Offset(2)),
                     ..Default::default()
                 },
             ),

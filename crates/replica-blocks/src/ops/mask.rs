@@ -3,6 +3,11 @@
 //! [`MASKED`] (`-inf`) where it may not. Masks broadcast against scores shaped
 //! `[batch, heads, q_len, k_len]` and combine by addition ([`combine`]).
 //!
+//! [`ScoreBias`] is the one description of what attention adds to its scores (a
+//! causal mask, a caller's mask, ALiBi biases) that every softmax path reads; the
+//! causal mask and the ALiBi bias are built by `replica_kernels::reference`, the
+//! one representation the kernels' own fallback uses too.
+//!
 //! # Conventions
 //!
 //! - **`-inf`, not `finfo.min`.** `-inf` is what `torch.nn.functional.scaled_dot_product_attention`
@@ -11,7 +16,7 @@
 //!   unchanged (they are finite, so they are simply added).
 //! - **A fully masked row gives zeros.** When a query may attend to no key at all
 //!   (a left-padded query under a causal mask, say), softmax over `-inf` alone is
-//!   undefined. [`crate::attention::scaled_dot_product_attention`] then returns
+//!   undefined. [`crate::ops::scaled_dot_product_attention`] then returns
 //!   zeros for that query and passes it zero gradient, as torch's sdpa does on
 //!   CPU (since 2.5). Under a `finfo.min` mask the same row is instead a uniform
 //!   average over all keys, as HF's eager attention gives.
@@ -22,7 +27,8 @@
 //!   sdpa's meaning: nonzero = attend. HF's 0/1 `attention_mask` `[batch, k_len]`
 //!   uses the same meaning; [`padding_mask`] turns it into a bias.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, D};
+use replica_kernels::{reference, Causal, Mask};
 
 /// The additive bias of a masked position.
 pub const MASKED: f64 = f64::NEG_INFINITY;
@@ -37,25 +43,25 @@ pub fn is_boolean(mask: &Tensor) -> bool {
 /// and `k_len = offset + q_len`; `offset = k_len - q_len` aligns bottom-right, `0`
 /// aligns top-left as torch's `is_causal` does.
 pub fn causal_mask(q_len: usize, k_len: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    causal_mask_shifted(q_len, k_len, offset as i64, dtype, device)
-}
-
-/// [`causal_mask`] with a signed offset: with more queries than keys aligned
-/// bottom-right, the first queries sit before key 0 and see nothing.
-pub(crate) fn causal_mask_shifted(
-    q_len: usize,
-    k_len: usize,
-    offset: i64,
-    dtype: DType,
-    device: &Device,
-) -> Result<Tensor> {
     if !dtype.is_float() {
         candle_core::bail!("causal_mask: an additive mask needs a float dtype, got {dtype:?}")
     }
-    let values: Vec<f32> = (0..q_len as i64)
-        .flat_map(|i| (0..k_len as i64).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Tensor::from_vec(values, (q_len, k_len), device)?.to_dtype(dtype)
+    reference::causal_mask(q_len, k_len, Causal::Offset(offset as isize), dtype, device)
+}
+
+/// ALiBi biases `[1, heads, q_len, k_len]` (Press et al., arXiv 2108.12409):
+/// `-m_h · (i + offset - j)` for query `i` and key `j`, with one slope `m_h` per
+/// head and the queries placed by `at` as a causal mask places them. Computed in
+/// f32, returned in `dtype`.
+pub fn alibi_bias(
+    slopes: &[f32],
+    q_len: usize,
+    k_len: usize,
+    at: Causal,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    reference::alibi_bias(slopes, q_len, k_len, at, dtype, device)?.unsqueeze(0)
 }
 
 /// A key-padding mask `[batch, 1, 1, k_len]` for a ragged batch: sequence `b` has
@@ -115,4 +121,54 @@ pub fn combine(masks: &[&Tensor], dtype: DType) -> Result<Option<Tensor>> {
         });
     }
     Ok(total)
+}
+
+/// ALiBi biases as part of a [`ScoreBias`].
+#[derive(Clone, Copy, Debug)]
+pub struct AlibiBias<'a> {
+    /// One slope `m_h` per query head.
+    pub slopes: &'a [f32],
+    /// Where the queries sit among the keys.
+    pub at: Causal,
+}
+
+/// Everything added to scores `[batch, heads, q_len, k_len]` before the softmax: a
+/// causal mask, a caller's mask (additive, or boolean with nonzero = attend) and
+/// ALiBi biases, read alike by the kernels and the composition.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScoreBias<'a> {
+    pub causal: Option<Causal>,
+    pub mask: Option<&'a Tensor>,
+    pub alibi: Option<AlibiBias<'a>>,
+}
+
+impl ScoreBias<'_> {
+    /// The biases for `scores` summed into one f32 tensor that broadcasts against
+    /// them; `None` when there is nothing to add or only a causal mask, which the
+    /// softmax applies without a tensor (see [`Self::softmax_mask`]).
+    pub fn additive(&self, scores: &Tensor) -> Result<Option<Tensor>> {
+        let device = scores.device();
+        let mut biases = Vec::new();
+        if let Some(alibi) = self.alibi {
+            let (q_len, k_len) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
+            biases.push(alibi_bias(alibi.slopes, q_len, k_len, alibi.at, DType::F32, device)?);
+        }
+        if let Some(mask) = self.mask {
+            biases.push(to_additive(mask, DType::F32)?);
+        }
+        if let Some(causal) = self.causal.filter(|_| !biases.is_empty()) {
+            let (q_len, k_len) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
+            biases.push(reference::causal_mask(q_len, k_len, causal, DType::F32, device)?);
+        }
+        combine(&biases.iter().collect::<Vec<_>>(), DType::F32)
+    }
+
+    /// The mask a softmax (kernel or composition) takes, given [`Self::additive`]'s sum.
+    pub fn softmax_mask<'t>(&self, additive: Option<&'t Tensor>) -> Mask<'t> {
+        match (additive, self.causal) {
+            (Some(total), _) => Mask::Additive(total),
+            (None, Some(causal)) => Mask::Causal(causal),
+            (None, None) => Mask::None,
+        }
+    }
 }

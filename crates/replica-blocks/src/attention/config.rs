@@ -1,0 +1,231 @@
+//! [`AttentionConfig`]: multi-head attention settings, read from a HF
+//! `config.json` or timm's `Attention` arguments, with the rotary embedding (and
+//! HF v5 `rope_parameters`) they ask for.
+
+use candle_core::Result;
+use serde::{Deserialize, Serialize};
+
+use super::AttentionNames;
+use crate::norm::NormKind;
+use crate::rope::{RopeConfig, RopeStyle};
+
+/// HF transformers v5 `rope_parameters`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default = "default_rope_type", alias = "type")]
+    pub rope_type: String,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+}
+
+fn default_rope_type() -> String {
+    "default".into()
+}
+
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+
+fn default_max_positions() -> usize {
+    4096
+}
+
+/// Multi-head attention settings. The aliases read a HF `config.json` (LLaMA,
+/// Mistral, Qwen, Gemma 2, GPT-NeoX, ...) or timm's `Attention` arguments.
+///
+/// Rotary embeddings are on when `rope` is set or the config carries
+/// `rope_theta` / `rope_parameters` (HF's rotary models), in the half-split layout
+/// unless `rope` says `interleaved` (GPT-J, CodeGen, the paper).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttentionConfig {
+    /// Model width: the input and output features.
+    #[serde(alias = "hidden_size", alias = "n_embd", alias = "d_model", alias = "embed_dim")]
+    pub dim: usize,
+    #[serde(alias = "num_attention_heads", alias = "num_heads", alias = "n_head")]
+    pub heads: usize,
+    /// Key/value heads (GQA; 1 is MQA); `None` is `heads`.
+    #[serde(default, alias = "num_key_value_heads", alias = "num_kv_heads")]
+    pub kv_heads: Option<usize>,
+    /// Features per head; `None` is `dim / heads`.
+    #[serde(default, alias = "attn_head_dim")]
+    pub head_dim: Option<usize>,
+    /// Features of the context that cross-attention reads keys and values from
+    /// (torch's `kdim`/`vdim`); `None` is `dim`.
+    #[serde(default, alias = "kdim")]
+    pub context_dim: Option<usize>,
+    /// Output features (timm's `dim_out`); `None` is `dim`.
+    #[serde(default, alias = "dim_out")]
+    pub out_dim: Option<usize>,
+    /// One projection (timm `qkv`) rather than three: its output features are the
+    /// query heads, then the key heads, then the value heads, as timm's
+    /// `reshape(B, N, 3, heads, head_dim)` reads them (and, with fewer key/value
+    /// heads, as Phi-3's `qkv_proj` is laid out).
+    #[serde(default)]
+    pub fused_qkv: bool,
+    /// Biases on the query/key/value projections (HF `attention_bias`, timm `qkv_bias`).
+    #[serde(default, alias = "attention_bias")]
+    pub qkv_bias: bool,
+    /// A bias on the output projection; `None` follows `qkv_bias` (HF's
+    /// `attention_bias` covers all four). timm's `proj_bias` is true by default.
+    #[serde(default)]
+    pub proj_bias: Option<bool>,
+    /// Normalise each head's queries and keys (arXiv 2010.04245).
+    #[serde(default, alias = "use_qk_norm")]
+    pub qk_norm: bool,
+    /// Normalise the attention output before the projection (timm's `scale_norm`).
+    #[serde(default)]
+    pub scale_norm: bool,
+    /// The kind of the QK and scale norms.
+    #[serde(default)]
+    pub norm: NormKind,
+    #[serde(default = "default_norm_eps", alias = "rms_norm_eps", alias = "layer_norm_eps")]
+    pub norm_eps: f64,
+    /// Self-attention hides future tokens (decoders).
+    #[serde(default, alias = "is_causal")]
+    pub causal: bool,
+    /// Rotary embedding layout; see the type's doc for when rotary embeddings are on.
+    #[serde(default)]
+    pub rope: Option<RopeStyle>,
+    #[serde(default, alias = "rotary_emb_base")]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    /// The fraction of each head that rotates (GPT-NeoX `rotary_pct`, Phi).
+    #[serde(default, alias = "rotary_pct")]
+    pub partial_rotary_factor: Option<f64>,
+    /// How many features of each head rotate (GPT-J); overrides the fraction.
+    #[serde(default)]
+    pub rotary_dim: Option<usize>,
+    /// The longest sequence (plus cache) the rotary tables cover.
+    #[serde(default = "default_max_positions", alias = "max_position_embeddings")]
+    pub max_positions: usize,
+    /// ALiBi biases instead of position embeddings.
+    #[serde(default)]
+    pub alibi: bool,
+    /// Logit soft-capping (Gemma 2's `attn_logit_softcapping`).
+    #[serde(default, alias = "attn_logit_softcapping")]
+    pub softcap: Option<f64>,
+    /// The score scale; `None` is `query_pre_attn_scalar^-0.5` when that is given
+    /// (Gemma 2), else `head_dim^-0.5`.
+    #[serde(default)]
+    pub scale: Option<f64>,
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Dropout on the attention probabilities, in training.
+    #[serde(default, alias = "attn_drop", alias = "attn_pdrop")]
+    pub attention_dropout: f32,
+    /// Dropout after the output projection, in training.
+    #[serde(default, alias = "proj_drop", alias = "resid_pdrop")]
+    pub proj_dropout: f32,
+    /// Checkpoint names of the parts; `None` is [`AttentionNames::timm`] for a fused
+    /// projection and [`AttentionNames::hf`] otherwise.
+    #[serde(default)]
+    pub names: Option<AttentionNames>,
+}
+
+impl AttentionConfig {
+    pub fn new(dim: usize, heads: usize) -> Self {
+        Self {
+            dim,
+            heads,
+            kv_heads: None,
+            head_dim: None,
+            context_dim: None,
+            out_dim: None,
+            fused_qkv: false,
+            qkv_bias: false,
+            proj_bias: None,
+            qk_norm: false,
+            scale_norm: false,
+            norm: NormKind::default(),
+            norm_eps: default_norm_eps(),
+            causal: false,
+            rope: None,
+            rope_theta: None,
+            rope_parameters: None,
+            partial_rotary_factor: None,
+            rotary_dim: None,
+            max_positions: default_max_positions(),
+            alibi: false,
+            softcap: None,
+            scale: None,
+            query_pre_attn_scalar: None,
+            attention_dropout: 0.0,
+            proj_dropout: 0.0,
+            names: None,
+        }
+    }
+
+    /// timm's `Attention(dim, num_heads, qkv_bias, qk_norm, norm_layer=LayerNorm)`.
+    pub fn timm(dim: usize, heads: usize, qkv_bias: bool, qk_norm: bool) -> Self {
+        Self {
+            fused_qkv: true,
+            qkv_bias,
+            proj_bias: Some(true),
+            qk_norm,
+            names: Some(AttentionNames::timm()),
+            ..Self::new(dim, heads)
+        }
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads.unwrap_or(self.heads)
+    }
+
+    /// Features per head (`None` when `dim` does not split evenly and none is given).
+    pub fn head_dim(&self) -> Option<usize> {
+        self.head_dim
+            .or_else(|| (self.heads > 0 && self.dim % self.heads == 0).then(|| self.dim / self.heads))
+    }
+
+    pub fn names(&self) -> AttentionNames {
+        self.names.clone().unwrap_or_else(|| {
+            if self.fused_qkv {
+                AttentionNames::timm()
+            } else {
+                AttentionNames::hf()
+            }
+        })
+    }
+
+    /// The rotary embedding this config asks for, if any.
+    pub fn rope_config(&self) -> Result<Option<RopeConfig>> {
+        let params = self.rope_parameters.as_ref();
+        if let Some(p) = params {
+            if p.rope_type != "default" {
+                candle_core::bail!(
+                    "attention: rope_type `{}` is not implemented (only the default RoPE is)",
+                    p.rope_type
+                )
+            }
+        }
+        let on = self.rope.is_some() || self.rope_theta.is_some() || params.is_some() || self.rotary_dim.is_some();
+        if !on {
+            return Ok(None);
+        }
+        let Some(head_dim) = self.head_dim() else {
+            return Ok(None);
+        };
+        let mut rope = RopeConfig::new(head_dim);
+        rope.style = self.rope.unwrap_or_default();
+        rope.max_positions = self.max_positions;
+        if let Some(theta) = params.and_then(|p| p.rope_theta).or(self.rope_theta) {
+            rope.theta = theta;
+        }
+        if let Some(fraction) = params
+            .and_then(|p| p.partial_rotary_factor)
+            .or(self.partial_rotary_factor)
+        {
+            rope.fraction = fraction;
+        }
+        rope.rotary_features = self.rotary_dim;
+        Ok(Some(rope))
+    }
+
+    /// The scale of the scores.
+    pub fn score_scale(&self) -> Option<f64> {
+        self.scale.or(self.query_pre_attn_scalar.map(|s| 1.0 / s.sqrt()))
+    }
+}

@@ -1,0 +1,25 @@
+//! Rotary position embedding, the rotation itself: Su et al., RoFormer, arXiv
+//! 2104.09864 (the tables are [`crate::rope::Rope`]'s).
+
+use candle_core::{Result, Tensor};
+use replica_kernels::reference;
+
+use super::kernels_for;
+use crate::rope::RopeStyle;
+
+/// Rotates the first `2 · cos.dim(1)` features of `x` `[batch, heads, seq, head_dim]`
+/// by the angles whose cosines and sines are `cos`, `sin` `[seq, rotary_dim / 2]`
+/// (already in `x`'s dtype); the other features pass through. Half inputs too run
+/// the kernel: HF rotates f16/bf16 in the input dtype, rounding each product and
+/// the sum, and the kernel rounds once, at least as close to the float64 shadow.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
+    let style = match style {
+        RopeStyle::HalfSplit => replica_kernels::RopeStyle::HalfSplit,
+        RopeStyle::Interleaved => replica_kernels::RopeStyle::Interleaved,
+    };
+    if kernels_for(x) {
+        replica_kernels::rope(x, cos, sin, style)
+    } else {
+        reference::rope(x, cos, sin, style)
+    }
+}
