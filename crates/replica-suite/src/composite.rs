@@ -114,6 +114,35 @@ impl HfLayer {
     fn require<T: Copy>(bundle: &Bundle, field: &str, value: Option<T>) -> Result<T> {
         value.ok_or_else(|| Error::file(bundle.origin(), format!("config: missing field `{field}`")))
     }
+
+    /// The layer as HF builds it: no LayerScale or DropPath, the norm's epsilon from
+    /// the config (`layer_norm_epsilon` or `rms_norm_eps`), and the attention's output
+    /// returned as `attn_implementation` returns it.
+    fn block(
+        &self,
+        bundle: &Bundle,
+        layout: ResidualLayout,
+        norm: NormKind,
+        attention: AttentionConfig,
+        feed_forward: FeedForwardConfig,
+        names: BlockNames,
+    ) -> Result<TransformerBlockConfig> {
+        let (field, eps) = match norm {
+            NormKind::LayerNorm => ("layer_norm_epsilon", self.layer_norm_epsilon),
+            NormKind::RmsNorm => ("rms_norm_eps", self.rms_norm_eps),
+        };
+        Ok(TransformerBlockConfig {
+            dim: attention.dim,
+            layout,
+            norm,
+            norm_eps: Self::require(bundle, field, eps)?,
+            attention,
+            feed_forward,
+            layer_scale: None,
+            drop_path: 0.0,
+            names: names.returning(self.attention_output(bundle)?),
+        })
+    }
 }
 
 /// What a single GPT-2 / GPT-J / LLaMA layer does not use of its model's config:
@@ -221,17 +250,14 @@ fn gpt2_block(bundle: &Bundle) -> Result<Report> {
         names: MlpNames::gpt2(),
         ..mlp
     };
-    let config = TransformerBlockConfig {
-        dim: attention.dim,
-        layout: ResidualLayout::PreNorm,
-        norm: NormKind::LayerNorm,
-        norm_eps: HfLayer::require(bundle, "layer_norm_epsilon", layer.layer_norm_epsilon)?,
+    let config = layer.block(
+        bundle,
+        ResidualLayout::PreNorm,
+        NormKind::LayerNorm,
         attention,
-        feed_forward: FeedForwardConfig::Mlp(mlp),
-        layer_scale: None,
-        drop_path: 0.0,
-        names: BlockNames::gpt2().returning(layer.attention_output(bundle)?),
-    };
+        FeedForwardConfig::Mlp(mlp),
+        BlockNames::gpt2(),
+    )?;
     let map = WeightMap::new().transpose(r"^(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$");
     check_block(bundle, map, |vb| TransformerBlock::new(&config, vb), forward)
 }
@@ -248,17 +274,14 @@ fn llama_layer(bundle: &Bundle) -> Result<Report> {
         causal: true,
         ..attention
     };
-    let config = TransformerBlockConfig {
-        dim: attention.dim,
-        layout: ResidualLayout::PreNorm,
-        norm: NormKind::RmsNorm,
-        norm_eps: HfLayer::require(bundle, "rms_norm_eps", layer.rms_norm_eps)?,
+    let config = layer.block(
+        bundle,
+        ResidualLayout::PreNorm,
+        NormKind::RmsNorm,
         attention,
-        feed_forward: FeedForwardConfig::Glu(glu),
-        layer_scale: None,
-        drop_path: 0.0,
-        names: BlockNames::llama().returning(layer.attention_output(bundle)?),
-    };
+        FeedForwardConfig::Glu(glu),
+        BlockNames::llama(),
+    )?;
     check_block(
         bundle,
         WeightMap::new(),
@@ -378,17 +401,14 @@ fn gptj_layer(bundle: &Bundle) -> Result<Report> {
         },
         ..mlp
     };
-    let config = TransformerBlockConfig {
-        dim: attention.dim,
-        layout: ResidualLayout::Parallel,
-        norm: NormKind::LayerNorm,
-        norm_eps: HfLayer::require(bundle, "layer_norm_epsilon", layer.layer_norm_epsilon)?,
+    let config = layer.block(
+        bundle,
+        ResidualLayout::Parallel,
+        NormKind::LayerNorm,
         attention,
-        feed_forward: FeedForwardConfig::Mlp(mlp),
-        layer_scale: None,
-        drop_path: 0.0,
-        names: BlockNames::gptj().returning(layer.attention_output(bundle)?),
-    };
+        FeedForwardConfig::Mlp(mlp),
+        BlockNames::gptj(),
+    )?;
     check_block(
         bundle,
         WeightMap::new(),

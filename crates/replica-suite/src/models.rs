@@ -7,13 +7,15 @@
 //! HF attention modules return `(output, probabilities)`; the models record both
 //! (`attn:0`, `attn:1`), computing the probabilities only while a trace is on.
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Device, Tensor};
 use replica_blocks::papers::VIT;
 use replica_check::{Bundle, Case, Namespace, Parity, Report, TraceReport, Unmatched};
 use replica_models::config::bundle_config;
 use replica_models::generation::{generate_greedy, CausalLm, GenerateOptions};
 use replica_models::papers::{BERT, GPT2, LLAMA};
-use replica_models::{Bert, BertConfig, Error, Gpt2, Gpt2Config, Llama, LlamaConfig, Result, Vit, VitConfig};
+use replica_models::{Bert, Error, Gpt2, Llama, Result, Vit};
 
 use crate::case;
 
@@ -49,111 +51,122 @@ fn report_of(bundle: &Bundle, result: Result<ModelParity>) -> replica_check::Res
     as_check(bundle, result).map(|parity| parity.report)
 }
 
-fn device_of(run: &Parity) -> Device {
-    run.params().values().next().map_or(Device::Cpu, |t| t.device().clone())
+/// What a model case feeds the model and compares.
+struct ModelIo {
+    inputs: &'static [&'static str],
+    outputs: &'static [&'static str],
+    /// Tied parameters, `(tied, shared)` as [`Parity::tie`] takes them.
+    ties: &'static [(&'static str, &'static str)],
+    unmatched: Unmatched<'static>,
+}
+
+/// A model built from the bundle: its config read strictly, its weights from `params`.
+type Load<M> = fn(&Bundle, BTreeMap<String, Tensor>, DType, &Device) -> Result<M>;
+
+fn gpt2(bundle: &Bundle, params: BTreeMap<String, Tensor>, dtype: DType, device: &Device) -> Result<Gpt2> {
+    Gpt2::from_tensors(&bundle_config(bundle)?, params, bundle.origin(), dtype, device)
+}
+
+fn llama(bundle: &Bundle, params: BTreeMap<String, Tensor>, dtype: DType, device: &Device) -> Result<Llama> {
+    Llama::from_tensors(&bundle_config(bundle)?, params, bundle.origin(), dtype, device)
+}
+
+fn vit(bundle: &Bundle, params: BTreeMap<String, Tensor>, dtype: DType, device: &Device) -> Result<Vit> {
+    Vit::from_tensors(&bundle_config(bundle)?, params, bundle.origin(), dtype, device)
+}
+
+fn bert(bundle: &Bundle, params: BTreeMap<String, Tensor>, dtype: DType, device: &Device) -> Result<Bert> {
+    Bert::from_tensors(&bundle_config(bundle)?, params, bundle.origin(), dtype, device)
+}
+
+/// The device the bundle's tensors are on.
+fn device_of(params: &BTreeMap<String, Tensor>) -> Device {
+    params.values().next().map_or(Device::Cpu, |t| t.device().clone())
+}
+
+/// Builds the model from the run's parameters (trainable, so gradients reach them),
+/// runs `forward` traced on the inputs, and checks the outputs, every activation
+/// and every stored gradient.
+fn check_model<M>(
+    bundle: &Bundle,
+    io: &ModelIo,
+    load: Load<M>,
+    forward: impl FnOnce(&M, &[Tensor]) -> candle_core::Result<Vec<Tensor>>,
+) -> Result<ModelParity> {
+    let mut run = Parity::new(bundle)?;
+    let params = run.params().clone();
+    let model = load(bundle, params.clone(), bundle.dtype()?, &device_of(&params))?;
+    let inputs = io.inputs.iter().map(|name| run.input(name));
+    let inputs = inputs.collect::<replica_check::Result<Vec<_>>>()?;
+    let (outputs, trace) = run.traced(io.unmatched, || forward(&model, &inputs))?;
+    for (tied, shared) in io.ties {
+        run.tie(tied, shared)?;
+    }
+    let named: Vec<(&str, &Tensor)> = io.outputs.iter().copied().zip(&outputs).collect();
+    run.check_outputs_and_gradients(&named)?;
+    Ok(ModelParity {
+        report: run.finish(),
+        trace,
+    })
 }
 
 /// HF `GPT2LMHeadModel`: logits, every block's activation, and the gradient of
 /// every parameter (the tied `lm_head.weight` against the token embedding's).
 pub fn gpt2_parity(bundle: &Bundle) -> Result<ModelParity> {
-    let mut run = Parity::new(bundle)?;
-    let config: Gpt2Config = bundle_config(bundle)?;
-    let model = Gpt2::from_tensors(
-        &config,
-        run.params().clone(),
-        bundle.origin(),
-        bundle.dtype()?,
-        &device_of(&run),
-    )?;
-    let ids = run.input("0")?;
-    let (logits, trace) = run.traced(Unmatched::NONE, || model.forward(&ids, None))?;
-    run.tie("lm_head.weight", "transformer.wte.weight")?;
-    run.check_outputs_and_gradients(&[("logits", &logits)])?;
-    Ok(ModelParity {
-        report: run.finish(),
-        trace,
-    })
+    const IO: ModelIo = ModelIo {
+        inputs: &["0"],
+        outputs: &["logits"],
+        ties: &[("lm_head.weight", "transformer.wte.weight")],
+        unmatched: Unmatched::NONE,
+    };
+    check_model(bundle, &IO, gpt2, |model, ids| Ok(vec![model.forward(&ids[0], None)?]))
 }
 
 /// HF `LlamaForCausalLM` with grouped-query attention: logits and every block's activation.
 pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
-    let mut run = Parity::new(bundle)?;
-    let config: LlamaConfig = bundle_config(bundle)?;
-    let model = Llama::from_tensors(
-        &config,
-        run.params().clone(),
-        bundle.origin(),
-        bundle.dtype()?,
-        &device_of(&run),
-    )?;
-    let ids = run.input("0")?;
-    let (logits, trace) = run.traced(Unmatched::NONE, || model.forward(&ids, None))?;
-    run.check_outputs_and_gradients(&[("logits", &logits)])?;
-    Ok(ModelParity {
-        report: run.finish(),
-        trace,
-    })
+    const IO: ModelIo = ModelIo {
+        inputs: &["0"],
+        outputs: &["logits"],
+        ties: &[],
+        unmatched: Unmatched::NONE,
+    };
+    check_model(bundle, &IO, llama, |model, ids| Ok(vec![model.forward(&ids[0], None)?]))
 }
 
 /// timm `VisionTransformer`: classification logits and every block's activation.
 pub fn vit_parity(bundle: &Bundle) -> Result<ModelParity> {
-    let mut run = Parity::new(bundle)?;
-    let config: VitConfig = bundle_config(bundle)?;
-    let model = Vit::from_tensors(
-        &config,
-        run.params().clone(),
-        bundle.origin(),
-        bundle.dtype()?,
-        &device_of(&run),
-    )?;
-    let images = run.input("0")?;
-    let (logits, trace) = run.traced(Unmatched::NONE, || model.forward(&images))?;
-    run.check_outputs_and_gradients(&[("0", &logits)])?;
-    Ok(ModelParity {
-        report: run.finish(),
-        trace,
-    })
+    const IO: ModelIo = ModelIo {
+        inputs: &["0"],
+        outputs: &["0"],
+        ties: &[],
+        unmatched: Unmatched::NONE,
+    };
+    check_model(bundle, &IO, vit, |model, images| Ok(vec![model.forward(&images[0])?]))
 }
 
-/// What BERT's reference and port record differently. The port's attention block
-/// records its projected output under its own path, `attention`, where HF's
+/// HF `BertModel` on a ragged, padded batch with two segments: the last hidden
+/// states, the pooler output and every block's activation. The port's attention
+/// block records its projected output under its own path, `attention`, where HF's
 /// `BertAttention` returns the normalised `(output, probabilities)` (which the layer
 /// records as `attention:0` and `attention:1`); HF's `BertSelfAttention` returns the
 /// context before the output projection (`attention.self:0`), which the port's
 /// attention block keeps internal.
-const BERT_UNMATCHED: Unmatched<'static> = Unmatched {
-    port_only: &["encoder.layer.0.attention", "encoder.layer.1.attention"],
-    reference_only: &["encoder.layer.0.attention.self:0", "encoder.layer.1.attention.self:0"],
-};
-
-/// HF `BertModel` on a ragged, padded batch with two segments: the last hidden
-/// states, the pooler output and every block's activation.
 pub fn bert_parity(bundle: &Bundle) -> Result<ModelParity> {
-    let mut run = Parity::new(bundle)?;
-    let config: BertConfig = bundle_config(bundle)?;
-    let model = Bert::from_tensors(
-        &config,
-        run.params().clone(),
-        bundle.origin(),
-        bundle.dtype()?,
-        &device_of(&run),
-    )?;
-    let (ids, types, mask) = (
-        run.input("0")?,
-        run.input("token_type_ids")?,
-        run.input("attention_mask")?,
-    );
-    let (output, trace) = run.traced(BERT_UNMATCHED, || model.forward(&ids, Some(&types), Some(&mask)))?;
-    let pooled = output
-        .pooler_output
-        .ok_or_else(|| Error::config(bundle.origin(), "the model has no pooler"))?;
-    run.check_outputs_and_gradients(&[
-        ("last_hidden_state", &output.last_hidden_state),
-        ("pooler_output", &pooled),
-    ])?;
-    Ok(ModelParity {
-        report: run.finish(),
-        trace,
+    const IO: ModelIo = ModelIo {
+        inputs: &["0", "token_type_ids", "attention_mask"],
+        outputs: &["last_hidden_state", "pooler_output"],
+        ties: &[],
+        unmatched: Unmatched {
+            port_only: &["encoder.layer.0.attention", "encoder.layer.1.attention"],
+            reference_only: &["encoder.layer.0.attention.self:0", "encoder.layer.1.attention.self:0"],
+        },
+    };
+    check_model(bundle, &IO, bert, |model, inputs| {
+        let output = model.forward(&inputs[0], Some(&inputs[1]), Some(&inputs[2]))?;
+        let pooled = output
+            .pooler_output
+            .ok_or_else(|| candle_core::Error::Msg("the model has no pooler".into()))?;
+        Ok(vec![output.last_hidden_state, pooled])
     })
 }
 
@@ -173,12 +186,15 @@ fn generation_task(bundle: &Bundle) -> Result<(Vec<u32>, usize)> {
 }
 
 /// Greedy decoding with and without the KV cache against HF `generate(do_sample=False)`.
-fn check_generation(bundle: &Bundle, model: &impl CausalLm) -> Result<Report> {
+fn check_generation<M: CausalLm>(bundle: &Bundle, load: Load<M>) -> Result<Report> {
+    let params = bundle.namespace(Namespace::Param);
+    let device = device_of(&params);
+    let model = load(bundle, params, bundle.dtype()?, &device)?;
     let (prompt, new_tokens) = generation_task(bundle)?;
     let mut run = Parity::new(bundle)?;
     let options = GenerateOptions::greedy(new_tokens);
     for (variant, options) in [("kv cache", options), ("no cache", options.without_cache())] {
-        let tokens = generate_greedy(model, &prompt, options, |_| {})?;
+        let tokens = generate_greedy(&model, &prompt, options, |_| {})?;
         let tokens: Vec<i64> = tokens.into_iter().map(i64::from).collect();
         let n = tokens.len();
         let generated = Tensor::from_vec(tokens, (1, n), model.device())?;
@@ -189,18 +205,10 @@ fn check_generation(bundle: &Bundle, model: &impl CausalLm) -> Result<Report> {
 
 /// GPT-2: 20 greedy tokens, identical to HF's, with and without the cache.
 pub fn gpt2_generate(bundle: &Bundle) -> Result<Report> {
-    let config: Gpt2Config = bundle_config(bundle)?;
-    let params = bundle.namespace(Namespace::Param);
-    let device = params.values().next().map_or(Device::Cpu, |t| t.device().clone());
-    let model = Gpt2::from_tensors(&config, params, bundle.origin(), bundle.dtype()?, &device)?;
-    check_generation(bundle, &model)
+    check_generation(bundle, gpt2)
 }
 
 /// LLaMA (GQA, RoPE): 20 greedy tokens, identical to HF's, with and without the cache.
 pub fn llama_generate(bundle: &Bundle) -> Result<Report> {
-    let config: LlamaConfig = bundle_config(bundle)?;
-    let params = bundle.namespace(Namespace::Param);
-    let device = params.values().next().map_or(Device::Cpu, |t| t.device().clone());
-    let model = Llama::from_tensors(&config, params, bundle.origin(), bundle.dtype()?, &device)?;
-    check_generation(bundle, &model)
+    check_generation(bundle, llama)
 }

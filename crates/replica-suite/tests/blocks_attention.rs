@@ -10,7 +10,6 @@ use replica_blocks::kv_cache::KvCache;
 use replica_blocks::mask;
 use replica_blocks::RopeStyle;
 use replica_check::{assert_close, compare, compare_trace, trace, Bundle, Case, Namespace, Tolerance};
-use replica_suite::fixtures_dir;
 use replica_suite::reference::attention_config;
 
 const CPU: Device = Device::Cpu;
@@ -20,8 +19,10 @@ fn cases() -> Vec<Case> {
     [replica_suite::positions::cases(), replica_suite::attention::cases()].concat()
 }
 
+mod common;
+
 fn fixture(stem: &str) -> Bundle {
-    Bundle::load(fixtures_dir().join(format!("blocks/{stem}.safetensors")), &CPU).expect("fixture loads")
+    common::fixture(&format!("blocks/{stem}"))
 }
 
 fn attention_cases() -> Vec<Case> {
@@ -52,66 +53,35 @@ fn err_text<T: std::fmt::Debug>(result: candle_core::Result<T>) -> String {
 fn every_attention_case_matches_its_reference() {
     let cases = attention_cases();
     assert!(cases.len() >= 16, "{} attention cases", cases.len());
-    for case in cases {
-        let report = case
-            .run(&fixtures_dir(), &CPU)
-            .unwrap_or_else(|err| panic!("{}: {err}", case.name));
-        assert!(report.passed(), "{report}");
-        assert!(!report.rows.is_empty(), "{}: nothing was compared", case.name);
-    }
+    common::assert_all_pass(&cases);
 }
 
 #[test]
 fn every_stored_gradient_and_activation_is_checked() {
-    for case in attention_cases() {
-        let report = case.run(&fixtures_dir(), &CPU).unwrap();
-        let bundle = Bundle::load(case.fixture_path(&fixtures_dir()), &CPU).unwrap();
-        let grads = report.rows.iter().filter(|r| r.name.starts_with("grad/")).count();
-        let stored = bundle.names(Namespace::ParamGrad).count() + bundle.names(Namespace::InputGrad).count();
-        assert_eq!(grads, stored, "{}: every stored gradient is checked", case.name);
-        for (name, _) in bundle.activations() {
-            let label = format!("act/{name}");
-            assert!(
-                report.rows.iter().any(|r| r.name == label),
-                "{}: activation {name} is not checked",
-                case.name
-            );
-        }
+    common::assert_stored_tensors_checked(&attention_cases());
+    for (bundle, report) in common::run(&attention_cases()) {
         let float = bundle.metadata().dtype == "float32";
         assert_eq!(
             float,
-            stored > 0,
+            common::rows(&report, "grad/") > 0,
             "{}: f32 fixtures carry gradients, half ones not",
-            case.name
+            report.title
         );
     }
 }
 
 #[test]
 fn case_names_are_unique_and_cite_papers() {
-    let all = cases();
-    let mut names: Vec<&str> = all.iter().map(|c| c.name).collect();
-    names.sort();
-    names.dedup();
-    assert_eq!(names.len(), all.len());
-    for case in &all {
+    common::assert_names_unique();
+    common::assert_written_by(&cases(), "fixtures_blocks_attention.py");
+    for case in cases() {
         assert!(case.paper.is_some(), "{} cites no paper", case.name);
-        assert!(case.fixture.starts_with("blocks/"), "{}", case.fixture);
-        assert!(
-            case.fixture_path(&fixtures_dir()).exists(),
-            "{}: {} is missing",
-            case.name,
-            case.fixture
-        );
     }
 }
 
 #[test]
 fn the_fixtures_are_small() {
-    let total: u64 = cases()
-        .iter()
-        .map(|c| std::fs::metadata(c.fixture_path(&fixtures_dir())).unwrap().len())
-        .sum();
+    let total = common::fixture_bytes(&cases());
     assert!(total < 1_000_000, "{total} bytes of fixtures");
 }
 

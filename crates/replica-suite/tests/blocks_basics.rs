@@ -2,22 +2,20 @@
 //! the checks bite: planted bugs fail at the right module, and weights that do not
 //! fit the block are reported, all together.
 
-use std::collections::BTreeSet;
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::glu::{GluMlp, GluMlpConfig, GluMlpNames};
 use replica_blocks::mlp::{Mlp, MlpConfig, MlpNames};
 use replica_blocks::Activation;
 use replica_check::{
-    check_block, compare_trace, summary_table, trace, Bundle, Error, Namespace, Parity, Tolerance, TraceReport,
-    WeightMap,
+    check_block, compare_trace, trace, Bundle, Error, Namespace, Parity, Tolerance, TraceReport, WeightMap,
 };
 use replica_suite::basics::cases;
-use replica_suite::fixtures_dir;
+
+mod common;
 
 fn fixture(stem: &str) -> Bundle {
-    Bundle::load(fixtures_dir().join(format!("blocks/{stem}.safetensors")), &Device::Cpu).expect("fixture loads")
+    common::fixture(&format!("blocks/{stem}"))
 }
 
 /// Builds a block from a fixture's weights, runs it traced, and compares the trace.
@@ -37,50 +35,22 @@ fn trace_of<M>(
 
 #[test]
 fn every_basics_case_matches_its_torch_reference() {
-    let mut reports = Vec::new();
-    for case in cases() {
-        let report = case
-            .run(&fixtures_dir(), &Device::Cpu)
-            .unwrap_or_else(|err| panic!("{}: {err}", case.name));
-        assert!(report.passed(), "{report}");
-        assert!(!report.rows.is_empty(), "{}: nothing was compared", case.name);
-        reports.push(report);
-    }
-    println!("{}", summary_table(&reports));
+    common::assert_all_pass(&cases());
 }
 
 #[test]
 fn every_stored_gradient_and_activation_is_checked() {
-    for case in cases() {
-        let report = case.run(&fixtures_dir(), &Device::Cpu).unwrap();
-        let bundle = Bundle::load(case.fixture_path(&fixtures_dir()), &Device::Cpu).unwrap();
-        let checked = |prefix: &str| report.rows.iter().filter(|r| r.name.starts_with(prefix)).count();
-        let stored_grads = bundle.names(Namespace::ParamGrad).count() + bundle.names(Namespace::InputGrad).count();
-        assert_eq!(
-            checked("grad/"),
-            stored_grads,
-            "{}: every stored gradient is checked",
-            case.name
-        );
-        assert_eq!(
-            checked("act/"),
-            bundle.activations().count(),
-            "{}: every reference activation is checked",
-            case.name
-        );
-        assert_eq!(
-            checked("output/"),
-            bundle.names(Namespace::Output).count(),
-            "{}",
-            case.name
-        );
+    common::assert_stored_tensors_checked(&cases());
+    for (bundle, report) in common::run(&cases()) {
+        let outputs = bundle.names(Namespace::Output).count();
+        assert_eq!(common::rows(&report, "output/"), outputs, "{}", report.title);
     }
 }
 
 #[test]
 fn gradients_are_checked_for_every_f32_fixture() {
     for case in cases() {
-        let bundle = Bundle::load(case.fixture_path(&fixtures_dir()), &Device::Cpu).unwrap();
+        let bundle = fixture(case.fixture.strip_prefix("blocks/").unwrap());
         let float = bundle.metadata().dtype == "float32";
         assert_eq!(
             bundle.contains(Namespace::OutputGrad, "0"),
@@ -100,39 +70,13 @@ fn gradients_are_checked_for_every_f32_fixture() {
 
 #[test]
 fn cases_are_unique_and_every_fixture_comes_from_the_script() {
-    let script = std::fs::read_to_string(fixtures_dir().join("../../python/fixtures_blocks_basics.py")).unwrap();
-    let mut names = BTreeSet::new();
-    for case in replica_suite::builtin() {
-        assert!(names.insert(case.name), "duplicate case name {}", case.name);
-    }
-    for case in cases() {
-        assert!(
-            case.fixture_path(&fixtures_dir()).is_file(),
-            "{}: no fixture",
-            case.name
-        );
-        let file = case.fixture.strip_prefix("blocks/").expect("under blocks/");
-        assert!(
-            script.contains(&format!("\"{file}.safetensors\"")),
-            "{}: {file}.safetensors is not written by python/fixtures_blocks_basics.py",
-            case.name
-        );
-        assert!(
-            case.reference.len() > 3
-                && case
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        );
-    }
+    common::assert_names_unique();
+    common::assert_written_by(&cases(), "fixtures_blocks_basics.py");
 }
 
 #[test]
 fn fixtures_stay_small() {
-    let total: u64 = cases()
-        .iter()
-        .map(|case| std::fs::metadata(case.fixture_path(&fixtures_dir())).unwrap().len())
-        .sum();
+    let total = common::fixture_bytes(&cases());
     // The float64 shadow (docs/bundle-format.md) makes up about half of each bundle.
     assert!(total < 700_000, "{total} bytes of fixtures");
 }

@@ -3,8 +3,6 @@
 //! the right module, the residual layout switch changes what a layer computes on the
 //! reference's weights, and evaluation is deterministic and matches the reference.
 
-use std::collections::BTreeSet;
-
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use replica_blocks::activation::Activation;
@@ -12,15 +10,15 @@ use replica_blocks::attention::AttentionConfig;
 use replica_blocks::diff_attention::{lambda_init, DiffAttention, DiffAttentionConfig};
 use replica_blocks::transformer_block::{BlockNames, ResidualLayout, TransformerBlock, TransformerBlockConfig};
 use replica_check::trace::Trace;
-use replica_check::{
-    compare_trace, summary_table, trace, Bundle, Namespace, Parity, Tolerance, TraceReport, WeightMap,
-};
+use replica_check::{compare_trace, trace, Bundle, Namespace, Parity, Tolerance, TraceReport, WeightMap};
 use replica_suite::composite::cases;
 use replica_suite::fixtures_dir;
 use replica_suite::reference::POST_NORM_PORT_ONLY;
 
+mod common;
+
 fn fixture(stem: &str) -> Bundle {
-    Bundle::load(fixtures_dir().join(format!("blocks/{stem}.safetensors")), &Device::Cpu).expect("fixture loads")
+    common::fixture(&format!("blocks/{stem}"))
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -68,27 +66,14 @@ fn traced<M>(
 
 #[test]
 fn every_composite_case_matches_its_reference() {
-    let mut reports = Vec::new();
-    for case in cases() {
-        let report = case
-            .run(&fixtures_dir(), &Device::Cpu)
-            .unwrap_or_else(|err| panic!("{}: {err}", case.name));
-        assert!(report.passed(), "{report}");
-        reports.push(report);
-    }
-    println!("{}", summary_table(&reports));
+    common::assert_all_pass(&cases());
 }
 
 #[test]
 fn every_stored_gradient_and_activation_is_checked() {
-    for case in cases() {
-        let report = case.run(&fixtures_dir(), &Device::Cpu).unwrap();
-        let bundle = Bundle::load(case.fixture_path(&fixtures_dir()), &Device::Cpu).unwrap();
-        let checked = |prefix: &str| report.rows.iter().filter(|r| r.name.starts_with(prefix)).count();
-        let stored_grads = bundle.names(Namespace::ParamGrad).count() + bundle.names(Namespace::InputGrad).count();
-        assert_eq!(checked("grad/"), stored_grads, "{}", case.name);
-        assert_eq!(checked("act/"), bundle.activations().count(), "{}", case.name);
-        assert_eq!(checked("output/"), 1, "{}", case.name);
+    common::assert_stored_tensors_checked(&cases());
+    for (bundle, report) in common::run(&cases()) {
+        assert_eq!(common::rows(&report, "output/"), 1, "{}", report.title);
         let float = bundle.metadata().dtype == "float32";
         assert_eq!(
             bundle.names(Namespace::ParamGrad).count(),
@@ -98,7 +83,7 @@ fn every_stored_gradient_and_activation_is_checked() {
                 0
             },
             "{}: f32 fixtures carry every parameter's gradient, half-precision ones none",
-            case.name
+            report.title
         );
     }
 }
@@ -155,42 +140,21 @@ fn the_post_norm_case_sets_aside_only_the_unhookable_projections() {
 
 #[test]
 fn cases_are_unique_and_every_fixture_comes_from_the_script() {
-    let script = std::fs::read_to_string(fixtures_dir().join("../../python/fixtures_blocks_composite.py")).unwrap();
-    let mut names = BTreeSet::new();
-    for case in replica_suite::builtin() {
-        assert!(names.insert(case.name), "duplicate case name {}", case.name);
-    }
+    common::assert_names_unique();
+    common::assert_written_by(&cases(), "fixtures_blocks_composite.py");
     for case in cases() {
-        assert!(
-            case.fixture_path(&fixtures_dir()).is_file(),
-            "{}: no fixture",
-            case.name
-        );
-        let file = case.fixture.strip_prefix("blocks/").expect("under blocks/");
+        let file = case.fixture.strip_prefix("blocks/").unwrap();
         assert!(
             file.starts_with("block_") || file.starts_with("diff_attention"),
             "{file}"
         );
-        assert!(
-            script.contains(&format!("\"{file}.safetensors\"")),
-            "{}: {file}.safetensors is not written by python/fixtures_blocks_composite.py",
-            case.name
-        );
-        assert!(case.paper.is_some() && case.reference.len() > 3, "{}", case.name);
-        assert!(
-            case.name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-            "{}",
-            case.name
-        );
+        assert!(case.paper.is_some(), "{}", case.name);
     }
 }
 
 #[test]
 fn fixtures_stay_small() {
-    let files: BTreeSet<_> = cases().iter().map(|c| c.fixture_path(&fixtures_dir())).collect();
-    let total: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    let total = common::fixture_bytes(&cases());
     // The float64 shadow (docs/bundle-format.md) makes up about half of each bundle.
     assert!(total < 900_000, "{total} bytes of fixtures");
 }

@@ -7,13 +7,14 @@ use replica_blocks::position_embedding::{LearnedPositionConfig, LearnedPositionE
 use replica_blocks::sinusoidal::{SinusoidalConfig, SinusoidalPositionEmbedding};
 use replica_blocks::{Rope, RopeConfig, RopeStyle};
 use replica_check::{assert_close, compare, Bundle, Case, Namespace, Parity, Tolerance};
-use replica_suite::fixtures_dir;
 use replica_suite::reference::attention_config;
 
 const CPU: Device = Device::Cpu;
 
+mod common;
+
 fn fixture(stem: &str) -> Bundle {
-    Bundle::load(fixtures_dir().join(format!("blocks/{stem}.safetensors")), &CPU).expect("fixture loads")
+    common::fixture(&format!("blocks/{stem}"))
 }
 
 fn position_cases() -> Vec<Case> {
@@ -31,16 +32,14 @@ fn err_text<T: std::fmt::Debug>(result: candle_core::Result<T>) -> String {
 fn every_position_case_matches_its_reference() {
     let cases = position_cases();
     assert_eq!(cases.len(), 7);
-    for case in cases {
-        let report = case
-            .run(&fixtures_dir(), &CPU)
-            .unwrap_or_else(|err| panic!("{}: {err}", case.name));
-        assert!(report.passed(), "{report}");
-        let bundle = Bundle::load(case.fixture_path(&fixtures_dir()), &CPU).unwrap();
-        let grads = report.rows.iter().filter(|r| r.name.starts_with("grad/")).count();
-        let stored = bundle.names(Namespace::ParamGrad).count() + bundle.names(Namespace::InputGrad).count();
-        assert!(stored > 0, "{}: the fixture has gradients", case.name);
-        assert_eq!(grads, stored, "{}: every stored gradient is checked", case.name);
+    common::assert_all_pass(&cases);
+    common::assert_stored_tensors_checked(&cases);
+    for (_, report) in common::run(&cases) {
+        assert!(
+            common::rows(&report, "grad/") > 0,
+            "{}: the fixture has gradients",
+            report.title
+        );
     }
 }
 
