@@ -33,7 +33,7 @@ use candle_core::{DType, Device};
 use replica::check::Bundle;
 use replica::models::generation::{generate_greedy, GenerateOptions};
 use replica::models::tokenizers::Tokenizer;
-use replica::models::Gpt2;
+use replica::models::{Architecture, Gpt2};
 
 struct Args {
     checkpoint: PathBuf,

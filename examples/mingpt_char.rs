@@ -59,10 +59,10 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, ModuleT, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use replica::models::generation::language_model_loss;
-use replica::models::{Gpt2, Gpt2Config};
+use replica::models::{Architecture, Gpt2, Gpt2Config};
 
 const TEXT: &str = include_str!("../data/sonnets.txt");
 const BLOCK: usize = 64;
@@ -265,7 +265,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = Gpt2Config::new(chars.len(), BLOCK, args.width, args.layers, args.heads);
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let mut model = Gpt2::new(&config, vb)?;
+    let model = Gpt2::new(&config, vb)?;
     Gpt2::init_weights(&varmap, &config)?;
     // minGPT decays only the weight matrices of linear layers, not biases, norms or embeddings.
     let (mut decayed, mut plain) = (Vec::new(), Vec::new());
@@ -293,9 +293,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let (mut first, mut recent) = (None, Vec::new());
     let report_every = (args.steps / 10).max(1);
     for step in 1..=args.steps {
-        model.set_training(true);
         let (x, y) = batch(train, &mut rng, &device)?;
-        let loss = language_model_loss(&model.forward(&x, None)?, &y)?;
+        let loss = language_model_loss(&model.forward_t(&x, true)?, &y)?;
         let mut grads = loss.backward()?;
         clip_grad_norm(&mut grads, &all, 1.0)?;
         for optimizer in &mut optimizers {
@@ -308,7 +307,6 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             progress(step, args.steps, loss, started);
         }
         if step % report_every == 0 || step == args.steps {
-            model.set_training(false);
             let mean = recent.iter().sum::<f64>() / recent.len() as f64;
             recent.clear();
             let held_out = evaluate(&model, val, &device)?;
@@ -319,7 +317,6 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
-    model.set_training(false);
     let train_loss = evaluate(&model, train, &device)?;
     let val_loss = evaluate(&model, val, &device)?;
     println!(

@@ -99,12 +99,11 @@ pub fn models(args: &ModelsArgs, format: Format) -> Result<Status, CliError> {
     Ok(Status::Passed)
 }
 
-/// The model registry's presets (`replica_models::PRESETS`) whose name, checkpoint
+/// The model registry's presets (`replica_models::registry::presets`) whose name, checkpoint
 /// or paper contains `filter`: what `create_model` builds, listed beside the checkable components.
 fn model_presets(filter: Option<&str>) -> Vec<&'static replica::models::registry::Preset> {
     let needle = filter.map(str::to_lowercase);
-    replica::models::registry::PRESETS
-        .iter()
+    replica::models::registry::presets()
         .filter(|p| {
             needle.as_ref().is_none_or(|n| {
                 [p.name, p.checkpoint, p.paper.arxiv, p.paper.title]

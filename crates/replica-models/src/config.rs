@@ -1,47 +1,75 @@
-//! Reading a model's `config.json`, and laying overrides over a preset's.
+//! Reading a model's `config.json` strictly, and laying overrides over a preset's.
 
 use std::path::Path;
 
+use indexmap::IndexMap;
 use replica_check::Bundle;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::{Error, Result};
 
 /// A model's config type, read strictly (`replica_check::config`): a field it does
-/// not read is refused unless it is HF bookkeeping or in [`ModelConfig::NOT_USED`].
-pub trait ModelConfig: DeserializeOwned {
+/// not read is refused unless it is HF bookkeeping or in [`ModelConfig::NOT_USED`],
+/// and a value it cannot honour is refused by [`validate`](ModelConfig::validate).
+/// Every way of reading a config (`from_file`, `from_value`, [`bundle_config`]) is
+/// provided here, so each model only says what it does not use and what it refuses.
+pub trait ModelConfig: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
     /// Fields of the reference's `config.json` that this model has no use for
     /// (another model class's head, a legacy duplicate), beyond the bookkeeping.
-    const NOT_USED: &'static [&'static str];
+    const NOT_USED: &'static [&'static str] = &[];
 
     /// Refuses settings that contradict each other or that the model does not implement.
-    fn check(&self) -> std::result::Result<(), String>;
+    fn validate(&self) -> std::result::Result<(), String>;
+
+    /// Reads a `config.json`; a missing, mistyped, unread or refused field is an
+    /// error that names the file and the field.
+    fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|err| Error::config(path, format!("cannot read: {err}")))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|err| Error::config(path, format!("not JSON: {err}")))?;
+        Self::from_value(&value, path)
+    }
+
+    /// Reads a config held as JSON (a bundle's metadata, a preset) as strictly as
+    /// [`from_file`](Self::from_file); `origin` names it in errors.
+    fn from_value(value: &Value, origin: impl AsRef<Path>) -> Result<Self> {
+        let origin = origin.as_ref();
+        let config = replica_check::read_config::<Self>(value, Self::NOT_USED)
+            .map_err(|message| Error::config(origin, message))?
+            .config;
+        config.validate().map_err(|m| Error::config(origin, m))?;
+        Ok(config)
+    }
+
+    /// The config's sizes (its whole-number fields, in declaration order), which a
+    /// checkpoint's shapes can contradict: `vocab_size 96, n_positions 32, ...`.
+    fn summary(&self) -> String {
+        let whole = |v: &Value| v.is_u64() || v.as_array().is_some_and(|a| a.iter().all(Value::is_u64));
+        // Through text into an IndexMap: a serde_json `Map` may sort its keys.
+        let fields: IndexMap<String, Value> = serde_json::to_string(self)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        fields
+            .iter()
+            .filter(|(_, v)| whole(v))
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// A bundle's config as the model's config type, checked; the fields left unused
 /// are recorded on the bundle ([`Bundle::unused_config_fields`]).
 pub fn bundle_config<T: ModelConfig>(bundle: &Bundle) -> Result<T> {
     let (config,) = bundle.config_parts::<(T,)>(T::NOT_USED)?;
-    config.check().map_err(|m| Error::config(bundle.config_origin(), m))?;
+    config
+        .validate()
+        .map_err(|m| Error::config(bundle.config_origin(), m))?;
     Ok(config)
-}
-
-/// Reads a `config.json` as a model's config type; a missing, mistyped or unread
-/// field is an error that names the file and the field.
-pub fn read_config<T: ModelConfig>(path: impl AsRef<Path>) -> Result<T> {
-    let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|err| Error::config(path, format!("cannot read: {err}")))?;
-    let value: Value = serde_json::from_str(&text).map_err(|err| Error::config(path, format!("not JSON: {err}")))?;
-    parse_config(&value, path)
-}
-
-/// Reads a JSON value (a `config.json`'s contents) as a model's config type, as
-/// strictly as [`read_config`]; `origin` names it in errors.
-pub fn parse_config<T: ModelConfig>(value: &Value, origin: impl AsRef<Path>) -> Result<T> {
-    replica_check::read_config::<T>(value, T::NOT_USED)
-        .map(|read| read.config)
-        .map_err(|message| Error::config(origin, message))
 }
 
 /// `base` with the fields of `overrides` (a JSON object) put over it, as timm's

@@ -6,10 +6,20 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     /// A configuration that cannot be read, lacks a field, or contradicts itself.
     #[error("{}: {message}", origin.display())]
-    Config { origin: PathBuf, message: String },
+    Config {
+        /// The config's file, or what it is (`config of \`gpt2\``).
+        origin: PathBuf,
+        /// What is wrong, naming the field.
+        message: String,
+    },
     /// A checkpoint that belongs to another model, or whose tensors contradict the config.
     #[error("{}: {message}", origin.display())]
-    Checkpoint { origin: PathBuf, message: String },
+    Checkpoint {
+        /// The checkpoint's file.
+        origin: PathBuf,
+        /// What is wrong, naming the tensors.
+        message: String,
+    },
     /// Reading a bundle or checkpoint, or a strict load (every missing, unused and
     /// misshapen tensor, listed together).
     #[error(transparent)]
@@ -29,6 +39,7 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::Config`] about `origin`.
     pub fn config(origin: impl AsRef<Path>, message: impl Into<String>) -> Self {
         Error::Config {
             origin: origin.as_ref().to_path_buf(),
@@ -36,6 +47,7 @@ impl Error {
         }
     }
 
+    /// An [`Error::Checkpoint`] about `origin`.
     pub fn checkpoint(origin: impl AsRef<Path>, message: impl Into<String>) -> Self {
         Error::Checkpoint {
             origin: origin.as_ref().to_path_buf(),
@@ -44,4 +56,5 @@ impl Error {
     }
 }
 
+/// A result whose error is this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

@@ -17,6 +17,7 @@ pub trait CausalLm {
     /// The longest sequence, prompt and generated tokens together, the model can position.
     fn max_positions(&self) -> usize;
 
+    /// Where the model's weights are, and so where its inputs must be.
     fn device(&self) -> &Device;
 
     /// An empty cache, one [`KvCache`] per layer.
@@ -25,9 +26,52 @@ pub trait CausalLm {
     }
 }
 
+/// The number of new tokens in `ids` and of cached tokens before them, after
+/// checking that `ids` is `[batch, seq]`, that `cache` has one entry per layer, and
+/// that all the tokens fit the `limit` positions of the `model`'s `table` (its
+/// description in the message).
+pub(crate) fn decoder_positions(
+    model: &str,
+    ids: &Tensor,
+    cache: &Option<&mut [KvCache]>,
+    layers: usize,
+    limit: usize,
+    table: &str,
+) -> candle_core::Result<(usize, usize)> {
+    let (_, seq) = ids.dims2().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "{model}: token ids must be [batch, seq], got shape {:?}",
+            ids.dims()
+        ))
+    })?;
+    let offset = match cache {
+        Some(cache) if cache.len() != layers => {
+            candle_core::bail!(
+                "kv cache: {} layer caches given, the model has {layers} layers",
+                cache.len()
+            )
+        }
+        Some(cache) => cache[0].len(),
+        None => 0,
+    };
+    if offset + seq > limit {
+        let cached = if offset > 0 {
+            format!(" ({offset} cached + {seq} new)")
+        } else {
+            String::new()
+        };
+        candle_core::bail!(
+            "{model}: a sequence of {} tokens{cached} is longer than {table}",
+            offset + seq
+        )
+    }
+    Ok((seq, offset))
+}
+
 /// How to decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GenerateOptions {
+    /// Tokens to add to the prompt at the most.
     pub max_new_tokens: usize,
     /// Feed only the newest token each step and keep the others' keys and values
     /// (fast); without it every step runs the whole sequence again.
@@ -37,6 +81,7 @@ pub struct GenerateOptions {
 }
 
 impl GenerateOptions {
+    /// Greedy decoding of up to `max_new_tokens` tokens with the KV cache, no end token.
     pub fn greedy(max_new_tokens: usize) -> Self {
         Self {
             max_new_tokens,
@@ -45,6 +90,7 @@ impl GenerateOptions {
         }
     }
 
+    /// The same, running the whole sequence again each step (the reference for the cache).
     pub fn without_cache(mut self) -> Self {
         self.use_cache = false;
         self

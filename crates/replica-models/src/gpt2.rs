@@ -1,5 +1,5 @@
 //! GPT-2: Radford et al., "Language Models are Unsupervised Multitask Learners"
-//! (2019, [`papers::GPT2_REPORT`](crate::papers::GPT2_REPORT)), the decoder
+//! (2019, [`papers::GPT2_REPORT`]), the decoder
 //! architecture restated in Brown et al., arXiv 2005.14165, and written out in one
 //! readable file by minGPT. Reference: HF `transformers.GPT2LMHeadModel`.
 //!
@@ -13,9 +13,7 @@
 //! (`attn.bias`, `attn.masked_bias`) and the tied `lm_head.weight`, and adds the
 //! `transformer.` prefix that `GPT2Model` checkpoints lack.
 
-use std::path::Path;
-
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use replica_blocks::attention::{AttentionConfig, AttentionNames};
 use replica_blocks::dropout::Dropout;
@@ -27,11 +25,13 @@ use replica_blocks::{
 };
 use replica_check::WeightMap;
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
-use crate::checkpoint::{self, Family};
-use crate::config::{parse_config, positive, probabilities};
-use crate::generation::CausalLm;
-use crate::{Error, Result};
+use crate::architecture::in_mode;
+use crate::config::{positive, probabilities};
+use crate::generation::{decoder_positions, CausalLm};
+use crate::registry::Preset;
+use crate::{papers, Architecture, Family, ModelConfig};
 
 fn yes() -> bool {
     true
@@ -49,42 +49,55 @@ fn default_dropout() -> f64 {
 /// A HF GPT-2 `config.json` (`GPT2Config`); fields it lacks take HF's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Gpt2Config {
+    /// Rows of the token embedding (and columns of the LM head).
     pub vocab_size: usize,
     /// Rows of the position table: the longest sequence.
     pub n_positions: usize,
+    /// The width of the residual stream.
     pub n_embd: usize,
+    /// Transformer blocks.
     pub n_layer: usize,
+    /// Attention heads per block.
     pub n_head: usize,
     /// The MLP's hidden width; `None` is `4 * n_embd`.
     #[serde(default)]
     pub n_inner: Option<usize>,
+    /// The MLP's activation (HF's `gelu_new`, GELU with the tanh approximation).
     #[serde(default = "gelu_new")]
     pub activation_function: Activation,
+    /// The LayerNorms' epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_epsilon: f64,
+    /// Dropout on the embeddings, in training.
     #[serde(default = "default_dropout")]
     pub embd_pdrop: f64,
+    /// Dropout on the attention probabilities, in training.
     #[serde(default = "default_dropout")]
     pub attn_pdrop: f64,
+    /// Dropout on each residual branch's output, in training.
     #[serde(default = "default_dropout")]
     pub resid_pdrop: f64,
+    /// The LM head reads the token embedding's weight.
     #[serde(default = "yes")]
     pub tie_word_embeddings: bool,
     /// Divide the scores by `sqrt(head_dim)`.
     #[serde(default = "yes")]
     pub scale_attn_weights: bool,
+    /// Also divide the scores by the layer's index + 1; only `false` is implemented.
     #[serde(default)]
     pub scale_attn_by_inverse_layer_idx: bool,
+    /// Cross-attention to an encoder's states; only `false` is implemented.
     #[serde(default)]
     pub add_cross_attention: bool,
     /// Attention in f32 with the scale applied before the product; only `false` is implemented.
     #[serde(default)]
     pub reorder_and_upcast_attn: bool,
+    /// `gpt2` when given.
     #[serde(default)]
     pub model_type: Option<String>,
 }
 
-impl crate::config::ModelConfig for Gpt2Config {
+impl ModelConfig for Gpt2Config {
     /// `GPT2DoubleHeadsModel`'s sequence-summary head, `n_ctx` (a legacy copy of
     /// `n_positions` that no modeling code reads) and `pad_token_id` (GPT-2's `wte`
     /// has no padding row).
@@ -98,52 +111,7 @@ impl crate::config::ModelConfig for Gpt2Config {
         "pad_token_id",
     ];
 
-    fn check(&self) -> std::result::Result<(), String> {
-        self.validate()
-    }
-}
-
-impl Gpt2Config {
-    /// A config of the given size with HF's defaults elsewhere (dropout 0.1).
-    pub fn new(vocab_size: usize, n_positions: usize, n_embd: usize, n_layer: usize, n_head: usize) -> Self {
-        Self {
-            vocab_size,
-            n_positions,
-            n_embd,
-            n_layer,
-            n_head,
-            n_inner: None,
-            activation_function: gelu_new(),
-            layer_norm_epsilon: default_eps(),
-            embd_pdrop: default_dropout(),
-            attn_pdrop: default_dropout(),
-            resid_pdrop: default_dropout(),
-            tie_word_embeddings: true,
-            scale_attn_weights: true,
-            scale_attn_by_inverse_layer_idx: false,
-            add_cross_attention: false,
-            reorder_and_upcast_attn: false,
-            model_type: Some("gpt2".into()),
-        }
-    }
-
-    /// Reads a HF `config.json`.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let config: Self = crate::config::read_config(path)?;
-        config.validate().map_err(|m| Error::config(path, m))?;
-        Ok(config)
-    }
-
-    /// Reads a config held as JSON (a bundle's metadata, a preset); `origin` names it in errors.
-    pub fn from_value(value: &serde_json::Value, origin: impl AsRef<Path>) -> Result<Self> {
-        let config: Self = parse_config(value, &origin)?;
-        config.validate().map_err(|m| Error::config(origin, m))?;
-        Ok(config)
-    }
-
-    /// Refuses settings that contradict each other or that this model does not implement.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    fn validate(&self) -> std::result::Result<(), String> {
         if let Some(kind) = self.model_type.as_deref().filter(|k| *k != "gpt2") {
             return Err(format!(
                 "model_type is `{kind}`, not `gpt2`: this is not a GPT-2 config"
@@ -178,7 +146,33 @@ impl Gpt2Config {
         }
         Ok(())
     }
+}
 
+impl Gpt2Config {
+    /// A config of the given size with HF's defaults elsewhere (dropout 0.1).
+    pub fn new(vocab_size: usize, n_positions: usize, n_embd: usize, n_layer: usize, n_head: usize) -> Self {
+        Self {
+            vocab_size,
+            n_positions,
+            n_embd,
+            n_layer,
+            n_head,
+            n_inner: None,
+            activation_function: gelu_new(),
+            layer_norm_epsilon: default_eps(),
+            embd_pdrop: default_dropout(),
+            attn_pdrop: default_dropout(),
+            resid_pdrop: default_dropout(),
+            tie_word_embeddings: true,
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
+            add_cross_attention: false,
+            reorder_and_upcast_attn: false,
+            model_type: Some("gpt2".into()),
+        }
+    }
+
+    /// Features per attention head.
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
     }
@@ -222,13 +216,6 @@ impl Gpt2Config {
             names: BlockNames::gpt2().returning(AttentionOutput::TupleWithWeights),
         }
     }
-
-    fn summary(&self) -> String {
-        format!(
-            "vocab_size {}, n_positions {}, n_embd {}, n_layer {}, n_head {}",
-            self.vocab_size, self.n_positions, self.n_embd, self.n_layer, self.n_head
-        )
-    }
 }
 
 /// GPT-2 with its language-model head (`GPT2LMHeadModel`).
@@ -241,18 +228,53 @@ pub struct Gpt2 {
     ln_f: LayerNorm,
     lm_head: Linear,
     config: Gpt2Config,
-    training: bool,
     device: Device,
 }
 
-impl Gpt2 {
+fn gpt2_config(n_embd: usize, n_layer: usize, n_head: usize) -> Value {
+    json!({
+        "model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": n_embd, "n_layer": n_layer,
+        "n_head": n_head, "n_inner": null, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "embd_pdrop": 0.1, "attn_pdrop": 0.1, "resid_pdrop": 0.1, "tie_word_embeddings": true,
+    })
+}
+
+impl Architecture for Gpt2 {
+    type Config = Gpt2Config;
+
+    const FAMILY: Family = Family {
+        name: "GPT-2",
+        reference: "transformers.GPT2LMHeadModel",
+        paper: papers::GPT2,
+        checkpoint_naming:
+            "HF GPT-2: transformer.{wte,wpe,h.N.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj},ln_f}, \
+                            Conv1D weights [in, out], lm_head tied to wte (the `transformer.` prefix may be absent)",
+        signature: r"(^|\.)h\.\d+\.attn\.c_attn\.weight$",
+        example_tensor: "transformer.h.0.attn.c_attn.weight",
+    };
+
+    const PRESETS: &'static [Preset] = &[
+        Preset {
+            name: "gpt2",
+            paper: papers::GPT2,
+            checkpoint: "HF openai-community/gpt2",
+            description: "GPT-2 small, 124M parameters: 12 layers, 768 wide, 12 heads",
+            config: || gpt2_config(768, 12, 12),
+        },
+        Preset {
+            name: "gpt2-medium",
+            paper: papers::GPT2,
+            checkpoint: "HF openai-community/gpt2-medium",
+            description: "GPT-2 medium, 355M parameters: 24 layers, 1024 wide, 16 heads",
+            config: || gpt2_config(1024, 24, 16),
+        },
+    ];
+
     /// Builds the model under `vb` (the checkpoint's root: it reads `transformer.*`
     /// and, untied, `lm_head.weight`). A `VarBuilder` over a `VarMap` gives a freshly
     /// initialised model to train.
-    pub fn new(config: &Gpt2Config, vb: VarBuilder) -> candle_core::Result<Self> {
-        config
-            .validate()
-            .map_err(|m| candle_core::Error::Msg(format!("GPT-2 config: {m}")))?;
+    fn new(config: &Gpt2Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::check(config)?;
         let t = vb.pp("transformer");
         let wte = Embedding::new(&EmbeddingConfig::new(config.vocab_size, config.n_embd), t.pp("wte"))?;
         let wpe = LearnedPositionEmbedding::new(
@@ -287,7 +309,6 @@ impl Gpt2 {
             ln_f,
             lm_head,
             config: config.clone(),
-            training: false,
             device: vb.device().clone(),
         })
     }
@@ -296,7 +317,7 @@ impl Gpt2 {
     /// weights transposed to `[out, in]`, the attention-mask buffers dropped, the
     /// tied `lm_head.weight` dropped (the head reads `transformer.wte.weight`), and
     /// `transformer.` added where a `GPT2Model` checkpoint lacks it.
-    pub fn weight_map(config: &Gpt2Config) -> WeightMap {
+    fn weight_map(config: &Gpt2Config) -> WeightMap {
         let map = WeightMap::new()
             .ignore(r"(^|\.)attn\.(masked_)?bias$")
             .rename(r"^(wte|wpe|h|ln_f)\.", "transformer.$1.")
@@ -307,69 +328,10 @@ impl Gpt2 {
             map
         }
     }
+}
 
-    /// Loads a HF GPT-2 checkpoint (`model.safetensors`, or a reference bundle's
-    /// `param/` tensors) strictly: another model's checkpoint, shapes that
-    /// contradict `config`, and missing or unused tensors are errors.
-    pub fn load(config: &Gpt2Config, checkpoint: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
-        let checkpoint = checkpoint.as_ref();
-        let tensors = checkpoint::read_checkpoint(checkpoint, device)?;
-        Self::from_tensors(config, tensors, checkpoint, dtype, device)
-    }
-
-    /// Loads a checkpoint with its config: `config` when given, else the
-    /// `config.json` beside the checkpoint, else the config a reference bundle
-    /// carries in its metadata.
-    pub fn from_checkpoint(
-        checkpoint: impl AsRef<Path>,
-        config: Option<&Path>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let checkpoint = checkpoint.as_ref();
-        let beside = checkpoint.with_file_name("config.json");
-        let config = match config {
-            Some(path) => Gpt2Config::from_file(path)?,
-            None if beside.is_file() => Gpt2Config::from_file(&beside)?,
-            None => match checkpoint::embedded_config(checkpoint)? {
-                Some(value) => Gpt2Config::from_value(&value, checkpoint)?,
-                None => {
-                    return Err(Error::config(
-                        checkpoint,
-                        format!(
-                        "no GPT-2 config: give one, or put the checkpoint's config.json beside it ({} does not exist)",
-                        beside.display()
-                    ),
-                    ))
-                }
-            },
-        };
-        Self::load(&config, checkpoint, dtype, device)
-    }
-
-    /// [`load`](Self::load) from tensors already read, by checkpoint name; `origin` names them in errors.
-    pub fn from_tensors(
-        config: &Gpt2Config,
-        tensors: std::collections::BTreeMap<String, Tensor>,
-        origin: impl AsRef<Path>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        config
-            .validate()
-            .map_err(|m| Error::config(origin.as_ref(), format!("GPT-2 config: {m}")))?;
-        checkpoint::load_strict(
-            Family::Gpt2,
-            tensors,
-            origin.as_ref(),
-            &Self::weight_map(config),
-            dtype,
-            device,
-            &config.summary(),
-            |vb| Self::new(config, vb),
-        )
-    }
-
+impl Gpt2 {
+    /// The configuration the model was built with.
     pub fn config(&self) -> &Gpt2Config {
         &self.config
     }
@@ -398,65 +360,38 @@ impl Gpt2 {
         Ok(())
     }
 
-    /// Turns dropout on (training) or off (inference, the default).
-    pub fn set_training(&mut self, training: bool) {
-        self.training = training;
-        for block in &mut self.h {
-            block.set_training(training);
-        }
+    /// The final hidden states `[batch, seq, n_embd]` (after `ln_f`) for token ids
+    /// `[batch, seq]`, in inference, continuing from what `cache` holds (one
+    /// [`KvCache`] per layer).
+    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
+        self.hidden_t(ids, cache, false)
     }
 
-    /// The final hidden states `[batch, seq, n_embd]` (after `ln_f`) for token ids
-    /// `[batch, seq]`, continuing from what `cache` holds (one [`KvCache`] per layer).
-    pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        let (_, seq) = ids.dims2().map_err(|_| {
-            candle_core::Error::Msg(format!(
-                "GPT-2: token ids must be [batch, seq], got shape {:?}",
-                ids.dims()
-            ))
-        })?;
-        let offset = check_cache(&cache, self.h.len())?;
-        if offset + seq > self.config.n_positions {
-            candle_core::bail!(
-                "GPT-2: a sequence of {} tokens{} is longer than the position table (n_positions {})",
-                offset + seq,
-                if offset > 0 {
-                    format!(" ({offset} cached + {seq} new)")
-                } else {
-                    String::new()
-                },
-                self.config.n_positions
-            )
-        }
+    /// Logits `[batch, seq, vocab_size]`, in inference (`forward_t(ids, true)` trains).
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
+        self.lm_head.forward(&self.hidden_t(ids, cache, false)?)
+    }
+
+    fn hidden_t(&self, ids: &Tensor, mut cache: Option<&mut [KvCache]>, train: bool) -> candle_core::Result<Tensor> {
+        let n_positions = self.config.n_positions;
+        let table = format!("the position table (n_positions {n_positions})");
+        let (seq, offset) = decoder_positions("GPT-2", ids, &cache, self.h.len(), n_positions, &table)?;
         let tokens = self.wte.forward(ids)?;
         let positions = self.wpe.forward(seq, offset)?;
-        let mut x = self.drop.forward_t(&tokens.broadcast_add(&positions)?, self.training)?;
+        let mut x = self.drop.forward_t(&tokens.broadcast_add(&positions)?, train)?;
         for (i, block) in self.h.iter().enumerate() {
-            x = block.forward(&x, None, cache.as_mut().map(|c| &mut c[i]))?;
+            x = in_mode(block, train).forward(&x, None, cache.as_mut().map(|c| &mut c[i]))?;
         }
         let x = self.ln_f.forward(&x)?;
         replica_check::tap("transformer:last_hidden_state", &x);
         Ok(x)
     }
-
-    /// Logits `[batch, seq, vocab_size]`.
-    pub fn forward(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        let hidden = self.forward_hidden(ids, cache)?;
-        self.lm_head.forward(&hidden)
-    }
 }
 
-/// The number of cached tokens, after checking there is one cache per layer.
-pub(crate) fn check_cache(cache: &Option<&mut [KvCache]>, layers: usize) -> candle_core::Result<usize> {
-    match cache {
-        Some(cache) if cache.len() != layers => {
-            candle_core::bail!(
-                "kv cache: {} layer caches given, the model has {layers} layers",
-                cache.len()
-            )
-        }
-        Some(cache) => Ok(cache[0].len()),
-        None => Ok(0),
+impl ModuleT for Gpt2 {
+    /// Logits `[batch, seq, vocab_size]` for token ids `[batch, seq]`; `train` turns dropout on.
+    fn forward_t(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.lm_head.forward(&self.hidden_t(ids, None, train)?)
     }
 }
 

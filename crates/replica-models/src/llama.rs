@@ -11,9 +11,7 @@
 //! original checkpoints pair neighbouring features, and HF permutes their q/k
 //! weights on conversion. `rope_interleaved: true` reads Meta's layout as it is.
 
-use std::path::Path;
-
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, ModuleT, Tensor, D};
 use candle_nn::VarBuilder;
 use replica_blocks::attention::{AttentionConfig, AttentionNames};
 use replica_blocks::kv_cache::KvCache;
@@ -24,13 +22,13 @@ use replica_blocks::{
 };
 use replica_check::WeightMap;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::checkpoint::{self, Family};
-use crate::config::{parse_config, positive};
-use crate::generation::CausalLm;
-use crate::gpt2::check_cache;
-use crate::{Error, Result};
+use crate::architecture::in_mode;
+use crate::config::positive;
+use crate::generation::{decoder_positions, CausalLm};
+use crate::registry::Preset;
+use crate::{papers, Architecture, Family, ModelConfig};
 
 fn silu() -> Activation {
     Activation::Silu
@@ -45,8 +43,10 @@ fn default_max_positions() -> usize {
 /// HF transformers v5 `rope_parameters` (v4 configs carry `rope_theta` and `rope_scaling` instead).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RopeParameters {
+    /// Only `default` (unscaled RoPE) is implemented.
     #[serde(default)]
     pub rope_type: Option<String>,
+    /// The RoPE base.
     #[serde(default)]
     pub rope_theta: Option<f64>,
 }
@@ -54,10 +54,15 @@ pub struct RopeParameters {
 /// A HF LLaMA `config.json` (`LlamaConfig`); fields it lacks take HF's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
+    /// Rows of the token embedding (and columns of the LM head).
     pub vocab_size: usize,
+    /// The width of the residual stream.
     pub hidden_size: usize,
+    /// The SwiGLU MLP's hidden width.
     pub intermediate_size: usize,
+    /// Decoder layers.
     pub num_hidden_layers: usize,
+    /// Query heads per layer.
     pub num_attention_heads: usize,
     /// Key/value heads (grouped-query attention); `None` is `num_attention_heads`.
     #[serde(default)]
@@ -65,10 +70,13 @@ pub struct LlamaConfig {
     /// Features per head; `None` is `hidden_size / num_attention_heads`.
     #[serde(default)]
     pub head_dim: Option<usize>,
+    /// The MLP's gate activation (SiLU: SwiGLU).
     #[serde(default = "silu")]
     pub hidden_act: Activation,
+    /// The longest sequence the rotary tables cover.
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: usize,
+    /// The RMSNorms' epsilon.
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f64,
     /// v4 configs: the RoPE base (default 10000).
@@ -80,10 +88,13 @@ pub struct LlamaConfig {
     /// v5 configs: the RoPE type (only `default`) and base.
     #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
+    /// Biases on the q/k/v/o projections.
     #[serde(default)]
     pub attention_bias: bool,
+    /// Biases on the MLP's projections.
     #[serde(default)]
     pub mlp_bias: bool,
+    /// The LM head reads the token embedding's weight.
     #[serde(default)]
     pub tie_word_embeddings: bool,
     /// Dropout on the attention probabilities, in training.
@@ -96,53 +107,17 @@ pub struct LlamaConfig {
     /// instead of HF's halves.
     #[serde(default)]
     pub rope_interleaved: bool,
+    /// `llama` when given.
     #[serde(default)]
     pub model_type: Option<String>,
 }
 
-impl crate::config::ModelConfig for LlamaConfig {
+impl ModelConfig for LlamaConfig {
     /// `pretraining_tp`: transformers v5 ignores it, and v4's sliced projections
     /// only reorder the same sums.
     const NOT_USED: &'static [&'static str] = &["pretraining_tp"];
 
-    fn check(&self) -> std::result::Result<(), String> {
-        self.validate()
-    }
-}
-
-impl LlamaConfig {
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let config: Self = crate::config::read_config(path)?;
-        config.validate().map_err(|m| Error::config(path, m))?;
-        Ok(config)
-    }
-
-    pub fn from_value(value: &Value, origin: impl AsRef<Path>) -> Result<Self> {
-        let config: Self = parse_config(value, &origin)?;
-        config.validate().map_err(|m| Error::config(origin, m))?;
-        Ok(config)
-    }
-
-    pub fn kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
-    }
-
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
-    }
-
-    /// The RoPE base: `rope_parameters.rope_theta`, else `rope_theta`, else 10000.
-    pub fn theta(&self) -> f64 {
-        self.rope_parameters
-            .as_ref()
-            .and_then(|p| p.rope_theta)
-            .or(self.rope_theta)
-            .unwrap_or(10_000.0)
-    }
-
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    fn validate(&self) -> std::result::Result<(), String> {
         if let Some(kind) = self.model_type.as_deref().filter(|k| *k != "llama") {
             return Err(format!(
                 "model_type is `{kind}`, not `llama`: this is not a LLaMA config"
@@ -191,6 +166,28 @@ impl LlamaConfig {
         }
         Ok(())
     }
+}
+
+impl LlamaConfig {
+    /// Key/value heads: `num_key_value_heads`, else one per query head.
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Features per head: `head_dim`, else `hidden_size / num_attention_heads`.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// The RoPE base: `rope_parameters.rope_theta`, else `rope_theta`, else 10000.
+    pub fn theta(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|p| p.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(10_000.0)
+    }
 
     /// One decoder layer, as `LlamaDecoderLayer`.
     pub fn block_config(&self) -> TransformerBlockConfig {
@@ -227,18 +224,6 @@ impl LlamaConfig {
             names: BlockNames::llama().returning(AttentionOutput::TupleWithWeights),
         }
     }
-
-    fn summary(&self) -> String {
-        format!(
-            "vocab_size {}, hidden_size {}, intermediate_size {}, num_hidden_layers {}, num_attention_heads {}, num_key_value_heads {}",
-            self.vocab_size,
-            self.hidden_size,
-            self.intermediate_size,
-            self.num_hidden_layers,
-            self.num_attention_heads,
-            self.kv_heads()
-        )
-    }
 }
 
 /// A LLaMA-style decoder with its language-model head (`LlamaForCausalLM`).
@@ -252,12 +237,37 @@ pub struct Llama {
     device: Device,
 }
 
-impl Llama {
+impl Architecture for Llama {
+    type Config = LlamaConfig;
+
+    const FAMILY: Family = Family {
+        name: "LLaMA",
+        reference: "transformers.LlamaForCausalLM",
+        paper: papers::LLAMA,
+        checkpoint_naming: "HF LLaMA: model.{embed_tokens,layers.N.{input_layernorm,self_attn.{q,k,v,o}_proj,\
+                            post_attention_layernorm,mlp.{gate,up,down}_proj},norm}, lm_head",
+        signature: r"(^|\.)layers\.\d+\.self_attn\.q_proj\.weight$",
+        example_tensor: "model.layers.0.self_attn.q_proj.weight",
+    };
+
+    const PRESETS: &'static [Preset] = &[Preset {
+        name: "llama-tiny",
+        paper: papers::LLAMA,
+        checkpoint: "none published: the shape of llama2.c's stories15M (HF LLaMA names)",
+        description: "a 15M-parameter LLaMA: 6 layers, 288 wide, 6 heads, 32000-token vocabulary, 256 positions",
+        config: || {
+            json!({
+                "model_type": "llama", "vocab_size": 32000, "hidden_size": 288, "intermediate_size": 768,
+                "num_hidden_layers": 6, "num_attention_heads": 6, "num_key_value_heads": 6,
+                "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+                "hidden_act": "silu", "tie_word_embeddings": false,
+            })
+        },
+    }];
+
     /// Builds the model under `vb` (the checkpoint's root: `model.*`, `lm_head.weight`).
-    pub fn new(config: &LlamaConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        config
-            .validate()
-            .map_err(|m| candle_core::Error::Msg(format!("LLaMA config: {m}")))?;
+    fn new(config: &LlamaConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::check(config)?;
         let m = vb.pp("model");
         let embed_tokens = Embedding::new(
             &EmbeddingConfig {
@@ -297,7 +307,7 @@ impl Llama {
 
     /// HF LLaMA checkpoints need no renaming; a tied head's `lm_head.weight` copy
     /// and the old `rotary_emb.inv_freq` buffers are dropped.
-    pub fn weight_map(config: &LlamaConfig) -> WeightMap {
+    fn weight_map(config: &LlamaConfig) -> WeightMap {
         let map = WeightMap::new().ignore(r"\.rotary_emb\.inv_freq$");
         if config.tie_word_embeddings {
             map.ignore(r"^lm_head\.weight$")
@@ -305,67 +315,35 @@ impl Llama {
             map
         }
     }
+}
 
-    /// Loads a HF LLaMA checkpoint strictly (see [`crate::gpt2::Gpt2::load`]).
-    pub fn load(config: &LlamaConfig, checkpoint: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
-        let checkpoint = checkpoint.as_ref();
-        let tensors = checkpoint::read_checkpoint(checkpoint, device)?;
-        Self::from_tensors(config, tensors, checkpoint, dtype, device)
-    }
-
-    pub fn from_tensors(
-        config: &LlamaConfig,
-        tensors: std::collections::BTreeMap<String, Tensor>,
-        origin: impl AsRef<Path>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        config
-            .validate()
-            .map_err(|m| Error::config(origin.as_ref(), format!("LLaMA config: {m}")))?;
-        checkpoint::load_strict(
-            Family::Llama,
-            tensors,
-            origin.as_ref(),
-            &Self::weight_map(config),
-            dtype,
-            device,
-            &config.summary(),
-            |vb| Self::new(config, vb),
-        )
-    }
-
+impl Llama {
+    /// The configuration the model was built with.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
     }
 
-    /// The final hidden states `[batch, seq, hidden_size]` (after `model.norm`).
-    pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        let (_, seq) = ids.dims2().map_err(|_| {
-            candle_core::Error::Msg(format!(
-                "LLaMA: token ids must be [batch, seq], got shape {:?}",
-                ids.dims()
-            ))
-        })?;
-        let offset = check_cache(&cache, self.layers.len())?;
-        if offset + seq > self.config.max_position_embeddings {
-            candle_core::bail!(
-                "LLaMA: a sequence of {} tokens{} is longer than max_position_embeddings {} (the rotary tables end there)",
-                offset + seq,
-                if offset > 0 {
-                    format!(" ({offset} cached + {seq} new)")
-                } else {
-                    String::new()
-                },
-                self.config.max_position_embeddings
-            )
-        }
+    /// The final hidden states `[batch, seq, hidden_size]` (after `model.norm`), in
+    /// inference, continuing from what `cache` holds (one [`KvCache`] per layer).
+    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
+        self.hidden_t(ids, cache, false)
+    }
+
+    /// Logits `[batch, seq, vocab_size]`, in inference (`forward_t(ids, true)` trains).
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
+        self.lm_head.forward(&self.hidden_t(ids, cache, false)?)
+    }
+
+    fn hidden_t(&self, ids: &Tensor, mut cache: Option<&mut [KvCache]>, train: bool) -> candle_core::Result<Tensor> {
+        let limit = self.config.max_position_embeddings;
+        let table = format!("max_position_embeddings {limit} (the rotary tables end there)");
+        let (seq, offset) = decoder_positions("LLaMA", ids, &cache, self.layers.len(), limit, &table)?;
         let mut x = self.embed_tokens.forward(ids)?;
         if replica_check::trace::is_active() {
             self.trace_rotary_tables(seq, offset, x.dtype())?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, None, cache.as_mut().map(|c| &mut c[i]))?;
+            x = in_mode(layer, train).forward(&x, None, cache.as_mut().map(|c| &mut c[i]))?;
         }
         let x = self.norm.forward(&x)?;
         replica_check::tap("model:last_hidden_state", &x);
@@ -383,11 +361,13 @@ impl Llama {
         replica_check::tap_tuple("model.rotary_emb", &[&twice(&cos)?, &twice(&sin)?]);
         Ok(())
     }
+}
 
-    /// Logits `[batch, seq, vocab_size]`.
-    pub fn forward(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        let hidden = self.forward_hidden(ids, cache)?;
-        self.lm_head.forward(&hidden)
+impl ModuleT for Llama {
+    /// Logits `[batch, seq, vocab_size]` for token ids `[batch, seq]`; `train` turns
+    /// attention dropout on.
+    fn forward_t(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.lm_head.forward(&self.hidden_t(ids, None, train)?)
     }
 }
 

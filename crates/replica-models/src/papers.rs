@@ -16,12 +16,14 @@ pub const GPT2: Paper = Paper {
 pub const GPT2_REPORT: &str =
     "https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf";
 
+/// The LLaMA decoder (RMSNorm, RoPE, SwiGLU).
 pub const LLAMA: Paper = Paper {
     title: "LLaMA: Open and Efficient Foundation Language Models",
     arxiv: "2302.13971",
     year: 2023,
 };
 
+/// The BERT encoder.
 pub const BERT: Paper = Paper {
     title: "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding",
     arxiv: "1810.04805",

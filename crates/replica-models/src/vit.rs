@@ -9,9 +9,7 @@
 //! `blocks.0.ls1`, `fc_norm`, ...), so a timm checkpoint loads as it is and traces
 //! line up with timm's forward hooks.
 
-use std::path::Path;
-
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{ModuleT, Tensor, D};
 use candle_nn::VarBuilder;
 use replica_blocks::attention::AttentionConfig;
 use replica_blocks::dropout::Dropout;
@@ -20,13 +18,13 @@ use replica_blocks::{
     LinearConfig, MlpConfig, MlpNames, NormKind, PatchEmbed, PatchEmbedConfig, ResidualLayout, Size2, TransformerBlock,
     TransformerBlockConfig,
 };
-use replica_check::WeightMap;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::checkpoint::{self, Family};
-use crate::config::{parse_config, positive};
-use crate::{Error, Result};
+use crate::architecture::in_mode;
+use crate::config::positive;
+use crate::registry::Preset;
+use crate::{Architecture, Family, ModelConfig};
 
 fn yes() -> bool {
     true
@@ -65,30 +63,40 @@ fn default_norm_eps() -> f64 {
 /// The keyword arguments of timm's `VisionTransformer(...)`, with its defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VitConfig {
+    /// The input images' height and width.
     #[serde(default = "default_img_size")]
     pub img_size: Size2,
+    /// The patches' height and width.
     #[serde(default = "default_patch_size")]
     pub patch_size: Size2,
+    /// Channels of the input images.
     #[serde(default = "default_in_chans")]
     pub in_chans: usize,
     /// Classes of the head; 0: no head (`forward` returns the pooled features).
     #[serde(default = "default_num_classes")]
     pub num_classes: usize,
+    /// The width of the token sequence.
     #[serde(default = "default_embed_dim")]
     pub embed_dim: usize,
+    /// Transformer blocks.
     #[serde(default = "default_depth")]
     pub depth: usize,
+    /// Attention heads per block.
     #[serde(default = "default_num_heads")]
     pub num_heads: usize,
+    /// The MLP's hidden width over `embed_dim`.
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: f64,
+    /// A bias on the fused `qkv` projection.
     #[serde(default = "yes")]
     pub qkv_bias: bool,
+    /// LayerNorm on the queries and keys of each head.
     #[serde(default)]
     pub qk_norm: bool,
     /// LayerScale's initial value (`None`: off).
     #[serde(default)]
     pub init_values: Option<f64>,
+    /// A learned class token before the patches.
     #[serde(default = "yes")]
     pub class_token: bool,
     /// `token` (the class token's output) or `avg` (mean over the patch tokens).
@@ -100,10 +108,13 @@ pub struct VitConfig {
     /// A norm before the blocks (CLIP-style).
     #[serde(default)]
     pub pre_norm: bool,
+    /// Position embeddings for the patches only; not implemented.
     #[serde(default)]
     pub no_embed_class: bool,
+    /// Register tokens; only 0 is implemented.
     #[serde(default)]
     pub reg_tokens: usize,
+    /// Images of other sizes, positions interpolated; not implemented.
     #[serde(default)]
     pub dynamic_img_size: bool,
     /// Not a timm argument: the LayerNorm eps (timm builds its norms with 1e-6).
@@ -114,35 +125,8 @@ pub struct VitConfig {
     pub act_layer: Activation,
 }
 
-impl crate::config::ModelConfig for VitConfig {
-    const NOT_USED: &'static [&'static str] = &[];
-
-    fn check(&self) -> std::result::Result<(), String> {
-        self.validate()
-    }
-}
-
-impl Default for VitConfig {
-    fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("every field has a default")
-    }
-}
-
-impl VitConfig {
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let config: Self = crate::config::read_config(path)?;
-        config.validate().map_err(|m| Error::config(path, m))?;
-        Ok(config)
-    }
-
-    pub fn from_value(value: &Value, origin: impl AsRef<Path>) -> Result<Self> {
-        let config: Self = parse_config(value, &origin)?;
-        config.validate().map_err(|m| Error::config(origin, m))?;
-        Ok(config)
-    }
-
-    pub fn validate(&self) -> std::result::Result<(), String> {
+impl ModelConfig for VitConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
         positive(&[
             ("img_size", self.img_size.height.min(self.img_size.width)),
             ("patch_size", self.patch_size.height.min(self.patch_size.width)),
@@ -187,7 +171,16 @@ impl VitConfig {
         }
         Ok(())
     }
+}
 
+impl Default for VitConfig {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("every field has a default")
+    }
+}
+
+impl VitConfig {
+    /// Patches per column and per row.
     pub fn grid(&self) -> Size2 {
         Size2::new(
             self.img_size.height / self.patch_size.height,
@@ -201,6 +194,7 @@ impl VitConfig {
         grid.height * grid.width + usize::from(self.class_token)
     }
 
+    /// The MLP's hidden width, `embed_dim * mlp_ratio`.
     pub fn mlp_hidden(&self) -> usize {
         (self.embed_dim as f64 * self.mlp_ratio) as usize
     }
@@ -240,20 +234,6 @@ impl VitConfig {
             names: BlockNames::timm(),
         }
     }
-
-    fn summary(&self) -> String {
-        format!(
-            "img_size {}x{}, patch_size {}x{}, embed_dim {}, depth {}, num_heads {}, num_classes {}",
-            self.img_size.height,
-            self.img_size.width,
-            self.patch_size.height,
-            self.patch_size.width,
-            self.embed_dim,
-            self.depth,
-            self.num_heads,
-            self.num_classes
-        )
-    }
 }
 
 /// timm's `VisionTransformer`.
@@ -272,12 +252,55 @@ pub struct Vit {
     config: VitConfig,
 }
 
-impl Vit {
-    /// Builds the model under `vb` (the checkpoint's root).
-    pub fn new(config: &VitConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        config
-            .validate()
-            .map_err(|m| candle_core::Error::Msg(format!("ViT config: {m}")))?;
+fn vit_config(embed_dim: usize, depth: usize, num_heads: usize) -> Value {
+    json!({
+        "img_size": 224, "patch_size": 16, "in_chans": 3, "num_classes": 1000, "embed_dim": embed_dim,
+        "depth": depth, "num_heads": num_heads, "mlp_ratio": 4.0, "qkv_bias": true, "class_token": true,
+        "global_pool": "token",
+    })
+}
+
+impl Architecture for Vit {
+    type Config = VitConfig;
+
+    const FAMILY: Family = Family {
+        name: "ViT",
+        reference: "timm.models.vision_transformer.VisionTransformer",
+        paper: replica_blocks::papers::VIT,
+        checkpoint_naming: "timm vit_*: cls_token, pos_embed, patch_embed.proj, \
+                            blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}, norm, head",
+        signature: r"^blocks\.\d+\.attn\.qkv\.weight$",
+        example_tensor: "blocks.0.attn.qkv.weight",
+    };
+
+    const PRESETS: &'static [Preset] = &[
+        Preset {
+            name: "vit_tiny_patch16_224",
+            paper: replica_blocks::papers::VIT,
+            checkpoint: "timm vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+            description: "ViT-Ti/16 at 224x224: 12 blocks, 192 wide, 3 heads, ImageNet-1k head",
+            config: || vit_config(192, 12, 3),
+        },
+        Preset {
+            name: "vit_small_patch16_224",
+            paper: replica_blocks::papers::VIT,
+            checkpoint: "timm vit_small_patch16_224.augreg_in21k_ft_in1k",
+            description: "ViT-S/16 at 224x224: 12 blocks, 384 wide, 6 heads, ImageNet-1k head",
+            config: || vit_config(384, 12, 6),
+        },
+        Preset {
+            name: "vit_base_patch16_224",
+            paper: replica_blocks::papers::VIT,
+            checkpoint: "timm vit_base_patch16_224.augreg2_in21k_ft_in1k",
+            description: "ViT-B/16 at 224x224: 12 blocks, 768 wide, 12 heads, ImageNet-1k head",
+            config: || vit_config(768, 12, 12),
+        },
+    ];
+
+    /// Builds the model under `vb` (the checkpoint's root). timm checkpoints need
+    /// no renaming: the default weight map.
+    fn new(config: &VitConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::check(config)?;
         let patch_embed = PatchEmbed::new(
             &PatchEmbedConfig {
                 img_size: Some(config.img_size),
@@ -313,48 +336,37 @@ impl Vit {
             config: config.clone(),
         })
     }
+}
 
-    /// timm checkpoints need no renaming.
-    pub fn weight_map() -> WeightMap {
-        WeightMap::new()
-    }
-
-    /// Loads a timm `vit_*` checkpoint strictly (see [`crate::gpt2::Gpt2::load`]).
-    pub fn load(config: &VitConfig, checkpoint: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
-        let checkpoint = checkpoint.as_ref();
-        let tensors = checkpoint::read_checkpoint(checkpoint, device)?;
-        Self::from_tensors(config, tensors, checkpoint, dtype, device)
-    }
-
-    pub fn from_tensors(
-        config: &VitConfig,
-        tensors: std::collections::BTreeMap<String, Tensor>,
-        origin: impl AsRef<Path>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        config
-            .validate()
-            .map_err(|m| Error::config(origin.as_ref(), format!("ViT config: {m}")))?;
-        checkpoint::load_strict(
-            Family::Vit,
-            tensors,
-            origin.as_ref(),
-            &Self::weight_map(),
-            dtype,
-            device,
-            &config.summary(),
-            |vb| Self::new(config, vb),
-        )
-    }
-
+impl Vit {
+    /// The configuration the model was built with.
     pub fn config(&self) -> &VitConfig {
         &self.config
     }
 
     /// The token sequence after the final norm, `[batch, tokens, embed_dim]`
-    /// (timm's `forward_features`), for images `[batch, in_chans, height, width]`.
+    /// (timm's `forward_features`), for images `[batch, in_chans, height, width]`, in inference.
     pub fn forward_features(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+        self.features_t(images, false)
+    }
+
+    /// Pooling, `fc_norm` and the head: `[batch, tokens, embed_dim]` to logits
+    /// `[batch, num_classes]` (the pooled features when there is no head), in inference.
+    pub fn forward_head(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+        self.head_t(features, false)
+    }
+
+    /// Classification logits `[batch, num_classes]`, in inference (`forward_t(images, true)` trains).
+    pub fn forward(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_t(images, false)
+    }
+
+    /// The class probabilities (softmax over the logits), in inference.
+    pub fn predict(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::softmax(&self.forward(images)?, D::Minus1)
+    }
+
+    fn features_t(&self, images: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let x = self.patch_embed.forward(images).map_err(|e| {
             candle_core::Error::Msg(format!(
                 "ViT ({}x{} images, {}x{} patches): {e}",
@@ -369,7 +381,7 @@ impl Vit {
             None => x,
         };
         let x = x.broadcast_add(&self.pos_embed.to_dtype(x.dtype())?)?;
-        let x = self.pos_drop.forward_t(&x, false)?;
+        let x = self.pos_drop.forward_t(&x, train)?;
         replica_check::tap("patch_drop", &x);
         let mut x = match &self.norm_pre {
             Some(norm) => norm.forward(&x)?,
@@ -379,7 +391,7 @@ impl Vit {
             }
         };
         for block in &self.blocks {
-            x = block.forward(&x, None, None)?;
+            x = in_mode(block, train).forward(&x, None, None)?;
         }
         replica_check::tap("blocks", &x);
         match &self.norm {
@@ -391,9 +403,7 @@ impl Vit {
         }
     }
 
-    /// Pooling, `fc_norm` and the head: `[batch, tokens, embed_dim]` to logits
-    /// `[batch, num_classes]` (the pooled features when there is no head).
-    pub fn forward_head(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+    fn head_t(&self, features: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let pooled = match self.config.global_pool.as_str() {
             "avg" => {
                 let prefix = usize::from(self.config.class_token);
@@ -409,7 +419,7 @@ impl Vit {
                 pooled
             }
         };
-        let pooled = self.head_drop.forward_t(&pooled, false)?;
+        let pooled = self.head_drop.forward_t(&pooled, train)?;
         match &self.head {
             Some(head) => head.forward(&pooled),
             None => {
@@ -418,14 +428,13 @@ impl Vit {
             }
         }
     }
+}
 
-    /// Classification logits `[batch, num_classes]`.
-    pub fn forward(&self, images: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_head(&self.forward_features(images)?)
-    }
-
-    /// The class probabilities (softmax over the logits).
-    pub fn predict(&self, images: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::softmax(&self.forward(images)?, D::Minus1)
+impl ModuleT for Vit {
+    /// Classification logits `[batch, num_classes]` for images `[batch, in_chans,
+    /// height, width]`. `train` reaches every dropout, all at timm's default rate 0
+    /// (`VitConfig` has no drop rates), so training computes what eval does.
+    fn forward_t(&self, images: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.head_t(&self.features_t(images, train)?, train)
     }
 }

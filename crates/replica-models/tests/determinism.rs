@@ -25,7 +25,7 @@ use std::process::Command;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use replica_check::{compare, Tolerance};
-use replica_models::{Bert, BertConfig, Gpt2, Gpt2Config};
+use replica_models::{Architecture, Bert, BertConfig, Gpt2, Gpt2Config, ModelConfig};
 
 /// Set in the child: where it writes its logits.
 const OUT_ENV: &str = "REPLICA_DETERMINISM_OUT";

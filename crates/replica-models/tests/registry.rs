@@ -1,10 +1,10 @@
 //! The model registry: named presets with their papers and checkpoint naming,
 //! `list_models` with a glob, `create_model` with overrides, `load_model`.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use replica_models::registry::{self, create_model, list_models, PRESETS};
-use replica_models::{BertConfig, Family, Gpt2Config, LlamaConfig, VitConfig};
+use replica_models::registry::{self, create_model, list_models, model_config, Registry, MODELS};
+use replica_models::{BertConfig, Gpt2, Gpt2Config, ModelConfig, Vit, VitConfig};
 use serde_json::{json, Value};
 
 #[test]
@@ -29,7 +29,7 @@ fn the_issue_presets_are_registered() {
 
 #[test]
 fn every_preset_cites_its_paper_and_names_its_checkpoint() {
-    for preset in PRESETS {
+    for (descriptor, preset) in Registry(MODELS).presets() {
         assert!(
             !preset.paper.arxiv.is_empty() && !preset.paper.title.is_empty(),
             "{}",
@@ -40,16 +40,19 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
             "{}",
             preset.name
         );
-        assert!(preset.checkpoint_naming().len() > 20, "{}", preset.name);
-        let origin = preset.name;
-        let config = preset.config();
-        // Every preset's config is complete and consistent for its family.
-        match preset.family {
-            Family::Gpt2 => drop(Gpt2Config::from_value(&config, origin).unwrap()),
-            Family::Vit => drop(VitConfig::from_value(&config, origin).unwrap()),
-            Family::Llama => drop(LlamaConfig::from_value(&config, origin).unwrap()),
-            Family::Bert => drop(BertConfig::from_value(&config, origin).unwrap()),
-        }
+        assert!(descriptor.family.checkpoint_naming.len() > 20, "{}", preset.name);
+        assert!(
+            regex::Regex::new(descriptor.family.signature)
+                .unwrap()
+                .is_match(descriptor.family.example_tensor),
+            "{}",
+            preset.name
+        );
+    }
+    assert_eq!(registry::presets().count(), 8);
+    // Every preset's config is complete and consistent for its model.
+    for name in list_models("") {
+        model_config(name, &Value::Null).unwrap();
     }
     assert_eq!(registry::preset("gpt2").unwrap().paper.arxiv, "2005.14165");
     assert_eq!(
@@ -98,7 +101,8 @@ fn create_model_builds_a_trainable_model_with_overrides() {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let overrides = json!({"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 100, "n_positions": 16});
     let model = create_model("gpt2", &overrides, vb).unwrap();
-    let gpt2 = model.as_gpt2().unwrap();
+    assert!(model.downcast_ref::<Vit>().is_none());
+    let gpt2 = model.downcast_ref::<Gpt2>().unwrap();
     assert_eq!(gpt2.config().n_embd, 64);
     // Every parameter is a variable to train: wte, wpe, 2 x 12 block tensors, ln_f (tied head).
     assert_eq!(varmap.all_vars().len(), 2 + 2 * 12 + 2);
@@ -132,7 +136,8 @@ fn create_model_builds_vit_tiny_at_its_real_size() {
         "timm's vit_tiny_patch16_224 has 5,717,416 parameters"
     );
     let images = Tensor::randn(0f32, 1.0, (1, 3, 224, 224), &Device::Cpu).unwrap();
-    let vit = model.as_vit().unwrap();
+    let vit = model.downcast_ref::<Vit>().unwrap();
+    assert_eq!(model.forward_t(&images, false).unwrap().dims(), [1, 1000]);
     assert_eq!(vit.forward(&images).unwrap().dims(), [1, 1000]);
     assert_eq!(vit.forward_features(&images).unwrap().dims(), [1, 197, 192]);
 }

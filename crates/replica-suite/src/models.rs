@@ -15,7 +15,7 @@ use replica_check::{Bundle, Case, Namespace, Parity, Report, TraceReport, Unmatc
 use replica_models::config::bundle_config;
 use replica_models::generation::{generate_greedy, CausalLm, GenerateOptions};
 use replica_models::papers::{BERT, GPT2, LLAMA};
-use replica_models::{Bert, Error, Gpt2, Llama, Result, Vit};
+use replica_models::{Architecture, Bert, Error, Gpt2, Llama, Result, Vit};
 
 use crate::case;
 
@@ -63,20 +63,14 @@ struct ModelIo {
 /// A model built from the bundle: its config read strictly, its weights from `params`.
 type Load<M> = fn(&Bundle, BTreeMap<String, Tensor>, DType, &Device) -> Result<M>;
 
-fn gpt2(bundle: &Bundle, params: BTreeMap<String, Tensor>, dtype: DType, device: &Device) -> Result<Gpt2> {
-    Gpt2::from_tensors(&bundle_config(bundle)?, params, bundle.origin(), dtype, device)
-}
-
-fn llama(bundle: &Bundle, params: BTreeMap<String, Tensor>, dtype: DType, device: &Device) -> Result<Llama> {
-    Llama::from_tensors(&bundle_config(bundle)?, params, bundle.origin(), dtype, device)
-}
-
-fn vit(bundle: &Bundle, params: BTreeMap<String, Tensor>, dtype: DType, device: &Device) -> Result<Vit> {
-    Vit::from_tensors(&bundle_config(bundle)?, params, bundle.origin(), dtype, device)
-}
-
-fn bert(bundle: &Bundle, params: BTreeMap<String, Tensor>, dtype: DType, device: &Device) -> Result<Bert> {
-    Bert::from_tensors(&bundle_config(bundle)?, params, bundle.origin(), dtype, device)
+/// [`Load`] for every architecture.
+fn load<A: Architecture>(
+    bundle: &Bundle,
+    params: BTreeMap<String, Tensor>,
+    dtype: DType,
+    device: &Device,
+) -> Result<A> {
+    A::from_tensors(&bundle_config(bundle)?, params, bundle.origin(), dtype, device)
 }
 
 /// The device the bundle's tensors are on.
@@ -119,7 +113,9 @@ pub fn gpt2_parity(bundle: &Bundle) -> Result<ModelParity> {
         ties: &[("lm_head.weight", "transformer.wte.weight")],
         unmatched: Unmatched::NONE,
     };
-    check_model(bundle, &IO, gpt2, |model, ids| Ok(vec![model.forward(&ids[0], None)?]))
+    check_model(bundle, &IO, load::<Gpt2>, |model, ids| {
+        Ok(vec![model.forward(&ids[0], None)?])
+    })
 }
 
 /// HF `LlamaForCausalLM` with grouped-query attention: logits and every block's activation.
@@ -130,7 +126,9 @@ pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
         ties: &[],
         unmatched: Unmatched::NONE,
     };
-    check_model(bundle, &IO, llama, |model, ids| Ok(vec![model.forward(&ids[0], None)?]))
+    check_model(bundle, &IO, load::<Llama>, |model, ids| {
+        Ok(vec![model.forward(&ids[0], None)?])
+    })
 }
 
 /// timm `VisionTransformer`: classification logits and every block's activation.
@@ -141,7 +139,9 @@ pub fn vit_parity(bundle: &Bundle) -> Result<ModelParity> {
         ties: &[],
         unmatched: Unmatched::NONE,
     };
-    check_model(bundle, &IO, vit, |model, images| Ok(vec![model.forward(&images[0])?]))
+    check_model(bundle, &IO, load::<Vit>, |model, images| {
+        Ok(vec![model.forward(&images[0])?])
+    })
 }
 
 /// HF `BertModel` on a ragged, padded batch with two segments: the last hidden
@@ -161,7 +161,7 @@ pub fn bert_parity(bundle: &Bundle) -> Result<ModelParity> {
             reference_only: &["encoder.layer.0.attention.self:0", "encoder.layer.1.attention.self:0"],
         },
     };
-    check_model(bundle, &IO, bert, |model, inputs| {
+    check_model(bundle, &IO, load::<Bert>, |model, inputs| {
         let output = model.forward(&inputs[0], Some(&inputs[1]), Some(&inputs[2]))?;
         let pooled = output
             .pooler_output
@@ -205,10 +205,10 @@ fn check_generation<M: CausalLm>(bundle: &Bundle, load: Load<M>) -> Result<Repor
 
 /// GPT-2: 20 greedy tokens, identical to HF's, with and without the cache.
 pub fn gpt2_generate(bundle: &Bundle) -> Result<Report> {
-    check_generation(bundle, gpt2)
+    check_generation(bundle, load::<Gpt2>)
 }
 
 /// LLaMA (GQA, RoPE): 20 greedy tokens, identical to HF's, with and without the cache.
 pub fn llama_generate(bundle: &Bundle) -> Result<Report> {
-    check_generation(bundle, llama)
+    check_generation(bundle, load::<Llama>)
 }

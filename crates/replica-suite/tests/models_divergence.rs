@@ -5,7 +5,9 @@
 use candle_core::{DType, Device, Tensor};
 use replica_check::{Bundle, Namespace, Tolerance, TraceReport, WeightMap};
 use replica_models::divergence;
-use replica_models::{Bert, BertConfig, Gpt2, Gpt2Config, Llama, LlamaConfig, Vit, VitConfig};
+use replica_models::{
+    Architecture, Bert, BertConfig, Gpt2, Gpt2Config, Llama, LlamaConfig, ModelConfig, Vit, VitConfig,
+};
 use replica_suite::fixtures_dir;
 
 fn bundle(name: &str) -> Bundle {

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device};
 use replica_models::registry::{load_model, model_config};
-use replica_models::Family;
+use replica_models::{Architecture, Llama};
 use replica_suite::fixtures_dir;
 use serde_json::{json, Value};
 
@@ -14,7 +14,7 @@ fn load_model_reads_a_checkpoint_into_a_preset() {
     // The tiny fixture is `llama-tiny` with its sizes overridden.
     let overrides = bundle.metadata().config.clone();
     let model = load_model("llama-tiny", &overrides, &fixture, DType::F32, &Device::Cpu).unwrap();
-    assert_eq!(model.family(), Family::Llama);
+    assert_eq!(model.family(), Llama::FAMILY);
     let config = model_config("llama-tiny", &json!({"num_hidden_layers": 3})).unwrap();
     assert_eq!(config["num_hidden_layers"], 3);
     assert_eq!(config["hidden_size"], 288);
