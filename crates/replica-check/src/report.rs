@@ -125,15 +125,7 @@ impl Report {
 
     /// One row per tensor: shape, differences, cosine, noise multiple, verdict.
     pub fn table(&self) -> Table {
-        let mut table = Table::new(&[
-            "tensor",
-            "shape",
-            "max abs diff",
-            "max rel diff",
-            "cosine",
-            "noise x",
-            "verdict",
-        ]);
+        let mut table = Table::new(&[&["tensor"][..], &COMPARISON_HEADERS].concat());
         for row in &self.rows {
             table.push(comparison_cells(&row.name, &row.comparison));
         }
@@ -149,6 +141,9 @@ fn missing_reference(actual: &Tensor, why: &str, tolerance: Tolerance) -> Compar
     comparison.cosine = None;
     comparison
 }
+
+/// The columns of [`comparison_cells`], after the name.
+const COMPARISON_HEADERS: [&str; 6] = ["shape", "max abs diff", "max rel diff", "cosine", "noise x", "verdict"];
 
 /// The verdict cell of one comparison: `ok`, or what kind of failure.
 pub fn verdict_cell(c: &Comparison) -> String {
@@ -325,16 +320,7 @@ impl TraceReport {
 
     /// One row per recorded module, in execution order.
     pub fn table(&self) -> Table {
-        let mut table = Table::new(&[
-            "#",
-            "module",
-            "shape",
-            "max abs diff",
-            "max rel diff",
-            "cosine",
-            "noise x",
-            "verdict",
-        ]);
+        let mut table = Table::new(&[&["#", "module"][..], &COMPARISON_HEADERS].concat());
         for (i, row) in self.rows.iter().enumerate() {
             let mut cells = match &row.comparison {
                 Some(c) => comparison_cells(&row.path, c),
