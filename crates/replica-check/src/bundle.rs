@@ -51,6 +51,7 @@ impl Namespace {
         Namespace::InputGrad,
     ];
 
+    /// Every namespace, in the order keys are matched.
     pub const ALL: [Namespace; 7] = [
         Namespace::Param,
         Namespace::Input,
@@ -61,6 +62,7 @@ impl Namespace {
         Namespace::InputGrad,
     ];
 
+    /// The key prefix, e.g. `grad/param/`.
     pub fn prefix(self) -> &'static str {
         match self {
             Namespace::Param => "param/",
@@ -91,7 +93,9 @@ impl fmt::Display for Namespace {
 /// The library that computed the reference tensors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Producer {
+    /// The library, e.g. `torch`.
     pub name: String,
+    /// Its version.
     pub version: String,
     /// Further libraries and versions, e.g. `"transformers": "4.46.0"`.
     #[serde(flatten)]
@@ -101,18 +105,26 @@ pub struct Producer {
 /// The JSON metadata of a bundle (see `docs/bundle-format.md`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BundleMetadata {
+    /// The format version, [`FORMAT_VERSION`].
     pub format_version: u64,
+    /// What was captured: the reference class or a free label.
     pub component: String,
+    /// The configuration the component was built with (e.g. a HF `config.json`).
     pub config: Value,
+    /// The library that computed the tensors.
     pub producer: Producer,
+    /// The dtype the component ran in (`float32`, `float16`, `bfloat16`, `float64`).
     pub dtype: String,
+    /// The seed of the weights, inputs and upstream gradients.
     pub seed: Option<u64>,
     /// Activation names in the order the forward pass produced them.
     #[serde(default)]
     pub activations: Vec<String>,
     #[serde(default)]
+    /// Input names in call order.
     pub inputs: Vec<String>,
     #[serde(default)]
+    /// Output names in return order.
     pub outputs: Vec<String>,
     /// Whether the bundle holds a float64 shadow of the reference, or why not
     /// (absent in bundles written before shadows existed).
@@ -129,8 +141,10 @@ pub struct BundleMetadata {
 #[serde(deny_unknown_fields)]
 pub struct ShadowInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `float64` when the bundle holds shadow tensors.
     pub dtype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why the bundle holds no shadow.
     pub skipped: Option<String>,
 }
 
@@ -151,6 +165,7 @@ impl ShadowInfo {
         }
     }
 
+    /// Whether the bundle holds a float64 shadow.
     pub fn is_present(&self) -> bool {
         self.dtype.as_deref() == Some("float64")
     }
@@ -265,6 +280,7 @@ pub struct Bundle {
 }
 
 impl Bundle {
+    /// An empty bundle with `metadata`, to fill with [`insert`](Self::insert) and save.
     pub fn new(metadata: BundleMetadata) -> Self {
         Self {
             origin: PathBuf::from("<memory>"),
@@ -396,6 +412,7 @@ impl Bundle {
         self.shadows.values().any(|m| !m.is_empty())
     }
 
+    /// The bundle's metadata.
     pub fn metadata(&self) -> &BundleMetadata {
         &self.metadata
     }
@@ -405,6 +422,7 @@ impl Bundle {
         &self.origin
     }
 
+    /// Whether the bundle holds `ns`/`name`.
     pub fn contains(&self, ns: Namespace, name: &str) -> bool {
         self.tensors.get(&ns).is_some_and(|m| m.contains_key(name))
     }
@@ -435,30 +453,37 @@ impl Bundle {
         })
     }
 
+    /// The `param/` tensor `name`.
     pub fn param(&self, name: &str) -> Result<&Tensor> {
         self.get(Namespace::Param, name)
     }
 
+    /// The `input/` tensor `name`.
     pub fn input(&self, name: &str) -> Result<&Tensor> {
         self.get(Namespace::Input, name)
     }
 
+    /// The `output/` tensor `name`.
     pub fn output(&self, name: &str) -> Result<&Tensor> {
         self.get(Namespace::Output, name)
     }
 
+    /// The `act/` tensor at module path `path`.
     pub fn activation(&self, path: &str) -> Result<&Tensor> {
         self.get(Namespace::Activation, path)
     }
 
+    /// The `grad/param/` tensor `name`.
     pub fn param_grad(&self, name: &str) -> Result<&Tensor> {
         self.get(Namespace::ParamGrad, name)
     }
 
+    /// The `grad/input/` tensor `name`.
     pub fn input_grad(&self, name: &str) -> Result<&Tensor> {
         self.get(Namespace::InputGrad, name)
     }
 
+    /// The `grad/output/` tensor `name` (the seeded upstream gradient).
     pub fn output_grad(&self, name: &str) -> Result<&Tensor> {
         self.get(Namespace::OutputGrad, name)
     }
@@ -636,7 +661,9 @@ fn validate_names<'a>(
 /// them, without reading a tensor: what `replica inspect` shows of a large file.
 #[derive(Clone, Debug)]
 pub struct BundleOutline {
+    /// The bundle's metadata.
     pub metadata: BundleMetadata,
+    /// The tensor names of each namespace.
     pub names: BTreeMap<Namespace, Vec<String>>,
     /// The names of the shadowed tensors, by namespace.
     pub shadows: BTreeMap<Namespace, Vec<String>>,

@@ -11,10 +11,13 @@ use crate::Tolerance;
 /// One element of the compared pair, located by its N-d index.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Element {
+    /// The N-d index.
     pub index: Vec<usize>,
     #[serde(with = "crate::float_json")]
+    /// The value on the checked side.
     pub actual: f64,
     #[serde(with = "crate::float_json")]
+    /// The reference's value.
     pub expected: f64,
 }
 
@@ -22,19 +25,25 @@ pub struct Element {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Extreme {
     #[serde(with = "crate::float_json")]
+    /// The measure's value there.
     pub value: f64,
+    /// The element where it occurs.
     pub at: Element,
 }
 
 /// Counts of non-finite values on one side of a comparison.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NonFinite {
+    /// NaN values.
     pub nan: usize,
+    /// +inf values.
     pub pos_inf: usize,
+    /// -inf values.
     pub neg_inf: usize,
 }
 
 impl NonFinite {
+    /// How many values are not finite.
     pub fn total(&self) -> usize {
         self.nan + self.pos_inf + self.neg_inf
     }
@@ -59,26 +68,39 @@ impl NonFinite {
 /// [`integers`](Self::integers) holds their worst values unrounded.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
+    /// The checked tensor's shape.
     pub actual_shape: Vec<usize>,
+    /// The reference's shape.
     pub expected_shape: Vec<usize>,
+    /// The checked tensor's dtype (as stored, for tensors read from files).
     pub actual_dtype: String,
+    /// The reference's dtype.
     pub expected_dtype: String,
+    /// The tolerance the elements were held to.
     pub tolerance: Tolerance,
     /// Why the pair fails before any element is looked at (shape or dtype disagreement).
     pub incompatible: Option<String>,
+    /// How many elements the reference has.
     pub elements: usize,
+    /// How many elements fail the tolerance.
     pub mismatched: usize,
     /// The first failing element in row-major order.
     pub first_mismatch: Option<Element>,
+    /// The greatest `|actual - expected|`.
     pub max_abs_diff: Option<Extreme>,
+    /// The greatest `|actual - expected| / |expected|`.
     pub max_rel_diff: Option<Extreme>,
     #[serde(with = "crate::float_json")]
+    /// The mean of `|actual - expected|` over finite pairs.
     pub mean_abs_error: f64,
     #[serde(with = "crate::float_json")]
+    /// The root mean square of `actual - expected` over finite pairs.
     pub rms_error: f64,
     /// Cosine similarity of the two tensors as flat vectors; 1 when both are all zero.
     pub cosine: Option<f64>,
+    /// Non-finite values on the checked side.
     pub actual_nonfinite: NonFinite,
+    /// Non-finite values in the reference.
     pub expected_nonfinite: NonFinite,
     /// The port's error against the reference's float64 shadow, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +136,7 @@ impl Comparison {
         self.noise.as_ref().map(|n| n.multiple)
     }
 
+    /// The failing share of the elements, in percent.
     pub fn mismatched_percent(&self) -> f64 {
         if self.elements == 0 {
             0.0
@@ -264,7 +287,9 @@ pub struct ExactIntegers {
 /// One element's values, exactly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExactPair {
+    /// The value on the checked side.
     pub actual: i128,
+    /// The reference's value.
     pub expected: i128,
 }
 
@@ -290,11 +315,13 @@ pub struct Noise {
     #[serde(with = "crate::float_json")]
     pub reference_rms: f64,
     #[serde(with = "crate::float_json")]
+    /// The greatest absolute error of the reference against the shadow.
     pub reference_max: f64,
     /// RMS and greatest absolute error of the port against the shadow.
     #[serde(with = "crate::float_json")]
     pub port_rms: f64,
     #[serde(with = "crate::float_json")]
+    /// The greatest absolute error of the port against the shadow.
     pub port_max: f64,
     /// Where the port is furthest from the shadow.
     pub port_max_at: Vec<usize>,
@@ -304,6 +331,7 @@ pub struct Noise {
     #[serde(with = "crate::float_json")]
     pub floor_rms: f64,
     #[serde(with = "crate::float_json")]
+    /// The floor of the reference's greatest error (see `floor_rms`).
     pub floor_max: f64,
     /// max(port RMS / reference RMS, port max / reference max), each reference
     /// error raised to its floor.

@@ -87,6 +87,7 @@ pub fn is_bookkeeping(name: &str, value: &Value) -> bool {
 /// A config read into `T`, with the fields it left unread that are allowed to be.
 #[derive(Clone, Debug)]
 pub struct ConfigRead<T> {
+    /// The config, as the component reads it.
     pub config: T,
     /// Bookkeeping fields and fields not used by this component, sorted.
     pub unused: Vec<String>,

@@ -63,6 +63,7 @@ mod imp {
 }
 
 impl RemoveOnSignal {
+    /// Registers `path` for removal until the value is dropped.
     pub fn new(path: &Path) -> Self {
         #[cfg(unix)]
         {

@@ -18,6 +18,8 @@
 //! - [`noise`]: the verdict calibrated against the reference's float64 shadow: a
 //!   port's error as a multiple of the reference's own rounding error.
 
+#![warn(missing_docs)]
+
 mod approx_eq;
 mod assert;
 pub mod block_check;

@@ -28,7 +28,10 @@ pub const NOISE_LIMIT: f64 = 10.0;
 pub enum Rule {
     /// The noise multiple against the float64 shadow where the bundle has one
     /// (failing above `limit`), the `assert_close` rule where it has none.
-    Calibrated { limit: f64 },
+    Calibrated {
+        /// The noise multiple above which a tensor fails ([`NOISE_LIMIT`] by default).
+        limit: f64,
+    },
     /// `|actual - expected| <= atol + rtol * |expected|` everywhere, shadow or not.
     AssertClose,
 }

@@ -83,6 +83,7 @@ fn split_trainable(tensors: BTreeMap<String, Tensor>) -> Result<(BTreeMap<String
 }
 
 impl<'a> Parity<'a> {
+    /// The bundle's parameters and inputs as variables, and an empty report titled with its component.
     pub fn new(bundle: &'a Bundle) -> Result<Self> {
         let (params, param_vars) = split_trainable(bundle.namespace(Namespace::Param))?;
         let (inputs, input_vars) = split_trainable(bundle.namespace(Namespace::Input))?;
@@ -113,6 +114,7 @@ impl<'a> Parity<'a> {
         self.bundle.tolerances().resolve(&format!("{ns}{name}"), dtype, base)
     }
 
+    /// The bundle this run checks against.
     pub fn bundle(&self) -> &Bundle {
         self.bundle
     }

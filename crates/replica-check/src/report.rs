@@ -15,7 +15,9 @@ use crate::{compare, compare_with_shadow, format_multiple, Comparison, Tolerance
 /// A comparison with the name of what was compared.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReportRow {
+    /// What was compared, e.g. `output/0` or `act/h.0.attn`.
     pub name: String,
+    /// The comparison.
     pub comparison: Comparison,
     /// The bundle has no reference tensor of this name: the row compared nothing.
     #[serde(default)]
@@ -29,11 +31,14 @@ pub struct ReportRow {
 /// Named comparisons, shown as one table followed by the details of each failure.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// What the report is about (a case, a component).
     pub title: String,
+    /// One row per compared tensor.
     pub rows: Vec<ReportRow>,
 }
 
 impl Report {
+    /// An empty report titled `title`.
     pub fn new(title: impl Into<String>) -> Self {
         Self {
             title: title.into(),
@@ -41,6 +46,7 @@ impl Report {
         }
     }
 
+    /// Adds a comparison made elsewhere.
     pub fn push(&mut self, name: impl Into<String>, comparison: Comparison) {
         self.rows.push(ReportRow {
             name: name.into(),
@@ -118,20 +124,14 @@ impl Report {
         self.rows.iter().filter_map(|r| r.comparison.cosine).reduce(f64::min)
     }
 
+    /// The rows that fail.
     pub fn failures(&self) -> impl Iterator<Item = &ReportRow> {
         self.rows.iter().filter(|r| !r.comparison.passed())
     }
 
+    /// One row per tensor: shape, differences, cosine, noise multiple, verdict.
     pub fn table(&self) -> Table {
-        let mut table = Table::new(&[
-            "tensor",
-            "shape",
-            "max abs diff",
-            "max rel diff",
-            "cosine",
-            "noise x",
-            "verdict",
-        ]);
+        let mut table = Table::new(&[&["tensor"][..], &COMPARISON_HEADERS].concat());
         for row in &self.rows {
             table.push(comparison_cells(&row.name, &row.comparison));
         }
@@ -148,6 +148,9 @@ pub(crate) fn unmatched(tensor: &Tensor, why: &str, tolerance: Tolerance) -> Com
     comparison.cosine = None;
     comparison
 }
+
+/// The columns of [`comparison_cells`], after the name.
+const COMPARISON_HEADERS: [&str; 6] = ["shape", "max abs diff", "max rel diff", "cosine", "noise x", "verdict"];
 
 /// The verdict cell of one comparison: `ok`, or what kind of failure.
 pub fn verdict_cell(c: &Comparison) -> String {
@@ -245,6 +248,7 @@ impl fmt::Display for Report {
 pub struct TraceRow {
     /// The activation name (module path).
     pub path: String,
+    /// The shape the port recorded.
     pub shape: Vec<usize>,
     /// `None` when the reference has no activation of that name.
     pub comparison: Option<Comparison>,
@@ -347,17 +351,9 @@ impl TraceReport {
         self.rows.iter().find(|r| &r.path == path)
     }
 
+    /// One row per recorded module, in execution order.
     pub fn table(&self) -> Table {
-        let mut table = Table::new(&[
-            "#",
-            "module",
-            "shape",
-            "max abs diff",
-            "max rel diff",
-            "cosine",
-            "noise x",
-            "verdict",
-        ]);
+        let mut table = Table::new(&[&["#", "module"][..], &COMPARISON_HEADERS].concat());
         for (i, row) in self.rows.iter().enumerate() {
             let mut cells = match &row.comparison {
                 Some(c) => comparison_cells(&row.path, c),

@@ -11,14 +11,21 @@ use crate::values::{unit_scale, CpuValues};
 /// squared, so neither the mean nor the deviation overflows or underflows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
+    /// How many elements the tensor has.
     pub elements: usize,
+    /// The least finite value.
     pub min: Option<f64>,
+    /// The greatest finite value.
     pub max: Option<f64>,
+    /// The mean of the finite values.
     pub mean: Option<f64>,
     /// Population standard deviation (ddof = 0), as numpy's default.
     pub std: Option<f64>,
+    /// NaN values.
     pub nan: usize,
+    /// +inf values.
     pub pos_inf: usize,
+    /// -inf values.
     pub neg_inf: usize,
 }
 

@@ -18,10 +18,12 @@ pub struct Case {
     pub paper: Option<&'static str>,
     /// The fixture's path under the fixtures directory, without `.safetensors`.
     pub fixture: &'static str,
+    /// Runs the Rust side on the fixture's bundle.
     pub run: fn(&Bundle) -> Result<Report>,
 }
 
 impl Case {
+    /// The fixture's file under `fixtures`.
     pub fn fixture_path(&self, fixtures: &Path) -> PathBuf {
         fixtures.join(format!("{}.safetensors", self.fixture))
     }

@@ -70,15 +70,20 @@ static CURRENT: RwLock<ReadLimits> = RwLock::new(ReadLimits::DEFAULT);
 /// One tensor as the header describes it; its data is not read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorInfo {
+    /// The tensor's key.
     pub name: String,
+    /// The dtype it was stored with.
     pub dtype: Dtype,
+    /// Its shape.
     pub shape: Vec<usize>,
     /// Byte range within the data section (after the header).
     pub begin: usize,
+    /// Where its data ends, from the start of the data section.
     pub end: usize,
 }
 
 impl TensorInfo {
+    /// How many bytes its data takes.
     pub fn bytes(&self) -> usize {
         self.end - self.begin
     }
@@ -105,10 +110,12 @@ struct Index {
 /// The tensors of one safetensors file, sorted by key, and its `__metadata__`.
 #[derive(Debug, Clone, Default)]
 pub struct TensorFile {
+    /// The tensors by key.
     pub tensors: BTreeMap<String, Tensor>,
     /// The dtype each tensor was stored with, which candle may not keep
     /// (`BOOL` is read as u8, `U16` as u32): compare by these.
     pub dtypes: BTreeMap<String, Dtype>,
+    /// The file's `__metadata__` entries.
     pub metadata: HashMap<String, String>,
 }
 
@@ -165,6 +172,7 @@ impl SafetensorsFile {
         })
     }
 
+    /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -174,6 +182,7 @@ impl SafetensorsFile {
         self.len
     }
 
+    /// Whether the file holds no tensor.
     pub fn is_empty(&self) -> bool {
         self.index.tensors.is_empty()
     }
@@ -183,6 +192,7 @@ impl SafetensorsFile {
         &self.index.tensors
     }
 
+    /// One tensor's header entry.
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
         self.index
             .tensors
@@ -191,6 +201,7 @@ impl SafetensorsFile {
             .map(|i| &self.index.tensors[i])
     }
 
+    /// The file's `__metadata__` entries.
     pub fn metadata(&self) -> &HashMap<String, String> {
         &self.index.metadata
     }

@@ -11,13 +11,17 @@ use serde::{Deserialize, Serialize};
 /// `equal_nan` is set.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tolerance {
+    /// The allowed difference relative to `|expected|`.
     pub rtol: f64,
+    /// The allowed absolute difference.
     pub atol: f64,
     #[serde(default)]
+    /// Whether a NaN in the reference may be matched by a NaN.
     pub equal_nan: bool,
 }
 
 impl Tolerance {
+    /// `rtol` and `atol`, NaN never equal to NaN.
     pub const fn new(rtol: f64, atol: f64) -> Self {
         Self {
             rtol,
@@ -40,16 +44,19 @@ impl Tolerance {
         }
     }
 
+    /// This tolerance with `equal_nan` set.
     pub const fn with_equal_nan(mut self, equal_nan: bool) -> Self {
         self.equal_nan = equal_nan;
         self
     }
 
+    /// This tolerance with another `rtol`.
     pub const fn with_rtol(mut self, rtol: f64) -> Self {
         self.rtol = rtol;
         self
     }
 
+    /// This tolerance with another `atol`.
     pub const fn with_atol(mut self, atol: f64) -> Self {
         self.atol = atol;
         self
@@ -94,10 +101,13 @@ impl Default for Tolerance {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ToleranceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Replaces `rtol` when set.
     pub rtol: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Replaces `atol` when set.
     pub atol: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Replaces `equal_nan` when set.
     pub equal_nan: Option<bool>,
 }
 
@@ -111,6 +121,7 @@ impl ToleranceSpec {
         }
     }
 
+    /// Whether the spec sets nothing.
     pub fn is_empty(&self) -> bool {
         self.rtol.is_none() && self.atol.is_none() && self.equal_nan.is_none()
     }
@@ -145,7 +156,9 @@ impl ToleranceSpec {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ToleranceOverrides {
+    /// Laid over every tensor.
     pub all: ToleranceSpec,
+    /// Laid over the tensors whose reference has the dtype.
     pub by_dtype: Vec<(DType, ToleranceSpec)>,
     /// Bundle key patterns (`output/0`, `grad/*`, `act/h.?.attn`): `*` matches
     /// any run of characters, `?` one character, anything else itself.
@@ -180,6 +193,7 @@ impl ToleranceOverrides {
         self
     }
 
+    /// Whether nothing is overridden.
     pub fn is_empty(&self) -> bool {
         self.all.is_empty() && self.by_dtype.is_empty() && self.by_tensor.is_empty()
     }

@@ -16,29 +16,35 @@ pub struct TraceEntry {
     /// The module path, with `#k` for the k-th repeated call and `:i` for tuple elements,
     /// exactly as the bundle's `act/` names.
     pub name: String,
+    /// The recorded output.
     pub tensor: Tensor,
 }
 
 /// The activations recorded during one forward pass, in execution order.
 #[derive(Clone, Debug, Default)]
 pub struct Trace {
+    /// The activations, in the order they were recorded.
     pub entries: Vec<TraceEntry>,
     calls: HashMap<String, usize>,
 }
 
 impl Trace {
+    /// The activation recorded under `name`.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.entries.iter().find(|e| e.name == name).map(|e| &e.tensor)
     }
 
+    /// The recorded names, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|e| e.name.as_str())
     }
 
+    /// How many activations were recorded.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -54,6 +54,7 @@ pub struct WeightMap {
 }
 
 impl WeightMap {
+    /// A map that renames nothing.
     pub fn new() -> Self {
         Self::default()
     }
@@ -224,6 +225,7 @@ pub struct MappedWeights {
 }
 
 impl MappedWeights {
+    /// The mapped tensors, by the model's names.
     pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
         &self.tensors
     }
@@ -348,27 +350,33 @@ pub struct ShapeMismatch {
     pub name: String,
     /// The source key it was mapped from.
     pub source: String,
+    /// The shape the model expects.
     pub expected: Vec<usize>,
+    /// The shape the weights have.
     pub actual: Vec<usize>,
 }
 
 /// Every problem found loading weights into a model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadReport {
+    /// The weights file.
     pub origin: PathBuf,
     /// Names the model asked for that the weights lack, with the shape it wanted
     /// (empty when it asked without a shape).
     pub missing: Vec<(String, Vec<usize>)>,
     /// Mapped names the model never asked for, with their source keys (strict maps only).
     pub unused: Vec<(String, String)>,
+    /// Tensors whose shapes differ from the model's.
     pub mismatched: Vec<ShapeMismatch>,
 }
 
 impl LoadReport {
+    /// Whether every tensor was found, used and of the right shape.
     pub fn is_clean(&self) -> bool {
         self.missing.is_empty() && self.unused.is_empty() && self.mismatched.is_empty()
     }
 
+    /// How many problems there are in all.
     pub fn problem_count(&self) -> usize {
         self.missing.len() + self.unused.len() + self.mismatched.len()
     }

@@ -15,10 +15,13 @@ use crate::simd_dispatch;
 
 /// Which GELU: the exact one with `erf` (`torch.nn.GELU()`), or the tanh
 /// approximation (`GELU(approximate="tanh")`, HF `gelu_new` / `gelu_pytorch_tanh`).
+/// Which GELU: the exact one or the tanh approximation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GeluApprox {
+    /// `x * Φ(x)` with the error function (PyTorch's default, HF `gelu`).
     #[default]
     Erf,
+    /// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))` (HF `gelu_new`, `gelu_pytorch_tanh`).
     Tanh,
 }
 

@@ -19,6 +19,8 @@
 //! The fast `exp`, `erf`/normal CDF and `tanh` behind them are in [`simd`], with
 //! their measured accuracy; docs/kernels.md has the method and the numbers.
 
+#![warn(missing_docs)]
+
 mod activation;
 mod attention;
 mod cpu;

@@ -18,7 +18,9 @@ pub const LANES: usize = 8;
 /// # Safety
 /// `load`/`store` read and write `LANES` floats through raw pointers.
 pub trait Simd: Copy {
+    /// A vector of [`LANES`] f32.
     type V: Copy;
+    /// Every lane set to `x`.
     fn splat(x: f32) -> Self::V;
     /// # Safety
     /// `p` must be valid for reading `LANES` floats.
@@ -26,9 +28,13 @@ pub trait Simd: Copy {
     /// # Safety
     /// `p` must be valid for writing `LANES` floats.
     unsafe fn store(p: *mut f32, v: Self::V);
+    /// Lane-wise `a + b`.
     fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise `a - b`.
     fn sub(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise `a * b`.
     fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise `a / b`.
     fn div(a: Self::V, b: Self::V) -> Self::V;
     /// `a * b + c` (fused on AVX2).
     fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
@@ -36,6 +42,7 @@ pub trait Simd: Copy {
     fn max(a: Self::V, b: Self::V) -> Self::V;
     /// Lane-wise minimum; a NaN in `b` is kept.
     fn min(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise `|a|`.
     fn abs(a: Self::V) -> Self::V;
     /// `x` with the sign bit of `s` (`copysign`).
     fn copysign(x: Self::V, s: Self::V) -> Self::V;
@@ -49,7 +56,9 @@ pub trait Simd: Copy {
     fn select_gt(x: Self::V, t: Self::V, a: Self::V, b: Self::V) -> Self::V;
     /// Swaps the lanes of each pair: `[a0, a1, a2, a3, ..] -> [a1, a0, a3, a2, ..]`.
     fn swap_pairs(a: Self::V) -> Self::V;
+    /// The sum of the lanes.
     fn reduce_sum(a: Self::V) -> f32;
+    /// The greatest lane.
     fn reduce_max(a: Self::V) -> f32;
 }
 

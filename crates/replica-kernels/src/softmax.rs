@@ -44,6 +44,7 @@ impl Causal {
 /// The mask added to the scaled scores before the softmax.
 #[derive(Clone, Copy, Debug, Default)]
 pub enum Mask<'a> {
+    /// Nothing is added.
     #[default]
     None,
     /// Hide keys after each query (over the last two dimensions).
