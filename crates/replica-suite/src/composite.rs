@@ -13,7 +13,7 @@
 //! produces it the way the fixture's wrapper does (the rotary tables of
 //! `LlamaLayer` and `GPTJLayer`, under `rotary_emb`). Where the block records
 //! something the reference cannot, the case names it and says why
-//! ([`POST_NORM_PORT_ONLY`](crate::reference::POST_NORM_PORT_ONLY)).
+//! ([`POST_NORM_PORT_ONLY`]).
 
 use candle_core::Tensor;
 use replica_blocks::activation::Activation;

@@ -16,6 +16,7 @@
 //! [`check_block`]: replica_check::check_block
 //! [`BlockCheck`]: replica_check::BlockCheck
 //! [`Parity`]: replica_check::Parity
+#![warn(missing_docs)]
 
 use std::path::PathBuf;
 

@@ -22,7 +22,9 @@ use crate::case;
 /// A model's parity report, and its module-by-module trace comparison.
 #[derive(Clone, Debug)]
 pub struct ModelParity {
+    /// Every output, activation and gradient compared.
     pub report: Report,
+    /// The module-by-module comparison of the traced forward pass.
     pub trace: TraceReport,
 }
 

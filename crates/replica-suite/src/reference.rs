@@ -128,21 +128,29 @@ pub fn norm_layer(bundle: &Bundle, field: &str, name: &str) -> Result<NormKind> 
 /// `torch.nn.MultiheadAttention`'s arguments, as the fixtures record them.
 #[derive(Deserialize)]
 pub struct MultiheadArgs {
+    /// The query (and output) width.
     pub embed_dim: usize,
+    /// Heads; `embed_dim` splits evenly between them.
     pub num_heads: usize,
+    /// The key width, when the keys come from another sequence (cross-attention).
     #[serde(default)]
     pub kdim: Option<usize>,
+    /// The value width; must equal `kdim`.
     #[serde(default)]
     pub vdim: Option<usize>,
+    /// Biases on the projections.
     #[serde(default = "yes")]
     pub bias: bool,
+    /// Inputs are `[batch, seq, features]`; required.
     #[serde(default)]
     pub batch_first: bool,
     /// Dropout on the attention probabilities, in training.
     #[serde(default)]
     pub dropout: f32,
+    /// Extra learned key/value rows; refused.
     #[serde(default)]
     pub add_bias_kv: bool,
+    /// An extra zero key/value row; refused.
     #[serde(default)]
     pub add_zero_attn: bool,
 }
