@@ -23,7 +23,7 @@ use replica_blocks::glu::GluMlpConfig;
 use replica_blocks::mlp::{MlpConfig, MlpNames};
 use replica_blocks::norm::NormKind;
 use replica_blocks::papers::{ATTENTION_IS_ALL_YOU_NEED, DIFF_TRANSFORMER, PALM, PRE_NORM};
-use replica_blocks::rope::RopeStyle;
+use replica_blocks::rope::{Rope, RopeStyle};
 use replica_blocks::transformer_block::{
     AttentionOutput, BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig,
 };
@@ -282,14 +282,31 @@ fn llama_layer(bundle: &Bundle) -> Result<Report> {
         FeedForwardConfig::Glu(glu),
         BlockNames::llama(),
     )?;
+    check_wrapped_layer(bundle, &config, |rope, x| {
+        let (cos, sin) = hf_rope_tables(rope, x.dim(1)?, 0, x.dtype())?;
+        Ok([cos, sin])
+    })
+}
+
+/// A HF layer in the fixture's wrapper (`LlamaLayer`, `GPTJLayer`): the layer under
+/// `layer`, and the wrapper's rotary module recorded as `rotary_emb`, the two tables
+/// that `tables` makes from the layer's own RoPE for the input.
+fn check_wrapped_layer(
+    bundle: &Bundle,
+    config: &TransformerBlockConfig,
+    tables: impl Fn(&Rope, &Tensor) -> candle_core::Result<[Tensor; 2]>,
+) -> Result<Report> {
     check_block(
         bundle,
         WeightMap::new(),
-        |vb| TransformerBlock::new(&config, vb.pp("layer")),
+        |vb| TransformerBlock::new(config, vb.pp("layer")),
         |block, x| {
-            let rope = block.attention().rope().expect("the LLaMA config turns RoPE on");
-            let (cos, sin) = hf_rope_tables(rope, x.dim(1)?, 0, x.dtype())?;
-            tap_tuple("rotary_emb", &[&cos, &sin]);
+            let rope = block
+                .attention()
+                .rope()
+                .ok_or_else(|| candle_core::Error::Msg("the layer's config turns RoPE off".into()))?;
+            let [first, second] = tables(rope, x)?;
+            tap_tuple("rotary_emb", &[&first, &second]);
             block.forward(x, None, None)
         },
     )
@@ -409,18 +426,11 @@ fn gptj_layer(bundle: &Bundle) -> Result<Report> {
         FeedForwardConfig::Mlp(mlp),
         BlockNames::gptj(),
     )?;
-    check_block(
-        bundle,
-        WeightMap::new(),
-        |vb| TransformerBlock::new(&config, vb.pp("layer")),
-        |block, x| {
-            let rope = block.attention().rope().expect("the GPT-J config turns RoPE on");
-            let (cos, sin) = rope.tables(x.dim(1)?, 0)?;
-            let gptj = |t: Tensor| t.unsqueeze(0)?.to_dtype(x.dtype());
-            tap_tuple("rotary_emb", &[&gptj(sin)?, &gptj(cos)?]);
-            block.forward(x, None, None)
-        },
-    )
+    check_wrapped_layer(bundle, &config, |rope, x| {
+        let (cos, sin) = rope.tables(x.dim(1)?, 0)?;
+        let gptj = |t: Tensor| t.unsqueeze(0)?.to_dtype(x.dtype());
+        Ok([gptj(sin)?, gptj(cos)?])
+    })
 }
 
 // ---------------------------------------------------- differential attention
