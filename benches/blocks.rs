@@ -155,7 +155,7 @@ fn minilm_config_fallback() -> serde_json::Value {
 /// The replica and candle-transformers BERTs on the cached weights, or on the same
 /// random weights when the model is not cached.
 fn minilm_models() -> (Bert, candle_transformers::models::bert::BertModel) {
-    let dir = replica_models::sentence::minilm_dir();
+    let dir = replica_suite::minilm::minilm_dir();
     let weights = dir.join("model.safetensors");
     let config_path = dir.join("config.json");
     let config: serde_json::Value = if config_path.is_file() {

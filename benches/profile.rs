@@ -23,7 +23,7 @@ fn randn(dims: &[usize]) -> Tensor {
 }
 
 fn minilm() -> replica_models::Bert {
-    let dir = replica_models::sentence::minilm_dir();
+    let dir = replica_suite::minilm::minilm_dir();
     let config = replica_models::BertConfig::from_file(dir.join("config.json"));
     match config {
         Ok(config) if dir.join("model.safetensors").is_file() => {
@@ -79,7 +79,7 @@ fn main() {
         }
         "minilm-b8-candle" | "minilm-b1-candle" => {
             let batch = if case == "minilm-b8-candle" { 8 } else { 1 };
-            let dir = replica_models::sentence::minilm_dir();
+            let dir = replica_suite::minilm::minilm_dir();
             let config = std::fs::read_to_string(dir.join("config.json")).expect("all-MiniLM-L6-v2 is cached");
             let config: candle_transformers::models::bert::Config = serde_json::from_str(&config).unwrap();
             let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();

@@ -43,7 +43,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use candle_core::Device;
-use replica::models::sentence::{cosine_similarities, ensure_minilm, SentenceEmbedder};
+use replica::models::sentence::{cosine_similarities, SentenceEmbedder};
+use replica::suite::minilm::ensure_minilm;
 
 const DEFAULT: [&str; 6] = [
     "A man is eating food.",

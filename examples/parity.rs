@@ -1,5 +1,5 @@
-//! Checks candle's own operations against the committed PyTorch fixtures and
-//! prints one line per case, then the details of any failure.
+//! Checks every built-in case (candle's own ops, the blocks, the models) against the
+//! committed PyTorch fixtures and prints one line per case, then the details of any failure.
 //!
 //!     cargo run --example parity
 //!
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!("candle ops against PyTorch ({} cases)\n", reports.len());
+    println!("the built-in cases against PyTorch ({} cases)\n", reports.len());
     print!("{}", summary_table(&reports));
     let failed: Vec<_> = reports.iter().filter(|r| !r.passed()).collect();
     for report in &failed {

@@ -18,7 +18,6 @@
 pub mod activation;
 pub mod alibi;
 pub mod attention;
-pub mod cases;
 pub mod class_token;
 pub mod compute;
 pub mod diff_attention;

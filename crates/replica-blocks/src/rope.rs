@@ -12,14 +12,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// How features are paired for rotation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RopeStyle {
-    #[default]
-    HalfSplit,
-    Interleaved,
-}
+pub use crate::ops::RopeStyle;
 
 fn default_theta() -> f64 {
     10_000.0

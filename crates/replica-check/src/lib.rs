@@ -6,7 +6,11 @@
 //!   to the dtypes they were stored with.
 //! - [`Approx`], [`assert_close`] and [`assert_tensor_close!`]: the same in tests.
 //! - [`Bundle`]: reference tensors dumped from PyTorch (`docs/bundle-format.md`),
-//!   and [`Bundle::config`], which reads a component's config strictly ([`config`]).
+//!   [`Bundle::config`], which reads a component's config strictly ([`config`]),
+//!   and [`Bundle::dtype`], the dtype the reference ran in.
+//! - [`Parity`]: a parity run on a bundle: outputs, traced activations under one
+//!   rule ([`parity`]), gradients (tied parameters included); [`check_block`] and
+//!   [`BlockCheck`] do the whole run for a block in one call.
 //! - [`WeightMap`]: a reference checkpoint's tensors into a candle `VarBuilder`,
 //!   strictly.
 //! - [`trace`] and [`compare_trace`]: per-module activations, and the first module
@@ -19,17 +23,19 @@
 
 mod approx_eq;
 mod assert;
+pub mod block_check;
 pub mod bundle;
 mod compare;
 mod comparison;
 pub mod config;
+mod dtype;
 mod error;
 mod exact;
 mod float_json;
 mod gradients;
 pub mod interrupt;
 pub mod noise;
-mod parity;
+pub mod parity;
 mod printable;
 pub mod report;
 pub mod stats;
@@ -44,15 +50,17 @@ pub mod weight_map;
 
 pub use approx_eq::Approx;
 pub use assert::{assert_close, check_close};
+pub use block_check::{check_block, BlockCheck};
 pub use bundle::{
     Bundle, BundleMetadata, BundleOutline, Namespace, Producer, ShadowInfo, FORMAT_VERSION, SHADOW_PREFIX,
 };
 pub use compare::{compare, compare_default, compare_stored, compare_with_shadow};
 pub use comparison::{format_multiple, Comparison, Element, ExactIntegers, ExactPair, Extreme, Noise, NonFinite};
 pub use config::{read_config, read_config_parts, ConfigParts, ConfigRead};
+pub use dtype::parse_dtype;
 pub use error::{Error, Result};
 pub use noise::{Rule, NOISE_LIMIT};
-pub use parity::Parity;
+pub use parity::{Parity, Unmatched};
 pub use printable::printable;
 pub use report::{compare_trace, summary_table, Report, ReportRow, TraceReport, TraceRow};
 pub use stats::Stats;

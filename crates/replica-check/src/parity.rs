@@ -1,12 +1,42 @@
 //! A parity run: feed a component the bundle's weights and inputs, then check
-//! its outputs and gradients against the reference in one report.
+//! its outputs, activations and gradients against the reference in one report.
+//!
+//! The activation rule, the same for every run: each activation the component
+//! records ([`Parity::traced`]) is compared with the reference's of the same name,
+//! a recorded activation the reference lacks fails (a wrong module path), and a
+//! reference activation that no row checked fails at [`Parity::finish`] (a module
+//! the port never recorded). Where one side cannot have what the other records,
+//! the run names it in [`Unmatched`], and the name must really be unmatched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{DType, Tensor, Var};
 
 use crate::bundle::{Bundle, Namespace};
-use crate::{Report, Result, Tolerance};
+use crate::report::unmatched;
+use crate::trace::{self, Trace};
+use crate::{compare_trace, Error, Report, Result, Tolerance, TraceReport};
+
+/// Activations that only one side can record, each listed with its reason where it
+/// is declared (as a comment). [`Parity::traced`] refuses a name that is not in
+/// fact unmatched, so a list cannot go stale.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unmatched<'a> {
+    /// Recorded by the port, never by the reference: the reference's hook cannot
+    /// fire there (torch computes those projections inside one functional call).
+    pub port_only: &'a [&'a str],
+    /// Recorded by the reference, never by the port: the port computes it inside a
+    /// block that records no such tensor.
+    pub reference_only: &'a [&'a str],
+}
+
+impl Unmatched<'_> {
+    /// Every activation is matched.
+    pub const NONE: Unmatched<'static> = Unmatched {
+        port_only: &[],
+        reference_only: &[],
+    };
+}
 
 /// The reference weights and inputs of a bundle, held as trainable variables
 /// so that a forward pass on them can be differentiated.
@@ -19,8 +49,7 @@ use crate::{Report, Result, Tolerance};
 /// let mut run = Parity::new(&bundle)?;
 /// let (w, b, x) = (run.param("weight")?, run.param("bias")?, run.input("0")?);
 /// let y = candle_nn::Linear::new(w, Some(b)).forward(&x)?;
-/// run.check_outputs(&[("0", &y)]);
-/// run.check_backward(&[("0", &y)])?;
+/// run.check_outputs_and_gradients(&[("0", &y)])?;
 /// println!("{}", run.finish());
 /// # Ok(()) }
 /// ```
@@ -31,6 +60,10 @@ pub struct Parity<'a> {
     param_vars: BTreeMap<String, Var>,
     input_vars: BTreeMap<String, Var>,
     tolerance: Option<Tolerance>,
+    /// Tied parameter -> the parameter whose variable it shares.
+    ties: BTreeMap<String, String>,
+    /// Reference activations set aside as [`Unmatched::reference_only`].
+    reference_only: BTreeSet<String>,
     report: Report,
 }
 
@@ -61,6 +94,8 @@ impl<'a> Parity<'a> {
             param_vars,
             input_vars,
             tolerance: None,
+            ties: BTreeMap::new(),
+            reference_only: BTreeSet::new(),
             report: Report::new(bundle.metadata().component.clone()),
         })
     }
@@ -131,23 +166,125 @@ impl<'a> Parity<'a> {
         }
     }
 
-    /// Backpropagates the bundle's loss through `outputs` and compares the
-    /// gradients of every parameter and input with the reference's.
+    /// Declares that the parameter `tied` is the variable of `shared` (a tied LM head
+    /// and token embedding): `grad/param/<tied>` is compared with the gradient that
+    /// reached `shared`, as torch stores the sum of both uses under each name.
+    pub fn tie(&mut self, tied: &str, shared: &str) -> Result<()> {
+        self.bundle.param(tied)?;
+        self.bundle.param(shared)?;
+        self.ties.insert(tied.to_string(), shared.to_string());
+        Ok(())
+    }
+
+    /// Backpropagates the bundle's loss through `outputs` and compares every
+    /// gradient the bundle stores, of parameters and inputs. A variable that
+    /// received no gradient is compared as all zeros, as torch stores it; a stored
+    /// gradient of a tensor that is not a trainable variable here is a failed row.
     pub fn check_backward(&mut self, outputs: &[(&str, &Tensor)]) -> Result<()> {
         let grads = self.bundle.upstream_loss(outputs)?.backward()?;
-        let groups = [
-            (Namespace::Param, Namespace::ParamGrad, &self.param_vars),
-            (Namespace::Input, Namespace::InputGrad, &self.input_vars),
-        ];
-        for (ns, grad_ns, vars) in groups {
-            // One variable at a time, each with the tolerance resolved for its own key.
-            for (name, var) in vars {
-                let tolerance = self.tolerance_for(grad_ns, name, var.dtype());
-                let one = BTreeMap::from([(name.clone(), var.clone())]);
-                self.report
-                    .check_gradients(self.bundle, &grads, ns, &one, Some(tolerance))?;
+        for (grad_ns, vars) in [
+            (Namespace::ParamGrad, &self.param_vars),
+            (Namespace::InputGrad, &self.input_vars),
+        ] {
+            for (name, expected) in self.bundle.namespace(grad_ns) {
+                let tolerance = self.tolerance_for(grad_ns, &name, expected.dtype());
+                let source = match grad_ns {
+                    Namespace::ParamGrad => self.ties.get(&name).unwrap_or(&name),
+                    _ => &name,
+                };
+                let Some(var) = vars.get(source) else {
+                    let why = format!("the bundle stores this gradient; `{source}` is not a trainable tensor here");
+                    self.report
+                        .push(format!("{grad_ns}{name}"), unmatched(&expected, &why, tolerance));
+                    continue;
+                };
+                let actual = match grads.get(var.as_tensor()) {
+                    Some(grad) => grad.clone(),
+                    None => var.as_tensor().zeros_like()?,
+                };
+                self.report.check(self.bundle, grad_ns, &name, &actual, tolerance);
             }
         }
+        Ok(())
+    }
+
+    /// Compares `outputs` and, when the bundle stores gradients, every gradient
+    /// ([`check_backward`](Self::check_backward)): a bundle's gradients are never
+    /// left unchecked.
+    pub fn check_outputs_and_gradients(&mut self, outputs: &[(&str, &Tensor)]) -> Result<()> {
+        self.check_outputs(outputs);
+        let has_gradients = [Namespace::OutputGrad, Namespace::ParamGrad, Namespace::InputGrad]
+            .into_iter()
+            .any(|ns| self.bundle.names(ns).next().is_some());
+        if has_gradients {
+            self.check_backward(outputs)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `forward` with tracing on and adds a row for every activation it
+    /// recorded (the activation rule in the module docs): compared with the
+    /// reference's of the same name (names as recorded: a [`TraceMap`](crate::TraceMap)
+    /// gives the reference's where they differ), or failed when the reference has
+    /// none. Returns the
+    /// forward pass's result and the module-by-module comparison of the trace.
+    pub fn traced<T>(
+        &mut self,
+        unmatched: Unmatched,
+        forward: impl FnOnce() -> candle_core::Result<T>,
+    ) -> Result<(T, TraceReport)> {
+        let (output, recorded) = trace::record(forward);
+        let output = output?;
+        self.set_aside(&recorded, unmatched)?;
+        let base = match self.tolerance {
+            Some(tolerance) => tolerance,
+            None => Tolerance::for_dtype(self.bundle.dtype()?),
+        };
+        let traced = compare_trace(&recorded, self.bundle, base);
+        for (row, entry) in traced.rows.iter().zip(&recorded.entries) {
+            if unmatched.port_only.contains(&row.path.as_str()) {
+                continue;
+            }
+            match &row.comparison {
+                Some(comparison) => self
+                    .report
+                    .push(format!("{}{}", Namespace::Activation, row.path), comparison.clone()),
+                // The reference has no such activation: a failed row that says so.
+                None => self
+                    .report
+                    .check(self.bundle, Namespace::Activation, &row.path, &entry.tensor, base),
+            }
+        }
+        Ok((output, traced))
+    }
+
+    /// Checks that every name in `unmatched` is unmatched in fact, and sets the
+    /// reference-only ones aside for [`finish`](Self::finish).
+    fn set_aside(&mut self, recorded: &Trace, unmatched: Unmatched) -> Result<()> {
+        let stale = |name: &str, why: &str| {
+            Err(Error::file(
+                self.bundle.origin(),
+                format!("activation `{name}` is listed as {why}"),
+            ))
+        };
+        for name in unmatched.port_only {
+            if recorded.get(name).is_none() || self.bundle.contains(Namespace::Activation, name) {
+                return stale(
+                    name,
+                    "recorded by the port alone, but the port did not record it or the reference has it",
+                );
+            }
+        }
+        for name in unmatched.reference_only {
+            if recorded.get(name).is_some() || !self.bundle.contains(Namespace::Activation, name) {
+                return stale(
+                    name,
+                    "recorded by the reference alone, but the port recorded it or the reference lacks it",
+                );
+            }
+        }
+        self.reference_only
+            .extend(unmatched.reference_only.iter().map(|name| name.to_string()));
         Ok(())
     }
 
@@ -156,8 +293,28 @@ impl<'a> Parity<'a> {
         &mut self.report
     }
 
-    /// The report of every check made.
-    pub fn finish(self) -> Report {
+    /// The report, with a failed row for every reference activation that no row
+    /// checked and that is not set aside as [`Unmatched::reference_only`].
+    pub fn finish(mut self) -> Report {
+        let checked: BTreeSet<&str> = self.report.rows.iter().map(|row| row.name.as_str()).collect();
+        let prefix = Namespace::Activation.prefix();
+        let never: Vec<(String, Tensor)> = self
+            .bundle
+            .activations()
+            .filter(|(name, _)| {
+                !self.reference_only.contains(*name) && !checked.contains(format!("{prefix}{name}").as_str())
+            })
+            .map(|(name, tensor)| (name.to_string(), tensor.clone()))
+            .collect();
+        for (name, expected) in never {
+            let tolerance = self.tolerance_for(Namespace::Activation, &name, expected.dtype());
+            let why = "the reference records this activation; the port never recorded it";
+            self.report
+                .push(format!("{prefix}{name}"), unmatched(&expected, why, tolerance));
+            if let Some(row) = self.report.rows.last_mut() {
+                row.never_recorded = true;
+            }
+        }
         self.report
     }
 }

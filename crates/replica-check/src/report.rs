@@ -21,6 +21,10 @@ pub struct ReportRow {
     /// The bundle has no reference tensor of this name: the row compared nothing.
     #[serde(default)]
     pub missing_reference: bool,
+    /// The reference records this activation and the component never did: the row
+    /// compared nothing ([`Parity::finish`](crate::Parity::finish)).
+    #[serde(default)]
+    pub never_recorded: bool,
 }
 
 /// Named comparisons, shown as one table followed by the details of each failure.
@@ -47,6 +51,7 @@ impl Report {
             name: name.into(),
             comparison,
             missing_reference: false,
+            never_recorded: false,
         });
     }
 
@@ -75,7 +80,7 @@ impl Report {
                 )
             }
             Err(err) => {
-                self.push(label, missing_reference(actual, &err.to_string(), tolerance));
+                self.push(label, unmatched(actual, &err.to_string(), tolerance));
                 if let Some(row) = self.rows.last_mut() {
                     row.missing_reference = true;
                 }
@@ -125,15 +130,7 @@ impl Report {
 
     /// One row per tensor: shape, differences, cosine, noise multiple, verdict.
     pub fn table(&self) -> Table {
-        let mut table = Table::new(&[
-            "tensor",
-            "shape",
-            "max abs diff",
-            "max rel diff",
-            "cosine",
-            "noise x",
-            "verdict",
-        ]);
+        let mut table = Table::new(&[&["tensor"][..], &COMPARISON_HEADERS].concat());
         for row in &self.rows {
             table.push(comparison_cells(&row.name, &row.comparison));
         }
@@ -141,14 +138,18 @@ impl Report {
     }
 }
 
-fn missing_reference(actual: &Tensor, why: &str, tolerance: Tolerance) -> Comparison {
-    let mut comparison = compare(actual, actual, tolerance);
+/// A failed comparison of `tensor` with nothing: one side has it and the other does not, for the reason `why`.
+pub(crate) fn unmatched(tensor: &Tensor, why: &str, tolerance: Tolerance) -> Comparison {
+    let mut comparison = compare(tensor, tensor, tolerance);
     comparison.incompatible = Some(why.to_string());
     comparison.max_abs_diff = None;
     comparison.max_rel_diff = None;
     comparison.cosine = None;
     comparison
 }
+
+/// The columns of [`comparison_cells`], after the name.
+const COMPARISON_HEADERS: [&str; 6] = ["shape", "max abs diff", "max rel diff", "cosine", "noise x", "verdict"];
 
 /// The verdict cell of one comparison: `ok`, or what kind of failure.
 pub fn verdict_cell(c: &Comparison) -> String {
@@ -161,6 +162,8 @@ pub fn verdict_cell(c: &Comparison) -> String {
             "dtype"
         } else if reason.contains("bundle has no") {
             "missing"
+        } else if reason.contains("never recorded") {
+            "not recorded"
         } else {
             "incompatible"
         };
@@ -325,16 +328,7 @@ impl TraceReport {
 
     /// One row per recorded module, in execution order.
     pub fn table(&self) -> Table {
-        let mut table = Table::new(&[
-            "#",
-            "module",
-            "shape",
-            "max abs diff",
-            "max rel diff",
-            "cosine",
-            "noise x",
-            "verdict",
-        ]);
+        let mut table = Table::new(&[&["#", "module"][..], &COMPARISON_HEADERS].concat());
         for (i, row) in self.rows.iter().enumerate() {
             let mut cells = match &row.comparison {
                 Some(c) => comparison_cells(&row.path, c),

@@ -1,5 +1,5 @@
 //! Parity cases: a committed reference bundle and the Rust code checked against it.
-//! Each crate lists its own; the `replica` command runs them all.
+//! The built-in ones are listed by the `replica-suite` crate; the `replica` command runs them.
 
 use std::path::{Path, PathBuf};
 

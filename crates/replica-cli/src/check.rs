@@ -13,11 +13,11 @@ use serde_json::{json, Value};
 use crate::args::CheckArgs;
 use crate::error::{without_backtrace, CliError};
 use crate::job::{ConfigSource, Job, Weights};
-use crate::manifest::{self, parse_dtype};
+use crate::manifest;
 use crate::outcome::{
     empty_trace_note, rule_note, summary_table, tally, trace_trailer, unused_config_note, Outcome, Verdict,
 };
-use crate::output::{self, json_number, paint, Format, Table, BAD, DIM, GOOD, HEADER, WARN};
+use crate::output::{self, json_number, paint, Format, BAD, DIM, GOOD, HEADER, WARN};
 use crate::registry::Registry;
 use crate::{guard, Status};
 use replica_check::printable;
@@ -134,7 +134,7 @@ fn execute(job: &Job, bundle: &Bundle, device: &Device, traced: bool) -> Outcome
         Ok(Err(err)) => Err(without_backtrace(&err.to_string())),
         Err(panic) => Err(format!("the component panicked: {panic}")),
     };
-    let dtype = parse_dtype(&bundle.metadata().dtype).unwrap_or(DType::F32);
+    let dtype = bundle.dtype().unwrap_or(DType::F32);
     let trace = recorded.map(|recorded| compare_trace(&recorded, bundle, replica_check::Tolerance::for_dtype(dtype)));
     Outcome {
         label: job.label.clone(),
@@ -224,7 +224,7 @@ fn render_text(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> S
     out.push('\n');
     out.push_str(&paint(DIM, &rule_note(rule)));
     out.push_str("\n\n");
-    out.push_str(&summary_table(outcomes).text());
+    out.push_str(&output::text(&summary_table(outcomes)));
     for outcome in outcomes {
         match (&outcome.result, outcome.verdict()) {
             (Err(err), _) => {
@@ -271,7 +271,7 @@ fn report_text(outcome: &Outcome, report: &Report) -> String {
             &format!("({})", printable(&outcome.reference.display().to_string()))
         )
     );
-    out.push_str(&Table::from_check(&report.table()).text());
+    out.push_str(&output::text(&report.table()));
     let failed = report.failures().count();
     out.push_str(&format!(
         "{} of {} tensors match.\n",
@@ -298,7 +298,7 @@ fn trace_text(outcome: &Outcome, trace: &TraceReport) -> String {
         out.push('\n');
         return out;
     }
-    out.push_str(&Table::from_check(&trace.table()).text());
+    out.push_str(&output::text(&trace.table()));
     out.push_str(&trace_trailer(trace));
     out
 }
@@ -336,7 +336,7 @@ fn render_markdown(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) 
             if trace.rows.is_empty() {
                 out.push_str(&format!("{}\n", empty_trace_note(outcome)));
             } else {
-                out.push_str(&Table::from_check(&trace.table()).markdown());
+                out.push_str(&trace.table().markdown());
                 let trailer = anstream::adapter::strip_str(&trace_trailer(trace)).to_string();
                 out.push_str(&format!("\n```text\n{trailer}```\n"));
             }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::args::DiffArgs;
 use crate::error::CliError;
 use crate::output::{
-    check_output, deliver, json_number, json_text, paint, sci, Cell, Format, Table, BAD, GOOD, HEADER, WARN,
+    self, check_output, deliver, json_number, json_text, paint, sci, Format, Table, BAD, GOOD, HEADER,
 };
 use crate::Status;
 
@@ -40,16 +40,9 @@ impl Row {
         }
     }
 
-    fn cells(&self, key: &str) -> Vec<Cell> {
+    fn cells(&self, key: &str) -> Vec<String> {
         let describe = |t: &TensorInfo| (format!("{:?}", t.shape), t.dtype_name());
         let status = self.status();
-        let style = if self.passed() {
-            GOOD
-        } else if matches!(self, Row::Shared(_)) {
-            BAD
-        } else {
-            WARN
-        };
         let (shape, dtype, abs, rel, cosine) = match self {
             Row::OnlyInA(t) | Row::OnlyInB(t) => {
                 let (shape, dtype) = describe(t);
@@ -76,15 +69,7 @@ impl Row {
                 )
             }
         };
-        vec![
-            Cell::plain(key),
-            Cell::plain(shape),
-            Cell::plain(dtype),
-            Cell::plain(abs),
-            Cell::plain(rel),
-            Cell::plain(cosine),
-            Cell::styled(status, style),
-        ]
+        vec![key.to_string(), shape, dtype, abs, rel, cosine, status]
     }
 }
 
@@ -247,7 +232,7 @@ fn render(args: &DiffArgs, rows: &[(String, Row)], metadata_differs: &[String], 
     } else {
         out.push_str(&paint(HEADER, &heading));
         out.push_str("\n\n");
-        out.push_str(&table.text());
+        out.push_str(&output::text(&table));
         for (key, row) in rows {
             if let Row::Shared(c) = row {
                 if !c.passed() {

@@ -5,7 +5,7 @@
 use replica_check::{format_multiple, Report, Rule, TraceReport, TraceRow, NOISE_LIMIT};
 
 use crate::outcome::{self, Outcome, Verdict};
-use crate::output::{looks_numeric, Table, BAD, GOOD};
+use crate::output::{cell_style, Table, BAD, GOOD};
 
 const STYLE: &str = "
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #222; }
@@ -92,16 +92,7 @@ pub fn render(title: &str, device: &str, rule: Rule, outcomes: &[Outcome]) -> St
 
 /// A table; the first cell of row `i` links to `#link(i)` when there is one.
 fn table(table: &Table, link: impl Fn(usize) -> Option<String>) -> String {
-    let numeric: Vec<bool> = (0..table.headers.len())
-        .map(|col| {
-            let mut cells = table
-                .rows
-                .iter()
-                .filter_map(|row| row.get(col))
-                .map(|c| c.text.as_str());
-            cells.clone().any(looks_numeric) && cells.all(|t| looks_numeric(t) || t == "-")
-        })
-        .collect();
+    let numeric = table.numeric_columns();
     let mut out = String::from("<table>\n<tr>");
     for header in &table.headers {
         out.push_str(&format!("<th>{}</th>", escape(header)));
@@ -114,9 +105,10 @@ fn table(table: &Table, link: impl Fn(usize) -> Option<String>) -> String {
             if numeric.get(col) == Some(&true) {
                 classes.push("num");
             }
-            if cell.style == GOOD {
+            let style = cell_style(&table.headers[col], cell);
+            if style == GOOD {
                 classes.push("ok");
-            } else if cell.style == BAD {
+            } else if style == BAD {
                 classes.push("bad");
             }
             let class = if classes.is_empty() {
@@ -124,7 +116,7 @@ fn table(table: &Table, link: impl Fn(usize) -> Option<String>) -> String {
             } else {
                 format!(" class=\"{}\"", classes.join(" "))
             };
-            let text = escape(&cell.text);
+            let text = escape(cell);
             match link(i) {
                 Some(id) if col == 0 => out.push_str(&format!("<td{class}><a href=\"#{id}\">{text}</a></td>")),
                 _ => out.push_str(&format!("<td{class}>{text}</td>")),
@@ -168,7 +160,7 @@ fn failures(report: &Report) -> String {
         "<h3>Tensors</h3>\n<p class=\"bad\">{} of {} tensors match.</p>\n{}",
         report.rows.len() - failed.len(),
         report.rows.len(),
-        table(&Table::from_check(&report.table()), |_| None)
+        table(&report.table(), |_| None)
     );
     let why: String = failed
         .iter()
@@ -204,7 +196,7 @@ fn trace_section(outcome: &Outcome, trace: &TraceReport, rule: Rule) -> String {
     out.push_str(&format!(
         "<details><summary>Every module ({} rows)</summary>\n{}</details>\n",
         trace.rows.len(),
-        table(&Table::from_check(&trace.table()), |_| None)
+        table(&trace.table(), |_| None)
     ));
     out
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::args::InspectArgs;
 use crate::error::CliError;
-use crate::output::{emit, json_number, json_text, paint, Cell, Format, Table, HEADER, WARN};
+use crate::output::{self, emit, json_number, json_text, paint, Format, Table, HEADER, WARN};
 use crate::Status;
 
 /// A number for a table: plain decimals in a readable range, scientific outside it.
@@ -110,24 +110,17 @@ fn table(tensors: &[Row]) -> Table {
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into(), 0, 0),
         };
-        let flag = |count: usize| {
-            if count > 0 {
-                Cell::styled(count.to_string(), WARN)
-            } else {
-                Cell::plain(count.to_string())
-            }
-        };
         table.push(vec![
-            Cell::plain(name.clone()),
-            Cell::plain(dtype.clone()),
-            Cell::plain(format!("{dims:?}")),
-            Cell::plain(dims.iter().product::<usize>().to_string()),
-            Cell::plain(min),
-            Cell::plain(max),
-            Cell::plain(mean),
-            Cell::plain(std),
-            flag(nan),
-            flag(inf),
+            name.clone(),
+            dtype.clone(),
+            format!("{dims:?}"),
+            dims.iter().product::<usize>().to_string(),
+            min,
+            max,
+            mean,
+            std,
+            nan.to_string(),
+            inf.to_string(),
         ]);
     }
     table
@@ -179,7 +172,7 @@ fn render(
         }
     }
     out.push('\n');
-    out.push_str(&table(tensors).render(format));
+    out.push_str(&output::render(&table(tensors), format));
     out
 }
 

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use crate::args::{ModelsArgs, PapersArgs};
 use crate::error::CliError;
-use crate::output::{emit, json_text, paint, Cell, Format, Table, HEADER};
+use crate::output::{self, emit, json_text, paint, Format, Table, HEADER};
 use crate::registry::Registry;
 use crate::Status;
 
@@ -44,11 +44,11 @@ pub fn models(args: &ModelsArgs, format: Format) -> Result<Status, CliError> {
             let mut table = Table::new(&["component", "kind", "reference", "paper", "fixture"]);
             for p in &presets {
                 table.push(vec![
-                    Cell::plain(p.name),
-                    Cell::plain("preset"),
-                    Cell::plain(p.checkpoint),
-                    Cell::plain(format!("{} ({})", p.paper.arxiv, p.paper.title)),
-                    Cell::plain("-"),
+                    p.name.to_string(),
+                    "preset".to_string(),
+                    p.checkpoint.to_string(),
+                    format!("{} ({})", p.paper.arxiv, p.paper.title),
+                    "-".to_string(),
                 ]);
             }
             for c in &components {
@@ -63,11 +63,11 @@ pub fn models(args: &ModelsArgs, format: Format) -> Result<Status, CliError> {
                     .and_then(|p| p.file_name())
                     .map_or("-".to_string(), |f| f.to_string_lossy().into_owned());
                 table.push(vec![
-                    Cell::plain(c.name),
-                    Cell::plain(c.kind),
-                    Cell::plain(c.reference),
-                    Cell::plain(paper),
-                    Cell::plain(fixture),
+                    c.name.to_string(),
+                    c.kind.to_string(),
+                    c.reference.to_string(),
+                    paper,
+                    fixture,
                 ]);
             }
             let mut out = String::new();
@@ -90,7 +90,7 @@ pub fn models(args: &ModelsArgs, format: Format) -> Result<Status, CliError> {
                 }
                 out.push('\n');
             } else {
-                out.push_str(&table.render(format));
+                out.push_str(&output::render(&table, format));
             }
             out
         }
@@ -153,14 +153,14 @@ pub fn papers(args: &PapersArgs, format: Format) -> Result<Status, CliError> {
             let mut table = Table::new(&["block", "paper", "arXiv", "year", "url"]);
             for e in &entries {
                 table.push(vec![
-                    Cell::plain(e.block),
-                    Cell::plain(e.paper.title),
-                    Cell::plain(e.paper.arxiv),
-                    Cell::plain(e.paper.year.to_string()),
-                    Cell::plain(e.paper.url()),
+                    e.block.to_string(),
+                    e.paper.title.to_string(),
+                    e.paper.arxiv.to_string(),
+                    (e.paper.year.to_string()).to_string(),
+                    (e.paper.url()).to_string(),
                 ]);
             }
-            table.render(format)
+            output::render(&table, format)
         }
     };
     emit(&text);

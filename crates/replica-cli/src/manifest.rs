@@ -8,9 +8,8 @@
 use std::ops::Range;
 use std::path::Path;
 
-use candle_core::DType;
 use indexmap::IndexMap;
-use replica_check::{ToleranceOverrides, ToleranceSpec, WeightMap};
+use replica_check::{parse_dtype, ToleranceOverrides, ToleranceSpec, WeightMap};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
@@ -402,17 +401,6 @@ fn improve_message(message: &str) -> String {
         ),
         None => format!("unknown field `{field}`"),
     }
-}
-
-/// A dtype by its short or torch name (`f32`, `float32`, `bf16`, `bfloat16`, ...).
-pub fn parse_dtype(name: &str) -> Result<DType, String> {
-    Ok(match name.to_lowercase().as_str() {
-        "f16" | "float16" | "half" => DType::F16,
-        "bf16" | "bfloat16" => DType::BF16,
-        "f32" | "float32" | "float" => DType::F32,
-        "f64" | "float64" | "double" => DType::F64,
-        _ => return Err(format!("unknown dtype `{name}` (use f16, bf16, f32 or f64)")),
-    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use replica_check::{format_multiple, printable, Comparison, Report, Rule, TraceReport};
 
-use crate::output::{paint, sci, Cell, Table, BAD, GOOD};
+use crate::output::{paint, sci, Table, BAD, GOOD};
 
 /// What running one job gave.
 pub struct Outcome {
@@ -103,33 +103,33 @@ impl Outcome {
         self.comparisons().iter().filter(|c| !c.passed()).count()
     }
 
-    pub(crate) fn verdict_cell(&self) -> Cell {
+    pub(crate) fn verdict_cell(&self) -> String {
         match self.verdict() {
-            Verdict::Pass => Cell::styled("ok", GOOD),
-            Verdict::Error => Cell::styled("ERROR", BAD),
-            Verdict::Fail if self.comparisons().is_empty() => Cell::styled("FAIL (nothing compared)", BAD),
-            Verdict::Fail if self.failed_tensors() == 0 => Cell::styled("FAIL (trace)", BAD),
+            Verdict::Pass => "ok".into(),
+            Verdict::Error => "ERROR".into(),
+            Verdict::Fail if self.comparisons().is_empty() => "FAIL (nothing compared)".into(),
+            Verdict::Fail if self.failed_tensors() == 0 => "FAIL (trace)".into(),
             Verdict::Fail => {
                 let failed = self.failed_tensors();
                 let noun = if failed == 1 { "tensor" } else { "tensors" };
-                Cell::styled(format!("FAIL ({failed} {noun})"), BAD)
+                format!("FAIL ({failed} {noun})")
             }
         }
     }
 
-    pub(crate) fn row(&self) -> Vec<Cell> {
+    pub(crate) fn row(&self) -> Vec<String> {
         let tensors = match &self.result {
             Ok(report) => report.rows.len().to_string(),
             Err(_) => "-".into(),
         };
         vec![
-            Cell::plain(self.label.clone()),
-            Cell::plain(self.paper.unwrap_or("-")),
-            Cell::plain(tensors),
-            Cell::plain(sci(self.worst_abs())),
-            Cell::plain(sci(self.worst_rel())),
-            Cell::plain(self.min_cosine().map_or("-".into(), |v| format!("{v:.7}"))),
-            Cell::plain(self.worst_multiple().map_or("-".into(), format_multiple)),
+            self.label.clone(),
+            self.paper.unwrap_or("-").to_string(),
+            tensors,
+            sci(self.worst_abs()),
+            sci(self.worst_rel()),
+            self.min_cosine().map_or("-".into(), |v| format!("{v:.7}")),
+            self.worst_multiple().map_or("-".into(), format_multiple),
             self.verdict_cell(),
         ]
     }
@@ -198,7 +198,11 @@ pub(crate) fn unused_config_note(outcome: &Outcome) -> String {
 
 pub(crate) fn empty_trace_note(outcome: &Outcome) -> String {
     let checked = match &outcome.result {
-        Ok(report) => report.rows.iter().filter(|row| row.name.starts_with("act/")).count(),
+        Ok(report) => report
+            .rows
+            .iter()
+            .filter(|row| row.name.starts_with("act/") && !row.never_recorded)
+            .count(),
         Err(_) => 0,
     };
     let compared = if outcome.reference_activations == 0 {

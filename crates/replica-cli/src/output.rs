@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anstyle::{AnsiColor, Style};
 use clap::{Args, ValueEnum};
+pub use replica_check::table::{looks_numeric, Table};
 use replica_check::tensor_file::write_atomically;
 use serde_json::Value;
 
@@ -62,153 +63,34 @@ pub fn paint(style: Style, text: &str) -> String {
     format!("{style}{text}{style:#}")
 }
 
-/// One table cell: its text and how to colour it on a terminal.
-#[derive(Clone, Debug)]
-pub struct Cell {
-    pub text: String,
-    pub style: Style,
-}
-
-impl Cell {
-    pub fn plain(text: impl Into<String>) -> Self {
-        Self::styled(text, Style::new())
-    }
-
-    /// A cell on one line: control characters (a newline in a key or case name, a
-    /// terminal escape) are written as escapes.
-    pub fn styled(text: impl Into<String>, style: Style) -> Self {
-        let text = text.into();
-        Self {
-            text: replica_check::printable(&text).into_owned(),
-            style,
-        }
-    }
-}
-
-impl From<String> for Cell {
-    fn from(text: String) -> Self {
-        Cell::plain(text)
-    }
-}
-
-impl From<&str> for Cell {
-    fn from(text: &str) -> Self {
-        Cell::plain(text)
-    }
-}
-
-/// A table to print as aligned text or markdown.
-#[derive(Clone, Debug, Default)]
-pub struct Table {
-    pub headers: Vec<String>,
-    pub rows: Vec<Vec<Cell>>,
-}
-
-impl Table {
-    pub fn new(headers: &[&str]) -> Self {
-        Self {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    pub fn push(&mut self, row: Vec<Cell>) {
-        self.rows.push(row);
-    }
-
-    /// A harness table (`replica_check::table::Table`), uncoloured except its verdicts.
-    pub fn from_check(table: &replica_check::table::Table) -> Self {
-        let headers: Vec<&str> = table.headers.iter().map(String::as_str).collect();
-        let mut out = Table::new(&headers);
-        for row in &table.rows {
-            out.push(
-                row.iter()
-                    .map(|text| Cell::styled(text.clone(), verdict_style(text)))
-                    .collect(),
-            );
-        }
-        out
-    }
-
-    /// Aligned columns: numbers to the right, text to the left.
-    pub fn text(&self) -> String {
-        let columns = self.headers.len();
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.text.chars().count());
-            }
-        }
-        // A column of numbers (and `-` for none) is right-aligned, header included.
-        let numeric: Vec<bool> = (0..columns)
-            .map(|i| {
-                let mut cells = self.rows.iter().filter_map(|row| row.get(i)).map(|c| c.text.as_str());
-                let mut any = false;
-                let all = cells.all(|text| {
-                    any |= looks_numeric(text);
-                    looks_numeric(text) || text == "-"
-                });
-                any && all
-            })
-            .collect();
-        let mut out = String::new();
-        let mut line = |cells: Vec<Cell>| {
-            let mut text = String::new();
-            for (i, width) in widths.iter().enumerate().take(columns) {
-                let cell = cells.get(i).cloned().unwrap_or_else(|| Cell::plain(""));
-                if i > 0 {
-                    text.push_str("  ");
-                }
-                // Padded by hand: `format!`'s width cannot exceed u16::MAX and a cell can.
-                let fill = " ".repeat(width - cell.text.chars().count());
-                let padded = if numeric[i] {
-                    format!("{fill}{}", cell.text)
-                } else {
-                    format!("{}{fill}", cell.text)
-                };
-                if i + 1 == columns {
-                    // No trailing blanks after the last column.
-                    text.push_str(&paint(cell.style, padded.trim_end()));
-                } else {
-                    text.push_str(&paint(cell.style, &padded));
-                }
-            }
-            out.push_str(text.trim_end());
-            out.push('\n');
+/// A table as aligned text on a terminal: bold headers, verdicts green or red,
+/// what deserves a look (a key in one file only, NaN and inf counts) yellow.
+pub fn text(table: &Table) -> String {
+    table.text_with(|row, column, padded| {
+        let style = match row {
+            None if padded.starts_with('-') => Style::new(),
+            None => HEADER,
+            Some(r) => cell_style(&table.headers[column], &table.rows[r][column]),
         };
-        line(self.headers.iter().map(|h| Cell::styled(h.clone(), HEADER)).collect());
-        line(widths.iter().map(|w| Cell::plain("-".repeat(*w))).collect());
-        for row in &self.rows {
-            line(row.clone());
-        }
-        out
-    }
+        paint(style, padded)
+    })
+}
 
-    /// A GitHub-flavoured markdown table.
-    pub fn markdown(&self) -> String {
-        let escape = |text: &str| text.replace('|', "\\|").replace('\n', " ");
-        let mut out = String::new();
-        let headers: Vec<String> = self.headers.iter().map(|h| escape(h)).collect();
-        out.push_str(&format!("| {} |\n", headers.join(" | ")));
-        out.push_str(&format!("|{}\n", " --- |".repeat(self.headers.len())));
-        for row in &self.rows {
-            let cells: Vec<String> = row.iter().map(|c| escape(&c.text)).collect();
-            out.push_str(&format!("| {} |\n", cells.join(" | ")));
-        }
-        out
-    }
-
-    /// As text or markdown (JSON output is built by each command from its own data).
-    pub fn render(&self, format: Format) -> String {
-        match format {
-            Format::Markdown => self.markdown(),
-            _ => self.text(),
-        }
+/// As text or markdown (JSON output is built by each command from its own data).
+pub fn render(table: &Table, format: Format) -> String {
+    match format {
+        Format::Markdown => table.markdown(),
+        _ => text(table),
     }
 }
 
-pub(crate) fn looks_numeric(cell: &str) -> bool {
-    !cell.is_empty() && cell.parse::<f64>().is_ok()
+/// How a cell is coloured, from its column and its text.
+pub fn cell_style(header: &str, text: &str) -> Style {
+    match header {
+        "nan" | "inf" if text != "0" && text != "-" => WARN,
+        _ if text.starts_with("only in") => WARN,
+        _ => verdict_style(text),
+    }
 }
 
 /// Green for a pass, red for a failure, plain otherwise.
@@ -323,11 +205,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_table_aligns_and_colours_only_styled_cells() {
+    fn text_table_aligns_and_colours_verdicts() {
         let mut table = Table::new(&["name", "value", "verdict"]);
-        table.push(vec!["a".into(), "1.5".into(), Cell::styled("ok", GOOD)]);
-        table.push(vec!["long name".into(), "10".into(), Cell::styled("FAIL (1/2)", BAD)]);
-        let text = table.text();
+        table.push(vec!["a".into(), "1.5".into(), "ok".into()]);
+        table.push(vec!["long name".into(), "10".into(), "FAIL (1/2)".into()]);
+        let text = text(&table);
         let plain: String = anstream::adapter::strip_str(&text).to_string();
         assert_eq!(
             plain,

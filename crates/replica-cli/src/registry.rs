@@ -1,15 +1,15 @@
 //! The components `replica` can check, by name.
 //!
-//! Today these are the built-in parity cases (`replica::suite::builtin()`):
-//! every block and op with a committed fixture, so a case added anywhere in the
-//! workspace appears here with no change to the CLI. A model registry joins by
+//! Today these are the built-in parity cases (`replica_suite::builtin()`):
+//! every block, model and op with a committed fixture, so a case added to the
+//! suite appears here with no change to the CLI. A model registry joins by
 //! adding a [`Runner`] variant and extending [`Registry::load`].
 
 use std::path::PathBuf;
 
 use candle_core::Device;
-use replica::suite::Case;
 use replica_check::{open_safetensors, Bundle, BundleOutline, Report};
+use replica_suite::Case;
 
 /// What runs a component on a bundle.
 #[derive(Clone, Copy, Debug)]
@@ -41,7 +41,7 @@ impl Component {
             kind: "case",
             reference: case.reference,
             paper: case.paper,
-            fixture: Some(case.fixture_path(&replica::suite::fixtures_dir())),
+            fixture: Some(case.fixture_path(&replica_suite::fixtures_dir())),
             runner: Runner::Case(case),
         }
     }
@@ -82,7 +82,7 @@ pub struct Registry {
 impl Registry {
     pub fn load() -> Self {
         let mut components: Vec<Component> = Vec::new();
-        for case in replica::suite::builtin() {
+        for case in replica_suite::builtin() {
             // Names are unique by contract; should two collide, the first registered wins.
             if !components.iter().any(|c| c.name == case.name) {
                 components.push(Component::from_case(case));

@@ -23,6 +23,13 @@ fn replica(args: &[&str]) -> Output {
         .expect("the replica binary runs")
 }
 
+/// `replica check` of the `linear_with_bias` case against the bundle at `reference`.
+fn check_linear(reference: &Path, extra: &[&str]) -> Output {
+    let reference = reference.to_str().unwrap();
+    let args = ["check", "--model", "linear_with_bias", "--reference", reference];
+    replica(&[&args[..], extra].concat())
+}
+
 /// `stem`'s bundle rebuilt with `edit` applied to its tensors, saved under `dir`.
 fn edited(dir: &Path, stem: &str, edit: impl Fn(Namespace, &str, Tensor) -> Option<(String, Tensor)>) -> PathBuf {
     let original = Bundle::load(fixture(stem), &Device::Cpu).unwrap();
@@ -44,11 +51,17 @@ fn edited(dir: &Path, stem: &str, edit: impl Fn(Namespace, &str, Tensor) -> Opti
 
 #[test]
 fn a_trace_that_compared_nothing_fails_and_says_so() {
-    // The case checks the outputs only; the reference also holds two activations.
-    let out = replica(&["check", "--model", "multihead_attention", "--trace"]);
+    // The reference holds an activation; a Linear at the root records none.
+    let dir = tempfile::tempdir().unwrap();
+    let mut bundle = Bundle::load(fixture("blocks/linear"), &Device::Cpu).unwrap();
+    let y = bundle.output("0").unwrap().clone();
+    bundle.insert(Namespace::Activation, "fc", y);
+    let path = dir.path().join("with_activation.safetensors");
+    bundle.save(&path, true).unwrap();
+    let out = check_linear(&path, &["--trace"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("FAIL (trace)"), "{text}");
+    assert!(text.contains("the port never recorded it"), "{text}");
     assert!(
         text.contains("nothing was compared with them, so the case is not clean"),
         "{text}"
@@ -64,13 +77,7 @@ fn a_misnamed_output_is_missing_not_a_zero_difference() {
         (Namespace::OutputGrad | Namespace::ParamGrad | Namespace::InputGrad, _) => None,
         _ => Some((name.into(), t)),
     });
-    let out = replica(&[
-        "check",
-        "--model",
-        "linear_with_bias",
-        "--reference",
-        path.to_str().unwrap(),
-    ]);
+    let out = check_linear(&path, &[]);
     let (text, err) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -89,13 +96,7 @@ fn a_shape_mismatch_is_reported_as_one() {
         (Namespace::OutputGrad | Namespace::ParamGrad | Namespace::InputGrad, _) => None,
         _ => Some((name.into(), t)),
     });
-    let out = replica(&[
-        "check",
-        "--model",
-        "linear_with_bias",
-        "--reference",
-        path.to_str().unwrap(),
-    ]);
+    let out = check_linear(&path, &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL (shape)"), "{text}");

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::Linear;
-use replica_check::{compare, Bundle, Parity, Report, Tolerance};
+use replica_check::{compare, Bundle, Namespace, Parity, Report, Tolerance};
 use replica_kernels::{self as rk, AttentionOptions, Causal, GeluApprox, Mask, RopeStyle};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -112,12 +112,19 @@ fn gated_mlps_match_timm() -> Result<()> {
     let b = bundle("blocks/swiglu");
     let mut run = Parity::new(&b)?;
     let x = run.input("0")?;
-    let hidden = rk::swiglu(
-        &linear(&run, "fc1_g")?.forward(&x)?,
-        &linear(&run, "fc1_x")?.forward(&x)?,
-    )?;
-    run.check_activations(&[("norm", &hidden)]);
+    let (gate, value) = (linear(&run, "fc1_g")?.forward(&x)?, linear(&run, "fc1_x")?.forward(&x)?);
+    let hidden = rk::swiglu(&gate, &value)?;
     let y = linear(&run, "fc2")?.forward(&hidden)?;
+    // Every activation the reference records; the dropouts and `norm` are identities in eval.
+    run.check_activations(&[
+        ("fc1_g", &gate),
+        ("fc1_x", &value),
+        ("act", &gate.silu()?),
+        ("drop1", &hidden),
+        ("norm", &hidden),
+        ("fc2", &y),
+        ("drop2", &y),
+    ]);
     run.check_outputs(&[("0", &y)]);
     run.check_backward(&[("0", &y)])?;
     assert_passed(run.finish());
@@ -129,13 +136,20 @@ fn gated_mlps_match_timm() -> Result<()> {
         let h = linear(&run, "fc1")?.forward(&run.input("0")?)?;
         let half = h.dim(D::Minus1)? / 2;
         let (first, second) = (h.narrow(D::Minus1, 0, half)?, h.narrow(D::Minus1, half, half)?);
-        let hidden = if gate_first {
-            rk::swiglu(&first, &second)?
+        let (hidden, act) = if gate_first {
+            (rk::swiglu(&first, &second)?, first.silu()?)
         } else {
-            rk::geglu(&second, &first, GeluApprox::Erf)?
+            (rk::geglu(&second, &first, GeluApprox::Erf)?, second.gelu_erf()?)
         };
-        run.check_activations(&[("norm", &hidden)]);
         let y = linear(&run, "fc2")?.forward(&hidden)?;
+        run.check_activations(&[
+            ("fc1", &h),
+            ("act", &act),
+            ("drop1", &hidden),
+            ("norm", &hidden),
+            ("fc2", &y),
+            ("drop2", &y),
+        ]);
         run.check_outputs(&[("0", &y)]);
         run.check_backward(&[("0", &y)])?;
         assert_passed(run.finish());
@@ -149,6 +163,11 @@ fn check_rope(name: &str, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Resul
     let mut run = Parity::new(&b)?;
     let q = rk::rope(&run.input("0")?, cos, sin, style)?;
     let k = rk::rope(&run.input("1")?, cos, sin, style)?;
+    if b.contains(Namespace::Activation, "rotary_emb:0") {
+        // The tables were read from these activations: this checks their layout.
+        let hf = |t: &Tensor| Tensor::cat(&[t, t], D::Minus1)?.unsqueeze(0);
+        run.check_activations(&[("rotary_emb:0", &hf(cos)?), ("rotary_emb:1", &hf(sin)?)]);
+    }
     run.check_outputs(&[("0", &q), ("1", &k)]);
     run.check_backward(&[("0", &q), ("1", &k)])?;
     assert_passed(run.finish());

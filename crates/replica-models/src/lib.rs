@@ -15,16 +15,13 @@
 //! trait's. Train or eval is candle's `ModuleT::forward_t(x, train)`. Around them:
 //! the [`registry`], a table of one descriptor per architecture (`list_models`,
 //! `create_model`, `load_model`), [`checkpoint`] reading that refuses another
-//! model's weights, [`generation`], [`divergence`] (the first module whose
-//! activation departs from the reference's), and the parity [`cases`](mod@cases) that
-//! `replica check` runs.
+//! model's weights, [`generation`], and [`divergence`] (the first module whose
+//! activation departs from the reference's). The parity cases that `replica check`
+//! runs are in the `replica-suite` crate.
 #![warn(missing_docs)]
 
 pub mod architecture;
 pub mod bert;
-// Moving to its own crate (branch suite-crate); documented there.
-#[allow(missing_docs)]
-pub mod cases;
 pub mod checkpoint;
 pub mod config;
 pub mod divergence;
@@ -50,8 +47,3 @@ pub use vit::{Vit, VitConfig};
 
 /// The tokenizer library the sentence embedder uses (HF `tokenizers`), for callers that tokenise themselves.
 pub use tokenizers;
-
-/// Every model parity case, in the order `replica check` runs them.
-pub fn cases() -> Vec<replica_check::Case> {
-    cases::cases()
-}

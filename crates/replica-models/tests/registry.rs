@@ -3,9 +3,8 @@
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use replica_models::cases::fixtures_dir;
-use replica_models::registry::{self, create_model, list_models, load_model, model_config, Registry, MODELS};
-use replica_models::{Architecture, BertConfig, Gpt2, Gpt2Config, Llama, ModelConfig, Vit, VitConfig};
+use replica_models::registry::{self, create_model, list_models, model_config, Registry, MODELS};
+use replica_models::{BertConfig, Gpt2, Gpt2Config, ModelConfig, Vit, VitConfig};
 use serde_json::{json, Value};
 
 #[test]
@@ -141,23 +140,4 @@ fn create_model_builds_vit_tiny_at_its_real_size() {
     assert_eq!(model.forward_t(&images, false).unwrap().dims(), [1, 1000]);
     assert_eq!(vit.forward(&images).unwrap().dims(), [1, 1000]);
     assert_eq!(vit.forward_features(&images).unwrap().dims(), [1, 197, 192]);
-}
-
-#[test]
-fn load_model_reads_a_checkpoint_into_a_preset() {
-    let fixture = fixtures_dir().join("models/llama.safetensors");
-    let bundle = replica_check::Bundle::load(&fixture, &Device::Cpu).unwrap();
-    // The tiny fixture is `llama-tiny` with its sizes overridden.
-    let overrides = bundle.metadata().config.clone();
-    let model = load_model("llama-tiny", &overrides, &fixture, DType::F32, &Device::Cpu).unwrap();
-    assert_eq!(model.family(), Llama::FAMILY);
-    let config = model_config("llama-tiny", &json!({"num_hidden_layers": 3})).unwrap();
-    assert_eq!(config["num_hidden_layers"], 3);
-    assert_eq!(config["hidden_size"], 288);
-    // Without the overrides, the preset's shapes contradict the checkpoint's.
-    let err = load_model("llama-tiny", &Value::Null, &fixture, DType::F32, &Device::Cpu).unwrap_err();
-    assert!(
-        err.to_string().contains("contradicts the checkpoint's tensor shapes"),
-        "{err}"
-    );
 }

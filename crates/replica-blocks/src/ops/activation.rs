@@ -7,9 +7,48 @@
 
 use candle_core::{DType, Result, Tensor};
 use replica_kernels::GeluApprox;
+use serde::{Deserialize, Serialize};
 
 use super::kernels_for;
-use crate::activation::Activation;
+
+/// An activation function, chosen by name as in a HF `config.json` ([`crate::activation`]);
+/// every variant is differentiable. GELU (both forms) and SiLU run the fused kernels
+/// when [`crate::compute`] is on kernels ([`activation`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// GELU with the exact erf, `torch.nn.GELU()`; HF `"gelu"`.
+    #[default]
+    #[serde(alias = "gelu_erf")]
+    Gelu,
+    /// GELU with the tanh approximation; HF `"gelu_new"`, `"gelu_pytorch_tanh"`.
+    #[serde(alias = "gelu_new", alias = "gelu_pytorch_tanh")]
+    GeluTanh,
+    /// `x·σ(1.702x)`, as in CLIP; HF `"quick_gelu"`.
+    QuickGelu,
+    /// `x·σ(x)`; HF `"silu"`, `"swish"`.
+    #[serde(alias = "swish")]
+    Silu,
+    /// `max(x, 0)`; HF `"relu"`.
+    Relu,
+    /// `relu(x)²`; HF `"relu2"`.
+    #[serde(alias = "relu2")]
+    ReluSquared,
+}
+
+impl Activation {
+    /// The name this activation has in the paper registry.
+    pub fn registry_name(&self) -> &'static str {
+        match self {
+            Activation::Gelu => "Activation::Gelu",
+            Activation::GeluTanh => "Activation::GeluTanh",
+            Activation::QuickGelu => "Activation::QuickGelu",
+            Activation::Silu => "Activation::Silu",
+            Activation::Relu => "Activation::Relu",
+            Activation::ReluSquared => "Activation::ReluSquared",
+        }
+    }
+}
 
 /// `act(x)`: the fused kernel for GELU (both forms) and SiLU, else the
 /// composition. The kernels compute half precision in f32 and round once, as the

@@ -26,11 +26,11 @@ mod softmax;
 
 use candle_core::{DType, Device, Tensor};
 
-pub use activation::{activation, gated};
+pub use activation::{activation, gated, Activation};
 pub use mask::{AlibiBias, ScoreBias};
 pub use norm::{layer_norm, rms_norm};
 pub use replica_kernels::Causal;
-pub use rope::rope;
+pub use rope::{rope, RopeStyle};
 pub(crate) use sdpa::{attend, weights_missing};
 pub use sdpa::{repeat_kv, scaled_dot_product_attention, scaled_dot_product_attention_with_weights, SdpaOptions};
 pub use softmax::softmax;

@@ -3,9 +3,20 @@
 
 use candle_core::{Result, Tensor};
 use replica_kernels::reference;
+use serde::{Deserialize, Serialize};
 
 use super::kernels_for;
-use crate::rope::RopeStyle;
+
+/// How features are paired for rotation ([`crate::rope`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeStyle {
+    /// Feature `i` pairs with `i + d/2` (HF LLaMA's `rotate_half`, GPT-NeoX).
+    #[default]
+    HalfSplit,
+    /// Feature `2i` pairs with `2i + 1` (the paper, GPT-J, timm).
+    Interleaved,
+}
 
 /// Rotates the first `2 · cos.dim(1)` features of `x` `[batch, heads, seq, head_dim]`
 /// by the angles whose cosines and sines are `cos`, `sin` `[seq, rotary_dim / 2]`

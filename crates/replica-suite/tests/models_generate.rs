@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use replica_check::{write_safetensors, Bundle, Namespace};
-use replica_models::cases::fixtures_dir;
 use replica_models::generation::{generate_greedy, GenerateOptions};
 use replica_models::{Architecture, Gpt2};
+use replica_suite::fixtures_dir;
 
 fn reference() -> (Bundle, Vec<u32>, Vec<u32>) {
     let bundle = Bundle::load(fixtures_dir().join("models/gpt2_generate.safetensors"), &Device::Cpu).unwrap();

@@ -6,83 +6,26 @@
 
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
-use replica_blocks::cases::attention::MultiheadArgs;
-use replica_check::{compare_trace, trace, Bundle, Namespace, Parity, Report, Result, Tolerance, WeightMap};
+use replica_check::{tap, tap_tuple, Bundle, Case, Parity, Report, Result, Unmatched, WeightMap};
 use serde::Deserialize;
 
-use replica_check::Case;
+use crate::case;
+use crate::reference::{yes, MultiheadArgs};
 
-/// Every case of this module.
+/// Every candle-op case.
+#[rustfmt::skip] // a table: one case per line
 pub fn cases() -> Vec<Case> {
     vec![
-        Case {
-            name: "linear",
-            reference: "torch.nn.Linear",
-            paper: None,
-            fixture: "linear",
-            run: linear,
-        },
-        Case {
-            name: "layer_norm",
-            reference: "torch.nn.LayerNorm",
-            paper: None,
-            fixture: "layer_norm",
-            run: layer_norm,
-        },
-        Case {
-            name: "layer_norm_f16",
-            reference: "torch.nn.LayerNorm",
-            paper: None,
-            fixture: "layer_norm_f16",
-            run: layer_norm_forward,
-        },
-        Case {
-            name: "layer_norm_bf16",
-            reference: "torch.nn.LayerNorm",
-            paper: None,
-            fixture: "layer_norm_bf16",
-            run: layer_norm_forward,
-        },
-        Case {
-            name: "softmax",
-            reference: "torch.nn.Softmax",
-            paper: None,
-            fixture: "softmax",
-            run: softmax,
-        },
-        Case {
-            name: "gelu_erf",
-            reference: "torch.nn.GELU",
-            paper: None,
-            fixture: "gelu_erf",
-            run: gelu,
-        },
-        Case {
-            name: "gelu_tanh",
-            reference: "torch.nn.GELU(approximate='tanh')",
-            paper: None,
-            fixture: "gelu_tanh",
-            run: gelu,
-        },
-        Case {
-            name: "multihead_attention",
-            reference: "torch.nn.MultiheadAttention",
-            paper: None,
-            fixture: "multihead_attention",
-            run: multihead_attention,
-        },
-        Case {
-            name: "two_layer_mlp",
-            reference: "torch.nn.Sequential",
-            paper: None,
-            fixture: "two_layer_mlp",
-            run: two_layer_mlp,
-        },
+        case("linear",              "torch.nn.Linear",                   None, "linear",              linear),
+        case("layer_norm",          "torch.nn.LayerNorm",                None, "layer_norm",          layer_norm),
+        case("layer_norm_f16",      "torch.nn.LayerNorm",                None, "layer_norm_f16",      layer_norm_forward),
+        case("layer_norm_bf16",     "torch.nn.LayerNorm",                None, "layer_norm_bf16",     layer_norm_forward),
+        case("softmax",             "torch.nn.Softmax",                  None, "softmax",             softmax),
+        case("gelu_erf",            "torch.nn.GELU",                     None, "gelu_erf",            gelu),
+        case("gelu_tanh",           "torch.nn.GELU(approximate='tanh')", None, "gelu_tanh",           gelu),
+        case("multihead_attention", "torch.nn.MultiheadAttention",       None, "multihead_attention", multihead_attention),
+        case("two_layer_mlp",       "torch.nn.Sequential",               None, "two_layer_mlp",       two_layer_mlp),
     ]
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// That a config's size is the one the weights have (the case takes its sizes from them).
@@ -123,8 +66,7 @@ fn linear(bundle: &Bundle) -> Result<Report> {
     let bias = if args.bias { Some(run.param("bias")?) } else { None };
     let layer = Linear::new(weight, bias);
     let y = layer.forward(&run.input("0")?)?;
-    run.check_outputs(&[("0", &y)]);
-    run.check_backward(&[("0", &y)])?;
+    run.check_outputs_and_gradients(&[("0", &y)])?;
     Ok(run.finish())
 }
 
@@ -191,8 +133,7 @@ fn layer_norm(bundle: &Bundle) -> Result<Report> {
     let fused = candle_nn::ops::layer_norm(&x, &w, &b, eps as f32)?;
     run.check_outputs_of("fused candle_nn::ops::layer_norm", &[("0", &fused)]);
     let composed = composed_layer_norm(&x, &w, &b, eps)?;
-    run.check_outputs(&[("0", &composed)]);
-    run.check_backward(&[("0", &composed)])?;
+    run.check_outputs_and_gradients(&[("0", &composed)])?;
     Ok(run.finish())
 }
 
@@ -202,7 +143,7 @@ fn layer_norm_forward(bundle: &Bundle) -> Result<Report> {
     let mut run = Parity::new(bundle)?;
     let (x, w, b) = (run.input("0")?, run.param("weight")?, run.param("bias")?);
     let y = candle_nn::ops::layer_norm(&x, &w, &b, layer_norm_eps(bundle, &x)? as f32)?;
-    run.check_outputs(&[("0", &y)]);
+    run.check_outputs_and_gradients(&[("0", &y)])?;
     Ok(run.finish())
 }
 
@@ -229,8 +170,7 @@ fn softmax(bundle: &Bundle) -> Result<Report> {
     let fused = candle_nn::ops::softmax_last_dim(&x)?;
     run.check_outputs_of("fused candle_nn::ops::softmax_last_dim", &[("0", &fused)]);
     let composed = candle_nn::ops::softmax(&x, D::Minus1)?;
-    run.check_outputs(&[("0", &composed)]);
-    run.check_backward(&[("0", &composed)])?;
+    run.check_outputs_and_gradients(&[("0", &composed)])?;
     Ok(run.finish())
 }
 
@@ -254,8 +194,7 @@ fn gelu(bundle: &Bundle) -> Result<Report> {
     };
     let mut run = Parity::new(bundle)?;
     let y = op(&run.input("0")?)?;
-    run.check_outputs(&[("0", &y)]);
-    run.check_backward(&[("0", &y)])?;
+    run.check_outputs_and_gradients(&[("0", &y)])?;
     Ok(run.finish())
 }
 
@@ -316,9 +255,14 @@ fn multihead_attention(bundle: &Bundle) -> Result<Report> {
             format!("must divide embed_dim {}, got {heads}", module.embed_dim),
         ));
     }
-    let (out, probs) = attention.forward(&run.input("0")?)?;
-    run.check_outputs(&[("0", &out), ("1", &probs)]);
-    run.check_backward(&[("0", &out), ("1", &probs)])?;
+    let x = run.input("0")?;
+    // The fixture's wrapper calls its `attn` submodule, whose hook records the pair.
+    let ((out, probs), _) = run.traced(Unmatched::NONE, || {
+        let (out, probs) = attention.forward(&x)?;
+        tap_tuple("attn", &[&out, &probs]);
+        Ok((out, probs))
+    })?;
+    run.check_outputs_and_gradients(&[("0", &out), ("1", &probs)])?;
     Ok(run.finish())
 }
 
@@ -394,24 +338,15 @@ fn two_layer_mlp(bundle: &Bundle) -> Result<Report> {
     let fc1 = Linear::new(w1, Some(run.param("0.bias")?));
     let fc2 = Linear::new(w2, Some(run.param("2.bias")?));
     let x = run.input("0")?;
-    let (y, recorded) = trace::record(|| -> candle_core::Result<Tensor> {
+    let (y, _) = run.traced(Unmatched::NONE, || {
         let h = fc1.forward(&x)?;
-        trace::tap("0", &h);
+        tap("0", &h);
         let h = h.gelu_erf()?;
-        trace::tap("1", &h);
+        tap("1", &h);
         let y = fc2.forward(&h)?;
-        trace::tap("2", &y);
+        tap("2", &y);
         Ok(y)
-    });
-    let y = y?;
-    let traced = compare_trace(&recorded, bundle, Tolerance::for_dtype(DType::F32));
-    for row in traced.rows {
-        if let Some(comparison) = row.comparison {
-            run.report_mut()
-                .push(format!("{}{}", Namespace::Activation, row.path), comparison);
-        }
-    }
-    run.check_outputs(&[("0", &y)]);
-    run.check_backward(&[("0", &y)])?;
+    })?;
+    run.check_outputs_and_gradients(&[("0", &y)])?;
     Ok(run.finish())
 }

@@ -5,11 +5,11 @@
 
 use candle_core::{DType, Device, Tensor};
 use replica_check::{Bundle, Namespace};
-use replica_models::cases::fixtures_dir;
 use replica_models::generation::{generate_greedy, GenerateOptions};
 use replica_models::{
     Architecture, Bert, BertConfig, Error, Gpt2, Gpt2Config, Llama, LlamaConfig, ModelConfig, Vit, VitConfig,
 };
+use replica_suite::fixtures_dir;
 use serde_json::{json, Value};
 
 fn fixture(name: &str) -> std::path::PathBuf {

@@ -4,7 +4,8 @@
 
 use candle_core::Device;
 use replica_check::{Bundle, Report};
-use replica_models::cases::{self, fixtures_dir, ModelParity};
+use replica_suite::fixtures_dir;
+use replica_suite::models::{self, ModelParity};
 
 fn bundle(name: &str) -> Bundle {
     Bundle::load(fixtures_dir().join(format!("models/{name}.safetensors")), &Device::Cpu).unwrap()
@@ -32,7 +33,7 @@ fn check_model(parity: &ModelParity, unreferenced: &[&str], not_recorded: &[&str
 #[test]
 fn gpt2_matches_hf() {
     let bundle = bundle("gpt2");
-    let parity = cases::gpt2_parity(&bundle).unwrap();
+    let parity = models::gpt2_parity(&bundle).unwrap();
     check_model(&parity, &[], &[]);
     let grads = parity
         .report
@@ -49,19 +50,19 @@ fn gpt2_matches_hf() {
 
 #[test]
 fn llama_matches_hf() {
-    let parity = cases::llama_parity(&bundle("llama")).unwrap();
+    let parity = models::llama_parity(&bundle("llama")).unwrap();
     check_model(&parity, &[], &[]);
 }
 
 #[test]
 fn vit_matches_timm() {
-    let parity = cases::vit_parity(&bundle("vit")).unwrap();
+    let parity = models::vit_parity(&bundle("vit")).unwrap();
     check_model(&parity, &[], &[]);
 }
 
 #[test]
 fn bert_matches_hf() {
-    let parity = cases::bert_parity(&bundle("bert")).unwrap();
+    let parity = models::bert_parity(&bundle("bert")).unwrap();
     // The context before the output projection stays inside the attention block.
     check_model(
         &parity,
@@ -72,17 +73,17 @@ fn bert_matches_hf() {
 
 #[test]
 fn gpt2_generation_matches_hf_generate() {
-    assert_passes(&cases::gpt2_generate(&bundle("gpt2_generate")).unwrap());
+    assert_passes(&models::gpt2_generate(&bundle("gpt2_generate")).unwrap());
 }
 
 #[test]
 fn llama_generation_matches_hf_generate() {
-    assert_passes(&cases::llama_generate(&bundle("llama_generate")).unwrap());
+    assert_passes(&models::llama_generate(&bundle("llama_generate")).unwrap());
 }
 
 #[test]
 fn every_case_runs_from_the_registry() {
-    for case in replica_models::cases() {
+    for case in models::cases() {
         let report = case.run(&fixtures_dir(), &Device::Cpu).unwrap();
         assert_passes(&report);
     }

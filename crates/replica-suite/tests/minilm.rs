@@ -8,8 +8,9 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use replica_check::{compare, compare_with_shadow, Bundle, Namespace, Rule, Tolerance};
-use replica_models::cases::fixtures_dir;
-use replica_models::sentence::{cosine_similarities, ensure_minilm, SentenceEmbedder};
+use replica_models::sentence::{cosine_similarities, SentenceEmbedder};
+use replica_suite::fixtures_dir;
+use replica_suite::minilm::ensure_minilm;
 
 fn reference() -> Bundle {
     Bundle::load(

@@ -5,70 +5,50 @@
 //!
 //! Each case builds the layer from the fixture's weights through the strict loader,
 //! runs it traced on the fixture's input, and checks the output, every activation
-//! the reference recorded (by name, in both directions: see
-//! [`super::basics::check_trace`]) and, in f32, the gradients of the input and of
-//! every parameter. The bf16 case checks the forward pass at bf16's default
-//! tolerance; all others use f32's.
+//! (by name, in both directions) and, in f32, the gradients of the input and of
+//! every parameter ([`check_block`]). The bf16 case checks the forward pass at
+//! bf16's default tolerance; all others use f32's.
 //!
 //! Where a reference records something the block itself does not produce, the case
 //! produces it the way the fixture's wrapper does (the rotary tables of
 //! `LlamaLayer` and `GPTJLayer`, under `rotary_emb`). Where the block records
 //! something the reference cannot, the case names it and says why
-//! ([`POST_NORM_RUST_ONLY`]).
+//! ([`POST_NORM_PORT_ONLY`]).
 
-use candle_core::{Tensor, D};
-use candle_nn::VarBuilder;
-use replica_check::{trace, Bundle, Case, Error, Parity, Report, Result, Tolerance, TraceMap, WeightMap};
-use serde::Deserialize;
-
-use super::attention::{norm_layer, OUTSIDE_ATTENTION};
-use super::basics::{check_block, check_trace, dtype_of};
-use crate::activation::Activation;
-use crate::attention::{AttentionConfig, AttentionNames};
-use crate::diff_attention::{DiffAttention, DiffAttentionConfig};
-use crate::glu::GluMlpConfig;
-use crate::mlp::{MlpConfig, MlpNames};
-use crate::norm::NormKind;
-use crate::papers;
-use crate::rope::RopeStyle;
-use crate::transformer_block::{
+use candle_core::Tensor;
+use replica_blocks::activation::Activation;
+use replica_blocks::attention::{AttentionConfig, AttentionNames};
+use replica_blocks::diff_attention::{DiffAttention, DiffAttentionConfig};
+use replica_blocks::glu::GluMlpConfig;
+use replica_blocks::mlp::{MlpConfig, MlpNames};
+use replica_blocks::norm::NormKind;
+use replica_blocks::papers::{ATTENTION_IS_ALL_YOU_NEED, DIFF_TRANSFORMER, PALM, PRE_NORM};
+use replica_blocks::rope::{Rope, RopeStyle};
+use replica_blocks::transformer_block::{
     BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig,
 };
+use replica_check::{
+    check_block, tap_tuple, trace, BlockCheck, Bundle, Case, Error, Report, Result, TraceMap, Unmatched, WeightMap,
+};
+use serde::Deserialize;
 
-macro_rules! case {
-    ($name:literal, $reference:literal, $paper:expr, $fixture:literal, $run:expr) => {
-        Case {
-            name: $name,
-            reference: $reference,
-            paper: $paper,
-            fixture: concat!("blocks/", $fixture),
-            run: $run,
-        }
-    };
-}
+use crate::case;
+use crate::reference::{hf_rope_tables, norm_layer, yes, OUTSIDE_ATTENTION, POST_NORM_PORT_ONLY};
 
-/// Every case of this module.
+/// Every layer and differential-attention case.
 #[rustfmt::skip] // a table: one case per line
 pub fn cases() -> Vec<Case> {
-    let pre = Some(papers::PRE_NORM.arxiv);
-    let post = Some(papers::ATTENTION_IS_ALL_YOU_NEED.arxiv);
-    let parallel = Some(papers::PALM.arxiv);
-    let diff = Some(papers::DIFF_TRANSFORMER.arxiv);
     vec![
-        case!("block_timm_layer_scale", "timm.models.vision_transformer.Block(init_values=0.1, qk_norm=True)", pre, "block_timm_layer_scale", timm_block),
-        case!("block_timm",             "timm.models.vision_transformer.Block",                       pre,      "block_timm",             timm_block),
-        case!("block_gpt2",             "transformers GPT2Block (sdpa)",                              pre,      "block_gpt2",             gpt2_block),
-        case!("block_llama",            "transformers LlamaDecoderLayer (eager, in LlamaLayer)",      pre,      "block_llama",            llama_layer),
-        case!("block_llama_bf16",       "transformers LlamaDecoderLayer (sdpa, bf16, in LlamaLayer)", pre,      "block_llama_bf16",       llama_layer),
-        case!("block_post_norm_torch",  "torch.nn.TransformerEncoderLayer(norm_first=False)",          post,     "block_post_norm",        post_norm_layer),
-        case!("block_parallel_gptj",    "transformers GPTJBlock (eager, in GPTJLayer)",               parallel, "block_gptj",             gptj_layer),
-        case!("diff_attention",         "MultiheadDiffAttn (microsoft/unilm Diff-Transformer, transcribed)", diff, "diff_attention",     diff_attention),
-        case!("diff_attention_gqa",     "MultiheadDiffAttn(num_kv_heads) (microsoft/unilm Diff-Transformer, transcribed)", diff, "diff_attention_gqa", diff_attention),
+        case("block_timm_layer_scale", "timm.models.vision_transformer.Block(init_values=0.1, qk_norm=True)",             Some(PRE_NORM),                  "blocks/block_timm_layer_scale", timm_block),
+        case("block_timm",             "timm.models.vision_transformer.Block",                                            Some(PRE_NORM),                  "blocks/block_timm",             timm_block),
+        case("block_gpt2",             "transformers GPT2Block (sdpa)",                                                   Some(PRE_NORM),                  "blocks/block_gpt2",             gpt2_block),
+        case("block_llama",            "transformers LlamaDecoderLayer (eager, in LlamaLayer)",                           Some(PRE_NORM),                  "blocks/block_llama",            llama_layer),
+        case("block_llama_bf16",       "transformers LlamaDecoderLayer (sdpa, bf16, in LlamaLayer)",                      Some(PRE_NORM),                  "blocks/block_llama_bf16",       llama_layer),
+        case("block_post_norm_torch",  "torch.nn.TransformerEncoderLayer(norm_first=False)",                              Some(ATTENTION_IS_ALL_YOU_NEED), "blocks/block_post_norm",        post_norm_layer),
+        case("block_parallel_gptj",    "transformers GPTJBlock (eager, in GPTJLayer)",                                    Some(PALM),                      "blocks/block_gptj",             gptj_layer),
+        case("diff_attention",         "MultiheadDiffAttn (microsoft/unilm Diff-Transformer, transcribed)",               Some(DIFF_TRANSFORMER),          "blocks/diff_attention",         diff_attention),
+        case("diff_attention_gqa",     "MultiheadDiffAttn(num_kv_heads) (microsoft/unilm Diff-Transformer, transcribed)", Some(DIFF_TRANSFORMER),          "blocks/diff_attention_gqa",     diff_attention),
     ]
-}
-
-fn fail(bundle: &Bundle, message: impl Into<String>) -> Error {
-    Error::file(bundle.origin(), message)
 }
 
 /// The block's forward pass with no mask and no cache.
@@ -147,7 +127,36 @@ impl HfLayer {
 
     /// A required number of the config, by name.
     fn require<T: Copy>(bundle: &Bundle, field: &str, value: Option<T>) -> Result<T> {
-        value.ok_or_else(|| fail(bundle, format!("config: missing field `{field}`")))
+        value.ok_or_else(|| Error::file(bundle.origin(), format!("config: missing field `{field}`")))
+    }
+
+    /// The layer as HF builds it: no LayerScale or DropPath, and the norm's epsilon
+    /// from the config (`layer_norm_epsilon` or `rms_norm_eps`). How the attention's
+    /// output is returned (`attn_implementation`) is the trace's concern: [`Self::eager`].
+    fn block(
+        &self,
+        bundle: &Bundle,
+        layout: ResidualLayout,
+        norm: NormKind,
+        attention: AttentionConfig,
+        feed_forward: FeedForwardConfig,
+        names: BlockNames,
+    ) -> Result<TransformerBlockConfig> {
+        let (field, eps) = match norm {
+            NormKind::LayerNorm => ("layer_norm_epsilon", self.layer_norm_epsilon),
+            NormKind::RmsNorm => ("rms_norm_eps", self.rms_norm_eps),
+        };
+        Ok(TransformerBlockConfig {
+            dim: attention.dim,
+            layout,
+            norm,
+            norm_eps: Self::require(bundle, field, eps)?,
+            attention,
+            feed_forward,
+            layer_scale: None,
+            drop_path: 0.0,
+            names,
+        })
     }
 }
 
@@ -170,40 +179,6 @@ fn outside_layer() -> Vec<&'static str> {
         "summary_first_dropout",
     ]);
     fields
-}
-
-/// [`check_block`] for a layer that records activations the reference cannot:
-/// `rust_only` are left out of the trace comparison, and must have been recorded
-/// (so the list cannot go stale).
-fn check_layer<M>(
-    bundle: &Bundle,
-    map: WeightMap,
-    build: impl FnOnce(VarBuilder) -> candle_core::Result<M>,
-    forward: impl FnOnce(&M, &Tensor) -> candle_core::Result<Tensor>,
-    rust_only: &[&str],
-) -> Result<Report> {
-    let mut run = Parity::new(bundle)?;
-    let dtype = dtype_of(bundle)?;
-    let x = run.input("0")?;
-    let weights = map.apply(run.params().clone(), bundle.origin())?;
-    let block = weights.build(dtype, x.device(), build)?;
-    let (y, mut recorded) = trace::record(|| forward(&block, &x));
-    let y = y?;
-    for name in rust_only {
-        if recorded.get(name).is_none() {
-            return Err(fail(
-                bundle,
-                format!("`{name}` is listed as recorded by the block alone, but was not"),
-            ));
-        }
-    }
-    recorded.entries.retain(|e| !rust_only.contains(&e.name.as_str()));
-    check_trace(run.report_mut(), bundle, &recorded, Tolerance::for_dtype(dtype));
-    run.check_outputs(&[("0", &y)]);
-    if bundle.contains(replica_check::Namespace::OutputGrad, "0") {
-        run.check_backward(&[("0", &y)])?;
-    }
-    Ok(run.finish())
 }
 
 // ----------------------------------------------------------------- pre-norm
@@ -290,17 +265,14 @@ fn gpt2_block(bundle: &Bundle) -> Result<Report> {
         names: MlpNames::gpt2(),
         ..mlp
     };
-    let config = TransformerBlockConfig {
-        dim: attention.dim,
-        layout: ResidualLayout::PreNorm,
-        norm: NormKind::LayerNorm,
-        norm_eps: HfLayer::require(bundle, "layer_norm_epsilon", layer.layer_norm_epsilon)?,
+    let config = layer.block(
+        bundle,
+        ResidualLayout::PreNorm,
+        NormKind::LayerNorm,
         attention,
-        feed_forward: FeedForwardConfig::Mlp(mlp),
-        layer_scale: None,
-        drop_path: 0.0,
-        names: BlockNames::gpt2(),
-    };
+        FeedForwardConfig::Mlp(mlp),
+        BlockNames::gpt2(),
+    )?;
     let eager = layer.eager(bundle)?;
     let map = WeightMap::new().transpose(r"^(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$");
     check_block(
@@ -315,7 +287,7 @@ fn gpt2_block(bundle: &Bundle) -> Result<Report> {
 /// read the LLaMA `config.json`. The case does what the wrapper does around the layer:
 /// it records the rotary tables as `rotary_emb:0` (cos) and `rotary_emb:1` (sin) in HF's
 /// layout (each frequency twice, `[1, seq, head_dim]`, in the input dtype), taken from
-/// the block's own [`crate::rope::Rope`]; the causal mask is the attention's `causal`.
+/// the block's own [`replica_blocks::rope::Rope`]; the causal mask is the attention's `causal`.
 fn llama_layer(bundle: &Bundle) -> Result<Report> {
     let (attention, glu, layer): (AttentionConfig, GluMlpConfig, HfLayer) = bundle.config_parts(&outside_layer())?;
     layer.check(bundle, "llama")?;
@@ -323,43 +295,50 @@ fn llama_layer(bundle: &Bundle) -> Result<Report> {
         causal: true,
         ..attention
     };
-    let config = TransformerBlockConfig {
-        dim: attention.dim,
-        layout: ResidualLayout::PreNorm,
-        norm: NormKind::RmsNorm,
-        norm_eps: HfLayer::require(bundle, "rms_norm_eps", layer.rms_norm_eps)?,
+    let config = layer.block(
+        bundle,
+        ResidualLayout::PreNorm,
+        NormKind::RmsNorm,
         attention,
-        feed_forward: FeedForwardConfig::Glu(glu),
-        layer_scale: None,
-        drop_path: 0.0,
-        names: BlockNames::llama(),
-    };
+        FeedForwardConfig::Glu(glu),
+        BlockNames::llama(),
+    )?;
     let eager = layer.eager(bundle)?;
+    check_wrapped_layer(bundle, &config, r"^layer\.self_attn$", eager, |rope, x| {
+        let (cos, sin) = hf_rope_tables(rope, x.dim(1)?, 0, x.dtype())?;
+        Ok([cos, sin])
+    })
+}
+
+/// A HF layer in the fixture's wrapper (`LlamaLayer`, `GPTJLayer`): the layer under
+/// `layer`, and the wrapper's rotary module recorded as `rotary_emb`, the two tables
+/// that `tables` makes from the layer's own RoPE for the input. The layer's attention
+/// (at `attn`, a pattern) returns a tuple, with the probabilities when `eager`
+/// ([`tuple_forward`]).
+fn check_wrapped_layer(
+    bundle: &Bundle,
+    config: &TransformerBlockConfig,
+    attn: &str,
+    eager: bool,
+    tables: impl Fn(&Rope, &Tensor) -> candle_core::Result<[Tensor; 2]>,
+) -> Result<Report> {
     check_block(
         bundle,
         WeightMap::new(),
-        |vb| TransformerBlock::new(&config, vb.pp("layer")),
+        |vb| TransformerBlock::new(config, vb.pp("layer")),
         |block, x| {
-            let rope = block.attention().rope().expect("the LLaMA config turns RoPE on");
-            let (cos, sin) = rope.tables(x.dim(1)?, 0)?;
-            let hf = |t: Tensor| Tensor::cat(&[&t, &t], D::Minus1)?.unsqueeze(0)?.to_dtype(x.dtype());
-            replica_check::tap_tuple("rotary_emb", &[&hf(cos)?, &hf(sin)?]);
-            tuple_forward(block, x, r"^layer\.self_attn$", eager)
+            let rope = block
+                .attention()
+                .rope()
+                .ok_or_else(|| candle_core::Error::Msg("the layer's config turns RoPE off".into()))?;
+            let [first, second] = tables(rope, x)?;
+            tap_tuple("rotary_emb", &[&first, &second]);
+            tuple_forward(block, x, attn, eager)
         },
     )
 }
 
 // ---------------------------------------------------------------- post-norm
-
-/// What the block records that torch's `TransformerEncoderLayer` cannot: its
-/// `MultiheadAttention` projects with `F.multi_head_attention_forward` on the raw
-/// `in_proj_weight` and `out_proj.weight`, so no hook fires for the projections.
-pub const POST_NORM_RUST_ONLY: [&str; 4] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.out_proj",
-];
 
 /// `torch.nn.TransformerEncoderLayer(norm_first=False, batch_first=True)`: post-norm.
 /// The fused `in_proj_weight`/`in_proj_bias` are split by the weight map into the
@@ -380,9 +359,6 @@ fn post_norm_layer(bundle: &Bundle) -> Result<Report> {
         batch_first: bool,
         #[serde(default = "yes")]
         bias: bool,
-    }
-    fn yes() -> bool {
-        true
     }
     let args: Args = bundle.config()?;
     if !args.batch_first {
@@ -422,13 +398,16 @@ fn post_norm_layer(bundle: &Bundle) -> Result<Report> {
                 "self_attn.v_proj.bias",
             ],
         );
-    check_layer(
-        bundle,
-        map,
-        |vb| TransformerBlock::new(&config, vb),
-        |block, x| tuple_forward(block, x, "^self_attn$", false),
-        &POST_NORM_RUST_ONLY,
-    )
+    BlockCheck::new(bundle)
+        .weight_map(map)
+        .unmatched(Unmatched {
+            port_only: &POST_NORM_PORT_ONLY,
+            reference_only: &[],
+        })
+        .run(
+            |vb| TransformerBlock::new(&config, vb),
+            |block, x| Ok(vec![tuple_forward(block, &x[0], "^self_attn$", false)?]),
+        )
 }
 
 // ----------------------------------------------------------------- parallel
@@ -465,30 +444,20 @@ fn gptj_layer(bundle: &Bundle) -> Result<Report> {
         },
         ..mlp
     };
-    let config = TransformerBlockConfig {
-        dim: attention.dim,
-        layout: ResidualLayout::Parallel,
-        norm: NormKind::LayerNorm,
-        norm_eps: HfLayer::require(bundle, "layer_norm_epsilon", layer.layer_norm_epsilon)?,
-        attention,
-        feed_forward: FeedForwardConfig::Mlp(mlp),
-        layer_scale: None,
-        drop_path: 0.0,
-        names: BlockNames::gptj(),
-    };
-    let eager = layer.eager(bundle)?;
-    check_block(
+    let config = layer.block(
         bundle,
-        WeightMap::new(),
-        |vb| TransformerBlock::new(&config, vb.pp("layer")),
-        |block, x| {
-            let rope = block.attention().rope().expect("the GPT-J config turns RoPE on");
-            let (cos, sin) = rope.tables(x.dim(1)?, 0)?;
-            let gptj = |t: Tensor| t.unsqueeze(0)?.to_dtype(x.dtype());
-            replica_check::tap_tuple("rotary_emb", &[&gptj(sin)?, &gptj(cos)?]);
-            tuple_forward(block, x, r"^layer\.attn$", eager)
-        },
-    )
+        ResidualLayout::Parallel,
+        NormKind::LayerNorm,
+        attention,
+        FeedForwardConfig::Mlp(mlp),
+        BlockNames::gptj(),
+    )?;
+    let eager = layer.eager(bundle)?;
+    check_wrapped_layer(bundle, &config, r"^layer\.attn$", eager, |rope, x| {
+        let (cos, sin) = rope.tables(x.dim(1)?, 0)?;
+        let gptj = |t: Tensor| t.unsqueeze(0)?.to_dtype(x.dtype());
+        Ok([gptj(sin)?, gptj(cos)?])
+    })
 }
 
 // ---------------------------------------------------- differential attention

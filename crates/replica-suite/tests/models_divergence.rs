@@ -4,11 +4,11 @@
 
 use candle_core::{DType, Device, Tensor};
 use replica_check::{Bundle, Namespace, Tolerance, TraceReport, WeightMap};
-use replica_models::cases::fixtures_dir;
 use replica_models::divergence;
 use replica_models::{
     Architecture, Bert, BertConfig, Gpt2, Gpt2Config, Llama, LlamaConfig, ModelConfig, Vit, VitConfig,
 };
+use replica_suite::fixtures_dir;
 
 fn bundle(name: &str) -> Bundle {
     Bundle::load(fixtures_dir().join(format!("models/{name}.safetensors")), &Device::Cpu).unwrap()

@@ -3,34 +3,21 @@
 
 use candle_core::{DType, Device, Module};
 use candle_nn::Linear;
-use replica::candle_ops::cases;
-use replica::check::{compare_trace, trace, Bundle, Error, Namespace, Parity, Tolerance, WeightMap};
-use replica::suite::fixtures_dir;
+use replica_check::{compare_trace, trace, Error, Namespace, Parity, Tolerance, WeightMap};
+use replica_suite::candle_ops::cases;
 
-fn fixture(stem: &str) -> Bundle {
-    Bundle::load(fixtures_dir().join(format!("{stem}.safetensors")), &Device::Cpu).expect("fixture loads")
-}
+mod common;
+
+use common::fixture;
 
 #[test]
 fn every_case_matches_its_torch_reference() {
-    for case in cases() {
-        let report = case
-            .run(&fixtures_dir(), &Device::Cpu)
-            .unwrap_or_else(|err| panic!("{}: {err}", case.name));
-        assert!(report.passed(), "{report}");
-        assert!(!report.rows.is_empty(), "{}: nothing was compared", case.name);
-    }
+    common::assert_all_pass(&cases());
 }
 
 #[test]
 fn every_fixture_carries_gradients_where_the_case_checks_them() {
-    for case in cases() {
-        let report = case.run(&fixtures_dir(), &Device::Cpu).unwrap();
-        let grads = report.rows.iter().filter(|r| r.name.starts_with("grad/")).count();
-        let bundle = Bundle::load(case.fixture_path(&fixtures_dir()), &Device::Cpu).unwrap();
-        let stored = bundle.names(Namespace::ParamGrad).count() + bundle.names(Namespace::InputGrad).count();
-        assert_eq!(grads, stored, "{}: every stored gradient is checked", case.name);
-    }
+    common::assert_stored_tensors_checked(&cases());
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! fetch script's own error, rather than letting a test pass without the model.
 //! (Its own test binary: it sets `REPLICA_MINILM_DIR` for the whole process.)
 
-use replica_models::sentence::{ensure_minilm, fetch_script, minilm_dir};
+use replica_suite::minilm::{ensure_minilm, fetch_script, minilm_dir};
 
 #[test]
 fn an_unfetchable_model_is_a_loud_error() {

@@ -1,0 +1,215 @@
+//! Each model against the real reference implementation with random weights at a
+//! tiny configuration (`python/fixtures_models.py`): the outputs, every activation
+//! (by module path, in both directions), the gradients of every GPT-2 parameter
+//! (the tied LM head included), and greedy generation against HF `generate`, with
+//! and without the KV cache.
+//!
+//! HF attention modules return `(output, probabilities)`; the models record both
+//! (`attn:0`, `attn:1`), computing the probabilities only while a trace is on.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use replica_blocks::papers::VIT;
+use replica_check::{Bundle, Case, Namespace, Parity, Report, TraceReport, Unmatched};
+use replica_models::config::bundle_config;
+use replica_models::generation::{generate_greedy, CausalLm, GenerateOptions};
+use replica_models::papers::{BERT, GPT2, LLAMA};
+use replica_models::{Architecture, Bert, Error, Gpt2, Llama, Result, Vit};
+
+use crate::case;
+
+/// A model's parity report, and its module-by-module trace comparison.
+#[derive(Clone, Debug)]
+pub struct ModelParity {
+    /// Every output, activation and gradient compared.
+    pub report: Report,
+    /// The module-by-module comparison of the traced forward pass.
+    pub trace: TraceReport,
+}
+
+/// Every model case.
+#[rustfmt::skip] // a table: one case per line
+pub fn cases() -> Vec<Case> {
+    vec![
+        case("gpt2_lm_head_model",    "transformers.GPT2LMHeadModel",                     Some(GPT2),  "models/gpt2",           |b| report_of(b, gpt2_parity(b))),
+        case("gpt2_greedy_generate",  "transformers.GPT2LMHeadModel.generate",            Some(GPT2),  "models/gpt2_generate",  |b| as_check(b, gpt2_generate(b))),
+        case("llama_causal_lm",       "transformers.LlamaForCausalLM",                    Some(LLAMA), "models/llama",          |b| report_of(b, llama_parity(b))),
+        case("llama_greedy_generate", "transformers.LlamaForCausalLM.generate",           Some(LLAMA), "models/llama_generate", |b| as_check(b, llama_generate(b))),
+        case("vit_timm",              "timm.models.vision_transformer.VisionTransformer", Some(VIT),   "models/vit",            |b| report_of(b, vit_parity(b))),
+        case("bert_model",            "transformers.BertModel",                           Some(BERT),  "models/bert",           |b| report_of(b, bert_parity(b))),
+    ]
+}
+
+/// A model error as the harness's: the check's own errors unchanged, the rest naming the bundle.
+fn as_check<T>(bundle: &Bundle, result: Result<T>) -> replica_check::Result<T> {
+    result.map_err(|err| match err {
+        Error::Check(err) => err,
+        other => replica_check::Error::file(bundle.origin(), other.to_string()),
+    })
+}
+
+fn report_of(bundle: &Bundle, result: Result<ModelParity>) -> replica_check::Result<Report> {
+    as_check(bundle, result).map(|parity| parity.report)
+}
+
+/// What a model case feeds the model and compares.
+struct ModelIo {
+    inputs: &'static [&'static str],
+    outputs: &'static [&'static str],
+    /// Tied parameters, `(tied, shared)` as [`Parity::tie`] takes them.
+    ties: &'static [(&'static str, &'static str)],
+    unmatched: Unmatched<'static>,
+}
+
+/// A model built from the bundle: its config read strictly, its weights from `params`.
+type Load<M> = fn(&Bundle, BTreeMap<String, Tensor>, DType, &Device) -> Result<M>;
+
+/// [`Load`] for every architecture.
+fn load<A: Architecture>(
+    bundle: &Bundle,
+    params: BTreeMap<String, Tensor>,
+    dtype: DType,
+    device: &Device,
+) -> Result<A> {
+    A::from_tensors(&bundle_config(bundle)?, params, bundle.origin(), dtype, device)
+}
+
+/// The device the bundle's tensors are on.
+fn device_of(params: &BTreeMap<String, Tensor>) -> Device {
+    params.values().next().map_or(Device::Cpu, |t| t.device().clone())
+}
+
+/// Builds the model from the run's parameters (trainable, so gradients reach them),
+/// runs `forward` traced on the inputs, and checks the outputs, every activation
+/// and every stored gradient.
+fn check_model<M>(
+    bundle: &Bundle,
+    io: &ModelIo,
+    load: Load<M>,
+    forward: impl FnOnce(&M, &[Tensor]) -> candle_core::Result<Vec<Tensor>>,
+) -> Result<ModelParity> {
+    let mut run = Parity::new(bundle)?;
+    let params = run.params().clone();
+    let model = load(bundle, params.clone(), bundle.dtype()?, &device_of(&params))?;
+    let inputs = io.inputs.iter().map(|name| run.input(name));
+    let inputs = inputs.collect::<replica_check::Result<Vec<_>>>()?;
+    let (outputs, trace) = run.traced(io.unmatched, || forward(&model, &inputs))?;
+    for (tied, shared) in io.ties {
+        run.tie(tied, shared)?;
+    }
+    let named: Vec<(&str, &Tensor)> = io.outputs.iter().copied().zip(&outputs).collect();
+    run.check_outputs_and_gradients(&named)?;
+    Ok(ModelParity {
+        report: run.finish(),
+        trace,
+    })
+}
+
+/// HF `GPT2LMHeadModel`: logits, every block's activation, and the gradient of
+/// every parameter (the tied `lm_head.weight` against the token embedding's).
+pub fn gpt2_parity(bundle: &Bundle) -> Result<ModelParity> {
+    const IO: ModelIo = ModelIo {
+        inputs: &["0"],
+        outputs: &["logits"],
+        ties: &[("lm_head.weight", "transformer.wte.weight")],
+        unmatched: Unmatched::NONE,
+    };
+    check_model(bundle, &IO, load::<Gpt2>, |model, ids| {
+        Ok(vec![model.forward(&ids[0], None)?])
+    })
+}
+
+/// HF `LlamaForCausalLM` with grouped-query attention: logits and every block's activation.
+pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
+    const IO: ModelIo = ModelIo {
+        inputs: &["0"],
+        outputs: &["logits"],
+        ties: &[],
+        unmatched: Unmatched::NONE,
+    };
+    check_model(bundle, &IO, load::<Llama>, |model, ids| {
+        Ok(vec![model.forward(&ids[0], None)?])
+    })
+}
+
+/// timm `VisionTransformer`: classification logits and every block's activation.
+pub fn vit_parity(bundle: &Bundle) -> Result<ModelParity> {
+    const IO: ModelIo = ModelIo {
+        inputs: &["0"],
+        outputs: &["0"],
+        ties: &[],
+        unmatched: Unmatched::NONE,
+    };
+    check_model(bundle, &IO, load::<Vit>, |model, images| {
+        Ok(vec![model.forward(&images[0])?])
+    })
+}
+
+/// HF `BertModel` on a ragged, padded batch with two segments: the last hidden
+/// states, the pooler output and every block's activation, under HF's names through
+/// BERT's [trace map](Architecture::trace_map) (`BertAttention`'s normalised
+/// `(output, probabilities)` as `attention:0` and `attention:1`). HF's
+/// `BertSelfAttention` returns the context before the output projection
+/// (`attention.self:0`), which the port's attention block keeps internal.
+pub fn bert_parity(bundle: &Bundle) -> Result<ModelParity> {
+    const IO: ModelIo = ModelIo {
+        inputs: &["0", "token_type_ids", "attention_mask"],
+        outputs: &["last_hidden_state", "pooler_output"],
+        ties: &[],
+        unmatched: Unmatched {
+            port_only: &[],
+            reference_only: &["encoder.layer.0.attention.self:0", "encoder.layer.1.attention.self:0"],
+        },
+    };
+    check_model(bundle, &IO, load::<Bert>, |model, inputs| {
+        let output = model.forward(&inputs[0], Some(&inputs[1]), Some(&inputs[2]))?;
+        let pooled = output
+            .pooler_output
+            .ok_or_else(|| candle_core::Error::Msg("the model has no pooler".into()))?;
+        Ok(vec![output.last_hidden_state, pooled])
+    })
+}
+
+/// The prompt (`input/0`, `[1, n]`) and the number of tokens the reference generated.
+fn generation_task(bundle: &Bundle) -> Result<(Vec<u32>, usize)> {
+    let prompt = bundle
+        .input("0")?
+        .to_dtype(DType::I64)?
+        .flatten_all()?
+        .to_vec1::<i64>()?;
+    let expected = bundle.output("0")?.elem_count();
+    let prompt: Vec<u32> = prompt.into_iter().map(|t| t as u32).collect();
+    let new_tokens = expected
+        .checked_sub(prompt.len())
+        .ok_or_else(|| Error::config(bundle.origin(), "output/0 is shorter than the prompt"))?;
+    Ok((prompt, new_tokens))
+}
+
+/// Greedy decoding with and without the KV cache against HF `generate(do_sample=False)`.
+fn check_generation<M: CausalLm>(bundle: &Bundle, load: Load<M>) -> Result<Report> {
+    let params = bundle.namespace(Namespace::Param);
+    let device = device_of(&params);
+    let model = load(bundle, params, bundle.dtype()?, &device)?;
+    let (prompt, new_tokens) = generation_task(bundle)?;
+    let mut run = Parity::new(bundle)?;
+    let options = GenerateOptions::greedy(new_tokens);
+    for (variant, options) in [("kv cache", options), ("no cache", options.without_cache())] {
+        let tokens = generate_greedy(&model, &prompt, options, |_| {})?;
+        let tokens: Vec<i64> = tokens.into_iter().map(i64::from).collect();
+        let n = tokens.len();
+        let generated = Tensor::from_vec(tokens, (1, n), model.device())?;
+        run.check_outputs_of(variant, &[("0", &generated)]);
+    }
+    Ok(run.finish())
+}
+
+/// GPT-2: 20 greedy tokens, identical to HF's, with and without the cache.
+pub fn gpt2_generate(bundle: &Bundle) -> Result<Report> {
+    check_generation(bundle, load::<Gpt2>)
+}
+
+/// LLaMA (GQA, RoPE): 20 greedy tokens, identical to HF's, with and without the cache.
+pub fn llama_generate(bundle: &Bundle) -> Result<Report> {
+    check_generation(bundle, load::<Llama>)
+}

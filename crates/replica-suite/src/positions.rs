@@ -1,0 +1,208 @@
+//! Position encodings against the real reference code (`python/fixtures_blocks_attention.py`):
+//! rotary embeddings as HF LLaMA, GPT-NeoX and GPT-J apply them, the sinusoidal
+//! tables of the paper and of HF Marian, GPT-2's learned positions and BLOOM's ALiBi.
+//!
+//! Where the fixture's wrapper records the rotary module's `(cos, sin)` tables
+//! (`rotary_emb:0`, `rotary_emb:1`), the case records the block's own tables in
+//! HF's layout under that name, so the tables are compared too.
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use replica_blocks::alibi::{Alibi, AlibiConfig};
+use replica_blocks::attention::{scaled_dot_product_attention, AttentionConfig, SdpaOptions};
+use replica_blocks::papers::{ALIBI, ATTENTION_IS_ALL_YOU_NEED, CONV_SEQ2SEQ, ROFORMER};
+use replica_blocks::position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
+use replica_blocks::rope::{Rope, RopeConfig, RopeStyle};
+use replica_blocks::sinusoidal::{SinusoidalConfig, SinusoidalPositionEmbedding};
+use replica_check::{
+    check_block, tap_tuple, trace, BlockCheck, Bundle, Case, Error, Namespace, Parity, Report, Result, Tolerance,
+    TraceMap, WeightMap,
+};
+use serde::Deserialize;
+
+use crate::case;
+use crate::reference::{hf_rope_tables, outside_rope};
+
+/// Every position-encoding case.
+#[rustfmt::skip] // a table: one case per line
+pub fn cases() -> Vec<Case> {
+    vec![
+        case("rope_half_split",          "transformers LlamaRotaryEmbedding + apply_rotary_pos_emb",                           Some(ROFORMER),                  "blocks/rope_half_split",          rope_half_split),
+        case("rope_long_positions",      "transformers LlamaRotaryEmbedding + apply_rotary_pos_emb, positions 4000..4004",     Some(ROFORMER),                  "blocks/rope_long_positions",      rope_half_split),
+        case("rope_half_split_partial",  "transformers GPTNeoXRotaryEmbedding + apply_rotary_pos_emb (partial_rotary_factor)", Some(ROFORMER),                  "blocks/rope_half_split_partial",  rope_half_split_partial),
+        case("rope_interleaved_partial", "transformers GPT-J create_sinusoidal_positions + apply_rotary_pos_emb (rotary_dim)", Some(ROFORMER),                  "blocks/rope_interleaved_partial", rope_interleaved_partial),
+        case("sinusoidal_paper",         "transcription of arXiv 1706.03762 section 3.5",                                      Some(ATTENTION_IS_ALL_YOU_NEED), "blocks/sinusoidal_paper",         sinusoidal_paper),
+        case("sinusoidal_marian",        "transformers MarianSinusoidalPositionalEmbedding",                                   Some(ATTENTION_IS_ALL_YOU_NEED), "blocks/sinusoidal_marian",        sinusoidal_marian),
+        case("learned_position",         "GPT-2 wpe (torch.nn.Embedding)",                                                     Some(CONV_SEQ2SEQ),              "blocks/learned_position",         learned_position),
+        case("alibi",                    "transformers BLOOM build_alibi_tensor + the paper's get_slopes",                     Some(ALIBI),                     "blocks/alibi",                    alibi),
+    ]
+}
+
+// --------------------------------------------------------------------- RoPE
+
+/// Rotates `input/0` (queries) and `input/1` (keys) from position `offset`; with
+/// `hf_tables`, records the tables as the fixture's wrapper does.
+fn rope_pair(bundle: &Bundle, config: &RopeConfig, offset: usize, hf_tables: bool) -> Result<Report> {
+    BlockCheck::new(bundle).inputs(&["0", "1"]).outputs(&["0", "1"]).run(
+        |vb| Rope::new(config, vb.device()),
+        |rope, qk| {
+            if hf_tables {
+                let (cos, sin) = hf_rope_tables(rope, qk[0].dim(2)?, offset, qk[0].dtype())?;
+                tap_tuple("rotary_emb", &[&cos, &sin]);
+            }
+            Ok(vec![rope.apply(&qk[0], offset)?, rope.apply(&qk[1], offset)?])
+        },
+    )
+}
+
+/// A position offset (the cache length the positions start after).
+#[derive(Deserialize)]
+struct Offset {
+    offset: usize,
+}
+
+/// The rotary embedding of a HF model config, and the position offset.
+fn hf_rope(bundle: &Bundle, model: &str) -> Result<(RopeConfig, usize)> {
+    let (attention, offset): (AttentionConfig, Offset) = bundle.config_parts(&outside_rope())?;
+    let config = attention.rope_config()?.ok_or_else(|| {
+        Error::file(
+            bundle.origin(),
+            format!("the {model} config does not ask for rotary embeddings"),
+        )
+    })?;
+    Ok((config, offset.offset))
+}
+
+/// HF LLaMA: half-split rotation of every feature, positions from `offset`.
+fn rope_half_split(bundle: &Bundle) -> Result<Report> {
+    let (config, offset) = hf_rope(bundle, "LLaMA")?;
+    rope_pair(bundle, &config, offset, true)
+}
+
+/// GPT-NeoX: half-split rotation of the first quarter of each head.
+fn rope_half_split_partial(bundle: &Bundle) -> Result<Report> {
+    let (config, offset) = hf_rope(bundle, "GPT-NeoX")?;
+    rope_pair(bundle, &config, offset, true)
+}
+
+/// GPT-J: interleaved rotation of the first `rotary_dim` features.
+fn rope_interleaved_partial(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Args {
+        head_dim: usize,
+        rotary_dim: usize,
+        max_position_embeddings: usize,
+        offset: usize,
+    }
+    let args: Args = bundle.config()?;
+    let config = RopeConfig {
+        style: RopeStyle::Interleaved,
+        rotary_features: Some(args.rotary_dim),
+        max_positions: args.max_position_embeddings,
+        ..RopeConfig::new(args.head_dim)
+    };
+    rope_pair(bundle, &config, args.offset, false)
+}
+
+// ------------------------------------------------------ absolute positions
+
+/// The run's parameters in a plain `VarBuilder`: the sinusoidal tables are computed,
+/// and their stored buffers are compared with the computed ones, not loaded.
+fn vb_from_params<'a>(run: &Parity, dtype: DType, device: &Device) -> VarBuilder<'a> {
+    VarBuilder::from_tensors(
+        run.params().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        dtype,
+        device,
+    )
+}
+
+/// The paper's interleaved table added to the input; the whole table is also
+/// compared with the reference's `pe` buffer.
+fn sinusoidal_paper(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Rows {
+        max_positions: usize,
+        offset: usize,
+    }
+    let (config, rows): (SinusoidalConfig, Rows) = bundle.config_parts(&[])?;
+    let mut run = Parity::new(bundle)?;
+    let x = run.input("0")?;
+    let pe = SinusoidalPositionEmbedding::new(&config, vb_from_params(&run, DType::F32, x.device()))?;
+    let y = pe.add_to(&x, rows.offset)?;
+    let table = pe.table(rows.max_positions, 0)?;
+    run.report_mut()
+        .check(bundle, Namespace::Param, "pe", &table, Tolerance::default());
+    run.check_outputs_and_gradients(&[("0", &y)])?;
+    Ok(run.finish())
+}
+
+/// Marian's `[sin | cos]` table: the rows for the offset positions (its activation
+/// is `[seq, dim]`, without the batch dimension) and the whole stored table.
+fn sinusoidal_marian(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Table {
+        num_positions: usize,
+        cache_length: usize,
+    }
+    let (config, table): (SinusoidalConfig, Table) = bundle.config_parts(&[])?;
+    let mut run = Parity::new(bundle)?;
+    let x = run.input("0")?;
+    let vb = vb_from_params(&run, DType::F32, x.device());
+    let pe = SinusoidalPositionEmbedding::new(&config, vb.pp("embed_positions"))?;
+    let offset = table.cache_length;
+    // Marian's module returns its rows without the batch dimension the block's output has.
+    let marian = TraceMap::new().transform(r"^embed_positions$", |rows| rows.squeeze(0));
+    let y = trace::mapped(&marian, || pe.add_to(&x, offset))?;
+    let rows = pe.forward(x.dim(1)?, offset)?.squeeze(0)?;
+    run.check_activations(&[("embed_positions", &rows)]);
+    let table = pe.table(table.num_positions, 0)?;
+    let weight = Tolerance::default();
+    run.report_mut()
+        .check(bundle, Namespace::Param, "embed_positions.weight", &table, weight);
+    run.check_outputs_and_gradients(&[("0", &y)])?;
+    Ok(run.finish())
+}
+
+/// GPT-2's `wpe` rows for positions `past_length ..`, added to the input.
+fn learned_position(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Past {
+        past_length: usize,
+    }
+    let (config, past): (LearnedPositionConfig, Past) = bundle.config_parts(&[])?;
+    check_block(
+        bundle,
+        WeightMap::new(),
+        |vb| LearnedPositionEmbedding::new(&config, vb.pp("wpe")),
+        |wpe, x| wpe.add_to(x, past.past_length),
+    )
+}
+
+// -------------------------------------------------------------------- ALiBi
+
+/// Attention biased by ALiBi (6 heads: not a power of two), causal when the config
+/// says so; the slopes are the second output.
+fn alibi(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Mask {
+        #[serde(default)]
+        causal: bool,
+    }
+    let (config, mask): (AlibiConfig, Mask) = bundle.config_parts(&[])?;
+    BlockCheck::new(bundle)
+        .inputs(&["0", "1", "2"])
+        .outputs(&["0", "1"])
+        .run(
+            |vb| Alibi::new(&config, vb.device()),
+            |alibi, qkv| {
+                let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
+                let bias = alibi.bias(q.dim(2)?, k.dim(2)?, 0, DType::F32)?;
+                let options = SdpaOptions {
+                    causal: mask.causal,
+                    ..SdpaOptions::default()
+                };
+                let y = scaled_dot_product_attention(q, k, v, Some(&bias), &options)?;
+                Ok(vec![y, alibi.slopes().clone()])
+            },
+        )
+}
