@@ -97,14 +97,7 @@ fn kv_cache_decoding_equals_full_recomputation_for_gqa_with_rope() {
         let full = attention.forward(x, None, None).unwrap();
 
         let mut cache = KvCache::new();
-        let steps: Vec<Tensor> = (0..x.dim(1).unwrap())
-            .map(|t| {
-                attention
-                    .forward(&x.narrow(1, t, 1).unwrap(), None, Some(&mut cache))
-                    .unwrap()
-            })
-            .collect();
-        let decoded = Tensor::cat(&steps, 1).unwrap();
+        let decoded = decode_token_by_token(&attention, x, &mut cache);
         assert_eq!(cache.len(), 6);
         // The cache holds the few key/value heads, after RoPE.
         assert_eq!(cache.keys().unwrap().dims(), &[2, attention.kv_heads(), 6, 4]);
@@ -146,14 +139,7 @@ fn kv_cache_decoding_in_half_precision_matches_the_reference() {
         let attention = llama(&bundle, dtype);
         let x = bundle.input("0").unwrap();
         let mut cache = KvCache::new();
-        let steps: Vec<Tensor> = (0..x.dim(1).unwrap())
-            .map(|t| {
-                attention
-                    .forward(&x.narrow(1, t, 1).unwrap(), None, Some(&mut cache))
-                    .unwrap()
-            })
-            .collect();
-        let decoded = Tensor::cat(&steps, 1).unwrap();
+        let decoded = decode_token_by_token(&attention, x, &mut cache);
         let expected = bundle.output("0").unwrap();
         // The kernel rounds once where PyTorch rounds at each step: judged against the
         // float64 shadow (the calibrated rule), not a fixed half-precision tolerance.
@@ -320,4 +306,16 @@ fn the_fixture_configs_are_hf_config_json() {
         assert_eq!(config.dim, 16, "{stem}");
         assert!(config.rope_config().unwrap().is_some(), "{stem}");
     }
+}
+
+/// `x` fed one token at a time through `attention` with `cache`, the outputs concatenated.
+fn decode_token_by_token(attention: &Attention, x: &Tensor, cache: &mut KvCache) -> Tensor {
+    let steps: Vec<Tensor> = (0..x.dim(1).unwrap())
+        .map(|t| {
+            attention
+                .forward(&x.narrow(1, t, 1).unwrap(), None, Some(&mut *cache))
+                .unwrap()
+        })
+        .collect();
+    Tensor::cat(&steps, 1).unwrap()
 }
