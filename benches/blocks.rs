@@ -29,7 +29,7 @@ use replica_blocks::{
     with_compute, Activation, Attention, AttentionConfig, Compute, Mlp, MlpConfig, TransformerBlock,
     TransformerBlockConfig,
 };
-use replica_models::{Architecture, Bert, BertConfig, Gpt2Config, ModelConfig};
+use replica_models::{Architecture, Bert, BertConfig, Gpt2Config, LoadCheckpoint, ModelConfig};
 
 mod common;
 use common::{pools, Op};

@@ -16,7 +16,7 @@ use std::hint::black_box;
 
 use candle_core::{DType, Device, Tensor};
 use replica_kernels::{self as rk, reference, AttentionOptions, Mask};
-use replica_models::{Architecture, ModelConfig};
+use replica_models::{Architecture, LoadCheckpoint, ModelConfig};
 
 fn randn(dims: &[usize]) -> Tensor {
     Tensor::randn(0f32, 1.0, dims, &Device::Cpu).expect("random tensor")

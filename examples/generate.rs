@@ -33,7 +33,7 @@ use candle_core::{DType, Device};
 use replica::check::Bundle;
 use replica::models::generation::{generate_greedy, GenerateOptions};
 use replica::models::tokenizers::Tokenizer;
-use replica::models::{Architecture, Gpt2};
+use replica::models::{Gpt2, LoadCheckpoint};
 
 struct Args {
     checkpoint: PathBuf,

@@ -101,7 +101,7 @@ pub fn models(args: &ModelsArgs, format: Format) -> Result<Status, CliError> {
 
 /// The model registry's presets (`replica_models::registry::presets`) whose name, checkpoint
 /// or paper contains `filter`: what `create_model` builds, listed beside the checkable components.
-fn model_presets(filter: Option<&str>) -> Vec<&'static replica::models::registry::Preset> {
+fn model_presets(filter: Option<&str>) -> Vec<&'static replica::models::Preset> {
     let needle = filter.map(str::to_lowercase);
     replica::models::registry::presets()
         .filter(|p| {

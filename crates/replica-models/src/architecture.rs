@@ -4,23 +4,19 @@
 //! ([`weight_map`](Architecture::weight_map)) and how to build itself under a
 //! `VarBuilder` ([`new`](Architecture::new)); loading a checkpoint strictly, with
 //! its config from a file, a bundle or beside the checkpoint, is provided once for
-//! all. How the reference's traces name what the model records is its
+//! all by [`LoadCheckpoint`](crate::LoadCheckpoint). How the reference's traces name what the model records is its
 //! [`trace_map`](Architecture::trace_map), beside the weight map. Train or eval is
 //! candle's `ModuleT::forward_t(x, train)`: a model holds no mode, nor do its blocks.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 
-use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::{KvCache, Paper, TransformerBlock};
 use replica_check::{TraceMap, WeightMap};
+use serde_json::Value;
 
-use crate::checkpoint;
 use crate::config::ModelConfig;
-use crate::registry::Preset;
-use crate::{Error, Result};
 
 /// Who a model is: what it is called, the reference it follows and how that
 /// reference names its checkpoint's tensors.
@@ -47,9 +43,31 @@ impl fmt::Display for Family {
     }
 }
 
+/// A named configuration of a model: its paper and where its reference weights are published.
+#[derive(Clone, Copy, Debug)]
+pub struct Preset {
+    /// The name [`create_model`] takes (timm's model name, or the HF hub's).
+    pub name: &'static str,
+    /// The paper the preset follows (the family's, or a more specific one).
+    pub paper: Paper,
+    /// Where the reference weights are published, by the reference library's name.
+    pub checkpoint: &'static str,
+    /// What the preset is, in a line.
+    pub description: &'static str,
+    /// The configuration, as the reference's `config.json` (or timm kwargs).
+    pub config: fn() -> Value,
+}
+
+impl Preset {
+    /// The preset's configuration, as the reference's `config.json` (or timm kwargs).
+    pub fn config(&self) -> Value {
+        (self.config)()
+    }
+}
+
 /// A model: its config type, its [`Family`], its presets, the map from the
 /// reference checkpoint's names to its module paths, and how to build it. The
-/// loaders are provided; a model file implements this trait and `ModuleT`, and
+/// loaders are [`LoadCheckpoint`](crate::LoadCheckpoint)'s; a model file implements this trait and `ModuleT`, and
 /// the registry gets one line, `Descriptor::of::<Model>()`.
 pub trait Architecture: ModuleT + Clone + fmt::Debug + Send + Sync + 'static {
     /// The reference's `config.json` (or constructor arguments), read strictly.
@@ -90,65 +108,6 @@ pub trait Architecture: ModuleT + Clone + fmt::Debug + Send + Sync + 'static {
         config
             .validate()
             .map_err(|m| candle_core::Error::Msg(format!("{} config: {m}", Self::FAMILY)))
-    }
-
-    /// Loads a reference checkpoint (a `.safetensors` file, or a reference bundle's
-    /// `param/` tensors) strictly: another model's checkpoint, shapes that
-    /// contradict `config`, and missing or unused tensors are errors.
-    fn load(config: &Self::Config, checkpoint: impl AsRef<Path>, dtype: DType, device: &Device) -> Result<Self> {
-        let checkpoint = checkpoint.as_ref();
-        let tensors = checkpoint::read_checkpoint(checkpoint, device)?;
-        Self::from_tensors(config, tensors, checkpoint, dtype, device)
-    }
-
-    /// Loads a checkpoint with its config: `config` when given, else the
-    /// `config.json` beside the checkpoint, else the config a reference bundle
-    /// carries in its metadata.
-    fn from_checkpoint(
-        checkpoint: impl AsRef<Path>,
-        config: Option<&Path>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let checkpoint = checkpoint.as_ref();
-        let beside = checkpoint.with_file_name("config.json");
-        let config = match config {
-            Some(path) => Self::Config::from_file(path)?,
-            None if beside.is_file() => Self::Config::from_file(&beside)?,
-            None => match checkpoint::embedded_config(checkpoint)? {
-                Some(value) => Self::Config::from_value(&value, checkpoint)?,
-                None => {
-                    return Err(Error::config(
-                        checkpoint,
-                        format!(
-                            "no {} config: give one, or put the checkpoint's config.json beside it ({} does not exist)",
-                            Self::FAMILY,
-                            beside.display()
-                        ),
-                    ))
-                }
-            },
-        };
-        Self::load(&config, checkpoint, dtype, device)
-    }
-
-    /// [`load`](Self::load) from tensors already read, by checkpoint name; `origin`
-    /// names them in errors.
-    fn from_tensors(
-        config: &Self::Config,
-        tensors: BTreeMap<String, Tensor>,
-        origin: impl AsRef<Path>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let origin = origin.as_ref();
-        config
-            .validate()
-            .map_err(|m| Error::config(origin, format!("{} config: {m}", Self::FAMILY)))?;
-        checkpoint::check_family(&Self::FAMILY, tensors.keys().map(String::as_str), origin)?;
-        let weights = Self::weight_map(config).apply(tensors, origin)?;
-        let built = weights.build(dtype, device, |vb| Self::new(config, vb));
-        checkpoint::explain_load(built, &Self::FAMILY, &config.summary(), origin)
     }
 }
 

@@ -30,8 +30,7 @@ use serde_json::{json, Value};
 
 use crate::architecture::hf_layer;
 use crate::config::{positive, probabilities};
-use crate::registry::Preset;
-use crate::{papers, Architecture, Family, ModelConfig};
+use crate::{papers, Architecture, Family, ModelConfig, Preset};
 
 fn yes() -> bool {
     true

@@ -1,22 +1,22 @@
 //! Reading reference checkpoints into models: which model a checkpoint belongs
 //! to, and strict loading through a model's `WeightMap` with errors that say
 //! what is wrong (another model's checkpoint, a config that contradicts the
-//! weights, a missing or unused tensor).
+//! weights, a missing or unused tensor). The families a checkpoint is told apart
+//! from are the caller's (a registry's table): this module knows no model.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use regex::Regex;
 use replica_check::bundle::METADATA_KEY;
 use replica_check::{read_safetensors, Bundle, Namespace};
 
-use crate::registry::MODELS;
-use crate::{Error, Family, Result};
+use crate::{Architecture, Error, Family, ModelConfig, Result};
 
-/// The registered family a checkpoint's tensor names belong to, and the name that says so.
-pub fn detect_family<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<(Family, &'a str)> {
-    let families: Vec<(Family, Regex)> = MODELS.iter().map(|d| (d.family, signature(&d.family))).collect();
+/// The family of `known` a checkpoint's tensor names belong to, and the name that says so.
+pub fn detect_family<'a>(names: impl IntoIterator<Item = &'a str>, known: &[Family]) -> Option<(Family, &'a str)> {
+    let families: Vec<(Family, Regex)> = known.iter().map(|f| (*f, signature(f))).collect();
     names.into_iter().find_map(|name| {
         families
             .iter()
@@ -60,12 +60,7 @@ pub fn embedded_config(path: impl AsRef<Path>) -> Result<Option<serde_json::Valu
 /// failed strict load said in the model's terms: a config that contradicts the
 /// checkpoint's shapes, or a checkpoint that does not fit (missing or unused
 /// tensors). `config` (the config's sizes) and `origin` name them.
-pub(crate) fn explain_load<M>(
-    built: replica_check::Result<M>,
-    family: &Family,
-    config: &str,
-    origin: &Path,
-) -> Result<M> {
+fn explain_load<M>(built: replica_check::Result<M>, family: &Family, config: &str, origin: &Path) -> Result<M> {
     match built {
         Err(replica_check::Error::Load(report)) if !report.mismatched.is_empty() => Err(Error::checkpoint(
             origin,
@@ -92,17 +87,18 @@ fn problems(report: &replica_check::LoadReport) -> String {
     report.to_string().lines().skip(1).collect::<Vec<_>>().join("\n")
 }
 
-/// Refuses a checkpoint that belongs to another family, or to none.
-pub(crate) fn check_family<'a>(
+/// Refuses a checkpoint that belongs to another family (one of `known`), or to none.
+fn check_family<'a>(
     family: &Family,
     names: impl IntoIterator<Item = &'a str> + Clone,
     origin: &Path,
+    known: &[Family],
 ) -> Result<()> {
     let own = signature(family);
     if names.clone().into_iter().any(|name| own.is_match(name)) {
         return Ok(());
     }
-    match detect_family(names.clone()) {
+    match detect_family(names.clone(), known) {
         Some((found, name)) => Err(Error::checkpoint(
             origin,
             format!(
@@ -129,5 +125,48 @@ pub(crate) fn check_family<'a>(
                 ),
             ))
         }
+    }
+}
+
+/// Model `A` with `config`, from a checkpoint's tensors by checkpoint name, loaded
+/// strictly: a checkpoint of another of the `known` families, shapes that
+/// contradict `config`, and missing or unused tensors are errors. `origin` names
+/// the tensors in errors.
+pub fn load_tensors<A: Architecture>(
+    config: &A::Config,
+    tensors: BTreeMap<String, Tensor>,
+    origin: &Path,
+    dtype: DType,
+    device: &Device,
+    known: &[Family],
+) -> Result<A> {
+    config
+        .validate()
+        .map_err(|m| Error::config(origin, format!("{} config: {m}", A::FAMILY)))?;
+    check_family(&A::FAMILY, tensors.keys().map(String::as_str), origin, known)?;
+    let weights = A::weight_map(config).apply(tensors, origin)?;
+    let built = weights.build(dtype, device, |vb| A::new(config, vb));
+    explain_load(built, &A::FAMILY, &config.summary(), origin)
+}
+
+/// The config of model `A` for `checkpoint`: `config` when given, else the
+/// `config.json` beside the checkpoint, else the config a reference bundle
+/// carries in its metadata.
+pub fn config_for<A: Architecture>(checkpoint: &Path, config: Option<&Path>) -> Result<A::Config> {
+    let beside = checkpoint.with_file_name("config.json");
+    match config {
+        Some(path) => A::Config::from_file(path),
+        None if beside.is_file() => A::Config::from_file(&beside),
+        None => match embedded_config(checkpoint)? {
+            Some(value) => A::Config::from_value(&value, checkpoint),
+            None => Err(Error::config(
+                checkpoint,
+                format!(
+                    "no {} config: give one, or put the checkpoint's config.json beside it ({} does not exist)",
+                    A::FAMILY,
+                    beside.display()
+                ),
+            )),
+        },
     }
 }

@@ -6,7 +6,7 @@
 //! ```no_run
 //! use candle_core::{DType, Device};
 //! use replica_check::{Bundle, Tolerance};
-//! use replica_models::{divergence, gpt2::{Gpt2, Gpt2Config}, Architecture, ModelConfig};
+//! use replica_models::{divergence, gpt2::{Gpt2, Gpt2Config}, LoadCheckpoint, ModelConfig};
 //! # fn main() -> replica_models::Result<()> {
 //! let bundle = Bundle::load("tests/fixtures/models/gpt2.safetensors", &Device::Cpu)?;
 //! let config = Gpt2Config::from_value(&bundle.metadata().config, bundle.origin())?;

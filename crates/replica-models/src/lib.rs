@@ -11,8 +11,8 @@
 //!   sentence embeddings ([`sentence`]) for sentence-transformers models.
 //!
 //! Each is an [`Architecture`]: its config type (read strictly, [`ModelConfig`]),
-//! its [`Family`], its presets, its weight map and `new`; the loaders are the
-//! trait's. Train or eval is candle's `ModuleT::forward_t(x, train)`. Around them:
+//! its [`Family`], its presets, its weight map and `new`; the strict checkpoint
+//! loaders are [`LoadCheckpoint`]'s, which every architecture has. Train or eval is candle's `ModuleT::forward_t(x, train)`. Around them:
 //! the [`registry`], a table of one descriptor per architecture (`list_models`,
 //! `create_model`, `load_model`), [`checkpoint`] reading that refuses another
 //! model's weights, [`generation`], and [`divergence`] (the first module whose
@@ -29,6 +29,7 @@ mod error;
 pub mod generation;
 pub mod gpt2;
 pub mod llama;
+pub mod load_checkpoint;
 pub mod papers;
 pub mod registry;
 // Owned by the suite-crate move as well; its undocumented items are listed there.
@@ -36,13 +37,14 @@ pub mod registry;
 pub mod sentence;
 pub mod vit;
 
-pub use architecture::{Architecture, Family};
+pub use architecture::{Architecture, Family, Preset};
 pub use bert::{Bert, BertConfig, BertOutput};
 pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig};
-pub use registry::{create_model, list_models, load_model, Descriptor, Model, Preset, Registry};
+pub use load_checkpoint::LoadCheckpoint;
+pub use registry::{create_model, list_models, load_model, Descriptor, Model, Registry};
 pub use vit::{Vit, VitConfig};
 
 /// The tokenizer library the sentence embedder uses (HF `tokenizers`), for callers that tokenise themselves.

@@ -26,8 +26,7 @@ use serde_json::{json, Value};
 use crate::architecture::hf_layer;
 use crate::config::positive;
 use crate::generation::{decoder_positions, CausalLm};
-use crate::registry::Preset;
-use crate::{papers, Architecture, Family, ModelConfig};
+use crate::{papers, Architecture, Family, ModelConfig, Preset};
 
 fn silu() -> Activation {
     Activation::Silu

@@ -25,11 +25,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
-use replica_blocks::Paper;
 use serde_json::Value;
 
+use crate::checkpoint;
 use crate::config::{merge_overrides, ModelConfig};
-use crate::{Architecture, Error, Family, Result};
+use crate::{Architecture, Error, Family, Preset, Result};
 
 /// Every registered architecture, in the order `replica models` lists their presets.
 /// A new model is one line here (by full path, so that the line is all it takes).
@@ -39,28 +39,6 @@ pub const MODELS: &[Descriptor] = &[
     Descriptor::of::<crate::llama::Llama>(),
     Descriptor::of::<crate::bert::Bert>(),
 ];
-
-/// A named configuration of a model: its paper and where its reference weights are published.
-#[derive(Clone, Copy, Debug)]
-pub struct Preset {
-    /// The name [`create_model`] takes (timm's model name, or the HF hub's).
-    pub name: &'static str,
-    /// The paper the preset follows (the family's, or a more specific one).
-    pub paper: Paper,
-    /// Where the reference weights are published, by the reference library's name.
-    pub checkpoint: &'static str,
-    /// What the preset is, in a line.
-    pub description: &'static str,
-    /// The configuration, as the reference's `config.json` (or timm kwargs).
-    pub config: fn() -> Value,
-}
-
-impl Preset {
-    /// The preset's configuration, as the reference's `config.json` (or timm kwargs).
-    pub fn config(&self) -> Value {
-        (self.config)()
-    }
-}
 
 /// One line of a registry: an [`Architecture`], with its family and presets, and
 /// the builders [`create_model`] and [`load_model`] call for it.
@@ -72,7 +50,7 @@ pub struct Descriptor {
     pub presets: &'static [Preset],
     read: fn(&Value, &Path) -> Result<()>,
     create: fn(&Value, &Path, VarBuilder) -> Result<Model>,
-    load: fn(&Value, &Path, &Path, DType, &Device) -> Result<Model>,
+    load: fn(&Value, &Path, &Path, DType, &Device, &[Family]) -> Result<Model>,
 }
 
 impl Descriptor {
@@ -97,18 +75,6 @@ impl Descriptor {
     pub fn create(&self, config: &Value, origin: impl AsRef<Path>, vb: VarBuilder) -> Result<Model> {
         (self.create)(config, origin.as_ref(), vb)
     }
-
-    /// Builds the model with `config` and loads `checkpoint` into it strictly.
-    pub fn load(
-        &self,
-        config: &Value,
-        origin: impl AsRef<Path>,
-        checkpoint: impl AsRef<Path>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Model> {
-        (self.load)(config, origin.as_ref(), checkpoint.as_ref(), dtype, device)
-    }
 }
 
 fn read<A: Architecture>(config: &Value, origin: &Path) -> Result<()> {
@@ -126,9 +92,11 @@ fn load<A: Architecture>(
     checkpoint: &Path,
     dtype: DType,
     device: &Device,
+    known: &[Family],
 ) -> Result<Model> {
     let config = A::Config::from_value(config, origin)?;
-    Ok(A::load(&config, checkpoint, dtype, device)?.into())
+    let tensors = checkpoint::read_checkpoint(checkpoint, device)?;
+    Ok(checkpoint::load_tensors::<A>(&config, tensors, checkpoint, dtype, device, known)?.into())
 }
 
 /// A table of descriptors and timm's calls over it; the free functions of this
@@ -196,7 +164,8 @@ impl<'a> Registry<'a> {
 
     /// Builds preset `name` (with `overrides`) and loads `checkpoint` into it strictly,
     /// through the model's weight map: another model's checkpoint, shapes that
-    /// contradict the config, and missing or unused tensors are errors.
+    /// contradict the config, and missing or unused tensors are errors; the
+    /// checkpoint of another of the table's models is named as such.
     pub fn load_model(
         &self,
         name: &str,
@@ -207,7 +176,9 @@ impl<'a> Registry<'a> {
     ) -> Result<Model> {
         let (descriptor, _) = self.find(name)?;
         let config = self.model_config(name, overrides)?;
-        descriptor.load(&config, format!("config of `{name}`"), checkpoint, dtype, device)
+        let known: Vec<Family> = self.0.iter().map(|d| d.family).collect();
+        let origin = format!("config of `{name}`");
+        (descriptor.load)(&config, origin.as_ref(), checkpoint.as_ref(), dtype, device, &known)
     }
 }
 

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
 
 use crate::bert::{Bert, BertConfig};
-use crate::{Architecture, Error, ModelConfig, Result};
+use crate::{Error, LoadCheckpoint, ModelConfig, Result};
 
 /// The files a sentence-transformers model directory must hold.
 pub const MODEL_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];

@@ -24,8 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::positive;
-use crate::registry::Preset;
-use crate::{Architecture, Family, ModelConfig};
+use crate::{Architecture, Family, ModelConfig, Preset};
 
 fn yes() -> bool {
     true

@@ -3,7 +3,8 @@
 //! strictly and run in both modes like the built-in models.
 
 // What `crate::` names inside crates/replica-models/src, where the file would live.
-pub use replica_models::{registry, Architecture, Family, ModelConfig};
+use replica_models::LoadCheckpoint;
+pub use replica_models::{registry, Architecture, Family, ModelConfig, Preset};
 
 #[path = "adding_a_model/perceptron.rs"]
 mod perceptron;

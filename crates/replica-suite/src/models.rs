@@ -15,7 +15,7 @@ use replica_check::{Bundle, Case, Namespace, Parity, Report, TraceReport, Unmatc
 use replica_models::config::bundle_config;
 use replica_models::generation::{generate_greedy, CausalLm, GenerateOptions};
 use replica_models::papers::{BERT, GPT2, LLAMA};
-use replica_models::{Architecture, Bert, Error, Gpt2, Llama, Result, Vit};
+use replica_models::{Architecture, Bert, Error, Gpt2, Llama, LoadCheckpoint, Result, Vit};
 
 use crate::case;
 

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use replica_check::{Bundle, Namespace};
 use replica_models::generation::{generate_greedy, GenerateOptions};
 use replica_models::{
-    Architecture, Bert, BertConfig, Error, Gpt2, Gpt2Config, Llama, LlamaConfig, ModelConfig, Vit, VitConfig,
+    Bert, BertConfig, Error, Gpt2, Gpt2Config, Llama, LlamaConfig, LoadCheckpoint, ModelConfig, Vit, VitConfig,
 };
 use replica_suite::fixtures_dir;
 use serde_json::{json, Value};

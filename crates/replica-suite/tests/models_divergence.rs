@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use replica_check::{Bundle, Namespace, Tolerance, TraceReport, WeightMap};
 use replica_models::divergence;
 use replica_models::{
-    Architecture, Bert, BertConfig, Gpt2, Gpt2Config, Llama, LlamaConfig, ModelConfig, Vit, VitConfig,
+    Architecture, Bert, BertConfig, Gpt2, Gpt2Config, Llama, LlamaConfig, LoadCheckpoint, ModelConfig, Vit, VitConfig,
 };
 use replica_suite::fixtures_dir;
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use replica_check::{write_safetensors, Bundle, Namespace};
 use replica_models::generation::{generate_greedy, GenerateOptions};
-use replica_models::{Architecture, Gpt2};
+use replica_models::{Gpt2, LoadCheckpoint};
 use replica_suite::fixtures_dir;
 
 fn reference() -> (Bundle, Vec<u32>, Vec<u32>) {

@@ -6,8 +6,7 @@ use replica_blocks::dropout::Dropout;
 use replica_blocks::{papers, Activation, Linear, LinearConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::registry::Preset;
-use crate::{Architecture, Family, ModelConfig};
+use crate::{Architecture, Family, ModelConfig, Preset};
 
 /// The reference's constructor arguments.
 #[derive(Clone, Debug, Serialize, Deserialize)]
