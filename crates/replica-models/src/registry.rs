@@ -50,8 +50,12 @@ pub struct Descriptor {
     pub presets: &'static [Preset],
     read: fn(&Value, &Path) -> Result<()>,
     create: fn(&Value, &Path, VarBuilder) -> Result<Model>,
-    load: fn(&Value, &Path, &Path, DType, &Device, &[Family]) -> Result<Model>,
+    load: LoadFn,
 }
+
+/// Builds a model from a JSON config (and its origin) and loads a checkpoint into
+/// it, telling apart the checkpoints of the families given.
+type LoadFn = fn(&Value, &Path, &Path, DType, &Device, &[Family]) -> Result<Model>;
 
 impl Descriptor {
     /// The registry line of architecture `A`.
