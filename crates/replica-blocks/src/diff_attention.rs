@@ -187,8 +187,8 @@ impl DiffAttention {
             lambda_k2: lambda("lambda_k2")?,
             subln: RmsNorm::new(
                 &RmsNormConfig {
-                    dim: 2 * head_dim,
                     eps: config.subln_eps,
+                    ..RmsNormConfig::new(2 * head_dim)
                 },
                 vb.pp("subln"),
             )?,

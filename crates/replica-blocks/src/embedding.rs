@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// `torch.nn.Embedding(num_embeddings, embedding_dim, padding_idx)`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EmbeddingConfig {
     #[serde(alias = "vocab_size", alias = "num_embeddings")]
     pub vocab: usize,
@@ -16,6 +16,11 @@ pub struct EmbeddingConfig {
     /// flows to it.
     #[serde(default)]
     pub padding_idx: Option<usize>,
+    /// A factor on every output, held as an f32 and rounded to the table's dtype
+    /// before the product, as HF Gemma's `embed_scale` (`sqrt(hidden_size)`, arXiv
+    /// 2403.08295); `None` is no scaling.
+    #[serde(default)]
+    pub scale: Option<f64>,
 }
 
 impl EmbeddingConfig {
@@ -25,6 +30,7 @@ impl EmbeddingConfig {
             vocab,
             dim,
             padding_idx: None,
+            scale: None,
         }
     }
 }
@@ -34,6 +40,7 @@ impl EmbeddingConfig {
 pub struct Embedding {
     weight: Tensor,
     padding_idx: Option<usize>,
+    scale: Option<f64>,
     path: String,
 }
 
@@ -51,6 +58,7 @@ impl Embedding {
         Ok(Self {
             weight,
             padding_idx: config.padding_idx,
+            scale: config.scale,
             path: vb.prefix(),
         })
     }
@@ -59,6 +67,7 @@ impl Embedding {
         Self {
             weight,
             padding_idx: None,
+            scale: None,
             path: path.into(),
         }
     }
@@ -92,6 +101,10 @@ impl Embedding {
             // The same values, with the padding rows' gradient cut: y * keep + detached y * (1 - keep).
             let keep = flat.ne(pad as f64)?.to_dtype(y.dtype())?.unsqueeze(1)?;
             y = (y.broadcast_mul(&keep)? + y.detach().broadcast_mul(&keep.affine(-1.0, 1.0)?)?)?;
+        }
+        if let Some(scale) = self.scale {
+            let scale = Tensor::new(scale as f32, y.device())?.to_dtype(y.dtype())?;
+            y = y.broadcast_mul(&scale)?;
         }
         let y = y.reshape(shape)?;
         replica_check::tap(&self.path, &y);

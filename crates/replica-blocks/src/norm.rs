@@ -1,7 +1,9 @@
 //! Normalisation layers.
 //!
 //! - LayerNorm: Ba, Kiros & Hinton, arXiv 1607.06450, as `torch.nn.LayerNorm`.
-//! - RMSNorm: Zhang & Sennrich, arXiv 1910.07467, as HF `LlamaRMSNorm`.
+//! - RMSNorm: Zhang & Sennrich, arXiv 1910.07467, as HF `LlamaRMSNorm`; with a
+//!   weight offset and the rounding after the scale it is HF `GemmaRMSNorm`
+//!   (Gemma, arXiv 2403.08295: the scale is `1 + weight`, the weight starts at 0).
 //!
 //! Both normalise in f32 whatever the input dtype, as PyTorch does for f16/bf16;
 //! the computation is the op layer's ([`ops::layer_norm`], [`ops::rms_norm`]:
@@ -13,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
 use crate::ops;
+pub use crate::ops::RmsNormRounding;
 
 fn default_layer_norm_eps() -> f64 {
     1e-5
@@ -89,20 +92,41 @@ impl LayerNorm {
     }
 }
 
-/// HF `LlamaRMSNorm(hidden_size, eps)`.
+/// HF `LlamaRMSNorm(hidden_size, eps)`, or with `offset: 1` and
+/// `rounding: after_scale` HF `GemmaRMSNorm(hidden_size, eps)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RmsNormConfig {
     #[serde(alias = "hidden_size")]
     pub dim: usize,
     #[serde(default = "default_rms_norm_eps", alias = "rms_norm_eps")]
     pub eps: f64,
+    /// Added to the weight to make the scale (`offset + weight`): 0 for LLaMA,
+    /// 1 for Gemma, whose weight starts at 0. The checkpoint holds the weight.
+    #[serde(default)]
+    pub offset: f64,
+    /// Where an f16/bf16 input is rounded: before the scale (LLaMA) or after (Gemma).
+    #[serde(default)]
+    pub rounding: RmsNormRounding,
 }
 
 impl RmsNormConfig {
+    /// LLaMA's RMSNorm over `dim` features: eps 1e-6, scale `weight`.
     pub fn new(dim: usize) -> Self {
         Self {
             dim,
             eps: default_rms_norm_eps(),
+            offset: 0.0,
+            rounding: RmsNormRounding::BeforeScale,
+        }
+    }
+
+    /// Gemma's RMSNorm over `dim` features: scale `1 + weight` in f32, rounded after it.
+    pub fn gemma(dim: usize, eps: f64) -> Self {
+        Self {
+            dim,
+            eps,
+            offset: 1.0,
+            rounding: RmsNormRounding::AfterScale,
         }
     }
 }
@@ -112,21 +136,34 @@ impl RmsNormConfig {
 pub struct RmsNorm {
     weight: Tensor,
     eps: f64,
+    offset: f64,
+    rounding: RmsNormRounding,
     path: String,
 }
 
 impl RmsNorm {
     pub fn new(config: &RmsNormConfig, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get_with_hints(config.dim, "weight", candle_nn::Init::Const(1.0))?;
+        // Initialised so that the scale starts at 1.
+        let init = candle_nn::Init::Const(1.0 - config.offset);
+        let weight = vb.get_with_hints(config.dim, "weight", init)?;
         Ok(Self {
             weight,
             eps: config.eps,
+            offset: config.offset,
+            rounding: config.rounding,
             path: vb.prefix(),
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = ops::rms_norm(x, &self.weight, self.eps)?;
+        // As the reference: the offset is added to the weight in f32 (in f16/bf16
+        // `1 + w` would round).
+        let scale = if self.offset == 0.0 {
+            self.weight.clone()
+        } else {
+            (self.weight.to_dtype(candle_core::DType::F32)? + self.offset)?
+        };
+        let y = ops::rms_norm(x, &scale, self.eps, self.rounding)?;
         replica_check::tap(&self.path, &y);
         Ok(y)
     }
@@ -139,6 +176,8 @@ pub enum NormKind {
     #[default]
     LayerNorm,
     RmsNorm,
+    /// Gemma's RMSNorm ([`RmsNormConfig::gemma`]).
+    GemmaRmsNorm,
 }
 
 /// A LayerNorm or an RMSNorm, chosen by configuration, or the [`Identity`] a
@@ -161,7 +200,14 @@ impl Norm {
                 },
                 vb,
             )?),
-            NormKind::RmsNorm => Norm::RmsNorm(RmsNorm::new(&RmsNormConfig { dim, eps }, vb)?),
+            NormKind::RmsNorm => Norm::RmsNorm(RmsNorm::new(
+                &RmsNormConfig {
+                    eps,
+                    ..RmsNormConfig::new(dim)
+                },
+                vb,
+            )?),
+            NormKind::GemmaRmsNorm => Norm::RmsNorm(RmsNorm::new(&RmsNormConfig::gemma(dim, eps), vb)?),
         })
     }
 

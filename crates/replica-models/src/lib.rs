@@ -24,6 +24,7 @@ pub mod architecture;
 pub mod bert;
 pub mod checkpoint;
 pub mod config;
+pub mod decoder;
 pub mod divergence;
 mod error;
 pub mod generation;

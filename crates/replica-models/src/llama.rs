@@ -11,21 +11,21 @@
 //! original checkpoints pair neighbouring features, and HF permutes their q/k
 //! weights on conversion. `rope_interleaved: true` reads Meta's layout as it is.
 
-use candle_core::{DType, Device, ModuleT, Tensor, D};
+use candle_core::{Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::attention::{AttentionConfig, AttentionNames};
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::{
-    Activation, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, GluMlpConfig, Linear, LinearConfig,
-    NormKind, ResidualLayout, RmsNorm, RmsNormConfig, RopeStyle, TransformerBlock, TransformerBlockConfig,
+    Activation, BlockNames, EmbeddingConfig, FeedForwardConfig, GluMlpConfig, NormKind, ResidualLayout, RmsNormConfig,
+    RopeStyle, TransformerBlockConfig,
 };
 use replica_check::WeightMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::architecture::hf_layer;
 use crate::config::positive;
-use crate::generation::{decoder_positions, CausalLm};
+use crate::decoder::{CausalDecoder, DecoderSpec};
+use crate::generation::CausalLm;
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
 
 fn silu() -> Activation {
@@ -222,17 +222,32 @@ impl LlamaConfig {
             names: BlockNames::llama(),
         }
     }
+
+    /// The whole decoder, as `LlamaForCausalLM`.
+    pub fn decoder_spec(&self) -> DecoderSpec {
+        DecoderSpec {
+            family: "LLaMA",
+            embedding: EmbeddingConfig {
+                padding_idx: self.pad_token_id,
+                ..EmbeddingConfig::new(self.vocab_size, self.hidden_size)
+            },
+            block: self.block_config(),
+            layers: self.num_hidden_layers,
+            final_norm: RmsNormConfig {
+                eps: self.rms_norm_eps,
+                ..RmsNormConfig::new(self.hidden_size)
+            },
+            tie_word_embeddings: self.tie_word_embeddings,
+            max_positions: self.max_position_embeddings,
+        }
+    }
 }
 
 /// A LLaMA-style decoder with its language-model head (`LlamaForCausalLM`).
 #[derive(Clone, Debug)]
 pub struct Llama {
-    embed_tokens: Embedding,
-    layers: Vec<TransformerBlock>,
-    norm: RmsNorm,
-    lm_head: Linear,
+    decoder: CausalDecoder,
     config: LlamaConfig,
-    device: Device,
 }
 
 impl Architecture for Llama {
@@ -266,40 +281,9 @@ impl Architecture for Llama {
     /// Builds the model under `vb` (the checkpoint's root: `model.*`, `lm_head.weight`).
     fn new(config: &LlamaConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         Self::check(config)?;
-        let m = vb.pp("model");
-        let embed_tokens = Embedding::new(
-            &EmbeddingConfig {
-                padding_idx: config.pad_token_id,
-                ..EmbeddingConfig::new(config.vocab_size, config.hidden_size)
-            },
-            m.pp("embed_tokens"),
-        )?;
-        let block = config.block_config();
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| TransformerBlock::new(&block, m.pp("layers").pp(i)))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let norm = RmsNorm::new(
-            &RmsNormConfig {
-                dim: config.hidden_size,
-                eps: config.rms_norm_eps,
-            },
-            m.pp("norm"),
-        )?;
-        let lm_head = if config.tie_word_embeddings {
-            Linear::from_weights(embed_tokens.weight().clone(), None, vb.pp("lm_head").prefix())
-        } else {
-            Linear::new(
-                &LinearConfig::new(config.hidden_size, config.vocab_size).no_bias(),
-                vb.pp("lm_head"),
-            )?
-        };
         Ok(Self {
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
+            decoder: CausalDecoder::new(&config.decoder_spec(), vb)?,
             config: config.clone(),
-            device: vb.device().clone(),
         })
     }
 
@@ -324,40 +308,12 @@ impl Llama {
     /// The final hidden states `[batch, seq, hidden_size]` (after `model.norm`), in
     /// inference, continuing from what `cache` holds (one [`KvCache`] per layer).
     pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        self.hidden_t(ids, cache, false)
+        self.decoder.hidden_t(ids, cache, false)
     }
 
     /// Logits `[batch, seq, vocab_size]`, in inference (`forward_t(ids, true)` trains).
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        self.lm_head.forward(&self.hidden_t(ids, cache, false)?)
-    }
-
-    fn hidden_t(&self, ids: &Tensor, mut cache: Option<&mut [KvCache]>, train: bool) -> candle_core::Result<Tensor> {
-        let limit = self.config.max_position_embeddings;
-        let table = format!("max_position_embeddings {limit} (the rotary tables end there)");
-        let (seq, offset) = decoder_positions("LLaMA", ids, &cache, self.layers.len(), limit, &table)?;
-        let mut x = self.embed_tokens.forward(ids)?;
-        if replica_check::trace::is_active() {
-            self.trace_rotary_tables(seq, offset, x.dtype())?;
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = hf_layer(layer, &x, None, cache.as_mut().map(|c| &mut c[i]), train)?;
-        }
-        let x = self.norm.forward(&x)?;
-        replica_check::tap("model:last_hidden_state", &x);
-        Ok(x)
-    }
-
-    /// Records the rotary tables as HF's `model.rotary_emb` returns them:
-    /// `(cos, sin)`, each `[1, seq, head_dim]` with the frequencies repeated twice.
-    fn trace_rotary_tables(&self, seq: usize, offset: usize, dtype: DType) -> candle_core::Result<()> {
-        let Some(rope) = self.layers.first().and_then(|l| l.attention().rope()) else {
-            return Ok(());
-        };
-        let (cos, sin) = rope.tables(seq, offset)?;
-        let twice = |t: &Tensor| Tensor::cat(&[t, t], D::Minus1)?.unsqueeze(0)?.to_dtype(dtype);
-        replica_check::tap_tuple("model.rotary_emb", &[&twice(&cos)?, &twice(&sin)?]);
-        Ok(())
+        self.decoder.logits_t(ids, cache, false)
     }
 }
 
@@ -365,7 +321,7 @@ impl ModuleT for Llama {
     /// Logits `[batch, seq, vocab_size]` for token ids `[batch, seq]`; `train` turns
     /// attention dropout on.
     fn forward_t(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.lm_head.forward(&self.hidden_t(ids, None, train)?)
+        self.decoder.logits_t(ids, None, train)
     }
 }
 
@@ -375,14 +331,14 @@ impl CausalLm for Llama {
     }
 
     fn num_layers(&self) -> usize {
-        self.layers.len()
+        self.decoder.num_layers()
     }
 
     fn max_positions(&self) -> usize {
-        self.config.max_position_embeddings
+        self.decoder.max_positions()
     }
 
     fn device(&self) -> &Device {
-        &self.device
+        self.decoder.device()
     }
 }

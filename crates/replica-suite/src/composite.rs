@@ -144,7 +144,7 @@ impl HfLayer {
     ) -> Result<TransformerBlockConfig> {
         let (field, eps) = match norm {
             NormKind::LayerNorm => ("layer_norm_epsilon", self.layer_norm_epsilon),
-            NormKind::RmsNorm => ("rms_norm_eps", self.rms_norm_eps),
+            NormKind::RmsNorm | NormKind::GemmaRmsNorm => ("rms_norm_eps", self.rms_norm_eps),
         };
         Ok(TransformerBlockConfig {
             dim: attention.dim,

@@ -28,7 +28,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use activation::{activation, gated, Activation};
 pub use mask::{AlibiBias, ScoreBias};
-pub use norm::{layer_norm, rms_norm};
+pub use norm::{layer_norm, rms_norm, RmsNormRounding};
 pub use replica_kernels::Causal;
 pub use rope::{rope, RopeStyle};
 pub(crate) use sdpa::{attend, weights_missing};

@@ -2,10 +2,12 @@
 //! PyTorch computes it for f16/bf16).
 //!
 //! - LayerNorm: Ba, Kiros & Hinton, arXiv 1607.06450, as `torch.nn.LayerNorm`.
-//! - RMSNorm: Zhang & Sennrich, arXiv 1910.07467, as HF `LlamaRMSNorm`.
+//! - RMSNorm: Zhang & Sennrich, arXiv 1910.07467, as HF `LlamaRMSNorm`, or
+//!   HF `GemmaRMSNorm` (arXiv 2403.08295), which rounds after the scale.
 
 use candle_core::{DType, Result, Tensor, D};
 use replica_kernels::reference;
+use serde::{Deserialize, Serialize};
 
 use super::kernels_for;
 
@@ -30,10 +32,23 @@ pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, ep
     y.to_dtype(x.dtype())
 }
 
-/// `x / sqrt(mean(x²) + eps) · weight` over the last dimension. f32 with an f32
-/// weight is one pass; otherwise the normalisation runs in f32 and is rounded to
-/// `x`'s dtype *before* the scale, as `LlamaRMSNorm` orders it.
-pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+/// Where an RMSNorm of an f16/bf16 input rounds to the input's dtype.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RmsNormRounding {
+    /// Normalise in f32, round, then scale in the input's dtype, as HF
+    /// `LlamaRMSNorm` (`weight * hidden_states.to(input_dtype)`).
+    #[default]
+    BeforeScale,
+    /// Normalise and scale in f32, then round once, as HF `GemmaRMSNorm`
+    /// (`(output * (1.0 + weight.float())).type_as(x)`).
+    AfterScale,
+}
+
+/// `x / sqrt(mean(x²) + eps) · scale` over the last dimension. f32 with an f32
+/// scale is one pass; otherwise the normalisation runs in f32 and `rounding` says
+/// where the result is rounded to `x`'s dtype.
+pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64, rounding: RmsNormRounding) -> Result<Tensor> {
     let kernels = kernels_for(x);
     let norm = |x: &Tensor, w: &Tensor| {
         if kernels {
@@ -43,11 +58,17 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         }
     };
     let dtype = x.dtype();
-    if dtype == DType::F32 && weight.dtype() == DType::F32 {
-        return norm(x, weight);
+    if dtype == DType::F32 && scale.dtype() == DType::F32 {
+        return norm(x, scale);
     }
-    let unit = Tensor::ones(x.dim(D::Minus1)?, DType::F32, x.device())?;
-    norm(&x.to_dtype(DType::F32)?, &unit)?
-        .to_dtype(dtype)?
-        .broadcast_mul(&weight.to_dtype(dtype)?)
+    let x32 = x.to_dtype(DType::F32)?;
+    match rounding {
+        RmsNormRounding::AfterScale => norm(&x32, &scale.to_dtype(DType::F32)?)?.to_dtype(dtype),
+        RmsNormRounding::BeforeScale => {
+            let unit = Tensor::ones(x.dim(D::Minus1)?, DType::F32, x.device())?;
+            norm(&x32, &unit)?
+                .to_dtype(dtype)?
+                .broadcast_mul(&scale.to_dtype(dtype)?)
+        }
+    }
 }

@@ -1,0 +1,129 @@
+//! The decoder-only language model of LLaMA (arXiv 2302.13971) and the families
+//! built like it (Gemma, arXiv 2403.08295, ...): a token embedding, pre-norm
+//! decoder layers with rotary attention and a gated MLP, a final RMSNorm and an LM
+//! head, as HF's `*ForCausalLM` lays them out (`model.embed_tokens`,
+//! `model.layers.N`, `model.norm`, `lm_head`). A model file reads its reference's
+//! config into a [`DecoderSpec`]; what differs between the families (the norm, the
+//! embedding's scale, the activation, the attention's options) is data in it.
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use replica_blocks::kv_cache::KvCache;
+use replica_blocks::TransformerBlockConfig;
+use replica_blocks::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig, TransformerBlock};
+
+use crate::architecture::hf_layer;
+use crate::generation::decoder_positions;
+
+/// What a decoder is made of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecoderSpec {
+    /// The family's name, in messages (`LLaMA`).
+    pub family: &'static str,
+    /// The token embedding (`model.embed_tokens`).
+    pub embedding: EmbeddingConfig,
+    /// Every decoder layer (`model.layers.N`).
+    pub block: TransformerBlockConfig,
+    /// The number of decoder layers.
+    pub layers: usize,
+    /// The norm after the last layer (`model.norm`).
+    pub final_norm: RmsNormConfig,
+    /// The LM head reads the token embedding's weight (HF `tie_word_embeddings`).
+    pub tie_word_embeddings: bool,
+    /// The longest sequence the rotary tables cover.
+    pub max_positions: usize,
+}
+
+/// A decoder-only language model built from a [`DecoderSpec`].
+#[derive(Clone, Debug)]
+pub struct CausalDecoder {
+    embed_tokens: Embedding,
+    layers: Vec<TransformerBlock>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    spec: DecoderSpec,
+    device: Device,
+}
+
+impl CausalDecoder {
+    /// Builds the decoder under `vb`, the checkpoint's root (`model.*`, `lm_head.weight`).
+    pub fn new(spec: &DecoderSpec, vb: VarBuilder) -> candle_core::Result<Self> {
+        let m = vb.pp("model");
+        let embed_tokens = Embedding::new(&spec.embedding, m.pp("embed_tokens"))?;
+        let layers = (0..spec.layers)
+            .map(|i| TransformerBlock::new(&spec.block, m.pp("layers").pp(i)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(&spec.final_norm, m.pp("norm"))?;
+        let lm_head = if spec.tie_word_embeddings {
+            Linear::from_weights(embed_tokens.weight().clone(), None, vb.pp("lm_head").prefix())
+        } else {
+            Linear::new(
+                &LinearConfig::new(spec.embedding.dim, spec.embedding.vocab).no_bias(),
+                vb.pp("lm_head"),
+            )?
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            spec: spec.clone(),
+            device: vb.device().clone(),
+        })
+    }
+
+    /// The number of decoder layers (one [`KvCache`] each).
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The longest sequence the model can position.
+    pub fn max_positions(&self) -> usize {
+        self.spec.max_positions
+    }
+
+    /// Where the weights are.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Logits `[batch, seq, vocab]` of token ids `[batch, seq]`, continuing from
+    /// what `cache` holds, in training (`train`) or inference.
+    pub fn logits_t(&self, ids: &Tensor, cache: Option<&mut [KvCache]>, train: bool) -> candle_core::Result<Tensor> {
+        self.lm_head.forward(&self.hidden_t(ids, cache, train)?)
+    }
+
+    /// The final hidden states `[batch, seq, hidden]` (after `model.norm`).
+    pub fn hidden_t(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut [KvCache]>,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        let limit = self.spec.max_positions;
+        let table = format!("max_position_embeddings {limit} (the rotary tables end there)");
+        let (seq, offset) = decoder_positions(self.spec.family, ids, &cache, self.layers.len(), limit, &table)?;
+        let mut x = self.embed_tokens.forward(ids)?;
+        if replica_check::trace::is_active() {
+            self.trace_rotary_tables(seq, offset, x.dtype())?;
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = hf_layer(layer, &x, None, cache.as_mut().map(|c| &mut c[i]), train)?;
+        }
+        let x = self.norm.forward(&x)?;
+        replica_check::tap("model:last_hidden_state", &x);
+        Ok(x)
+    }
+
+    /// Records the rotary tables as HF's `model.rotary_emb` returns them:
+    /// `(cos, sin)`, each `[1, seq, head_dim]` with the frequencies repeated twice.
+    fn trace_rotary_tables(&self, seq: usize, offset: usize, dtype: DType) -> candle_core::Result<()> {
+        let Some(rope) = self.layers.first().and_then(|l| l.attention().rope()) else {
+            return Ok(());
+        };
+        let (cos, sin) = rope.tables(seq, offset)?;
+        let twice = |t: &Tensor| Tensor::cat(&[t, t], D::Minus1)?.unsqueeze(0)?.to_dtype(dtype);
+        replica_check::tap_tuple("model.rotary_emb", &[&twice(&cos)?, &twice(&sin)?]);
+        Ok(())
+    }
+}
