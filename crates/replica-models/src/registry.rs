@@ -37,6 +37,7 @@ pub const MODELS: &[Descriptor] = &[
     Descriptor::of::<crate::gpt2::Gpt2>(),
     Descriptor::of::<crate::vit::Vit>(),
     Descriptor::of::<crate::llama::Llama>(),
+    Descriptor::of::<crate::gemma::Gemma>(),
     Descriptor::of::<crate::bert::Bert>(),
 ];
 

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use replica_models::registry::{self, create_model, list_models, model_config, Registry, MODELS};
-use replica_models::{BertConfig, Gpt2, Gpt2Config, ModelConfig, Vit, VitConfig};
+use replica_models::{BertConfig, GemmaConfig, Gpt2, Gpt2Config, ModelConfig, Vit, VitConfig};
 use serde_json::{json, Value};
 
 #[test]
@@ -49,7 +49,7 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
             preset.name
         );
     }
-    assert_eq!(registry::presets().count(), 8);
+    assert_eq!(registry::presets().count(), 9);
     // Every preset's config is complete and consistent for its model.
     for name in list_models("") {
         model_config(name, &Value::Null).unwrap();
@@ -60,6 +60,7 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
         "2010.11929"
     );
     assert_eq!(registry::preset("llama-tiny").unwrap().paper.arxiv, "2302.13971");
+    assert_eq!(registry::preset("gemma-2b").unwrap().paper.arxiv, "2403.08295");
     assert_eq!(registry::preset("bert-base-uncased").unwrap().paper.arxiv, "1810.04805");
 }
 
@@ -77,6 +78,12 @@ fn the_preset_configs_are_the_published_sizes() {
         (tiny.embed_dim, tiny.depth, tiny.num_heads, tiny.num_tokens()),
         (192, 12, 3, 197)
     );
+    let gemma = GemmaConfig::from_value(&registry::preset("gemma-2b").unwrap().config(), "g").unwrap();
+    assert_eq!(
+        (gemma.num_hidden_layers, gemma.hidden_size, gemma.num_attention_heads),
+        (18, 2048, 8)
+    );
+    assert_eq!((gemma.num_key_value_heads, gemma.head_dim, gemma.vocab_size), (1, 256, 256_000));
     let minilm = BertConfig::from_value(&registry::preset("all-MiniLM-L6-v2").unwrap().config(), "m").unwrap();
     assert_eq!(
         (minilm.hidden_size, minilm.num_hidden_layers, minilm.intermediate_size),

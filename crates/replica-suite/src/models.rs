@@ -14,8 +14,8 @@ use replica_blocks::papers::VIT;
 use replica_check::{Bundle, Case, Namespace, Parity, Report, TraceReport, Unmatched};
 use replica_models::config::bundle_config;
 use replica_models::generation::{generate_greedy, CausalLm, GenerateOptions};
-use replica_models::papers::{BERT, GPT2, LLAMA};
-use replica_models::{Architecture, Bert, Error, Gpt2, Llama, LoadCheckpoint, Result, Vit};
+use replica_models::papers::{BERT, GEMMA, GPT2, LLAMA};
+use replica_models::{Architecture, Bert, Error, Gemma, Gpt2, Llama, LoadCheckpoint, Result, Vit};
 
 use crate::case;
 
@@ -36,6 +36,8 @@ pub fn cases() -> Vec<Case> {
         case("gpt2_greedy_generate",  "transformers.GPT2LMHeadModel.generate",            Some(GPT2),  "models/gpt2_generate",  |b| as_check(b, gpt2_generate(b))),
         case("llama_causal_lm",       "transformers.LlamaForCausalLM",                    Some(LLAMA), "models/llama",          |b| report_of(b, llama_parity(b))),
         case("llama_greedy_generate", "transformers.LlamaForCausalLM.generate",           Some(LLAMA), "models/llama_generate", |b| as_check(b, llama_generate(b))),
+        case("gemma_causal_lm",       "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma",          |b| report_of(b, gemma_parity(b))),
+        case("gemma_causal_lm_bf16",  "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma_bf16",     |b| report_of(b, gemma_parity(b))),
         case("vit_timm",              "timm.models.vision_transformer.VisionTransformer", Some(VIT),   "models/vit",            |b| report_of(b, vit_parity(b))),
         case("bert_model",            "transformers.BertModel",                           Some(BERT),  "models/bert",           |b| report_of(b, bert_parity(b))),
     ]
@@ -129,6 +131,21 @@ pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
         unmatched: Unmatched::NONE,
     };
     check_model(bundle, &IO, load::<Llama>, |model, ids| {
+        Ok(vec![model.forward(&ids[0], None)?])
+    })
+}
+
+/// HF `GemmaForCausalLM`: logits, every block's activation and, where the bundle
+/// has them, the gradient of every parameter (the tied `lm_head.weight` against the
+/// token embedding's, whose padding row gets none).
+pub fn gemma_parity(bundle: &Bundle) -> Result<ModelParity> {
+    const IO: ModelIo = ModelIo {
+        inputs: &["0"],
+        outputs: &["logits"],
+        ties: &[("lm_head.weight", "model.embed_tokens.weight")],
+        unmatched: Unmatched::NONE,
+    };
+    check_model(bundle, &IO, load::<Gemma>, |model, ids| {
         Ok(vec![model.forward(&ids[0], None)?])
     })
 }
