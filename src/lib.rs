@@ -7,6 +7,7 @@
 //! - [`blocks`]: transformer building blocks, each citing its paper;
 //! - [`models`]: reference models built from the blocks, and the model registry;
 //! - [`suite`]: the built-in parity cases, every component against its PyTorch fixture.
+#![warn(missing_docs)]
 
 pub use replica_blocks as blocks;
 pub use replica_check as check;

@@ -48,6 +48,7 @@ impl ActivationLayer {
         }
     }
 
+    /// The activation this layer applies.
     pub fn activation(&self) -> Activation {
         self.activation
     }
@@ -57,6 +58,7 @@ impl ActivationLayer {
         !self.path.is_empty() && replica_check::trace::is_active()
     }
 
+    /// `act(x)`, recorded in traces under this layer's path (a functional layer records nothing).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.activation.forward(x)?;
         replica_check::tap(&self.path, &y);

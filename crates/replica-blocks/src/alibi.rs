@@ -21,11 +21,13 @@ use crate::ops::{mask, AlibiBias, Causal};
 /// ALiBi settings; the head count is read from a HF `config.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlibiConfig {
+    /// Attention heads, one slope each; HF `num_attention_heads` (also `n_head`, `num_heads`).
     #[serde(alias = "num_attention_heads", alias = "n_head", alias = "num_heads")]
     pub heads: usize,
 }
 
 impl AlibiConfig {
+    /// ALiBi for `heads` heads.
     pub fn new(heads: usize) -> Self {
         Self { heads }
     }
@@ -63,6 +65,7 @@ pub struct Alibi {
 }
 
 impl Alibi {
+    /// The slopes of [`alibi_slopes`] for `config.heads` heads, on `device`; fails on zero heads.
     pub fn new(config: &AlibiConfig, device: &Device) -> Result<Self> {
         if config.heads == 0 {
             candle_core::bail!("alibi: the head count must be positive")
@@ -74,6 +77,7 @@ impl Alibi {
         })
     }
 
+    /// The number of heads (and slopes).
     pub fn heads(&self) -> usize {
         self.values.len()
     }

@@ -62,6 +62,10 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Loads the projections (and norms) at `vb`'s path under [`AttentionConfig::names`]. Fails on
+    /// settings that do not fit together: `dim` not divisible into heads without a `head_dim`,
+    /// `heads` not a multiple of `kv_heads`, a dropout outside `[0, 1)`, a non-positive `softcap`,
+    /// rotary and ALiBi both, or a fused projection with another `context_dim`.
     pub fn new(config: &AttentionConfig, vb: VarBuilder) -> Result<Self> {
         let path = vb.prefix();
         let fail = |message: String| -> candle_core::Error {
@@ -173,14 +177,17 @@ impl Attention {
         })
     }
 
+    /// Query heads.
     pub fn heads(&self) -> usize {
         self.heads
     }
 
+    /// Key/value heads (fewer than [`heads`](Self::heads) with grouped- or multi-query attention).
     pub fn kv_heads(&self) -> usize {
         self.kv_heads
     }
 
+    /// Features per head.
     pub fn head_dim(&self) -> usize {
         self.head_dim
     }
@@ -190,6 +197,7 @@ impl Attention {
         self.rope.as_ref()
     }
 
+    /// The ALiBi slopes, when the config asks for them.
     pub fn alibi(&self) -> Option<&Alibi> {
         self.alibi.as_ref()
     }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// The width of the class token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClassTokenConfig {
+    /// Features of the token (timm `embed_dim`, HF `hidden_size`).
     #[serde(alias = "embed_dim", alias = "hidden_size")]
     pub dim: usize,
 }
@@ -30,6 +31,8 @@ pub struct ClassToken {
 }
 
 impl ClassToken {
+    /// Reads `cls_token`, `[1, 1, dim]`, from `vb`'s path (the owner's); a fresh token is drawn
+    /// from N(0, 1e-6²), as timm initialises it.
     pub fn new(config: &ClassTokenConfig, vb: VarBuilder) -> Result<Self> {
         // timm initialises the token with std 1e-6.
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: 1e-6 };
@@ -45,6 +48,8 @@ impl ClassToken {
         &self.token
     }
 
+    /// `x` `[batch, n, dim]` with the token prepended at position 0:
+    /// `[batch, n + 1, dim]`, in `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dim = self.token.dim(2)?;
         let (batch, _, width) = match x.dims() {

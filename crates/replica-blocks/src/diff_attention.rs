@@ -102,6 +102,7 @@ impl DiffAttentionConfig {
         }
     }
 
+    /// Key/value heads: `kv_heads`, or `heads` when unset.
     pub fn kv_heads(&self) -> usize {
         self.kv_heads.unwrap_or(self.heads)
     }
@@ -134,6 +135,10 @@ pub struct DiffAttention {
 }
 
 impl DiffAttention {
+    /// Loads `q_proj`, `k_proj`, `v_proj`, `out_proj` (no biases), the four λ vectors `[head_dim]`
+    /// and `subln` from `vb`'s path; fresh λ vectors are drawn from N(0, 0.1²), as the reference
+    /// initialises them. Fails when `dim` does not split into `2 * heads` equal halves or `heads`
+    /// is not a multiple of `kv_heads`.
     pub fn new(config: &DiffAttentionConfig, vb: VarBuilder) -> Result<Self> {
         let path = vb.prefix();
         let fail = |message: String| candle_core::Error::Msg(format!("diff_attention `{path}`: {message}"));
@@ -202,10 +207,12 @@ impl DiffAttention {
         })
     }
 
+    /// Differential heads.
     pub fn heads(&self) -> usize {
         self.heads
     }
 
+    /// Key/value heads.
     pub fn kv_heads(&self) -> usize {
         self.kv_heads
     }

@@ -31,6 +31,8 @@ pub struct DropPathConfig {
 }
 
 impl DropPathConfig {
+    /// Drops a sample's branch with probability `drop_prob`, scaling the
+    /// kept ones (timm's default).
     pub fn new(drop_prob: f64) -> Self {
         Self {
             drop_prob,
@@ -64,6 +66,7 @@ impl DropPath {
         })
     }
 
+    /// The probability of dropping a sample's branch in training.
     pub fn drop_prob(&self) -> f64 {
         self.drop_prob
     }

@@ -25,6 +25,7 @@ pub struct DropoutConfig {
 }
 
 impl DropoutConfig {
+    /// Dropout with probability `p`.
     pub fn new(p: f64) -> Self {
         Self { p }
     }
@@ -64,6 +65,7 @@ impl Dropout {
         Ok(Self { p, path })
     }
 
+    /// The probability of zeroing an element in training.
     pub fn probability(&self) -> f64 {
         self.p
     }

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 /// `torch.nn.Embedding(num_embeddings, embedding_dim, padding_idx)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EmbeddingConfig {
+    /// Rows of the table: the vocabulary size (HF `vocab_size`, torch `num_embeddings`).
     #[serde(alias = "vocab_size", alias = "num_embeddings")]
     pub vocab: usize,
+    /// Features per token (HF `hidden_size`, GPT-2 `n_embd`, torch `embedding_dim`).
     #[serde(alias = "hidden_size", alias = "n_embd", alias = "embedding_dim")]
     pub dim: usize,
     /// Torch's `padding_idx`: that row's output is as any other's, but no gradient
@@ -45,6 +47,8 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// Reads `weight` `[vocab, dim]` at `vb`'s path (a fresh table is drawn from N(0, 1), as
+    /// torch's). Fails on a `padding_idx` outside the table.
     pub fn new(config: &EmbeddingConfig, vb: VarBuilder) -> Result<Self> {
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 };
         let weight = vb.get_with_hints((config.vocab, config.dim), "weight", init)?;
@@ -63,6 +67,8 @@ impl Embedding {
         })
     }
 
+    /// A table from an existing `weight` `[vocab, dim]` (a tied or shared one), recorded in traces
+    /// under `path` (`""`: not recorded), without a padding row.
     pub fn from_weight(weight: Tensor, path: impl Into<String>) -> Self {
         Self {
             weight,
@@ -77,6 +83,8 @@ impl Embedding {
         &self.weight
     }
 
+    /// The rows of `ids` (integers of any shape), times the scale if any: `[...] -> [..., dim]`. Fails on float ids and
+    /// on ids outside `0..vocab`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         if ids.dtype().is_float() {
             candle_core::bail!("embedding `{}`: ids must be integers, got {:?}", self.path, ids.dtype())

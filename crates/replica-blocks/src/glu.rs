@@ -27,11 +27,21 @@ fn default_norm_eps() -> f64 {
 #[serde(rename_all = "snake_case")]
 pub enum GluProjections {
     /// Two projections `[hidden, dim]`: `gate` goes through the activation, `up` does not.
-    Split { gate: String, up: String },
+    Split {
+        /// The gate projection, whose output goes through the activation.
+        gate: String,
+        /// The value projection.
+        up: String,
+    },
     /// One projection `[2 * hidden, dim]` whose output is cut in two halves along
     /// the features; `gate_last`: the second half is the gate (timm `GluMlp`'s
     /// default), otherwise the first (timm `SwiGLUPacked`).
-    Fused { name: String, gate_last: bool },
+    Fused {
+        /// The fused projection.
+        name: String,
+        /// Whether the gate is the second half of the output.
+        gate_last: bool,
+    },
 }
 
 /// The names of the gated MLP's submodules in the reference (`state_dict`
@@ -39,14 +49,18 @@ pub enum GluProjections {
 /// submodule, nothing is recorded, and a missing dropout is not applied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GluMlpNames {
+    /// The gate and value projections.
     pub projections: GluProjections,
     /// The activation module on the gate.
     pub act: Option<String>,
+    /// The dropout after the gated product.
     pub drop1: Option<String>,
     /// The norm on the gated product (timm: an `nn.Identity` without a norm layer,
     /// built as an [`Identity`](crate::Identity)).
     pub norm: Option<String>,
+    /// The output projection.
     pub down: String,
+    /// The dropout after the output projection.
     pub drop2: Option<String>,
 }
 
@@ -104,6 +118,7 @@ impl Default for GluMlpNames {
 /// (`hidden_size`, `intermediate_size`, `hidden_act`, `mlp_bias`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GluMlpConfig {
+    /// Input features (HF `hidden_size`, timm `in_features`).
     #[serde(alias = "hidden_size", alias = "in_features", alias = "n_embd")]
     pub dim: usize,
     /// The width of the gated product (each branch); timm `GluMlp`'s
@@ -128,8 +143,10 @@ pub struct GluMlpConfig {
     /// A norm on the gated product (timm `norm_layer`).
     #[serde(default, alias = "norm_layer")]
     pub norm: Option<NormKind>,
+    /// The epsilon of `norm`; default 1e-5.
     #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
+    /// The submodules' names; default [`GluMlpNames::llama`].
     #[serde(default)]
     pub names: GluMlpNames,
 }
@@ -165,6 +182,7 @@ impl GluMlpConfig {
         Self::new(dim, hidden_dim, Activation::Relu)
     }
 
+    /// Output features: `out_dim`, or `dim` when unset.
     pub fn out_dim(&self) -> usize {
         self.out_dim.unwrap_or(self.dim)
     }
@@ -189,6 +207,8 @@ pub struct GluMlp {
 }
 
 impl GluMlp {
+    /// Loads the projections (and the norm) at `vb`'s path under `config.names`. Fails on a
+    /// `dropout` outside `[0, 1]` where `names` has a dropout, or a norm without a name.
     pub fn new(config: &GluMlpConfig, vb: VarBuilder) -> Result<Self> {
         let path = vb.prefix();
         let names = &config.names;
@@ -238,6 +258,7 @@ impl GluMlp {
         self
     }
 
+    /// The gate's activation.
     pub fn activation(&self) -> Activation {
         self.act.activation()
     }

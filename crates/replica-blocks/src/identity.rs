@@ -18,6 +18,7 @@ impl Identity {
         Self { path: vb.prefix() }
     }
 
+    /// Returns `x` unchanged, recording it in traces under this module's path.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         replica_check::tap(&self.path, x);
         Ok(x.clone())

@@ -36,6 +36,7 @@ impl KvCache {
         self.keys.as_ref().map_or(0, |k| k.dims()[2])
     }
 
+    /// Whether no token is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -15,6 +15,7 @@ fn default_init_values() -> f64 {
 /// timm `LayerScale(dim, init_values)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerScaleConfig {
+    /// Channels: the size of `gamma` (HF `hidden_size`, timm `embed_dim`).
     #[serde(alias = "hidden_size", alias = "embed_dim")]
     pub dim: usize,
     /// The initial value of every `gamma` entry (used when the weights do not supply it).
@@ -28,6 +29,7 @@ pub struct LayerScaleConfig {
 }
 
 impl LayerScaleConfig {
+    /// `dim` channels with timm's default `init_values` 1e-5.
     pub fn new(dim: usize) -> Self {
         Self {
             dim,
@@ -44,6 +46,7 @@ pub struct LayerScale {
 }
 
 impl LayerScale {
+    /// Reads `gamma` `[dim]` at `vb`'s path (fresh: every entry `init_values`).
     pub fn new(config: &LayerScaleConfig, vb: VarBuilder) -> Result<Self> {
         let init = candle_nn::Init::Const(config.init_values);
         let gamma = vb.get_with_hints(config.dim, "gamma", init)?;
@@ -58,6 +61,7 @@ impl LayerScale {
         &self.gamma
     }
 
+    /// `x * gamma`, `x` `[..., dim]`, with `gamma` cast to `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dim = self.gamma.dim(0)?;
         if x.rank() == 0 || x.dim(D::Minus1)? != dim {

@@ -14,6 +14,7 @@
 //! its own output; where a reference names things otherwise, a
 //! [`replica_check::TraceMap`] says how. Train or eval is an argument of each call
 //! (`forward_t(x, .., train)`), as candle's `ModuleT`; no block keeps a mode.
+#![warn(missing_docs)]
 
 pub mod activation;
 pub mod alibi;

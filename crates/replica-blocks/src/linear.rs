@@ -12,13 +12,17 @@ fn yes() -> bool {
 /// `torch.nn.Linear(in_features, out_features, bias)`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinearConfig {
+    /// Input features (the last dimension of `x`).
     pub in_features: usize,
+    /// Output features.
     pub out_features: usize,
+    /// Whether the layer adds a bias `[out_features]`; default on, as torch.
     #[serde(default = "yes")]
     pub bias: bool,
 }
 
 impl LinearConfig {
+    /// `in_features -> out_features` with a bias.
     pub fn new(in_features: usize, out_features: usize) -> Self {
         Self {
             in_features,
@@ -27,6 +31,7 @@ impl LinearConfig {
         }
     }
 
+    /// This config without a bias.
     pub fn no_bias(mut self) -> Self {
         self.bias = false;
         self
@@ -41,6 +46,7 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// Reads `weight` `[out_features, in_features]` (and `bias` `[out_features]`) at `vb`'s path.
     pub fn new(config: &LinearConfig, vb: VarBuilder) -> Result<Self> {
         let (i, o) = (config.in_features, config.out_features);
         let inner = if config.bias {
@@ -62,14 +68,18 @@ impl Linear {
         }
     }
 
+    /// The weight, `[out, in]`.
     pub fn weight(&self) -> &Tensor {
         self.inner.weight()
     }
 
+    /// The bias, `[out]`, when the layer has one.
     pub fn bias(&self) -> Option<&Tensor> {
         self.inner.bias()
     }
 
+    /// `x Wᵀ + b` over the last dimension of `x` `[..., in]` -> `[..., out]`. On the CPU, f16 and
+    /// bf16 inputs are multiplied in f32 and rounded once, as PyTorch accumulates them.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (in_features, dim) = (self.inner.weight().dim(1)?, x.dim(candle_core::D::Minus1)?);
         if dim != in_features {

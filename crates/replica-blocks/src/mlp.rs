@@ -28,15 +28,19 @@ fn default_norm_eps() -> f64 {
 /// missing dropout is not applied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MlpNames {
+    /// The first projection, `dim -> hidden`.
     pub fc1: String,
     /// The activation module (a pointwise function has no weights, but timm and
     /// HF hold it as a submodule, so its output is recorded).
     pub act: Option<String>,
+    /// The dropout after the activation.
     pub drop1: Option<String>,
     /// The norm after the activation; timm always has one (an `nn.Identity` without
     /// a norm layer, built as an [`Identity`](crate::Identity)).
     pub norm: Option<String>,
+    /// The second projection, `hidden -> out`.
     pub fc2: String,
+    /// The dropout after the second projection.
     pub drop2: Option<String>,
 }
 
@@ -91,6 +95,7 @@ impl Default for MlpNames {
 /// `hidden_act`; GPT-2's `n_embd`, `n_inner`, `activation_function`, `resid_pdrop`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MlpConfig {
+    /// Input features (timm `in_features`, HF `hidden_size`, GPT-2 `n_embd`).
     #[serde(alias = "in_features", alias = "hidden_size", alias = "n_embd", alias = "embed_dim")]
     pub dim: usize,
     /// The hidden width; `None` is `4 * dim`, the Transformer's ratio (GPT-2's `n_inner: null`).
@@ -105,6 +110,8 @@ pub struct MlpConfig {
     /// The output width; `None` is `dim`.
     #[serde(default, alias = "out_features")]
     pub out_dim: Option<usize>,
+    /// The pointwise activation (timm `act_layer`, HF `hidden_act`, GPT-2
+    /// `activation_function`); default GELU (erf).
     #[serde(default, alias = "act_layer", alias = "hidden_act", alias = "activation_function")]
     pub activation: Activation,
     /// Biases on both projections.
@@ -122,8 +129,10 @@ pub struct MlpConfig {
     /// A norm over the hidden features after the activation (timm `norm_layer`).
     #[serde(default, alias = "norm_layer")]
     pub norm: Option<NormKind>,
+    /// The epsilon of `norm`; default 1e-5.
     #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
+    /// The submodules' names; default [`MlpNames::timm`].
     #[serde(default)]
     pub names: MlpNames,
 }
@@ -144,10 +153,12 @@ impl MlpConfig {
         }
     }
 
+    /// Hidden features: `hidden_dim`, or `4 * dim` when unset.
     pub fn hidden_dim(&self) -> usize {
         self.hidden_dim.unwrap_or(4 * self.dim)
     }
 
+    /// Output features: `out_dim`, or `dim` when unset.
     pub fn out_dim(&self) -> usize {
         self.out_dim.unwrap_or(self.dim)
     }
@@ -166,6 +177,8 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// Loads the projections (and the norm) at `vb`'s path under `config.names`. Fails on a
+    /// `dropout` outside `[0, 1]` where `names` has a dropout, or a norm without a name.
     pub fn new(config: &MlpConfig, vb: VarBuilder) -> Result<Self> {
         let path = vb.prefix();
         let names = &config.names;
@@ -207,14 +220,17 @@ impl Mlp {
         self
     }
 
+    /// The first projection.
     pub fn fc1(&self) -> &Linear {
         &self.fc1
     }
 
+    /// The second projection.
     pub fn fc2(&self) -> &Linear {
         &self.fc2
     }
 
+    /// The activation between the projections.
     pub fn activation(&self) -> Activation {
         self.act.activation()
     }

@@ -32,6 +32,8 @@ fn yes() -> bool {
 /// `torch.nn.LayerNorm(dim, eps, elementwise_affine, bias)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerNormConfig {
+    /// Features normalised: the last dimension (HF `hidden_size`, GPT-2 `n_embd`,
+    /// torch `normalized_shape`).
     #[serde(alias = "hidden_size", alias = "n_embd", alias = "normalized_shape")]
     pub dim: usize,
     #[serde(
@@ -39,6 +41,8 @@ pub struct LayerNormConfig {
         alias = "layer_norm_eps",
         alias = "layer_norm_epsilon"
     )]
+    /// Added to the variance (HF `layer_norm_eps`, GPT-2
+    /// `layer_norm_epsilon`); default 1e-5, as torch.
     pub eps: f64,
     /// Learn a per-feature scale (`weight`).
     #[serde(default = "yes", alias = "elementwise_affine")]
@@ -49,6 +53,7 @@ pub struct LayerNormConfig {
 }
 
 impl LayerNormConfig {
+    /// `dim` features with torch's defaults: eps 1e-5, a learned scale and shift.
     pub fn new(dim: usize) -> Self {
         Self {
             dim,
@@ -69,6 +74,8 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// Reads `weight` and `bias` `[dim]` at `vb`'s path, where the config has
+    /// them (fresh: ones and zeros).
     pub fn new(config: &LayerNormConfig, vb: VarBuilder) -> Result<Self> {
         let weight = config
             .affine
@@ -85,6 +92,8 @@ impl LayerNorm {
         })
     }
 
+    /// `(x - mean) / sqrt(var + eps) · weight + bias` over the last dimension of `x` `[..., dim]`,
+    /// computed in f32 and rounded once to `x`'s dtype ([`ops::layer_norm`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = ops::layer_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)?;
         replica_check::tap(&self.path, &y);
@@ -96,8 +105,10 @@ impl LayerNorm {
 /// `rounding: after_scale` HF `GemmaRMSNorm(hidden_size, eps)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RmsNormConfig {
+    /// Features normalised: the last dimension (HF `hidden_size`).
     #[serde(alias = "hidden_size")]
     pub dim: usize,
+    /// Added to the mean square (HF `rms_norm_eps`); default 1e-6, as `LlamaRMSNorm`.
     #[serde(default = "default_rms_norm_eps", alias = "rms_norm_eps")]
     pub eps: f64,
     /// Added to the weight to make the scale (`offset + weight`): 0 for LLaMA,
@@ -110,7 +121,7 @@ pub struct RmsNormConfig {
 }
 
 impl RmsNormConfig {
-    /// LLaMA's RMSNorm over `dim` features: eps 1e-6, scale `weight`.
+    /// LLaMA's RMSNorm over `dim` features: `LlamaRMSNorm`'s default eps 1e-6, scale `weight`.
     pub fn new(dim: usize) -> Self {
         Self {
             dim,
@@ -142,6 +153,7 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// Reads `weight` `[dim]` at `vb`'s path (fresh: `1 - offset`, so the scale starts at 1).
     pub fn new(config: &RmsNormConfig, vb: VarBuilder) -> Result<Self> {
         // Initialised so that the scale starts at 1.
         let init = candle_nn::Init::Const(1.0 - config.offset);
@@ -155,6 +167,9 @@ impl RmsNorm {
         })
     }
 
+    /// `x / sqrt(mean(x²) + eps) · (offset + weight)` over the last dimension of `x`
+    /// `[..., dim]`, normalised in f32 and rounded to `x`'s dtype where the config's
+    /// `rounding` says ([`ops::rms_norm`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // As the reference: the offset is added to the weight in f32 (in f16/bf16
         // `1 + w` would round).
@@ -173,8 +188,10 @@ impl RmsNorm {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NormKind {
+    /// [`LayerNorm`] (the default).
     #[default]
     LayerNorm,
+    /// [`RmsNorm`].
     RmsNorm,
     /// Gemma's RMSNorm ([`RmsNormConfig::gemma`]).
     GemmaRmsNorm,
@@ -184,8 +201,11 @@ pub enum NormKind {
 /// reference keeps in a norm slot that is off (timm's `nn.Identity`).
 #[derive(Clone, Debug)]
 pub enum Norm {
+    /// A LayerNorm.
     LayerNorm(LayerNorm),
+    /// An RMSNorm.
     RmsNorm(RmsNorm),
+    /// No norm: the input, recorded under the slot's name.
     Identity(Identity),
 }
 
@@ -216,6 +236,7 @@ impl Norm {
         Norm::Identity(Identity::new(vb))
     }
 
+    /// The chosen norm over the last dimension of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Norm::LayerNorm(norm) => norm.forward(x),

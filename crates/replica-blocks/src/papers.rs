@@ -5,12 +5,16 @@ use serde::Serialize;
 /// A paper, identified by its arXiv id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Paper {
+    /// The paper's title.
     pub title: &'static str,
+    /// The arXiv identifier, e.g. `1706.03762`.
     pub arxiv: &'static str,
+    /// The year of the first arXiv version.
     pub year: u16,
 }
 
 impl Paper {
+    /// The paper's arXiv abstract page.
     pub fn url(&self) -> String {
         format!("https://arxiv.org/abs/{}", self.arxiv)
     }
@@ -19,110 +23,134 @@ impl Paper {
 /// A block and the paper it follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct BlockPaper {
+    /// The block's registry name (`Rope`, `Activation::Silu`, `Attention (grouped-query)`).
     pub block: &'static str,
+    /// The paper the block implements.
     pub paper: Paper,
 }
 
+/// Vaswani et al., 2017: the Transformer (linear, embedding, MLP, sinusoidal positions,
+/// attention, post-norm block).
 pub const ATTENTION_IS_ALL_YOU_NEED: Paper = Paper {
     title: "Attention Is All You Need",
     arxiv: "1706.03762",
     year: 2017,
 };
+/// Ba, Kiros & Hinton, 2016: LayerNorm.
 pub const LAYER_NORM: Paper = Paper {
     title: "Layer Normalization",
     arxiv: "1607.06450",
     year: 2016,
 };
+/// Zhang & Sennrich, 2019: RMSNorm.
 pub const RMS_NORM: Paper = Paper {
     title: "Root Mean Square Layer Normalization",
     arxiv: "1910.07467",
     year: 2019,
 };
+/// Hendrycks & Gimpel, 2016: GELU, its tanh approximation and QuickGELU.
 pub const GELU: Paper = Paper {
     title: "Gaussian Error Linear Units (GELUs)",
     arxiv: "1606.08415",
     year: 2016,
 };
+/// Ramachandran, Zoph & Le, 2017: SiLU / Swish.
 pub const SWISH: Paper = Paper {
     title: "Searching for Activation Functions",
     arxiv: "1710.05941",
     year: 2017,
 };
+/// So et al., 2021 (Primer): squared ReLU.
 pub const PRIMER: Paper = Paper {
     title: "Primer: Searching for Efficient Transformers for Language Modeling",
     arxiv: "2109.08668",
     year: 2021,
 };
+/// Shazeer, 2020: gated MLPs (SwiGLU, GeGLU, ReGLU).
 pub const GLU_VARIANTS: Paper = Paper {
     title: "GLU Variants Improve Transformer",
     arxiv: "2002.05202",
     year: 2020,
 };
+/// Gehring et al., 2017: learned absolute position embeddings.
 pub const CONV_SEQ2SEQ: Paper = Paper {
     title: "Convolutional Sequence to Sequence Learning",
     arxiv: "1705.03122",
     year: 2017,
 };
+/// Su et al., 2021 (RoFormer): rotary position embeddings.
 pub const ROFORMER: Paper = Paper {
     title: "RoFormer: Enhanced Transformer with Rotary Position Embedding",
     arxiv: "2104.09864",
     year: 2021,
 };
+/// Press, Smith & Lewis, 2021: ALiBi.
 pub const ALIBI: Paper = Paper {
     title: "Train Short, Test Long: Attention with Linear Biases Enables Input Length Extrapolation",
     arxiv: "2108.12409",
     year: 2021,
 };
+/// Ainslie et al., 2023: grouped-query attention.
 pub const GQA: Paper = Paper {
     title: "GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints",
     arxiv: "2305.13245",
     year: 2023,
 };
+/// Shazeer, 2019: multi-query attention and incremental decoding with a KV cache.
 pub const MQA: Paper = Paper {
     title: "Fast Transformer Decoding: One Write-Head is All You Need",
     arxiv: "1911.02150",
     year: 2019,
 };
+/// Henry et al., 2020: QK-norm.
 pub const QK_NORM: Paper = Paper {
     title: "Query-Key Normalization for Transformers",
     arxiv: "2010.04245",
     year: 2020,
 };
+/// Gemma Team, 2024 (Gemma 2): attention logit soft-capping.
 pub const GEMMA_2: Paper = Paper {
     title: "Gemma 2: Improving Open Language Models at a Practical Size",
     arxiv: "2408.00118",
     year: 2024,
 };
+/// Dosovitskiy et al., 2020: the Vision Transformer (patch embedding, class token).
 pub const VIT: Paper = Paper {
     title: "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale",
     arxiv: "2010.11929",
     year: 2020,
 };
+/// Hinton et al., 2012: dropout.
 pub const DROPOUT: Paper = Paper {
     title: "Improving neural networks by preventing co-adaptation of feature detectors",
     arxiv: "1207.0580",
     year: 2012,
 };
+/// Huang et al., 2016: stochastic depth (DropPath).
 pub const STOCHASTIC_DEPTH: Paper = Paper {
     title: "Deep Networks with Stochastic Depth",
     arxiv: "1603.09382",
     year: 2016,
 };
+/// Touvron et al., 2021 (CaiT): LayerScale.
 pub const CAIT: Paper = Paper {
     title: "Going deeper with Image Transformers",
     arxiv: "2103.17239",
     year: 2021,
 };
+/// Xiong et al., 2020: pre-norm Transformer blocks.
 pub const PRE_NORM: Paper = Paper {
     title: "On Layer Normalization in the Transformer Architecture",
     arxiv: "2002.04745",
     year: 2020,
 };
+/// Chowdhery et al., 2022 (PaLM): parallel attention and MLP blocks.
 pub const PALM: Paper = Paper {
     title: "PaLM: Scaling Language Modeling with Pathways",
     arxiv: "2204.02311",
     year: 2022,
 };
+/// Ye et al., 2024: differential attention.
 pub const DIFF_TRANSFORMER: Paper = Paper {
     title: "Differential Transformer",
     arxiv: "2410.05258",

@@ -30,15 +30,19 @@ fn default_norm_eps() -> f64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(into = "[usize; 2]")]
 pub struct Size2 {
+    /// Rows (pixels, or patches for a grid).
     pub height: usize,
+    /// Columns.
     pub width: usize,
 }
 
 impl Size2 {
+    /// `height` by `width`.
     pub const fn new(height: usize, width: usize) -> Self {
         Self { height, width }
     }
 
+    /// A square `side` by `side`.
     pub const fn square(side: usize) -> Self {
         Self::new(side, side)
     }
@@ -121,16 +125,21 @@ pub struct PatchEmbedConfig {
     /// The image size the model was built for; with `strict_img_size`, inputs must have it.
     #[serde(default, alias = "image_size")]
     pub img_size: Option<Size2>,
+    /// The patch (kernel and stride) size; HF `patch_size`.
     pub patch_size: Size2,
+    /// Input image channels (HF `num_channels`); default 3.
     #[serde(default = "default_in_chans", alias = "num_channels", alias = "in_channels")]
     pub in_chans: usize,
+    /// Features per patch (HF `hidden_size`).
     #[serde(alias = "hidden_size", alias = "dim")]
     pub embed_dim: usize,
+    /// A bias on the projection; default on, as timm.
     #[serde(default = "yes")]
     pub bias: bool,
     /// A norm over the flattened sequence (timm `norm_layer`); `None`: identity.
     #[serde(default, alias = "norm_layer")]
     pub norm: Option<NormKind>,
+    /// The epsilon of `norm` (HF `layer_norm_eps`); default 1e-5.
     #[serde(default = "default_norm_eps", alias = "layer_norm_eps")]
     pub norm_eps: f64,
     /// Flatten the grid to `[B, N, D]`; otherwise return the `[B, D, H/p, W/p]` grid.
@@ -139,11 +148,14 @@ pub struct PatchEmbedConfig {
     /// Refuse inputs whose size is not `img_size` (timm's default when `img_size` is set).
     #[serde(default = "yes")]
     pub strict_img_size: bool,
+    /// The submodules' names; default [`PatchEmbedNames::timm`].
     #[serde(default)]
     pub names: PatchEmbedNames,
 }
 
 impl PatchEmbedConfig {
+    /// `patch_size` tiles of `in_chans` channels to `embed_dim` features, timm's defaults
+    /// otherwise: a biased projection, no norm, flattened output, no fixed image size.
     pub fn new(patch_size: impl Into<Size2>, in_chans: usize, embed_dim: usize) -> Self {
         Self {
             img_size: None,
@@ -187,6 +199,9 @@ pub struct PatchEmbed {
 }
 
 impl PatchEmbed {
+    /// Loads `weight` `[embed_dim, in_chans, patch_h, patch_w]` and `bias` `[embed_dim]` under
+    /// `names.proj` at `vb`'s path (fresh: torch's `Conv2d` init), and the norm. Fails on an empty
+    /// patch size, a norm without a flattened output, or a norm without a name.
     pub fn new(config: &PatchEmbedConfig, vb: VarBuilder) -> Result<Self> {
         let path = vb.prefix();
         let Size2 { height, width } = config.patch_size;
@@ -294,6 +309,11 @@ impl PatchEmbed {
         }
     }
 
+    /// Images `[B, C, H, W]` to patch embeddings `[B, N, D]`, `N = (H/ph)·(W/pw)` in row-major
+    /// grid order (or the grid `[B, D, H/ph, W/pw]` without `flatten`). Fails on another
+    /// channel count, an image size the patches do not divide, or, with `strict_img_size`, a
+    /// size other than `img_size`. Records the projection's grid under `names.proj` and the
+    /// result under this block's path.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let grid_size = self.check_input(x)?;
         let grid = self.project(x, grid_size)?;

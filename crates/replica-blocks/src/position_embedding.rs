@@ -16,6 +16,7 @@ pub struct LearnedPositionConfig {
     /// Rows in the table: the longest sequence (plus cache offset) it can embed.
     #[serde(alias = "max_position_embeddings", alias = "n_positions", alias = "num_positions")]
     pub max_positions: usize,
+    /// Features per position (HF `hidden_size`, GPT-2 `n_embd`, OPT `d_model`).
     #[serde(alias = "hidden_size", alias = "n_embd", alias = "embedding_dim", alias = "d_model")]
     pub dim: usize,
     /// Rows skipped before position 0: OPT's `OPTLearnedPositionalEmbedding` and
@@ -25,6 +26,7 @@ pub struct LearnedPositionConfig {
 }
 
 impl LearnedPositionConfig {
+    /// A table of `max_positions` rows of `dim` features, starting at row 0 (GPT-2, BERT).
     pub fn new(max_positions: usize, dim: usize) -> Self {
         Self {
             max_positions,
@@ -43,6 +45,8 @@ pub struct LearnedPositionEmbedding {
 }
 
 impl LearnedPositionEmbedding {
+    /// Reads `weight` `[max_positions, dim]` at `vb`'s path (a fresh table is drawn
+    /// from N(0, 0.02²)). Fails on an empty table.
     pub fn new(config: &LearnedPositionConfig, vb: VarBuilder) -> Result<Self> {
         if config.max_positions == 0 || config.dim == 0 {
             candle_core::bail!(

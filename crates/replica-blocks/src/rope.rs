@@ -37,6 +37,7 @@ pub struct RopeConfig {
     /// The fraction of each head's features that rotate (the rest pass through).
     #[serde(default = "default_fraction", alias = "partial_rotary_factor", alias = "rotary_pct")]
     pub fraction: f64,
+    /// Which features pair up to rotate; default [`RopeStyle::HalfSplit`].
     #[serde(default)]
     pub style: RopeStyle,
     /// The longest sequence (plus cache offset) the tables cover.
@@ -49,6 +50,7 @@ pub struct RopeConfig {
 }
 
 impl RopeConfig {
+    /// `head_dim` features per head, all rotating, base 10000, half-split pairing, 4096 positions.
     pub fn new(head_dim: usize) -> Self {
         Self {
             head_dim,
@@ -78,6 +80,9 @@ pub struct Rope {
 }
 
 impl Rope {
+    /// Precomputes the tables in f32, as HF computes `inv_freq`. Fails unless the rotated features
+    /// are even, positive and fit the head, `fraction` is in `(0, 1]`, `theta` is positive and
+    /// `max_positions` is positive.
     pub fn new(config: &RopeConfig, device: &Device) -> Result<Self> {
         let rotary_dim = config.rotary_dim();
         if !(config.fraction > 0.0 && config.fraction <= 1.0) {
@@ -126,6 +131,7 @@ impl Rope {
         self.rotary_dim
     }
 
+    /// Which features pair up to rotate.
     pub fn style(&self) -> RopeStyle {
         self.style
     }

@@ -33,16 +33,19 @@ fn default_base() -> f64 {
 /// Sinusoidal encoding settings; aliases read HF / fairseq names.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SinusoidalConfig {
+    /// Features per position (HF `hidden_size`, `d_model`; fairseq `embedding_dim`).
     #[serde(alias = "hidden_size", alias = "d_model", alias = "embedding_dim", alias = "n_embd")]
     pub dim: usize,
     /// The base of the geometric progression of wavelengths.
     #[serde(default = "default_base", alias = "max_timescale")]
     pub base: f64,
+    /// How sines and cosines are laid out; default [`SinusoidalLayout::Interleaved`].
     #[serde(default)]
     pub layout: SinusoidalLayout,
 }
 
 impl SinusoidalConfig {
+    /// `dim` features with base 10000 in the paper's interleaved layout.
     pub fn new(dim: usize) -> Self {
         Self {
             dim,
@@ -83,6 +86,7 @@ impl SinusoidalPositionEmbedding {
         })
     }
 
+    /// Features per position.
     pub fn dim(&self) -> usize {
         self.dim
     }

@@ -40,8 +40,10 @@ use crate::norm::{Norm, NormKind};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResidualLayout {
+    /// `x = x + f(norm(x))` for each branch (the default).
     #[default]
     PreNorm,
+    /// `x = norm(x + f(x))` for each branch.
     PostNorm,
     /// Attention and MLP read the same normalised input and are summed; with
     /// `names.norm2` set, the MLP gets its own norm (GPT-NeoX), else it shares `norm1` (GPT-J).
@@ -52,7 +54,9 @@ pub enum ResidualLayout {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FeedForwardConfig {
+    /// A plain MLP ([`Mlp`]).
     Mlp(MlpConfig),
+    /// A gated MLP ([`GluMlp`]).
     Glu(GluMlpConfig),
 }
 
@@ -70,15 +74,24 @@ impl FeedForwardConfig {
 /// named while LayerScale is off holds an [`Identity`], as timm's does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockNames {
+    /// The first norm: before the attention (pre-norm, parallel) or after its
+    /// residual addition (post-norm).
     pub norm1: String,
+    /// The attention.
     pub attn: String,
+    /// The second norm: before the feed-forward (pre-norm), after its residual addition
+    /// (post-norm), or the MLP's own in the parallel layout; `None` only in the parallel layout.
     pub norm2: Option<String>,
     /// `""`: the MLP's layers sit directly on the layer (torch's `linear1`, `linear2`;
     /// BERT's `intermediate.dense`, `output.dense`).
     pub mlp: String,
+    /// The LayerScale on the attention branch.
     pub ls1: Option<String>,
+    /// The LayerScale on the feed-forward branch.
     pub ls2: Option<String>,
+    /// The DropPath on the attention branch.
     pub drop_path1: Option<String>,
+    /// The DropPath on the feed-forward branch.
     pub drop_path2: Option<String>,
     /// Where the attention's output dropout (`AttentionConfig::proj_dropout`) sits when the
     /// reference keeps it on the layer rather than inside the attention (torch's `dropout1`):
@@ -132,6 +145,7 @@ impl BlockNames {
         }
     }
 
+    /// `norm1`, `attn`, `norm2`, `mlp` with no LayerScale, DropPath or dropout slots.
     pub fn plain(norm1: &str, attn: &str, norm2: &str, mlp: &str) -> Self {
         Self {
             norm1: norm1.into(),
@@ -160,14 +174,21 @@ fn default_norm_eps() -> f64 {
 /// A transformer layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TransformerBlockConfig {
+    /// Model width: the residual stream's features, which the attention and the
+    /// feed-forward read and return.
     pub dim: usize,
+    /// Where the norms sit; default pre-norm.
     #[serde(default)]
     pub layout: ResidualLayout,
+    /// The kind of `norm1` and `norm2`; default LayerNorm.
     #[serde(default)]
     pub norm: NormKind,
+    /// The epsilon of `norm1` and `norm2`; default 1e-5.
     #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
+    /// The attention half; its `dim` (and `out_dim`) must be `dim`.
     pub attention: AttentionConfig,
+    /// The feed-forward half; it must map `dim` features to `dim`.
     pub feed_forward: FeedForwardConfig,
     /// LayerScale's initial value on both branches (timm `init_values`); `None` is off.
     #[serde(default)]
@@ -175,6 +196,7 @@ pub struct TransformerBlockConfig {
     /// Stochastic-depth probability of both branches.
     #[serde(default)]
     pub drop_path: f64,
+    /// The parts' names; default [`BlockNames::timm`].
     #[serde(default)]
     pub names: BlockNames,
 }
@@ -373,6 +395,10 @@ pub struct TransformerBlock {
 }
 
 impl TransformerBlock {
+    /// Loads the norms, the attention, the feed-forward and the branch tails at `vb`'s path
+    /// under `config.names`. Fails when a half does not read and return `dim` features,
+    /// `norm1` or `attn` is unnamed, a pre- or post-norm layer lacks `norm2`, or LayerScale
+    /// is on without `ls1`/`ls2`.
     pub fn new(config: &TransformerBlockConfig, vb: VarBuilder) -> Result<Self> {
         let names = &config.names;
         let path = vb.prefix();
@@ -448,10 +474,12 @@ impl TransformerBlock {
         })
     }
 
+    /// Where the norms sit.
     pub fn layout(&self) -> ResidualLayout {
         self.layout
     }
 
+    /// The attention half.
     pub fn attention(&self) -> &Attention {
         &self.attention
     }

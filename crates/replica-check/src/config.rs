@@ -284,7 +284,7 @@ impl Bundle {
         bundle
     }
 
-    /// A refusal of a config value: `<file>: config field `<field>`: <message>`,
+    /// A refusal of a config value: ``<file>: config field `<field>`: <message>``,
     /// naming the file the config came from.
     pub fn config_error(&self, field: &str, message: impl std::fmt::Display) -> Error {
         self.config_file_error(format!("config field `{field}`: {message}"))

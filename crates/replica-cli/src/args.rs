@@ -21,6 +21,7 @@ component on a bundle and compares every tensor with the `torch.testing.assert_c
 
 Exit codes: 0 when every check passes, 1 when a check fails, 2 on a usage or input error.";
 
+/// The parsed command line: global options and a subcommand.
 #[derive(Debug, Parser)]
 #[command(name = "replica", version, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
 pub struct Cli {
@@ -43,6 +44,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "SIZE", value_parser = byte_size)]
     pub max_total_bytes: Option<u64>,
 
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -74,13 +76,18 @@ impl Cli {
     }
 }
 
+/// `--color`: when text output is coloured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ColorWhen {
+    /// Colour only on a terminal, and not when NO_COLOR is set.
     Auto,
+    /// Colour, even when the output is not a terminal.
     Always,
+    /// Never colour.
     Never,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check components against reference bundles: the built-in suite, a suite file, or one component.
@@ -115,6 +122,7 @@ mismatches, and one comparison row for each shared key. A is the reference: an e
 passes when |b - a| <= atol + rtol * |a|, with the defaults of A's dtype unless --rtol/--atol \
 are given. Exit code 0 when the files match, 1 when they differ.";
 
+/// `replica check`: which cases to run, on what, and how to judge them.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// A suite file (TOML) listing the cases to run; see docs/suite-format.md.
@@ -173,6 +181,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
 
+    /// Where the report goes.
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -180,7 +189,10 @@ pub struct CheckArgs {
 /// `--rule`: which rule decides a tensor's verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RuleArg {
+    /// The noise multiple against the bundle's float64 shadow where it has
+    /// one, assert_close elsewhere.
     Calibrated,
+    /// The assert_close rule for every tensor.
     AssertClose,
 }
 
@@ -205,6 +217,7 @@ fn noise_limit_value(text: &str) -> Result<f64, String> {
     }
 }
 
+/// `replica diff A B`: two safetensors files and how to compare them.
 #[derive(Debug, Args)]
 pub struct DiffArgs {
     /// The reference file.
@@ -232,10 +245,12 @@ pub struct DiffArgs {
     #[arg(long, value_name = "PATTERN=REPLACEMENT", value_parser = rename_rule)]
     pub rename: Vec<(String, String)>,
 
+    /// Where the report goes.
     #[command(flatten)]
     pub output: OutputArgs,
 }
 
+/// `replica inspect FILE`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// A safetensors file (a reference bundle or any checkpoint).
@@ -243,6 +258,7 @@ pub struct InspectArgs {
     pub file: PathBuf,
 }
 
+/// `replica models [FILTER]`.
 #[derive(Debug, Args)]
 pub struct ModelsArgs {
     /// Only components whose name, reference or paper contains this text.
@@ -250,6 +266,7 @@ pub struct ModelsArgs {
     pub filter: Option<String>,
 }
 
+/// `replica papers [FILTER]`.
 #[derive(Debug, Args)]
 pub struct PapersArgs {
     /// Only entries whose block, title or arXiv id contains this text.

@@ -10,6 +10,7 @@ use crate::error::CliError;
 /// Where checks run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceSpec {
+    /// The CPU (the default).
     #[default]
     Cpu,
     /// A CUDA GPU by ordinal (`cuda` alone is `cuda:0`).

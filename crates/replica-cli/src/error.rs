@@ -8,6 +8,7 @@ use std::path::Path;
 /// How many lines of a list (missing weights, mismatched shapes) an error shows.
 pub const LISTED: usize = 10;
 
+/// An input or usage error: a one-line cause and the first items of a list of problems.
 #[derive(Debug)]
 pub struct CliError {
     /// The cause, on one line.
@@ -17,6 +18,7 @@ pub struct CliError {
 }
 
 impl CliError {
+    /// An error of one line, without details.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),

@@ -27,10 +27,14 @@ fn number(value: Option<f64>) -> String {
 
 /// One tensor's row: what `inspect` keeps after dropping the tensor itself.
 pub struct Row {
+    /// The tensor's key in the file.
     pub name: String,
     /// As stored (`bool`, `u16`), not as candle holds it (`u8`, `u32`).
     pub dtype: String,
+    /// The shape.
     pub dims: Vec<usize>,
+    /// Min, max, mean, std and non-finite counts; `None` for a dtype whose values
+    /// cannot be read as numbers.
     pub stats: Option<Stats>,
 }
 

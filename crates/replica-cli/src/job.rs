@@ -14,13 +14,17 @@ use crate::registry::Component;
 
 /// A weights file and the map from its names to the bundle's.
 pub struct Weights {
+    /// The safetensors file.
     pub path: PathBuf,
+    /// How its names become the bundle's `param/` keys.
     pub map: WeightMap,
 }
 
 /// Where a case's `config` comes from.
 pub enum ConfigSource {
+    /// A JSON file: `--config`, or a suite case's `config` given as a path.
     File(PathBuf),
+    /// A suite case's `config` given as an inline table, converted to JSON.
     Inline(Value),
 }
 
@@ -28,10 +32,15 @@ pub enum ConfigSource {
 pub struct Job {
     /// The row's label.
     pub label: String,
+    /// The component to run.
     pub component: Component,
+    /// The reference bundle.
     pub reference: PathBuf,
+    /// Weights that replace the bundle's `param/` tensors.
     pub weights: Option<Weights>,
+    /// A config that replaces the bundle's.
     pub config: Option<ConfigSource>,
+    /// The suite's and the case's tolerances, laid over the component's own.
     pub tolerances: ToleranceOverrides,
     /// Where the case was declared (`suite.toml:12`), for errors; empty on the command line.
     pub origin: String,

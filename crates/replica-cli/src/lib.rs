@@ -7,6 +7,7 @@
 //!
 //! Exit codes: 0 when every check passes, 1 when a check fails, 2 on a usage
 //! or input error (a one-line cause on stderr).
+#![warn(missing_docs)]
 
 pub mod args;
 pub mod check;
@@ -29,12 +30,16 @@ use std::process::ExitCode;
 /// How a command ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
+    /// Every check passed: exit code 0.
     Passed,
+    /// A check failed: exit code 1.
     Failed,
+    /// A usage or input error: exit code 2.
     InputError,
 }
 
 impl Status {
+    /// The process exit code of this status.
     pub fn code(self) -> ExitCode {
         match self {
             Status::Passed => ExitCode::SUCCESS,

@@ -146,7 +146,9 @@ fn tolerance_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option
 
 /// A suite file read and checked: its title and its cases, ready to prepare.
 pub struct Suite {
+    /// The suite's `name`, or the file's path when it has none.
     pub title: String,
+    /// The cases, in file order.
     pub jobs: Vec<Job>,
 }
 

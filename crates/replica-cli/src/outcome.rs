@@ -8,11 +8,17 @@ use crate::output::{paint, sci, Table, BAD, GOOD};
 
 /// What running one job gave.
 pub struct Outcome {
+    /// The row's label (the case's name).
     pub label: String,
+    /// The registered component that ran.
     pub component: &'static str,
+    /// The component's paper (arXiv id or URL).
     pub paper: Option<&'static str>,
+    /// The reference bundle it ran on.
     pub reference: PathBuf,
+    /// The comparison report, or why the case could not run (an error or a panic).
     pub result: Result<Report, String>,
+    /// The per-module comparison, with `--trace`.
     pub trace: Option<TraceReport>,
     /// How many activations the reference holds (to explain an empty trace).
     pub reference_activations: usize,
@@ -20,6 +26,7 @@ pub struct Outcome {
     pub unused_config: Vec<String>,
     /// Whether the text report lists them (the user gave the config, or ran one case).
     pub show_unused_config: bool,
+    /// Wall-clock seconds the case took.
     pub seconds: f64,
 }
 

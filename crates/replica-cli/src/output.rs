@@ -52,10 +52,15 @@ impl Format {
     }
 }
 
+/// Headers and case labels: bold.
 pub const HEADER: Style = Style::new().bold();
+/// Passing verdicts and tallies: green.
 pub const GOOD: Style = Style::new().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Green)));
+/// Failing verdicts, errors and the names of what failed: bold red.
 pub const BAD: Style = Style::new().bold().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Red)));
+/// What deserves a look (a key in one file only, NaN and inf counts, warnings): yellow.
 pub const WARN: Style = Style::new().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Yellow)));
+/// Side notes (the verdict rule, unused config fields, a bundle's path): dimmed.
 pub const DIM: Style = Style::new().dimmed();
 
 /// `text` wrapped in `style`'s escape codes.

@@ -31,6 +31,7 @@ pub struct Component {
     pub paper: Option<&'static str>,
     /// Its committed reference bundle, when it has one.
     pub fixture: Option<PathBuf>,
+    /// What runs it.
     pub runner: Runner,
 }
 
@@ -80,6 +81,8 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Every built-in parity case of `replica-suite`, in its order; of two
+    /// with one name, the first.
     pub fn load() -> Self {
         let mut components: Vec<Component> = Vec::new();
         for case in replica_suite::builtin() {
@@ -91,6 +94,7 @@ impl Registry {
         Self { components }
     }
 
+    /// Every registered component, in run order.
     pub fn all(&self) -> &[Component] {
         &self.components
     }

@@ -46,7 +46,7 @@ impl fmt::Display for Family {
 /// A named configuration of a model: its paper and where its reference weights are published.
 #[derive(Clone, Copy, Debug)]
 pub struct Preset {
-    /// The name [`create_model`] takes (timm's model name, or the HF hub's).
+    /// The name [`create_model`](crate::create_model) takes (timm's model name, or the HF hub's).
     pub name: &'static str,
     /// The paper the preset follows (the family's, or a more specific one).
     pub paper: Paper,

@@ -36,8 +36,6 @@ pub mod llama;
 pub mod load_checkpoint;
 pub mod papers;
 pub mod registry;
-// Owned by the suite-crate move as well; its undocumented items are listed there.
-#[allow(missing_docs)]
 pub mod sentence;
 pub mod vit;
 

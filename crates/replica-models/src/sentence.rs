@@ -26,8 +26,11 @@ pub fn missing_files(dir: &Path) -> Vec<&'static str> {
 /// Token ids, segment ids and attention mask of a batch, each `[batch, seq]` (u32).
 #[derive(Clone, Debug)]
 pub struct Encoded {
+    /// Token ids from the tokenizer's vocabulary, padding included.
     pub input_ids: Tensor,
+    /// Segment ids (all 0 for single sentences).
     pub token_type_ids: Tensor,
+    /// 1 for a real token, 0 for padding.
     pub attention_mask: Tensor,
 }
 
@@ -70,10 +73,12 @@ impl SentenceEmbedder {
         })
     }
 
+    /// The BERT encoder.
     pub fn model(&self) -> &Bert {
         &self.model
     }
 
+    /// The tokenizer, with batch-longest padding set.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }

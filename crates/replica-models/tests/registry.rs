@@ -83,7 +83,10 @@ fn the_preset_configs_are_the_published_sizes() {
         (gemma.num_hidden_layers, gemma.hidden_size, gemma.num_attention_heads),
         (18, 2048, 8)
     );
-    assert_eq!((gemma.num_key_value_heads, gemma.head_dim, gemma.vocab_size), (1, 256, 256_000));
+    assert_eq!(
+        (gemma.num_key_value_heads, gemma.head_dim, gemma.vocab_size),
+        (1, 256, 256_000)
+    );
     let minilm = BertConfig::from_value(&registry::preset("all-MiniLM-L6-v2").unwrap().config(), "m").unwrap();
     assert_eq!(
         (minilm.hidden_size, minilm.num_hidden_layers, minilm.intermediate_size),

@@ -12,10 +12,14 @@ use crate::rope::{RopeConfig, RopeStyle};
 /// HF transformers v5 `rope_parameters`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RopeParameters {
+    /// The RoPE variant (`type` in older configs); default `"default"`, the only one implemented.
     #[serde(default = "default_rope_type", alias = "type")]
     pub rope_type: String,
+    /// The RoPE base; `None` leaves [`AttentionConfig::rope_theta`] (or 10000).
     #[serde(default)]
     pub rope_theta: Option<f64>,
+    /// The fraction of each head that rotates; `None` leaves
+    /// [`AttentionConfig::partial_rotary_factor`].
     #[serde(default)]
     pub partial_rotary_factor: Option<f64>,
 }
@@ -43,6 +47,7 @@ pub struct AttentionConfig {
     /// Model width: the input and output features.
     #[serde(alias = "hidden_size", alias = "n_embd", alias = "d_model", alias = "embed_dim")]
     pub dim: usize,
+    /// Query heads; HF `num_attention_heads`, timm `num_heads`.
     #[serde(alias = "num_attention_heads", alias = "num_heads", alias = "n_head")]
     pub heads: usize,
     /// Key/value heads (GQA; 1 is MQA); `None` is `heads`.
@@ -80,6 +85,7 @@ pub struct AttentionConfig {
     /// The kind of the QK and scale norms.
     #[serde(default)]
     pub norm: NormKind,
+    /// The epsilon of the QK and scale norms (HF `rms_norm_eps`, `layer_norm_eps`); default 1e-5.
     #[serde(default = "default_norm_eps", alias = "rms_norm_eps", alias = "layer_norm_eps")]
     pub norm_eps: f64,
     /// Self-attention hides future tokens (decoders).
@@ -88,8 +94,12 @@ pub struct AttentionConfig {
     /// Rotary embedding layout; see the type's doc for when rotary embeddings are on.
     #[serde(default)]
     pub rope: Option<RopeStyle>,
+    /// The RoPE base (HF v4 `rope_theta`, GPT-NeoX `rotary_emb_base`); setting it turns rotary
+    /// embeddings on. `None` is 10000.
     #[serde(default, alias = "rotary_emb_base")]
     pub rope_theta: Option<f64>,
+    /// HF v5 `rope_parameters`, which take precedence over `rope_theta` and
+    /// `partial_rotary_factor`; setting it turns rotary embeddings on.
     #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
     /// The fraction of each head that rotates (GPT-NeoX `rotary_pct`, Phi).
@@ -111,6 +121,8 @@ pub struct AttentionConfig {
     /// (Gemma 2), else `head_dim^-0.5`.
     #[serde(default)]
     pub scale: Option<f64>,
+    /// Gemma 2's `query_pre_attn_scalar`: the scores are scaled by its `^-0.5`
+    /// when `scale` is not given.
     #[serde(default)]
     pub query_pre_attn_scalar: Option<f64>,
     /// Dropout on the attention probabilities, in training.
@@ -126,6 +138,8 @@ pub struct AttentionConfig {
 }
 
 impl AttentionConfig {
+    /// `dim` features in `heads` heads, every other setting at its default: separate unbiased
+    /// projections with HF names, no positions, no norms, not causal, no dropout.
     pub fn new(dim: usize, heads: usize) -> Self {
         Self {
             dim,
@@ -170,6 +184,7 @@ impl AttentionConfig {
         }
     }
 
+    /// Key/value heads: `kv_heads`, or `heads` when unset.
     pub fn kv_heads(&self) -> usize {
         self.kv_heads.unwrap_or(self.heads)
     }
@@ -180,6 +195,8 @@ impl AttentionConfig {
             .or_else(|| (self.heads > 0 && self.dim % self.heads == 0).then(|| self.dim / self.heads))
     }
 
+    /// The checkpoint names: `names`, or the preset that fits the projection
+    /// ([`AttentionNames::timm`] when fused, else [`AttentionNames::hf`]).
     pub fn names(&self) -> AttentionNames {
         self.names.clone().unwrap_or_else(|| {
             if self.fused_qkv {

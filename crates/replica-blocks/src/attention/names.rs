@@ -9,12 +9,17 @@ use serde::{Deserialize, Serialize};
 pub struct AttentionNames {
     /// The fused query/key/value projection.
     pub qkv: String,
+    /// The query projection, when unfused.
     pub q: String,
+    /// The key projection, when unfused.
     pub k: String,
+    /// The value projection, when unfused.
     pub v: String,
     /// The output projection.
     pub out: String,
+    /// The per-head query norm (QK-norm).
     pub q_norm: String,
+    /// The per-head key norm (QK-norm).
     pub k_norm: String,
     /// The norm on the attention output before the projection (timm's `scale_norm`).
     pub norm: String,

@@ -137,8 +137,12 @@ pub struct AlibiBias<'a> {
 /// ALiBi biases, read alike by the kernels and the composition.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ScoreBias<'a> {
+    /// A causal mask, placed by where the queries sit among the keys; `None`: none.
     pub causal: Option<Causal>,
+    /// The caller's mask, broadcasting against the scores: additive, or
+    /// boolean with nonzero = attend.
     pub mask: Option<&'a Tensor>,
+    /// ALiBi distance biases.
     pub alibi: Option<AlibiBias<'a>>,
 }
 
