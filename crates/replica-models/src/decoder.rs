@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::architecture::hf_layer;
-use crate::generation::decoder_positions;
+use crate::generation::{decoder_positions, CausalLm};
 
 /// What a decoder is made of.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,21 +74,6 @@ impl CausalDecoder {
         })
     }
 
-    /// The number of decoder layers (one [`KvCache`] each).
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
-    /// The longest sequence the model can position.
-    pub fn max_positions(&self) -> usize {
-        self.spec.max_positions
-    }
-
-    /// Where the weights are.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
     /// Logits `[batch, seq, vocab]` of token ids `[batch, seq]`, continuing from
     /// what `cache` holds, in training (`train`) or inference.
     pub fn logits_t(&self, ids: &Tensor, cache: Option<&mut [KvCache]>, train: bool) -> candle_core::Result<Tensor> {
@@ -127,6 +112,37 @@ impl CausalDecoder {
         let twice = |t: &Tensor| Tensor::cat(&[t, t], D::Minus1)?.unsqueeze(0)?.to_dtype(dtype);
         replica_check::tap_tuple("model.rotary_emb", &[&twice(&cos)?, &twice(&sin)?]);
         Ok(())
+    }
+}
+
+/// A model that is a [`CausalDecoder`] under its own config type (LLaMA, Gemma):
+/// it decodes ([`CausalLm`]) through it.
+pub trait DecoderModel {
+    /// The decoder the model runs.
+    fn decoder(&self) -> &CausalDecoder;
+}
+
+impl DecoderModel for CausalDecoder {
+    fn decoder(&self) -> &CausalDecoder {
+        self
+    }
+}
+
+impl<M: DecoderModel> CausalLm for M {
+    fn forward_lm(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
+        self.decoder().logits_t(ids, cache, false)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.decoder().layers.len()
+    }
+
+    fn max_positions(&self) -> usize {
+        self.decoder().spec.max_positions
+    }
+
+    fn device(&self) -> &Device {
+        &self.decoder().device
     }
 }
 

@@ -8,7 +8,7 @@
 //! decoupled from `hidden_size / num_attention_heads`, the padding row's gradient
 //! cut (`pad_token_id`), and the LM head tied to the embedding.
 
-use candle_core::{Device, ModuleT, Tensor};
+use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::{Activation, EmbeddingConfig, NormKind, RmsNormConfig};
@@ -17,8 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::positive;
-use crate::decoder::{CausalDecoder, DecoderSpec, RopeParameters};
-use crate::generation::CausalLm;
+use crate::decoder::{CausalDecoder, DecoderModel, DecoderSpec, RopeParameters};
 use crate::llama::{Llama, LlamaConfig};
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
 
@@ -275,20 +274,8 @@ impl ModuleT for Gemma {
     }
 }
 
-impl CausalLm for Gemma {
-    fn forward_lm(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        self.forward(ids, cache)
-    }
-
-    fn num_layers(&self) -> usize {
-        self.decoder.num_layers()
-    }
-
-    fn max_positions(&self) -> usize {
-        self.decoder.max_positions()
-    }
-
-    fn device(&self) -> &Device {
-        self.decoder.device()
+impl DecoderModel for Gemma {
+    fn decoder(&self) -> &CausalDecoder {
+        &self.decoder
     }
 }

@@ -11,7 +11,7 @@
 //! original checkpoints pair neighbouring features, and HF permutes their q/k
 //! weights on conversion. `rope_interleaved: true` reads Meta's layout as it is.
 
-use candle_core::{Device, ModuleT, Tensor};
+use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::attention::{AttentionConfig, AttentionNames};
 use replica_blocks::kv_cache::KvCache;
@@ -25,8 +25,7 @@ use serde_json::{json, Value};
 
 use crate::config::positive;
 pub use crate::decoder::RopeParameters;
-use crate::decoder::{rope_theta, CausalDecoder, DecoderSpec};
-use crate::generation::CausalLm;
+use crate::decoder::{rope_theta, CausalDecoder, DecoderModel, DecoderSpec};
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
 
 fn silu() -> Activation {
@@ -299,20 +298,8 @@ impl ModuleT for Llama {
     }
 }
 
-impl CausalLm for Llama {
-    fn forward_lm(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        self.forward(ids, cache)
-    }
-
-    fn num_layers(&self) -> usize {
-        self.decoder.num_layers()
-    }
-
-    fn max_positions(&self) -> usize {
-        self.decoder.max_positions()
-    }
-
-    fn device(&self) -> &Device {
-        self.decoder.device()
+impl DecoderModel for Llama {
+    fn decoder(&self) -> &CausalDecoder {
+        &self.decoder
     }
 }
