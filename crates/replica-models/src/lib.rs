@@ -10,7 +10,7 @@
 //! - [`gemma`]: Gemma as HF `GemmaForCausalLM` (arXiv 2403.08295), the LLaMA
 //!   [`decoder`] with Gemma's norms, embedding scale and GeGLU;
 //! - [`bert`]: the BERT encoder as HF `BertModel` (arXiv 1810.04805), with
-//!   sentence embeddings ([`sentence`]) for sentence-transformers models.
+//!   sentence embeddings (the `sentence` module, with the `sentence` feature) for sentence-transformers models.
 //!
 //! Each is an [`Architecture`]: its config type (read strictly, [`ModelConfig`]),
 //! its [`Family`], its presets, its weight map and `new`; the strict checkpoint
@@ -36,6 +36,7 @@ pub mod llama;
 pub mod load_checkpoint;
 pub mod papers;
 pub mod registry;
+#[cfg(feature = "sentence")]
 pub mod sentence;
 pub mod vit;
 
@@ -51,4 +52,5 @@ pub use registry::{create_model, list_models, load_model, Descriptor, Model, Reg
 pub use vit::{Vit, VitConfig};
 
 /// The tokenizer library the sentence embedder uses (HF `tokenizers`), for callers that tokenise themselves.
+#[cfg(feature = "sentence")]
 pub use tokenizers;
