@@ -516,6 +516,24 @@ impl TransformerBlock {
         Ok((y, weights.expect("asked for")))
     }
 
+    /// [`forward_t`](Self::forward_t) as a HF layer with eager attention runs, for
+    /// its trace: that attention returns `(output, probabilities)`, which HF's
+    /// hooks record as `self_attn:0` and `self_attn:1`. While a trace is recorded
+    /// the probabilities are computed and recorded too; otherwise they are not.
+    pub fn forward_eager_t(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        if replica_check::trace::is_active() {
+            Ok(self.forward_with_weights_t(x, mask, cache, train)?.0)
+        } else {
+            self.forward_t(x, mask, cache, train)
+        }
+    }
+
     /// [`forward_with_weights_t`](Self::forward_with_weights_t) in inference.
     pub fn forward_with_weights(
         &self,

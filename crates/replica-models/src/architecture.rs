@@ -10,9 +10,9 @@
 
 use std::fmt;
 
-use candle_core::{ModuleT, Tensor};
+use candle_core::ModuleT;
 use candle_nn::VarBuilder;
-use replica_blocks::{KvCache, Paper, TransformerBlock};
+use replica_blocks::Paper;
 use replica_check::{TraceMap, WeightMap};
 use serde_json::Value;
 
@@ -108,24 +108,5 @@ pub trait Architecture: ModuleT + Clone + fmt::Debug + Send + Sync + 'static {
         config
             .validate()
             .map_err(|m| candle_core::Error::Msg(format!("{} config: {m}", Self::FAMILY)))
-    }
-}
-
-/// `layer` on `x`, in training (`train`) or inference, for a model whose reference
-/// is HF with eager attention: that attention also returns its probabilities, which
-/// the reference's trace records (`attn:1`). While a trace is recorded the layer
-/// computes them too (the attention records them as element 1 of its output); they
-/// are not computed otherwise.
-pub(crate) fn hf_layer(
-    layer: &TransformerBlock,
-    x: &Tensor,
-    mask: Option<&Tensor>,
-    cache: Option<&mut KvCache>,
-    train: bool,
-) -> candle_core::Result<Tensor> {
-    if replica_check::trace::is_active() {
-        Ok(layer.forward_with_weights_t(x, mask, cache, train)?.0)
-    } else {
-        layer.forward_t(x, mask, cache, train)
     }
 }

@@ -28,7 +28,6 @@ use replica_check::{tap, TraceMap, WeightMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::architecture::hf_layer;
 use crate::config::{positive, probabilities};
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
 
@@ -447,7 +446,7 @@ impl Bert {
         let mut x = self.embeddings.forward(input_ids, token_type_ids, train)?;
         let mask = attention_mask.map(|m| mask::padding_mask(m, DType::F32)).transpose()?;
         for layer in &self.layers {
-            x = hf_layer(layer, &x, mask.as_ref(), None, train)?;
+            x = layer.forward_eager_t(&x, mask.as_ref(), None, train)?;
         }
         tap("encoder:last_hidden_state", &x);
         let pooler_output = match &self.pooler {

@@ -6,7 +6,7 @@
 //! config into a [`DecoderSpec`]; what differs between the families (the norm, the
 //! embedding's scale, the activation, the attention's options) is data in it.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::TransformerBlockConfig;
@@ -14,7 +14,6 @@ use replica_blocks::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::architecture::hf_layer;
 use crate::generation::{decoder_positions, CausalLm};
 
 /// What a decoder is made of.
@@ -91,28 +90,17 @@ impl CausalDecoder {
         let table = format!("max_position_embeddings {limit} (the rotary tables end there)");
         let (seq, offset) = decoder_positions(self.spec.family, ids, &cache, self.layers.len(), limit, &table)?;
         let mut x = self.embed_tokens.forward(ids)?;
-        if replica_check::trace::is_active() {
-            self.trace_rotary_tables(seq, offset, x.dtype())?;
+        if let Some(rope) = self.layers.first().and_then(|l| l.attention().rope()) {
+            rope.tap_hf_tables("model.rotary_emb", seq, offset, x.dtype())?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            x = hf_layer(layer, &x, None, cache.as_mut().map(|c| &mut c[i]), train)?;
+            x = layer.forward_eager_t(&x, None, cache.as_mut().map(|c| &mut c[i]), train)?;
         }
         let x = self.norm.forward(&x)?;
         replica_check::tap("model:last_hidden_state", &x);
         Ok(x)
     }
 
-    /// Records the rotary tables as HF's `model.rotary_emb` returns them:
-    /// `(cos, sin)`, each `[1, seq, head_dim]` with the frequencies repeated twice.
-    fn trace_rotary_tables(&self, seq: usize, offset: usize, dtype: DType) -> candle_core::Result<()> {
-        let Some(rope) = self.layers.first().and_then(|l| l.attention().rope()) else {
-            return Ok(());
-        };
-        let (cos, sin) = rope.tables(seq, offset)?;
-        let twice = |t: &Tensor| Tensor::cat(&[t, t], D::Minus1)?.unsqueeze(0)?.to_dtype(dtype);
-        replica_check::tap_tuple("model.rotary_emb", &[&twice(&cos)?, &twice(&sin)?]);
-        Ok(())
-    }
 }
 
 /// A model that is a [`CausalDecoder`] under its own config type (LLaMA, Gemma):

@@ -27,7 +27,6 @@ use replica_check::WeightMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::architecture::hf_layer;
 use crate::config::{positive, probabilities};
 use crate::generation::{decoder_positions, CausalLm};
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
@@ -378,7 +377,7 @@ impl Gpt2 {
         let positions = self.wpe.forward(seq, offset)?;
         let mut x = self.drop.forward_t(&tokens.broadcast_add(&positions)?, train)?;
         for (i, block) in self.h.iter().enumerate() {
-            x = hf_layer(block, &x, None, cache.as_mut().map(|c| &mut c[i]), train)?;
+            x = block.forward_eager_t(&x, None, cache.as_mut().map(|c| &mut c[i]), train)?;
         }
         let x = self.ln_f.forward(&x)?;
         replica_check::tap("transformer:last_hidden_state", &x);
