@@ -159,7 +159,7 @@ fn fixtures_stay_small() {
     assert!(total < 900_000, "{total} bytes of fixtures");
 }
 
-/// The planted bug of docs/porting-a-paper.md: the layer built with the paper's 1-based
+/// The planted bug of docs/adding-a-block.md: the layer built with the paper's 1-based
 /// layer number where the reference takes the 0-based index (`depth: 3` for the
 /// reference's `depth=2`), so λ_init is 0.5934 instead of 0.4707. The projections still
 /// match; the first module to diverge is `subln`, the first one after the two softmax

@@ -51,6 +51,7 @@ fn the_port_matches_hf_gemma() {
 fn llamas_norm_is_named_at_the_first_norm() {
     let bundle = bundle();
     let (report, trace) = check(&bundle, |layer| layer.norm = NormKind::RmsNorm);
+    println!("{trace}");
     assert!(!report.passed());
     assert_eq!(
         trace.first_divergence.as_deref(),
