@@ -163,7 +163,11 @@ impl Rope {
             return Ok(());
         }
         let (cos, sin) = self.tables(seq, offset)?;
-        let twice = |t: &Tensor| Tensor::cat(&[t, t], candle_core::D::Minus1)?.unsqueeze(0)?.to_dtype(dtype);
+        let twice = |t: &Tensor| {
+            Tensor::cat(&[t, t], candle_core::D::Minus1)?
+                .unsqueeze(0)?
+                .to_dtype(dtype)
+        };
         replica_check::tap_tuple(path, &[&twice(&cos)?, &twice(&sin)?]);
         Ok(())
     }

@@ -44,6 +44,7 @@ pub mod table;
 pub mod tensor_file;
 mod tolerance;
 pub mod trace;
+pub mod trace_dump;
 pub mod trace_map;
 mod values;
 pub mod weight_map;
@@ -69,6 +70,6 @@ pub use tensor_file::{
     open_safetensors, read_safetensors, write_safetensors, ReadLimits, SafetensorsFile, TensorFile, TensorInfo,
 };
 pub use tolerance::{glob_match, Tolerance, ToleranceOverrides, ToleranceSpec};
-pub use trace::{mapped, record_nested, tap, tap_tuple, Trace};
+pub use trace::{mapped, record_nested, tap, tap_tuple, Trace, TraceEntry};
 pub use trace_map::TraceMap;
 pub use weight_map::{LoadReport, MappedWeights, ShapeMismatch, WeightMap};

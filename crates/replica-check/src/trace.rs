@@ -33,6 +33,14 @@ pub struct Trace {
 }
 
 impl Trace {
+    /// A trace of `entries`, in that order (read from a dump, or put together).
+    pub fn from_entries(entries: Vec<TraceEntry>) -> Self {
+        Self {
+            entries,
+            calls: HashMap::new(),
+        }
+    }
+
     /// The activation recorded under `name`.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.entries.iter().find(|e| e.name == name).map(|e| &e.tensor)

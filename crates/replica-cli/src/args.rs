@@ -96,6 +96,9 @@ pub enum Command {
     /// Compare two safetensors files key by key.
     #[command(long_about = DIFF_ABOUT)]
     Diff(DiffArgs),
+    /// Compare a run's dumped activations with a reference bundle's, module by module.
+    #[command(long_about = TRACE_ABOUT)]
+    Trace(TraceArgs),
     /// Show a safetensors file's metadata and per-tensor statistics.
     Inspect(InspectArgs),
     /// List the registered components (blocks, ops, and later models) that `check` can run.
@@ -121,6 +124,14 @@ Compare two safetensors files key by key: keys only in A, keys only in B, shape 
 mismatches, and one comparison row for each shared key. A is the reference: an element of B \
 passes when |b - a| <= atol + rtol * |a|, with the defaults of A's dtype unless --rtol/--atol \
 are given. Exit code 0 when the files match, 1 when they differ.";
+
+const TRACE_ABOUT: &str = "\
+Compare a run's activations with a reference bundle's, module by module in the reference's \
+execution order, and name the first module that diverges. The dump is a safetensors file of \
+`act/<module path>` tensors: written by `replica_check::Trace::save` from a traced run, or by \
+any program. A dumped name the reference lacks, and a reference activation the dump lacks, \
+fail the comparison unless --rename maps it or --ignore sets it aside. Exit code 0 when the \
+trace matches, 1 when it does not, 2 on bad input.";
 
 /// `replica check`: which cases to run, on what, and how to judge them.
 #[derive(Debug, Args)]
@@ -244,6 +255,32 @@ pub struct DiffArgs {
     /// replacement (`$1` for groups), e.g. `--rename '^transformer\.='`. Repeatable; applied in order.
     #[arg(long, value_name = "PATTERN=REPLACEMENT", value_parser = rename_rule)]
     pub rename: Vec<(String, String)>,
+
+    /// Where the report goes.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `replica trace DUMP --reference BUNDLE`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The run's activations: a safetensors file of `act/<module path>` tensors.
+    #[arg(value_name = "DUMP.safetensors")]
+    pub dump: PathBuf,
+
+    /// The reference bundle whose activations the dump is compared with.
+    #[arg(long, value_name = "BUNDLE")]
+    pub reference: PathBuf,
+
+    /// Rewrite the dump's module paths into the reference's: a regular expression and its
+    /// replacement (`$1` for groups), e.g. `--rename '^encoder\.=model.'`. Repeatable; applied in order.
+    #[arg(long, value_name = "PATTERN=REPLACEMENT", value_parser = rename_rule)]
+    pub rename: Vec<(String, String)>,
+
+    /// Leave out the activations (by the reference's name, after renames) matching this glob
+    /// (`*` any run, `?` one character), on both sides. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub ignore: Vec<String>,
 
     /// Where the report goes.
     #[command(flatten)]

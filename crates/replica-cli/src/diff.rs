@@ -84,10 +84,7 @@ impl Side {
         let file = open_safetensors(path)?;
         let mut keys = BTreeMap::new();
         for info in file.tensors() {
-            // Each rule rewrites the first match, in order, as a weight map's `rename` does.
-            let key = renames.iter().fold(info.name.clone(), |name, (pattern, replacement)| {
-                pattern.replace(&name, replacement.as_str()).into_owned()
-            });
+            let key = renamed(&info.name, renames);
             if let Some(earlier) = keys.insert(key.clone(), info.name.clone()) {
                 return Err(CliError::file(
                     path,
@@ -113,21 +110,7 @@ impl Side {
 pub fn run(args: &DiffArgs, format: Format) -> Result<Status, CliError> {
     format.refuse_html("diff")?;
     check_output(&args.output)?;
-    let mut renames = Vec::with_capacity(args.rename.len());
-    for (pattern, replacement) in &args.rename {
-        let regex = Regex::new(pattern).map_err(|err| {
-            let why = err.to_string();
-            let why = why
-                .lines()
-                .last()
-                .unwrap_or("invalid")
-                .trim()
-                .trim_start_matches("error: ")
-                .to_string();
-            CliError::new(format!("--rename: `{pattern}` is not a regular expression: {why}"))
-        })?;
-        renames.push((regex, replacement.clone()));
-    }
+    let renames = compile_renames(&args.rename)?;
     let a = Side::open(&args.a, &renames)?;
     let b = Side::open(&args.b, &renames)?;
     let keys: BTreeSet<&String> = a.keys.keys().chain(b.keys.keys()).collect();
@@ -175,6 +158,34 @@ pub fn run(args: &DiffArgs, format: Format) -> Result<Status, CliError> {
     };
     deliver(&text, &args.output)?;
     Ok(if passed { Status::Passed } else { Status::Failed })
+}
+
+/// `--rename` rules as regular expressions and their replacements, in order.
+pub(crate) fn compile_renames(rules: &[(String, String)]) -> Result<Vec<(Regex, String)>, CliError> {
+    let mut renames = Vec::with_capacity(rules.len());
+    for (pattern, replacement) in rules {
+        let regex = Regex::new(pattern).map_err(|err| {
+            let why = err.to_string();
+            let why = why
+                .lines()
+                .last()
+                .unwrap_or("invalid")
+                .trim()
+                .trim_start_matches("error: ")
+                .to_string();
+            CliError::new(format!("--rename: `{pattern}` is not a regular expression: {why}"))
+        })?;
+        renames.push((regex, replacement.clone()));
+    }
+    Ok(renames)
+}
+
+/// `name` after every rename rule, in order; each rewrites its first match, as a
+/// weight map's `rename` does.
+pub(crate) fn renamed(name: &str, renames: &[(Regex, String)]) -> String {
+    renames.iter().fold(name.to_string(), |name, (regex, replacement)| {
+        regex.replace(&name, replacement.as_str()).into_owned()
+    })
 }
 
 fn count(rows: &[(String, Row)], which: impl Fn(&Row) -> bool) -> usize {

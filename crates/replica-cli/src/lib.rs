@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod outcome;
 pub mod output;
 pub mod registry;
+pub mod trace;
 
 use std::io::Write;
 use std::process::ExitCode;

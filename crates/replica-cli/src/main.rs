@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use replica_cli::args::{Cli, ColorWhen, Command};
-use replica_cli::{check, diff, guard, inspect, listing, print_error, print_error_lines, Status};
+use replica_cli::{check, diff, guard, inspect, listing, print_error, print_error_lines, trace, Status};
 
 /// clap's error with its cause on one line (`error: ... --model <NAME>`), then its usage hint.
 fn usage_error(err: &clap::Error) -> ExitCode {
@@ -59,6 +59,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Check(args) => check::run(args, cli.format),
         Command::Diff(args) => diff::run(args, cli.format),
+        Command::Trace(args) => trace::run(args, cli.format),
         Command::Inspect(args) => inspect::run(args, cli.format),
         Command::Models(args) => listing::models(args, cli.format),
         Command::Papers(args) => listing::papers(args, cli.format),

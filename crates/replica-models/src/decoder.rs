@@ -100,7 +100,6 @@ impl CausalDecoder {
         replica_check::tap("model:last_hidden_state", &x);
         Ok(x)
     }
-
 }
 
 /// A model that is a [`CausalDecoder`] under its own config type (LLaMA, Gemma):
