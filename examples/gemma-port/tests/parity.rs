@@ -3,7 +3,7 @@
 
 use gemma_port::{Gemma, GemmaConfig};
 use replica::blocks::{Activation, FeedForwardConfig, NormKind, TransformerBlockConfig};
-use replica::check::{Bundle, Parity, Report, TraceReport, Unmatched};
+use replica::check::{Bundle, Namespace, Parity, Report, Trace, TraceReport, Unmatched};
 use replica::prelude::*;
 
 fn bundle() -> Bundle {
@@ -69,4 +69,26 @@ fn the_erf_gelu_is_named_at_the_first_activation() {
     });
     assert!(!report.passed());
     assert_eq!(trace.first_divergence.as_deref(), Some("model.layers.0.mlp.act_fn"));
+}
+
+/// A dump of the port's activations, for `replica trace` (docs/porting-a-paper.md).
+#[test]
+fn the_trace_dumps_for_replica_trace() {
+    let bundle = bundle();
+    let config: GemmaConfig = bundle.config().unwrap();
+    let vb = VarBuilder::from_tensors(
+        bundle.namespace(Namespace::Param).into_iter().collect(),
+        DType::F32,
+        &Device::Cpu,
+    );
+    let model = Gemma::new(&config, &config.layer(), vb).unwrap();
+    let ids = bundle.input("0").unwrap();
+    let (logits, trace) = replica::check::trace::record(|| model.forward(ids));
+    logits.unwrap();
+    let dump = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("gemma-trace.safetensors");
+    trace.save(&dump, true).unwrap();
+    assert_eq!(
+        Trace::load(&dump, &Device::Cpu).unwrap().names().collect::<Vec<_>>(),
+        trace.names().collect::<Vec<_>>()
+    );
 }
