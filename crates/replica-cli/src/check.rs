@@ -61,7 +61,7 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<Status, CliError> {
             .iter()
             .map(Job::from_component)
             .collect::<Result<Vec<_>, _>>()?;
-        ("built-in suite".to_string(), jobs)
+        (crate::registry::suite_name().to_string(), jobs)
     };
 
     // Every input is read and checked before anything runs.

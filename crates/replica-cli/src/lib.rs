@@ -28,6 +28,10 @@ pub mod trace;
 use std::io::Write;
 use std::process::ExitCode;
 
+use clap::Parser;
+
+use crate::args::{Cli, ColorWhen, Command};
+
 /// How a command ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -67,4 +71,80 @@ pub fn print_error_lines(message: &str, details: &[String]) {
         out.push_str(&format!("  {}\n", replica_check::printable(line)));
     }
     let _ = write!(anstream::stderr(), "{out}");
+}
+
+/// The `replica` command line over the built-in components and `own` (a program's
+/// own parity cases, see [`registry::OwnCases`]): parses the arguments, runs the
+/// command and returns its exit code. `replica`'s own `main` is `main_with(None)`;
+/// a crate with cases of its own gets every command (`check`, `models`, `trace`,
+/// ...) over them with a `main` that calls this with its cases.
+pub fn main_with(own: Option<registry::OwnCases>) -> ExitCode {
+    if let Some(own) = own {
+        if let Err(message) = registry::register(own) {
+            print_error(&message);
+            return Status::InputError.code();
+        }
+    }
+    guard::install();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
+    match cli.read_limits() {
+        Ok(limits) => replica_check::ReadLimits::set_current(limits),
+        Err(err) => {
+            print_error(&err);
+            return Status::InputError.code();
+        }
+    }
+    // A misspelt REPLICA_COMPUTE would otherwise only warn and run the kernels.
+    if let Err(message) = replica_blocks::Compute::from_env() {
+        print_error(&message);
+        return Status::InputError.code();
+    }
+    match cli.color {
+        ColorWhen::Auto => {}
+        ColorWhen::Always => anstream::ColorChoice::Always.write_global(),
+        ColorWhen::Never => anstream::ColorChoice::Never.write_global(),
+    }
+    let result = match &cli.command {
+        Command::Check(args) => check::run(args, cli.format),
+        Command::Diff(args) => diff::run(args, cli.format),
+        Command::Trace(args) => trace::run(args, cli.format),
+        Command::Inspect(args) => inspect::run(args, cli.format),
+        Command::Models(args) => listing::models(args, cli.format),
+        Command::Papers(args) => listing::papers(args, cli.format),
+    };
+    match result {
+        Ok(status) => status.code(),
+        Err(err) => {
+            print_error_lines(&err.message, &err.details);
+            Status::InputError.code()
+        }
+    }
+}
+
+/// clap's error with its cause on one line (`error: ... --model <NAME>`), then its usage hint.
+fn usage_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            return Status::InputError.code();
+        }
+        _ => {}
+    }
+    let text = err.render().to_string();
+    let (cause, rest) = text.split_once("\n\n").unwrap_or((text.as_str(), ""));
+    let cause: Vec<&str> = cause.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let cause = cause.join(" ");
+    print_error(cause.strip_prefix("error: ").unwrap_or(&cause));
+    if !rest.trim().is_empty() {
+        let _ = write!(anstream::stderr(), "\n{}\n", rest.trim_end());
+    }
+    Status::InputError.code()
 }

@@ -1,11 +1,12 @@
 //! The components `replica` can check, by name.
 //!
-//! Today these are the built-in parity cases (`replica_suite::builtin()`):
-//! every block, model and op with a committed fixture, so a case added to the
-//! suite appears here with no change to the CLI. A model registry joins by
-//! adding a [`Runner`] variant and extending [`Registry::load`].
+//! These are the built-in parity cases (`replica_suite::builtin()`): every
+//! block, model and op with a committed fixture, so a case added to the suite
+//! appears here with no change to the CLI; and a program's own cases, given to
+//! [`crate::main_with`] as [`OwnCases`].
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use candle_core::Device;
 use replica_check::{open_safetensors, Bundle, BundleOutline, Report};
@@ -35,14 +36,50 @@ pub struct Component {
     pub runner: Runner,
 }
 
+/// A program's own parity cases, for the `replica` command line it runs with
+/// [`crate::main_with`]: each case's `fixture` is a path under `fixtures`,
+/// without `.safetensors`, as the built-in cases' are under `tests/fixtures`.
+#[derive(Clone, Debug)]
+pub struct OwnCases {
+    /// The directory the cases' fixtures are under.
+    pub fixtures: PathBuf,
+    /// The cases, in the order `replica check` runs them.
+    pub cases: Vec<Case>,
+    /// Whether the built-in cases are registered too (after these).
+    pub with_builtin: bool,
+}
+
+static OWN: OnceLock<OwnCases> = OnceLock::new();
+
+/// Registers a program's own cases for every [`Registry::load`] of the process;
+/// a name used twice, among them or with a built-in case, is refused.
+pub fn register(own: OwnCases) -> Result<(), String> {
+    let builtin = if own.with_builtin {
+        replica_suite::builtin()
+    } else {
+        Vec::new()
+    };
+    for (i, case) in own.cases.iter().enumerate() {
+        if own.cases[..i]
+            .iter()
+            .chain(&builtin)
+            .any(|other| other.name == case.name)
+        {
+            return Err(format!("two registered cases are named `{}`", case.name));
+        }
+    }
+    OWN.set(own)
+        .map_err(|_| "the program's own cases are registered twice".to_string())
+}
+
 impl Component {
-    fn from_case(case: Case) -> Self {
+    fn from_case(case: Case, fixtures: &std::path::Path) -> Self {
         Self {
             name: case.name,
             kind: "case",
             reference: case.reference,
             paper: case.paper,
-            fixture: Some(case.fixture_path(&replica_suite::fixtures_dir())),
+            fixture: Some(case.fixture_path(fixtures)),
             runner: Runner::Case(case),
         }
     }
@@ -80,15 +117,40 @@ pub struct Registry {
     components: Vec<Component>,
 }
 
+/// What `replica check` with no arguments runs, in its heading.
+pub fn suite_name() -> &'static str {
+    match OWN.get() {
+        Some(_) => "registered cases",
+        None => "built-in suite",
+    }
+}
+
 impl Registry {
-    /// Every built-in parity case of `replica-suite`, in its order; of two
-    /// with one name, the first.
+    /// The program's own cases ([`register`]), then every built-in parity case
+    /// of `replica-suite` in its order (unless the own cases leave them out); of
+    /// two with one name, the first.
     pub fn load() -> Self {
+        let mut cases: Vec<(Case, PathBuf)> = Vec::new();
+        let builtin = match OWN.get() {
+            Some(own) => {
+                cases.extend(own.cases.iter().map(|case| (*case, own.fixtures.clone())));
+                own.with_builtin
+            }
+            None => true,
+        };
+        if builtin {
+            let fixtures = replica_suite::fixtures_dir();
+            cases.extend(
+                replica_suite::builtin()
+                    .into_iter()
+                    .map(|case| (case, fixtures.clone())),
+            );
+        }
         let mut components: Vec<Component> = Vec::new();
-        for case in replica_suite::builtin() {
+        for (case, fixtures) in cases {
             // Names are unique by contract; should two collide, the first registered wins.
             if !components.iter().any(|c| c.name == case.name) {
-                components.push(Component::from_case(case));
+                components.push(Component::from_case(case, &fixtures));
             }
         }
         Self { components }

@@ -12,8 +12,9 @@ use replica::blocks::{
     Activation, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, GluMlpConfig, Linear, NormKind,
     ResidualLayout, RmsNorm, RmsNormConfig, RopeStyle, TransformerBlock, TransformerBlockConfig,
 };
-use replica::candle_core::{Result, Tensor};
+use replica::candle_core::{DType, Device, Result, Tensor};
 use replica::candle_nn::VarBuilder;
+use replica::check::{Bundle, Case, Parity, Report, Result as CheckResult, TraceReport, Unmatched, WeightMap};
 use replica::models::decoder::{rope_theta, RopeParameters};
 use serde::Deserialize;
 
@@ -134,5 +135,42 @@ impl Gemma {
         let x = self.norm.forward(&x)?;
         replica::check::tap("model:last_hidden_state", &x);
         self.lm_head.forward(&x)
+    }
+}
+
+/// The port, with `layer` for its decoder layers, against a reference bundle of
+/// `GemmaForCausalLM`: built strictly from the bundle's weights, run traced, its
+/// logits, every module's output and every parameter's gradient (the tied head's
+/// against the embedding's) compared. Returns the report and the module-by-module
+/// trace comparison.
+pub fn parity(
+    bundle: &Bundle,
+    config: &GemmaConfig,
+    layer: &TransformerBlockConfig,
+) -> CheckResult<(Report, TraceReport)> {
+    let mut run = Parity::new(bundle)?;
+    // A tensor the port does not read, or reads and the bundle lacks, is an error.
+    let weights = WeightMap::new()
+        .ignore(r"^lm_head\.weight$")
+        .apply(run.params().clone(), bundle.origin())?;
+    let model = weights.build(DType::F32, &Device::Cpu, |vb| Gemma::new(config, layer, vb))?;
+    let ids = run.input("0")?;
+    let (logits, trace) = run.traced(Unmatched::NONE, || model.forward(&ids))?;
+    run.tie("lm_head.weight", "model.embed_tokens.weight")?;
+    run.check_outputs_and_gradients(&[("logits", &logits)])?;
+    Ok((run.finish(), trace))
+}
+
+/// The parity case of the port, as `replica check` runs it (`src/bin/gemma-check.rs`).
+pub fn case() -> Case {
+    Case {
+        name: "gemma_port",
+        reference: "transformers.GemmaForCausalLM",
+        paper: Some("2403.08295"),
+        fixture: "gemma",
+        run: |bundle| {
+            let config: GemmaConfig = bundle.config()?;
+            Ok(parity(bundle, &config, &config.layer())?.0)
+        },
     }
 }

@@ -1,9 +1,9 @@
 //! The port against HF `GemmaForCausalLM` (reference/gemma.safetensors, written by
 //! capture.py): logits, every module's output, and every parameter's gradient.
 
-use gemma_port::{Gemma, GemmaConfig};
+use gemma_port::{parity, Gemma, GemmaConfig};
 use replica::blocks::{Activation, FeedForwardConfig, NormKind, TransformerBlockConfig};
-use replica::check::{Bundle, Namespace, Parity, Report, Trace, TraceReport, Unmatched};
+use replica::check::{Bundle, Namespace, Report, Trace, TraceReport};
 use replica::prelude::*;
 
 fn bundle() -> Bundle {
@@ -14,26 +14,12 @@ fn bundle() -> Bundle {
     .unwrap()
 }
 
-/// Runs the port, with a bug `planted` in its layer config, traced, and checks the
-/// logits, the activations and the gradients.
+/// The port, with a bug `planted` in its layer config, against the bundle.
 fn check(bundle: &Bundle, planted: impl FnOnce(&mut TransformerBlockConfig)) -> (Report, TraceReport) {
     let config: GemmaConfig = bundle.config().unwrap();
     let mut layer = config.layer();
     planted(&mut layer);
-    let mut run = Parity::new(bundle).unwrap();
-    // Strict loading: a tensor the port does not read, or reads and the bundle lacks, is an error.
-    let weights = WeightMap::new()
-        .ignore(r"^lm_head\.weight$")
-        .apply(run.params().clone(), bundle.origin());
-    let model = weights
-        .unwrap()
-        .build(DType::F32, &Device::Cpu, |vb| Gemma::new(&config, &layer, vb))
-        .unwrap();
-    let ids = run.input("0").unwrap();
-    let (logits, trace) = run.traced(Unmatched::NONE, || model.forward(&ids)).unwrap();
-    run.tie("lm_head.weight", "model.embed_tokens.weight").unwrap();
-    run.check_outputs_and_gradients(&[("logits", &logits)]).unwrap();
-    (run.finish(), trace)
+    parity(bundle, &config, &layer).unwrap()
 }
 
 #[test]
