@@ -91,6 +91,18 @@ fn check_model<M>(
     load: Load<M>,
     forward: impl FnOnce(&M, &[Tensor]) -> candle_core::Result<Vec<Tensor>>,
 ) -> Result<ModelParity> {
+    check_model_and(bundle, io, load, forward, |_, _, _| Ok(()))
+}
+
+/// [`check_model`], then `also` with the model, its inputs and the run (another
+/// way to the same outputs, compared as a variant).
+fn check_model_and<M>(
+    bundle: &Bundle,
+    io: &ModelIo,
+    load: Load<M>,
+    forward: impl FnOnce(&M, &[Tensor]) -> candle_core::Result<Vec<Tensor>>,
+    also: impl FnOnce(&M, &[Tensor], &mut Parity) -> Result<()>,
+) -> Result<ModelParity> {
     let mut run = Parity::new(bundle)?;
     let params = run.params().clone();
     let model = load(bundle, params.clone(), bundle.dtype()?, &device_of(&params))?;
@@ -102,14 +114,33 @@ fn check_model<M>(
     }
     let named: Vec<(&str, &Tensor)> = io.outputs.iter().copied().zip(&outputs).collect();
     run.check_outputs_and_gradients(&named)?;
+    also(&model, &inputs, &mut run)?;
     Ok(ModelParity {
         report: run.finish(),
         trace,
     })
 }
 
-/// HF `GPT2LMHeadModel`: logits, every block's activation, and the gradient of
-/// every parameter (the tied `lm_head.weight` against the token embedding's).
+/// The logits once more, decoded through the KV cache: the first half of the
+/// sequence as a prompt, then one token per step, each attending to the cached
+/// keys and values; compared as the variant `kv cache`.
+fn decoded_through_the_cache<M: CausalLm>(model: &M, inputs: &[Tensor], run: &mut Parity) -> Result<()> {
+    let ids = &inputs[0];
+    let seq = ids.dim(1)?;
+    let prompt = seq.div_ceil(2);
+    let mut cache = model.new_cache();
+    let mut logits = vec![model.forward_lm(&ids.narrow(1, 0, prompt)?, Some(&mut cache))?];
+    for position in prompt..seq {
+        logits.push(model.forward_lm(&ids.narrow(1, position, 1)?, Some(&mut cache))?);
+    }
+    let logits = Tensor::cat(&logits, 1)?;
+    run.check_outputs_of("kv cache", &[("logits", &logits)]);
+    Ok(())
+}
+
+/// HF `GPT2LMHeadModel`: logits (also decoded through the KV cache), every block's
+/// activation, and the gradient of every parameter (the tied `lm_head.weight`
+/// against the token embedding's).
 pub fn gpt2_parity(bundle: &Bundle) -> Result<ModelParity> {
     const IO: ModelIo = ModelIo {
         inputs: &["0"],
@@ -117,12 +148,12 @@ pub fn gpt2_parity(bundle: &Bundle) -> Result<ModelParity> {
         ties: &[("lm_head.weight", "transformer.wte.weight")],
         unmatched: Unmatched::NONE,
     };
-    check_model(bundle, &IO, load::<Gpt2>, |model, ids| {
-        Ok(vec![model.forward(&ids[0], None)?])
-    })
+    let forward = |model: &Gpt2, ids: &[Tensor]| Ok(vec![model.forward(&ids[0], None)?]);
+    check_model_and(bundle, &IO, load::<Gpt2>, forward, decoded_through_the_cache)
 }
 
-/// HF `LlamaForCausalLM` with grouped-query attention: logits and every block's activation.
+/// HF `LlamaForCausalLM` with grouped-query attention: logits (also decoded through
+/// the KV cache) and every block's activation.
 pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
     const IO: ModelIo = ModelIo {
         inputs: &["0"],
@@ -130,12 +161,12 @@ pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
         ties: &[],
         unmatched: Unmatched::NONE,
     };
-    check_model(bundle, &IO, load::<Llama>, |model, ids| {
-        Ok(vec![model.forward(&ids[0], None)?])
-    })
+    let forward = |model: &Llama, ids: &[Tensor]| Ok(vec![model.forward(&ids[0], None)?]);
+    check_model_and(bundle, &IO, load::<Llama>, forward, decoded_through_the_cache)
 }
 
-/// HF `GemmaForCausalLM`: logits, every block's activation and, where the bundle
+/// HF `GemmaForCausalLM`: logits (also decoded through the KV cache), every block's
+/// activation and, where the bundle
 /// has them, the gradient of every parameter (the tied `lm_head.weight` against the
 /// token embedding's, whose padding row gets none).
 pub fn gemma_parity(bundle: &Bundle) -> Result<ModelParity> {
@@ -145,9 +176,8 @@ pub fn gemma_parity(bundle: &Bundle) -> Result<ModelParity> {
         ties: &[("lm_head.weight", "model.embed_tokens.weight")],
         unmatched: Unmatched::NONE,
     };
-    check_model(bundle, &IO, load::<Gemma>, |model, ids| {
-        Ok(vec![model.forward(&ids[0], None)?])
-    })
+    let forward = |model: &Gemma, ids: &[Tensor]| Ok(vec![model.forward(&ids[0], None)?]);
+    check_model_and(bundle, &IO, load::<Gemma>, forward, decoded_through_the_cache)
 }
 
 /// timm `VisionTransformer`: classification logits and every block's activation.
