@@ -10,7 +10,8 @@ greedy generations and the all-MiniLM-L6-v2 reference sentence embeddings.
 Files written: models/gpt2.safetensors, models/gpt2_generate.safetensors,
 models/llama.safetensors, models/llama_generate.safetensors, models/gemma.safetensors,
 models/gemma_bf16.safetensors,
-models/vit.safetensors, models/bert.safetensors, models/minilm_embeddings.safetensors.
+models/vit.safetensors, models/bert.safetensors, models/bert_ids_only.safetensors,
+models/minilm_embeddings.safetensors.
 """
 
 from __future__ import annotations
@@ -159,6 +160,16 @@ def bert(out: Path) -> None:
     capture(model, (ids,), out / "bert.safetensors", config=config.to_dict(), grads=False, seed=13,
             kwargs={"attention_mask": mask, "token_type_ids": types}, component="transformers.BertModel",
             producer_extra=VERSIONS, overwrite=True)
+    # The ids alone, by keyword: HF defaults the segments to 0 and the mask to all ones.
+    torch.manual_seed(15)
+    small = BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, max_position_embeddings=16, type_vocab_size=2,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager")
+    model = BertModel(small).eval()
+    randomize_(model)
+    ids = torch.randint(1, small.vocab_size, (2, 5))
+    capture(model, (), out / "bert_ids_only.safetensors", config=small.to_dict(), grads=False, seed=15,
+            kwargs={"input_ids": ids}, component="transformers.BertModel", producer_extra=VERSIONS, overwrite=True)
 
 
 def minilm_dir() -> Path:

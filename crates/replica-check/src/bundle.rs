@@ -207,9 +207,22 @@ impl BundleMetadata {
     fn from_json(text: &str) -> std::result::Result<Self, String> {
         let value: Value =
             serde_json::from_str(text).map_err(|err| format!("metadata `{METADATA_KEY}` is not JSON: {err}"))?;
-        let Value::Object(fields) = value else {
+        let Value::Object(mut fields) = value else {
             return Err(format!("metadata `{METADATA_KEY}` is not a JSON object"));
         };
+        // A config stored as the text of a JSON object (`json.dumps(config)`) is that object.
+        if let Some(Value::String(text)) = fields.get("config") {
+            match serde_json::from_str::<Value>(text) {
+                Ok(config @ Value::Object(_)) => {
+                    fields.insert("config".into(), config);
+                }
+                _ => {
+                    return Err(format!(
+                        "metadata `{METADATA_KEY}`: field `config` is a string that is not the text of a JSON object"
+                    ))
+                }
+            }
+        }
         // Check the version first: a future version may have other fields entirely.
         match fields.get("format_version").and_then(Value::as_u64) {
             Some(FORMAT_VERSION) => {}

@@ -8,6 +8,7 @@
 //! the port never recorded). Where one side cannot have what the other records,
 //! the run names it in [`Unmatched`], and the name must really be unmatched.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{DType, Tensor, Var};
@@ -64,6 +65,8 @@ pub struct Parity<'a> {
     ties: BTreeMap<String, String>,
     /// Reference activations set aside as [`Unmatched::reference_only`].
     reference_only: BTreeSet<String>,
+    /// The inputs the port has read: a bundle input no one reads fails at [`Parity::finish`].
+    read_inputs: RefCell<BTreeSet<String>>,
     report: Report,
 }
 
@@ -96,6 +99,7 @@ impl<'a> Parity<'a> {
             tolerance: None,
             ties: BTreeMap::new(),
             reference_only: BTreeSet::new(),
+            read_inputs: RefCell::new(BTreeSet::new()),
             report: Report::new(bundle.metadata().component.clone()),
         })
     }
@@ -130,9 +134,11 @@ impl<'a> Parity<'a> {
         &self.params
     }
 
-    /// An input, tracked for gradients when it is floating point.
+    /// An input, tracked for gradients when it is floating point. Every input the
+    /// bundle gives must be read: the reference ran on it.
     pub fn input(&self, name: &str) -> Result<Tensor> {
         self.bundle.input(name)?;
+        self.read_inputs.borrow_mut().insert(name.to_string());
         Ok(self.inputs[name].clone())
     }
 
@@ -294,8 +300,19 @@ impl<'a> Parity<'a> {
     }
 
     /// The report, with a failed row for every reference activation that no row
-    /// checked and that is not set aside as [`Unmatched::reference_only`].
+    /// checked and that is not set aside as [`Unmatched::reference_only`], and for
+    /// every input of the bundle the port never read (the reference's result
+    /// depends on it; a port that ignores it is not checked against that result).
     pub fn finish(mut self) -> Report {
+        let read = self.read_inputs.take();
+        for (name, given) in self.bundle.namespace(Namespace::Input) {
+            if !read.contains(&name) {
+                let tolerance = self.tolerance_for(Namespace::Input, &name, given.dtype());
+                let why = "the reference ran on this input; the port never read it";
+                self.report
+                    .push(format!("{}{name}", Namespace::Input), unmatched(&given, why, tolerance));
+            }
+        }
         let checked: BTreeSet<&str> = self.report.rows.iter().map(|row| row.name.as_str()).collect();
         let prefix = Namespace::Activation.prefix();
         let never: Vec<(String, Tensor)> = self

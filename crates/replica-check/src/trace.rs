@@ -170,6 +170,19 @@ pub fn mapped<T>(map: &TraceMap, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Runs `f` with tracing off: a second run of a component inside a traced one
+/// (another way to the same outputs) records nothing.
+pub fn untraced<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACTIVE.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(ACTIVE.with(|a| a.replace(false)));
+    f()
+}
+
 /// Runs `f` with tracing on and returns its result with what it recorded.
 /// Nested calls record into their own trace and restore the outer one.
 pub fn record<T>(f: impl FnOnce() -> T) -> (T, Trace) {

@@ -64,3 +64,50 @@ fn a_report_round_trips_through_json() {
     assert_eq!(serde_json::to_string(&back).unwrap(), json);
     assert_eq!(back.rows[0].comparison.mismatched, 1);
 }
+
+#[test]
+fn an_input_the_port_never_reads_fails_the_run() {
+    let mut metadata = BundleMetadata::new("m", ("torch", "2.5.1"), "float32");
+    metadata.inputs = vec!["0".into(), "attention_mask".into()];
+    let mut b = Bundle::new(metadata);
+    b.insert(Namespace::Output, "0", f32s(&[1.0, 2.0]));
+    b.insert(Namespace::Input, "0", f32s(&[1.0, 2.0]));
+    b.insert(Namespace::Input, "attention_mask", f32s(&[1.0, 0.0]));
+    let mut run = replica_check::Parity::new(&b).unwrap();
+    let x = run.input("0").unwrap();
+    run.check_outputs(&[("0", &x)]);
+    let report = run.finish();
+    assert!(!report.passed());
+    let failed: Vec<&str> = report.failures().map(|r| r.name.as_str()).collect();
+    assert_eq!(failed, ["input/attention_mask"]);
+    assert!(report.to_string().contains("the port never read it"), "{report}");
+}
+
+#[test]
+fn a_config_stored_as_json_text_is_read_as_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_config = |config: &str| {
+        let mut metadata = BundleMetadata::new("m", ("torch", "2.5.1"), "float32");
+        metadata.config = serde_json::Value::String(config.into());
+        let mut b = Bundle::new(metadata);
+        b.insert(Namespace::Output, "0", f32s(&[1.0, 2.0]));
+        b
+    };
+    with_config(r#"{"hidden_size": 8}"#)
+        .save(dir.path().join("text.safetensors"), false)
+        .unwrap();
+    let read = Bundle::load(dir.path().join("text.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(read.metadata().config, serde_json::json!({"hidden_size": 8}));
+
+    with_config("hidden_size=8")
+        .save(dir.path().join("bad.safetensors"), false)
+        .unwrap();
+    let err = Bundle::load(dir.path().join("bad.safetensors"), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("field `config` is a string that is not the text of a JSON object"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

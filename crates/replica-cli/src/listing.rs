@@ -92,11 +92,47 @@ pub fn models(args: &ModelsArgs, format: Format) -> Result<Status, CliError> {
             } else {
                 out.push_str(&output::render(&table, format));
             }
+            // One component named exactly: what it reads and writes.
+            if let Some(component) = registry.all().iter().find(|c| Some(c.name) == args.filter.as_deref()) {
+                out.push_str(&io_text(component)?);
+            }
             out
         }
     };
     emit(&text);
     Ok(Status::Passed)
+}
+
+/// The tensors a component reads and writes, as its fixture names them: the
+/// inputs (`input/<name>`) fed to it, the outputs it is judged on, and how many
+/// activations and gradients the fixture holds.
+fn io_text(component: &crate::registry::Component) -> Result<String, CliError> {
+    let Some(fixture) = &component.fixture else {
+        return Ok(String::new());
+    };
+    let file = replica_check::open_safetensors(fixture)?;
+    let outline = replica_check::BundleOutline::of(&file)?;
+    let described = |ns: replica_check::Namespace, names: &[String]| -> String {
+        names
+            .iter()
+            .map(|name| match file.info(&format!("{ns}{name}")) {
+                Some(info) => format!("  {ns}{name}  {:?} {}\n", info.shape, info.dtype_name()),
+                None => format!("  {ns}{name}\n"),
+            })
+            .collect()
+    };
+    let count = |ns| outline.names.get(&ns).map_or(0, Vec::len);
+    use replica_check::Namespace::{Activation, Input, InputGrad, Output, ParamGrad};
+    Ok(format!(
+        "\n`{}` reads (from its fixture, {}):\n{}and is judged on:\n{}with {} activations, {} parameter gradients and {} input gradients.\n",
+        component.name,
+        fixture.display(),
+        described(Input, &outline.metadata.inputs),
+        described(Output, &outline.metadata.outputs),
+        count(Activation),
+        count(ParamGrad),
+        count(InputGrad),
+    ))
 }
 
 /// The model registry's presets (`replica_models::registry::presets`) whose name, checkpoint

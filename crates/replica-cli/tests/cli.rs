@@ -863,3 +863,26 @@ fn an_unknown_compute_setting_is_refused() {
         .expect("the replica binary runs");
     assert_eq!(code(&composed), 0, "{}", stderr(&composed));
 }
+
+#[test]
+fn models_name_prints_what_the_component_reads_and_is_judged_on() {
+    let text = stdout(&replica(&["models", "bert_model"]));
+    assert!(text.contains("`bert_model` reads (from its fixture"), "{text}");
+    for line in [
+        "input/0  [3, 9] i64",
+        "input/token_type_ids  [3, 9] i64",
+        "input/attention_mask  [3, 9] i64",
+        "output/last_hidden_state  [3, 9, 32] f32",
+        "output/pooler_output  [3, 32] f32",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    let text = stdout(&replica(&["models", "gemma_causal_lm"]));
+    assert!(
+        text.contains("input/0  [2, 7] i64") && text.contains("output/logits  [2, 7, 96] f32"),
+        "{text}"
+    );
+    assert!(text.contains("21 parameter gradients"), "{text}");
+    // A filter that is not one name lists, without the detail.
+    assert!(!stdout(&replica(&["models", "bert"])).contains("reads (from its fixture"));
+}

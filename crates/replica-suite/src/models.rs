@@ -40,6 +40,7 @@ pub fn cases() -> Vec<Case> {
         case("gemma_causal_lm_bf16",  "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma_bf16",     |b| report_of(b, gemma_parity(b))),
         case("vit_timm",              "timm.models.vision_transformer.VisionTransformer", Some(VIT),   "models/vit",            |b| report_of(b, vit_parity(b))),
         case("bert_model",            "transformers.BertModel",                           Some(BERT),  "models/bert",           |b| report_of(b, bert_parity(b))),
+        case("bert_model_ids_only",   "transformers.BertModel",                           Some(BERT),  "models/bert_ids_only",  |b| report_of(b, bert_parity(b))),
     ]
 }
 
@@ -55,13 +56,27 @@ fn report_of(bundle: &Bundle, result: Result<ModelParity>) -> replica_check::Res
     as_check(bundle, result).map(|parity| parity.report)
 }
 
+/// One input of a model case: the names a bundle may give it (the positional
+/// `0`, then the reference's keyword) and, for an optional one, its value when
+/// the bundle gives none, made from the token ids as the reference defaults it.
+struct ModelInput {
+    names: &'static [&'static str],
+    default: Option<fn(&Tensor) -> candle_core::Result<Tensor>>,
+}
+
+/// Token ids, `input/0` or `input/input_ids`.
+const INPUT_IDS: ModelInput = ModelInput {
+    names: &["0", "input_ids"],
+    default: None,
+};
+
 /// What a model case feeds the model and compares.
-struct ModelIo {
-    inputs: &'static [&'static str],
+struct ModelIo<'a> {
+    inputs: &'static [ModelInput],
     outputs: &'static [&'static str],
     /// Tied parameters, `(tied, shared)` as [`Parity::tie`] takes them.
     ties: &'static [(&'static str, &'static str)],
-    unmatched: Unmatched<'static>,
+    unmatched: Unmatched<'a>,
 }
 
 /// A model built from the bundle: its config read strictly, its weights from `params`.
@@ -106,8 +121,16 @@ fn check_model_and<M>(
     let mut run = Parity::new(bundle)?;
     let params = run.params().clone();
     let model = load(bundle, params.clone(), bundle.dtype()?, &device_of(&params))?;
-    let inputs = io.inputs.iter().map(|name| run.input(name));
-    let inputs = inputs.collect::<replica_check::Result<Vec<_>>>()?;
+    let mut inputs: Vec<Tensor> = Vec::with_capacity(io.inputs.len());
+    for input in io.inputs {
+        let given = input.names.iter().find(|name| bundle.contains(Namespace::Input, name));
+        inputs.push(match (given, input.default) {
+            (Some(name), _) => run.input(name)?,
+            (None, Some(default)) => default(&inputs[0])?,
+            // The error names the positional name and what the bundle holds.
+            (None, None) => run.input(input.names[0])?,
+        });
+    }
     let (outputs, trace) = run.traced(io.unmatched, || forward(&model, &inputs))?;
     for (tied, shared) in io.ties {
         run.tie(tied, shared)?;
@@ -128,12 +151,16 @@ fn decoded_through_the_cache<M: CausalLm>(model: &M, inputs: &[Tensor], run: &mu
     let ids = &inputs[0];
     let seq = ids.dim(1)?;
     let prompt = seq.div_ceil(2);
-    let mut cache = model.new_cache();
-    let mut logits = vec![model.forward_lm(&ids.narrow(1, 0, prompt)?, Some(&mut cache))?];
-    for position in prompt..seq {
-        logits.push(model.forward_lm(&ids.narrow(1, position, 1)?, Some(&mut cache))?);
-    }
-    let logits = Tensor::cat(&logits, 1)?;
+    let decode = || -> candle_core::Result<Tensor> {
+        let mut cache = model.new_cache();
+        let mut logits = vec![model.forward_lm(&ids.narrow(1, 0, prompt)?, Some(&mut cache))?];
+        for position in prompt..seq {
+            logits.push(model.forward_lm(&ids.narrow(1, position, 1)?, Some(&mut cache))?);
+        }
+        Tensor::cat(&logits, 1)
+    };
+    // The traced pass is the full forward; this one records nothing.
+    let logits = replica_check::trace::untraced(decode)?;
     run.check_outputs_of("kv cache", &[("logits", &logits)]);
     Ok(())
 }
@@ -143,7 +170,7 @@ fn decoded_through_the_cache<M: CausalLm>(model: &M, inputs: &[Tensor], run: &mu
 /// against the token embedding's).
 pub fn gpt2_parity(bundle: &Bundle) -> Result<ModelParity> {
     const IO: ModelIo = ModelIo {
-        inputs: &["0"],
+        inputs: &[INPUT_IDS],
         outputs: &["logits"],
         ties: &[("lm_head.weight", "transformer.wte.weight")],
         unmatched: Unmatched::NONE,
@@ -156,7 +183,7 @@ pub fn gpt2_parity(bundle: &Bundle) -> Result<ModelParity> {
 /// the KV cache) and every block's activation.
 pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
     const IO: ModelIo = ModelIo {
-        inputs: &["0"],
+        inputs: &[INPUT_IDS],
         outputs: &["logits"],
         ties: &[],
         unmatched: Unmatched::NONE,
@@ -171,7 +198,7 @@ pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
 /// token embedding's, whose padding row gets none).
 pub fn gemma_parity(bundle: &Bundle) -> Result<ModelParity> {
     const IO: ModelIo = ModelIo {
-        inputs: &["0"],
+        inputs: &[INPUT_IDS],
         outputs: &["logits"],
         ties: &[("lm_head.weight", "model.embed_tokens.weight")],
         unmatched: Unmatched::NONE,
@@ -183,7 +210,10 @@ pub fn gemma_parity(bundle: &Bundle) -> Result<ModelParity> {
 /// timm `VisionTransformer`: classification logits and every block's activation.
 pub fn vit_parity(bundle: &Bundle) -> Result<ModelParity> {
     const IO: ModelIo = ModelIo {
-        inputs: &["0"],
+        inputs: &[ModelInput {
+            names: &["0", "x"],
+            default: None,
+        }],
         outputs: &["0"],
         ties: &[],
         unmatched: Unmatched::NONE,
@@ -193,23 +223,41 @@ pub fn vit_parity(bundle: &Bundle) -> Result<ModelParity> {
     })
 }
 
-/// HF `BertModel` on a ragged, padded batch with two segments: the last hidden
+/// HF `BertModel` on a ragged, padded batch with two segments (or on the token ids
+/// alone, `input/0` or `input/input_ids`, the segments and mask then defaulting as
+/// HF defaults them): the last hidden
 /// states, the pooler output and every block's activation, under HF's names through
 /// BERT's [trace map](Architecture::trace_map) (`BertAttention`'s normalised
 /// `(output, probabilities)` as `attention:0` and `attention:1`). HF's
 /// `BertSelfAttention` returns the context before the output projection
 /// (`attention.self:0`), which the port's attention block keeps internal.
 pub fn bert_parity(bundle: &Bundle) -> Result<ModelParity> {
-    const IO: ModelIo = ModelIo {
-        inputs: &["0", "token_type_ids", "attention_mask"],
+    // Each layer's `BertSelfAttention` output, which the port keeps inside its attention block.
+    let inner: Vec<&str> = (bundle.metadata().activations.iter())
+        .map(String::as_str)
+        .filter(|name| name.starts_with("encoder.layer.") && name.ends_with(".attention.self:0"))
+        .collect();
+    let io = ModelIo {
+        inputs: &[
+            INPUT_IDS,
+            // As HF: segment 0 everywhere, and every token attended to.
+            ModelInput {
+                names: &["token_type_ids"],
+                default: Some(Tensor::zeros_like),
+            },
+            ModelInput {
+                names: &["attention_mask"],
+                default: Some(Tensor::ones_like),
+            },
+        ],
         outputs: &["last_hidden_state", "pooler_output"],
         ties: &[],
         unmatched: Unmatched {
             port_only: &[],
-            reference_only: &["encoder.layer.0.attention.self:0", "encoder.layer.1.attention.self:0"],
+            reference_only: &inner,
         },
     };
-    check_model(bundle, &IO, load::<Bert>, |model, inputs| {
+    check_model(bundle, &io, load::<Bert>, |model, inputs| {
         let output = model.forward(&inputs[0], Some(&inputs[1]), Some(&inputs[2]))?;
         let pooled = output
             .pooler_output
@@ -219,12 +267,9 @@ pub fn bert_parity(bundle: &Bundle) -> Result<ModelParity> {
 }
 
 /// The prompt (`input/0`, `[1, n]`) and the number of tokens the reference generated.
-fn generation_task(bundle: &Bundle) -> Result<(Vec<u32>, usize)> {
-    let prompt = bundle
-        .input("0")?
-        .to_dtype(DType::I64)?
-        .flatten_all()?
-        .to_vec1::<i64>()?;
+fn generation_task(run: &Parity) -> Result<(Vec<u32>, usize)> {
+    let bundle = run.bundle();
+    let prompt = run.input("0")?.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
     let expected = bundle.output("0")?.elem_count();
     let prompt: Vec<u32> = prompt.into_iter().map(|t| t as u32).collect();
     let new_tokens = expected
@@ -238,8 +283,8 @@ fn check_generation<M: CausalLm>(bundle: &Bundle, load: Load<M>) -> Result<Repor
     let params = bundle.namespace(Namespace::Param);
     let device = device_of(&params);
     let model = load(bundle, params, bundle.dtype()?, &device)?;
-    let (prompt, new_tokens) = generation_task(bundle)?;
     let mut run = Parity::new(bundle)?;
+    let (prompt, new_tokens) = generation_task(&run)?;
     let options = GenerateOptions::greedy(new_tokens);
     for (variant, options) in [("kv cache", options), ("no cache", options.without_cache())] {
         let tokens = generate_greedy(&model, &prompt, options, |_| {})?;
