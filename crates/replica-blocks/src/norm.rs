@@ -9,6 +9,8 @@
 //! the computation is the op layer's ([`ops::layer_norm`], [`ops::rms_norm`]:
 //! the fused kernels or the composition).
 
+use std::sync::Arc;
+
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -197,8 +199,9 @@ pub enum NormKind {
     GemmaRmsNorm,
 }
 
-/// A LayerNorm or an RMSNorm, chosen by configuration, or the [`Identity`] a
-/// reference keeps in a norm slot that is off (timm's `nn.Identity`).
+/// A LayerNorm or an RMSNorm, chosen by configuration, the [`Identity`] a
+/// reference keeps in a norm slot that is off (timm's `nn.Identity`), or a norm of
+/// the caller's own ([`Norm::custom`]).
 #[derive(Clone, Debug)]
 pub enum Norm {
     /// A LayerNorm.
@@ -207,6 +210,22 @@ pub enum Norm {
     RmsNorm(RmsNorm),
     /// No norm: the input, recorded under the slot's name.
     Identity(Identity),
+    /// A norm the library does not have, written by the caller.
+    Custom(CustomNorm),
+}
+
+/// A caller's norm in a norm slot: any candle `Module`, its output recorded under
+/// the slot's path as the library's norms record theirs.
+#[derive(Clone)]
+pub struct CustomNorm {
+    module: Arc<dyn candle_core::Module + Send + Sync>,
+    path: String,
+}
+
+impl std::fmt::Debug for CustomNorm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CustomNorm({})", self.path)
+    }
 }
 
 impl Norm {
@@ -236,12 +255,26 @@ impl Norm {
         Norm::Identity(Identity::new(vb))
     }
 
+    /// The caller's `module` in the norm slot at `vb`'s path (build it from `vb`,
+    /// so that its weights load from the slot).
+    pub fn custom(module: impl candle_core::Module + Send + Sync + 'static, vb: &VarBuilder) -> Self {
+        Norm::Custom(CustomNorm {
+            module: Arc::new(module),
+            path: vb.prefix(),
+        })
+    }
+
     /// The chosen norm over the last dimension of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Norm::LayerNorm(norm) => norm.forward(x),
             Norm::RmsNorm(norm) => norm.forward(x),
             Norm::Identity(identity) => identity.forward(x),
+            Norm::Custom(norm) => {
+                let y = norm.module.forward(x)?;
+                replica_check::tap(&norm.path, &y);
+                Ok(y)
+            }
         }
     }
 }

@@ -154,21 +154,28 @@ impl Rope {
         Ok((self.cos.narrow(0, offset, seq)?, self.sin.narrow(0, offset, seq)?))
     }
 
-    /// Records the tables of positions `offset .. offset + seq` under `path` as HF's
-    /// rotary embedding modules return them (`LlamaRotaryEmbedding` and its
-    /// copies): the tuple `(cos, sin)`, each `[1, seq, rotary_dim]` with the
-    /// frequencies repeated twice, in `dtype`. Only while a trace is recorded.
-    pub fn tap_hf_tables(&self, path: &str, seq: usize, offset: usize, dtype: DType) -> Result<()> {
-        if !replica_check::trace::is_active() {
-            return Ok(());
-        }
+    /// The tables of positions `offset .. offset + seq` as HF's rotary embedding
+    /// modules return them (`LlamaRotaryEmbedding` and its copies): `(cos, sin)`,
+    /// each `[1, seq, rotary_dim]` with the frequencies repeated twice, in `dtype`.
+    pub fn hf_tables(&self, seq: usize, offset: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
         let (cos, sin) = self.tables(seq, offset)?;
         let twice = |t: &Tensor| {
             Tensor::cat(&[t, t], candle_core::D::Minus1)?
                 .unsqueeze(0)?
                 .to_dtype(dtype)
         };
-        replica_check::tap_tuple(path, &[&twice(&cos)?, &twice(&sin)?]);
+        Ok((twice(&cos)?, twice(&sin)?))
+    }
+
+    /// Records [`hf_tables`](Self::hf_tables) under `path` as the reference's
+    /// hooks record that module's tuple output (`path:0`, `path:1`). Only while a
+    /// trace is recorded.
+    pub fn tap_hf_tables(&self, path: &str, seq: usize, offset: usize, dtype: DType) -> Result<()> {
+        if !replica_check::trace::is_active() {
+            return Ok(());
+        }
+        let (cos, sin) = self.hf_tables(seq, offset, dtype)?;
+        replica_check::tap_tuple(path, &[&cos, &sin]);
         Ok(())
     }
 

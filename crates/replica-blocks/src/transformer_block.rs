@@ -400,6 +400,18 @@ impl TransformerBlock {
     /// `norm1` or `attn` is unnamed, a pre- or post-norm layer lacks `norm2`, or LayerScale
     /// is on without `ls1`/`ls2`.
     pub fn new(config: &TransformerBlockConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_norms(config, vb, |vb| Norm::new(config.norm, config.dim, config.norm_eps, vb))
+    }
+
+    /// [`new`](Self::new) with norms of the caller's making: `norm` builds each of
+    /// the block's norms (`norm1`, `norm2`) from the `VarBuilder` at its path, e.g.
+    /// `|vb| Ok(Norm::custom(MyNorm::new(dim, vb.clone())?, &vb))` for a norm the
+    /// library does not have. `config.norm` and `config.norm_eps` are not used.
+    pub fn with_norms(
+        config: &TransformerBlockConfig,
+        vb: VarBuilder,
+        norm: impl Fn(VarBuilder) -> Result<Norm>,
+    ) -> Result<Self> {
         let names = &config.names;
         let path = vb.prefix();
         let fail = |message: String| candle_core::Error::Msg(format!("transformer block `{path}`: {message}"));
@@ -429,7 +441,7 @@ impl TransformerBlock {
                 )));
             }
         }
-        let norm = |name: &str| Norm::new(config.norm, config.dim, config.norm_eps, vb.pp(name));
+        let norm = |name: &str| norm(vb.pp(name));
         let norm2 = match (&names.norm2, config.layout) {
             (Some(name), _) => Some(norm(name)?),
             (None, ResidualLayout::Parallel) => None,

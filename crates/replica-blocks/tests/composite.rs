@@ -271,3 +271,43 @@ fn configs_round_trip_through_json() {
     let back: TransformerBlockConfig = serde_json::from_value(value).unwrap();
     assert_eq!(back.names, BlockNames::timm());
 }
+
+/// A norm of the caller's own sits in the block's norm slots: built from the slot's
+/// `VarBuilder`, run where the library's would run, and recorded under its path.
+#[test]
+fn a_block_takes_a_norm_of_the_callers_own() {
+    use replica_blocks::norm::{LayerNorm, LayerNormConfig, Norm};
+    let config = TransformerBlockConfig::timm(8, 2, 2.0, true, false, None);
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let library = TransformerBlock::new(&config, vb.clone()).unwrap();
+    // The same LayerNorm, given as a custom module over the same variables.
+    let own = TransformerBlock::with_norms(&config, vb.clone(), |vb| {
+        let norm = LayerNorm::new(
+            &LayerNormConfig {
+                eps: 1e-6,
+                ..LayerNormConfig::new(8)
+            },
+            vb.pp("inner"),
+        )?;
+        Ok(Norm::custom(norm, &vb))
+    });
+    // The custom norm reads its weights at `norm1.inner.*`, which the varmap now has too.
+    let own = own.unwrap();
+    let x = randn(&[2, 3, 8]);
+    let (y_library, _) = trace::record(|| library.forward(&x, None, None).unwrap());
+    let (y_own, recorded) = trace::record(|| own.forward(&x, None, None).unwrap());
+    // Both start from the same initial values (ones and zeros), so they agree exactly.
+    assert_eq!(values(&y_library), values(&y_own));
+    assert!(recorded.get("norm1").is_some() && recorded.get("norm2").is_some());
+    // And the slot runs the caller's module: a norm that doubles changes the output.
+    struct Doubling;
+    impl candle_core::Module for Doubling {
+        fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+            x.affine(2.0, 0.0)
+        }
+    }
+    let doubling = TransformerBlock::with_norms(&config, vb, |vb| Ok(Norm::custom(Doubling, &vb))).unwrap();
+    let y_doubling = doubling.forward(&x, None, None).unwrap();
+    assert_ne!(values(&y_library), values(&y_doubling));
+}

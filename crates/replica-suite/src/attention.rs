@@ -21,9 +21,7 @@ use replica_check::{
 use serde::Deserialize;
 
 use crate::case;
-use crate::reference::{
-    hf_rope_tables, norm_layer, AttentionPattern, MultiheadArgs, CROSS_ATTENTION_PORT_ONLY, OUTSIDE_ATTENTION,
-};
+use crate::reference::{norm_layer, AttentionPattern, MultiheadArgs, CROSS_ATTENTION_PORT_ONLY, OUTSIDE_ATTENTION};
 
 /// Every attention case.
 #[rustfmt::skip] // a table: one case per line
@@ -284,7 +282,7 @@ fn decoder_attention(bundle: &Bundle, model_type: &str, eager: bool) -> Result<R
         TraceMap::new().ignore("^self_attn:1$")
     };
     let ((y, _), _) = run.traced(Unmatched::NONE, || {
-        let (cos, sin) = hf_rope_tables(rope, x.dim(1)?, 0, x.dtype())?;
+        let (cos, sin) = rope.hf_tables(x.dim(1)?, 0, x.dtype())?;
         tap_tuple("rotary_emb", &[&cos, &sin]);
         trace::mapped(&hf, || attention.forward_with_weights(&x, None, None, None))
     })?;

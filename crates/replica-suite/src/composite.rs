@@ -33,7 +33,7 @@ use replica_check::{
 use serde::Deserialize;
 
 use crate::case;
-use crate::reference::{hf_rope_tables, norm_layer, yes, OUTSIDE_ATTENTION, POST_NORM_PORT_ONLY};
+use crate::reference::{norm_layer, yes, OUTSIDE_ATTENTION, POST_NORM_PORT_ONLY};
 
 /// Every layer and differential-attention case.
 #[rustfmt::skip] // a table: one case per line
@@ -305,7 +305,7 @@ fn llama_layer(bundle: &Bundle) -> Result<Report> {
     )?;
     let eager = layer.eager(bundle)?;
     check_wrapped_layer(bundle, &config, r"^layer\.self_attn$", eager, |rope, x| {
-        let (cos, sin) = hf_rope_tables(rope, x.dim(1)?, 0, x.dtype())?;
+        let (cos, sin) = rope.hf_tables(x.dim(1)?, 0, x.dtype())?;
         Ok([cos, sin])
     })
 }

@@ -21,7 +21,7 @@ use replica_check::{
 use serde::Deserialize;
 
 use crate::case;
-use crate::reference::{hf_rope_tables, outside_rope};
+use crate::reference::outside_rope;
 
 /// Every position-encoding case.
 #[rustfmt::skip] // a table: one case per line
@@ -47,7 +47,7 @@ fn rope_pair(bundle: &Bundle, config: &RopeConfig, offset: usize, hf_tables: boo
         |vb| Rope::new(config, vb.device()),
         |rope, qk| {
             if hf_tables {
-                let (cos, sin) = hf_rope_tables(rope, qk[0].dim(2)?, offset, qk[0].dtype())?;
+                let (cos, sin) = rope.hf_tables(qk[0].dim(2)?, offset, qk[0].dtype())?;
                 tap_tuple("rotary_emb", &[&cos, &sin]);
             }
             Ok(vec![rope.apply(&qk[0], offset)?, rope.apply(&qk[1], offset)?])

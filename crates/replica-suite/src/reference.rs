@@ -3,10 +3,8 @@
 //! module or layer does not use, timm's norm-layer names, torch's
 //! `nn.MultiheadAttention` arguments and HF's rotary-table layout.
 
-use candle_core::{DType, Tensor, D};
 use replica_blocks::attention::AttentionConfig;
 use replica_blocks::norm::NormKind;
-use replica_blocks::rope::Rope;
 use replica_check::{Bundle, Result};
 use serde::Deserialize;
 
@@ -195,12 +193,3 @@ pub const POST_NORM_PORT_ONLY: [&str; 4] = [
     "self_attn.v_proj",
     "self_attn.out_proj",
 ];
-
-/// HF's `(cos, sin)` layout of `rope`'s tables for `seq` positions from `offset`:
-/// `[1, seq, rotary_dim]`, each table repeated twice along the features
-/// (`torch.cat((freqs, freqs), -1)`), in `dtype`.
-pub fn hf_rope_tables(rope: &Rope, seq: usize, offset: usize, dtype: DType) -> candle_core::Result<(Tensor, Tensor)> {
-    let (cos, sin) = rope.tables(seq, offset)?;
-    let twice = |t: Tensor| Tensor::cat(&[&t, &t], D::Minus1)?.unsqueeze(0)?.to_dtype(dtype);
-    Ok((twice(cos)?, twice(sin)?))
-}
