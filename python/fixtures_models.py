@@ -9,7 +9,7 @@ greedy generations and the all-MiniLM-L6-v2 reference sentence embeddings.
 
 Files written: models/gpt2.safetensors, models/gpt2_generate.safetensors,
 models/llama.safetensors, models/llama_generate.safetensors, models/gemma.safetensors,
-models/gemma_bf16.safetensors,
+models/gemma_bf16.safetensors, models/mistral.safetensors,
 models/vit.safetensors, models/bert.safetensors, models/bert_ids_only.safetensors,
 models/minilm_embeddings.safetensors.
 """
@@ -25,7 +25,7 @@ import timm
 import torch
 import transformers
 from transformers import (BertConfig, BertModel, GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel,
-                          LlamaConfig, LlamaForCausalLM)
+                          LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replica_ref import capture, write_bundle  # noqa: E402
@@ -111,6 +111,21 @@ def gemma(out: Path) -> None:
     capture(model.to(torch.bfloat16), (ids,), out / "gemma_bf16.safetensors", config=config.to_dict(), grads=False,
             seed=14, kwargs={"use_cache": False}, component="transformers.GemmaForCausalLM",
             producer_extra=VERSIONS, overwrite=True)
+
+
+def mistral(out: Path) -> None:
+    """HF `MistralForCausalLM`, read by the LLaMA port: a sliding window (8) no
+    shorter than the sequence (7), where Mistral attends as LLaMA does."""
+    torch.manual_seed(16)
+    config = MistralConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                           sliding_window=8, attn_implementation="eager")
+    model = MistralForCausalLM(config).eval()
+    randomize_(model)
+    ids = torch.randint(0, config.vocab_size, (2, 7))
+    capture(model, (ids,), out / "mistral.safetensors", config=config.to_dict(), grads=False, seed=16,
+            kwargs={"use_cache": False}, component="transformers.MistralForCausalLM", producer_extra=VERSIONS,
+            overwrite=True)
 
 
 def generate(model, config, path: Path, component: str) -> None:
@@ -224,6 +239,7 @@ def main() -> None:
     gpt2(args.out)
     llama(args.out)
     gemma(args.out)
+    mistral(args.out)
     vit(args.out)
     bert(args.out)
     minilm(args.out, args.minilm or minilm_dir())

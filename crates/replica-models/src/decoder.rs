@@ -33,6 +33,10 @@ pub struct DecoderSpec {
     pub tie_word_embeddings: bool,
     /// The longest sequence the rotary tables cover.
     pub max_positions: usize,
+    /// An attention window (Mistral's `sliding_window`): a sequence no longer than
+    /// it attends causally to every earlier token, as without one; a longer one is
+    /// refused (the windowed mask is not implemented).
+    pub window: Option<usize>,
 }
 
 /// A decoder-only language model built from a [`DecoderSpec`].
@@ -89,6 +93,13 @@ impl CausalDecoder {
         let limit = self.spec.max_positions;
         let table = format!("max_position_embeddings {limit} (the rotary tables end there)");
         let (seq, offset) = decoder_positions(self.spec.family, ids, &cache, self.layers.len(), limit, &table)?;
+        if let Some(window) = self.spec.window.filter(|&w| offset + seq > w) {
+            candle_core::bail!(
+                "{}: a sequence of {} tokens is longer than the attention window (sliding_window {window}),                  whose mask is not implemented",
+                self.spec.family,
+                offset + seq
+            )
+        }
         let mut x = self.embed_tokens.forward(ids)?;
         if let Some(rope) = self.layers.first().and_then(|l| l.attention().rope()) {
             rope.tap_hf_tables("model.rotary_emb", seq, offset, x.dtype())?;

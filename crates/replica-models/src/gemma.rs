@@ -179,6 +179,7 @@ impl GemmaConfig {
             attention_dropout: self.attention_dropout,
             pad_token_id: self.pad_token_id,
             rope_interleaved: false,
+            sliding_window: None,
             model_type: None,
         }
     }

@@ -94,9 +94,20 @@ pub struct LlamaConfig {
     /// instead of HF's halves.
     #[serde(default)]
     pub rope_interleaved: bool,
-    /// `llama` when given.
+    /// Mistral's attention window (`sliding_window`, HF's default 4096 for a
+    /// Mistral config that lacks it): absent, `null`, or a number of tokens.
+    /// Sequences no longer than the window attend as LLaMA's do; longer ones are
+    /// refused, since the windowed mask is not implemented.
+    #[serde(default, deserialize_with = "present")]
+    pub sliding_window: Option<Option<usize>>,
+    /// `llama`, or `mistral` (the same decoder, with a sliding window), when given.
     #[serde(default)]
     pub model_type: Option<String>,
+}
+
+/// A field that is present (`Some`, its value possibly `null`) or absent (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Option<usize>>, D::Error> {
+    Option::<usize>::deserialize(d).map(Some)
 }
 
 impl ModelConfig for LlamaConfig {
@@ -105,10 +116,19 @@ impl ModelConfig for LlamaConfig {
     const NOT_USED: &'static [&'static str] = &["pretraining_tp"];
 
     fn validate(&self) -> std::result::Result<(), String> {
-        if let Some(kind) = self.model_type.as_deref().filter(|k| *k != "llama") {
+        if let Some(kind) = self.model_type.as_deref().filter(|k| !["llama", "mistral"].contains(k)) {
             return Err(format!(
-                "model_type is `{kind}`, not `llama`: this is not a LLaMA config"
+                "model_type is `{kind}`, not `llama` or `mistral`: this is not a LLaMA config"
             ));
+        }
+        if !self.is_mistral() && self.sliding_window.is_some_and(|w| w.is_some()) {
+            return Err(
+                "sliding_window is set; LLaMA attends to every earlier token (model_type `mistral` has a window)"
+                    .into(),
+            );
+        }
+        if self.window() == Some(0) {
+            return Err("`sliding_window` must be positive, got 0".into());
         }
         positive(&[
             ("vocab_size", self.vocab_size),
@@ -146,7 +166,23 @@ impl ModelConfig for LlamaConfig {
 impl LlamaConfig {
     /// Key/value heads: `num_key_value_heads`, else one per query head.
     pub fn kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+        // HF's defaults: one per query head for LLaMA, 8 for Mistral.
+        let default = if self.is_mistral() { 8 } else { self.num_attention_heads };
+        self.num_key_value_heads.unwrap_or(default)
+    }
+
+    /// Whether this is a Mistral config (`model_type: mistral`).
+    pub fn is_mistral(&self) -> bool {
+        self.model_type.as_deref() == Some("mistral")
+    }
+
+    /// The attention window in tokens, if any (Mistral's `sliding_window`, 4096 when absent).
+    pub fn window(&self) -> Option<usize> {
+        match self.sliding_window {
+            Some(window) => window,
+            None if self.is_mistral() => Some(4096),
+            None => None,
+        }
     }
 
     /// Features per head: `head_dim`, else `hidden_size / num_attention_heads`.
@@ -212,6 +248,7 @@ impl LlamaConfig {
             },
             tie_word_embeddings: self.tie_word_embeddings,
             max_positions: self.max_position_embeddings,
+            window: self.window(),
         }
     }
 }

@@ -23,6 +23,13 @@ pub const LLAMA: Paper = Paper {
     year: 2023,
 };
 
+/// Mistral 7B (the LLaMA decoder with sliding-window attention).
+pub const MISTRAL: Paper = Paper {
+    title: "Mistral 7B",
+    arxiv: "2310.06825",
+    year: 2023,
+};
+
 /// Gemma (the LLaMA decoder with `1 + w` RMSNorms, scaled embeddings and GeGLU).
 pub const GEMMA: Paper = Paper {
     title: "Gemma: Open Models Based on Gemini Research and Technology",

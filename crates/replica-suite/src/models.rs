@@ -14,7 +14,7 @@ use replica_blocks::papers::VIT;
 use replica_check::{Bundle, Case, Namespace, Parity, Report, TraceReport, Unmatched};
 use replica_models::config::bundle_config;
 use replica_models::generation::{generate_greedy, CausalLm, GenerateOptions};
-use replica_models::papers::{BERT, GEMMA, GPT2, LLAMA};
+use replica_models::papers::{BERT, GEMMA, GPT2, LLAMA, MISTRAL};
 use replica_models::{Architecture, Bert, Error, Gemma, Gpt2, Llama, LoadCheckpoint, Result, Vit};
 
 use crate::case;
@@ -36,6 +36,7 @@ pub fn cases() -> Vec<Case> {
         case("gpt2_greedy_generate",  "transformers.GPT2LMHeadModel.generate",            Some(GPT2),  "models/gpt2_generate",  |b| as_check(b, gpt2_generate(b))),
         case("llama_causal_lm",       "transformers.LlamaForCausalLM",                    Some(LLAMA), "models/llama",          |b| report_of(b, llama_parity(b))),
         case("llama_greedy_generate", "transformers.LlamaForCausalLM.generate",           Some(LLAMA), "models/llama_generate", |b| as_check(b, llama_generate(b))),
+        case("mistral_causal_lm",     "transformers.MistralForCausalLM",                  Some(MISTRAL), "models/mistral",      |b| report_of(b, llama_parity(b))),
         case("gemma_causal_lm",       "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma",          |b| report_of(b, gemma_parity(b))),
         case("gemma_causal_lm_bf16",  "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma_bf16",     |b| report_of(b, gemma_parity(b))),
         case("vit_timm",              "timm.models.vision_transformer.VisionTransformer", Some(VIT),   "models/vit",            |b| report_of(b, vit_parity(b))),
@@ -179,7 +180,8 @@ pub fn gpt2_parity(bundle: &Bundle) -> Result<ModelParity> {
     check_model_and(bundle, &IO, load::<Gpt2>, forward, decoded_through_the_cache)
 }
 
-/// HF `LlamaForCausalLM` with grouped-query attention: logits (also decoded through
+/// HF `LlamaForCausalLM` with grouped-query attention (or `MistralForCausalLM`,
+/// whose window is no shorter than the sequence): logits (also decoded through
 /// the KV cache) and every block's activation.
 pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
     const IO: ModelIo = ModelIo {
