@@ -8,6 +8,8 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::positive;
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 /// The width of the class token.
@@ -15,6 +17,21 @@ use serde::{Deserialize, Serialize};
 pub struct ClassTokenConfig {
     #[serde(alias = "embed_dim", alias = "hidden_size")]
     pub dim: usize,
+}
+
+impl ConfigCheck for ClassTokenConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("dim", self.dim)
+    }
+
+    /// The token, and the sequence with one more row per sample.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dim = Size::field("dim", self.dim);
+        Footprint {
+            params: work.bytes(dim.clone()),
+            activations: work.bytes((work.rows() + work.batch()) * dim),
+        }
+    }
 }
 
 /// Prepends the learned class token: `[batch, n, dim] -> [batch, n + 1, dim]`.
@@ -31,6 +48,7 @@ pub struct ClassToken {
 
 impl ClassToken {
     pub fn new(config: &ClassTokenConfig, vb: VarBuilder) -> Result<Self> {
+        crate::admit(&format!("class_token `{}`", vb.prefix()), config)?;
         // timm initialises the token with std 1e-6.
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: 1e-6 };
         let token = vb.get_with_hints((1, 1, config.dim), "cls_token", init)?;
