@@ -83,21 +83,6 @@ impl Size {
         }
     }
 
-    /// A factor given as a fraction or ratio by the config field `field` (timm's
-    /// `mlp_ratio`): rounded up, so a product stays an upper bound.
-    pub fn ratio(field: &str, value: f64) -> Size {
-        let rounded = value.ceil();
-        Size {
-            // A ratio no u128 holds (or NaN, which validation refuses first) is more than any memory.
-            value: (rounded >= 0.0 && rounded < 1e38).then(|| rounded as u128),
-            blame: Some(Blame {
-                field: field.to_string(),
-                shown: value.to_string(),
-                magnitude: if value.is_nan() { f64::INFINITY } else { value },
-            }),
-        }
-    }
-
     /// The value, or `None` when it overflowed.
     pub fn value(&self) -> Option<u128> {
         self.value
@@ -283,7 +268,9 @@ fn key_for(config: &Value, field: &str, shown: &str) -> String {
     if map.contains_key(field) {
         return field.to_string();
     }
-    let mut holding = map.iter().filter(|(_, v)| v.is_number() && v.to_string() == shown);
+    let mut holding = map
+        .iter()
+        .filter(|(_, v)| v.is_number() && v.to_string().as_str() == shown);
     match (holding.next(), holding.next()) {
         (Some((key, _)), None) => key.clone(),
         _ => field.to_string(),
@@ -291,7 +278,7 @@ fn key_for(config: &Value, field: &str, shown: &str) -> String {
 }
 
 /// A byte count for people: `1.2 TiB`, `512 B`, or "more than 10^38 bytes".
-pub struct Bytes(pub Option<u128>);
+struct Bytes(Option<u128>);
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
