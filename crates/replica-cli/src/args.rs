@@ -372,6 +372,20 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_whole_numbers_from_one() {
+        assert_eq!(count("100000"), Ok(100_000));
+        assert!(count("0").unwrap_err().contains("at least 1"));
+        assert!(count("1K").unwrap_err().contains("not a whole number"));
+    }
+
+    #[test]
+    fn flags_set_the_budget_and_the_tensor_count() {
+        let cli = Cli::try_parse_from(["replica", "--max-memory", "2G", "--max-tensors", "7", "papers"]).unwrap();
+        assert_eq!(cli.memory_budget(), Ok(MemoryBudget { bytes: 2 << 30 }));
+        assert_eq!(cli.read_limits().unwrap().max_tensors, 7);
+    }
+
+    #[test]
     fn rename_rules_split_at_the_first_equals() {
         assert_eq!(rename_rule("^a\\.=b."), Ok(("^a\\.".into(), "b.".into())));
         assert_eq!(rename_rule("x="), Ok(("x".into(), "".into())));
