@@ -14,6 +14,8 @@
 //! left padding and by the cache offset.
 
 use candle_core::{DType, Device, Result, Tensor};
+use replica_check::config_check::positive;
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 use crate::ops::{mask, AlibiBias, Causal};
@@ -30,6 +32,22 @@ impl AlibiConfig {
     /// ALiBi for `heads` heads.
     pub fn new(heads: usize) -> Self {
         Self { heads }
+    }
+}
+
+impl ConfigCheck for AlibiConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("heads", self.heads)
+    }
+
+    /// The slopes (computed in f64, up to twice the heads), and a bias per head for
+    /// every query and key.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let heads = Size::field("heads", self.heads);
+        Footprint {
+            params: heads.clone() * 32,
+            activations: work.bytes(heads * work.len() * work.len()),
+        }
     }
 }
 
@@ -67,9 +85,7 @@ pub struct Alibi {
 impl Alibi {
     /// The slopes of [`alibi_slopes`] for `config.heads` heads, on `device`; fails on zero heads.
     pub fn new(config: &AlibiConfig, device: &Device) -> Result<Self> {
-        if config.heads == 0 {
-            candle_core::bail!("alibi: the head count must be positive")
-        }
+        crate::admit("alibi", config)?;
         let values: Vec<f32> = alibi_slopes(config.heads).into_iter().map(|s| s as f32).collect();
         Ok(Self {
             slopes: Tensor::from_slice(&values, config.heads, device)?,

@@ -71,50 +71,13 @@ impl Attention {
         let fail = |message: String| -> candle_core::Error {
             candle_core::Error::Msg(format!("attention `{path}`: {message}"))
         };
+        crate::admit(&format!("attention `{path}`"), config)?;
         let heads = config.heads;
-        if heads == 0 {
-            return Err(fail("heads must be positive".into()));
-        }
-        let head_dim = match config.head_dim() {
-            Some(0) => return Err(fail("head_dim must be positive".into())),
-            Some(d) => d,
-            None => {
-                return Err(fail(format!(
-                    "dim {} is not divisible by {heads} heads (set head_dim for heads of another size)",
-                    config.dim
-                )))
-            }
-        };
+        // Admitted: the heads split the width (or head_dim is given) and share the key/value heads.
+        let head_dim = config.head_dim().unwrap_or_default();
         let kv_heads = config.kv_heads();
-        if kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(fail(format!(
-                "{heads} query heads cannot share {kv_heads} key/value heads (heads must be a multiple of kv_heads)"
-            )));
-        }
-        for (name, p) in [
-            ("attention_dropout", config.attention_dropout),
-            ("proj_dropout", config.proj_dropout),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(fail(format!("{name} must be in [0, 1), got {p}")));
-            }
-        }
-        if let Some(cap) = config.softcap {
-            if !(cap > 0.0 && cap.is_finite()) {
-                return Err(fail(format!("softcap must be positive, got {cap}")));
-            }
-        }
         let context_dim = config.context_dim.unwrap_or(config.dim);
-        if config.fused_qkv && context_dim != config.dim {
-            return Err(fail(format!(
-                "a fused qkv projection reads one input, but context_dim {context_dim} differs from dim {}",
-                config.dim
-            )));
-        }
         let rope_config = config.rope_config().map_err(|e| fail(e.to_string()))?;
-        if rope_config.is_some() && config.alibi {
-            return Err(fail("choose rotary embeddings or ALiBi, not both".into()));
-        }
         let rope = rope_config
             .map(|rc| Rope::new(&rc, vb.device()))
             .transpose()

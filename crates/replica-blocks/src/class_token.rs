@@ -8,6 +8,8 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::positive;
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 /// The width of the class token.
@@ -16,6 +18,21 @@ pub struct ClassTokenConfig {
     /// Features of the token (timm `embed_dim`, HF `hidden_size`).
     #[serde(alias = "embed_dim", alias = "hidden_size")]
     pub dim: usize,
+}
+
+impl ConfigCheck for ClassTokenConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("dim", self.dim)
+    }
+
+    /// The token, and the sequence with one more row per sample.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dim = Size::field("dim", self.dim);
+        Footprint {
+            params: work.bytes(dim.clone()),
+            activations: work.bytes((work.rows() + work.batch()) * dim),
+        }
+    }
 }
 
 /// Prepends the learned class token: `[batch, n, dim] -> [batch, n + 1, dim]`.
@@ -34,6 +51,7 @@ impl ClassToken {
     /// Reads `cls_token`, `[1, 1, dim]`, from `vb`'s path (the owner's); a fresh token is drawn
     /// from N(0, 1e-6²), as timm initialises it.
     pub fn new(config: &ClassTokenConfig, vb: VarBuilder) -> Result<Self> {
+        crate::admit(&format!("class_token `{}`", vb.prefix()), config)?;
         // timm initialises the token with std 1e-6.
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: 1e-6 };
         let token = vb.get_with_hints((1, 1, config.dim), "cls_token", init)?;

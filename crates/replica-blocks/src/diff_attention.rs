@@ -29,6 +29,8 @@
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::{non_negative, positive};
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 use crate::linear::{Linear, LinearConfig};
@@ -109,7 +111,58 @@ impl DiffAttentionConfig {
 
     /// Features of each half-head, `dim / heads / 2`.
     pub fn head_dim(&self) -> usize {
-        self.dim.checked_div(2 * self.heads).unwrap_or(0)
+        self.heads
+            .checked_mul(2)
+            .and_then(|h| self.dim.checked_div(h))
+            .unwrap_or(0)
+    }
+}
+
+impl DiffAttentionConfig {
+    /// The rotary embedding on each half-head, when `rope_theta` turns it on.
+    fn rope_config(&self) -> Option<RopeConfig> {
+        self.rope_theta.map(|theta| RopeConfig {
+            theta,
+            style: RopeStyle::Interleaved,
+            max_positions: self.max_positions,
+            ..RopeConfig::new(self.head_dim())
+        })
+    }
+}
+
+impl ConfigCheck for DiffAttentionConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        let (dim, heads, kv_heads) = (self.dim, self.heads, self.kv_heads());
+        positive("dim", dim)?;
+        if heads == 0 || heads > usize::MAX / 2 || dim % (2 * heads) != 0 {
+            return Err(format!(
+                "dim {dim} must split into {heads} differential heads of two equal halves (dim % (2 * heads) == 0)"
+            ));
+        }
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(format!(
+                "{heads} heads cannot share {kv_heads} key/value heads (heads must be a multiple of kv_heads)"
+            ));
+        }
+        non_negative("subln_eps", self.subln_eps)?;
+        match self.rope_config() {
+            Some(rope) => rope.validate().map_err(|message| format!("rope: {message}")),
+            None => Ok(()),
+        }
+    }
+
+    /// The four projections, λ vectors and `subln`, the rotary tables; per row the
+    /// projections and output, and per head two scores for every key.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dim = Size::field("dim", self.dim);
+        let heads = Size::field("heads", self.heads);
+        let head_dim = Size::from_field("dim", self.dim, self.head_dim());
+        let kv = self.kv_heads.map_or(heads.clone(), |kv| Size::field("kv_heads", kv)) * head_dim.clone() * 2;
+        let own = Footprint {
+            params: work.bytes(dim.clone() * dim.clone() * 2 + dim.clone() * kv.clone() * 2 + head_dim * 6),
+            activations: work.bytes(work.rows() * (dim * 6 + kv * 4) + work.rows() * heads * work.len() * 6),
+        };
+        own + self.rope_config().map_or(Footprint::NONE, |rope| rope.footprint(work))
     }
 }
 
@@ -142,30 +195,13 @@ impl DiffAttention {
     pub fn new(config: &DiffAttentionConfig, vb: VarBuilder) -> Result<Self> {
         let path = vb.prefix();
         let fail = |message: String| candle_core::Error::Msg(format!("diff_attention `{path}`: {message}"));
+        crate::admit(&format!("diff_attention `{path}`"), config)?;
         let (dim, heads, kv_heads) = (config.dim, config.heads, config.kv_heads());
-        if heads == 0 || dim % (2 * heads) != 0 {
-            return Err(fail(format!(
-                "dim {dim} must split into {heads} differential heads of two equal halves (dim % (2 * heads) == 0)"
-            )));
-        }
-        if kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(fail(format!(
-                "{heads} heads cannot share {kv_heads} key/value heads (heads must be a multiple of kv_heads)"
-            )));
-        }
         let head_dim = config.head_dim();
-        let rope = match config.rope_theta {
-            Some(theta) => {
-                let rope = RopeConfig {
-                    theta,
-                    style: RopeStyle::Interleaved,
-                    max_positions: config.max_positions,
-                    ..RopeConfig::new(head_dim)
-                };
-                Some(Rope::new(&rope, vb.device()).map_err(|e| fail(e.to_string()))?)
-            }
-            None => None,
-        };
+        let rope = config
+            .rope_config()
+            .map(|rope| Rope::new(&rope, vb.device()).map_err(|e| fail(e.to_string())))
+            .transpose()?;
         let linear = |input: usize, output: usize, name: &str| {
             Linear::new(
                 &LinearConfig {

@@ -9,6 +9,8 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::drop_rate;
+use replica_check::{ConfigCheck, Footprint, Workload};
 use serde::{Deserialize, Serialize};
 
 use crate::dropout::{check_probability, keep_mask};
@@ -38,6 +40,17 @@ impl DropPathConfig {
             drop_prob,
             scale_by_keep: true,
         }
+    }
+}
+
+impl ConfigCheck for DropPathConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        drop_rate("drop_prob", self.drop_prob)
+    }
+
+    /// The output, and a mask per sample.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        Footprint::activations(work.bytes(work.elements() + work.batch()))
     }
 }
 

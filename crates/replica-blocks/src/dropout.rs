@@ -8,6 +8,8 @@
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::drop_rate;
+use replica_check::{ConfigCheck, Footprint, Workload};
 use serde::{Deserialize, Serialize};
 
 /// `torch.nn.Dropout(p)`.
@@ -28,6 +30,17 @@ impl DropoutConfig {
     /// Dropout with probability `p`.
     pub fn new(p: f64) -> Self {
         Self { p }
+    }
+}
+
+impl ConfigCheck for DropoutConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        drop_rate("p", self.p)
+    }
+
+    /// The output and its random mask.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        Footprint::activations(work.bytes(work.elements() * 3))
     }
 }
 

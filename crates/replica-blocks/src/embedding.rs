@@ -3,6 +3,8 @@
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::all_positive;
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 /// `torch.nn.Embedding(num_embeddings, embedding_dim, padding_idx)`.
@@ -37,6 +39,28 @@ impl EmbeddingConfig {
     }
 }
 
+impl ConfigCheck for EmbeddingConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        all_positive(&[("vocab", self.vocab), ("dim", self.dim)])?;
+        if let Some(pad) = self.padding_idx.filter(|&pad| pad >= self.vocab) {
+            return Err(format!(
+                "padding_idx {pad} is out of range for a table of {} rows",
+                self.vocab
+            ));
+        }
+        Ok(())
+    }
+
+    /// The table, and per id its row (the ids are also checked as f64).
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dim = Size::field("dim", self.dim);
+        Footprint {
+            params: work.bytes(Size::field("vocab", self.vocab) * dim.clone()),
+            activations: work.bytes(work.elements() * (dim + Size::count(2))),
+        }
+    }
+}
+
 /// Maps integer ids of any shape to vectors: `[...] -> [..., dim]`.
 #[derive(Clone, Debug)]
 pub struct Embedding {
@@ -50,15 +74,9 @@ impl Embedding {
     /// Reads `weight` `[vocab, dim]` at `vb`'s path (a fresh table is drawn from N(0, 1), as
     /// torch's). Fails on a `padding_idx` outside the table.
     pub fn new(config: &EmbeddingConfig, vb: VarBuilder) -> Result<Self> {
+        crate::admit(&format!("embedding `{}`", vb.prefix()), config)?;
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 };
         let weight = vb.get_with_hints((config.vocab, config.dim), "weight", init)?;
-        if let Some(pad) = config.padding_idx.filter(|&pad| pad >= config.vocab) {
-            candle_core::bail!(
-                "embedding `{}`: padding_idx {pad} is out of range for a table of {} rows",
-                vb.prefix(),
-                config.vocab
-            )
-        }
         Ok(Self {
             weight,
             padding_idx: config.padding_idx,

@@ -9,6 +9,8 @@
 
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
+use replica_check::config_check::{drop_rate, non_negative, positive};
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 use crate::dropout::Dropout;
@@ -188,6 +190,45 @@ impl GluMlpConfig {
     }
 }
 
+impl ConfigCheck for GluMlpConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("dim", self.dim)?;
+        positive("hidden_dim", self.hidden_dim)?;
+        if self.hidden_dim > usize::MAX / 2 {
+            return Err(format!(
+                "`hidden_dim` {} is too large: the gate and up widths overflow",
+                self.hidden_dim
+            ));
+        }
+        positive("out_dim", self.out_dim())?;
+        drop_rate("dropout", self.dropout)?;
+        non_negative("norm_eps", self.norm_eps)
+    }
+
+    /// Gate and up projections (fused or not, the same size), the down projection,
+    /// and per row the two branches, their product and the output.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dim = Size::field("dim", self.dim);
+        let hidden = Size::field("hidden_dim", self.hidden_dim);
+        let out = Size::field("out_dim", self.out_dim());
+        let weights = dim * hidden.clone() * 2 + hidden.clone() * out.clone();
+        let biases = if self.bias {
+            hidden.clone() * 2 + out.clone()
+        } else {
+            Size::ZERO
+        };
+        let norm = if self.norm.is_some() {
+            hidden.clone() * 2
+        } else {
+            Size::ZERO
+        };
+        Footprint {
+            params: work.bytes(weights + biases + norm),
+            activations: work.bytes(work.rows() * (hidden * 6 + out)),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Projections {
     Split { gate: Linear, up: Linear },
@@ -211,6 +252,7 @@ impl GluMlp {
     /// `dropout` outside `[0, 1]` where `names` has a dropout, or a norm without a name.
     pub fn new(config: &GluMlpConfig, vb: VarBuilder) -> Result<Self> {
         let path = vb.prefix();
+        crate::admit(&format!("glu_mlp `{path}`"), config)?;
         let names = &config.names;
         let hidden = config.hidden_dim;
         let linear = |i, o| LinearConfig {

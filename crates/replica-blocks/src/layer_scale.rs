@@ -6,6 +6,8 @@
 
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
+use replica_check::config_check::{finite, positive};
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 fn default_init_values() -> f64 {
@@ -38,6 +40,21 @@ impl LayerScaleConfig {
     }
 }
 
+impl ConfigCheck for LayerScaleConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("dim", self.dim)?;
+        finite("init_values", self.init_values)
+    }
+
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dim = Size::field("dim", self.dim);
+        Footprint {
+            params: work.bytes(dim.clone()),
+            activations: work.bytes(work.rows() * dim),
+        }
+    }
+}
+
 /// `x * gamma` over the last (channel) dimension.
 #[derive(Clone, Debug)]
 pub struct LayerScale {
@@ -48,6 +65,7 @@ pub struct LayerScale {
 impl LayerScale {
     /// Reads `gamma` `[dim]` at `vb`'s path (fresh: every entry `init_values`).
     pub fn new(config: &LayerScaleConfig, vb: VarBuilder) -> Result<Self> {
+        crate::admit(&format!("layer_scale `{}`", vb.prefix()), config)?;
         let init = candle_nn::Init::Const(config.init_values);
         let gamma = vb.get_with_hints(config.dim, "gamma", init)?;
         Ok(Self {

@@ -65,3 +65,10 @@ pub use position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
 pub use rope::{Rope, RopeConfig, RopeStyle};
 pub use sinusoidal::{SinusoidalConfig, SinusoidalLayout, SinusoidalPositionEmbedding};
 pub use transformer_block::{BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig};
+
+/// Refuses a config before a block is built from it ([`replica_check::admit`], on
+/// no inputs yet): the error names the block (`what`, e.g. ``attention `h.0.attn` ``).
+pub(crate) fn admit(what: &str, config: &impl replica_check::ConfigCheck) -> candle_core::Result<()> {
+    replica_check::admit(config, &replica_check::Workload::default())
+        .map_err(|message| candle_core::Error::Msg(format!("{what}: {message}")))
+}

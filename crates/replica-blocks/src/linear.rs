@@ -3,6 +3,8 @@
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::all_positive;
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 fn yes() -> bool {
@@ -38,6 +40,23 @@ impl LinearConfig {
     }
 }
 
+impl ConfigCheck for LinearConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        all_positive(&[("in_features", self.in_features), ("out_features", self.out_features)])
+    }
+
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let (i, o) = (
+            Size::field("in_features", self.in_features),
+            Size::field("out_features", self.out_features),
+        );
+        Footprint {
+            params: work.bytes(i.clone() * o.clone() + o.clone()),
+            activations: work.bytes(work.rows() * (i + o)),
+        }
+    }
+}
+
 /// A linear layer over the last dimension of an input of any rank.
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -48,6 +67,7 @@ pub struct Linear {
 impl Linear {
     /// Reads `weight` `[out_features, in_features]` (and `bias` `[out_features]`) at `vb`'s path.
     pub fn new(config: &LinearConfig, vb: VarBuilder) -> Result<Self> {
+        crate::admit(&format!("linear `{}`", vb.prefix()), config)?;
         let (i, o) = (config.in_features, config.out_features);
         let inner = if config.bias {
             candle_nn::linear(i, o, vb.clone())?

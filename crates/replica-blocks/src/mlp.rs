@@ -9,6 +9,8 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::{drop_rate, non_negative, positive};
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 use crate::dropout::Dropout;
@@ -155,12 +157,53 @@ impl MlpConfig {
 
     /// Hidden features: `hidden_dim`, or `4 * dim` when unset.
     pub fn hidden_dim(&self) -> usize {
-        self.hidden_dim.unwrap_or(4 * self.dim)
+        // Saturating: a width that overflows is refused by `validate`, not a panic here.
+        self.hidden_dim.unwrap_or(self.dim.saturating_mul(4))
     }
 
     /// Output features: `out_dim`, or `dim` when unset.
     pub fn out_dim(&self) -> usize {
         self.out_dim.unwrap_or(self.dim)
+    }
+}
+
+impl ConfigCheck for MlpConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("dim", self.dim)?;
+        if self.hidden_dim.is_none() && self.dim > usize::MAX / 4 {
+            return Err(format!(
+                "`dim` {} is too large for the default hidden width 4 * dim",
+                self.dim
+            ));
+        }
+        positive("hidden_dim", self.hidden_dim())?;
+        positive("out_dim", self.out_dim())?;
+        drop_rate("dropout", self.dropout)?;
+        non_negative("norm_eps", self.norm_eps)
+    }
+
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dim = Size::field("dim", self.dim);
+        let hidden = match self.hidden_dim {
+            Some(hidden) => Size::field("hidden_dim", hidden),
+            None => dim.clone() * 4,
+        };
+        let out = Size::field("out_dim", self.out_dim());
+        let weights = dim * hidden.clone() + hidden.clone() * out.clone();
+        let biases = if self.bias {
+            hidden.clone() + out.clone()
+        } else {
+            Size::ZERO
+        };
+        let norm = if self.norm.is_some() {
+            hidden.clone() * 2
+        } else {
+            Size::ZERO
+        };
+        Footprint {
+            params: work.bytes(weights + biases + norm),
+            activations: work.bytes(work.rows() * (hidden * 4 + out)),
+        }
     }
 }
 
@@ -181,6 +224,7 @@ impl Mlp {
     /// `dropout` outside `[0, 1]` where `names` has a dropout, or a norm without a name.
     pub fn new(config: &MlpConfig, vb: VarBuilder) -> Result<Self> {
         let path = vb.prefix();
+        crate::admit(&format!("mlp `{path}`"), config)?;
         let names = &config.names;
         let hidden = config.hidden_dim();
         let linear = |i, o| LinearConfig {

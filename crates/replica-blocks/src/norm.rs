@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::{non_negative, positive};
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
@@ -66,6 +68,26 @@ impl LayerNormConfig {
     }
 }
 
+/// A norm over `dim` features: its weight and bias, and a few copies of its input.
+fn norm_footprint(dim: usize, work: &Workload) -> Footprint {
+    let dim = Size::field("dim", dim);
+    Footprint {
+        params: work.bytes(dim.clone() * 2),
+        activations: work.bytes(work.rows() * dim * 3),
+    }
+}
+
+impl ConfigCheck for LayerNormConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("dim", self.dim)?;
+        non_negative("eps", self.eps)
+    }
+
+    fn footprint(&self, work: &Workload) -> Footprint {
+        norm_footprint(self.dim, work)
+    }
+}
+
 /// Layer normalisation over the last dimension.
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
@@ -79,6 +101,7 @@ impl LayerNorm {
     /// Reads `weight` and `bias` `[dim]` at `vb`'s path, where the config has
     /// them (fresh: ones and zeros).
     pub fn new(config: &LayerNormConfig, vb: VarBuilder) -> Result<Self> {
+        crate::admit(&format!("layer_norm `{}`", vb.prefix()), config)?;
         let weight = config
             .affine
             .then(|| vb.get_with_hints(config.dim, "weight", candle_nn::Init::Const(1.0)))
@@ -144,6 +167,17 @@ impl RmsNormConfig {
     }
 }
 
+impl ConfigCheck for RmsNormConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("dim", self.dim)?;
+        non_negative("eps", self.eps)
+    }
+
+    fn footprint(&self, work: &Workload) -> Footprint {
+        norm_footprint(self.dim, work)
+    }
+}
+
 /// Root-mean-square normalisation over the last dimension: no centring, no bias.
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
@@ -157,6 +191,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Reads `weight` `[dim]` at `vb`'s path (fresh: `1 - offset`, so the scale starts at 1).
     pub fn new(config: &RmsNormConfig, vb: VarBuilder) -> Result<Self> {
+        crate::admit(&format!("rms_norm `{}`", vb.prefix()), config)?;
         // Initialised so that the scale starts at 1.
         let init = candle_nn::Init::Const(1.0 - config.offset);
         let weight = vb.get_with_hints(config.dim, "weight", init)?;

@@ -9,6 +9,8 @@
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::{all_positive, non_negative};
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{Norm, NormKind};
@@ -183,6 +185,44 @@ impl PatchEmbedConfig {
     }
 }
 
+impl ConfigCheck for PatchEmbedConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        let Size2 { height, width } = self.patch_size;
+        if height == 0 || width == 0 {
+            return Err(format!("the patch size must be positive, got {height}x{width}"));
+        }
+        if let Some(Size2 { height, width }) = self.img_size {
+            all_positive(&[("img_size height", height), ("img_size width", width)])?;
+        }
+        all_positive(&[("in_chans", self.in_chans), ("embed_dim", self.embed_dim)])?;
+        non_negative("norm_eps", self.norm_eps)?;
+        if self.norm.is_some() && !self.flatten {
+            return Err("a norm layer needs the flattened [B, N, D] output".into());
+        }
+        Ok(())
+    }
+
+    /// The kernel, and per image its tiles (a copy of the input) and `embed_dim`
+    /// features per patch.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let Size2 { height, width } = self.patch_size;
+        let (embed, chans) = (
+            Size::field("embed_dim", self.embed_dim),
+            Size::field("in_chans", self.in_chans),
+        );
+        let kernel = chans * Size::field("patch_size height", height) * Size::field("patch_size width", width);
+        // Patches in the largest input: its elements over a patch's (saturating: an upper bound).
+        let per_patch = (self.in_chans as u64)
+            .saturating_mul(height as u64)
+            .saturating_mul(width as u64);
+        let patches = Size::count(work.elements / per_patch.max(1) + 1);
+        Footprint {
+            params: work.bytes(embed.clone() * kernel + embed.clone() * 3),
+            activations: work.bytes(work.elements() * 2 + patches * embed * 3),
+        }
+    }
+}
+
 /// Images `[B, C, H, W]` to patch embeddings `[B, N, D]` (or the grid `[B, D, H/p, W/p]`).
 #[derive(Clone, Debug)]
 pub struct PatchEmbed {
@@ -204,13 +244,8 @@ impl PatchEmbed {
     /// patch size, a norm without a flattened output, or a norm without a name.
     pub fn new(config: &PatchEmbedConfig, vb: VarBuilder) -> Result<Self> {
         let path = vb.prefix();
+        crate::admit(&format!("patch_embed `{path}`"), config)?;
         let Size2 { height, width } = config.patch_size;
-        if height == 0 || width == 0 {
-            candle_core::bail!("patch_embed `{path}`: the patch size must be positive, got {height}x{width}")
-        }
-        if config.norm.is_some() && !config.flatten {
-            candle_core::bail!("patch_embed `{path}`: a norm layer needs the flattened [B, N, D] output")
-        }
         let proj = vb.pp(&config.names.proj);
         let fan_in = config.in_chans * height * width;
         let bound = 1.0 / (fan_in as f64).sqrt();

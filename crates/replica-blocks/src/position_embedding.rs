@@ -8,6 +8,8 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::all_positive;
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 /// A learned position table; aliases read GPT-2 / BERT / OPT `config.json` fields.
@@ -36,6 +38,20 @@ impl LearnedPositionConfig {
     }
 }
 
+impl ConfigCheck for LearnedPositionConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        all_positive(&[("max_positions", self.max_positions), ("dim", self.dim)])
+    }
+
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dim = Size::field("dim", self.dim);
+        Footprint {
+            params: work.bytes(Size::field("max_positions", self.max_positions) * dim.clone()),
+            activations: work.bytes(work.len() * dim + work.elements()),
+        }
+    }
+}
+
 /// A `[max_positions, dim]` table of trained position vectors.
 #[derive(Clone, Debug)]
 pub struct LearnedPositionEmbedding {
@@ -48,14 +64,7 @@ impl LearnedPositionEmbedding {
     /// Reads `weight` `[max_positions, dim]` at `vb`'s path (a fresh table is drawn
     /// from N(0, 0.02²)). Fails on an empty table.
     pub fn new(config: &LearnedPositionConfig, vb: VarBuilder) -> Result<Self> {
-        if config.max_positions == 0 || config.dim == 0 {
-            candle_core::bail!(
-                "learned position embedding `{}`: the table needs positive max_positions and dim, got [{}, {}]",
-                vb.prefix(),
-                config.max_positions,
-                config.dim
-            )
-        }
+        crate::admit(&format!("learned position embedding `{}`", vb.prefix()), config)?;
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
         let weight = vb.get_with_hints((config.max_positions, config.dim), "weight", init)?;
         Ok(Self {
@@ -80,11 +89,11 @@ impl LearnedPositionEmbedding {
     /// tokens already in a KV cache.
     pub fn forward(&self, seq_len: usize, offset: usize) -> Result<Tensor> {
         let available = self.max_positions();
-        if offset + seq_len > available {
+        if offset.checked_add(seq_len).is_none_or(|end| end > available) {
             candle_core::bail!(
                 "learned position embedding `{}`: positions {offset}..{} do not fit a table of {available} positions{}",
                 self.path,
-                offset + seq_len,
+                offset as u128 + seq_len as u128,
                 if offset > 0 {
                     format!(" (sequence of {seq_len} after {offset} cached tokens)")
                 } else {

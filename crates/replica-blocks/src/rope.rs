@@ -10,6 +10,8 @@
 //! [`crate::compute`] is on kernels, else through candle ops ([`crate::ops::rope`]).
 
 use candle_core::{DType, Device, Result, Tensor};
+use replica_check::config_check::{at_most, positive};
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 pub use crate::ops::RopeStyle;
@@ -70,6 +72,51 @@ impl RopeConfig {
     }
 }
 
+impl ConfigCheck for RopeConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("head_dim", self.head_dim)?;
+        if !(self.fraction > 0.0 && self.fraction <= 1.0) {
+            return Err(format!("fraction must be in (0, 1], got {}", self.fraction));
+        }
+        let rotary_dim = self.rotary_dim();
+        let source = match self.rotary_features {
+            Some(features) => format!("rotary_dim {features}"),
+            None => format!("head_dim {} x fraction {}", self.head_dim, self.fraction),
+        };
+        if rotary_dim == 0 || rotary_dim % 2 != 0 {
+            return Err(format!(
+                "the rotated dimension must be even and positive, got {rotary_dim} ({source})"
+            ));
+        }
+        if rotary_dim > self.head_dim {
+            return Err(format!(
+                "{rotary_dim} rotated features do not fit heads of {} features ({source})",
+                self.head_dim
+            ));
+        }
+        if !(self.theta > 0.0 && self.theta.is_finite()) {
+            return Err(format!("theta must be positive, got {}", self.theta));
+        }
+        positive("max_positions", self.max_positions)?;
+        // Positions are counted in u32 (as candle's `arange` takes them).
+        at_most("max_positions", self.max_positions, u64::from(u32::MAX))
+    }
+
+    /// The tables: positions, angles, cosines and sines, in f32 whatever the input's
+    /// dtype; the rotation makes a few copies of its input.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let positions = Size::field("max_positions", self.max_positions);
+        let pairs = match self.rotary_features {
+            Some(features) => Size::from_field("rotary_features", features, features / 2),
+            None => Size::from_field("head_dim", self.head_dim, self.rotary_dim() / 2),
+        };
+        Footprint {
+            params: (positions.clone() * pairs * 3 + positions * 2) * 4,
+            activations: work.bytes(work.elements() * 4),
+        }
+    }
+}
+
 /// Precomputed cosine and sine tables, `[max_positions, rotary_dim / 2]`, in f32.
 #[derive(Clone, Debug)]
 pub struct Rope {
@@ -84,29 +131,8 @@ impl Rope {
     /// are even, positive and fit the head, `fraction` is in `(0, 1]`, `theta` is positive and
     /// `max_positions` is positive.
     pub fn new(config: &RopeConfig, device: &Device) -> Result<Self> {
+        crate::admit("rope", config)?;
         let rotary_dim = config.rotary_dim();
-        if !(config.fraction > 0.0 && config.fraction <= 1.0) {
-            candle_core::bail!("rope: fraction must be in (0, 1], got {}", config.fraction)
-        }
-        let source = match config.rotary_features {
-            Some(features) => format!("rotary_dim {features}"),
-            None => format!("head_dim {} x fraction {}", config.head_dim, config.fraction),
-        };
-        if rotary_dim == 0 || rotary_dim % 2 != 0 {
-            candle_core::bail!("rope: the rotated dimension must be even and positive, got {rotary_dim} ({source})")
-        }
-        if rotary_dim > config.head_dim {
-            candle_core::bail!(
-                "rope: {rotary_dim} rotated features do not fit heads of {} features ({source})",
-                config.head_dim
-            )
-        }
-        if !(config.theta > 0.0 && config.theta.is_finite()) {
-            candle_core::bail!("rope: theta must be positive, got {}", config.theta)
-        }
-        if config.max_positions == 0 {
-            candle_core::bail!("rope: max_positions must be positive")
-        }
         // In f32, step for step as HF computes `inv_freq` (`1.0 / base ** (arange(0, d, 2).float() / d)`),
         // so the angles at long positions agree with the reference to the last bit as far as `powf` allows.
         let theta = config.theta as f32;
@@ -145,10 +171,10 @@ impl Rope {
     /// `[seq, rotary_dim / 2]` in f32 (frequency `i` in column `i`).
     pub fn tables(&self, seq: usize, offset: usize) -> Result<(Tensor, Tensor)> {
         let max_positions = self.max_positions();
-        if offset + seq > max_positions {
+        if offset.checked_add(seq).is_none_or(|end| end > max_positions) {
             candle_core::bail!(
                 "rope: positions {offset}..{} exceed the table of {max_positions} positions (raise max_positions)",
-                offset + seq
+                offset as u128 + seq as u128
             )
         }
         Ok((self.cos.narrow(0, offset, seq)?, self.sin.narrow(0, offset, seq)?))

@@ -12,6 +12,8 @@
 
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::{finite_positive, positive};
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 /// How sines and cosines are laid out along the feature dimension.
@@ -55,6 +57,19 @@ impl SinusoidalConfig {
     }
 }
 
+impl ConfigCheck for SinusoidalConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("dim", self.dim)?;
+        finite_positive("base", self.base)
+    }
+
+    /// No table is kept: the rows of the input's positions, added to it.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dim = Size::field("dim", self.dim);
+        Footprint::activations(work.bytes(work.len() * dim * 2 + work.elements()))
+    }
+}
+
 /// The fixed encoding of arXiv 1706.03762: rows for any positions, on demand.
 #[derive(Clone, Debug)]
 pub struct SinusoidalPositionEmbedding {
@@ -68,15 +83,7 @@ pub struct SinusoidalPositionEmbedding {
 impl SinusoidalPositionEmbedding {
     /// `vb` gives the device and the module path; no tensors are loaded.
     pub fn new(config: &SinusoidalConfig, vb: VarBuilder) -> Result<Self> {
-        if config.dim == 0 {
-            candle_core::bail!("sinusoidal position embedding: dim must be positive")
-        }
-        if !(config.base.is_finite() && config.base > 0.0) {
-            candle_core::bail!(
-                "sinusoidal position embedding: base must be positive, got {}",
-                config.base
-            )
-        }
+        crate::admit("sinusoidal position embedding", config)?;
         Ok(Self {
             dim: config.dim,
             base: config.base,
@@ -96,8 +103,18 @@ impl SinusoidalPositionEmbedding {
         let d = self.dim;
         // Frequency k serves features 2k (sin) and 2k + 1 (cos).
         let sines = d.div_ceil(2);
-        let mut values = Vec::with_capacity(seq_len * d);
-        for pos in offset..offset + seq_len {
+        let end = offset.checked_add(seq_len).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "sinusoidal position embedding: positions {offset} + {seq_len} overflow"
+            ))
+        })?;
+        let count = seq_len.checked_mul(d).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "sinusoidal position embedding: {seq_len} x {d} values overflow"
+            ))
+        })?;
+        let mut values = Vec::with_capacity(count);
+        for pos in offset..end {
             let angle = |k: usize| pos as f64 / self.base.powf((2 * k) as f64 / d as f64);
             match self.layout {
                 SinusoidalLayout::Interleaved => values.extend((0..d).map(|j| {

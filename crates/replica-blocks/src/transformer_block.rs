@@ -23,6 +23,8 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use replica_check::config_check::{drop_rate, finite, non_negative, positive};
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
@@ -65,6 +67,22 @@ impl FeedForwardConfig {
         match self {
             FeedForwardConfig::Mlp(mlp) => (mlp.dim, mlp.out_dim()),
             FeedForwardConfig::Glu(glu) => (glu.dim, glu.out_dim()),
+        }
+    }
+}
+
+impl ConfigCheck for FeedForwardConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        match self {
+            FeedForwardConfig::Mlp(mlp) => mlp.validate(),
+            FeedForwardConfig::Glu(glu) => glu.validate(),
+        }
+    }
+
+    fn footprint(&self, work: &Workload) -> Footprint {
+        match self {
+            FeedForwardConfig::Mlp(mlp) => mlp.footprint(work),
+            FeedForwardConfig::Glu(glu) => glu.footprint(work),
         }
     }
 }
@@ -286,6 +304,49 @@ impl TransformerBlockConfig {
     }
 }
 
+impl ConfigCheck for TransformerBlockConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("dim", self.dim)?;
+        if self.attention.dim != self.dim {
+            return Err(format!(
+                "attention dim {} differs from the block's dim {} (the attention reads the residual stream)",
+                self.attention.dim, self.dim
+            ));
+        }
+        if let Some(out_dim) = self.attention.out_dim.filter(|&d| d != self.dim) {
+            return Err(format!(
+                "attention out_dim {out_dim} differs from the block's dim {} (its output is added to the residual)",
+                self.dim
+            ));
+        }
+        let (ff_in, ff_out) = self.feed_forward.dims();
+        if ff_in != self.dim || ff_out != self.dim {
+            return Err(format!(
+                "the feed-forward maps {ff_in} to {ff_out} features; the block's dim is {}",
+                self.dim
+            ));
+        }
+        non_negative("norm_eps", self.norm_eps)?;
+        if let Some(init_values) = self.layer_scale {
+            finite("layer_scale", init_values)?;
+        }
+        drop_rate("drop_path", self.drop_path)?;
+        self.attention.validate().map_err(|m| format!("attention: {m}"))?;
+        self.feed_forward.validate().map_err(|m| format!("feed_forward: {m}"))
+    }
+
+    /// The attention and feed-forward, two norms and LayerScales; per row the
+    /// residual stream a few times over.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dim = Size::field("dim", self.dim);
+        let own = Footprint {
+            params: work.bytes(dim.clone() * 6),
+            activations: work.bytes(work.rows() * dim * 8),
+        };
+        own + self.attention.footprint(work) + self.feed_forward.footprint(work)
+    }
+}
+
 #[derive(Clone, Debug)]
 enum FeedForward {
     Mlp(Mlp),
@@ -415,25 +476,7 @@ impl TransformerBlock {
         let names = &config.names;
         let path = vb.prefix();
         let fail = |message: String| candle_core::Error::Msg(format!("transformer block `{path}`: {message}"));
-        if config.attention.dim != config.dim {
-            return Err(fail(format!(
-                "attention dim {} differs from the block's dim {} (the attention reads the residual stream)",
-                config.attention.dim, config.dim
-            )));
-        }
-        if let Some(out_dim) = config.attention.out_dim.filter(|&d| d != config.dim) {
-            return Err(fail(format!(
-                "attention out_dim {out_dim} differs from the block's dim {} (its output is added to the residual)",
-                config.dim
-            )));
-        }
-        let (ff_in, ff_out) = config.feed_forward.dims();
-        if ff_in != config.dim || ff_out != config.dim {
-            return Err(fail(format!(
-                "the feed-forward maps {ff_in} to {ff_out} features; the block's dim is {}",
-                config.dim
-            )));
-        }
+        crate::admit(&format!("transformer block `{path}`"), config)?;
         for (what, name) in [("norm1", &names.norm1), ("attn", &names.attn)] {
             if name.is_empty() {
                 return Err(fail(format!(

@@ -403,3 +403,36 @@ fn the_padding_row_gets_no_gradient() {
     assert_eq!(grad[1], [1.0; 3]);
     assert_eq!(grad[3], [1.0; 3]);
 }
+
+// --- Configs built in code ------------------------------------------------------
+
+/// A block's `new` admits its config (`replica_check::admit`) before it asks for a
+/// tensor: a value it cannot take is refused by name, and a size over the memory
+/// budget before anything is allocated (the zeros backend would allocate it).
+#[test]
+fn configs_built_in_code_are_refused_before_anything_is_allocated() {
+    use replica_blocks::{Attention, AttentionConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+    let err = |result: candle_core::Result<()>| result.unwrap_err().to_string();
+    let nan_eps = LayerNormConfig {
+        eps: f64::NAN,
+        ..LayerNormConfig::new(16)
+    };
+    let message = err(LayerNorm::new(&nan_eps, zeros().pp("ln")).map(drop));
+    assert_eq!(message, "layer_norm `ln`: `eps` must be a finite number >= 0, got NaN");
+    let message = err(Attention::new(&AttentionConfig::new(16, 0), zeros().pp("attn")).map(drop));
+    assert_eq!(message, "attention `attn`: heads must be positive");
+    let nan_dropout = MlpConfig {
+        dropout: f64::NAN,
+        ..MlpConfig::new(16, 32)
+    };
+    let message = err(Mlp::new(&nan_dropout, zeros()).map(drop));
+    assert!(message.contains("`dropout` must be in [0, 1], got NaN"), "{message}");
+    let message = err(Linear::new(&LinearConfig::new(1 << 40, 1 << 40), zeros().pp("fc")).map(drop));
+    assert!(
+        message.starts_with("linear `fc`: config field `in_features` = 1099511627776 needs ")
+            && message.ends_with("memory budget (--max-memory / REPLICA_MAX_MEMORY)"),
+        "{message}"
+    );
+    let message = err(Embedding::new(&EmbeddingConfig::new(0, 8), zeros()).map(drop));
+    assert!(message.contains("`vocab` must be positive, got 0"), "{message}");
+}

@@ -25,7 +25,9 @@ use std::sync::Mutex;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{Bundle, Error, Result};
+use crate::budget::Workload;
+use crate::config_check::{admit_read, ConfigCheck};
+use crate::{Bundle, Error, Namespace, Result};
 
 /// Whether the top-level config field `name` with `value` changes no computed tensor.
 ///
@@ -95,15 +97,15 @@ pub struct ConfigRead<T> {
 
 /// Several structs reading one config (a block's attention, MLP and norm settings
 /// from one `config.json`): a tuple of `DeserializeOwned` types. A field is read
-/// when any of them reads it.
-pub trait ConfigParts: Sized {
+/// when any of them reads it; each part is checked ([`ConfigCheck`]).
+pub trait ConfigParts: Sized + ConfigCheck {
     #[doc(hidden)]
     fn read_parts(config: &Value, unread: &mut Option<BTreeSet<String>>) -> std::result::Result<Self, String>;
 }
 
 macro_rules! config_parts {
     ($($part:ident),+) => {
-        impl<$($part: DeserializeOwned),+> ConfigParts for ($($part,)+) {
+        impl<$($part: DeserializeOwned + ConfigCheck),+> ConfigParts for ($($part,)+) {
             fn read_parts(config: &Value, unread: &mut Option<BTreeSet<String>>) -> std::result::Result<Self, String> {
                 Ok(($(read_one::<$part>(config, unread)?,)+))
             }
@@ -207,7 +209,7 @@ pub fn read_config_parts<P: ConfigParts>(
 }
 
 /// [`read_config_parts`] for one struct.
-pub fn read_config<T: DeserializeOwned>(
+pub fn read_config<T: DeserializeOwned + ConfigCheck>(
     config: &Value,
     not_used: &[&str],
 ) -> std::result::Result<ConfigRead<T>, String> {
@@ -251,8 +253,10 @@ impl Bundle {
     /// Reads the bundle's `config` as `T`, strictly: a field `T` does not read is an
     /// error naming it unless it is bookkeeping ([`is_bookkeeping`]), and a value of
     /// the wrong type is an error naming its path. The bookkeeping fields are
-    /// recorded ([`Bundle::unused_config_fields`]).
-    pub fn config<T: DeserializeOwned>(&self) -> Result<T> {
+    /// recorded ([`Bundle::unused_config_fields`]). The config is then admitted
+    /// ([`admit`]): validated, and weighed against the memory budget on the bundle's
+    /// inputs ([`Bundle::workload`]), before the caller builds anything from it.
+    pub fn config<T: DeserializeOwned + ConfigCheck>(&self) -> Result<T> {
         self.config_parts::<(T,)>(&[]).map(|(config,)| config)
     }
 
@@ -264,7 +268,16 @@ impl Bundle {
     pub fn config_parts<P: ConfigParts>(&self, not_used: &[&str]) -> Result<P> {
         let read = read_config_parts::<P>(&self.metadata().config, not_used).map_err(|m| self.config_file_error(m))?;
         self.config_state.lock().unused.extend(read.unused);
+        admit_read(&read.config, &self.workload(), &self.metadata().config).map_err(|m| self.config_file_error(m))?;
         Ok(read.config)
+    }
+
+    /// What a component runs on here: the shapes of the `input/` tensors, in the
+    /// bundle's dtype (for [`ConfigCheck::footprint`]).
+    pub fn workload(&self) -> Workload {
+        let inputs = self.namespace(Namespace::Input);
+        let element_bytes = self.dtype().map_or(4, |dtype| dtype.size_in_bytes());
+        Workload::of_shapes(inputs.values().map(|t| t.dims()), element_bytes)
     }
 
     /// The config fields that reads of this bundle's config left unused
@@ -326,6 +339,18 @@ mod tests {
     #[derive(Debug, Deserialize)]
     struct Heads {
         heads: usize,
+    }
+
+    impl ConfigCheck for Norm {
+        fn footprint(&self, _: &Workload) -> crate::Footprint {
+            crate::Footprint::NONE
+        }
+    }
+
+    impl ConfigCheck for Heads {
+        fn footprint(&self, _: &Workload) -> crate::Footprint {
+            crate::Footprint::NONE
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`Bundle`]: reference tensors dumped from PyTorch (`docs/bundle-format.md`),
 //!   [`Bundle::config`], which reads a component's config strictly ([`config`]),
 //!   and [`Bundle::dtype`], the dtype the reference ran in.
+//! - [`ConfigCheck`] and [`admit`]: every config validated and weighed against the
+//!   [`MemoryBudget`] ([`budget`]) before anything is built from it.
 //! - [`Parity`]: a parity run on a bundle: outputs, traced activations under one
 //!   rule ([`parity`]), gradients (tied parameters included); [`check_block`] and
 //!   [`BlockCheck`] do the whole run for a block in one call.
@@ -24,10 +26,12 @@
 mod approx_eq;
 mod assert;
 pub mod block_check;
+pub mod budget;
 pub mod bundle;
 mod compare;
 mod comparison;
 pub mod config;
+pub mod config_check;
 mod dtype;
 mod error;
 mod exact;
@@ -52,12 +56,14 @@ pub mod weight_map;
 pub use approx_eq::Approx;
 pub use assert::{assert_close, check_close};
 pub use block_check::{check_block, BlockCheck};
+pub use budget::{Footprint, MemoryBudget, Size, Workload};
 pub use bundle::{
     Bundle, BundleMetadata, BundleOutline, Namespace, Producer, ShadowInfo, FORMAT_VERSION, SHADOW_PREFIX,
 };
 pub use compare::{compare, compare_default, compare_stored, compare_with_shadow};
 pub use comparison::{format_multiple, Comparison, Element, ExactIntegers, ExactPair, Extreme, Noise, NonFinite};
 pub use config::{read_config, read_config_parts, ConfigParts, ConfigRead};
+pub use config_check::{admit, ConfigCheck};
 pub use dtype::parse_dtype;
 pub use error::{Error, Result};
 pub use noise::{Rule, NOISE_LIMIT};

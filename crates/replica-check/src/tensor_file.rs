@@ -35,14 +35,19 @@ pub struct ReadLimits {
     pub max_tensor_bytes: u64,
     /// All tensors of one file together.
     pub max_total_bytes: u64,
+    /// How many tensors one header may list: each costs memory to index and to
+    /// load even when it holds no data (a 100 MB header lists 1.7 million empty ones).
+    pub max_tensors: u64,
 }
 
 impl ReadLimits {
-    /// 100 MB of header, 16 GiB per tensor, 1 TiB per file.
+    /// 100 MB of header, 16 GiB per tensor, 1 TiB per file, 100,000 tensors per
+    /// file (a large checkpoint holds a few thousand).
     pub const DEFAULT: ReadLimits = ReadLimits {
         max_header_bytes: 100_000_000,
         max_tensor_bytes: 16 << 30,
         max_total_bytes: 1 << 40,
+        max_tensors: 100_000,
     };
 
     /// The limits that [`read_safetensors`], [`open_safetensors`] and
@@ -53,7 +58,7 @@ impl ReadLimits {
     }
 
     /// Sets the limits for every later read in this process (the `replica`
-    /// command's `--max-tensor-bytes` and `--max-total-bytes`).
+    /// command's `--max-tensor-bytes`, `--max-total-bytes` and `--max-tensors`).
     pub fn set_current(limits: ReadLimits) {
         *CURRENT.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = limits;
     }
@@ -496,7 +501,7 @@ fn index(json: &[u8], file_len: u64, limits: ReadLimits) -> std::result::Result<
     if json.trim_ascii_start().first() != Some(&b'{') {
         return Err("header is not a JSON object".into());
     }
-    let UniqueKeys(entries) = serde_json::from_slice(json).map_err(|err| format!("header is not valid JSON: {err}"))?;
+    let UniqueKeys(entries) = unique_keys(json, limits.max_tensors)?;
     let data_len = file_len - data_start as u64;
     let mut metadata = HashMap::new();
     let mut tensors = Vec::with_capacity(entries.len());
@@ -534,28 +539,64 @@ fn index(json: &[u8], file_len: u64, limits: ReadLimits) -> std::result::Result<
 /// the last, so a header could otherwise say two things about one tensor.
 struct UniqueKeys(Vec<(String, Value)>);
 
-impl<'de> serde::Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        struct Entries;
-        impl<'de> serde::de::Visitor<'de> for Entries {
-            type Value = UniqueKeys;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<UniqueKeys, A::Error> {
-                let mut seen = std::collections::HashSet::new();
-                let mut entries = Vec::new();
-                while let Some((key, value)) = map.next_entry::<String, Value>()? {
-                    if !seen.insert(key.clone()) {
-                        let key = crate::printable(&key).into_owned();
-                        return Err(serde::de::Error::custom(format!("the key `{key}` appears twice")));
-                    }
-                    entries.push((key, value));
+/// The header's entries, refused as soon as they outnumber `max_tensors` (plus
+/// `__metadata__`), before the rest of a huge header is held in memory.
+fn unique_keys(json: &[u8], max_tensors: u64) -> std::result::Result<UniqueKeys, String> {
+    use serde::de::DeserializeSeed;
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let entries = Entries { max_tensors }
+        .deserialize(&mut deserializer)
+        .and_then(|entries| deserializer.end().map(|()| entries));
+    entries.map_err(|err| match err.to_string() {
+        // The limit's own message, without serde_json's position.
+        text if text.starts_with(TOO_MANY) => text.split(" at line ").next().unwrap_or(&text).to_string(),
+        text => format!("header is not valid JSON: {text}"),
+    })
+}
+
+const TOO_MANY: &str = "the header lists more than";
+
+struct Entries {
+    max_tensors: u64,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Entries {
+    type Value = UniqueKeys;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> std::result::Result<UniqueKeys, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Entries {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        let mut entries = Vec::new();
+        let mut tensors = 0u64;
+        while let Some(key) = map.next_key::<String>()? {
+            if key != "__metadata__" {
+                tensors += 1;
+                if tensors > self.max_tensors {
+                    return Err(serde::de::Error::custom(format!(
+                        "{TOO_MANY} {} tensors, the limit (max_tensors)",
+                        self.max_tensors
+                    )));
                 }
-                Ok(UniqueKeys(entries))
             }
+            if !seen.insert(key.clone()) {
+                let key = crate::printable(&key).into_owned();
+                return Err(serde::de::Error::custom(format!("the key `{key}` appears twice")));
+            }
+            let value: Value = map.next_value()?;
+            entries.push((key, value));
         }
-        deserializer.deserialize_map(Entries)
+        Ok(UniqueKeys(entries))
     }
 }
 

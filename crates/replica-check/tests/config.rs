@@ -1,6 +1,7 @@
 //! `Bundle::config`: every config field is read, bookkeeping, or refused by name.
 
-use replica_check::{Bundle, BundleMetadata};
+use replica_check::config_check::{non_negative, positive};
+use replica_check::{Bundle, BundleMetadata, ConfigCheck, Footprint, Size, Workload};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -19,6 +20,27 @@ struct Rope {
 #[derive(Debug, Deserialize)]
 struct Heads {
     heads: usize,
+}
+
+impl ConfigCheck for Norm {
+    fn validate(&self) -> Result<(), String> {
+        non_negative("eps", self.eps)
+    }
+
+    fn footprint(&self, _: &Workload) -> Footprint {
+        Footprint::NONE
+    }
+}
+
+impl ConfigCheck for Heads {
+    fn validate(&self) -> Result<(), String> {
+        positive("heads", self.heads)
+    }
+
+    /// A `[heads, heads]` table, to weigh.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        Footprint::params(work.bytes(Size::field("heads", self.heads) * Size::field("heads", self.heads)))
+    }
 }
 
 fn bundle(config: Value) -> Bundle {
@@ -109,4 +131,31 @@ fn a_config_from_a_file_names_that_file() {
     assert!(message.starts_with("my/config.json: config field `eps`"), "{message}");
     let message = b.config_error("eps", "expected 1e-5, got 0.1").to_string();
     assert_eq!(message, "my/config.json: config field `eps`: expected 1e-5, got 0.1");
+}
+
+#[test]
+fn a_value_the_component_cannot_take_is_refused_by_name() {
+    let message = refusal(bundle(json!({"eps": -1.0})).config::<Norm>());
+    assert!(
+        message.ends_with(": `eps` must be a finite number >= 0, got -1"),
+        "{message}"
+    );
+    let message = refusal(bundle(json!({"eps": 1e-5, "heads": 0})).config_parts::<(Norm, Heads)>(&[]));
+    assert!(message.ends_with(": `heads` must be positive, got 0"), "{message}");
+}
+
+#[test]
+fn a_config_over_the_memory_budget_is_refused_before_anything_is_built() {
+    let message = refusal(bundle(json!({"eps": 1e-5, "heads": 1u64 << 40})).config_parts::<(Norm, Heads)>(&[]));
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        message.contains(": config field `heads` = 1099511627776 needs "),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("memory budget (--max-memory / REPLICA_MAX_MEMORY)"),
+        "{message}"
+    );
+    let (_, heads): (Norm, Heads) = bundle(json!({"eps": 1e-5, "heads": 1024})).config_parts(&[]).unwrap();
+    assert_eq!(heads.heads, 1024);
 }

@@ -118,6 +118,28 @@ fn files_over_the_total_limit() {
 }
 
 #[test]
+fn a_header_listing_more_tensors_than_the_limit() {
+    let dir = ScratchDir::new("limits-count");
+    let limits = ReadLimits {
+        max_tensors: 1,
+        ..ReadLimits::DEFAULT
+    };
+    let err = open_error(&dir, &two_tensors(), limits);
+    assert_eq!(err.lines().count(), 1, "one line naming the file and the limit: {err}");
+    assert_contains(
+        &err,
+        &["x.safetensors: the header lists more than 1 tensors, the limit (max_tensors)"],
+    );
+    // `__metadata__` is not a tensor: two tensors pass a limit of two.
+    let path = dir.write("two.safetensors", &two_tensors());
+    let two = ReadLimits {
+        max_tensors: 2,
+        ..ReadLimits::DEFAULT
+    };
+    assert!(SafetensorsFile::open(&path, two).is_ok());
+}
+
+#[test]
 fn a_huge_claimed_tensor_is_refused_from_the_header() {
     let dir = ScratchDir::new("limits-claim");
     // 2^40 f32 elements in a 16-byte data section.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use replica_check::ReadLimits;
+use replica_check::{MemoryBudget, ReadLimits};
 
 use crate::device::DeviceSpec;
 use crate::output::{Format, OutputArgs};
@@ -44,6 +44,17 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "SIZE", value_parser = byte_size)]
     pub max_total_bytes: Option<u64>,
 
+    /// Refuse a safetensors file whose header lists more tensors than this, before indexing
+    /// them [env: REPLICA_MAX_TENSORS; default 100000].
+    #[arg(long, global = true, value_name = "COUNT", value_parser = count)]
+    pub max_tensors: Option<u64>,
+
+    /// Refuse a component whose config asks for more memory than this (its parameters and
+    /// activations, estimated from the config before anything is built) [env:
+    /// REPLICA_MAX_MEMORY; default half the machine's memory].
+    #[arg(long, global = true, value_name = "SIZE", value_parser = byte_size)]
+    pub max_memory: Option<u64>,
+
     /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
@@ -52,27 +63,48 @@ pub struct Cli {
 impl Cli {
     /// The read limits: these flags, else the environment variables, else the defaults.
     pub fn read_limits(&self) -> Result<ReadLimits, String> {
-        let pick = |flag: Option<u64>, var: &str, default: u64| -> Result<u64, String> {
-            match (flag, std::env::var(var)) {
-                (Some(value), _) => Ok(value),
-                (None, Ok(text)) => byte_size(&text).map_err(|err| format!("{var}: {err}")),
-                (None, Err(std::env::VarError::NotPresent)) => Ok(default),
-                (None, Err(std::env::VarError::NotUnicode(value))) => Err(format!(
-                    "{var}: not a byte size: {} is not UTF-8 text",
-                    replica_check::printable(&value.to_string_lossy())
-                )),
-            }
-        };
         let default = ReadLimits::DEFAULT;
         Ok(ReadLimits {
-            max_tensor_bytes: pick(
+            max_tensor_bytes: setting(
                 self.max_tensor_bytes,
                 "REPLICA_MAX_TENSOR_BYTES",
+                byte_size,
                 default.max_tensor_bytes,
             )?,
-            max_total_bytes: pick(self.max_total_bytes, "REPLICA_MAX_TOTAL_BYTES", default.max_total_bytes)?,
+            max_total_bytes: setting(
+                self.max_total_bytes,
+                "REPLICA_MAX_TOTAL_BYTES",
+                byte_size,
+                default.max_total_bytes,
+            )?,
+            max_tensors: setting(self.max_tensors, "REPLICA_MAX_TENSORS", count, default.max_tensors)?,
             ..default
         })
+    }
+
+    /// The memory budget: `--max-memory`, else `REPLICA_MAX_MEMORY`, else half the machine's memory.
+    pub fn memory_budget(&self) -> Result<MemoryBudget, String> {
+        let bytes = setting(
+            self.max_memory,
+            "REPLICA_MAX_MEMORY",
+            byte_size,
+            MemoryBudget::of_machine().bytes,
+        )?;
+        Ok(MemoryBudget { bytes })
+    }
+}
+
+/// A setting: its flag, else its environment variable (read with `parse`; a value
+/// that is not UTF-8 or does not parse is an error naming the variable), else `default`.
+fn setting(flag: Option<u64>, var: &str, parse: fn(&str) -> Result<u64, String>, default: u64) -> Result<u64, String> {
+    match (flag, std::env::var(var)) {
+        (Some(value), _) => Ok(value),
+        (None, Ok(text)) => parse(&text).map_err(|err| format!("{var}: {err}")),
+        (None, Err(std::env::VarError::NotPresent)) => Ok(default),
+        (None, Err(std::env::VarError::NotUnicode(value))) => Err(format!(
+            "{var}: {} is not UTF-8 text",
+            replica_check::printable(&value.to_string_lossy())
+        )),
     }
 }
 
@@ -344,6 +376,15 @@ pub fn byte_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// A count: digits, at least 1.
+pub fn count(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1, got 0".to_string()),
+        Ok(value) => Ok(value),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
 /// `PATTERN=REPLACEMENT`, split at the first `=`.
 fn rename_rule(text: &str) -> Result<(String, String), String> {
     let (pattern, replacement) = text
@@ -382,6 +423,20 @@ mod tests {
         assert_eq!(byte_size("1k"), Ok(1024));
         assert!(byte_size("lots").unwrap_err().contains("not a size"));
         assert!(byte_size("99999999999T").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn counts_are_whole_numbers_from_one() {
+        assert_eq!(count("100000"), Ok(100_000));
+        assert!(count("0").unwrap_err().contains("at least 1"));
+        assert!(count("1K").unwrap_err().contains("not a whole number"));
+    }
+
+    #[test]
+    fn flags_set_the_budget_and_the_tensor_count() {
+        let cli = Cli::try_parse_from(["replica", "--max-memory", "2G", "--max-tensors", "7", "papers"]).unwrap();
+        assert_eq!(cli.memory_budget(), Ok(MemoryBudget { bytes: 2 << 30 }));
+        assert_eq!(cli.read_limits().unwrap().max_tensors, 7);
     }
 
     #[test]

@@ -90,9 +90,12 @@ pub fn main_with(own: Option<registry::OwnCases>) -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
     };
-    match cli.read_limits() {
-        Ok(limits) => replica_check::ReadLimits::set_current(limits),
-        Err(err) => {
+    match (cli.read_limits(), cli.memory_budget()) {
+        (Ok(limits), Ok(budget)) => {
+            replica_check::ReadLimits::set_current(limits);
+            replica_check::MemoryBudget::set_current(budget);
+        }
+        (Err(err), _) | (_, Err(err)) => {
             print_error(&err);
             return Status::InputError.code();
         }

@@ -371,9 +371,19 @@ impl SourceFile<'_> {
     fn config(&self, config: &Spanned<toml::Value>, dir: &Path) -> Result<ConfigSource, CliError> {
         match config.get_ref() {
             toml::Value::String(file) => Ok(ConfigSource::File(dir.join(file))),
-            table @ toml::Value::Table(_) => serde_json::to_value(table)
-                .map(ConfigSource::Inline)
-                .map_err(|err| self.at(config.span(), format!("cannot convert to JSON: {err}"))),
+            table @ toml::Value::Table(_) => {
+                // JSON holds no NaN or infinity: serde_json would turn them into null,
+                // which an optional field reads as "not set".
+                if let Some((path, value)) = non_finite(table, String::new()) {
+                    return Err(self.at(
+                        config.span(),
+                        format!("field `{path}` is {value}; a config holds finite numbers only"),
+                    ));
+                }
+                serde_json::to_value(table)
+                    .map(ConfigSource::Inline)
+                    .map_err(|err| self.at(config.span(), format!("cannot convert to JSON: {err}")))
+            }
             other => Err(self.at(
                 config.span(),
                 format!(
@@ -382,6 +392,26 @@ impl SourceFile<'_> {
                 ),
             )),
         }
+    }
+}
+
+/// The first float in `value` that is NaN or infinite, with its dotted path below `path`.
+fn non_finite(value: &toml::Value, path: String) -> Option<(String, f64)> {
+    let below = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        toml::Value::Float(x) if !x.is_finite() => Some((path, *x)),
+        toml::Value::Table(table) => table.iter().find_map(|(key, v)| non_finite(v, below(key))),
+        toml::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| non_finite(v, below(&i.to_string()))),
+        _ => None,
     }
 }
 

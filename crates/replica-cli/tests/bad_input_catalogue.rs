@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use replica_check::{open_safetensors, Bundle, BundleOutline, Namespace};
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -394,4 +396,234 @@ fn bad_command_lines() {
         );
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+// ------------------------------------------------ round 3: configs, ids, counts
+
+/// `replica args` with extra environment variables.
+fn replica_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_replica"));
+    command.args(args).current_dir(workspace()).env("NO_COLOR", "1");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the replica binary runs")
+}
+
+#[test]
+fn a_config_over_the_memory_budget_names_the_field() {
+    let dir = Scratch::new("budget");
+    let gpt2 = workspace().join("tests/fixtures/models/gpt2.safetensors");
+    let bundle = open_safetensors(&gpt2).unwrap();
+    let mut config = BundleOutline::of(&bundle).unwrap().metadata.config;
+    config["n_embd"] = serde_json::json!(1_000_000_000u64);
+    let path = dir.write("big.json", config.to_string().as_bytes());
+    let out = replica(&["check", "--model", "gpt2_lm_head_model", "--config", s(&path)]);
+    assert_one_line(
+        &out,
+        &[
+            "case `gpt2_lm_head_model` could not run",
+            "big.json: config field `n_embd` = 1000000000 needs ",
+            "memory budget (--max-memory / REPLICA_MAX_MEMORY)",
+        ],
+    );
+    // The budget is a setting: a small one refuses the committed linear case.
+    let out = replica(&["--max-memory", "1K", "check", "--model", "linear"]);
+    assert_one_line(
+        &out,
+        &["linear.safetensors: config field `", "over the 1.0 KiB memory budget"],
+    );
+    let out = replica_env(
+        &["check", "--model", "linear"],
+        &[("REPLICA_MAX_MEMORY", "1K".as_ref())],
+    );
+    assert_one_line(&out, &["over the 1.0 KiB memory budget"]);
+    let out = replica_env(
+        &["check", "--model", "linear"],
+        &[("REPLICA_MAX_MEMORY", "lots".as_ref())],
+    );
+    assert_one_line(&out, &["REPLICA_MAX_MEMORY", "`lots` is not a size"]);
+    use std::os::unix::ffi::OsStrExt;
+    let not_text = std::ffi::OsStr::from_bytes(b"1\xff");
+    let out = replica_env(&["check", "--model", "linear"], &[("REPLICA_MAX_MEMORY", not_text)]);
+    assert_one_line(&out, &["REPLICA_MAX_MEMORY", "is not UTF-8 text"]);
+    assert!(replica(&["--max-memory", "1G", "check", "--model", "linear"])
+        .status
+        .success());
+}
+
+#[test]
+fn config_values_a_component_cannot_take_are_refused_by_name() {
+    let dir = Scratch::new("values");
+    let config = |fixture: &str, field: &str, value: serde_json::Value| {
+        let bundle = open_safetensors(workspace().join("tests/fixtures").join(fixture)).unwrap();
+        let mut config = BundleOutline::of(&bundle).unwrap().metadata.config;
+        config[field] = value;
+        let path = dir.write(&format!("{field}.json"), config.to_string().as_bytes());
+        path.to_str().unwrap().to_string()
+    };
+    for (model, fixture, field, value, needle) in [
+        (
+            "multihead_attention",
+            "multihead_attention.safetensors",
+            "num_heads",
+            serde_json::json!(0),
+            "`num_heads` must be positive, got 0",
+        ),
+        (
+            "attention_gqa",
+            "blocks/attention_gqa.safetensors",
+            "num_attention_heads",
+            serde_json::json!(3),
+            "3 query heads cannot share 2 key/value heads",
+        ),
+        (
+            "layer_norm",
+            "layer_norm.safetensors",
+            "eps",
+            serde_json::json!(-1.0),
+            "`eps` must be a finite number >= 0, got -1",
+        ),
+        (
+            "dropout_eval",
+            "blocks/dropout.safetensors",
+            "p",
+            serde_json::json!(1.5),
+            "`p` must be in [0, 1], got 1.5",
+        ),
+        (
+            "llama_causal_lm",
+            "models/llama.safetensors",
+            "num_key_value_heads",
+            serde_json::json!(3),
+            "num_attention_heads 4 is not a multiple of num_key_value_heads 3",
+        ),
+    ] {
+        let path = config(fixture, field, value);
+        let out = replica(&["check", "--model", model, "--config", &path]);
+        assert_one_line(
+            &out,
+            &[
+                &format!("case `{model}` could not run"),
+                &format!("{field}.json: "),
+                needle,
+            ],
+        );
+    }
+    // Python writes NaN into JSON; JSON has none, so the file is not JSON.
+    let path = dir.write("nan.json", br#"{"normalized_shape": [16], "eps": NaN}"#);
+    let out = replica(&["check", "--model", "layer_norm", "--config", s(&path)]);
+    assert_one_line(&out, &["nan.json: not valid JSON at line 1 column"]);
+    // An inline TOML config can hold NaN: refused with the suite line and the field.
+    let suite = dir.write(
+        "nan.toml",
+        b"[[case]]\ncomponent = \"layer_norm\"\nconfig = { normalized_shape = [16], eps = nan }\n",
+    );
+    let out = replica(&["check", s(&suite)]);
+    assert_one_line(&out, &["nan.toml:3: `config`: field `eps` is NaN"]);
+}
+
+#[test]
+fn a_case_refused_for_its_config_fails_alone() {
+    let dir = Scratch::new("alone");
+    let suite = dir.write(
+        "suite.toml",
+        br#"[[case]]
+component = "linear"
+
+[[case]]
+name = "no heads"
+component = "multihead_attention"
+config = { embed_dim = 16, num_heads = 0, batch_first = true, query_key_value = "same input", need_weights = true, average_attn_weights = false }
+
+[[case]]
+name = "a terabyte model"
+component = "gpt2_lm_head_model"
+config = { vocab_size = 96, n_positions = 32, n_embd = 1000000000, n_layer = 2, n_head = 4 }
+
+[[case]]
+component = "layer_norm"
+"#,
+    );
+    let report = dir.0.join("report.json");
+    let out = replica(&["--format", "json", "check", s(&suite), "-o", s(&report)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per refused case:\n{err}");
+    assert!(
+        lines[0].starts_with("error: case `no heads` could not run")
+            && lines[0].contains("`num_heads` must be positive, got 0"),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("error: case `a terabyte model` could not run")
+            && lines[1].contains("config field `n_embd` = 1000000000 needs"),
+        "{err}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let verdicts: Vec<&str> = report["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| case["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["ok", "error", "error", "ok"]);
+    assert_eq!(report["counts"]["passed"], 2);
+}
+
+#[test]
+fn prompt_ids_outside_u32_are_refused_not_truncated() {
+    use candle_core::{Device, Tensor};
+    let dir = Scratch::new("ids");
+    let fixture = workspace().join("tests/fixtures/models/gpt2_generate.safetensors");
+    for (name, id) in [("big.safetensors", (1i64 << 32) + 5), ("negative.safetensors", -1)] {
+        let mut bundle = Bundle::load(&fixture, &Device::Cpu).unwrap();
+        let prompt = Tensor::new(&[[5i64, 7, id, 9, 11]], &Device::Cpu).unwrap();
+        bundle.insert(Namespace::Input, "0", prompt);
+        let path = dir.0.join(name);
+        bundle.save(&path, true).unwrap();
+        let out = replica(&["check", "--model", "gpt2_greedy_generate", "--reference", s(&path)]);
+        assert_one_line(
+            &out,
+            &[
+                name,
+                &format!("input/0: token id {id} at position 2 is not in 0..=4294967295"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_compute_setting_that_is_not_text_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let value = std::ffi::OsStr::from_bytes(b"kern\xffels");
+    let out = replica_env(&["check", "--model", "linear"], &[("REPLICA_COMPUTE", value)]);
+    assert_one_line(
+        &out,
+        &["REPLICA_COMPUTE", "expected `kernels` or `composition`", "\\xFF"],
+    );
+}
+
+#[test]
+fn a_header_listing_more_tensors_than_the_limit() {
+    let dir = Scratch::new("count");
+    // 100,001 zero-size tensors, one over the default limit (a 6 MB header; 1.7 million
+    // of them fill the 100 MB a header may have).
+    let entries: Vec<String> = (0..100_001)
+        .map(|i| format!("\"t{i:06}\":{{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}"))
+        .collect();
+    let path = dir.write("many.safetensors", &raw(&format!("{{{}}}", entries.join(",")), &[]));
+    refused_everywhere(
+        &path,
+        &["the header lists more than 100000 tensors, the limit (max_tensors)"],
+    );
+    // The limit is a setting.
+    let fixture = linear_fixture();
+    let out = replica(&["--max-tensors", "2", "inspect", s(&fixture)]);
+    assert_one_line(&out, &["the header lists more than 2 tensors"]);
+    let out = replica_env(&["inspect", s(&fixture)], &[("REPLICA_MAX_TENSORS", "2".as_ref())]);
+    assert_one_line(&out, &["the header lists more than 2 tensors"]);
+    let out = replica_env(&["inspect", s(&fixture)], &[("REPLICA_MAX_TENSORS", "many".as_ref())]);
+    assert_one_line(&out, &["REPLICA_MAX_TENSORS", "`many` is not a whole number"]);
 }

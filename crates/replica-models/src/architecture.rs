@@ -102,11 +102,11 @@ pub trait Architecture: ModuleT + Clone + fmt::Debug + Send + Sync + 'static {
         TraceMap::new()
     }
 
-    /// Refuses a config that [`ModelConfig::validate`] refuses, for [`new`](Self::new)
-    /// to call first: a config built in code has not been read strictly.
+    /// Refuses a config that [`replica_check::admit`] refuses (a value the model cannot
+    /// honour, a size over the memory budget), for [`new`](Self::new) to call first: a
+    /// config built in code has not been read strictly.
     fn check(config: &Self::Config) -> candle_core::Result<()> {
-        config
-            .validate()
+        replica_check::admit(config, &replica_check::Workload::default())
             .map_err(|m| candle_core::Error::Msg(format!("{} config: {m}", Self::FAMILY)))
     }
 }

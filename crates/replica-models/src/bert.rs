@@ -24,11 +24,12 @@ use replica_blocks::{
     Activation, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig, MlpConfig, MlpNames, NormKind, ResidualLayout, TransformerBlock, TransformerBlockConfig,
 };
-use replica_check::{tap, TraceMap, WeightMap};
+use replica_check::config_check::non_negative;
+use replica_check::{tap, ConfigCheck, Footprint, Size, TraceMap, WeightMap, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{positive, probabilities};
+use crate::config::{positive, probabilities, token_workload};
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
 
 fn yes() -> bool {
@@ -109,7 +110,9 @@ impl ModelConfig for BertConfig {
     /// What `BertModel` has no use for: the classification heads' dropout and the
     /// tying of an LM head it does not have.
     const NOT_USED: &'static [&'static str] = &["classifier_dropout", "tie_word_embeddings"];
+}
 
+impl ConfigCheck for BertConfig {
     fn validate(&self) -> std::result::Result<(), String> {
         if let Some(kind) = self.model_type.as_deref().filter(|k| *k != "bert") {
             return Err(format!("model_type is `{kind}`, not `bert`: this is not a BERT config"));
@@ -142,7 +145,30 @@ impl ModelConfig for BertConfig {
         if self.is_decoder {
             return Err("is_decoder (BERT as a causal decoder) is not implemented".into());
         }
-        Ok(())
+        non_negative("layer_norm_eps", self.layer_norm_eps)?;
+        if let Some(pad) = self.pad_token_id.filter(|&pad| pad >= self.vocab_size) {
+            return Err(format!(
+                "pad_token_id {pad} is not below vocab_size {}",
+                self.vocab_size
+            ));
+        }
+        self.block_config().validate().map_err(|m| format!("layer: {m}"))
+    }
+
+    /// The word, position and token-type tables, their LayerNorm and the pooler;
+    /// per token the embeddings; the layers.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let hidden = token_workload(work, self.hidden_size);
+        let dim = Size::field("hidden_size", self.hidden_size);
+        let rows = Size::field("vocab_size", self.vocab_size)
+            + Size::field("max_position_embeddings", self.max_position_embeddings)
+            + Size::field("type_vocab_size", self.type_vocab_size);
+        let own = Footprint {
+            params: hidden.bytes(rows * dim.clone() + dim.clone() * dim.clone() + dim.clone() * 4),
+            activations: hidden.bytes(hidden.rows() * dim * 6),
+        };
+        let layers = Size::field("num_hidden_layers", self.num_hidden_layers);
+        own + self.block_config().footprint(&hidden).times(layers)
     }
 }
 

@@ -140,8 +140,7 @@ pub fn load_tensors<A: Architecture>(
     device: &Device,
     known: &[Family],
 ) -> Result<A> {
-    config
-        .validate()
+    replica_check::admit(config, &replica_check::Workload::default())
         .map_err(|m| Error::config(origin, format!("{} config: {m}", A::FAMILY)))?;
     check_family(&A::FAMILY, tensors.keys().map(String::as_str), origin, known)?;
     let weights = A::weight_map(config).apply(tensors, origin)?;

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use indexmap::IndexMap;
-use replica_check::Bundle;
+use replica_check::config_check::admit_read;
+use replica_check::{Bundle, ConfigCheck, Workload};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -12,16 +13,15 @@ use crate::{Error, Result};
 
 /// A model's config type, read strictly (`replica_check::config`): a field it does
 /// not read is refused unless it is HF bookkeeping or in [`ModelConfig::NOT_USED`],
-/// and a value it cannot honour is refused by [`validate`](ModelConfig::validate).
-/// Every way of reading a config (`from_file`, `from_value`, [`bundle_config`]) is
-/// provided here, so each model only says what it does not use and what it refuses.
-pub trait ModelConfig: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
+/// and the config is admitted ([`replica_check::admit`]): a value it cannot honour is
+/// refused by its [`ConfigCheck::validate`], and a size over the memory budget by its
+/// [`ConfigCheck::footprint`]. Every way of reading a config (`from_file`,
+/// `from_value`, [`bundle_config`]) is provided here, so each model only says what it
+/// does not use, what it refuses and what it costs.
+pub trait ModelConfig: Serialize + DeserializeOwned + Clone + std::fmt::Debug + ConfigCheck {
     /// Fields of the reference's `config.json` that this model has no use for
     /// (another model class's head, a legacy duplicate), beyond the bookkeeping.
     const NOT_USED: &'static [&'static str] = &[];
-
-    /// Refuses settings that contradict each other or that the model does not implement.
-    fn validate(&self) -> std::result::Result<(), String>;
 
     /// Reads a `config.json`; a missing, mistyped, unread or refused field is an
     /// error that names the file and the field.
@@ -40,7 +40,7 @@ pub trait ModelConfig: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
         let config = replica_check::read_config::<Self>(value, Self::NOT_USED)
             .map_err(|message| Error::config(origin, message))?
             .config;
-        config.validate().map_err(|m| Error::config(origin, m))?;
+        admit_read(&config, &Workload::default(), value).map_err(|m| Error::config(origin, m))?;
         Ok(config)
     }
 
@@ -62,14 +62,19 @@ pub trait ModelConfig: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
     }
 }
 
-/// A bundle's config as the model's config type, checked; the fields left unused
-/// are recorded on the bundle ([`Bundle::unused_config_fields`]).
+/// A bundle's config as the model's config type, admitted on the bundle's inputs
+/// ([`Bundle::config_parts`]); the fields left unused are recorded on the bundle
+/// ([`Bundle::unused_config_fields`]).
 pub fn bundle_config<T: ModelConfig>(bundle: &Bundle) -> Result<T> {
     let (config,) = bundle.config_parts::<(T,)>(T::NOT_USED)?;
-    config
-        .validate()
-        .map_err(|m| Error::config(bundle.config_origin(), m))?;
     Ok(config)
+}
+
+/// The hidden states of a model whose inputs are token ids `[batch, seq]` (and
+/// masks of that shape): one row of `width` features per token.
+pub(crate) fn token_workload(work: &Workload, width: usize) -> Workload {
+    let batch = work.batch.max(1);
+    Workload::tokens(batch, (work.elements / batch).max(1), width, work.element_bytes)
 }
 
 /// `base` with the fields of `overrides` (a JSON object) put over it, as timm's

@@ -12,7 +12,7 @@ use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::{Activation, EmbeddingConfig, NormKind, RmsNormConfig};
-use replica_check::WeightMap;
+use replica_check::{ConfigCheck, Footprint, WeightMap, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -122,7 +122,9 @@ impl ModelConfig for GemmaConfig {
     /// `hidden_activation`: older Gemma configs carry it beside `hidden_act`;
     /// transformers v5 reads only `hidden_act`.
     const NOT_USED: &'static [&'static str] = &["hidden_activation"];
+}
 
+impl ConfigCheck for GemmaConfig {
     fn validate(&self) -> std::result::Result<(), String> {
         if let Some(kind) = self.model_type.as_deref().filter(|k| *k != "gemma") {
             return Err(format!(
@@ -144,6 +146,11 @@ impl ModelConfig for GemmaConfig {
             return Err("use_bidirectional_attention is true; only causal attention is implemented".into());
         }
         self.as_llama().validate()
+    }
+
+    /// LLaMA's layout's, with the head tied or not as the config says.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        self.as_llama().footprint(work)
     }
 }
 

@@ -109,7 +109,7 @@ pub fn generate_greedy(
     if prompt.is_empty() {
         candle_core::bail!("generate: the prompt is empty (give at least one token)")
     }
-    let total = prompt.len() + options.max_new_tokens;
+    let total = prompt.len().saturating_add(options.max_new_tokens);
     if total > model.max_positions() {
         candle_core::bail!(
             "generate: {} prompt tokens + {} new tokens = {total} positions, more than the model's {} (its position table / rotary tables end there)",

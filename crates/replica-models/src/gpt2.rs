@@ -23,11 +23,12 @@ use replica_blocks::{
     Activation, BlockNames, Embedding, EmbeddingConfig, FeedForwardConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig, MlpConfig, MlpNames, NormKind, ResidualLayout, TransformerBlock, TransformerBlockConfig,
 };
-use replica_check::WeightMap;
+use replica_check::config_check::{at_most, non_negative};
+use replica_check::{ConfigCheck, Footprint, Size, WeightMap, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{positive, probabilities};
+use crate::config::{positive, probabilities, token_workload};
 use crate::generation::{decoder_positions, CausalLm};
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
 
@@ -108,7 +109,9 @@ impl ModelConfig for Gpt2Config {
         "n_ctx",
         "pad_token_id",
     ];
+}
 
+impl ConfigCheck for Gpt2Config {
     fn validate(&self) -> std::result::Result<(), String> {
         if let Some(kind) = self.model_type.as_deref().filter(|k| *k != "gpt2") {
             return Err(format!(
@@ -142,7 +145,31 @@ impl ModelConfig for Gpt2Config {
         if self.add_cross_attention {
             return Err("add_cross_attention (GPT-2 as a decoder of an encoder) is not implemented".into());
         }
-        Ok(())
+        if let Some(inner) = self.n_inner {
+            positive(&[("n_inner", inner)])?;
+        }
+        non_negative("layer_norm_epsilon", self.layer_norm_epsilon)?;
+        // Token ids are u32.
+        at_most("vocab_size", self.vocab_size, 1 << 32)?;
+        self.block_config().validate().map_err(|m| format!("layer: {m}"))
+    }
+
+    /// `wte`, `wpe`, `ln_f` and an untied head; per token the logits (and their
+    /// gradient); `n_layer` blocks.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let hidden = token_workload(work, self.n_embd);
+        let dim = Size::field("n_embd", self.n_embd);
+        let vocab = Size::field("vocab_size", self.vocab_size);
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        let tables = vocab.clone() * dim.clone() * heads + Size::field("n_positions", self.n_positions) * dim.clone();
+        let own = Footprint {
+            params: hidden.bytes(tables + dim.clone() * 2),
+            activations: hidden.bytes(hidden.rows() * (vocab * 2 + dim * 4)),
+        };
+        own + self
+            .block_config()
+            .footprint(&hidden)
+            .times(Size::field("n_layer", self.n_layer))
     }
 }
 
@@ -195,11 +222,12 @@ impl Gpt2Config {
             ..AttentionConfig::new(self.n_embd, self.n_head)
         };
         let mlp = MlpConfig {
-            hidden_dim: Some(self.n_inner.unwrap_or(4 * self.n_embd)),
+            // `None` is 4 * n_embd, as GPT-2's `n_inner: null`.
+            hidden_dim: self.n_inner,
             activation: self.activation_function,
             dropout: self.resid_pdrop,
             names: MlpNames::gpt2(),
-            ..MlpConfig::new(self.n_embd, self.n_inner.unwrap_or(4 * self.n_embd))
+            ..MlpConfig::new(self.n_embd, self.n_inner.unwrap_or(self.n_embd.saturating_mul(4)))
         };
         TransformerBlockConfig {
             dim: self.n_embd,

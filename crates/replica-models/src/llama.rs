@@ -19,11 +19,12 @@ use replica_blocks::{
     Activation, BlockNames, EmbeddingConfig, FeedForwardConfig, GluMlpConfig, NormKind, ResidualLayout, RmsNormConfig,
     RopeStyle, TransformerBlockConfig,
 };
-use replica_check::WeightMap;
+use replica_check::config_check::{at_most, finite_positive, non_negative};
+use replica_check::{ConfigCheck, Footprint, Size, WeightMap, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::positive;
+use crate::config::{positive, probabilities, token_workload};
 pub use crate::decoder::RopeParameters;
 use crate::decoder::{rope_theta, CausalDecoder, DecoderModel, DecoderSpec};
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
@@ -114,7 +115,9 @@ impl ModelConfig for LlamaConfig {
     /// `pretraining_tp`: transformers v5 ignores it, and v4's sliced projections
     /// only reorder the same sums.
     const NOT_USED: &'static [&'static str] = &["pretraining_tp"];
+}
 
+impl ConfigCheck for LlamaConfig {
     fn validate(&self) -> std::result::Result<(), String> {
         if let Some(kind) = self.model_type.as_deref().filter(|k| !["llama", "mistral"].contains(k)) {
             return Err(format!(
@@ -159,7 +162,33 @@ impl ModelConfig for LlamaConfig {
             ));
         }
         rope_theta(self.rope_theta, &self.rope_scaling, &self.rope_parameters)?;
-        Ok(())
+        non_negative("rms_norm_eps", self.rms_norm_eps)?;
+        probabilities(&[("attention_dropout", self.attention_dropout)])?;
+        finite_positive("rope_theta", self.theta())?;
+        // Token ids are u32.
+        at_most("vocab_size", self.vocab_size, 1 << 32)?;
+        if let Some(pad) = self.pad_token_id.filter(|&pad| pad >= self.vocab_size) {
+            return Err(format!(
+                "pad_token_id {pad} is not below vocab_size {}",
+                self.vocab_size
+            ));
+        }
+        self.block_config().validate().map_err(|m| format!("layer: {m}"))
+    }
+
+    /// The token embedding, an untied head and the final norm; per token the
+    /// logits (and their gradient); the layers, each with its rotary tables.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let hidden = token_workload(work, self.hidden_size);
+        let dim = Size::field("hidden_size", self.hidden_size);
+        let vocab = Size::field("vocab_size", self.vocab_size);
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        let own = Footprint {
+            params: hidden.bytes(vocab.clone() * dim.clone() * heads + dim.clone()),
+            activations: hidden.bytes(hidden.rows() * (vocab * 2 + dim * 4)),
+        };
+        let layers = Size::field("num_hidden_layers", self.num_hidden_layers);
+        own + self.block_config().footprint(&hidden).times(layers)
     }
 }
 

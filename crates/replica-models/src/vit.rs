@@ -19,7 +19,8 @@ use replica_blocks::{
     Linear, LinearConfig, MlpConfig, MlpNames, Norm, NormKind, PatchEmbed, PatchEmbedConfig, ResidualLayout, Size2,
     TransformerBlock, TransformerBlockConfig,
 };
-use replica_check::TraceMap;
+use replica_check::config_check::{finite, finite_positive, non_negative};
+use replica_check::{ConfigCheck, Footprint, Size, TraceMap, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -125,8 +126,11 @@ pub struct VitConfig {
     pub act_layer: Activation,
 }
 
-impl ModelConfig for VitConfig {
+impl ModelConfig for VitConfig {}
+
+impl ConfigCheck for VitConfig {
     fn validate(&self) -> std::result::Result<(), String> {
+        finite_positive("mlp_ratio", self.mlp_ratio)?;
         positive(&[
             ("img_size", self.img_size.height.min(self.img_size.width)),
             ("patch_size", self.patch_size.height.min(self.patch_size.width)),
@@ -169,7 +173,50 @@ impl ModelConfig for VitConfig {
                 return Err(format!("{name} is not implemented"));
             }
         }
-        Ok(())
+        let grid = self.grid();
+        if grid
+            .height
+            .checked_mul(grid.width)
+            .and_then(|n| n.checked_add(1))
+            .is_none()
+        {
+            return Err(format!(
+                "img_size {}x{} over patch_size {}x{} makes more patches than can be counted",
+                img.height, img.width, patch.height, patch.width
+            ));
+        }
+        non_negative("norm_eps", self.norm_eps)?;
+        if let Some(init_values) = self.init_values {
+            finite("init_values", init_values)?;
+        }
+        self.patch_embed_config().validate()?;
+        self.block_config().validate().map_err(|m| format!("block: {m}"))
+    }
+
+    /// The patch embedding, class token, position table, norms and head; per
+    /// image its tokens; `depth` blocks.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let grid = self.grid();
+        let tokens = Size::from_field("img_size", self.img_size.height.max(self.img_size.width), grid.height)
+            * Size::count(grid.width as u64)
+            + Size::count(1);
+        let hidden = Workload::tokens(
+            work.batch.max(1),
+            tokens.value().map_or(u64::MAX, |t| t.min(u128::from(u64::MAX)) as u64),
+            self.embed_dim,
+            work.element_bytes,
+        );
+        let dim = Size::field("embed_dim", self.embed_dim);
+        let classes = Size::field("num_classes", self.num_classes);
+        let own = Footprint {
+            params: hidden.bytes(tokens * dim.clone() + dim.clone() * (classes.clone() + Size::count(8))),
+            activations: hidden.bytes(hidden.rows() * dim * 4 + hidden.batch() * classes),
+        };
+        let blocks = self
+            .block_config()
+            .footprint(&hidden)
+            .times(Size::field("depth", self.depth));
+        own + self.patch_embed_config().footprint(work) + blocks
     }
 }
 
@@ -186,6 +233,14 @@ impl VitConfig {
             self.img_size.height / self.patch_size.height,
             self.img_size.width / self.patch_size.width,
         )
+    }
+
+    /// timm's `patch_embed`: the image size is fixed.
+    fn patch_embed_config(&self) -> PatchEmbedConfig {
+        PatchEmbedConfig {
+            img_size: Some(self.img_size),
+            ..PatchEmbedConfig::new(self.patch_size, self.in_chans, self.embed_dim)
+        }
     }
 
     /// Patches plus the class token: the rows of `pos_embed`.
@@ -312,13 +367,7 @@ impl Architecture for Vit {
     /// no renaming: the default weight map.
     fn new(config: &VitConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         Self::check(config)?;
-        let patch_embed = PatchEmbed::new(
-            &PatchEmbedConfig {
-                img_size: Some(config.img_size),
-                ..PatchEmbedConfig::new(config.patch_size, config.in_chans, config.embed_dim)
-            },
-            vb.pp("patch_embed"),
-        )?;
+        let patch_embed = PatchEmbed::new(&config.patch_embed_config(), vb.pp("patch_embed"))?;
         let cls_token = config
             .class_token
             .then(|| ClassToken::new(&ClassTokenConfig { dim: config.embed_dim }, vb.clone()))

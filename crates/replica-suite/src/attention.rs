@@ -14,9 +14,10 @@ use replica_blocks::attention::{
 };
 use replica_blocks::mask;
 use replica_blocks::papers::{ATTENTION_IS_ALL_YOU_NEED, GEMMA_2, GQA, MQA, QK_NORM};
+use replica_check::config_check::finite;
 use replica_check::{
-    check_block, compare, tap_tuple, trace, BlockCheck, Bundle, Case, Error, Parity, Report, Result, Tolerance,
-    TraceMap, Unmatched, WeightMap,
+    check_block, compare, sizeless_config, tap_tuple, trace, BlockCheck, Bundle, Case, ConfigCheck, Error, Footprint,
+    Parity, Report, Result, Tolerance, TraceMap, Unmatched, WeightMap, Workload,
 };
 use serde::Deserialize;
 
@@ -47,6 +48,23 @@ pub fn cases() -> Vec<Case> {
 }
 
 // --------------------------------------------------------------------- SDPA
+
+/// `scaled_dot_product_attention` on the inputs: for every query row a score per
+/// key (scores, probabilities and their gradients), and copies of the inputs.
+fn sdpa_footprint(work: &Workload) -> Footprint {
+    Footprint::activations(work.bytes(work.rows() * work.len() * 4 + work.elements() * 4))
+}
+
+/// [`ConfigCheck`] for an SDPA case's arguments, which decide no sizes: [`sdpa_footprint`].
+macro_rules! sdpa_config {
+    ($args:ty) => {
+        impl ConfigCheck for $args {
+            fn footprint(&self, work: &Workload) -> Footprint {
+                sdpa_footprint(work)
+            }
+        }
+    };
+}
 
 fn qkv(run: &Parity) -> Result<(Tensor, Tensor, Tensor)> {
     Ok((run.input("0")?, run.input("1")?, run.input("2")?))
@@ -93,6 +111,7 @@ fn sdpa_causal(bundle: &Bundle) -> Result<Report> {
         #[serde(default)]
         enable_gqa: bool,
     }
+    sdpa_config!(Args);
     let args: Args = bundle.config()?;
     require_causal(bundle, "is_causal", args.is_causal)?;
     let (q_heads, k_heads) = (bundle.input("0")?.dim(1)?, bundle.input("1")?.dim(1)?);
@@ -119,6 +138,7 @@ fn sdpa_causal_top_left(bundle: &Bundle) -> Result<Report> {
     struct Args {
         is_causal: bool,
     }
+    sdpa_config!(Args);
     let args: Args = bundle.config_parts::<(Args,)>(&["note"])?.0;
     require_causal(bundle, "is_causal", args.is_causal)?;
     BlockCheck::new(bundle).inputs(&["0", "1", "2"]).run(
@@ -145,6 +165,7 @@ fn sdpa_padding(bundle: &Bundle) -> Result<Report> {
         lengths: Vec<usize>,
         mask: String,
     }
+    sdpa_config!(Args);
     let args: Args = bundle.config()?;
     require_mask_kind(bundle, &args.mask, "bool, True = attend")?;
     let mut run = Parity::new(bundle)?;
@@ -173,6 +194,7 @@ fn sdpa_left_padding_causal(bundle: &Bundle) -> Result<Report> {
         attention_mask: Vec<Vec<i64>>,
         causal: bool,
     }
+    sdpa_config!(Args);
     let args: Args = bundle.config()?;
     let given = bundle.input("3")?.to_dtype(DType::I64)?.to_vec2::<i64>()?;
     if given != args.attention_mask {
@@ -208,6 +230,15 @@ fn sdpa_additive(bundle: &Bundle) -> Result<Report> {
         mask: String,
         scale: f64,
     }
+    impl ConfigCheck for Args {
+        fn validate(&self) -> std::result::Result<(), String> {
+            finite("scale", self.scale)
+        }
+
+        fn footprint(&self, work: &Workload) -> Footprint {
+            sdpa_footprint(work)
+        }
+    }
     let args: Args = bundle.config()?;
     require_mask_kind(bundle, &args.mask, "additive float")?;
     let options = SdpaOptions {
@@ -233,6 +264,7 @@ fn timm_attention(bundle: &Bundle) -> Result<Report> {
         #[serde(default)]
         norm_layer: Option<String>,
     }
+    sizeless_config!(Timm);
     let (mut config, timm): (AttentionConfig, Timm) = bundle.config_parts(&["fused_attn"])?;
     if let Some(name) = &timm.norm_layer {
         config.norm = norm_layer(bundle, "norm_layer", name)?;

@@ -23,7 +23,10 @@ use replica_blocks::patch_embed::{PatchEmbed, PatchEmbedConfig};
 use replica_blocks::{
     Activation, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig,
 };
-use replica_check::{check_block, Bundle, Case, Report, Result, WeightMap};
+use replica_check::config_check::{all_positive, drop_rate};
+use replica_check::{
+    check_block, sizeless_config, Bundle, Case, ConfigCheck, Footprint, Report, Result, WeightMap, Workload,
+};
 use serde::Deserialize;
 
 use crate::case;
@@ -113,6 +116,11 @@ fn activation(bundle: &Bundle) -> Result<Report> {
     struct Config {
         hidden_act: Activation,
     }
+    impl ConfigCheck for Config {
+        fn footprint(&self, work: &Workload) -> Footprint {
+            Footprint::activations(work.bytes(work.elements() * 4))
+        }
+    }
     let config: Config = bundle.config()?;
     check_block(bundle, WeightMap::new(), |_| Ok(config.hidden_act), Activation::forward)
 }
@@ -147,6 +155,26 @@ struct TimmGlu {
     /// `GluMlp` only: the second half of `fc1` is the gate (timm's default).
     #[serde(default)]
     gate_last: Option<bool>,
+}
+
+impl ConfigCheck for TimmGlu {
+    fn validate(&self) -> std::result::Result<(), String> {
+        all_positive(&[
+            ("in_features", self.in_features),
+            ("hidden_features", self.hidden_features),
+        ])?;
+        if let Some(out) = self.out_features {
+            all_positive(&[("out_features", out)])?;
+        }
+        drop_rate("drop", self.drop)
+    }
+
+    /// As a gated MLP whose branches are `hidden_features` wide: `SwiGLU`'s, and an
+    /// upper bound of `GluMlp`'s (half as wide).
+    fn footprint(&self, work: &Workload) -> Footprint {
+        self.config(self.hidden_features, GluMlpNames::default())
+            .footprint(work)
+    }
 }
 
 impl TimmGlu {
@@ -222,6 +250,15 @@ fn class_token(bundle: &Bundle) -> Result<Report> {
     fn no_pos_embed() -> String {
         "none".into()
     }
+    impl ConfigCheck for Args {
+        fn validate(&self) -> std::result::Result<(), String> {
+            ClassTokenConfig { dim: self.dim }.validate()
+        }
+
+        fn footprint(&self, work: &Workload) -> Footprint {
+            ClassTokenConfig { dim: self.dim }.footprint(work)
+        }
+    }
     let args: Args = bundle.config()?;
     if !args.class_token {
         return Err(bundle.config_error(
@@ -263,6 +300,8 @@ struct Mode {
     #[serde(default)]
     training: bool,
 }
+
+sizeless_config!(Mode);
 
 /// The cases run dropout in eval mode: a training-mode reference drew random masks
 /// that cannot be reproduced.

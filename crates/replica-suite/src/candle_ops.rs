@@ -6,7 +6,12 @@
 
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
-use replica_check::{tap, tap_tuple, Bundle, Case, Parity, Report, Result, Unmatched, WeightMap};
+use replica_blocks::LinearConfig;
+use replica_check::config_check::{all_positive, non_negative};
+use replica_check::{
+    sizeless_config, tap, tap_tuple, Bundle, Case, ConfigCheck, Footprint, Parity, Report, Result, Size, Unmatched,
+    WeightMap, Workload,
+};
 use serde::Deserialize;
 
 use crate::case;
@@ -44,6 +49,23 @@ fn linear(bundle: &Bundle) -> Result<Report> {
         out_features: usize,
         #[serde(default = "yes")]
         bias: bool,
+    }
+    impl Args {
+        fn linear(&self) -> LinearConfig {
+            LinearConfig {
+                bias: self.bias,
+                ..LinearConfig::new(self.in_features, self.out_features)
+            }
+        }
+    }
+    impl ConfigCheck for Args {
+        fn validate(&self) -> std::result::Result<(), String> {
+            self.linear().validate()
+        }
+
+        fn footprint(&self, work: &Workload) -> Footprint {
+            self.linear().footprint(work)
+        }
     }
     let args: Args = bundle.config()?;
     let mut run = Parity::new(bundle)?;
@@ -94,14 +116,44 @@ fn default_eps() -> f64 {
     1e-5
 }
 
+impl NormalizedShape {
+    fn dims(&self) -> Vec<usize> {
+        match self {
+            NormalizedShape::One(n) => vec![*n],
+            NormalizedShape::Many(dims) => dims.clone(),
+        }
+    }
+}
+
+impl ConfigCheck for LayerNormArgs {
+    fn validate(&self) -> std::result::Result<(), String> {
+        for (i, &n) in self.normalized_shape.dims().iter().enumerate() {
+            all_positive(&[(&format!("normalized_shape.{i}"), n)])?;
+        }
+        non_negative("eps", self.eps)
+    }
+
+    /// The weight and bias over the normalised shape, and a few copies of the input
+    /// (the composed norm for the gradients).
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dims = self.normalized_shape.dims();
+        let features: Size = dims
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Size::field(&format!("normalized_shape.{i}"), n))
+            .fold(Size::count(1), |product, n| product * n);
+        Footprint {
+            params: work.bytes(features * 2),
+            activations: work.bytes(work.elements() * 6),
+        }
+    }
+}
+
 /// The epsilon, after refusing what the case does not compute: a norm over more than
 /// the last dimension, or one without its weight and bias.
 fn layer_norm_eps(bundle: &Bundle, x: &Tensor) -> Result<f64> {
     let args: LayerNormArgs = bundle.config()?;
-    let shape = match args.normalized_shape {
-        NormalizedShape::One(n) => vec![n],
-        NormalizedShape::Many(dims) => dims,
-    };
+    let shape = args.normalized_shape.dims();
     let last = x.dim(D::Minus1)?;
     if shape != [last] {
         return Err(bundle.config_error(
@@ -153,6 +205,12 @@ fn softmax(bundle: &Bundle) -> Result<Report> {
     struct Args {
         dim: i64,
     }
+    impl ConfigCheck for Args {
+        /// The fused and the composed softmax, and the gradient.
+        fn footprint(&self, work: &Workload) -> Footprint {
+            Footprint::activations(work.bytes(work.elements() * 6))
+        }
+    }
     let args: Args = bundle.config()?;
     let mut run = Parity::new(bundle)?;
     let x = run.input("0")?;
@@ -184,6 +242,11 @@ fn gelu(bundle: &Bundle) -> Result<Report> {
     fn exact() -> String {
         "none".into()
     }
+    impl ConfigCheck for Args {
+        fn footprint(&self, work: &Workload) -> Footprint {
+            Footprint::activations(work.bytes(work.elements() * 4))
+        }
+    }
     let args: Args = bundle.config()?;
     let op = match args.approximate.as_str() {
         "none" => Tensor::gelu_erf,
@@ -211,6 +274,7 @@ fn multihead_attention(bundle: &Bundle) -> Result<Report> {
         #[serde(default = "yes")]
         average_attn_weights: bool,
     }
+    sizeless_config!(Call);
     let (module, call): (MultiheadArgs, Call) = bundle.config_parts(&[])?;
     module.check(bundle)?;
     if module.kdim.is_some_and(|kdim| kdim != module.embed_dim) {
@@ -315,6 +379,36 @@ fn two_layer_mlp(bundle: &Bundle) -> Result<Report> {
     struct Args {
         activation: String,
         sizes: Vec<usize>,
+    }
+    impl Args {
+        fn widths(&self) -> Vec<Size> {
+            let field = |i: usize, n: usize| Size::field(&format!("sizes.{i}"), n);
+            self.sizes.iter().enumerate().map(|(i, &n)| field(i, n)).collect()
+        }
+    }
+    impl ConfigCheck for Args {
+        fn validate(&self) -> std::result::Result<(), String> {
+            if self.sizes.len() != 3 {
+                return Err(format!(
+                    "`sizes` must be the three widths [in, hidden, out], got {} numbers",
+                    self.sizes.len()
+                ));
+            }
+            for (i, &n) in self.sizes.iter().enumerate() {
+                all_positive(&[(&format!("sizes.{i}"), n)])?;
+            }
+            Ok(())
+        }
+
+        /// Two layers with biases; per row every width, twice.
+        fn footprint(&self, work: &Workload) -> Footprint {
+            let [a, b, c] =
+                <[Size; 3]>::try_from(self.widths()).unwrap_or_else(|_| std::array::from_fn(|_| Size::ZERO));
+            Footprint {
+                params: work.bytes(a.clone() * b.clone() + b.clone() * c.clone() + b.clone() + c.clone()),
+                activations: work.bytes(work.rows() * (a + b + c) * 2),
+            }
+        }
     }
     let args: Args = bundle.config()?;
     if args.activation != "gelu" {

@@ -27,8 +27,10 @@ use replica_blocks::rope::{Rope, RopeStyle};
 use replica_blocks::transformer_block::{
     BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig,
 };
+use replica_check::config_check::{at_most, finite_positive, non_negative, positive, probability};
 use replica_check::{
-    check_block, tap_tuple, trace, BlockCheck, Bundle, Case, Error, Report, Result, TraceMap, Unmatched, WeightMap,
+    check_block, tap_tuple, trace, BlockCheck, Bundle, Case, ConfigCheck, Error, Footprint, Report, Result, TraceMap,
+    Unmatched, WeightMap, Workload,
 };
 use serde::Deserialize;
 
@@ -91,6 +93,30 @@ struct HfLayer {
     scale_attn_by_inverse_layer_idx: bool,
     #[serde(default)]
     reorder_and_upcast_attn: bool,
+}
+
+impl ConfigCheck for HfLayer {
+    fn validate(&self) -> std::result::Result<(), String> {
+        for (field, eps) in [
+            ("layer_norm_epsilon", self.layer_norm_epsilon),
+            ("rms_norm_eps", self.rms_norm_eps),
+        ] {
+            if let Some(eps) = eps {
+                non_negative(field, eps)?;
+            }
+        }
+        if let Some(positions) = self.n_positions {
+            positive("n_positions", positions)?;
+            at_most("n_positions", positions, u64::from(u32::MAX))?;
+        }
+        Ok(())
+    }
+
+    /// Nothing of its own: the layer built from these settings is admitted when it
+    /// is built (GPT-J's rotary tables of `n_positions` rows among it).
+    fn footprint(&self, _: &Workload) -> Footprint {
+        Footprint::NONE
+    }
 }
 
 impl HfLayer {
@@ -210,27 +236,49 @@ fn timm_block(bundle: &Bundle) -> Result<Report> {
     fn gelu() -> Activation {
         Activation::Gelu
     }
+    impl Args {
+        /// The block these arguments build (with timm's LayerNorm: `norm_layer` is read apart).
+        fn block(&self) -> TransformerBlockConfig {
+            let mut config = TransformerBlockConfig::timm(
+                self.dim,
+                self.num_heads,
+                self.mlp_ratio,
+                self.qkv_bias,
+                self.qk_norm,
+                self.init_values,
+            );
+            config.norm_eps = self.norm_eps;
+            config.attention.norm_eps = self.norm_eps;
+            config.attention.attention_dropout = self.attn_drop;
+            config.attention.proj_dropout = self.proj_drop as f32;
+            config.drop_path = self.drop_path;
+            if let FeedForwardConfig::Mlp(mlp) = &mut config.feed_forward {
+                mlp.activation = self.act_layer;
+                mlp.dropout = self.proj_drop;
+            }
+            config
+        }
+    }
+    impl ConfigCheck for Args {
+        fn validate(&self) -> std::result::Result<(), String> {
+            positive("dim", self.dim)?;
+            positive("num_heads", self.num_heads)?;
+            finite_positive("mlp_ratio", self.mlp_ratio)?;
+            non_negative("norm_eps", self.norm_eps)?;
+            probability("attn_drop", f64::from(self.attn_drop))?;
+            probability("proj_drop", self.proj_drop)?;
+            self.block().validate()
+        }
+
+        fn footprint(&self, work: &Workload) -> Footprint {
+            self.block().footprint(work)
+        }
+    }
     let args: Args = bundle.config()?;
-    let mut config = TransformerBlockConfig::timm(
-        args.dim,
-        args.num_heads,
-        args.mlp_ratio,
-        args.qkv_bias,
-        args.qk_norm,
-        args.init_values,
-    );
+    let mut config = args.block();
     if let Some(name) = &args.norm_layer {
         config.norm = norm_layer(bundle, "norm_layer", name)?;
         config.attention.norm = config.norm;
-    }
-    config.norm_eps = args.norm_eps;
-    config.attention.norm_eps = args.norm_eps;
-    config.attention.attention_dropout = args.attn_drop;
-    config.attention.proj_dropout = args.proj_drop as f32;
-    config.drop_path = args.drop_path;
-    if let FeedForwardConfig::Mlp(mlp) = &mut config.feed_forward {
-        mlp.activation = args.act_layer;
-        mlp.dropout = args.proj_drop;
     }
     check_block(
         bundle,
@@ -360,6 +408,33 @@ fn post_norm_layer(bundle: &Bundle) -> Result<Report> {
         #[serde(default = "yes")]
         bias: bool,
     }
+    impl Args {
+        fn block(&self) -> TransformerBlockConfig {
+            TransformerBlockConfig::torch_encoder(
+                self.d_model,
+                self.nhead,
+                self.dim_feedforward,
+                self.dropout,
+                self.activation,
+                self.layer_norm_eps,
+                self.norm_first,
+            )
+        }
+    }
+    impl ConfigCheck for Args {
+        fn validate(&self) -> std::result::Result<(), String> {
+            positive("d_model", self.d_model)?;
+            positive("nhead", self.nhead)?;
+            positive("dim_feedforward", self.dim_feedforward)?;
+            probability("dropout", self.dropout)?;
+            non_negative("layer_norm_eps", self.layer_norm_eps)?;
+            self.block().validate()
+        }
+
+        fn footprint(&self, work: &Workload) -> Footprint {
+            self.block().footprint(work)
+        }
+    }
     let args: Args = bundle.config()?;
     if !args.batch_first {
         return Err(bundle.config_error(
@@ -370,15 +445,7 @@ fn post_norm_layer(bundle: &Bundle) -> Result<Report> {
     if !args.bias {
         return Err(bundle.config_error("bias", "the layer is built with biases: expected true, got false"));
     }
-    let config = TransformerBlockConfig::torch_encoder(
-        args.d_model,
-        args.nhead,
-        args.dim_feedforward,
-        args.dropout,
-        args.activation,
-        args.layer_norm_eps,
-        args.norm_first,
-    );
+    let config = args.block();
     let map = WeightMap::new()
         .split(
             r"^self_attn\.in_proj_weight$",

@@ -273,7 +273,19 @@ fn generation_task(run: &Parity) -> Result<(Vec<u32>, usize)> {
     let bundle = run.bundle();
     let prompt = run.input("0")?.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
     let expected = bundle.output("0")?.elem_count();
-    let prompt: Vec<u32> = prompt.into_iter().map(|t| t as u32).collect();
+    // Token ids are u32: one outside that range is refused, never truncated to another token.
+    let prompt = prompt
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            u32::try_from(id).map_err(|_| {
+                Error::config(
+                    bundle.origin(),
+                    format!("input/0: token id {id} at position {i} is not in 0..={}", u32::MAX),
+                )
+            })
+        })
+        .collect::<Result<Vec<u32>>>()?;
     let new_tokens = expected
         .checked_sub(prompt.len())
         .ok_or_else(|| Error::config(bundle.origin(), "output/0 is shorter than the prompt"))?;

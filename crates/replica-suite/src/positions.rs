@@ -14,9 +14,10 @@ use replica_blocks::papers::{ALIBI, ATTENTION_IS_ALL_YOU_NEED, CONV_SEQ2SEQ, ROF
 use replica_blocks::position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
 use replica_blocks::rope::{Rope, RopeConfig, RopeStyle};
 use replica_blocks::sinusoidal::{SinusoidalConfig, SinusoidalPositionEmbedding};
+use replica_check::config_check::positive;
 use replica_check::{
-    check_block, tap_tuple, trace, BlockCheck, Bundle, Case, Error, Namespace, Parity, Report, Result, Tolerance,
-    TraceMap, WeightMap,
+    check_block, sizeless_config, tap_tuple, trace, BlockCheck, Bundle, Case, ConfigCheck, Error, Footprint, Namespace,
+    Parity, Report, Result, Size, Tolerance, TraceMap, WeightMap, Workload,
 };
 use serde::Deserialize;
 
@@ -61,6 +62,9 @@ struct Offset {
     offset: usize,
 }
 
+// Offsets and past lengths are checked against the tables where they are used.
+sizeless_config!(Offset);
+
 /// The rotary embedding of a HF model config, and the position offset.
 fn hf_rope(bundle: &Bundle, model: &str) -> Result<(RopeConfig, usize)> {
     let (attention, offset): (AttentionConfig, Offset) = bundle.config_parts(&outside_rope())?;
@@ -94,14 +98,27 @@ fn rope_interleaved_partial(bundle: &Bundle) -> Result<Report> {
         max_position_embeddings: usize,
         offset: usize,
     }
+    impl Args {
+        fn rope(&self) -> RopeConfig {
+            RopeConfig {
+                style: RopeStyle::Interleaved,
+                rotary_features: Some(self.rotary_dim),
+                max_positions: self.max_position_embeddings,
+                ..RopeConfig::new(self.head_dim)
+            }
+        }
+    }
+    impl ConfigCheck for Args {
+        fn validate(&self) -> std::result::Result<(), String> {
+            self.rope().validate()
+        }
+
+        fn footprint(&self, work: &Workload) -> Footprint {
+            self.rope().footprint(work)
+        }
+    }
     let args: Args = bundle.config()?;
-    let config = RopeConfig {
-        style: RopeStyle::Interleaved,
-        rotary_features: Some(args.rotary_dim),
-        max_positions: args.max_position_embeddings,
-        ..RopeConfig::new(args.head_dim)
-    };
-    rope_pair(bundle, &config, args.offset, false)
+    rope_pair(bundle, &args.rope(), args.offset, false)
 }
 
 // ------------------------------------------------------ absolute positions
@@ -116,6 +133,13 @@ fn vb_from_params<'a>(run: &Parity, dtype: DType, device: &Device) -> VarBuilder
     )
 }
 
+/// A whole sinusoidal table of `rows` positions (the config field `field`), as wide
+/// as the input's features, compared with the reference's stored one.
+fn whole_table(field: &str, rows: usize, work: &Workload) -> Footprint {
+    let features = Size::count(work.elements / work.rows.max(1));
+    Footprint::params(Size::field(field, rows) * features * 4 * 3)
+}
+
 /// The paper's interleaved table added to the input; the whole table is also
 /// compared with the reference's `pe` buffer.
 fn sinusoidal_paper(bundle: &Bundle) -> Result<Report> {
@@ -123,6 +147,15 @@ fn sinusoidal_paper(bundle: &Bundle) -> Result<Report> {
     struct Rows {
         max_positions: usize,
         offset: usize,
+    }
+    impl ConfigCheck for Rows {
+        fn validate(&self) -> std::result::Result<(), String> {
+            positive("max_positions", self.max_positions)
+        }
+
+        fn footprint(&self, work: &Workload) -> Footprint {
+            whole_table("max_positions", self.max_positions, work)
+        }
     }
     let (config, rows): (SinusoidalConfig, Rows) = bundle.config_parts(&[])?;
     let mut run = Parity::new(bundle)?;
@@ -143,6 +176,15 @@ fn sinusoidal_marian(bundle: &Bundle) -> Result<Report> {
     struct Table {
         num_positions: usize,
         cache_length: usize,
+    }
+    impl ConfigCheck for Table {
+        fn validate(&self) -> std::result::Result<(), String> {
+            positive("num_positions", self.num_positions)
+        }
+
+        fn footprint(&self, work: &Workload) -> Footprint {
+            whole_table("num_positions", self.num_positions, work)
+        }
     }
     let (config, table): (SinusoidalConfig, Table) = bundle.config_parts(&[])?;
     let mut run = Parity::new(bundle)?;
@@ -169,6 +211,7 @@ fn learned_position(bundle: &Bundle) -> Result<Report> {
     struct Past {
         past_length: usize,
     }
+    sizeless_config!(Past);
     let (config, past): (LearnedPositionConfig, Past) = bundle.config_parts(&[])?;
     check_block(
         bundle,
@@ -188,6 +231,7 @@ fn alibi(bundle: &Bundle) -> Result<Report> {
         #[serde(default)]
         causal: bool,
     }
+    sizeless_config!(Mask);
     let (config, mask): (AlibiConfig, Mask) = bundle.config_parts(&[])?;
     BlockCheck::new(bundle)
         .inputs(&["0", "1", "2"])

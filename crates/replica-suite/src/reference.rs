@@ -5,7 +5,8 @@
 
 use replica_blocks::attention::AttentionConfig;
 use replica_blocks::norm::NormKind;
-use replica_check::{Bundle, Result};
+use replica_check::config_check::{all_positive, probability};
+use replica_check::{sizeless_config, Bundle, ConfigCheck, Footprint, Result, Size, Workload};
 use serde::Deserialize;
 
 /// serde's default for the torch arguments that default to `True`.
@@ -54,6 +55,7 @@ pub fn attention_config(bundle: &Bundle) -> Result<AttentionConfig> {
         #[allow(dead_code)] // read so that it is not refused
         offset: Option<usize>,
     }
+    sizeless_config!(Rest);
     let (config, _, _): (AttentionConfig, AttentionPattern, Rest) = bundle.config_parts(&outside_rope())?;
     Ok(config)
 }
@@ -72,6 +74,9 @@ pub(crate) struct AttentionPattern {
     #[serde(default)]
     use_bidirectional_attention: Option<bool>,
 }
+
+// The pattern only decides which scores are masked; `check` refuses what is not implemented.
+sizeless_config!(AttentionPattern);
 
 impl AttentionPattern {
     /// Refuses what the causal, full attention of the block does not compute on `seq` tokens.
@@ -151,6 +156,37 @@ pub struct MultiheadArgs {
     /// An extra zero key/value row; refused.
     #[serde(default)]
     pub add_zero_attn: bool,
+}
+
+impl ConfigCheck for MultiheadArgs {
+    fn validate(&self) -> std::result::Result<(), String> {
+        all_positive(&[("embed_dim", self.embed_dim), ("num_heads", self.num_heads)])?;
+        if self.embed_dim % self.num_heads != 0 {
+            return Err(format!(
+                "`embed_dim` {} is not divisible by `num_heads` {}",
+                self.embed_dim, self.num_heads
+            ));
+        }
+        for (field, width) in [("kdim", self.kdim), ("vdim", self.vdim)] {
+            if let Some(width) = width {
+                all_positive(&[(field, width)])?;
+            }
+        }
+        probability("dropout", f64::from(self.dropout))
+    }
+
+    /// The query, key, value and output projections; per row the projections and
+    /// output, and per head a score for every key.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dim = Size::field("embed_dim", self.embed_dim);
+        let context = self.kdim.map_or(dim.clone(), |k| Size::field("kdim", k))
+            + self.vdim.map_or(dim.clone(), |v| Size::field("vdim", v));
+        let heads = Size::field("num_heads", self.num_heads);
+        Footprint {
+            params: work.bytes(dim.clone() * (dim.clone() * 2 + context + Size::count(4))),
+            activations: work.bytes(work.rows() * dim * 8 + work.rows() * heads * work.len() * 3),
+        }
+    }
 }
 
 impl MultiheadArgs {

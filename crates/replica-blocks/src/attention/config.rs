@@ -3,9 +3,12 @@
 //! HF v5 `rope_parameters`) they ask for.
 
 use candle_core::Result;
+use replica_check::config_check::{finite, finite_positive, non_negative, positive};
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 use super::AttentionNames;
+use crate::alibi::AlibiConfig;
 use crate::norm::NormKind;
 use crate::rope::{RopeConfig, RopeStyle};
 
@@ -244,5 +247,111 @@ impl AttentionConfig {
     /// The scale of the scores.
     pub fn score_scale(&self) -> Option<f64> {
         self.scale.or(self.query_pre_attn_scalar.map(|s| 1.0 / s.sqrt()))
+    }
+}
+
+impl ConfigCheck for AttentionConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("dim", self.dim)?;
+        let heads = self.heads;
+        if heads == 0 {
+            return Err("heads must be positive".into());
+        }
+        match self.head_dim() {
+            Some(0) => return Err("head_dim must be positive".into()),
+            Some(_) => {}
+            None => {
+                return Err(format!(
+                    "dim {} is not divisible by {heads} heads (set head_dim for heads of another size)",
+                    self.dim
+                ))
+            }
+        }
+        let kv_heads = self.kv_heads();
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(format!(
+                "{heads} query heads cannot share {kv_heads} key/value heads (heads must be a multiple of kv_heads)"
+            ));
+        }
+        for (name, p) in [
+            ("attention_dropout", self.attention_dropout),
+            ("proj_dropout", self.proj_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("{name} must be in [0, 1), got {p}"));
+            }
+        }
+        if let Some(cap) = self.softcap {
+            if !(cap > 0.0 && cap.is_finite()) {
+                return Err(format!("softcap must be positive, got {cap}"));
+            }
+        }
+        if let Some(context_dim) = self.context_dim {
+            positive("context_dim", context_dim)?;
+        }
+        if let Some(out_dim) = self.out_dim {
+            positive("out_dim", out_dim)?;
+        }
+        non_negative("norm_eps", self.norm_eps)?;
+        if let Some(scale) = self.scale {
+            finite("scale", scale)?;
+        }
+        if let Some(scalar) = self.query_pre_attn_scalar {
+            finite_positive("query_pre_attn_scalar", scalar)?;
+        }
+        let context_dim = self.context_dim.unwrap_or(self.dim);
+        if self.fused_qkv && context_dim != self.dim {
+            return Err(format!(
+                "a fused qkv projection reads one input, but context_dim {context_dim} differs from dim {}",
+                self.dim
+            ));
+        }
+        let rope = self.rope_config().map_err(|e| e.to_string())?;
+        if rope.is_some() && self.alibi {
+            return Err("choose rotary embeddings or ALiBi, not both".into());
+        }
+        match rope {
+            Some(rope) => rope.validate().map_err(|message| format!("rope: {message}")),
+            None => Ok(()),
+        }
+    }
+
+    /// The projections (fused or not), biases and norms, the rotary tables or ALiBi
+    /// slopes; per row its projections, the keys and values repeated to every
+    /// head, the output, and per head a score for every key (scores, probabilities
+    /// and their dropout).
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let dim = Size::field("dim", self.dim);
+        let heads = Size::field("heads", self.heads);
+        let kv_heads = self.kv_heads.map_or(heads.clone(), |kv| Size::field("kv_heads", kv));
+        let head_dim = match self.head_dim {
+            Some(head_dim) => Size::field("head_dim", head_dim),
+            None => Size::from_field("dim", self.dim, self.head_dim().unwrap_or(0)),
+        };
+        let context = self.context_dim.map_or(dim.clone(), |c| Size::field("context_dim", c));
+        let out = self.out_dim.map_or(dim.clone(), |o| Size::field("out_dim", o));
+        let q = heads.clone() * head_dim.clone();
+        let kv = kv_heads * head_dim.clone();
+        let projections = if self.fused_qkv {
+            dim * (q.clone() + kv.clone() * 2)
+        } else {
+            dim * q.clone() + context * kv.clone() * 2
+        };
+        let biases = q.clone() + kv.clone() * 2 + out.clone();
+        let norms = head_dim * 4 + q.clone() * 2;
+        let own = Footprint {
+            params: work.bytes(projections + q.clone() * out.clone() + biases + norms),
+            activations: work.bytes(work.rows() * (q * 4 + kv * 4 + out) + work.rows() * heads * work.len() * 3),
+        };
+        let rope = match self.rope_config() {
+            Ok(Some(rope)) => rope.footprint(work),
+            _ => Footprint::NONE,
+        };
+        let alibi = if self.alibi {
+            AlibiConfig::new(self.heads).footprint(work)
+        } else {
+            Footprint::NONE
+        };
+        own + rope + alibi
     }
 }

@@ -4,6 +4,8 @@ use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::dropout::Dropout;
 use replica_blocks::{papers, Activation, Linear, LinearConfig};
+use replica_check::config_check::all_positive;
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 use crate::{Architecture, Family, ModelConfig, Preset};
@@ -22,12 +24,30 @@ pub struct PerceptronConfig {
     pub dropout: f64,
 }
 
-impl ModelConfig for PerceptronConfig {
+impl ModelConfig for PerceptronConfig {}
+
+impl ConfigCheck for PerceptronConfig {
     fn validate(&self) -> Result<(), String> {
+        all_positive(&[
+            ("in_features", self.in_features),
+            ("hidden_features", self.hidden_features),
+            ("out_features", self.out_features),
+        ])?;
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("`dropout` must be in [0, 1), got {}", self.dropout));
         }
         Ok(())
+    }
+
+    /// The two layers' weights and biases; per input row its hidden and output features.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let hidden = Size::field("hidden_features", self.hidden_features);
+        let out = Size::field("out_features", self.out_features);
+        let weights = Size::field("in_features", self.in_features) * hidden.clone() + hidden.clone() * out.clone();
+        Footprint {
+            params: work.bytes(weights + hidden.clone() + out.clone()),
+            activations: work.bytes(work.rows() * (hidden * 3 + out)),
+        }
     }
 }
 
