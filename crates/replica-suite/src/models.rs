@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use replica_blocks::papers::VIT;
 use replica_check::{Bundle, Case, Namespace, Parity, Report, TraceMap, TraceReport, Unmatched};
+use replica_models::bert::{l2_normalize, mean_pooling};
 use replica_models::config::bundle_config;
 use replica_models::generation::{generate_greedy, CausalLm, GenerateOptions};
-use replica_models::bert::{l2_normalize, mean_pooling};
 use replica_models::papers::{BERT, GEMMA, GPT2, LLAMA, MISTRAL, SENTENCE_BERT};
 use replica_models::{Architecture, Bert, BertConfig, Error, Gemma, Gpt2, Llama, LoadCheckpoint, Result, Vit};
 
@@ -227,6 +227,15 @@ pub fn vit_parity(bundle: &Bundle) -> Result<ModelParity> {
     })
 }
 
+/// Each BERT layer's `BertSelfAttention` output the bundle records, which the port
+/// keeps inside its attention block: the reference's alone.
+fn self_attention_outputs(bundle: &Bundle) -> Vec<&str> {
+    (bundle.metadata().activations.iter())
+        .map(String::as_str)
+        .filter(|name| name.contains("encoder.layer.") && name.ends_with(".attention.self:0"))
+        .collect()
+}
+
 /// HF `BertModel` on a ragged, padded batch with two segments (or on the token ids
 /// alone, `input/0` or `input/input_ids`, the segments and mask then defaulting as
 /// HF defaults them): the last hidden
@@ -236,11 +245,7 @@ pub fn vit_parity(bundle: &Bundle) -> Result<ModelParity> {
 /// `BertSelfAttention` returns the context before the output projection
 /// (`attention.self:0`), which the port's attention block keeps internal.
 pub fn bert_parity(bundle: &Bundle) -> Result<ModelParity> {
-    // Each layer's `BertSelfAttention` output, which the port keeps inside its attention block.
-    let inner: Vec<&str> = (bundle.metadata().activations.iter())
-        .map(String::as_str)
-        .filter(|name| name.starts_with("encoder.layer.") && name.ends_with(".attention.self:0"))
-        .collect();
+    let inner = self_attention_outputs(bundle);
     let io = ModelIo {
         inputs: &[
             INPUT_IDS,
@@ -279,12 +284,13 @@ pub fn bert_parity(bundle: &Bundle) -> Result<ModelParity> {
 /// from `--weights` and its `config.json` from `--config`) has none.
 pub fn sentence_parity(bundle: &Bundle) -> Result<ModelParity> {
     // The pipeline's modules pass the token embeddings and the mask on, as they came.
-    let passed_on: Vec<&str> = ["pooling", "normalize"]
+    let mut reference_only: Vec<&str> = ["pooling", "normalize"]
         .iter()
         .flat_map(|module| [format!("{module}:token_embeddings"), format!("{module}:attention_mask")])
         .filter_map(|name| bundle.metadata().activations.iter().find(|a| **a == name))
         .map(String::as_str)
         .collect();
+    reference_only.extend(self_attention_outputs(bundle));
     let io = ModelIo {
         inputs: &[
             INPUT_IDS,
@@ -301,7 +307,7 @@ pub fn sentence_parity(bundle: &Bundle) -> Result<ModelParity> {
         ties: &[],
         unmatched: Unmatched {
             port_only: &[],
-            reference_only: &passed_on,
+            reference_only: &reference_only,
         },
     };
     // The pipeline uses the encoder's hidden states only: no pooler.
@@ -313,14 +319,25 @@ pub fn sentence_parity(bundle: &Bundle) -> Result<ModelParity> {
         Bert::from_tensors(&config, params, bundle.origin(), dtype, device)
     };
     let under_bert = TraceMap::new().rename("^", "bert.");
+    // A bundle of the embeddings alone (a real model's) records no activation to compare.
+    let traced = !bundle.metadata().activations.is_empty();
     check_model(bundle, &io, load, |model, inputs| {
         let (ids, mask, types) = (&inputs[0], &inputs[1], &inputs[2]);
-        let hidden = replica_check::mapped(&under_bert, || model.forward(ids, Some(types), Some(mask)))?.last_hidden_state;
-        replica_check::tap("bert:last_hidden_state", &hidden);
-        let pooled = mean_pooling(&hidden, mask)?;
-        replica_check::tap("pooling:sentence_embedding", &pooled);
-        let embeddings = l2_normalize(&pooled)?;
-        replica_check::tap("normalize:sentence_embedding", &embeddings);
+        let embed = || -> candle_core::Result<Tensor> {
+            let hidden = replica_check::mapped(&under_bert, || model.forward(ids, Some(types), Some(mask)))?;
+            let hidden = hidden.last_hidden_state;
+            replica_check::tap("bert:last_hidden_state", &hidden);
+            let pooled = mean_pooling(&hidden, mask)?;
+            replica_check::tap("pooling:sentence_embedding", &pooled);
+            let embeddings = l2_normalize(&pooled)?;
+            replica_check::tap("normalize:sentence_embedding", &embeddings);
+            Ok(embeddings)
+        };
+        let embeddings = if traced {
+            embed()?
+        } else {
+            replica_check::trace::untraced(embed)?
+        };
         Ok(vec![embeddings])
     })
 }

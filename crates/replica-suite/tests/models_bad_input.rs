@@ -297,7 +297,10 @@ fn config_fields_the_model_does_not_implement_are_refused() {
     let config = with(&config_of("models/llama"), "sliding_window", json!(4));
     assert_contains(
         &message(LlamaConfig::from_value(&config, "llama/config.json")),
-        &["llama/config.json", "sliding_window is set; LLaMA attends to every earlier token"],
+        &[
+            "llama/config.json",
+            "sliding_window is set; LLaMA attends to every earlier token",
+        ],
     );
     let config = with(&config_of("models/bert"), "hidden_size", json!("32"));
     assert_contains(
