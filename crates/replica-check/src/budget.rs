@@ -370,6 +370,13 @@ impl Workload {
         }
     }
 
+    /// The hidden states of a model whose inputs are token ids (`[batch, seq]`):
+    /// the same sequences, `width` features per token.
+    pub fn as_tokens(&self, width: usize) -> Workload {
+        let batch = self.batch.max(1);
+        Workload::tokens(batch, (self.elements / batch).max(1), width, self.element_bytes)
+    }
+
     /// [`Workload::batch`] as a [`Size`].
     pub fn batch(&self) -> Size {
         Size::count(self.batch)

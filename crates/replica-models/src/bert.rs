@@ -29,7 +29,7 @@ use replica_check::{tap, ConfigCheck, Footprint, Size, TraceMap, WeightMap, Work
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{positive, probabilities, token_workload};
+use crate::config::{positive, probabilities};
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
 
 fn yes() -> bool {
@@ -158,7 +158,7 @@ impl ConfigCheck for BertConfig {
     /// The word, position and token-type tables, their LayerNorm and the pooler;
     /// per token the embeddings; the layers.
     fn footprint(&self, work: &Workload) -> Footprint {
-        let hidden = token_workload(work, self.hidden_size);
+        let hidden = work.as_tokens(self.hidden_size);
         let dim = Size::field("hidden_size", self.hidden_size);
         let rows = Size::field("vocab_size", self.vocab_size)
             + Size::field("max_position_embeddings", self.max_position_embeddings)

@@ -70,13 +70,6 @@ pub fn bundle_config<T: ModelConfig>(bundle: &Bundle) -> Result<T> {
     Ok(config)
 }
 
-/// The hidden states of a model whose inputs are token ids `[batch, seq]` (and
-/// masks of that shape): one row of `width` features per token.
-pub(crate) fn token_workload(work: &Workload, width: usize) -> Workload {
-    let batch = work.batch.max(1);
-    Workload::tokens(batch, (work.elements / batch).max(1), width, work.element_bytes)
-}
-
 /// `base` with the fields of `overrides` (a JSON object) put over it, as timm's
 /// `create_model(name, **kwargs)` does; nested objects are merged field by field.
 pub fn merge_overrides(base: &Value, overrides: &Value, origin: impl AsRef<Path>) -> Result<Value> {

@@ -28,7 +28,7 @@ use replica_check::{ConfigCheck, Footprint, Size, WeightMap, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{positive, probabilities, token_workload};
+use crate::config::{positive, probabilities};
 use crate::generation::{decoder_positions, CausalLm};
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
 
@@ -157,7 +157,7 @@ impl ConfigCheck for Gpt2Config {
     /// `wte`, `wpe`, `ln_f` and an untied head; per token the logits (and their
     /// gradient); `n_layer` blocks.
     fn footprint(&self, work: &Workload) -> Footprint {
-        let hidden = token_workload(work, self.n_embd);
+        let hidden = work.as_tokens(self.n_embd);
         let dim = Size::field("n_embd", self.n_embd);
         let vocab = Size::field("vocab_size", self.vocab_size);
         let heads = if self.tie_word_embeddings { 1 } else { 2 };

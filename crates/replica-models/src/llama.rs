@@ -24,7 +24,7 @@ use replica_check::{ConfigCheck, Footprint, Size, WeightMap, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{positive, probabilities, token_workload};
+use crate::config::{positive, probabilities};
 pub use crate::decoder::RopeParameters;
 use crate::decoder::{rope_theta, CausalDecoder, DecoderModel, DecoderSpec};
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
@@ -179,7 +179,7 @@ impl ConfigCheck for LlamaConfig {
     /// The token embedding, an untied head and the final norm; per token the
     /// logits (and their gradient); the layers, each with its rotary tables.
     fn footprint(&self, work: &Workload) -> Footprint {
-        let hidden = token_workload(work, self.hidden_size);
+        let hidden = work.as_tokens(self.hidden_size);
         let dim = Size::field("hidden_size", self.hidden_size);
         let vocab = Size::field("vocab_size", self.vocab_size);
         let heads = if self.tie_word_embeddings { 1 } else { 2 };

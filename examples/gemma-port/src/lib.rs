@@ -14,7 +14,10 @@ use replica::blocks::{
 };
 use replica::candle_core::{DType, Device, Result, Tensor};
 use replica::candle_nn::VarBuilder;
-use replica::check::{Bundle, Case, Parity, Report, Result as CheckResult, TraceReport, Unmatched, WeightMap};
+use replica::check::{
+    Bundle, Case, ConfigCheck, Footprint, Parity, Report, Result as CheckResult, Size, TraceReport, Unmatched,
+    WeightMap, Workload,
+};
 use replica::models::decoder::{rope_theta, RopeParameters};
 use serde::Deserialize;
 
@@ -41,18 +44,31 @@ pub struct GemmaConfig {
     pub model_type: String,
 }
 
-impl GemmaConfig {
+/// What the harness checks of a config before anything is built from it
+/// (`bundle.config()` runs both).
+impl ConfigCheck for GemmaConfig {
     /// Refuses what the port does not implement, so that it is never ignored.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    fn validate(&self) -> std::result::Result<(), String> {
         rope_theta(None, &None, &self.rope_parameters)?; // unscaled RoPE only
         match self {
             c if c.model_type != "gemma" => Err(format!("model_type `{}` is not gemma", c.model_type)),
             c if c.use_bidirectional_attention == Some(true) => Err("only causal attention".into()),
             c if !c.tie_word_embeddings => Err("only a tied LM head".into()),
-            _ => Ok(()),
+            c => c.layer().validate(),
         }
     }
 
+    /// The memory it needs, checked against the budget: the embedding (the head is
+    /// tied to it) and the layers, on the ids' hidden states.
+    fn footprint(&self, work: &Workload) -> Footprint {
+        let hidden = work.as_tokens(self.hidden_size);
+        let table = Size::field("vocab_size", self.vocab_size) * Size::field("hidden_size", self.hidden_size);
+        let layers = Size::field("num_hidden_layers", self.num_hidden_layers);
+        Footprint::params(hidden.bytes(table)) + self.layer().footprint(&hidden).times(layers)
+    }
+}
+
+impl GemmaConfig {
     /// One decoder layer, as `GemmaDecoderLayer`.
     pub fn layer(&self) -> TransformerBlockConfig {
         TransformerBlockConfig {
