@@ -165,19 +165,21 @@ pub(crate) fn compile_renames(rules: &[(String, String)]) -> Result<Vec<(Regex, 
     let mut renames = Vec::with_capacity(rules.len());
     for (pattern, replacement) in rules {
         let regex = Regex::new(pattern).map_err(|err| {
-            let why = err.to_string();
-            let why = why
-                .lines()
-                .last()
-                .unwrap_or("invalid")
-                .trim()
-                .trim_start_matches("error: ")
-                .to_string();
-            CliError::new(format!("--rename: `{pattern}` is not a regular expression: {why}"))
+            CliError::new(format!(
+                "--rename: `{pattern}` is not a regular expression: {}",
+                regex_why(&err)
+            ))
         })?;
         renames.push((regex, replacement.clone()));
     }
     Ok(renames)
+}
+
+/// Why a pattern is not a regular expression, in one line (the regex crate's last).
+pub(crate) fn regex_why(err: &regex::Error) -> String {
+    let text = err.to_string();
+    let last = text.lines().last().unwrap_or("invalid").trim();
+    last.trim_start_matches("error: ").to_string()
 }
 
 /// `name` after every rename rule, in order; each rewrites its first match, as a

@@ -317,14 +317,7 @@ impl SourceFile<'_> {
             regex::Regex::new(p.get_ref())
                 .map(|_| p.get_ref().clone())
                 .map_err(|err| {
-                    let why = err.to_string();
-                    let why = why
-                        .lines()
-                        .last()
-                        .unwrap_or("invalid")
-                        .trim()
-                        .trim_start_matches("error: ")
-                        .to_string();
+                    let why = crate::diff::regex_why(&err);
                     self.at(
                         p.span(),
                         format!("`{}` is not a regular expression: {why}", p.get_ref()),
