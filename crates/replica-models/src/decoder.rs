@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::TransformerBlockConfig;
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use replica_blocks::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig, TransformerBlock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -37,6 +38,24 @@ pub struct DecoderSpec {
     /// it attends causally to every earlier token, as without one; a longer one is
     /// refused (the windowed mask is not implemented).
     pub window: Option<usize>,
+}
+
+impl DecoderSpec {
+    /// The memory the decoder needs on token ids `work` describes (under HF's
+    /// field names, for the budget's messages): the embedding, an untied head and
+    /// the final norm; per token the logits and their gradient; every layer.
+    pub fn footprint(&self, work: &Workload) -> Footprint {
+        let hidden = work.as_tokens(self.embedding.dim);
+        let dim = Size::field("hidden_size", self.embedding.dim);
+        let vocab = Size::field("vocab_size", self.embedding.vocab);
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        let own = Footprint {
+            params: hidden.bytes(vocab.clone() * dim.clone() * heads + dim.clone()),
+            activations: hidden.bytes(hidden.rows() * (vocab * 2 + dim * 4)),
+        };
+        let layers = Size::field("num_hidden_layers", self.layers);
+        own + self.block.footprint(&hidden).times(layers)
+    }
 }
 
 /// A decoder-only language model built from a [`DecoderSpec`].

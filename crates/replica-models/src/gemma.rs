@@ -148,9 +148,8 @@ impl ConfigCheck for GemmaConfig {
         self.as_llama().validate()
     }
 
-    /// LLaMA's layout's, with the head tied or not as the config says.
     fn footprint(&self, work: &Workload) -> Footprint {
-        self.as_llama().footprint(work)
+        self.decoder_spec().footprint(work)
     }
 }
 

@@ -20,7 +20,7 @@ use replica_blocks::{
     RopeStyle, TransformerBlockConfig,
 };
 use replica_check::config_check::{at_most, finite_positive, non_negative};
-use replica_check::{ConfigCheck, Footprint, Size, WeightMap, Workload};
+use replica_check::{ConfigCheck, Footprint, WeightMap, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -179,16 +179,7 @@ impl ConfigCheck for LlamaConfig {
     /// The token embedding, an untied head and the final norm; per token the
     /// logits (and their gradient); the layers, each with its rotary tables.
     fn footprint(&self, work: &Workload) -> Footprint {
-        let hidden = work.as_tokens(self.hidden_size);
-        let dim = Size::field("hidden_size", self.hidden_size);
-        let vocab = Size::field("vocab_size", self.vocab_size);
-        let heads = if self.tie_word_embeddings { 1 } else { 2 };
-        let own = Footprint {
-            params: hidden.bytes(vocab.clone() * dim.clone() * heads + dim.clone()),
-            activations: hidden.bytes(hidden.rows() * (vocab * 2 + dim * 4)),
-        };
-        let layers = Size::field("num_hidden_layers", self.num_hidden_layers);
-        own + self.block_config().footprint(&hidden).times(layers)
+        self.decoder_spec().footprint(work)
     }
 }
 

@@ -1,9 +1,10 @@
 //! The port against HF `GemmaForCausalLM` (reference/gemma.safetensors, written by
 //! capture.py): logits, every module's output, and every parameter's gradient.
 
-use gemma_port::{parity, Gemma, GemmaConfig};
-use replica::blocks::{Activation, FeedForwardConfig, NormKind, TransformerBlockConfig};
+use gemma_port::{parity, GemmaConfig};
+use replica::blocks::{Activation, FeedForwardConfig, NormKind};
 use replica::check::{Bundle, Namespace, Report, Trace, TraceReport};
+use replica::models::decoder::{CausalDecoder, DecoderSpec};
 use replica::prelude::*;
 
 fn bundle() -> Bundle {
@@ -14,12 +15,11 @@ fn bundle() -> Bundle {
     .unwrap()
 }
 
-/// The port, with a bug `planted` in its layer config, against the bundle.
-fn check(bundle: &Bundle, planted: impl FnOnce(&mut TransformerBlockConfig)) -> (Report, TraceReport) {
-    let config: GemmaConfig = bundle.config().unwrap();
-    let mut layer = config.layer();
-    planted(&mut layer);
-    parity(bundle, &config, &layer).unwrap()
+/// The port, with a bug `planted` in its spec, against the bundle.
+fn check(bundle: &Bundle, planted: impl FnOnce(&mut DecoderSpec)) -> (Report, TraceReport) {
+    let mut spec = bundle.config::<GemmaConfig>().unwrap().spec();
+    planted(&mut spec);
+    parity(bundle, &spec).unwrap()
 }
 
 #[test]
@@ -36,7 +36,7 @@ fn the_port_matches_hf_gemma() {
 #[test]
 fn llamas_norm_is_named_at_the_first_norm() {
     let bundle = bundle();
-    let (report, trace) = check(&bundle, |layer| layer.norm = NormKind::RmsNorm);
+    let (report, trace) = check(&bundle, |spec| spec.block.norm = NormKind::RmsNorm);
     println!("{trace}");
     assert!(!report.passed());
     assert_eq!(
@@ -49,7 +49,7 @@ fn llamas_norm_is_named_at_the_first_norm() {
 #[test]
 fn the_erf_gelu_is_named_at_the_first_activation() {
     let bundle = bundle();
-    let (report, trace) = check(&bundle, |layer| match &mut layer.feed_forward {
+    let (report, trace) = check(&bundle, |spec| match &mut spec.block.feed_forward {
         FeedForwardConfig::Glu(mlp) => mlp.activation = Activation::Gelu,
         other => panic!("Gemma's MLP is gated, got {other:?}"),
     });
@@ -61,15 +61,11 @@ fn the_erf_gelu_is_named_at_the_first_activation() {
 #[test]
 fn the_trace_dumps_for_replica_trace() {
     let bundle = bundle();
-    let config: GemmaConfig = bundle.config().unwrap();
-    let vb = VarBuilder::from_tensors(
-        bundle.namespace(Namespace::Param).into_iter().collect(),
-        DType::F32,
-        &Device::Cpu,
-    );
-    let model = Gemma::new(&config, &config.layer(), vb).unwrap();
+    let spec = bundle.config::<GemmaConfig>().unwrap().spec();
+    let params = bundle.namespace(Namespace::Param).into_iter().collect();
+    let model = CausalDecoder::new(&spec, VarBuilder::from_tensors(params, DType::F32, &Device::Cpu)).unwrap();
     let ids = bundle.input("0").unwrap();
-    let (logits, trace) = replica::check::trace::record(|| model.forward(ids));
+    let (logits, trace) = replica::check::trace::record(|| model.logits_t(ids, None, false));
     logits.unwrap();
     let dump = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("gemma-trace.safetensors");
     trace.save(&dump, true).unwrap();
