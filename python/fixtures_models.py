@@ -1,5 +1,5 @@
 """Write the model fixtures under tests/fixtures/models/ from the real reference
-implementations: HF transformers GPT-2, LLaMA, Gemma and BERT, and timm's
+implementations: HF transformers GPT-2, LLaMA, Gemma, Qwen2, Qwen3 and BERT, and timm's
 VisionTransformer, each with random weights at a tiny configuration, plus
 greedy generations and the all-MiniLM-L6-v2 reference sentence embeddings.
 
@@ -12,7 +12,8 @@ models/llama.safetensors, models/llama_generate.safetensors, models/gemma.safete
 models/gemma_bf16.safetensors, models/mistral.safetensors,
 models/vit.safetensors, models/bert.safetensors, models/bert_ids_only.safetensors,
 models/sentence_embeddings.safetensors,
-models/minilm_embeddings.safetensors.
+models/minilm_embeddings.safetensors, models/qwen2.safetensors, models/qwen3.safetensors,
+models/qwen3_bf16.safetensors.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import timm
 import torch
 import transformers
 from transformers import (BertConfig, BertModel, GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel,
-                          LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM)
+                          LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replica_ref import capture, write_bundle  # noqa: E402
@@ -266,6 +268,48 @@ def minilm(out: Path, model_dir: Path) -> None:
     write_bundle(out / "minilm_embeddings.safetensors", tensors, metadata, overwrite=True)
 
 
+def qwen2(out: Path) -> None:
+    """HF `Qwen2ForCausalLM`: biases on the q/k/v projections (none on o_proj), two
+    key/value heads and the tied LM head, as Qwen2-0.5B; the window (8) applies to
+    the second layer (`max_window_layers` 1) and is no shorter than the sequence (7).
+    In float32 with gradients."""
+    torch.manual_seed(18)
+    config = Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6,
+                         use_sliding_window=True, sliding_window=8, max_window_layers=1, tie_word_embeddings=True,
+                         attn_implementation="eager")
+    assert config.layer_types == ["full_attention", "sliding_attention"]
+    model = Qwen2ForCausalLM(config).eval()
+    randomize_(model)
+    model.tie_weights()
+    ids = torch.randint(0, config.vocab_size, (2, 7))
+    capture(model, (ids,), out / "qwen2.safetensors", config=config.to_dict(), grads=True, seed=18,
+            kwargs={"use_cache": False}, component="transformers.Qwen2ForCausalLM", producer_extra=VERSIONS,
+            overwrite=True)
+
+
+def qwen3(out: Path) -> None:
+    """HF `Qwen3ForCausalLM`: per-head RMSNorms on queries and keys (`q_norm`, `k_norm`),
+    a head size (16) decoupled from hidden/heads (8), two key/value heads and the tied
+    LM head, as Qwen3-0.6B. In float32 with gradients, and in bfloat16."""
+    torch.manual_seed(19)
+    config = Qwen3Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6,
+                         tie_word_embeddings=True, attn_implementation="eager")
+    model = Qwen3ForCausalLM(config).eval()
+    randomize_(model)
+    model.tie_weights()
+    ids = torch.randint(0, config.vocab_size, (2, 7))
+    capture(model, (ids,), out / "qwen3.safetensors", config=config.to_dict(), grads=True, seed=19,
+            kwargs={"use_cache": False}, component="transformers.Qwen3ForCausalLM", producer_extra=VERSIONS,
+            overwrite=True)
+    capture(model.to(torch.bfloat16), (ids,), out / "qwen3_bf16.safetensors", config=config.to_dict(), grads=False,
+            seed=19, kwargs={"use_cache": False}, component="transformers.Qwen3ForCausalLM",
+            producer_extra=VERSIONS, overwrite=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -282,6 +326,8 @@ def main() -> None:
     bert(args.out)
     sentence_embeddings(args.out)
     minilm(args.out, args.minilm or minilm_dir())
+    qwen2(args.out)
+    qwen3(args.out)
     for path in sorted(args.out.glob("*.safetensors")):
         print(f"{path.relative_to(args.out.parents[1])}: {path.stat().st_size} bytes")
 

@@ -5,7 +5,7 @@
 //!   attention (Shazeer, arXiv 1911.02150): fewer key/value heads than query
 //!   heads (`kv_heads`), each shared by a group of query heads;
 //! - QK-norm (Henry et al., arXiv 2010.04245): LayerNorm or RMSNorm on each
-//!   head's queries and keys (timm's `q_norm` / `k_norm`);
+//!   head's queries and keys (timm's and HF Qwen3's `q_norm` / `k_norm`);
 //! - logit soft-capping (Gemma 2, arXiv 2408.00118): `cap * tanh(scores / cap)`;
 //! - rotary ([`crate::rope`], arXiv 2104.09864) or ALiBi ([`crate::alibi`],
 //!   arXiv 2108.12409) positions, and a [`KvCache`] for incremental decoding.
@@ -47,6 +47,7 @@ pub struct Attention {
     out: Linear,
     q_norm: Option<Norm>,
     k_norm: Option<Norm>,
+    qk_norm_seq_first: bool,
     scale_norm: Option<Norm>,
     rope: Option<Rope>,
     alibi: Option<Alibi>,
@@ -125,6 +126,7 @@ impl Attention {
             out,
             q_norm: norm(config.qk_norm, head_dim, &names.q_norm)?,
             k_norm: norm(config.qk_norm, head_dim, &names.k_norm)?,
+            qk_norm_seq_first: config.qk_norm_seq_first,
             scale_norm: norm(config.scale_norm, q_dim, &names.norm)?,
             rope,
             alibi,
@@ -229,10 +231,18 @@ impl Attention {
         candle_core::Error::Msg(format!("attention `{}`: {message}", self.path))
     }
 
-    /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`.
-    fn split_heads(&self, t: &Tensor, heads: usize) -> Result<Tensor> {
+    /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`, through
+    /// `norm` (the QK-norm) where there is one: before the heads move in front of
+    /// the sequence (`qk_norm_seq_first`, HF) or after (timm). Each head's features
+    /// are normalised alike either way; the layout is the one the reference records.
+    fn split_heads(&self, t: &Tensor, heads: usize, norm: Option<&Norm>) -> Result<Tensor> {
         let (b, s, _) = t.dims3()?;
-        t.reshape((b, s, heads, self.head_dim))?.transpose(1, 2)
+        let t = t.reshape((b, s, heads, self.head_dim))?;
+        match norm {
+            Some(norm) if self.qk_norm_seq_first => norm.forward(&t)?.transpose(1, 2),
+            Some(norm) => norm.forward(&t.transpose(1, 2)?),
+            None => t.transpose(1, 2),
+        }
     }
 
     fn run(
@@ -284,17 +294,9 @@ impl Attention {
                 (q.forward(x)?, k.forward(source)?, v.forward(source)?)
             }
         };
-        let q = self.split_heads(&q, self.heads)?;
-        let k = self.split_heads(&k, self.kv_heads)?;
-        let v = self.split_heads(&v, self.kv_heads)?;
-        let q = match &self.q_norm {
-            Some(norm) => norm.forward(&q)?,
-            None => q,
-        };
-        let k = match &self.k_norm {
-            Some(norm) => norm.forward(&k)?,
-            None => k,
-        };
+        let q = self.split_heads(&q, self.heads, self.q_norm.as_ref())?;
+        let k = self.split_heads(&k, self.kv_heads, self.k_norm.as_ref())?;
+        let v = self.split_heads(&v, self.kv_heads, None)?;
 
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let (q, k) = match &self.rope {

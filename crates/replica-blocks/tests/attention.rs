@@ -308,6 +308,55 @@ fn scale_norm_and_rms_qk_norm_load_under_their_names() {
     assert_eq!(traced, ["qkv", "q_norm", "k_norm", "norm", "proj", "proj_drop"]);
 }
 
+/// HF Qwen3 runs the QK-norm on `[batch, seq, heads, head_dim]` and records that
+/// layout; timm on `[batch, heads, seq, head_dim]`. Same weights, same output, and
+/// the recorded norms are each other's transposes.
+#[test]
+fn the_qk_norm_runs_in_either_layout_with_the_same_result() {
+    let hf = AttentionConfig {
+        kv_heads: Some(2),
+        qk_norm: true,
+        norm: replica_blocks::NormKind::RmsNorm,
+        causal: true,
+        rope_theta: Some(10_000.0),
+        ..AttentionConfig::new(16, 4)
+    };
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    let timm_layout = Attention::new(&hf, vb.clone()).unwrap();
+    let seq_first = Attention::new(
+        &AttentionConfig {
+            qk_norm_seq_first: true,
+            ..hf.clone()
+        },
+        vb,
+    )
+    .unwrap();
+    // Norm weights other than ones, so that a skipped scale would show.
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if name.ends_with("_norm.weight") {
+            var.set(&randn(var.dims(), 9)).unwrap();
+        }
+    }
+    let x = randn(&[2, 5, 16], 7);
+    let (a, first) = trace::record(|| timm_layout.forward(&x, None, None).unwrap());
+    let (b, second) = trace::record(|| seq_first.forward(&x, None, None).unwrap());
+    assert_close("output", &b, &a, Tolerance::default());
+    let recorded = |t: &trace::Trace, name: &str| t.get(name).unwrap().clone();
+    for (name, heads) in [("q_norm", 4), ("k_norm", 2)] {
+        let heads_first = recorded(&first, name);
+        let seq_first = recorded(&second, name);
+        assert_eq!(heads_first.dims(), [2, heads, 5, 4]);
+        assert_eq!(seq_first.dims(), [2, 5, heads, 4]);
+        assert_close(
+            name,
+            &seq_first.transpose(1, 2).unwrap(),
+            &heads_first,
+            Tolerance::default(),
+        );
+    }
+}
+
 // ----------------------------------------------------------------- bad input
 
 #[test]

@@ -254,3 +254,62 @@ fn an_inline_suite_config_is_read_strictly_and_named_by_its_line() {
     let output = replica(&["check", suite.to_str().unwrap()]);
     assert_refused(&output, &["suite.toml:1", "config field `temperature` (= 2.0)"]);
 }
+
+/// The Qwen cases refuse, with exit code 2 and one line naming the field, what the
+/// port does not implement: an unknown layer type, and a window shorter than the
+/// fixture's sequence (7 tokens), whose mask is not implemented. A window no shorter
+/// than the sequence runs as full attention, as HF's does.
+#[test]
+fn qwen_configs_the_port_does_not_implement_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = fixture_config("models/qwen2");
+    let types = with(&original, "layer_types", json!(["full_attention", "chunked_attention"]));
+    let path = write_json(dir.path(), "types.json", &types);
+    let output = replica(&[
+        "check",
+        "--model",
+        "qwen2_causal_lm",
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    assert_refused(
+        &output,
+        &[path.to_str().unwrap(), "layer_types[1] is `chunked_attention`"],
+    );
+
+    let short = with(&original, "sliding_window", json!(4));
+    let path = write_json(dir.path(), "short.json", &short);
+    let output = replica(&[
+        "check",
+        "--model",
+        "qwen2_causal_lm",
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    assert_refused(&output, &["a sequence of 7 tokens", "(sliding_window 4)"]);
+
+    let same = with(&original, "sliding_window", json!(7));
+    let path = write_json(dir.path(), "same.json", &same);
+    assert_passes(&replica(&[
+        "check",
+        "--model",
+        "qwen2_causal_lm",
+        "--config",
+        path.to_str().unwrap(),
+    ]));
+
+    let mut qwen3 = fixture_config("models/qwen3");
+    qwen3["rope_parameters"] = json!({"rope_type": "yarn", "rope_theta": 1000000.0});
+    let path = write_json(dir.path(), "scaled.json", &qwen3);
+    let output = replica(&[
+        "check",
+        "--model",
+        "qwen3_causal_lm",
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    assert_refused(
+        &output,
+        &[path.to_str().unwrap(), "rope_type `yarn` is not implemented"],
+    );
+}

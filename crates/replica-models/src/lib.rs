@@ -9,6 +9,10 @@
 //!   RMSNorm, RoPE, SwiGLU, grouped-query attention, KV cache;
 //! - [`gemma`]: Gemma as HF `GemmaForCausalLM` (arXiv 2403.08295), the LLaMA
 //!   [`decoder`] with Gemma's norms, embedding scale and GeGLU;
+//! - [`qwen2`]: Qwen2 as HF `Qwen2ForCausalLM` (arXiv 2407.10671), the [`decoder`]
+//!   with biased q/k/v projections;
+//! - [`qwen3`]: Qwen3 as HF `Qwen3ForCausalLM` (arXiv 2505.09388), the [`decoder`]
+//!   with per-head RMSNorms on queries and keys;
 //! - [`bert`]: the BERT encoder as HF `BertModel` (arXiv 1810.04805), with
 //!   sentence embeddings (the `sentence` module, with the `sentence` feature) for sentence-transformers models.
 //!
@@ -35,6 +39,8 @@ pub mod gpt2;
 pub mod llama;
 pub mod load_checkpoint;
 pub mod papers;
+pub mod qwen2;
+pub mod qwen3;
 pub mod registry;
 #[cfg(feature = "sentence")]
 pub mod sentence;
@@ -48,6 +54,8 @@ pub use gemma::{Gemma, GemmaConfig};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig};
 pub use load_checkpoint::LoadCheckpoint;
+pub use qwen2::{Qwen2, Qwen2Config};
+pub use qwen3::{Qwen3, Qwen3Config};
 pub use registry::{create_model, list_models, load_model, Descriptor, Model, Registry};
 pub use vit::{Vit, VitConfig};
 

@@ -37,6 +37,20 @@ pub const GEMMA: Paper = Paper {
     year: 2024,
 };
 
+/// Qwen2 (the LLaMA decoder with biased q/k/v projections).
+pub const QWEN2: Paper = Paper {
+    title: "Qwen2 Technical Report",
+    arxiv: "2407.10671",
+    year: 2024,
+};
+
+/// Qwen3 (the LLaMA decoder with per-head RMSNorms on queries and keys).
+pub const QWEN3: Paper = Paper {
+    title: "Qwen3 Technical Report",
+    arxiv: "2505.09388",
+    year: 2025,
+};
+
 /// The BERT encoder.
 pub const BERT: Paper = Paper {
     title: "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding",
@@ -76,6 +90,14 @@ pub const PAPERS: &[replica_blocks::BlockPaper] = &[
     replica_blocks::BlockPaper {
         block: "Gemma",
         paper: GEMMA,
+    },
+    replica_blocks::BlockPaper {
+        block: "Qwen2",
+        paper: QWEN2,
+    },
+    replica_blocks::BlockPaper {
+        block: "Qwen3",
+        paper: QWEN3,
     },
     replica_blocks::BlockPaper {
         block: "Bert",

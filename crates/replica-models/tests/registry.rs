@@ -4,7 +4,9 @@
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use replica_models::registry::{self, create_model, list_models, model_config, Registry, MODELS};
-use replica_models::{BertConfig, GemmaConfig, Gpt2, Gpt2Config, ModelConfig, Vit, VitConfig};
+use replica_models::{
+    BertConfig, GemmaConfig, Gpt2, Gpt2Config, ModelConfig, Qwen2Config, Qwen3Config, Vit, VitConfig,
+};
 use serde_json::{json, Value};
 
 #[test]
@@ -17,6 +19,8 @@ fn the_issue_presets_are_registered() {
         "vit_small_patch16_224",
         "vit_base_patch16_224",
         "llama-tiny",
+        "qwen2-0.5b",
+        "qwen3-0.6b",
         "bert-base-uncased",
         "all-MiniLM-L6-v2",
     ] {
@@ -49,7 +53,7 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
             preset.name
         );
     }
-    assert_eq!(registry::presets().count(), 9);
+    assert_eq!(registry::presets().count(), 11);
     // Every preset's config is complete and consistent for its model.
     for name in list_models("") {
         model_config(name, &Value::Null).unwrap();
@@ -61,6 +65,8 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
     );
     assert_eq!(registry::preset("llama-tiny").unwrap().paper.arxiv, "2302.13971");
     assert_eq!(registry::preset("gemma-2b").unwrap().paper.arxiv, "2403.08295");
+    assert_eq!(registry::preset("qwen2-0.5b").unwrap().paper.arxiv, "2407.10671");
+    assert_eq!(registry::preset("qwen3-0.6b").unwrap().paper.arxiv, "2505.09388");
     assert_eq!(registry::preset("bert-base-uncased").unwrap().paper.arxiv, "1810.04805");
 }
 
@@ -87,6 +93,28 @@ fn the_preset_configs_are_the_published_sizes() {
         (gemma.num_key_value_heads, gemma.head_dim, gemma.vocab_size),
         (1, 256, 256_000)
     );
+    let qwen2 = Qwen2Config::from_value(&registry::preset("qwen2-0.5b").unwrap().config(), "q2").unwrap();
+    assert_eq!(
+        (qwen2.num_hidden_layers, qwen2.hidden_size, qwen2.num_attention_heads),
+        (24, 896, 14)
+    );
+    assert_eq!(
+        (qwen2.num_key_value_heads, qwen2.intermediate_size, qwen2.vocab_size),
+        (Some(2), 4864, 151_936)
+    );
+    // Its `sliding_window` is set but off (`use_sliding_window: false`), and the head tied.
+    assert_eq!(qwen2.window(), Ok(None));
+    assert!(qwen2.tie_word_embeddings);
+    let qwen3 = Qwen3Config::from_value(&registry::preset("qwen3-0.6b").unwrap().config(), "q3").unwrap();
+    assert_eq!(
+        (qwen3.num_hidden_layers, qwen3.hidden_size, qwen3.num_attention_heads),
+        (28, 1024, 16)
+    );
+    assert_eq!(
+        (qwen3.num_key_value_heads, qwen3.head_dim, qwen3.intermediate_size),
+        (Some(8), 128, 3072)
+    );
+    assert!(qwen3.tie_word_embeddings && qwen3.decoder_spec().block.attention.qk_norm);
     let minilm = BertConfig::from_value(&registry::preset("all-MiniLM-L6-v2").unwrap().config(), "m").unwrap();
     assert_eq!(
         (minilm.hidden_size, minilm.num_hidden_layers, minilm.intermediate_size),

@@ -15,8 +15,10 @@ use replica_check::{Bundle, Case, Namespace, Parity, Report, TraceMap, TraceRepo
 use replica_models::bert::{l2_normalize, mean_pooling};
 use replica_models::config::bundle_config;
 use replica_models::generation::{generate_greedy, CausalLm, GenerateOptions};
-use replica_models::papers::{BERT, GEMMA, GPT2, LLAMA, MISTRAL, SENTENCE_BERT};
-use replica_models::{Architecture, Bert, BertConfig, Error, Gemma, Gpt2, Llama, LoadCheckpoint, Result, Vit};
+use replica_models::papers::{BERT, GEMMA, GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, SENTENCE_BERT};
+use replica_models::{
+    Architecture, Bert, BertConfig, Error, Gemma, Gpt2, Llama, LoadCheckpoint, Qwen2, Qwen3, Result, Vit,
+};
 
 use crate::case;
 
@@ -40,6 +42,9 @@ pub fn cases() -> Vec<Case> {
         case("mistral_causal_lm",     "transformers.MistralForCausalLM",                  Some(MISTRAL), "models/mistral",      |b| report_of(b, llama_parity(b))),
         case("gemma_causal_lm",       "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma",          |b| report_of(b, gemma_parity(b))),
         case("gemma_causal_lm_bf16",  "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma_bf16",     |b| report_of(b, gemma_parity(b))),
+        case("qwen2_causal_lm",       "transformers.Qwen2ForCausalLM",                    Some(QWEN2), "models/qwen2",          |b| report_of(b, qwen2_parity(b))),
+        case("qwen3_causal_lm",       "transformers.Qwen3ForCausalLM",                    Some(QWEN3), "models/qwen3",          |b| report_of(b, qwen3_parity(b))),
+        case("qwen3_causal_lm_bf16",  "transformers.Qwen3ForCausalLM",                    Some(QWEN3), "models/qwen3_bf16",     |b| report_of(b, qwen3_parity(b))),
         case("vit_timm",              "timm.models.vision_transformer.VisionTransformer", Some(VIT),   "models/vit",            |b| report_of(b, vit_parity(b))),
         case("bert_model",            "transformers.BertModel",                           Some(BERT),  "models/bert",           |b| report_of(b, bert_parity(b))),
         case("sentence_embeddings",   "sentence-transformers (BertModel, Pooling mean, Normalize)", Some(SENTENCE_BERT), "models/sentence_embeddings", |b| report_of(b, sentence_parity(b))),
@@ -201,14 +206,34 @@ pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
 /// has them, the gradient of every parameter (the tied `lm_head.weight` against the
 /// token embedding's, whose padding row gets none).
 pub fn gemma_parity(bundle: &Bundle) -> Result<ModelParity> {
+    tied_decoder_parity::<Gemma>(bundle)
+}
+
+/// HF `Qwen2ForCausalLM` (biased q/k/v projections, a window no shorter than the
+/// sequence on its sliding layer): as [`gemma_parity`].
+pub fn qwen2_parity(bundle: &Bundle) -> Result<ModelParity> {
+    tied_decoder_parity::<Qwen2>(bundle)
+}
+
+/// HF `Qwen3ForCausalLM` (per-head RMSNorms on queries and keys, recorded as
+/// `self_attn.q_norm` / `k_norm`): as [`gemma_parity`].
+pub fn qwen3_parity(bundle: &Bundle) -> Result<ModelParity> {
+    tied_decoder_parity::<Qwen3>(bundle)
+}
+
+/// A decoder whose LM head is tied to the token embedding: logits (also decoded
+/// through the KV cache), every block's activation and, where the bundle has them,
+/// the gradient of every parameter (the tied `lm_head.weight` against the token
+/// embedding's).
+fn tied_decoder_parity<M: Architecture + CausalLm>(bundle: &Bundle) -> Result<ModelParity> {
     const IO: ModelIo = ModelIo {
         inputs: &[INPUT_IDS],
         outputs: &["logits"],
         ties: &[("lm_head.weight", "model.embed_tokens.weight")],
         unmatched: Unmatched::NONE,
     };
-    let forward = |model: &Gemma, ids: &[Tensor]| Ok(vec![model.forward(&ids[0], None)?]);
-    check_model_and(bundle, &IO, load::<Gemma>, forward, decoded_through_the_cache)
+    let forward = |model: &M, ids: &[Tensor]| Ok(vec![model.forward_t(&ids[0], false)?]);
+    check_model_and(bundle, &IO, load::<M>, forward, decoded_through_the_cache)
 }
 
 /// timm `VisionTransformer`: classification logits and every block's activation.

@@ -4,9 +4,11 @@
 
 use candle_core::{DType, Device, Tensor};
 use replica_check::{Bundle, Namespace, Tolerance, TraceReport, WeightMap};
+use replica_models::decoder::{CausalDecoder, DecoderSpec};
 use replica_models::divergence;
 use replica_models::{
-    Architecture, Bert, BertConfig, Gpt2, Gpt2Config, Llama, LlamaConfig, LoadCheckpoint, ModelConfig, Vit, VitConfig,
+    Architecture, Bert, BertConfig, Gpt2, Gpt2Config, Llama, LlamaConfig, LoadCheckpoint, ModelConfig, Qwen2,
+    Qwen2Config, Qwen3, Qwen3Config, Vit, VitConfig,
 };
 use replica_suite::fixtures_dir;
 
@@ -138,4 +140,112 @@ fn untransposed_weight_is_found_at_its_layer() {
 fn the_correct_models_do_not_diverge() {
     assert!(bert_with("hidden_act", "gelu".into()).passed());
     assert!(vit_with("norm_eps", 1e-6.into()).passed());
+}
+
+/// A Qwen fixture's decoder with `planted` applied to its spec, its weights loaded
+/// through the model's own weight map (`strict` or leniently).
+fn qwen_decoder(
+    b: &Bundle,
+    strict: bool,
+    planted: impl FnOnce(&mut DecoderSpec),
+) -> replica_check::Result<CausalDecoder> {
+    let config = &b.metadata().config;
+    let (mut spec, map) = if b.metadata().component.contains("Qwen3") {
+        let config = Qwen3Config::from_value(config, b.origin()).unwrap();
+        (config.decoder_spec(), Qwen3::weight_map(&config))
+    } else {
+        let config = Qwen2Config::from_value(config, b.origin()).unwrap();
+        (config.decoder_spec(), Qwen2::weight_map(&config))
+    };
+    planted(&mut spec);
+    let map = if strict { map } else { map.lenient() };
+    map.apply(params(b), b.origin())?
+        .build(DType::F32, &Device::Cpu, |vb| CausalDecoder::new(&spec, vb))
+}
+
+/// The trace comparison of a Qwen fixture's decoder with `planted` applied.
+fn qwen_with(name: &str, planted: impl FnOnce(&mut DecoderSpec)) -> TraceReport {
+    let b = bundle(name);
+    let model = qwen_decoder(&b, false, planted).unwrap();
+    diverges(&b, || model.logits_t(b.input("0").unwrap(), None, false))
+}
+
+/// Qwen3 normalises each head's queries and keys; a port that skips the QK-norm
+/// records no `q_norm` (the report lists the reference's as never recorded) and
+/// diverges at the first module after it, the first attention's output projection,
+/// its q/k/v projections still matching. Loaded strictly, the norms' weights are
+/// left over.
+#[test]
+fn skipped_qk_norm_is_found_at_the_first_attention() {
+    let report = qwen_with("qwen3", |spec| spec.block.attention.qk_norm = false);
+    assert_first_divergence(&report, "model.layers.0.self_attn.o_proj");
+    for norm in ["q_norm", "k_norm"] {
+        let path = format!("model.layers.0.self_attn.{norm}");
+        assert!(report.not_recorded.contains(&path), "{path}: {report}");
+    }
+    let err = qwen_decoder(&bundle("qwen3"), true, |spec| spec.block.attention.qk_norm = false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unused: `model.layers.0.self_attn.q_norm.weight`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unused: `model.layers.1.self_attn.k_norm.weight`"),
+        "{err}"
+    );
+}
+
+/// The QK-norms' epsilon is `rms_norm_eps` (1e-6); the attention block's own default,
+/// 1e-5, is the slip, found at the first query norm.
+#[test]
+fn qk_norm_with_the_wrong_eps_is_found_at_q_norm() {
+    let report = qwen_with("qwen3", |spec| spec.block.attention.norm_eps = 1e-5);
+    assert_first_divergence(&report, "model.layers.0.self_attn.q_norm");
+}
+
+/// HF Qwen3 normalises `[batch, seq, heads, head_dim]` and records that layout;
+/// timm's layout (heads before the sequence) gives the same values transposed, and
+/// the trace names the query norm.
+#[test]
+fn qk_norm_in_the_other_layout_is_found_at_q_norm() {
+    let report = qwen_with("qwen3", |spec| spec.block.attention.qk_norm_seq_first = false);
+    assert_first_divergence(&report, "model.layers.0.self_attn.q_norm");
+}
+
+/// Qwen2's o_proj has no bias while q/k/v have one: a port that biases all four (or
+/// none) fails strict loading, naming the tensor.
+#[test]
+fn qwen2_projection_biases_are_checked_by_strict_loading() {
+    let b = bundle("qwen2");
+    let err = qwen_decoder(&b, true, |spec| spec.block.attention.proj_bias = Some(true))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing: `model.layers.0.self_attn.o_proj.bias`"), "{err}");
+    let err = qwen_decoder(&b, true, |spec| spec.block.attention.qkv_bias = false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unused: `model.layers.0.self_attn.q_proj.bias`"), "{err}");
+    // The LLaMA port reads the config's `attention_bias` (false) and refuses Qwen2's weights too.
+    let llama = LlamaConfig::from_value(
+        &serde_json::json!({
+            "vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+            "tie_word_embeddings": true,
+        }),
+        "llama",
+    )
+    .unwrap();
+    let err = Llama::from_tensors(&llama, params(&b), b.origin(), DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unused: `model.layers.0.self_attn.k_proj.bias`"), "{err}");
+}
+
+#[test]
+fn the_correct_qwen_decoders_do_not_diverge() {
+    assert!(qwen_with("qwen2", |_| {}).passed());
+    assert!(qwen_with("qwen3", |_| {}).passed());
+    assert!(qwen_decoder(&bundle("qwen2"), true, |_| {}).is_ok());
+    assert!(qwen_decoder(&bundle("qwen3"), true, |_| {}).is_ok());
 }

@@ -82,6 +82,11 @@ pub struct AttentionConfig {
     /// Normalise each head's queries and keys (arXiv 2010.04245).
     #[serde(default, alias = "use_qk_norm")]
     pub qk_norm: bool,
+    /// Run the QK-norm on `[batch, seq, heads, head_dim]`, before the heads move in
+    /// front of the sequence, as HF Qwen3 does (and records), rather than on timm's
+    /// `[batch, heads, seq, head_dim]`. The values are the same.
+    #[serde(default)]
+    pub qk_norm_seq_first: bool,
     /// Normalise the attention output before the projection (timm's `scale_norm`).
     #[serde(default)]
     pub scale_norm: bool,
@@ -155,6 +160,7 @@ impl AttentionConfig {
             qkv_bias: false,
             proj_bias: None,
             qk_norm: false,
+            qk_norm_seq_first: false,
             scale_norm: false,
             norm: NormKind::default(),
             norm_eps: default_norm_eps(),
