@@ -10,8 +10,8 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::TransformerBlockConfig;
-use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use replica_blocks::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig, TransformerBlock};
+use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -114,7 +114,7 @@ impl CausalDecoder {
         let (seq, offset) = decoder_positions(self.spec.family, ids, &cache, self.layers.len(), limit, &table)?;
         if let Some(window) = self.spec.window.filter(|&w| offset + seq > w) {
             candle_core::bail!(
-                "{}: a sequence of {} tokens is longer than the attention window (sliding_window {window}),                  whose mask is not implemented",
+                "{}: a sequence of {} tokens is longer than the attention window (sliding_window {window}), whose mask is not implemented",
                 self.spec.family,
                 offset + seq
             )
