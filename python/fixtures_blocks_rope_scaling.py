@@ -38,16 +38,16 @@ COMPONENT = "transformers.models.llama.modeling_llama.LlamaRotaryEmbedding + app
 SHORT_FACTOR = [1.0, 1.02, 1.05, 1.1, 1.2, 1.35, 1.5, 1.7]
 LONG_FACTOR = [1.0, 1.3, 2.1, 3.4, 5.2, 7.9, 11.0, 16.5]
 
-# name, rope_parameters, max_position_embeddings, first position, seed
+# file, rope_parameters, max_position_embeddings, first position, seed
 CASES = [
-    ("rope_linear", {"rope_type": "linear", "factor": 4.0}, 256, 200, 300),
-    ("rope_dynamic", {"rope_type": "dynamic", "factor": 2.0}, 64, 90, 301),
-    ("rope_yarn", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}, 256, 200, 302),
-    ("rope_llama3", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    ("rope_linear.safetensors", {"rope_type": "linear", "factor": 4.0}, 256, 200, 300),
+    ("rope_dynamic.safetensors", {"rope_type": "dynamic", "factor": 2.0}, 64, 90, 301),
+    ("rope_yarn.safetensors", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}, 256, 200, 302),
+    ("rope_llama3.safetensors", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                      "original_max_position_embeddings": 64}, 512, 400, 303),
-    ("rope_longrope", {"rope_type": "longrope", "short_factor": SHORT_FACTOR, "long_factor": LONG_FACTOR,
+    ("rope_longrope.safetensors", {"rope_type": "longrope", "short_factor": SHORT_FACTOR, "long_factor": LONG_FACTOR,
                        "original_max_position_embeddings": 64}, 256, 200, 304),
-    ("rope_longrope_short", {"rope_type": "longrope", "short_factor": SHORT_FACTOR, "long_factor": LONG_FACTOR,
+    ("rope_longrope_short.safetensors", {"rope_type": "longrope", "short_factor": SHORT_FACTOR, "long_factor": LONG_FACTOR,
                              "original_max_position_embeddings": 64}, 256, 10, 305),
 ]
 
@@ -72,7 +72,7 @@ def build_all(out: Path) -> list[Path]:
             module.rotary_emb(q, torch.arange(grown_to)[None])
             extra["grown_to"] = grown_to
         path = capture(
-            module, (q.to(dtype), k.to(dtype)), out / f"{name}.safetensors",
+            module, (q.to(dtype), k.to(dtype)), out / name,
             config={**hf_config(config), **extra}, component=COMPONENT,
             grads=dtype == torch.float32, seed=seed, overwrite=True, producer_extra=PRODUCER,
         )
@@ -83,10 +83,10 @@ def build_all(out: Path) -> list[Path]:
         save(name, rope_config(parameters, max_positions), offset, seed, torch.float32)
     # The same positions after the module has run a sequence of 120: HF keeps those frequencies.
     name, parameters, max_positions, offset, seed = CASES[1]
-    save("rope_dynamic_grown", rope_config(parameters, max_positions), offset, seed, torch.float32, grown_to=120)
+    save("rope_dynamic_grown.safetensors", rope_config(parameters, max_positions), offset, seed, torch.float32, grown_to=120)
     # bf16: the tables are scaled by yarn's attention factor in f32, then rounded.
     name, parameters, max_positions, offset, seed = CASES[2]
-    save("rope_yarn_bf16", rope_config(parameters, max_positions), offset, seed, torch.bfloat16)
+    save("rope_yarn_bf16.safetensors", rope_config(parameters, max_positions), offset, seed, torch.bfloat16)
     return written
 
 

@@ -163,11 +163,13 @@ pub fn rope_parameters(
     rope_parameters: &Option<RopeParameters>,
     max_position_embeddings: usize,
 ) -> std::result::Result<RopeParameters, String> {
-    let mut merged = rope_scaling
-        .clone()
-        .filter(|s| *s != RopeParameters::default())
-        .or_else(|| rope_parameters.clone())
-        .unwrap_or_default();
+    let scaling = rope_scaling.clone().filter(|s| *s != RopeParameters::default());
+    let field = if scaling.is_some() {
+        "rope_scaling"
+    } else {
+        "rope_parameters"
+    };
+    let mut merged = scaling.or_else(|| rope_parameters.clone()).unwrap_or_default();
     merged.rope_type = Some(merged.rope_type().to_string());
     merged.kind = None;
     let theta = merged.rope_theta.or(rope_theta).unwrap_or(10_000.0);
@@ -175,7 +177,10 @@ pub fn rope_parameters(
         return Err(format!("rope_theta must be a positive number, got {theta}"));
     }
     merged.rope_theta = Some(theta);
-    merged.scaling(max_position_embeddings)?;
+    // The messages name the field the config gave.
+    merged
+        .scaling(max_position_embeddings)
+        .map_err(|message| message.replacen("rope_parameters.", &format!("{field}."), 1))?;
     Ok(merged)
 }
 
