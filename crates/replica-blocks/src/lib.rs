@@ -37,6 +37,7 @@ pub mod papers;
 pub mod patch_embed;
 pub mod position_embedding;
 pub mod rope;
+pub mod rope_scaling;
 pub mod sinusoidal;
 pub mod transformer_block;
 
@@ -63,6 +64,7 @@ pub use papers::{paper_of, BlockPaper, Paper, PAPERS};
 pub use patch_embed::{PatchEmbed, PatchEmbedConfig, PatchEmbedNames, Size2};
 pub use position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
 pub use rope::{Rope, RopeConfig, RopeStyle};
+pub use rope_scaling::{RopeParameters, RopeScaling};
 pub use sinusoidal::{SinusoidalConfig, SinusoidalLayout, SinusoidalPositionEmbedding};
 pub use transformer_block::{BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig};
 

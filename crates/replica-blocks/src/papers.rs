@@ -84,6 +84,30 @@ pub const ROFORMER: Paper = Paper {
     arxiv: "2104.09864",
     year: 2021,
 };
+/// Chen et al., 2023: position interpolation (RoPE `linear` scaling).
+pub const POSITION_INTERPOLATION: Paper = Paper {
+    title: "Extending Context Window of Large Language Models via Positional Interpolation",
+    arxiv: "2306.15595",
+    year: 2023,
+};
+/// Peng et al., 2023: YaRN, and the dynamic NTK scaling it describes (RoPE `yarn`, `dynamic`).
+pub const YARN: Paper = Paper {
+    title: "YaRN: Efficient Context Window Extension of Large Language Models",
+    arxiv: "2309.00071",
+    year: 2023,
+};
+/// Llama Team, 2024: Llama 3.1's frequency-dependent RoPE scaling (RoPE `llama3`).
+pub const LLAMA_3: Paper = Paper {
+    title: "The Llama 3 Herd of Models",
+    arxiv: "2407.21783",
+    year: 2024,
+};
+/// Ding et al., 2024: LongRoPE, Phi-3's per-frequency factors (RoPE `longrope`).
+pub const LONGROPE: Paper = Paper {
+    title: "LongRoPE: Extending LLM Context Window Beyond 2 Million Tokens",
+    arxiv: "2402.13753",
+    year: 2024,
+};
 /// Press, Smith & Lewis, 2021: ALiBi.
 pub const ALIBI: Paper = Paper {
     title: "Train Short, Test Long: Attention with Linear Biases Enables Input Length Extrapolation",
@@ -214,6 +238,26 @@ pub const PAPERS: &[BlockPaper] = &[
     BlockPaper {
         block: "Rope",
         paper: ROFORMER,
+    },
+    BlockPaper {
+        block: "RopeScaling::Linear",
+        paper: POSITION_INTERPOLATION,
+    },
+    BlockPaper {
+        block: "RopeScaling::Dynamic",
+        paper: YARN,
+    },
+    BlockPaper {
+        block: "RopeScaling::Yarn",
+        paper: YARN,
+    },
+    BlockPaper {
+        block: "RopeScaling::Llama3",
+        paper: LLAMA_3,
+    },
+    BlockPaper {
+        block: "RopeScaling::LongRope",
+        paper: LONGROPE,
     },
     BlockPaper {
         block: "Alibi",

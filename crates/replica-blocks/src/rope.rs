@@ -6,8 +6,14 @@
 //! - [`RopeStyle::HalfSplit`]: feature `i` pairs with `i + d/2` (HF LLaMA's `rotate_half`, GPT-NeoX);
 //! - [`RopeStyle::Interleaved`]: feature `2i` pairs with `2i + 1` (the paper, GPT-J, timm).
 //!
+//! With a [`RopeScaling`] (HF's `rope_parameters` of type `linear`, `dynamic`,
+//! `yarn`, `llama3` or `longrope`; [`crate::rope_scaling`]) the frequencies and
+//! the tables' factor are HF's for that type.
+//!
 //! Gradients flow to queries and keys: through the fused kernel's backward when
 //! [`crate::compute`] is on kernels, else through candle ops ([`crate::ops::rope`]).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Result, Tensor};
 use replica_check::config_check::{at_most, positive};
@@ -15,6 +21,7 @@ use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
 pub use crate::ops::RopeStyle;
+use crate::rope_scaling::{default_inv_freq, RopeScaling};
 
 fn default_theta() -> f64 {
     10_000.0
@@ -49,6 +56,9 @@ pub struct RopeConfig {
     /// rather than a fraction; overrides `fraction`.
     #[serde(default, alias = "rotary_dim")]
     pub rotary_features: Option<usize>,
+    /// HF's RoPE scaling (`rope_parameters` of a type other than `default`); `None` is plain RoPE.
+    #[serde(default)]
+    pub scaling: Option<RopeScaling>,
 }
 
 impl RopeConfig {
@@ -61,6 +71,7 @@ impl RopeConfig {
             style: RopeStyle::default(),
             max_positions: default_max_positions(),
             rotary_features: None,
+            scaling: None,
         }
     }
 
@@ -98,6 +109,9 @@ impl ConfigCheck for RopeConfig {
             return Err(format!("theta must be positive, got {}", self.theta));
         }
         positive("max_positions", self.max_positions)?;
+        if let Some(scaling) = &self.scaling {
+            scaling.validate(rotary_dim)?;
+        }
         // Positions are counted in u32 (as candle's `arange` takes them).
         at_most("max_positions", self.max_positions, u64::from(u32::MAX))
     }
@@ -117,39 +131,106 @@ impl ConfigCheck for RopeConfig {
     }
 }
 
-/// Precomputed cosine and sine tables, `[max_positions, rotary_dim / 2]`, in f32.
+/// Precomputed cosine and sine tables, `[max_positions, rotary_dim / 2]`, in f32
+/// (times the scaling's attention factor).
 #[derive(Clone, Debug)]
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
     rotary_dim: usize,
     style: RopeStyle,
+    theta: f64,
+    scaling: Option<RopeScaling>,
+    seen: SeenLength,
+}
+
+/// Dynamic NTK's state, HF's `max_seq_len_cached`: the sequence length its
+/// frequencies were last grown for (the original length when not grown). A clone
+/// starts from the state it was cloned in.
+#[derive(Debug)]
+struct SeenLength(AtomicUsize);
+
+impl Clone for SeenLength {
+    fn clone(&self) -> Self {
+        Self(AtomicUsize::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// `(cos, sin)` of positions `start .. start + len` times `inv_freq`, each
+/// `[len, inv_freq.len()]` in f32, multiplied by `factor` as HF multiplies them by
+/// `attention_scaling` (in f32).
+fn angle_tables(inv_freq: &[f32], start: usize, len: usize, factor: f64, device: &Device) -> Result<(Tensor, Tensor)> {
+    let inv_freq = Tensor::from_slice(inv_freq, (1, inv_freq.len()), device)?;
+    let positions = Tensor::arange(start as u32, (start + len) as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((len, 1))?;
+    let angles = positions.broadcast_mul(&inv_freq)?;
+    let (cos, sin) = (angles.cos()?, angles.sin()?);
+    if factor == 1.0 {
+        return Ok((cos, sin));
+    }
+    let factor = Tensor::new(factor as f32, device)?;
+    Ok((cos.broadcast_mul(&factor)?, sin.broadcast_mul(&factor)?))
 }
 
 impl Rope {
-    /// Precomputes the tables in f32, as HF computes `inv_freq`. Fails unless the rotated features
-    /// are even, positive and fit the head, `fraction` is in `(0, 1]`, `theta` is positive and
-    /// `max_positions` is positive.
+    /// Precomputes the tables in f32, as HF computes `inv_freq` (and, scaled, as its
+    /// rope init function does at construction). Fails unless the rotated features
+    /// are even, positive and fit the head, `fraction` is in `(0, 1]`, `theta` is
+    /// positive, `max_positions` is positive and the scaling's parameters are usable.
     pub fn new(config: &RopeConfig, device: &Device) -> Result<Self> {
         crate::admit("rope", config)?;
         let rotary_dim = config.rotary_dim();
         // In f32, step for step as HF computes `inv_freq` (`1.0 / base ** (arange(0, d, 2).float() / d)`),
         // so the angles at long positions agree with the reference to the last bit as far as `powf` allows.
-        let theta = config.theta as f32;
-        let inv_freq: Vec<f32> = (0..rotary_dim / 2)
-            .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / rotary_dim as f32))
-            .collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, rotary_dim / 2), device)?;
-        let positions = Tensor::arange(0u32, config.max_positions as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((config.max_positions, 1))?;
-        let angles = positions.broadcast_mul(&inv_freq)?;
+        let (inv_freq, factor) = match &config.scaling {
+            None => (default_inv_freq(config.theta as f32, rotary_dim), 1.0),
+            Some(scaling) => (scaling.inv_freq(config.theta, rotary_dim), scaling.attention_factor()),
+        };
+        let (cos, sin) = angle_tables(&inv_freq, 0, config.max_positions, factor, device)?;
+        let original = match &config.scaling {
+            Some(RopeScaling::Dynamic {
+                original_max_positions, ..
+            }) => *original_max_positions,
+            _ => 0,
+        };
         Ok(Self {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
+            cos,
+            sin,
             rotary_dim,
             style: config.style,
+            theta: config.theta,
+            scaling: config.scaling.clone(),
+            seen: SeenLength(AtomicUsize::new(original)),
         })
+    }
+
+    /// The inverse frequencies of a call whose positions end at `end`, where they are
+    /// not the tables' ([`RopeScaling::inv_freq_past_original`]). For dynamic NTK this
+    /// updates the state as HF's `dynamic_frequency_update` does: a longer sequence
+    /// than the last grown-for one grows the frequencies for it, one shorter than the
+    /// original length resets them, and any other keeps them.
+    fn frequencies_for(&self, end: usize) -> Option<Vec<f32>> {
+        let scaling = self.scaling.as_ref()?;
+        let len = match scaling {
+            RopeScaling::Dynamic {
+                original_max_positions: original,
+                ..
+            } => {
+                let seen = self.seen.0.load(Ordering::Relaxed);
+                let len = if end > seen {
+                    end
+                } else if end < *original {
+                    *original
+                } else {
+                    seen
+                };
+                self.seen.0.store(len, Ordering::Relaxed);
+                len
+            }
+            _ => end,
+        };
+        scaling.inv_freq_past_original(self.theta, self.rotary_dim, len)
     }
 
     /// How many features of each head rotate.
@@ -162,13 +243,20 @@ impl Rope {
         self.style
     }
 
+    /// The RoPE scaling, if any.
+    pub fn scaling(&self) -> Option<&RopeScaling> {
+        self.scaling.as_ref()
+    }
+
     /// The longest sequence (plus offset) the tables cover.
     pub fn max_positions(&self) -> usize {
         self.cos.dims()[0]
     }
 
     /// `(cos, sin)` of the angles of positions `offset .. offset + seq`, each
-    /// `[seq, rotary_dim / 2]` in f32 (frequency `i` in column `i`).
+    /// `[seq, rotary_dim / 2]` in f32 (frequency `i` in column `i`). With `dynamic`
+    /// or `longrope` scaling, positions ending past the original context take that
+    /// call's frequencies, as HF's module does (and `dynamic` updates its state).
     pub fn tables(&self, seq: usize, offset: usize) -> Result<(Tensor, Tensor)> {
         let max_positions = self.max_positions();
         if offset.checked_add(seq).is_none_or(|end| end > max_positions) {
@@ -176,6 +264,10 @@ impl Rope {
                 "rope: positions {offset}..{} exceed the table of {max_positions} positions (raise max_positions)",
                 offset as u128 + seq as u128
             )
+        }
+        if let Some(inv_freq) = self.frequencies_for(offset + seq) {
+            let factor = self.scaling.as_ref().map_or(1.0, RopeScaling::attention_factor);
+            return angle_tables(&inv_freq, offset, seq, factor, self.cos.device());
         }
         Ok((self.cos.narrow(0, offset, seq)?, self.sin.narrow(0, offset, seq)?))
     }

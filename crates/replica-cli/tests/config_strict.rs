@@ -299,6 +299,7 @@ fn qwen_configs_the_port_does_not_implement_are_refused_by_name() {
     ]));
 
     let mut qwen3 = fixture_config("models/qwen3");
+    // A yarn RoPE without its factor (a rope type HF does not have is refused too).
     qwen3["rope_parameters"] = json!({"rope_type": "yarn", "rope_theta": 1000000.0});
     let path = write_json(dir.path(), "scaled.json", &qwen3);
     let output = replica(&[
@@ -310,6 +311,9 @@ fn qwen_configs_the_port_does_not_implement_are_refused_by_name() {
     ]);
     assert_refused(
         &output,
-        &[path.to_str().unwrap(), "rope_type `yarn` is not implemented"],
+        &[
+            path.to_str().unwrap(),
+            "rope_parameters.factor is required by rope_type `yarn`, got none",
+        ],
     );
 }

@@ -9,10 +9,9 @@
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::kv_cache::KvCache;
-use replica_blocks::TransformerBlockConfig;
 use replica_blocks::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig, TransformerBlock};
+use replica_blocks::{RopeScaling, TransformerBlockConfig};
 use replica_check::{ConfigCheck, Footprint, Size, Workload};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::generation::{decoder_positions, CausalLm};
@@ -110,7 +109,12 @@ impl CausalDecoder {
         train: bool,
     ) -> candle_core::Result<Tensor> {
         let limit = self.spec.max_positions;
-        let table = format!("max_position_embeddings {limit} (the rotary tables end there)");
+        let rope = self.layers.first().and_then(|l| l.attention().rope());
+        let table = if rope.is_some_and(|r| matches!(r.scaling(), Some(RopeScaling::Dynamic { .. }))) {
+            format!("{limit} positions (max_position_embeddings times the dynamic RoPE factor)")
+        } else {
+            format!("max_position_embeddings {limit} (the rotary tables end there)")
+        };
         let (seq, offset) = decoder_positions(self.spec.family, ids, &cache, self.layers.len(), limit, &table)?;
         if let Some(window) = self.spec.window.filter(|&w| offset + seq > w) {
             candle_core::bail!(
@@ -163,34 +167,57 @@ impl<M: DecoderModel> CausalLm for M {
     }
 }
 
-/// HF transformers v5 `rope_parameters` (v4 configs carry `rope_theta` and `rope_scaling` instead).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RopeParameters {
-    /// Only `default` (unscaled RoPE) is implemented.
-    #[serde(default)]
-    pub rope_type: Option<String>,
-    /// The RoPE base.
-    #[serde(default)]
-    pub rope_theta: Option<f64>,
+/// HF transformers v5 `rope_parameters` (v4 configs carry `rope_theta` and
+/// `rope_scaling` instead): the blocks' type, every key HF's rope types read.
+pub use replica_blocks::RopeParameters;
+
+/// The RoPE parameters of a HF decoder config as transformers v5 merges them
+/// (`convert_rope_params_to_dict`, `standardize_rope_params`): v4's `rope_scaling`
+/// when it is set, else `rope_parameters`, with `rope_theta` from the top level
+/// (else 10000) when they lack it. Refuses an unknown `rope_type`, a missing or
+/// unused key and a base that is not a positive number.
+pub fn rope_parameters(
+    rope_theta: Option<f64>,
+    rope_scaling: &Option<RopeParameters>,
+    rope_parameters: &Option<RopeParameters>,
+    max_position_embeddings: usize,
+) -> std::result::Result<RopeParameters, String> {
+    let scaling = rope_scaling.clone().filter(|s| *s != RopeParameters::default());
+    let field = if scaling.is_some() {
+        "rope_scaling"
+    } else {
+        "rope_parameters"
+    };
+    let mut merged = scaling.or_else(|| rope_parameters.clone()).unwrap_or_default();
+    merged.rope_type = Some(merged.rope_type().to_string());
+    merged.kind = None;
+    let theta = merged.rope_theta.or(rope_theta).unwrap_or(10_000.0);
+    if !(theta.is_finite() && theta > 0.0) {
+        return Err(format!("rope_theta must be a positive number, got {theta}"));
+    }
+    merged.rope_theta = Some(theta);
+    // The messages name the field the config gave.
+    merged
+        .scaling(max_position_embeddings)
+        .map_err(|message| message.replacen("rope_parameters.", &format!("{field}."), 1))?;
+    Ok(merged)
 }
 
 /// The RoPE base a HF config asks for (`rope_parameters.rope_theta`, else v4's
-/// `rope_theta`, else 10000), refusing the scalings not implemented.
+/// `rope_theta`, else 10000), for a model that implements unscaled RoPE only:
+/// refuses any `rope_scaling` and any `rope_type` but `default`.
 pub fn rope_theta(
     rope_theta: Option<f64>,
     rope_scaling: &Option<Value>,
     rope_parameters: &Option<RopeParameters>,
 ) -> std::result::Result<f64, String> {
     if rope_scaling.as_ref().is_some_and(|s| !s.is_null()) {
-        return Err("rope_scaling is set; only unscaled RoPE is implemented".into());
+        return Err("rope_scaling is set; this model implements only unscaled RoPE".into());
     }
     let parameters = rope_parameters.as_ref();
-    if let Some(kind) = parameters
-        .and_then(|p| p.rope_type.as_deref())
-        .filter(|t| *t != "default")
-    {
+    if let Some(kind) = parameters.map(RopeParameters::rope_type).filter(|t| *t != "default") {
         return Err(format!(
-            "rope_type `{kind}` is not implemented (only `default`, unscaled RoPE)"
+            "rope_type `{kind}` is not implemented for this model (only `default`, unscaled RoPE)"
         ));
     }
     let theta = parameters.and_then(|p| p.rope_theta).or(rope_theta).unwrap_or(10_000.0);

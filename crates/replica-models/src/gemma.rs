@@ -14,7 +14,7 @@ use replica_blocks::kv_cache::KvCache;
 use replica_blocks::{Activation, EmbeddingConfig, NormKind, RmsNormConfig};
 use replica_check::{ConfigCheck, Footprint, WeightMap, Workload};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::config::positive;
 use crate::decoder::{CausalDecoder, DecoderModel, DecoderSpec, RopeParameters};
@@ -98,10 +98,10 @@ pub struct GemmaConfig {
     /// v4 configs: the RoPE base (default 10000).
     #[serde(default)]
     pub rope_theta: Option<f64>,
-    /// v4 configs: RoPE scaling; only `null` is implemented.
+    /// v4 configs: RoPE scaling, read as LLaMA reads it.
     #[serde(default)]
-    pub rope_scaling: Option<Value>,
-    /// v5 configs: the RoPE type (only `default`) and base.
+    pub rope_scaling: Option<RopeParameters>,
+    /// v5 configs: the RoPE type, base and scaling parameters, read as LLaMA reads them.
     #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
     /// Biases on the q/k/v/o projections.

@@ -2,7 +2,8 @@
 //! Language Models", arXiv 2302.13971. Reference: HF `transformers.LlamaForCausalLM`.
 //!
 //! Pre-norm blocks with RMSNorm (arXiv 1910.07467), rotary position embeddings
-//! (RoFormer, arXiv 2104.09864; `rope_theta`, no scaling), a SwiGLU MLP
+//! (RoFormer, arXiv 2104.09864; `rope_theta`, and HF's RoPE scalings: `linear`,
+//! `dynamic`, `yarn`, `llama3`, `longrope`, see `replica_blocks::rope_scaling`), a SwiGLU MLP
 //! (arXiv 2002.05202), grouped-query attention (arXiv 2305.13245) and a KV cache.
 //! Module paths are HF's (`model.layers.0.self_attn.q_proj`), so a HF checkpoint
 //! loads without renaming.
@@ -22,11 +23,11 @@ use replica_blocks::{
 use replica_check::config_check::{at_most, finite_positive, non_negative};
 use replica_check::{ConfigCheck, Footprint, WeightMap, Workload};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::config::{positive, probabilities};
 pub use crate::decoder::RopeParameters;
-use crate::decoder::{rope_theta, CausalDecoder, DecoderModel, DecoderSpec};
+use crate::decoder::{rope_parameters, CausalDecoder, DecoderModel, DecoderSpec};
 use crate::{papers, Architecture, Family, ModelConfig, Preset};
 
 fn silu() -> Activation {
@@ -61,7 +62,8 @@ pub struct LlamaConfig {
     /// The MLP's gate activation (SiLU: SwiGLU).
     #[serde(default = "silu")]
     pub hidden_act: Activation,
-    /// The longest sequence the rotary tables cover.
+    /// The longest sequence the rotary tables cover (with `dynamic` RoPE scaling,
+    /// the length past which the frequencies grow).
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: usize,
     /// The RMSNorms' epsilon.
@@ -70,10 +72,12 @@ pub struct LlamaConfig {
     /// v4 configs: the RoPE base (default 10000).
     #[serde(default)]
     pub rope_theta: Option<f64>,
-    /// v4 configs: RoPE scaling; only `null` is implemented.
+    /// v4 configs: RoPE scaling (`type`/`rope_type` and its parameters); when set it
+    /// takes the place of `rope_parameters`, as transformers v5 reads it.
     #[serde(default)]
-    pub rope_scaling: Option<Value>,
-    /// v5 configs: the RoPE type (only `default`) and base.
+    pub rope_scaling: Option<RopeParameters>,
+    /// v5 configs: the RoPE type (`default`, `linear`, `dynamic`, `yarn`, `llama3`,
+    /// `longrope`), base and scaling parameters.
     #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
     /// Biases on the q/k/v/o projections.
@@ -161,7 +165,16 @@ impl ConfigCheck for LlamaConfig {
                 self.head_dim()
             ));
         }
-        rope_theta(self.rope_theta, &self.rope_scaling, &self.rope_parameters)?;
+        let rope = self.rope()?;
+        if let Some(fraction) = rope
+            .partial_rotary_factor
+            .filter(|f| *f != 1.0 && rope.rope_type() != "default")
+        {
+            return Err(format!(
+                "rope_parameters.partial_rotary_factor must be 1 for rope_type `{}` (HF's LLaMA rotates whole heads), got {fraction}",
+                rope.rope_type()
+            ));
+        }
         non_negative("rms_norm_eps", self.rms_norm_eps)?;
         probabilities(&[("attention_dropout", self.attention_dropout)])?;
         finite_positive("rope_theta", self.theta())?;
@@ -211,13 +224,42 @@ impl LlamaConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
+    /// The RoPE parameters as transformers v5 reads them (v4's `rope_scaling`, else
+    /// `rope_parameters`, with the base filled in); refuses what is not implemented.
+    pub fn rope(&self) -> std::result::Result<RopeParameters, String> {
+        rope_parameters(
+            self.rope_theta,
+            &self.rope_scaling,
+            &self.rope_parameters,
+            self.max_position_embeddings,
+        )
+    }
+
     /// The RoPE base: `rope_parameters.rope_theta`, else `rope_theta`, else 10000.
     pub fn theta(&self) -> f64 {
-        rope_theta(self.rope_theta, &self.rope_scaling, &self.rope_parameters).unwrap_or(10_000.0)
+        self.rope().ok().and_then(|p| p.rope_theta).unwrap_or(10_000.0)
+    }
+
+    /// The longest sequence the model runs: `max_position_embeddings`, or with
+    /// `dynamic` RoPE scaling, `factor` times it.
+    pub fn max_positions(&self) -> usize {
+        let scaling = self
+            .rope()
+            .ok()
+            .and_then(|p| p.scaling(self.max_position_embeddings).ok().flatten());
+        scaling.map_or(self.max_position_embeddings, |s| {
+            s.max_positions(self.max_position_embeddings)
+        })
     }
 
     /// One decoder layer, as `LlamaDecoderLayer`.
     pub fn block_config(&self) -> TransformerBlockConfig {
+        // HF's default LLaMA rotary embedding ignores `partial_rotary_factor` (validate
+        // refuses it for the scaled types).
+        let rope = self.rope().ok().map(|p| RopeParameters {
+            partial_rotary_factor: None,
+            ..p
+        });
         let attention = AttentionConfig {
             kv_heads: Some(self.kv_heads()),
             head_dim: Some(self.head_dim()),
@@ -230,6 +272,7 @@ impl LlamaConfig {
                 RopeStyle::HalfSplit
             }),
             rope_theta: Some(self.theta()),
+            rope_parameters: rope,
             attention_dropout: self.attention_dropout as f32,
             max_positions: self.max_position_embeddings,
             names: Some(AttentionNames::hf()),
@@ -267,7 +310,7 @@ impl LlamaConfig {
                 ..RmsNormConfig::new(self.hidden_size)
             },
             tie_word_embeddings: self.tie_word_embeddings,
-            max_positions: self.max_position_embeddings,
+            max_positions: self.max_positions(),
             window: self.window(),
         }
     }

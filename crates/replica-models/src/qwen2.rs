@@ -15,7 +15,7 @@ use replica_blocks::kv_cache::KvCache;
 use replica_blocks::Activation;
 use replica_check::{ConfigCheck, Footprint, WeightMap, Workload};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::config::positive;
 use crate::decoder::{CausalDecoder, DecoderModel, DecoderSpec, RopeParameters};
@@ -89,10 +89,10 @@ pub struct Qwen2Config {
     /// v4 configs: the RoPE base (default 10000).
     #[serde(default)]
     pub rope_theta: Option<f64>,
-    /// v4 configs: RoPE scaling; only `null` is implemented.
+    /// v4 configs: RoPE scaling (HF's rope types, as LLaMA reads them).
     #[serde(default)]
-    pub rope_scaling: Option<Value>,
-    /// v5 configs: the RoPE type (only `default`) and base.
+    pub rope_scaling: Option<RopeParameters>,
+    /// v5 configs: the RoPE type and its parameters, as LLaMA reads them.
     #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
     /// Whether `sliding_window` applies at all.

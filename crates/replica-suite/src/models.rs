@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
-use replica_blocks::papers::VIT;
+use replica_blocks::papers::{VIT, YARN};
 use replica_check::{Bundle, Case, Namespace, Parity, Report, TraceMap, TraceReport, Unmatched};
 use replica_models::bert::{l2_normalize, mean_pooling};
 use replica_models::config::bundle_config;
@@ -38,6 +38,7 @@ pub fn cases() -> Vec<Case> {
         case("gpt2_lm_head_model",    "transformers.GPT2LMHeadModel",                     Some(GPT2),  "models/gpt2",           |b| report_of(b, gpt2_parity(b))),
         case("gpt2_greedy_generate",  "transformers.GPT2LMHeadModel.generate",            Some(GPT2),  "models/gpt2_generate",  |b| as_check(b, gpt2_generate(b))),
         case("llama_causal_lm",       "transformers.LlamaForCausalLM",                    Some(LLAMA), "models/llama",          |b| report_of(b, llama_parity(b))),
+        case("llama_yarn_causal_lm",  "transformers.LlamaForCausalLM (rope_type yarn)",   Some(YARN),  "models/llama_yarn",     |b| report_of(b, llama_parity(b))),
         case("llama_greedy_generate", "transformers.LlamaForCausalLM.generate",           Some(LLAMA), "models/llama_generate", |b| as_check(b, llama_generate(b))),
         case("mistral_causal_lm",     "transformers.MistralForCausalLM",                  Some(MISTRAL), "models/mistral",      |b| report_of(b, llama_parity(b))),
         case("gemma_causal_lm",       "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma",          |b| report_of(b, gemma_parity(b))),

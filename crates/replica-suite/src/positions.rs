@@ -1,5 +1,6 @@
-//! Position encodings against the real reference code (`python/fixtures_blocks_attention.py`):
-//! rotary embeddings as HF LLaMA, GPT-NeoX and GPT-J apply them, the sinusoidal
+//! Position encodings against the real reference code (`python/fixtures_blocks_attention.py`,
+//! `python/fixtures_blocks_rope_scaling.py`): rotary embeddings as HF LLaMA, GPT-NeoX and
+//! GPT-J apply them, HF's RoPE scalings (`linear`, `dynamic`, `yarn`, `llama3`, `longrope`), the sinusoidal
 //! tables of the paper and of HF Marian, GPT-2's learned positions and BLOOM's ALiBi.
 //!
 //! Where the fixture's wrapper records the rotary module's `(cos, sin)` tables
@@ -10,7 +11,9 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use replica_blocks::alibi::{Alibi, AlibiConfig};
 use replica_blocks::attention::{scaled_dot_product_attention, AttentionConfig, SdpaOptions};
-use replica_blocks::papers::{ALIBI, ATTENTION_IS_ALL_YOU_NEED, CONV_SEQ2SEQ, ROFORMER};
+use replica_blocks::papers::{
+    ALIBI, ATTENTION_IS_ALL_YOU_NEED, CONV_SEQ2SEQ, LLAMA_3, LONGROPE, POSITION_INTERPOLATION, ROFORMER, YARN,
+};
 use replica_blocks::position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
 use replica_blocks::rope::{Rope, RopeConfig, RopeStyle};
 use replica_blocks::sinusoidal::{SinusoidalConfig, SinusoidalPositionEmbedding};
@@ -31,6 +34,14 @@ pub fn cases() -> Vec<Case> {
         case("rope_half_split",          "transformers LlamaRotaryEmbedding + apply_rotary_pos_emb",                           Some(ROFORMER),                  "blocks/rope_half_split",          rope_half_split),
         case("rope_long_positions",      "transformers LlamaRotaryEmbedding + apply_rotary_pos_emb, positions 4000..4004",     Some(ROFORMER),                  "blocks/rope_long_positions",      rope_half_split),
         case("rope_half_split_partial",  "transformers GPTNeoXRotaryEmbedding + apply_rotary_pos_emb (partial_rotary_factor)", Some(ROFORMER),                  "blocks/rope_half_split_partial",  rope_half_split_partial),
+        case("rope_linear",              "transformers LlamaRotaryEmbedding (rope_type linear) + apply_rotary_pos_emb, positions 200..206",   Some(POSITION_INTERPOLATION), "blocks/rope_linear",   rope_half_split),
+        case("rope_dynamic",             "transformers LlamaRotaryEmbedding (rope_type dynamic) + apply_rotary_pos_emb, positions 90..96 of 64", Some(YARN),          "blocks/rope_dynamic",         rope_half_split),
+        case("rope_dynamic_grown",       "transformers LlamaRotaryEmbedding (rope_type dynamic) after a sequence of 120, positions 90..96",   Some(YARN),                   "blocks/rope_dynamic_grown",    rope_dynamic_grown),
+        case("rope_yarn",                "transformers LlamaRotaryEmbedding (rope_type yarn) + apply_rotary_pos_emb, positions 200..206",     Some(YARN),                   "blocks/rope_yarn",             rope_half_split),
+        case("rope_yarn_bf16",           "transformers LlamaRotaryEmbedding (rope_type yarn) + apply_rotary_pos_emb, bf16",                   Some(YARN),                   "blocks/rope_yarn_bf16",        rope_half_split),
+        case("rope_llama3",              "transformers LlamaRotaryEmbedding (rope_type llama3) + apply_rotary_pos_emb, positions 400..406",   Some(LLAMA_3),                "blocks/rope_llama3",           rope_half_split),
+        case("rope_longrope",            "transformers LlamaRotaryEmbedding (rope_type longrope) + apply_rotary_pos_emb, long factors",       Some(LONGROPE),               "blocks/rope_longrope",         rope_half_split),
+        case("rope_longrope_short",      "transformers LlamaRotaryEmbedding (rope_type longrope) + apply_rotary_pos_emb, short factors",      Some(LONGROPE),               "blocks/rope_longrope_short",   rope_half_split),
         case("rope_interleaved_partial", "transformers GPT-J create_sinusoidal_positions + apply_rotary_pos_emb (rotary_dim)", Some(ROFORMER),                  "blocks/rope_interleaved_partial", rope_interleaved_partial),
         case("sinusoidal_paper",         "transcription of arXiv 1706.03762 section 3.5",                                      Some(ATTENTION_IS_ALL_YOU_NEED), "blocks/sinusoidal_paper",         sinusoidal_paper),
         case("sinusoidal_marian",        "transformers MarianSinusoidalPositionalEmbedding",                                   Some(ATTENTION_IS_ALL_YOU_NEED), "blocks/sinusoidal_marian",        sinusoidal_marian),
@@ -81,6 +92,39 @@ fn hf_rope(bundle: &Bundle, model: &str) -> Result<(RopeConfig, usize)> {
 fn rope_half_split(bundle: &Bundle) -> Result<Report> {
     let (config, offset) = hf_rope(bundle, "LLaMA")?;
     rope_pair(bundle, &config, offset, true)
+}
+
+/// HF LLaMA with dynamic NTK whose module ran `grown_to` positions before: the
+/// frequencies of that length stay for the shorter call, as HF's module keeps them.
+fn rope_dynamic_grown(bundle: &Bundle) -> Result<Report> {
+    #[derive(Deserialize)]
+    struct Grown {
+        offset: usize,
+        grown_to: usize,
+    }
+    sizeless_config!(Grown);
+    let (attention, grown): (AttentionConfig, Grown) = bundle.config_parts(&outside_rope())?;
+    let Some(config) = attention.rope_config()? else {
+        return Err(Error::file(
+            bundle.origin(),
+            "the LLaMA config does not ask for rotary embeddings",
+        ));
+    };
+    BlockCheck::new(bundle).inputs(&["0", "1"]).outputs(&["0", "1"]).run(
+        |vb| {
+            let rope = Rope::new(&config, vb.device())?;
+            rope.tables(grown.grown_to, 0)?;
+            Ok(rope)
+        },
+        |rope, qk| {
+            let (cos, sin) = rope.hf_tables(qk[0].dim(2)?, grown.offset, qk[0].dtype())?;
+            tap_tuple("rotary_emb", &[&cos, &sin]);
+            Ok(vec![
+                rope.apply(&qk[0], grown.offset)?,
+                rope.apply(&qk[1], grown.offset)?,
+            ])
+        },
+    )
 }
 
 /// GPT-NeoX: half-split rotation of the first quarter of each head.

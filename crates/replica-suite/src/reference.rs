@@ -45,7 +45,7 @@ pub(crate) fn outside_rope() -> Vec<&'static str> {
 
 /// The attention settings of a HF decoder `config.json` in the bundle (LLaMA,
 /// GPT-NeoX, Gemma 2), read strictly as the cases read it, for tests that build the
-/// block themselves. The RoPE fixtures' `offset` and the fields of the attention
+/// block themselves. The RoPE fixtures' `offset` (and `grown_to`) and the fields of the attention
 /// pattern (`sliding_window`, `layer_types`, ...) are accepted without being checked:
 /// the cases check them.
 pub fn attention_config(bundle: &Bundle) -> Result<AttentionConfig> {
@@ -54,6 +54,10 @@ pub fn attention_config(bundle: &Bundle) -> Result<AttentionConfig> {
         #[serde(default)]
         #[allow(dead_code)] // read so that it is not refused
         offset: Option<usize>,
+        /// The dynamic-NTK fixture's earlier sequence length.
+        #[serde(default)]
+        #[allow(dead_code)] // read so that it is not refused
+        grown_to: Option<usize>,
     }
     sizeless_config!(Rest);
     let (config, _, _): (AttentionConfig, AttentionPattern, Rest) = bundle.config_parts(&outside_rope())?;

@@ -73,7 +73,11 @@ fn every_stored_gradient_and_activation_is_checked() {
 #[test]
 fn case_names_are_unique_and_cite_papers() {
     common::assert_names_unique();
-    common::assert_written_by(&cases(), "fixtures_blocks_attention.py");
+    // The RoPE scaling cases (their reference names the rope_type) have their own script.
+    let (scaling, rest): (Vec<Case>, Vec<Case>) = cases().into_iter().partition(|c| c.reference.contains("rope_type"));
+    assert_eq!(scaling.len(), 8);
+    common::assert_written_by(&scaling, "fixtures_blocks_rope_scaling.py");
+    common::assert_written_by(&rest, "fixtures_blocks_attention.py");
     for case in cases() {
         assert!(case.paper.is_some(), "{} cites no paper", case.name);
     }

@@ -8,6 +8,7 @@ use replica_blocks::sinusoidal::{SinusoidalConfig, SinusoidalPositionEmbedding};
 use replica_blocks::{Rope, RopeConfig, RopeStyle};
 use replica_check::{assert_close, compare, Bundle, Case, Namespace, Parity, Tolerance};
 use replica_suite::reference::attention_config;
+use serde_json::json;
 
 const CPU: Device = Device::Cpu;
 
@@ -31,13 +32,14 @@ fn err_text<T: std::fmt::Debug>(result: candle_core::Result<T>) -> String {
 #[test]
 fn every_position_case_matches_its_reference() {
     let cases = position_cases();
-    assert_eq!(cases.len(), 7);
+    assert_eq!(cases.len(), 15);
     common::assert_all_pass(&cases);
     common::assert_stored_tensors_checked(&cases);
-    for (_, report) in common::run(&cases) {
-        assert!(
+    for (bundle, report) in common::run(&cases) {
+        assert_eq!(
+            bundle.metadata().dtype == "float32",
             common::rows(&report, "grad/") > 0,
-            "{}: the fixture has gradients",
+            "{}: f32 fixtures carry gradients, half ones not",
             report.title
         );
     }
@@ -158,4 +160,108 @@ fn rope_tables_match_hf_at_the_fixture_positions() {
         &hf_sin,
         Tolerance::default(),
     );
+}
+
+// ------------------------------------------------------------- RoPE scaling
+
+/// Runs case `name` on its fixture as it is (it passes), then with the fixture's
+/// config changed by `plant`, so that the rope is built with the planted
+/// bug: the same check (tables, outputs and gradients against the float64 shadow)
+/// must fail.
+fn planted_bug_is_caught(name: &str, what: &str, plant: impl Fn(&mut serde_json::Value)) {
+    let case = replica_suite::positions::cases()
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap();
+    let bundle = common::fixture(case.fixture);
+    let report = (case.run)(&bundle).unwrap();
+    assert!(report.passed(), "{name} as read:\n{report}");
+    let mut config = bundle.metadata().config.clone();
+    plant(&mut config);
+    let report = (case.run)(&bundle.with_config(config)).unwrap();
+    assert!(!report.passed(), "{name}: {what} passed:\n{report}");
+    assert!(
+        report
+            .rows
+            .iter()
+            .any(|r| r.name.contains("rotary_emb") && !r.comparison.passed()),
+        "{name}: {what}: the tables differ"
+    );
+}
+
+#[test]
+fn planted_rope_scaling_bugs_are_caught() {
+    planted_bug_is_caught("rope_linear", "factor 2 for 4", |c| {
+        c["rope_parameters"]["factor"] = json!(2.0)
+    });
+    for name in ["rope_yarn", "rope_yarn_bf16"] {
+        planted_bug_is_caught(name, "yarn without its mscale", |c| {
+            c["rope_parameters"]["attention_factor"] = json!(1.0)
+        });
+    }
+    planted_bug_is_caught("rope_yarn", "yarn's correction range not truncated", |c| {
+        c["rope_parameters"]["truncate"] = json!(false)
+    });
+    planted_bug_is_caught("rope_llama3", "llama3's smoothing band moved", |c| {
+        c["rope_parameters"]["high_freq_factor"] = json!(2.0)
+    });
+    planted_bug_is_caught("rope_dynamic", "dynamic NTK's base grown for factor 1.5", |c| {
+        c["rope_parameters"]["factor"] = json!(1.5)
+    });
+    planted_bug_is_caught("rope_dynamic", "dynamic NTK that never grows (plain RoPE)", |c| {
+        c["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 10000.0});
+        c["max_position_embeddings"] = json!(128);
+    });
+    planted_bug_is_caught("rope_longrope", "longrope's short factors past the original", |c| {
+        c["rope_parameters"]["long_factor"] = c["rope_parameters"]["short_factor"].clone()
+    });
+    planted_bug_is_caught("rope_longrope", "longrope without its attention factor", |c| {
+        c["rope_parameters"]["attention_factor"] = json!(1.0)
+    });
+    planted_bug_is_caught(
+        "rope_longrope_short",
+        "longrope's long factors inside the original",
+        |c| c["rope_parameters"]["short_factor"] = c["rope_parameters"]["long_factor"].clone(),
+    );
+}
+
+/// The table of positions 90..96 of a fresh dynamic rope, of one that ran `before` first.
+fn dynamic_cos(config: &RopeConfig, before: &[usize]) -> Tensor {
+    let rope = Rope::new(config, &CPU).unwrap();
+    for &len in before {
+        rope.tables(len, 0).unwrap();
+    }
+    rope.hf_tables(6, 90, DType::F32).unwrap().0
+}
+
+/// HF's dynamic module keeps the frequencies of the longest sequence it has run
+/// until one shorter than `max_position_embeddings` resets them: a fresh rope does
+/// not give the grown fixture's tables, one that ran 120 positions does, and after
+/// a short sequence the fresh fixture's again.
+#[test]
+fn dynamic_rope_keeps_hf_s_state() {
+    let (grown, fresh) = (fixture("rope_dynamic_grown"), fixture("rope_dynamic"));
+    let (grown, fresh) = (
+        grown.activation("rotary_emb:0").unwrap(),
+        fresh.activation("rotary_emb:0").unwrap(),
+    );
+    let config = llama_rope(&fixture("rope_dynamic"));
+    let matches = |cos: &Tensor, reference: &Tensor| compare(cos, reference, Tolerance::default()).passed();
+    assert!(matches(&dynamic_cos(&config, &[]), fresh));
+    assert!(
+        !matches(&dynamic_cos(&config, &[]), grown),
+        "a stateless dynamic rope passed"
+    );
+    assert!(matches(&dynamic_cos(&config, &[120]), grown));
+    assert!(
+        matches(&dynamic_cos(&config, &[120, 100]), grown),
+        "a shorter one past 64 keeps 120's"
+    );
+    assert!(
+        matches(&dynamic_cos(&config, &[120, 10]), fresh),
+        "one shorter than 64 resets"
+    );
+    // Past `factor * max_position_embeddings` the sequence is refused.
+    let rope = Rope::new(&config, &CPU).unwrap();
+    assert!(err_text(rope.tables(129, 0)).contains("exceed the table of 128 positions"));
 }

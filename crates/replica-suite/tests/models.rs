@@ -55,6 +55,23 @@ fn llama_matches_hf() {
 }
 
 #[test]
+fn llama_with_yarn_rope_matches_hf() {
+    let parity = models::llama_parity(&bundle("llama_yarn")).unwrap();
+    check_model(&parity, &[], &[]);
+}
+
+/// The whole model tells a RoPE scaling bug apart: YaRN without its attention
+/// factor on (cos, sin) (`attention_factor` 1 in the config) fails the case.
+#[test]
+fn llama_with_yarn_rope_without_its_mscale_fails() {
+    let bundle = bundle("llama_yarn");
+    let mut config = bundle.metadata().config.clone();
+    config["rope_parameters"]["attention_factor"] = serde_json::json!(1.0);
+    let parity = models::llama_parity(&bundle.with_config(config)).unwrap();
+    assert!(!parity.report.passed(), "{}", parity.report);
+}
+
+#[test]
 fn vit_matches_timm() {
     let parity = models::vit_parity(&bundle("vit")).unwrap();
     check_model(&parity, &[], &[]);

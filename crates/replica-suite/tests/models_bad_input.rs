@@ -140,9 +140,12 @@ fn a_config_that_contradicts_itself_is_refused() {
     let config = with(
         &config_of("models/llama"),
         "rope_scaling",
-        json!({"rope_type": "linear", "factor": 2.0}),
+        json!({"type": "su", "factor": 2.0}),
     );
-    assert_contains(&message(LlamaConfig::from_value(&config, "x")), &["rope_scaling"]);
+    assert_contains(
+        &message(LlamaConfig::from_value(&config, "x")),
+        &["rope_scaling.rope_type `su` is not implemented (expected one of default, linear, dynamic, yarn, llama3, longrope)"],
+    );
     let config = with(&config_of("models/gpt2"), "model_type", json!("llama"));
     assert_contains(&message(Gpt2Config::from_value(&config, "x")), &["not a GPT-2 config"]);
 }
@@ -318,4 +321,79 @@ fn config_fields_the_model_does_not_implement_are_refused() {
     });
     let config = BertConfig::from_value(&minilm, "minilm").unwrap();
     assert_eq!(config.pad_token_id, Some(0));
+}
+
+/// RoPE scaling is read as transformers v5 reads it: v4's `rope_scaling` (with `type`
+/// or `rope_type`) and top-level `rope_theta` give what v5's `rope_parameters` give;
+/// an unknown type, a key the type does not use and a missing one are refused by name.
+#[test]
+fn rope_scaling_is_read_as_hf_reads_it_and_refused_by_name() {
+    let llama = config_of("models/llama");
+    let mut v5 = with(
+        &llama,
+        "rope_parameters",
+        json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16, "rope_theta": 500000.0}),
+    );
+    v5.as_object_mut().unwrap().remove("rope_theta");
+    let mut v4 = with(
+        &llama,
+        "rope_scaling",
+        json!({"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}),
+    );
+    v4["rope_theta"] = json!(500000.0);
+    v4.as_object_mut().unwrap().remove("rope_parameters");
+    let (v4, v5) = (
+        LlamaConfig::from_value(&v4, "v4").unwrap(),
+        LlamaConfig::from_value(&v5, "v5").unwrap(),
+    );
+    assert_eq!(v4.rope().unwrap(), v5.rope().unwrap());
+    assert_eq!(v4.block_config(), v5.block_config());
+    assert_eq!(v5.theta(), 500000.0);
+
+    let refused = |parameters: Value, parts: &[&str]| {
+        let config = with(&llama, "rope_parameters", parameters);
+        assert_contains(&message(LlamaConfig::from_value(&config, "x")), parts);
+    };
+    refused(
+        json!({"rope_type": "yarn", "factor": 4.0, "low_freq_factor": 1.0}),
+        &["rope_parameters.low_freq_factor is not used by rope_type `yarn`"],
+    );
+    refused(
+        json!({"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0}),
+        &["rope_parameters.low_freq_factor is required by rope_type `llama3`, got none"],
+    );
+    refused(
+        json!({"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}),
+        &["rope_parameters.short_factor must hold one factor per frequency (4), got 1"],
+    );
+    refused(
+        json!({"rope_type": "yarn", "factor": 4.0, "mrope_section": [2, 2]}),
+        &["unknown field `mrope_section`"],
+    );
+    refused(
+        json!({"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}),
+        &["rope_parameters.partial_rotary_factor must be 1 for rope_type `linear`"],
+    );
+}
+
+/// With dynamic NTK a LLaMA runs past `max_position_embeddings`, up to `factor`
+/// times it; longer is refused with that limit named.
+#[test]
+fn dynamic_rope_runs_past_max_position_embeddings_up_to_factor_times_it() {
+    let config = with(
+        &config_of("models/llama"),
+        "rope_parameters",
+        json!({"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}),
+    );
+    let config = LlamaConfig::from_value(&config, "x").unwrap();
+    assert_eq!((config.max_position_embeddings, config.max_positions()), (64, 128));
+    let model = Llama::load(&config, fixture("models/llama"), DType::F32, &Device::Cpu).unwrap();
+    let ids = |n: usize| Tensor::zeros((1, n), DType::U32, &Device::Cpu).unwrap();
+    model.forward(&ids(100), None).unwrap();
+    assert_contains(
+        &message(model.forward(&ids(129), None)),
+        &["128 positions (max_position_embeddings times the dynamic RoPE factor)"],
+    );
 }

@@ -11,25 +11,7 @@ use super::AttentionNames;
 use crate::alibi::AlibiConfig;
 use crate::norm::NormKind;
 use crate::rope::{RopeConfig, RopeStyle};
-
-/// HF transformers v5 `rope_parameters`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RopeParameters {
-    /// The RoPE variant (`type` in older configs); default `"default"`, the only one implemented.
-    #[serde(default = "default_rope_type", alias = "type")]
-    pub rope_type: String,
-    /// The RoPE base; `None` leaves [`AttentionConfig::rope_theta`] (or 10000).
-    #[serde(default)]
-    pub rope_theta: Option<f64>,
-    /// The fraction of each head that rotates; `None` leaves
-    /// [`AttentionConfig::partial_rotary_factor`].
-    #[serde(default)]
-    pub partial_rotary_factor: Option<f64>,
-}
-
-fn default_rope_type() -> String {
-    "default".into()
-}
+pub use crate::rope_scaling::RopeParameters;
 
 fn default_norm_eps() -> f64 {
     1e-5
@@ -107,7 +89,8 @@ pub struct AttentionConfig {
     #[serde(default, alias = "rotary_emb_base")]
     pub rope_theta: Option<f64>,
     /// HF v5 `rope_parameters`, which take precedence over `rope_theta` and
-    /// `partial_rotary_factor`; setting it turns rotary embeddings on.
+    /// `partial_rotary_factor`; setting it turns rotary embeddings on. A `rope_type`
+    /// other than `default` scales the rotary embedding ([`crate::rope_scaling`]).
     #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
     /// The fraction of each head that rotates (GPT-NeoX `rotary_pct`, Phi).
@@ -219,14 +202,12 @@ impl AttentionConfig {
     /// The rotary embedding this config asks for, if any.
     pub fn rope_config(&self) -> Result<Option<RopeConfig>> {
         let params = self.rope_parameters.as_ref();
-        if let Some(p) = params {
-            if p.rope_type != "default" {
-                candle_core::bail!(
-                    "attention: rope_type `{}` is not implemented (only the default RoPE is)",
-                    p.rope_type
-                )
-            }
-        }
+        let scaling = match params {
+            Some(p) => p
+                .scaling(self.max_positions)
+                .map_err(|message| candle_core::Error::Msg(format!("attention: {message}")))?,
+            None => None,
+        };
         let on = self.rope.is_some() || self.rope_theta.is_some() || params.is_some() || self.rotary_dim.is_some();
         if !on {
             return Ok(None);
@@ -236,7 +217,10 @@ impl AttentionConfig {
         };
         let mut rope = RopeConfig::new(head_dim);
         rope.style = self.rope.unwrap_or_default();
-        rope.max_positions = self.max_positions;
+        rope.max_positions = scaling
+            .as_ref()
+            .map_or(self.max_positions, |s| s.max_positions(self.max_positions));
+        rope.scaling = scaling;
         if let Some(theta) = params.and_then(|p| p.rope_theta).or(self.rope_theta) {
             rope.theta = theta;
         }
