@@ -289,10 +289,11 @@ pub fn compare_trace(trace: &Trace, bundle: &Bundle, tolerance: Tolerance) -> Tr
         .iter()
         .find(|row| row.comparison.as_ref().is_some_and(|c| !c.passed()))
         .map(|row| row.path.clone());
+    let recorded: std::collections::HashSet<&str> = trace.names().collect();
     let not_recorded = bundle
         .activations()
         .map(|(name, _)| name)
-        .filter(|name| trace.get(name).is_none())
+        .filter(|name| !recorded.contains(name))
         .map(str::to_string)
         .collect();
     TraceReport {

@@ -2,6 +2,8 @@
 //! program (`Trace::save`, or any file of `act/` tensors), against a reference
 //! bundle's, module by module in execution order, naming the first divergence.
 
+use std::collections::{HashMap, HashSet};
+
 use candle_core::Device;
 use replica_check::{compare_trace, glob_match, printable, Bundle, Tolerance, Trace, TraceEntry, TraceReport};
 use serde_json::json;
@@ -30,12 +32,13 @@ pub fn run(args: &TraceArgs, format: Format) -> Result<Status, CliError> {
     let dump = Trace::load(&args.dump, &Device::Cpu)?;
     let ignored = |name: &str| args.ignore.iter().any(|glob| glob_match(glob, name));
     let mut entries: Vec<TraceEntry> = Vec::with_capacity(dump.len());
+    let mut seen = HashSet::new();
     for entry in dump.entries {
         let name = renamed(&entry.name, &renames);
         if ignored(&name) {
             continue;
         }
-        if entries.iter().any(|e| e.name == name) {
+        if !seen.insert(name.clone()) {
             return Err(
                 CliError::file(&args.dump, format!("two activations are renamed to `{name}`")).context("--rename"),
             );
@@ -43,8 +46,14 @@ pub fn run(args: &TraceArgs, format: Format) -> Result<Status, CliError> {
         entries.push(TraceEntry { name, ..entry });
     }
     // The reference's execution order, then what only the dump has, in its order.
-    let position = |name: &str| bundle.metadata().activations.iter().position(|a| a == name);
-    entries.sort_by_key(|e| position(&e.name).unwrap_or(usize::MAX));
+    let order: HashMap<&str, usize> = bundle
+        .metadata()
+        .activations
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.as_str(), i))
+        .collect();
+    entries.sort_by_key(|e| order.get(e.name.as_str()).copied().unwrap_or(usize::MAX));
     let trace = Trace::from_entries(entries);
     let mut report = compare_trace(&trace, &bundle, Tolerance::for_dtype(bundle.dtype()?));
     report.not_recorded.retain(|name| !ignored(name));
