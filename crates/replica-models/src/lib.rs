@@ -6,7 +6,8 @@
 //!   tied LM head and greedy generation with a KV cache;
 //! - [`vit`]: the Vision Transformer as timm's `VisionTransformer` (arXiv 2010.11929);
 //! - [`llama`]: a LLaMA-style decoder as HF `LlamaForCausalLM` (arXiv 2302.13971):
-//!   RMSNorm, RoPE, SwiGLU, grouped-query attention, KV cache;
+//!   RMSNorm, RoPE (and HF's RoPE scalings), SwiGLU, grouped-query attention, KV cache;
+//!   it reads Mistral configs too (sequences within the sliding window);
 //! - [`gemma`]: Gemma as HF `GemmaForCausalLM` (arXiv 2403.08295), the LLaMA
 //!   [`decoder`] with Gemma's norms, embedding scale and GeGLU;
 //! - [`qwen2`]: Qwen2 as HF `Qwen2ForCausalLM` (arXiv 2407.10671), the [`decoder`]
