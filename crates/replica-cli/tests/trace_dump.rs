@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use candle_core::{DType, Device};
 use replica::blocks::{Activation, FeedForwardConfig, NormKind};
 use replica::check::{Bundle, Namespace, Trace, TraceEntry};
-use replica::models::decoder::{CausalDecoder, DecoderSpec};
+use replica::models::decoder::{CausalDecoder, DecoderConfig, DecoderSpec};
 use replica::models::{GemmaConfig, ModelConfig};
 
 fn reference() -> PathBuf {

@@ -3,18 +3,22 @@
 //! decoder layers with rotary attention and a gated MLP, a final RMSNorm and an LM
 //! head, as HF's `*ForCausalLM` lays them out (`model.embed_tokens`,
 //! `model.layers.N`, `model.norm`, `lm_head`). A model file reads its reference's
-//! config into a [`DecoderSpec`]; what differs between the families (the norm, the
-//! embedding's scale, the activation, the attention's options) is data in it.
+//! config and implements [`DecoderConfig`] for it, whose [`DecoderSpec`] holds what
+//! differs between the families (the norm, the embedding's scale, the activation,
+//! the attention's options) as data; the model is [`DecoderLm`] of that config.
 
-use candle_core::{Device, Tensor};
+use std::fmt;
+
+use candle_core::{Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig, TransformerBlock};
 use replica_blocks::{RopeScaling, TransformerBlockConfig};
-use replica_check::{ConfigCheck, Footprint, Size, Workload};
+use replica_check::{ConfigCheck, Footprint, Size, WeightMap, Workload};
 use serde_json::Value;
 
 use crate::generation::{decoder_positions, CausalLm};
+use crate::{Architecture, Family, ModelConfig, Preset};
 
 /// What a decoder is made of.
 #[derive(Clone, Debug, PartialEq)]
@@ -136,34 +140,112 @@ impl CausalDecoder {
     }
 }
 
-/// A model that is a [`CausalDecoder`] under its own config type (LLaMA, Gemma):
-/// it decodes ([`CausalLm`]) through it.
-pub trait DecoderModel {
-    /// The decoder the model runs.
-    fn decoder(&self) -> &CausalDecoder;
-}
-
-impl DecoderModel for CausalDecoder {
-    fn decoder(&self) -> &CausalDecoder {
-        self
-    }
-}
-
-impl<M: DecoderModel> CausalLm for M {
+impl CausalLm for CausalDecoder {
     fn forward_lm(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        self.decoder().logits_t(ids, cache, false)
+        self.logits_t(ids, cache, false)
     }
 
     fn num_layers(&self) -> usize {
-        self.decoder().layers.len()
+        self.layers.len()
     }
 
     fn max_positions(&self) -> usize {
-        self.decoder().spec.max_positions
+        self.spec.max_positions
     }
 
     fn device(&self) -> &Device {
-        &self.decoder().device
+        &self.device
+    }
+}
+
+/// The config of a decoder family laid out as HF's LLaMA (LLaMA, Gemma, Qwen2,
+/// Qwen3): who the model is, its presets, and the decoder it describes.
+/// [`DecoderLm`] of it is the model (`Llama = DecoderLm<LlamaConfig>`), so a new
+/// family of this layout is a config type and this impl.
+pub trait DecoderConfig: ModelConfig + Clone + fmt::Debug + Send + Sync + 'static {
+    /// Who the model is.
+    const FAMILY: Family;
+    /// Its named configurations.
+    const PRESETS: &'static [Preset] = &[];
+    /// The decoder the config describes (called once the config is validated).
+    fn decoder_spec(&self) -> DecoderSpec;
+}
+
+/// A decoder-only language model of a [`DecoderConfig`], with its LM head
+/// (`LlamaForCausalLM`, `GemmaForCausalLM`, ...).
+#[derive(Clone, Debug)]
+pub struct DecoderLm<C> {
+    decoder: CausalDecoder,
+    config: C,
+}
+
+impl<C: DecoderConfig> Architecture for DecoderLm<C> {
+    type Config = C;
+    const FAMILY: Family = C::FAMILY;
+    const PRESETS: &'static [Preset] = C::PRESETS;
+
+    /// Builds the model under `vb` (the checkpoint's root: `model.*`, `lm_head.weight`).
+    fn new(config: &C, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::check(config)?;
+        Ok(Self {
+            decoder: CausalDecoder::new(&config.decoder_spec(), vb)?,
+            config: config.clone(),
+        })
+    }
+
+    /// HF's checkpoints of this layout need no renaming; a tied head's
+    /// `lm_head.weight` copy and the old `rotary_emb.inv_freq` buffers are dropped.
+    fn weight_map(config: &C) -> WeightMap {
+        let map = WeightMap::new().ignore(r"\.rotary_emb\.inv_freq$");
+        if config.decoder_spec().tie_word_embeddings {
+            map.ignore(r"^lm_head\.weight$")
+        } else {
+            map
+        }
+    }
+}
+
+impl<C> DecoderLm<C> {
+    /// The configuration the model was built with.
+    pub fn config(&self) -> &C {
+        &self.config
+    }
+
+    /// The final hidden states `[batch, seq, hidden_size]` (after `model.norm`), in
+    /// inference, continuing from what `cache` holds (one [`KvCache`] per layer).
+    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
+        self.decoder.hidden_t(ids, cache, false)
+    }
+
+    /// Logits `[batch, seq, vocab_size]`, in inference (`forward_t(ids, true)` trains).
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
+        self.decoder.logits_t(ids, cache, false)
+    }
+}
+
+impl<C: DecoderConfig> ModuleT for DecoderLm<C> {
+    /// Logits `[batch, seq, vocab_size]` for token ids `[batch, seq]`; `train` turns
+    /// attention dropout on.
+    fn forward_t(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.decoder.logits_t(ids, None, train)
+    }
+}
+
+impl<C: DecoderConfig> CausalLm for DecoderLm<C> {
+    fn forward_lm(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
+        self.decoder.forward_lm(ids, cache)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.decoder.num_layers()
+    }
+
+    fn max_positions(&self) -> usize {
+        self.decoder.max_positions()
+    }
+
+    fn device(&self) -> &Device {
+        self.decoder.device()
     }
 }
 

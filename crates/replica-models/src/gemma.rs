@@ -8,18 +8,15 @@
 //! decoupled from `hidden_size / num_attention_heads`, the padding row's gradient
 //! cut (`pad_token_id`), and the LM head tied to the embedding.
 
-use candle_core::{ModuleT, Tensor};
-use candle_nn::VarBuilder;
-use replica_blocks::kv_cache::KvCache;
 use replica_blocks::{Activation, EmbeddingConfig, NormKind, RmsNormConfig};
-use replica_check::{ConfigCheck, Footprint, WeightMap, Workload};
+use replica_check::{ConfigCheck, Footprint, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::positive;
-use crate::decoder::{CausalDecoder, DecoderModel, DecoderSpec, RopeParameters};
-use crate::llama::{Llama, LlamaConfig};
-use crate::{papers, Architecture, Family, ModelConfig, Preset};
+use crate::decoder::{DecoderConfig, DecoderLm, DecoderSpec, RopeParameters};
+use crate::llama::LlamaConfig;
+use crate::{papers, Family, ModelConfig, Preset};
 
 fn default_vocab_size() -> usize {
     256_000
@@ -189,36 +186,9 @@ impl GemmaConfig {
             model_type: None,
         }
     }
-
-    /// The whole decoder, as `GemmaForCausalLM`.
-    pub fn decoder_spec(&self) -> DecoderSpec {
-        let llama = self.as_llama();
-        let mut block = llama.block_config();
-        block.norm = NormKind::GemmaRmsNorm;
-        DecoderSpec {
-            family: "Gemma",
-            embedding: EmbeddingConfig {
-                padding_idx: self.pad_token_id,
-                scale: Some((self.hidden_size as f64).sqrt()),
-                ..EmbeddingConfig::new(self.vocab_size, self.hidden_size)
-            },
-            block,
-            final_norm: RmsNormConfig::gemma(self.hidden_size, self.rms_norm_eps),
-            ..llama.decoder_spec()
-        }
-    }
 }
 
-/// Gemma with its language-model head (`GemmaForCausalLM`).
-#[derive(Clone, Debug)]
-pub struct Gemma {
-    decoder: CausalDecoder,
-    config: GemmaConfig,
-}
-
-impl Architecture for Gemma {
-    type Config = GemmaConfig;
-
+impl DecoderConfig for GemmaConfig {
     const FAMILY: Family = Family {
         name: "Gemma",
         reference: "transformers.GemmaForCausalLM",
@@ -245,44 +215,24 @@ impl Architecture for Gemma {
         },
     }];
 
-    /// Builds the model under `vb` (the checkpoint's root: `model.*`).
-    fn new(config: &GemmaConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        Self::check(config)?;
-        Ok(Self {
-            decoder: CausalDecoder::new(&config.decoder_spec(), vb)?,
-            config: config.clone(),
-        })
-    }
-
-    /// HF Gemma checkpoints need no renaming; a tied head's `lm_head.weight` copy is dropped.
-    fn weight_map(config: &GemmaConfig) -> WeightMap {
-        Llama::weight_map(&config.as_llama())
-    }
-}
-
-impl Gemma {
-    /// The configuration the model was built with.
-    pub fn config(&self) -> &GemmaConfig {
-        &self.config
-    }
-
-    /// Logits `[batch, seq, vocab_size]`, in inference, continuing from what `cache`
-    /// holds (one [`KvCache`] per layer).
-    pub fn forward(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        self.decoder.logits_t(ids, cache, false)
+    /// The whole decoder, as `GemmaForCausalLM`.
+    fn decoder_spec(&self) -> DecoderSpec {
+        let llama = self.as_llama();
+        let mut block = llama.block_config();
+        block.norm = NormKind::GemmaRmsNorm;
+        DecoderSpec {
+            family: "Gemma",
+            embedding: EmbeddingConfig {
+                padding_idx: self.pad_token_id,
+                scale: Some((self.hidden_size as f64).sqrt()),
+                ..EmbeddingConfig::new(self.vocab_size, self.hidden_size)
+            },
+            block,
+            final_norm: RmsNormConfig::gemma(self.hidden_size, self.rms_norm_eps),
+            ..llama.decoder_spec()
+        }
     }
 }
 
-impl ModuleT for Gemma {
-    /// Logits `[batch, seq, vocab_size]` for token ids `[batch, seq]`; `train` turns
-    /// attention dropout on.
-    fn forward_t(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.decoder.logits_t(ids, None, train)
-    }
-}
-
-impl DecoderModel for Gemma {
-    fn decoder(&self) -> &CausalDecoder {
-        &self.decoder
-    }
-}
+/// Gemma with its language-model head (`GemmaForCausalLM`).
+pub type Gemma = DecoderLm<GemmaConfig>;

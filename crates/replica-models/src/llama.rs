@@ -12,23 +12,20 @@
 //! original checkpoints pair neighbouring features, and HF permutes their q/k
 //! weights on conversion. `rope_interleaved: true` reads Meta's layout as it is.
 
-use candle_core::{ModuleT, Tensor};
-use candle_nn::VarBuilder;
 use replica_blocks::attention::{AttentionConfig, AttentionNames};
-use replica_blocks::kv_cache::KvCache;
 use replica_blocks::{
     Activation, BlockNames, EmbeddingConfig, FeedForwardConfig, GluMlpConfig, NormKind, ResidualLayout, RmsNormConfig,
     RopeStyle, TransformerBlockConfig,
 };
 use replica_check::config_check::{at_most, finite_positive, non_negative};
-use replica_check::{ConfigCheck, Footprint, WeightMap, Workload};
+use replica_check::{ConfigCheck, Footprint, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::{positive, probabilities};
 pub use crate::decoder::RopeParameters;
-use crate::decoder::{rope_parameters, CausalDecoder, DecoderModel, DecoderSpec};
-use crate::{papers, Architecture, Family, ModelConfig, Preset};
+use crate::decoder::{rope_parameters, DecoderConfig, DecoderLm, DecoderSpec};
+use crate::{papers, Family, ModelConfig, Preset};
 
 fn silu() -> Activation {
     Activation::Silu
@@ -294,38 +291,9 @@ impl LlamaConfig {
             names: BlockNames::llama(),
         }
     }
-
-    /// The whole decoder, as `LlamaForCausalLM`.
-    pub fn decoder_spec(&self) -> DecoderSpec {
-        DecoderSpec {
-            family: "LLaMA",
-            embedding: EmbeddingConfig {
-                padding_idx: self.pad_token_id,
-                ..EmbeddingConfig::new(self.vocab_size, self.hidden_size)
-            },
-            block: self.block_config(),
-            layers: self.num_hidden_layers,
-            final_norm: RmsNormConfig {
-                eps: self.rms_norm_eps,
-                ..RmsNormConfig::new(self.hidden_size)
-            },
-            tie_word_embeddings: self.tie_word_embeddings,
-            max_positions: self.max_positions(),
-            window: self.window(),
-        }
-    }
 }
 
-/// A LLaMA-style decoder with its language-model head (`LlamaForCausalLM`).
-#[derive(Clone, Debug)]
-pub struct Llama {
-    decoder: CausalDecoder,
-    config: LlamaConfig,
-}
-
-impl Architecture for Llama {
-    type Config = LlamaConfig;
-
+impl DecoderConfig for LlamaConfig {
     const FAMILY: Family = Family {
         name: "LLaMA",
         reference: "transformers.LlamaForCausalLM",
@@ -351,55 +319,26 @@ impl Architecture for Llama {
         },
     }];
 
-    /// Builds the model under `vb` (the checkpoint's root: `model.*`, `lm_head.weight`).
-    fn new(config: &LlamaConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        Self::check(config)?;
-        Ok(Self {
-            decoder: CausalDecoder::new(&config.decoder_spec(), vb)?,
-            config: config.clone(),
-        })
-    }
-
-    /// HF LLaMA checkpoints need no renaming; a tied head's `lm_head.weight` copy
-    /// and the old `rotary_emb.inv_freq` buffers are dropped.
-    fn weight_map(config: &LlamaConfig) -> WeightMap {
-        let map = WeightMap::new().ignore(r"\.rotary_emb\.inv_freq$");
-        if config.tie_word_embeddings {
-            map.ignore(r"^lm_head\.weight$")
-        } else {
-            map
+    /// The whole decoder, as `LlamaForCausalLM`.
+    fn decoder_spec(&self) -> DecoderSpec {
+        DecoderSpec {
+            family: "LLaMA",
+            embedding: EmbeddingConfig {
+                padding_idx: self.pad_token_id,
+                ..EmbeddingConfig::new(self.vocab_size, self.hidden_size)
+            },
+            block: self.block_config(),
+            layers: self.num_hidden_layers,
+            final_norm: RmsNormConfig {
+                eps: self.rms_norm_eps,
+                ..RmsNormConfig::new(self.hidden_size)
+            },
+            tie_word_embeddings: self.tie_word_embeddings,
+            max_positions: self.max_positions(),
+            window: self.window(),
         }
     }
 }
 
-impl Llama {
-    /// The configuration the model was built with.
-    pub fn config(&self) -> &LlamaConfig {
-        &self.config
-    }
-
-    /// The final hidden states `[batch, seq, hidden_size]` (after `model.norm`), in
-    /// inference, continuing from what `cache` holds (one [`KvCache`] per layer).
-    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        self.decoder.hidden_t(ids, cache, false)
-    }
-
-    /// Logits `[batch, seq, vocab_size]`, in inference (`forward_t(ids, true)` trains).
-    pub fn forward(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        self.decoder.logits_t(ids, cache, false)
-    }
-}
-
-impl ModuleT for Llama {
-    /// Logits `[batch, seq, vocab_size]` for token ids `[batch, seq]`; `train` turns
-    /// attention dropout on.
-    fn forward_t(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.decoder.logits_t(ids, None, train)
-    }
-}
-
-impl DecoderModel for Llama {
-    fn decoder(&self) -> &CausalDecoder {
-        &self.decoder
-    }
-}
+/// A LLaMA-style decoder with its language-model head (`LlamaForCausalLM`).
+pub type Llama = DecoderLm<LlamaConfig>;

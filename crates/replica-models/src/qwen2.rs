@@ -9,18 +9,15 @@
 //! longer than the window attends to every earlier token, as without one; a longer
 //! one is refused, since the windowed mask is not implemented.
 
-use candle_core::{ModuleT, Tensor};
-use candle_nn::VarBuilder;
-use replica_blocks::kv_cache::KvCache;
 use replica_blocks::Activation;
-use replica_check::{ConfigCheck, Footprint, WeightMap, Workload};
+use replica_check::{ConfigCheck, Footprint, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::positive;
-use crate::decoder::{CausalDecoder, DecoderModel, DecoderSpec, RopeParameters};
-use crate::llama::{Llama, LlamaConfig};
-use crate::{papers, Architecture, Family, ModelConfig, Preset};
+use crate::decoder::{DecoderConfig, DecoderLm, DecoderSpec, RopeParameters};
+use crate::llama::LlamaConfig;
+use crate::{papers, Family, ModelConfig, Preset};
 
 pub(crate) fn default_vocab_size() -> usize {
     151_936
@@ -175,16 +172,6 @@ impl Qwen2Config {
             model_type: None,
         }
     }
-
-    /// The whole decoder, as `Qwen2ForCausalLM`.
-    pub fn decoder_spec(&self) -> DecoderSpec {
-        let mut spec = self.as_llama().decoder_spec();
-        spec.family = "Qwen2";
-        spec.block.attention.qkv_bias = true;
-        spec.block.attention.proj_bias = Some(false);
-        spec.window = self.window().unwrap_or_default();
-        spec
-    }
 }
 
 /// Refuses a `model_type` other than `expected`, naming the family.
@@ -246,16 +233,7 @@ pub(crate) fn attention_window(
     }
 }
 
-/// Qwen2 with its language-model head (`Qwen2ForCausalLM`).
-#[derive(Clone, Debug)]
-pub struct Qwen2 {
-    decoder: CausalDecoder,
-    config: Qwen2Config,
-}
-
-impl Architecture for Qwen2 {
-    type Config = Qwen2Config;
-
+impl DecoderConfig for Qwen2Config {
     const FAMILY: Family = Family {
         name: "Qwen2",
         reference: "transformers.Qwen2ForCausalLM",
@@ -285,44 +263,16 @@ impl Architecture for Qwen2 {
         },
     }];
 
-    /// Builds the model under `vb` (the checkpoint's root: `model.*`, `lm_head.weight`).
-    fn new(config: &Qwen2Config, vb: VarBuilder) -> candle_core::Result<Self> {
-        Self::check(config)?;
-        Ok(Self {
-            decoder: CausalDecoder::new(&config.decoder_spec(), vb)?,
-            config: config.clone(),
-        })
-    }
-
-    /// HF Qwen2 checkpoints need no renaming; a tied head's `lm_head.weight` copy is dropped.
-    fn weight_map(config: &Qwen2Config) -> WeightMap {
-        Llama::weight_map(&config.as_llama())
+    /// The whole decoder, as `Qwen2ForCausalLM`.
+    fn decoder_spec(&self) -> DecoderSpec {
+        let mut spec = self.as_llama().decoder_spec();
+        spec.family = "Qwen2";
+        spec.block.attention.qkv_bias = true;
+        spec.block.attention.proj_bias = Some(false);
+        spec.window = self.window().unwrap_or_default();
+        spec
     }
 }
 
-impl Qwen2 {
-    /// The configuration the model was built with.
-    pub fn config(&self) -> &Qwen2Config {
-        &self.config
-    }
-
-    /// Logits `[batch, seq, vocab_size]`, in inference, continuing from what `cache`
-    /// holds (one [`KvCache`] per layer).
-    pub fn forward(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        self.decoder.logits_t(ids, cache, false)
-    }
-}
-
-impl ModuleT for Qwen2 {
-    /// Logits `[batch, seq, vocab_size]` for token ids `[batch, seq]`; `train` turns
-    /// attention dropout on.
-    fn forward_t(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.decoder.logits_t(ids, None, train)
-    }
-}
-
-impl DecoderModel for Qwen2 {
-    fn decoder(&self) -> &CausalDecoder {
-        &self.decoder
-    }
-}
+/// Qwen2 with its language-model head (`Qwen2ForCausalLM`).
+pub type Qwen2 = DecoderLm<Qwen2Config>;

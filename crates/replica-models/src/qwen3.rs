@@ -7,19 +7,16 @@
 //! `hidden_size / num_attention_heads`, and `attention_bias` on all four
 //! projections. The sliding window is read as Qwen2's ([`crate::qwen2`]).
 
-use candle_core::{ModuleT, Tensor};
-use candle_nn::VarBuilder;
-use replica_blocks::kv_cache::KvCache;
 use replica_blocks::{Activation, NormKind};
-use replica_check::{ConfigCheck, Footprint, WeightMap, Workload};
+use replica_check::{ConfigCheck, Footprint, Workload};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::positive;
-use crate::decoder::{CausalDecoder, DecoderModel, DecoderSpec, RopeParameters};
-use crate::llama::{Llama, LlamaConfig};
+use crate::decoder::{DecoderConfig, DecoderLm, DecoderSpec, RopeParameters};
+use crate::llama::LlamaConfig;
 use crate::qwen2::{self, attention_window, model_type};
-use crate::{papers, Architecture, Family, ModelConfig, Preset};
+use crate::{papers, Family, ModelConfig, Preset};
 
 fn default_head_dim() -> usize {
     128
@@ -156,31 +153,9 @@ impl Qwen3Config {
             model_type: None,
         }
     }
-
-    /// The whole decoder, as `Qwen3ForCausalLM`.
-    pub fn decoder_spec(&self) -> DecoderSpec {
-        let mut spec = self.as_llama().decoder_spec();
-        spec.family = "Qwen3";
-        let attention = &mut spec.block.attention;
-        attention.qk_norm = true;
-        attention.qk_norm_seq_first = true;
-        attention.norm = NormKind::RmsNorm;
-        attention.norm_eps = self.rms_norm_eps;
-        spec.window = self.window().unwrap_or_default();
-        spec
-    }
 }
 
-/// Qwen3 with its language-model head (`Qwen3ForCausalLM`).
-#[derive(Clone, Debug)]
-pub struct Qwen3 {
-    decoder: CausalDecoder,
-    config: Qwen3Config,
-}
-
-impl Architecture for Qwen3 {
-    type Config = Qwen3Config;
-
+impl DecoderConfig for Qwen3Config {
     const FAMILY: Family = Family {
         name: "Qwen3",
         reference: "transformers.Qwen3ForCausalLM",
@@ -209,44 +184,19 @@ impl Architecture for Qwen3 {
         },
     }];
 
-    /// Builds the model under `vb` (the checkpoint's root: `model.*`, `lm_head.weight`).
-    fn new(config: &Qwen3Config, vb: VarBuilder) -> candle_core::Result<Self> {
-        Self::check(config)?;
-        Ok(Self {
-            decoder: CausalDecoder::new(&config.decoder_spec(), vb)?,
-            config: config.clone(),
-        })
-    }
-
-    /// HF Qwen3 checkpoints need no renaming; a tied head's `lm_head.weight` copy is dropped.
-    fn weight_map(config: &Qwen3Config) -> WeightMap {
-        Llama::weight_map(&config.as_llama())
-    }
-}
-
-impl Qwen3 {
-    /// The configuration the model was built with.
-    pub fn config(&self) -> &Qwen3Config {
-        &self.config
-    }
-
-    /// Logits `[batch, seq, vocab_size]`, in inference, continuing from what `cache`
-    /// holds (one [`KvCache`] per layer).
-    pub fn forward(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
-        self.decoder.logits_t(ids, cache, false)
+    /// The whole decoder, as `Qwen3ForCausalLM`.
+    fn decoder_spec(&self) -> DecoderSpec {
+        let mut spec = self.as_llama().decoder_spec();
+        spec.family = "Qwen3";
+        let attention = &mut spec.block.attention;
+        attention.qk_norm = true;
+        attention.qk_norm_seq_first = true;
+        attention.norm = NormKind::RmsNorm;
+        attention.norm_eps = self.rms_norm_eps;
+        spec.window = self.window().unwrap_or_default();
+        spec
     }
 }
 
-impl ModuleT for Qwen3 {
-    /// Logits `[batch, seq, vocab_size]` for token ids `[batch, seq]`; `train` turns
-    /// attention dropout on.
-    fn forward_t(&self, ids: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.decoder.logits_t(ids, None, train)
-    }
-}
-
-impl DecoderModel for Qwen3 {
-    fn decoder(&self) -> &CausalDecoder {
-        &self.decoder
-    }
-}
+/// Qwen3 with its language-model head (`Qwen3ForCausalLM`).
+pub type Qwen3 = DecoderLm<Qwen3Config>;

@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use replica_models::decoder::DecoderConfig;
 use replica_models::registry::{self, create_model, list_models, model_config, Registry, MODELS};
 use replica_models::{
     BertConfig, GemmaConfig, Gpt2, Gpt2Config, ModelConfig, Qwen2Config, Qwen3Config, Vit, VitConfig,

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use replica_check::{Bundle, Namespace, Tolerance, TraceReport, WeightMap};
-use replica_models::decoder::{CausalDecoder, DecoderSpec};
+use replica_models::decoder::{CausalDecoder, DecoderConfig, DecoderSpec};
 use replica_models::divergence;
 use replica_models::{
     Architecture, Bert, BertConfig, Gpt2, Gpt2Config, Llama, LlamaConfig, LoadCheckpoint, ModelConfig, Qwen2,
