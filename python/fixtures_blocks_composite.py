@@ -35,7 +35,6 @@ reference code and says so.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -58,6 +57,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replica_ref import capture  # noqa: E402
+from fixture_script import run  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "blocks"
 PRODUCER = {"transformers": transformers.__version__, "timm": timm.__version__}
@@ -485,16 +485,7 @@ def build_all(out: Path) -> list[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    args = parser.parse_args()
-
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    written = build_all(args.out)
-    total = sum(p.stat().st_size for p in written)
-    print(f"{len(written)} bundles, {total} bytes in all")
+    run(build_all, __doc__, DEFAULT_OUT)
 
 
 if __name__ == "__main__":

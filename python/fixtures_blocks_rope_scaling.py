@@ -21,7 +21,6 @@ rotates the queries and keys.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from transformers import LlamaConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures_blocks_attention import DEFAULT_OUT, PRODUCER, LlamaRope, hf_config  # noqa: E402
 from replica_ref import capture  # noqa: E402
+from fixture_script import run  # noqa: E402
 
 COMPONENT = "transformers.models.llama.modeling_llama.LlamaRotaryEmbedding + apply_rotary_pos_emb"
 
@@ -91,16 +91,7 @@ def build_all(out: Path) -> list[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    args = parser.parse_args()
-
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    written = build_all(args.out)
-    total = sum(p.stat().st_size for p in written)
-    print(f"{len(written)} bundles, {total} bytes in all")
+    run(build_all, __doc__, DEFAULT_OUT)
 
 
 if __name__ == "__main__":
