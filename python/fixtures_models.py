@@ -100,7 +100,7 @@ def llama_yarn(out: Path) -> None:
     original context 16, factor 4): 18 tokens, past the original context, so the
     interpolated frequencies and the attention factor on (cos, sin) both show."""
     torch.manual_seed(17)
-    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
                          rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
                                           "rope_theta": 10000.0},
@@ -114,13 +114,12 @@ def llama_yarn(out: Path) -> None:
 
 
 def gemma(out: Path) -> None:
-    """HF `GemmaForCausalLM`: one key/value head, a head size (16) decoupled from
-    hidden/heads (8), the tied LM head, and ids holding the padding token 0, whose
-    embedding row gets no gradient. In float32 with gradients, and in bfloat16, where
-    Gemma's rounding order (scale by 1 + w in f32, then round) shows."""
+    """HF `GemmaForCausalLM`: one key/value head, a head size (8) decoupled from
+    hidden/heads (4), the tied LM head, and ids holding the padding token 0, whose
+    embedding row gets no gradient. In float32 with gradients, and in bfloat16."""
     torch.manual_seed(14)
-    config = GemmaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+    config = GemmaConfig(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=64,
                          rms_norm_eps=1e-6, pad_token_id=0, attn_implementation="eager")
     model = GemmaForCausalLM(config).eval()
     randomize_(model)
@@ -139,7 +138,7 @@ def mistral(out: Path) -> None:
     """HF `MistralForCausalLM`, read by the LLaMA port: a sliding window (8) no
     shorter than the sequence (7), where Mistral attends as LLaMA does."""
     torch.manual_seed(16)
-    config = MistralConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = MistralConfig(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                            sliding_window=8, attn_implementation="eager")
     model = MistralForCausalLM(config).eval()
@@ -172,19 +171,19 @@ def generate(model, config, path: Path, component: str) -> None:
 
 def vit(out: Path) -> None:
     torch.manual_seed(12)
-    config = dict(img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=32, depth=2, num_heads=4,
+    config = dict(img_size=16, patch_size=8, in_chans=3, num_classes=10, embed_dim=16, depth=2, num_heads=4,
                   mlp_ratio=2.0, qkv_bias=True, class_token=True, global_pool="token")
     model = timm.models.vision_transformer.VisionTransformer(**config).eval()
     randomize_(model)
-    images = torch.randn(2, 3, 32, 32)
+    images = torch.randn(2, 3, 16, 16)
     capture(model, (images,), out / "vit.safetensors", config=config, grads=False, seed=12,
             component="timm.models.vision_transformer.VisionTransformer", producer_extra=VERSIONS, overwrite=True)
 
 
 def bert(out: Path) -> None:
     torch.manual_seed(13)
-    config = BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, type_vocab_size=2,
+    config = BertConfig(vocab_size=96, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=32, max_position_embeddings=32, type_vocab_size=2,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager")
     model = BertModel(config).eval()
     randomize_(model)
@@ -293,7 +292,7 @@ def qwen2(out: Path) -> None:
     the second layer (`max_window_layers` 1) and is no shorter than the sequence (7).
     In float32 with gradients."""
     torch.manual_seed(18)
-    config = Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6,
                          use_sliding_window=True, sliding_window=8, max_window_layers=1, tie_word_embeddings=True,
@@ -310,11 +309,11 @@ def qwen2(out: Path) -> None:
 
 def qwen3(out: Path) -> None:
     """HF `Qwen3ForCausalLM`: per-head RMSNorms on queries and keys (`q_norm`, `k_norm`),
-    a head size (16) decoupled from hidden/heads (8), two key/value heads and the tied
+    a head size (8) decoupled from hidden/heads (4), two key/value heads and the tied
     LM head, as Qwen3-0.6B. In float32 with gradients, and in bfloat16."""
     torch.manual_seed(19)
-    config = Qwen3Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+    config = Qwen3Config(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6,
                          tie_word_embeddings=True, attn_implementation="eager")
     model = Qwen3ForCausalLM(config).eval()

@@ -91,9 +91,11 @@ impl Params {
         VarBuilder::from_varmap(&self.map, DType::F32, &CPU)
     }
 
-    /// Replaces every variable's value by random values (scaled down for projections).
+    /// Replaces every variable's value by random values (scaled down for projections),
+    /// in the order of their names: the map's own order changes from run to run, and
+    /// with it which variable would get which values.
     fn randomise(&self) {
-        for var in self.map.all_vars() {
+        for var in self.vars() {
             let shape = var.dims().to_vec();
             let scale = if shape.len() == 2 {
                 1.0 / (shape[1] as f64).sqrt()

@@ -872,8 +872,8 @@ fn models_name_prints_what_the_component_reads_and_is_judged_on() {
         "input/0  [3, 9] i64",
         "input/token_type_ids  [3, 9] i64",
         "input/attention_mask  [3, 9] i64",
-        "output/last_hidden_state  [3, 9, 32] f32",
-        "output/pooler_output  [3, 32] f32",
+        "output/last_hidden_state  [3, 9, 16] f32",
+        "output/pooler_output  [3, 16] f32",
     ] {
         assert!(text.contains(line), "{line}: {text}");
     }
