@@ -178,7 +178,7 @@ fn a_config_that_contradicts_the_weights_says_where() {
     let text = message(Bert::load(&vocab, fixture("models/bert"), DType::F32, &Device::Cpu));
     assert_contains(
         &text,
-        &["`embeddings.word_embeddings.weight`: the model expects [100, 32]"],
+        &["`embeddings.word_embeddings.weight`: the model expects [100, 16]"],
     );
 }
 
@@ -259,7 +259,7 @@ fn images_the_patch_size_does_not_divide_are_refused() {
     let images = Tensor::zeros((1, 3, 30, 30), DType::F32, &Device::Cpu).unwrap();
     assert_contains(
         &message(vit.forward(&images)),
-        &["ViT (32x32 images, 8x8 patches)", "the input is 30x30"],
+        &["ViT (16x16 images, 8x8 patches)", "the input is 30x30"],
     );
     let gray = Tensor::zeros((1, 1, 32, 32), DType::F32, &Device::Cpu).unwrap();
     assert_contains(
