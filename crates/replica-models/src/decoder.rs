@@ -128,7 +128,7 @@ impl CausalDecoder {
             )
         }
         let mut x = self.embed_tokens.forward(ids)?;
-        if let Some(rope) = self.layers.first().and_then(|l| l.attention().rope()) {
+        if let Some(rope) = rope {
             rope.tap_hf_tables("model.rotary_emb", seq, offset, x.dtype())?;
         }
         for (i, layer) in self.layers.iter().enumerate() {

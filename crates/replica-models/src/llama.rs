@@ -186,8 +186,6 @@ impl ConfigCheck for LlamaConfig {
         self.block_config().validate().map_err(|m| format!("layer: {m}"))
     }
 
-    /// The token embedding, an untied head and the final norm; per token the
-    /// logits (and their gradient); the layers, each with its rotary tables.
     fn footprint(&self, work: &Workload) -> Footprint {
         self.decoder_spec().footprint(work)
     }

@@ -126,9 +126,8 @@ impl ConfigCheck for Qwen2Config {
         self.as_llama().validate()
     }
 
-    /// LLaMA's layout's.
     fn footprint(&self, work: &Workload) -> Footprint {
-        self.as_llama().footprint(work)
+        self.decoder_spec().footprint(work)
     }
 }
 

@@ -108,9 +108,8 @@ impl ConfigCheck for Qwen3Config {
         self.as_llama().validate()
     }
 
-    /// LLaMA's layout's.
     fn footprint(&self, work: &Workload) -> Footprint {
-        self.as_llama().footprint(work)
+        self.decoder_spec().footprint(work)
     }
 }
 
