@@ -232,13 +232,21 @@ impl<'a> Parity<'a> {
     /// recorded (the activation rule in the module docs): compared with the
     /// reference's of the same name (names as recorded: a [`TraceMap`](crate::TraceMap)
     /// gives the reference's where they differ), or failed when the reference has
-    /// none. Returns the
-    /// forward pass's result and the module-by-module comparison of the trace.
+    /// none. A bundle that records no activation at all (a reference's outputs
+    /// alone) has nothing to trace against: `forward` then runs untraced. Returns
+    /// the forward pass's result and the module-by-module comparison of the trace.
     pub fn traced<T>(
         &mut self,
         unmatched: Unmatched,
         forward: impl FnOnce() -> candle_core::Result<T>,
     ) -> Result<(T, TraceReport)> {
+        if self.bundle.metadata().activations.is_empty() {
+            let output = trace::untraced(forward)?;
+            return Ok((
+                output,
+                compare_trace(&trace::Trace::default(), self.bundle, Tolerance::default()),
+            ));
+        }
         let (output, recorded) = trace::record(forward);
         let output = output?;
         self.set_aside(&recorded, unmatched)?;

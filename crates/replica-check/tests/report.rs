@@ -111,3 +111,22 @@ fn a_config_stored_as_json_text_is_read_as_the_object() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn a_bundle_without_activations_runs_the_forward_pass_untraced() {
+    let b = bundle();
+    let mut run = replica_check::Parity::new(&b).unwrap();
+    let (y, trace) = run
+        .traced(replica_check::Unmatched::NONE, || {
+            let y = f32s(&[1.0, 2.0]);
+            replica_check::tap("some.module", &y);
+            Ok(y)
+        })
+        .unwrap();
+    assert!(trace.rows.is_empty() && trace.passed(), "{trace}");
+    run.check_outputs(&[("0", &y)]);
+    let report = run.finish();
+    // Only the output: the tap recorded nothing the bundle could not compare.
+    assert_eq!(report.rows.len(), 1);
+    assert!(report.passed(), "{report}");
+}

@@ -306,8 +306,9 @@ pub fn bert_parity(bundle: &Bundle) -> Result<ModelParity> {
 /// `input_ids`, `attention_mask` and `token_type_ids` (absent: all 0) to
 /// `output/embeddings`. The encoder's activations are compared under the
 /// pipeline's module names (`bert.`, `pooling`, `normalize`) when the bundle has
-/// them; a bundle of a real model's embeddings (all-MiniLM-L6-v2's, with its weights
-/// from `--weights` and its `config.json` from `--config`) has none.
+/// them; a bundle of a real model's embeddings alone (all-MiniLM-L6-v2's, with its
+/// weights from `--weights` and its `config.json` from `--config`) has none, and the
+/// run is then not traced ([`Parity::traced`]).
 pub fn sentence_parity(bundle: &Bundle) -> Result<ModelParity> {
     // The pipeline's modules pass the token embeddings and the mask on, as they came.
     let mut reference_only: Vec<&str> = ["pooling", "normalize"]
@@ -345,25 +346,15 @@ pub fn sentence_parity(bundle: &Bundle) -> Result<ModelParity> {
         Bert::from_tensors(&config, params, bundle.origin(), dtype, device)
     };
     let under_bert = TraceMap::new().rename("^", "bert.");
-    // A bundle of the embeddings alone (a real model's) records no activation to compare.
-    let traced = !bundle.metadata().activations.is_empty();
     check_model(bundle, &io, load, |model, inputs| {
         let (ids, mask, types) = (&inputs[0], &inputs[1], &inputs[2]);
-        let embed = || -> candle_core::Result<Tensor> {
-            let hidden = replica_check::mapped(&under_bert, || model.forward(ids, Some(types), Some(mask)))?;
-            let hidden = hidden.last_hidden_state;
-            replica_check::tap("bert:last_hidden_state", &hidden);
-            let pooled = mean_pooling(&hidden, mask)?;
-            replica_check::tap("pooling:sentence_embedding", &pooled);
-            let embeddings = l2_normalize(&pooled)?;
-            replica_check::tap("normalize:sentence_embedding", &embeddings);
-            Ok(embeddings)
-        };
-        let embeddings = if traced {
-            embed()?
-        } else {
-            replica_check::trace::untraced(embed)?
-        };
+        let hidden = replica_check::mapped(&under_bert, || model.forward(ids, Some(types), Some(mask)))?;
+        let hidden = hidden.last_hidden_state;
+        replica_check::tap("bert:last_hidden_state", &hidden);
+        let pooled = mean_pooling(&hidden, mask)?;
+        replica_check::tap("pooling:sentence_embedding", &pooled);
+        let embeddings = l2_normalize(&pooled)?;
+        replica_check::tap("normalize:sentence_embedding", &embeddings);
         Ok(vec![embeddings])
     })
 }
