@@ -15,14 +15,6 @@ use crate::outcome::trace_trailer;
 use crate::output::{self, check_output, deliver, json_text, paint, Format, BAD, GOOD, HEADER};
 use crate::Status;
 
-/// What the dump and the reference do not share, after renames and ignores.
-struct Unshared {
-    /// Dumped activations the reference has no activation for.
-    dump_only: Vec<String>,
-    /// Reference activations the dump lacks.
-    reference_only: Vec<String>,
-}
-
 /// Runs `replica trace`.
 pub fn run(args: &TraceArgs, format: Format) -> Result<Status, CliError> {
     format.refuse_html("trace")?;
@@ -57,34 +49,33 @@ pub fn run(args: &TraceArgs, format: Format) -> Result<Status, CliError> {
     let trace = Trace::from_entries(entries);
     let mut report = compare_trace(&trace, &bundle, Tolerance::for_dtype(bundle.dtype()?));
     report.not_recorded.retain(|name| !ignored(name));
-    let unshared = Unshared {
-        dump_only: report
-            .rows
-            .iter()
-            .filter(|r| r.comparison.is_none())
-            .map(|r| r.path.clone())
-            .collect(),
-        reference_only: report.not_recorded.clone(),
-    };
-    let passed = report.passed() && unshared.dump_only.is_empty() && unshared.reference_only.is_empty();
+    // What the two sides do not share, after renames and ignores: dumped activations
+    // the reference lacks (rows without a comparison), and the report's `not_recorded`.
+    let dump_only: Vec<String> = report
+        .rows
+        .iter()
+        .filter(|r| r.comparison.is_none())
+        .map(|r| r.path.clone())
+        .collect();
+    let passed = report.passed() && dump_only.is_empty() && report.not_recorded.is_empty();
     let text = match format {
         Format::Json => json_text(&json!({
             "dump": args.dump.display().to_string(),
             "reference": args.reference.display().to_string(),
             "passed": passed,
             "first_divergence": report.first_divergence,
-            "dump_only": unshared.dump_only,
-            "reference_only": unshared.reference_only,
+            "dump_only": dump_only,
+            "reference_only": report.not_recorded,
             "trace": report,
         })),
         Format::Markdown => format!("### replica trace\n\n{}", report.table().markdown()),
-        Format::Text | Format::Html => render(args, &report, &unshared, passed),
+        Format::Text | Format::Html => render(args, &report, &dump_only, passed),
     };
     deliver(&text, &args.output)?;
     Ok(if passed { Status::Passed } else { Status::Failed })
 }
 
-fn render(args: &TraceArgs, report: &TraceReport, unshared: &Unshared, passed: bool) -> String {
+fn render(args: &TraceArgs, report: &TraceReport, dump_only: &[String], passed: bool) -> String {
     let path = |p: &std::path::Path| printable(&p.display().to_string()).into_owned();
     let mut out = paint(
         HEADER,
@@ -94,13 +85,13 @@ fn render(args: &TraceArgs, report: &TraceReport, unshared: &Unshared, passed: b
     out.push_str(&output::text(&report.table()));
     out.push('\n');
     out.push_str(&trace_trailer(report));
-    if !unshared.dump_only.is_empty() {
-        let names = printable(&unshared.dump_only.join(", ")).into_owned();
+    if !dump_only.is_empty() {
+        let names = printable(&dump_only.join(", ")).into_owned();
         out.push_str(&format!(
             "The dump has activations the reference lacks (rename them with --rename, or --ignore them): {names}\n"
         ));
     }
-    if !unshared.reference_only.is_empty() {
+    if !report.not_recorded.is_empty() {
         out.push_str("(--ignore the reference's activations a run does not record.)\n");
     }
     out.push_str(&if passed {
