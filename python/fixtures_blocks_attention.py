@@ -291,7 +291,9 @@ class Gemma2SelfAttention(nn.Module):
     """`Gemma2Attention` (eager: logit softcapping needs it) as `Gemma2DecoderLayer`
     calls it in a causal prefill: `rotary_emb` gives (cos, sin) for positions 0 .. S,
     and the additive causal mask is built as HF's `create_causal_mask` does for the
-    eager path (0 where visible, finfo.min elsewhere, shape `[1, 1, S, S]`)."""
+    eager path (0 where visible, finfo.min elsewhere, shape `[1, 1, S, S]`); on a
+    sliding layer as `create_sliding_window_causal_mask` does (HF's overlay, transcribed:
+    key `k` is visible to query `q` when `k > q - sliding_window`)."""
 
     def __init__(self, config: Gemma2Config):
         super().__init__()
@@ -303,6 +305,10 @@ class Gemma2SelfAttention(nn.Module):
         position_ids = torch.arange(seq)[None]
         cos, sin = self.rotary_emb(hidden_states, position_ids)
         future = torch.ones(seq, seq, dtype=torch.bool).triu(1)
+        window = self.self_attn.sliding_window
+        if window is not None:
+            q, k = torch.arange(seq)[:, None], torch.arange(seq)[None, :]
+            future |= ~(k > q - window)
         mask = torch.zeros(seq, seq, dtype=hidden_states.dtype).masked_fill(
             future, torch.finfo(hidden_states.dtype).min
         )[None, None]
@@ -577,6 +583,22 @@ def build_all(out: Path) -> list[Path]:
     save(
         "attention_softcap.safetensors", module, torch.randn(2, 6, 16) * 2.0,
         seed=170, component="transformers.models.gemma2.modeling_gemma2.Gemma2Attention",
+        config=hf_config(config),
+    )
+
+    torch.manual_seed(171)
+    config = Gemma2Config(
+        hidden_size=16, num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=32,
+        max_position_embeddings=32, query_pre_attn_scalar=6, attn_logit_softcapping=1.5,
+        layer_types=["sliding_attention"], sliding_window=3, num_hidden_layers=1,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    config._attn_implementation = "eager"
+    module = Gemma2SelfAttention(config)
+    assert module.self_attn.sliding_window == 3
+    save(
+        "attention_sliding_window.safetensors", module, torch.randn(2, 7, 16) * 2.0,
+        seed=171, component="transformers.models.gemma2.modeling_gemma2.Gemma2Attention",
         config=hf_config(config),
     )
     return written

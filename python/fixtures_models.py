@@ -1,5 +1,5 @@
 """Write the model fixtures under tests/fixtures/models/ from the real reference
-implementations: HF transformers GPT-2, LLaMA, Gemma, Qwen2, Qwen3 and BERT, and timm's
+implementations: HF transformers GPT-2, LLaMA, Mistral, Gemma, Gemma 2, Qwen2, Qwen3 and BERT, and timm's
 VisionTransformer, each with random weights at a tiny configuration, plus
 greedy generations and the all-MiniLM-L6-v2 reference sentence embeddings.
 
@@ -10,7 +10,9 @@ greedy generations and the all-MiniLM-L6-v2 reference sentence embeddings.
 Files written: models/gpt2.safetensors, models/gpt2_generate.safetensors,
 models/llama.safetensors, models/llama_generate.safetensors, models/llama_yarn.safetensors,
 models/gemma.safetensors,
-models/gemma_bf16.safetensors, models/mistral.safetensors,
+models/gemma_bf16.safetensors, models/gemma2.safetensors, models/gemma2_bf16.safetensors,
+models/gemma2_generate.safetensors, models/mistral.safetensors, models/mistral_bf16.safetensors,
+models/mistral_generate.safetensors,
 models/vit.safetensors, models/bert.safetensors, models/bert_ids_only.safetensors,
 models/sentence_embeddings.safetensors,
 models/minilm_embeddings.safetensors, models/qwen2.safetensors, models/qwen3.safetensors,
@@ -27,7 +29,8 @@ import numpy as np
 import timm
 import torch
 import transformers
-from transformers import (BertConfig, BertModel, GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel,
+from transformers import (BertConfig, BertModel, Gemma2Config, Gemma2ForCausalLM, GemmaConfig, GemmaForCausalLM,
+                          GPT2Config, GPT2LMHeadModel,
                           LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
@@ -135,18 +138,63 @@ def gemma(out: Path) -> None:
 
 
 def mistral(out: Path) -> None:
-    """HF `MistralForCausalLM`, read by the LLaMA port: a sliding window (8) no
-    shorter than the sequence (7), where Mistral attends as LLaMA does."""
+    """HF `MistralForCausalLM`, read by the LLaMA port: every layer slides with a
+    window (4) shorter than the sequence (9), so each query sees only the last 4
+    tokens. In float32 with gradients, in bfloat16, and greedy generation (through
+    HF's rolling sliding-window cache)."""
     torch.manual_seed(16)
     config = MistralConfig(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                           sliding_window=8, attn_implementation="eager")
+                           sliding_window=4, tie_word_embeddings=False, attn_implementation="eager")
     model = MistralForCausalLM(config).eval()
     randomize_(model)
-    ids = torch.randint(0, config.vocab_size, (2, 7))
-    capture(model, (ids,), out / "mistral.safetensors", config=config.to_dict(), grads=False, seed=16,
+    ids = torch.randint(0, config.vocab_size, (2, 9))
+    capture(model, (ids,), out / "mistral.safetensors", config=config.to_dict(), grads=True, seed=16,
             kwargs={"use_cache": False}, component="transformers.MistralForCausalLM", producer_extra=VERSIONS,
             overwrite=True)
+    capture(model.to(torch.bfloat16), (ids,), out / "mistral_bf16.safetensors", config=config.to_dict(),
+            grads=False, seed=16, kwargs={"use_cache": False}, component="transformers.MistralForCausalLM",
+            producer_extra=VERSIONS, overwrite=True)
+    model.float()
+    torch.manual_seed(26)
+    randomize_(model, std=1.0)
+    generate(model, config, out / "mistral_generate.safetensors", "transformers.MistralForCausalLM.generate")
+
+
+def gemma2(out: Path) -> None:
+    """HF `Gemma2ForCausalLM`: two layers (sliding, then full: HF's alternation)
+    with a window (4) shorter than the sequence (9), sandwich norms, scores scaled by
+    `query_pre_attn_scalar` (6, not the head size 8), and soft-capping tight enough
+    (attention 1.5, logits 3) that the tanh bends; ids hold the padding token 0. In
+    float32 with gradients, in bfloat16, and greedy generation (HF's default caps)."""
+    torch.manual_seed(27)
+    config = Gemma2Config(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                          rms_norm_eps=1e-6, pad_token_id=0, query_pre_attn_scalar=6, sliding_window=4,
+                          attn_logit_softcapping=1.5, final_logit_softcapping=3.0, attn_implementation="eager")
+    assert config.layer_types == ["sliding_attention", "full_attention"]
+    model = Gemma2ForCausalLM(config).eval()
+    randomize_(model)
+    model.tie_weights()
+    ids = torch.randint(0, config.vocab_size, (2, 9))
+    ids[0, 2] = ids[1, 6] = config.pad_token_id
+    capture(model, (ids,), out / "gemma2.safetensors", config=config.to_dict(), grads=True, seed=27,
+            kwargs={"use_cache": False}, component="transformers.Gemma2ForCausalLM", producer_extra=VERSIONS,
+            overwrite=True)
+    capture(model.to(torch.bfloat16), (ids,), out / "gemma2_bf16.safetensors", config=config.to_dict(),
+            grads=False, seed=27, kwargs={"use_cache": False}, component="transformers.Gemma2ForCausalLM",
+            producer_extra=VERSIONS, overwrite=True)
+    # Generation at HF's default soft-caps, with an untied head: tied to the embedding,
+    # a model this small repeats its last token, which would check little.
+    torch.manual_seed(27)
+    config = Gemma2Config(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                          rms_norm_eps=1e-6, pad_token_id=0, query_pre_attn_scalar=6, sliding_window=4,
+                          tie_word_embeddings=False, attn_implementation="eager")
+    model = Gemma2ForCausalLM(config).eval()
+    torch.manual_seed(29)
+    randomize_(model, std=1.0)
+    generate(model, config, out / "gemma2_generate.safetensors", "transformers.Gemma2ForCausalLM.generate")
 
 
 def generate(model, config, path: Path, component: str) -> None:
@@ -156,6 +204,8 @@ def generate(model, config, path: Path, component: str) -> None:
         cached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=True, pad_token_id=0)
         uncached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=False, pad_token_id=0)
     assert torch.equal(cached, uncached), "HF greedy decoding differs with and without the cache"
+    new = cached[0, prompt.shape[1]:].tolist()
+    assert len(set(new)) >= 5, f"a degenerate generation checks little: {new}"
     tensors = {f"param/{k}": to_bundle_value(k, v.detach().contiguous()) for k, v in model.state_dict().items()}
     tensors["input/0"] = prompt.numpy()
     tensors["output/0"] = cached.numpy()
@@ -288,14 +338,14 @@ def minilm(out: Path, model_dir: Path) -> None:
 
 def qwen2(out: Path) -> None:
     """HF `Qwen2ForCausalLM`: biases on the q/k/v projections (none on o_proj), two
-    key/value heads and the tied LM head, as Qwen2-0.5B; the window (8) applies to
-    the second layer (`max_window_layers` 1) and is no shorter than the sequence (7).
+    key/value heads and the tied LM head, as Qwen2-0.5B; the window (3) applies to
+    the second layer only (`max_window_layers` 1) and is shorter than the sequence (7).
     In float32 with gradients."""
     torch.manual_seed(18)
     config = Qwen2Config(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6,
-                         use_sliding_window=True, sliding_window=8, max_window_layers=1, tie_word_embeddings=True,
+                         use_sliding_window=True, sliding_window=3, max_window_layers=1, tie_word_embeddings=True,
                          attn_implementation="eager")
     assert config.layer_types == ["full_attention", "sliding_attention"]
     model = Qwen2ForCausalLM(config).eval()
@@ -341,6 +391,7 @@ def main() -> None:
     llama_yarn(args.out)
     gemma(args.out)
     mistral(args.out)
+    gemma2(args.out)
     vit(args.out)
     bert(args.out)
     sentence_embeddings(args.out)

@@ -55,6 +55,7 @@ pub struct Attention {
     kv_heads: usize,
     head_dim: usize,
     causal: bool,
+    window: Option<usize>,
     scale: Option<f64>,
     softcap: Option<f64>,
     attention_dropout: f32,
@@ -134,6 +135,7 @@ impl Attention {
             kv_heads,
             head_dim,
             causal: config.causal,
+            window: config.window,
             scale: config.score_scale(),
             softcap: config.softcap,
             attention_dropout: config.attention_dropout,
@@ -245,6 +247,11 @@ impl Attention {
         }
     }
 
+    /// The sliding window of a causal attention, if it has one.
+    pub fn window(&self) -> Option<usize> {
+        self.window
+    }
+
     fn run(
         &self,
         x: &Tensor,
@@ -304,13 +311,25 @@ impl Attention {
             None => (q, k),
         };
         let (k, v) = match cache {
-            Some(cache) => cache.append(&k, &v)?,
+            Some(cache) => {
+                // A cache that rolls keeps only what a window that wide needs.
+                if let Some(kept) = cache.window().filter(|&w| self.window.is_none_or(|mine| w < mine)) {
+                    let mine = self
+                        .window
+                        .map_or("every earlier token".into(), |w| format!("a window of {w}"));
+                    return Err(self.fail(format!(
+                        "the kv cache keeps a window of {kept} tokens, but the attention sees {mine}"
+                    )));
+                }
+                cache.append(&k, &v)?
+            }
             None => (k, v),
         };
         let alibi = self.alibi.as_ref().map(|alibi| alibi.at(offset));
         let options = SdpaOptions {
             scale: self.scale,
             causal: self.causal,
+            window: self.window,
             softcap: self.softcap,
             dropout_p: if train { self.attention_dropout } else { 0.0 },
         };

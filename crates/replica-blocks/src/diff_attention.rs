@@ -342,7 +342,7 @@ impl DiffAttention {
         let bias = ScoreBias {
             causal: self.causal.then_some(Causal::TopLeft),
             mask,
-            alibi: None,
+            ..ScoreBias::default()
         };
         let probs = ops::softmax(&scores, 1.0, &bias)
             .map_err(|e| self.fail(e.to_string()))?

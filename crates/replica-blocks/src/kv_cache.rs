@@ -6,6 +6,11 @@
 //!
 //! Keys are cached *after* the rotary embedding, as HF's `DynamicCache` holds them.
 //! Appending uses `Tensor::cat`, so gradients flow through cached entries too.
+//!
+//! A layer with a sliding window (Mistral, arXiv 2310.06825) never looks further
+//! back than its window, so its cache can roll ([`KvCache::with_window`]): as HF's
+//! `DynamicSlidingWindowLayer`, it keeps the last `window - 1` tokens, and each
+//! step attends over them and the new ones.
 
 use candle_core::{Result, Tensor};
 
@@ -15,6 +20,9 @@ pub struct KvCache {
     keys: Option<Tensor>,
     values: Option<Tensor>,
     max_len: Option<usize>,
+    window: Option<usize>,
+    /// Tokens appended since the last reset (more than are kept, once a window rolls).
+    seen: usize,
 }
 
 impl KvCache {
@@ -31,12 +39,32 @@ impl KvCache {
         }
     }
 
-    /// How many tokens are cached: the position of the next token.
+    /// An empty cache for a layer whose queries see only the `window - 1` tokens
+    /// before them: it keeps only those (a `window` of 0 keeps nothing either).
+    pub fn with_window(window: usize) -> Self {
+        Self {
+            window: Some(window),
+            ..Self::default()
+        }
+    }
+
+    /// The sliding window the cache rolls with, if any.
+    pub fn window(&self) -> Option<usize> {
+        self.window
+    }
+
+    /// How many tokens were appended since the last reset: the position of the
+    /// next token (a rolling cache keeps fewer, [`Self::kept`]).
     pub fn len(&self) -> usize {
+        self.seen
+    }
+
+    /// How many tokens the cache holds.
+    pub fn kept(&self) -> usize {
         self.keys.as_ref().map_or(0, |k| k.dims()[2])
     }
 
-    /// Whether no token is cached.
+    /// Whether no token was appended.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -55,10 +83,11 @@ impl KvCache {
     pub fn reset(&mut self) {
         self.keys = None;
         self.values = None;
+        self.seen = 0;
     }
 
-    /// Appends `keys` and `values` (`[batch, kv_heads, new, dim]`) and returns all
-    /// keys and values cached so far. Batch, head count and feature sizes must match
+    /// Appends `keys` and `values` (`[batch, kv_heads, new, dim]`) and returns the
+    /// keys and values held before them followed by them. Batch, head count and feature sizes must match
     /// what is already cached.
     pub fn append(&mut self, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, h, new, d) = keys.dims4().map_err(|_| {
@@ -112,8 +141,11 @@ impl KvCache {
             }
             _ => (keys.clone(), values.clone()),
         };
-        self.keys = Some(keys.clone());
-        self.values = Some(values.clone());
+        self.seen += new;
+        let total = keys.dims()[2];
+        let keep = self.window.map_or(total, |window| total.min(window.saturating_sub(1)));
+        self.keys = Some(keys.narrow(2, total - keep, keep)?);
+        self.values = Some(values.narrow(2, total - keep, keep)?);
         Ok((keys, values))
     }
 }

@@ -138,6 +138,13 @@ pub const GEMMA_2: Paper = Paper {
     arxiv: "2408.00118",
     year: 2024,
 };
+/// Jiang et al., 2023: Mistral 7B, whose attention slides over a window of the
+/// last tokens (with a rolling KV cache).
+pub const MISTRAL: Paper = Paper {
+    title: "Mistral 7B",
+    arxiv: "2310.06825",
+    year: 2023,
+};
 /// Dosovitskiy et al., 2020: the Vision Transformer (patch embedding, class token).
 pub const VIT: Paper = Paper {
     title: "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale",
@@ -286,6 +293,14 @@ pub const PAPERS: &[BlockPaper] = &[
     BlockPaper {
         block: "Attention (logit softcap)",
         paper: GEMMA_2,
+    },
+    BlockPaper {
+        block: "Attention (sliding window; TransformerBlock sandwich norms are Gemma 2's)",
+        paper: MISTRAL,
+    },
+    BlockPaper {
+        block: "KvCache (rolling, with_window)",
+        paper: MISTRAL,
     },
     BlockPaper {
         block: "KvCache",

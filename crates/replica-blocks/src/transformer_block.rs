@@ -8,7 +8,9 @@
 //! - parallel, `x = x + attn(norm(x)) + mlp(norm(x))`: GPT-J, PaLM (arXiv 2204.02311).
 //!
 //! Optional LayerScale (CaiT, arXiv 2103.17239) and DropPath (stochastic depth,
-//! arXiv 1603.09382) sit on each residual branch, as in timm's `Block`.
+//! arXiv 1603.09382) sit on each residual branch, as in timm's `Block`. A pre-norm
+//! layer may also normalise each branch's output before its residual addition
+//! (Gemma 2's "sandwich" norms, arXiv 2408.00118).
 //!
 //! # Traces
 //!
@@ -116,6 +118,14 @@ pub struct BlockNames {
     /// it is then applied, and recorded, here instead of in the attention.
     #[serde(default)]
     pub dropout1: Option<String>,
+    /// A norm on the attention branch's output, before its residual addition
+    /// (pre-norm layout only; Gemma 2's `post_attention_layernorm`).
+    #[serde(default)]
+    pub post_norm1: Option<String>,
+    /// A norm on the feed-forward branch's output, before its residual addition
+    /// (pre-norm layout only; Gemma 2's `post_feedforward_layernorm`).
+    #[serde(default)]
+    pub post_norm2: Option<String>,
 }
 
 impl BlockNames {
@@ -132,6 +142,8 @@ impl BlockNames {
             drop_path1: Some("drop_path1".into()),
             drop_path2: Some("drop_path2".into()),
             dropout1: None,
+            post_norm1: None,
+            post_norm2: None,
         }
     }
 
@@ -143,6 +155,17 @@ impl BlockNames {
     /// HF LLaMA `LlamaDecoderLayer`: `input_layernorm`, `self_attn`, `post_attention_layernorm`, `mlp`.
     pub fn llama() -> Self {
         Self::plain("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+    }
+
+    /// HF `Gemma2DecoderLayer`: `input_layernorm`, `self_attn`, `post_attention_layernorm`
+    /// (on the attention's output), `pre_feedforward_layernorm`, `mlp`,
+    /// `post_feedforward_layernorm` (on the MLP's output).
+    pub fn gemma2() -> Self {
+        Self {
+            post_norm1: Some("post_attention_layernorm".into()),
+            post_norm2: Some("post_feedforward_layernorm".into()),
+            ..Self::plain("input_layernorm", "self_attn", "pre_feedforward_layernorm", "mlp")
+        }
     }
 
     /// HF `GPTJBlock`: one `ln_1` shared by `attn` and `mlp` (the parallel layout).
@@ -175,6 +198,8 @@ impl BlockNames {
             drop_path1: None,
             drop_path2: None,
             dropout1: None,
+            post_norm1: None,
+            post_norm2: None,
         }
     }
 }
@@ -327,6 +352,14 @@ impl ConfigCheck for TransformerBlockConfig {
             ));
         }
         non_negative("norm_eps", self.norm_eps)?;
+        let post_norms = self.names.post_norm1.is_some() || self.names.post_norm2.is_some();
+        if post_norms && self.layout != ResidualLayout::PreNorm {
+            return Err(format!(
+                "names.post_norm1/post_norm2 normalise a branch before its residual addition, which only the \
+                 pre-norm layout has (layout is {:?})",
+                self.layout
+            ));
+        }
         if let Some(init_values) = self.layer_scale {
             finite("layer_scale", init_values)?;
         }
@@ -376,10 +409,12 @@ enum Scale {
     Identity(Identity),
 }
 
-/// One residual branch's tail: optional LayerScale, a dropout the reference keeps on
-/// the layer, then DropPath, each a module of its own where the reference has one.
+/// One residual branch's tail: an optional norm (sandwich), LayerScale, a dropout the
+/// reference keeps on the layer, then DropPath, each a module of its own where the
+/// reference has one.
 #[derive(Clone, Debug)]
 struct BranchTail {
+    norm: Option<Norm>,
     scale: Option<Scale>,
     dropout: Option<Dropout>,
     drop_path: DropPath,
@@ -388,6 +423,7 @@ struct BranchTail {
 impl BranchTail {
     fn new(
         config: &TransformerBlockConfig,
+        norm: Option<Norm>,
         ls: &Option<String>,
         dropout: Option<(&str, f64)>,
         dp: &Option<String>,
@@ -413,6 +449,7 @@ impl BranchTail {
             .transpose()?;
         let dp_path = dp.as_ref().map_or(String::new(), |name| vb.pp(name).prefix());
         Ok(Self {
+            norm,
             scale,
             dropout,
             drop_path: DropPath::from_config(&DropPathConfig::new(config.drop_path), dp_path)?,
@@ -420,6 +457,8 @@ impl BranchTail {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let normed = self.norm.as_ref().map(|norm| norm.forward(x)).transpose()?;
+        let x = normed.as_ref().unwrap_or(x);
         let x = match &self.scale {
             Some(Scale::LayerScale(ls)) => ls.forward(x)?,
             Some(Scale::Identity(identity)) => identity.forward(x)?,
@@ -503,6 +542,8 @@ impl TransformerBlock {
                 ))
             }
         };
+        let post_norm1 = names.post_norm1.as_deref().map(&norm).transpose()?;
+        let post_norm2 = names.post_norm2.as_deref().map(&norm).transpose()?;
         let ff_vb = at(&vb, &names.mlp);
         let mut feed_forward = match &config.feed_forward {
             FeedForwardConfig::Mlp(mlp) => FeedForward::Mlp(Mlp::new(mlp, ff_vb)?),
@@ -523,8 +564,8 @@ impl TransformerBlock {
             norm2,
             attention: Attention::new(&attention, vb.pp(&names.attn))?,
             feed_forward,
-            tail1: BranchTail::new(config, &names.ls1, dropout1, &names.drop_path1, &vb)?,
-            tail2: BranchTail::new(config, &names.ls2, None, &names.drop_path2, &vb)?,
+            tail1: BranchTail::new(config, post_norm1, &names.ls1, dropout1, &names.drop_path1, &vb)?,
+            tail2: BranchTail::new(config, post_norm2, &names.ls2, None, &names.drop_path2, &vb)?,
             path,
         })
     }

@@ -71,6 +71,76 @@ fn kv_cache_with_alibi_decodes_like_the_full_pass() {
     );
 }
 
+/// A sliding window (3 tokens) decoded through a rolling cache, which keeps only the
+/// 2 tokens the next query needs, gives the full pass's output; prefilling a chunk
+/// of several tokens first too. The mask slides: the window changes the result.
+#[test]
+fn a_rolling_cache_decodes_a_sliding_window_like_the_full_pass() {
+    let config = AttentionConfig {
+        causal: true,
+        window: Some(3),
+        kv_heads: Some(2),
+        rope: Some(RopeStyle::HalfSplit),
+        ..AttentionConfig::new(16, 4)
+    };
+    let (attention, vars) = random_attention(&config);
+    let x = randn(&[2, 9, 16], 11);
+    let full = attention.forward(&x, None, None).unwrap();
+    for prefill in [1, 4] {
+        let mut cache = KvCache::with_window(3);
+        let mut steps = vec![attention
+            .forward(&x.narrow(1, 0, prefill).unwrap(), None, Some(&mut cache))
+            .unwrap()];
+        for t in prefill..9 {
+            steps.push(
+                attention
+                    .forward(&x.narrow(1, t, 1).unwrap(), None, Some(&mut cache))
+                    .unwrap(),
+            );
+        }
+        assert_eq!((cache.len(), cache.kept()), (9, 2));
+        let decoded = Tensor::cat(&steps, 1).unwrap();
+        assert_close("rolling decode", &decoded, &full, Tolerance::default());
+    }
+    let unwindowed = Attention::new(
+        &AttentionConfig {
+            window: None,
+            ..config.clone()
+        },
+        VarBuilder::from_varmap(&vars, DType::F32, &CPU).pp("attn"),
+    )
+    .unwrap();
+    let everything = unwindowed.forward(&x, None, None).unwrap();
+    assert!(!compare(&everything, &full, Tolerance::default()).passed());
+    // The first 3 tokens see no further back than the window: both agree there.
+    assert_close(
+        "inside the window",
+        &everything.narrow(1, 0, 3).unwrap(),
+        &full.narrow(1, 0, 3).unwrap(),
+        Tolerance::default(),
+    );
+
+    // A cache that keeps less than the attention sees is refused.
+    let mut narrow = KvCache::with_window(2);
+    let text = err_text(attention.forward(&x, None, Some(&mut narrow)));
+    assert!(
+        text.contains("keeps a window of 2 tokens, but the attention sees a window of 3"),
+        "{text}"
+    );
+    let mut rolling = KvCache::with_window(3);
+    let text = err_text(unwindowed.forward(&x, None, Some(&mut rolling)));
+    assert!(text.contains("sees every earlier token"), "{text}");
+    // A window needs causal attention.
+    let text = err_text(Attention::new(
+        &AttentionConfig {
+            causal: false,
+            ..config
+        },
+        VarBuilder::from_varmap(&VarMap::new(), DType::F32, &CPU),
+    ));
+    assert!(text.contains("a sliding window (3) needs causal attention"), "{text}");
+}
+
 #[test]
 fn kv_cache_refuses_mismatched_entries() {
     let mut cache = KvCache::new();

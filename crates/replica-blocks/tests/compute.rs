@@ -270,7 +270,7 @@ fn sdpa_runs_the_fused_kernel_with_causal_padding_and_gqa() {
             scale: Some(1.0 / (d as f64).sqrt()),
             causal: Some(replica_kernels::Causal::BottomRight),
             mask: Some(&padding),
-            alibi_slopes: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -295,6 +295,19 @@ fn sdpa_paths_the_fused_kernel_does_not_take_still_match() {
     compare_paths("sdpa softcap", &[q.clone(), k.clone(), v.clone()], &[], &|xs| {
         scaled_dot_product_attention(&xs[0], &xs[1], &xs[2], None, &softcap)
     });
+    // A sliding window: fused (the kernel skips what the window hides), and with the
+    // soft-capping (materialised, the window an additive mask).
+    for softcap in [None, Some(3.0)] {
+        let window = SdpaOptions {
+            causal: true,
+            window: Some(3),
+            softcap,
+            ..SdpaOptions::default()
+        };
+        compare_paths("sdpa window", &[q.clone(), k.clone(), v.clone()], &[], &|xs| {
+            scaled_dot_product_attention(&xs[0], &xs[1], &xs[2], None, &window)
+        });
+    }
     // A boolean mask, and the probabilities asked for.
     let keep = Tensor::from_vec(
         (0..s * s).map(|i| u8::from(i % 4 != 1)).collect::<Vec<_>>(),
@@ -327,6 +340,7 @@ fn the_softmax_op_sums_causal_mask_and_alibi_once_for_both_paths() {
     let slopes = [0.5f32, 0.25, 0.125];
     let bias = ScoreBias {
         causal: Some(Causal::BottomRight),
+        window: None,
         mask: Some(&keep),
         alibi: Some(AlibiBias {
             slopes: &slopes,

@@ -10,7 +10,9 @@
 //! one pass over key tiles accumulates `dK`, `dV` (summed over the query heads
 //! that share a key/value head), a second over query tiles accumulates `dQ`.
 //!
-//! Supported: a scale, causal masks aligned either way ([`Causal`]), an additive
+//! Supported: a scale, causal masks aligned either way ([`Causal`]), a sliding
+//! window on top of the causal mask (Mistral, arXiv 2310.06825: key tiles wholly
+//! before every query's window are skipped too), an additive
 //! mask broadcast to `[batch, heads, q, k]` (padding), grouped-query attention (any
 //! number of query heads per key/value head), and ALiBi slopes. A query that sees
 //! no key gets zeros, as PyTorch's `scaled_dot_product_attention`.
@@ -29,6 +31,10 @@ pub struct AttentionOptions<'a> {
     pub scale: Option<f64>,
     /// Hide keys after each query, aligned as given.
     pub causal: Option<Causal>,
+    /// With `causal`: also hide keys `window` or more positions before each query,
+    /// so a query sees itself and the `window - 1` keys before it (HF's
+    /// `sliding_window`: key `j` is visible to query `i` when `j > i - window`).
+    pub window: Option<usize>,
     /// An additive mask (0 keeps, -inf hides) broadcast to `[batch, heads, q, k]`:
     /// padding is `[batch, 1, 1, k]`. No gradient flows to it.
     pub mask: Option<&'a Tensor>,
@@ -68,6 +74,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<
     }
     if hk == 0 || h % hk != 0 {
         bail!("{OP}: {h} query heads are not a multiple of {hk} key/value heads")
+    }
+    match options.window {
+        Some(0) => bail!("{OP}: the sliding window must be at least 1 token, got 0"),
+        Some(_) if options.causal.is_none() => bail!("{OP}: a sliding window needs the causal mask"),
+        _ => {}
     }
     if let Some(slopes) = options.alibi_slopes {
         if slopes.len() != h {
@@ -109,6 +120,7 @@ fn fused(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<'_>) -> 
     let op = AttentionOp {
         scale: options.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32,
         causal: options.causal,
+        window: options.window,
         mask,
         alibi: options.alibi_slopes.map(<[f32]>::to_vec),
     };
@@ -202,6 +214,7 @@ struct Problem<'a> {
     dv: usize,
     scale: f32,
     causal_offset: Option<isize>,
+    window: Option<usize>,
     /// The mask's elements and its strides over (batch, head, query), plus its start.
     mask: Option<(&'a [f32], [usize; 3], usize)>,
     alibi: Option<&'a [f32]>,
@@ -229,6 +242,14 @@ impl Problem<'_> {
         match self.causal_offset {
             None => self.sk,
             Some(off) => (i as isize + off + 1).clamp(0, self.sk as isize) as usize,
+        }
+    }
+
+    /// Keys before `first_visible(i)` fall outside query `i`'s sliding window.
+    fn first_visible(&self, i: usize) -> usize {
+        match (self.causal_offset, self.window) {
+            (Some(off), Some(window)) => (i as isize + off + 1 - window as isize).clamp(0, self.sk as isize) as usize,
+            _ => 0,
         }
     }
 
@@ -274,12 +295,16 @@ impl Problem<'_> {
             if vis < j0 + cols {
                 row[vis.saturating_sub(j0)..].fill(f32::NEG_INFINITY);
             }
+            let first = self.first_visible(i);
+            if first > j0 {
+                row[..(first - j0).min(cols)].fill(f32::NEG_INFINITY);
+            }
         }
     }
 
-    /// Key tiles `0..end` hold every key visible to some query in `i0..i1`.
-    fn key_end(&self, i1: usize) -> usize {
-        self.visible(i1 - 1)
+    /// Keys `start..end` hold every key visible to some query in `i0..i1`.
+    fn key_range(&self, i0: usize, i1: usize) -> (usize, usize) {
+        (self.first_visible(i0), self.visible(i1 - 1))
     }
 }
 
@@ -427,8 +452,7 @@ fn forward(p: &Problem<'_>) -> Vec<f32> {
         let mut s = vec![0f32; BR * BC];
         let mut o = vec![0f32; rows * dv];
         let (mut m, mut l) = (vec![f32::NEG_INFINITY; rows], vec![0f32; rows]);
-        let end = p.key_end(i0 + rows);
-        let mut j0 = 0;
+        let (mut j0, end) = p.key_range(i0, i0 + rows);
         while j0 < end {
             let cols = BC.min(end - j0);
             p.scores(b, h, i0, rows, j0, cols, &mut s);
@@ -510,7 +534,8 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
             for qt in 0..q_tiles {
                 let i0 = qt * BR;
                 let rows = BR.min(sq - i0);
-                if p.key_end(i0 + rows) <= j0 {
+                let (start, end) = p.key_range(i0, i0 + rows);
+                if end <= j0 || start >= j0 + cols {
                     continue;
                 }
                 let r0 = row(b, h, i0);
@@ -579,8 +604,7 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
         let mut s = vec![0f32; BR * BC];
         let mut dp = vec![0f32; BR * BC];
         let mut dq_acc = vec![0f32; rows * d];
-        let end = p.key_end(i0 + rows);
-        let mut j0 = 0;
+        let (mut j0, end) = p.key_range(i0, i0 + rows);
         while j0 < end {
             let cols = BC.min(end - j0);
             p.scores(b, h, i0, rows, j0, cols, &mut s);
@@ -621,6 +645,7 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
 struct AttentionOp {
     scale: f32,
     causal: Option<Causal>,
+    window: Option<usize>,
     /// Broadcast to `[b, h, sq, sk]`, f32, last stride 1.
     mask: Option<Tensor>,
     alibi: Option<Vec<f32>>,
@@ -652,6 +677,7 @@ impl AttentionOp {
             dv,
             scale: self.scale,
             causal_offset,
+            window: self.window,
             mask: None,
             alibi: self.alibi.as_deref(),
         };

@@ -27,6 +27,28 @@ pub fn causal_mask(q: usize, k: usize, causal: Causal, dtype: DType, device: &De
     Tensor::from_vec(data, (q, k), device)?.to_dtype(dtype)
 }
 
+/// A `[q, k]` additive causal mask with a sliding window: 0 where query `i` sees
+/// key `j` (`0 <= i + offset - j < window`), -inf elsewhere.
+pub fn sliding_window_mask(
+    q: usize,
+    k: usize,
+    causal: Causal,
+    window: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let data: Vec<f32> = distances(q, k, causal)
+        .map(|d| {
+            if (0..window as isize).contains(&d) {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect();
+    Tensor::from_vec(data, (q, k), device)?.to_dtype(dtype)
+}
+
 /// The ALiBi bias `[h, q, k]` (Press et al., arXiv 2108.12409): `-slope_h · (i + offset - j)`
 /// for query `i` and key `j`, the queries placed by `at` as a causal mask places them
 /// (the fused kernel's placement is [`Causal::BottomRight`]). Computed in f32.
@@ -187,8 +209,15 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<
     if let Some(mask) = options.mask {
         scores = scores.broadcast_add(&mask.to_dtype(q.dtype())?)?;
     }
-    if let Some(causal) = options.causal {
-        scores = scores.broadcast_add(&causal_mask(sq, sk, causal, q.dtype(), q.device())?)?;
+    match (options.causal, options.window) {
+        (Some(causal), Some(window)) => {
+            let mask = sliding_window_mask(sq, sk, causal, window, q.dtype(), q.device())?;
+            scores = scores.broadcast_add(&mask)?;
+        }
+        (Some(causal), None) => {
+            scores = scores.broadcast_add(&causal_mask(sq, sk, causal, q.dtype(), q.device())?)?;
+        }
+        _ => {}
     }
     let (e, sum) = exp_and_sum(&scores)?;
     e.broadcast_div(&sum)?.matmul(&v.contiguous()?)

@@ -518,6 +518,24 @@ fn attention_against_the_composition() -> Result<()> {
                 },
             ),
             (
+                "sliding window 3",
+                AttentionOptions {
+                    causal: Some(Causal::BottomRight),
+                    window: Some(3),
+                    ..Default::default()
+                },
+            ),
+            (
+                // Wider than a query tile: whole key tiles are skipped on both sides.
+                "sliding window 70 padding",
+                AttentionOptions {
+                    causal: Some(Causal::BottomRight),
+                    window: Some(70),
+                    mask: Some(&padding),
+                    ..Default::default()
+                },
+            ),
+            (
                 "padding",
                 AttentionOptions {
                     mask: Some(&padding),
@@ -551,5 +569,11 @@ fn attention_against_the_composition() -> Result<()> {
         .unwrap_err()
         .to_string();
     assert!(err.contains("not a multiple"), "{err}");
+    let windowless = AttentionOptions {
+        window: Some(2),
+        ..Default::default()
+    };
+    let err = rk::attention(&q, &q, &q, &windowless).unwrap_err().to_string();
+    assert!(err.contains("needs the causal mask"), "{err}");
     Ok(())
 }

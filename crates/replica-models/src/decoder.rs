@@ -37,13 +37,100 @@ pub struct DecoderSpec {
     pub tie_word_embeddings: bool,
     /// The longest sequence the rotary tables cover.
     pub max_positions: usize,
-    /// An attention window (Mistral's `sliding_window`): a sequence no longer than
-    /// it attends causally to every earlier token, as without one; a longer one is
-    /// refused (the windowed mask is not implemented).
-    pub window: Option<usize>,
+    /// The layers whose attention slides (Mistral, arXiv 2310.06825; Gemma 2's
+    /// local layers), and their window; `None`: every layer attends to every
+    /// earlier token.
+    pub sliding: Option<SlidingWindow>,
+    /// Gemma 2's final-logit soft-capping: the logits become `cap * tanh(logits / cap)`.
+    pub final_logit_softcap: Option<f64>,
+}
+
+/// The sliding-window attention of a decoder's layers: each query of a sliding
+/// layer sees itself and the `window - 1` tokens before it (HF `sliding_window`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlidingWindow {
+    /// The window, in tokens.
+    pub window: usize,
+    /// Which layers slide.
+    pub layers: SlidingLayers,
+}
+
+/// Which layers of a decoder attend through the sliding window.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SlidingLayers {
+    /// Every layer (Mistral).
+    All,
+    /// The layers from this index on (Qwen2's `max_window_layers`).
+    From(usize),
+    /// All but every n-th: layer `i` attends fully when `(i + 1) % n == 0` (Gemma 2's
+    /// alternation is `n = 2`: local, global, local, ...).
+    AllButEvery(usize),
+    /// Per layer, as a config's `layer_types` lists them (`true`: `sliding_attention`).
+    Listed(Vec<bool>),
+}
+
+impl SlidingWindow {
+    /// Reads HF's `layer_types` (one `full_attention` or `sliding_attention` per
+    /// layer): `None` when no layer slides. Refuses another layer type, a list of
+    /// another length than the `layers`, and a sliding layer without a `window`.
+    pub fn from_layer_types(
+        types: &[String],
+        layers: usize,
+        window: Option<usize>,
+    ) -> std::result::Result<Option<Self>, String> {
+        if types.len() != layers {
+            return Err(format!(
+                "layer_types has {} entries, expected one per layer (num_hidden_layers {layers})",
+                types.len()
+            ));
+        }
+        let mut sliding = Vec::with_capacity(types.len());
+        for (i, kind) in types.iter().enumerate() {
+            sliding.push(match kind.as_str() {
+                "full_attention" => false,
+                "sliding_attention" => true,
+                _ => {
+                    return Err(format!(
+                        "layer_types[{i}] is `{kind}`; expected `full_attention` or `sliding_attention`"
+                    ))
+                }
+            });
+        }
+        if !sliding.contains(&true) {
+            return Ok(None);
+        }
+        match window {
+            Some(0) => Err("sliding_window must be positive, got 0".into()),
+            Some(window) => Ok(Some(Self {
+                window,
+                layers: SlidingLayers::Listed(sliding),
+            })),
+            None => Err("layer_types has `sliding_attention` layers but sliding_window is null".into()),
+        }
+    }
+
+    /// Whether layer `i` slides.
+    pub fn slides(&self, i: usize) -> bool {
+        match &self.layers {
+            SlidingLayers::All => true,
+            SlidingLayers::From(first) => i >= *first,
+            SlidingLayers::AllButEvery(n) => (i + 1) % n.max(&1) != 0,
+            SlidingLayers::Listed(sliding) => sliding.get(i).copied().unwrap_or(false),
+        }
+    }
 }
 
 impl DecoderSpec {
+    /// Layer `i`'s configuration: [`Self::block`], with the sliding window on the
+    /// layers that slide.
+    pub fn layer(&self, i: usize) -> TransformerBlockConfig {
+        let mut block = self.block.clone();
+        if let Some(sliding) = self.sliding.as_ref().filter(|s| s.slides(i)) {
+            block.attention.window = Some(sliding.window);
+        }
+        block
+    }
+
     /// The memory the decoder needs on token ids `work` describes (under HF's
     /// field names, for the budget's messages): the embedding, an untied head and
     /// the final norm; per token the logits and their gradient; every layer.
@@ -78,7 +165,7 @@ impl CausalDecoder {
         let m = vb.pp("model");
         let embed_tokens = Embedding::new(&spec.embedding, m.pp("embed_tokens"))?;
         let layers = (0..spec.layers)
-            .map(|i| TransformerBlock::new(&spec.block, m.pp("layers").pp(i)))
+            .map(|i| TransformerBlock::new(&spec.layer(i), m.pp("layers").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let norm = RmsNorm::new(&spec.final_norm, m.pp("norm"))?;
         let lm_head = if spec.tie_word_embeddings {
@@ -102,7 +189,15 @@ impl CausalDecoder {
     /// Logits `[batch, seq, vocab]` of token ids `[batch, seq]`, continuing from
     /// what `cache` holds, in training (`train`) or inference.
     pub fn logits_t(&self, ids: &Tensor, cache: Option<&mut [KvCache]>, train: bool) -> candle_core::Result<Tensor> {
-        self.lm_head.forward(&self.hidden_t(ids, cache, train)?)
+        let logits = self.lm_head.forward(&self.hidden_t(ids, cache, train)?)?;
+        match self.spec.final_logit_softcap {
+            // HF divides, takes the tanh and multiplies in the logits' dtype.
+            Some(cap) => {
+                let cap = Tensor::new(cap, logits.device())?.to_dtype(logits.dtype())?;
+                logits.broadcast_div(&cap)?.tanh()?.broadcast_mul(&cap)
+            }
+            None => Ok(logits),
+        }
     }
 
     /// The final hidden states `[batch, seq, hidden]` (after `model.norm`).
@@ -120,13 +215,6 @@ impl CausalDecoder {
             format!("max_position_embeddings {limit} (the rotary tables end there)")
         };
         let (seq, offset) = decoder_positions(self.spec.family, ids, &cache, self.layers.len(), limit, &table)?;
-        if let Some(window) = self.spec.window.filter(|&w| offset + seq > w) {
-            candle_core::bail!(
-                "{}: a sequence of {} tokens is longer than the attention window (sliding_window {window}), whose mask is not implemented",
-                self.spec.family,
-                offset + seq
-            )
-        }
         let mut x = self.embed_tokens.forward(ids)?;
         if let Some(rope) = rope {
             rope.tap_hf_tables("model.rotary_emb", seq, offset, x.dtype())?;
@@ -155,6 +243,15 @@ impl CausalLm for CausalDecoder {
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// One cache per layer; a sliding layer's rolls, keeping only its window.
+    fn new_cache(&self) -> Vec<KvCache> {
+        let window = |l: &TransformerBlock| l.attention().window();
+        self.layers
+            .iter()
+            .map(|l| window(l).map_or_else(KvCache::new, KvCache::with_window))
+            .collect()
     }
 }
 
@@ -246,6 +343,10 @@ impl<C: DecoderConfig> CausalLm for DecoderLm<C> {
 
     fn device(&self) -> &Device {
         self.decoder.device()
+    }
+
+    fn new_cache(&self) -> Vec<KvCache> {
+        self.decoder.new_cache()
     }
 }
 

@@ -7,9 +7,11 @@
 //! - [`vit`]: the Vision Transformer as timm's `VisionTransformer` (arXiv 2010.11929);
 //! - [`llama`]: a LLaMA-style decoder as HF `LlamaForCausalLM` (arXiv 2302.13971):
 //!   RMSNorm, RoPE (and HF's RoPE scalings), SwiGLU, grouped-query attention, KV cache;
-//!   it reads Mistral configs too (sequences within the sliding window);
+//!   it reads Mistral configs too (sliding-window attention on every layer);
 //! - [`gemma`]: Gemma as HF `GemmaForCausalLM` (arXiv 2403.08295), the LLaMA
 //!   [`decoder`] with Gemma's norms, embedding scale and GeGLU;
+//! - [`gemma2`]: Gemma 2 as HF `Gemma2ForCausalLM` (arXiv 2408.00118): Gemma with
+//!   sandwich norms, alternating sliding-window layers and soft-capped logits;
 //! - [`qwen2`]: Qwen2 as HF `Qwen2ForCausalLM` (arXiv 2407.10671), the [`decoder`]
 //!   with biased q/k/v projections;
 //! - [`qwen3`]: Qwen3 as HF `Qwen3ForCausalLM` (arXiv 2505.09388), the [`decoder`]
@@ -35,6 +37,7 @@ pub mod decoder;
 pub mod divergence;
 mod error;
 pub mod gemma;
+pub mod gemma2;
 pub mod generation;
 pub mod gpt2;
 pub mod llama;
@@ -52,6 +55,7 @@ pub use bert::{Bert, BertConfig, BertOutput};
 pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use gemma::{Gemma, GemmaConfig};
+pub use gemma2::{Gemma2, Gemma2Config};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig};
 pub use load_checkpoint::LoadCheckpoint;

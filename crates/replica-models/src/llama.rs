@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::config::{positive, probabilities};
 pub use crate::decoder::RopeParameters;
-use crate::decoder::{rope_parameters, DecoderConfig, DecoderLm, DecoderSpec};
+use crate::decoder::{rope_parameters, DecoderConfig, DecoderLm, DecoderSpec, SlidingLayers, SlidingWindow};
 use crate::{papers, Family, ModelConfig, Preset};
 
 fn silu() -> Activation {
@@ -97,9 +97,8 @@ pub struct LlamaConfig {
     #[serde(default)]
     pub rope_interleaved: bool,
     /// Mistral's attention window (`sliding_window`, HF's default 4096 for a
-    /// Mistral config that lacks it): absent, `null`, or a number of tokens.
-    /// Sequences no longer than the window attend as LLaMA's do; longer ones are
-    /// refused, since the windowed mask is not implemented.
+    /// Mistral config that lacks it): absent, `null`, or a number of tokens. Every
+    /// layer slides, as HF's `MistralModel` masks them.
     #[serde(default, deserialize_with = "present")]
     pub sliding_window: Option<Option<usize>>,
     /// `llama`, or `mistral` (the same decoder, with a sliding window), when given.
@@ -333,7 +332,11 @@ impl DecoderConfig for LlamaConfig {
             },
             tie_word_embeddings: self.tie_word_embeddings,
             max_positions: self.max_positions(),
-            window: self.window(),
+            sliding: self.window().map(|window| SlidingWindow {
+                window,
+                layers: SlidingLayers::All,
+            }),
+            final_logit_softcap: None,
         }
     }
 }

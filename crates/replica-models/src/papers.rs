@@ -24,11 +24,7 @@ pub const LLAMA: Paper = Paper {
 };
 
 /// Mistral 7B (the LLaMA decoder with sliding-window attention).
-pub const MISTRAL: Paper = Paper {
-    title: "Mistral 7B",
-    arxiv: "2310.06825",
-    year: 2023,
-};
+pub use replica_blocks::papers::MISTRAL;
 
 /// Gemma (the LLaMA decoder with `1 + w` RMSNorms, scaled embeddings and GeGLU).
 pub const GEMMA: Paper = Paper {
@@ -36,6 +32,9 @@ pub const GEMMA: Paper = Paper {
     arxiv: "2403.08295",
     year: 2024,
 };
+
+/// Gemma 2 (Gemma with sandwich norms, local/global layers and soft-capping).
+pub use replica_blocks::papers::GEMMA_2;
 
 /// Qwen2 (the LLaMA decoder with biased q/k/v projections).
 pub const QWEN2: Paper = Paper {
@@ -90,6 +89,10 @@ pub const PAPERS: &[replica_blocks::BlockPaper] = &[
     replica_blocks::BlockPaper {
         block: "Gemma",
         paper: GEMMA,
+    },
+    replica_blocks::BlockPaper {
+        block: "Gemma2",
+        paper: GEMMA_2,
     },
     replica_blocks::BlockPaper {
         block: "Qwen2",

@@ -5,9 +5,7 @@
 //! projections and none on the output projection, as `Qwen2Attention` builds them
 //! whatever the config says. Sliding-window attention is HF's: `sliding_window`
 //! counts only with `use_sliding_window`, and the layers from `max_window_layers`
-//! on use it (or those `layer_types` marks `sliding_attention`). A sequence no
-//! longer than the window attends to every earlier token, as without one; a longer
-//! one is refused, since the windowed mask is not implemented.
+//! on use it (or those `layer_types` marks `sliding_attention`).
 
 use replica_blocks::Activation;
 use replica_check::{ConfigCheck, Footprint, Workload};
@@ -15,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::positive;
-use crate::decoder::{DecoderConfig, DecoderLm, DecoderSpec, RopeParameters};
+use crate::decoder::{DecoderConfig, DecoderLm, DecoderSpec, RopeParameters, SlidingLayers, SlidingWindow};
 use crate::llama::LlamaConfig;
 use crate::{papers, Family, ModelConfig, Preset};
 
@@ -134,7 +132,7 @@ impl ConfigCheck for Qwen2Config {
 impl Qwen2Config {
     /// The attention window of the sliding layers, if any layer slides
     /// ([`attention_window`]).
-    pub fn window(&self) -> std::result::Result<Option<usize>, String> {
+    pub fn window(&self) -> std::result::Result<Option<SlidingWindow>, String> {
         attention_window(
             self.num_hidden_layers,
             self.use_sliding_window,
@@ -183,52 +181,37 @@ pub(crate) fn model_type(given: Option<&str>, expected: &str, family: &str) -> s
     }
 }
 
-/// The attention window of a Qwen config's sliding layers, as HF reads the fields:
+/// The sliding-window attention of a Qwen config, as HF reads the fields:
 /// `sliding_window` only with `use_sliding_window`, and the layers that slide those
-/// `layer_types` marks `sliding_attention` (absent: those from `max_window_layers` on,
-/// when a window applies). `None` when no layer slides. Refuses a layer type other
-/// than `full_attention` and `sliding_attention`, a `layer_types` of another length
-/// than the layers, and a sliding layer without a window.
+/// `layer_types` marks `sliding_attention` (absent: those from `max_window_layers`
+/// on, when a window applies). `None` when no layer slides. Refuses a window of 0,
+/// a bad `layer_types` ([`SlidingWindow::from_layer_types`]) and a sliding layer
+/// without a window.
 pub(crate) fn attention_window(
     layers: usize,
     use_sliding_window: bool,
     sliding_window: Option<usize>,
     max_window_layers: usize,
     layer_types: Option<&[String]>,
-) -> std::result::Result<Option<usize>, String> {
+) -> std::result::Result<Option<SlidingWindow>, String> {
     let window = sliding_window.filter(|_| use_sliding_window);
     if window == Some(0) {
         return Err("`sliding_window` must be positive, got 0".into());
     }
-    let slides = match layer_types {
-        None => window.is_some() && max_window_layers < layers,
-        Some(types) => {
-            if types.len() != layers {
-                return Err(format!(
-                    "layer_types has {} entries, expected one per layer (num_hidden_layers {layers})",
-                    types.len()
-                ));
+    match layer_types {
+        Some(types) => SlidingWindow::from_layer_types(types, layers, window).map_err(|message| {
+            if window.is_none() && sliding_window.is_some() {
+                format!("{message} (sliding_window counts only with use_sliding_window, which is false)")
+            } else {
+                message
             }
-            if let Some((i, kind)) = types
-                .iter()
-                .enumerate()
-                .find(|(_, kind)| !["full_attention", "sliding_attention"].contains(&kind.as_str()))
-            {
-                return Err(format!(
-                    "layer_types[{i}] is `{kind}`; expected `full_attention` or `sliding_attention`"
-                ));
-            }
-            types.iter().any(|kind| kind == "sliding_attention")
-        }
-    };
-    match (slides, window) {
-        (false, _) => Ok(None),
-        (true, Some(window)) => Ok(Some(window)),
-        (true, None) => Err(format!(
-            "layer_types has `sliding_attention` layers but no window applies (use_sliding_window \
-             {use_sliding_window}, sliding_window {})",
-            sliding_window.map_or("null".into(), |w| w.to_string())
-        )),
+        }),
+        None => Ok(window
+            .filter(|_| max_window_layers < layers)
+            .map(|window| SlidingWindow {
+                window,
+                layers: SlidingLayers::From(max_window_layers),
+            })),
     }
 }
 
@@ -268,7 +251,7 @@ impl DecoderConfig for Qwen2Config {
         spec.family = "Qwen2";
         spec.block.attention.qkv_bias = true;
         spec.block.attention.proj_bias = Some(false);
-        spec.window = self.window().unwrap_or_default();
+        spec.sliding = self.window().unwrap_or_default();
         spec
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::positive;
-use crate::decoder::{DecoderConfig, DecoderLm, DecoderSpec, RopeParameters};
+use crate::decoder::{DecoderConfig, DecoderLm, DecoderSpec, RopeParameters, SlidingWindow};
 use crate::llama::LlamaConfig;
 use crate::qwen2::{self, attention_window, model_type};
 use crate::{papers, Family, ModelConfig, Preset};
@@ -115,7 +115,7 @@ impl ConfigCheck for Qwen3Config {
 
 impl Qwen3Config {
     /// The attention window of the sliding layers, if any layer slides (read as Qwen2's).
-    pub fn window(&self) -> std::result::Result<Option<usize>, String> {
+    pub fn window(&self) -> std::result::Result<Option<SlidingWindow>, String> {
         attention_window(
             self.num_hidden_layers,
             self.use_sliding_window,
@@ -192,7 +192,7 @@ impl DecoderConfig for Qwen3Config {
         attention.qk_norm_seq_first = true;
         attention.norm = NormKind::RmsNorm;
         attention.norm_eps = self.rms_norm_eps;
-        spec.window = self.window().unwrap_or_default();
+        spec.sliding = self.window().unwrap_or_default();
         spec
     }
 }

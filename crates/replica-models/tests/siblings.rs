@@ -1,11 +1,11 @@
 //! Configs of sibling models read by one port where the fields mean the same, and
-//! refused where they do not: Mistral by the LLaMA decoder (its window no shorter
-//! than the sequence), Gemma never; Qwen2's and Qwen3's sliding-window fields as HF
-//! reads them.
+//! refused where they do not: Mistral by the LLaMA decoder (every layer slides),
+//! Gemma never; Qwen2's, Qwen3's and Gemma 2's sliding-window fields as HF reads them.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use replica_models::{Architecture, Llama, LlamaConfig, ModelConfig, Qwen2, Qwen2Config, Qwen3Config};
+use replica_models::decoder::{DecoderConfig, SlidingLayers, SlidingWindow};
+use replica_models::{Architecture, Gemma2Config, Llama, LlamaConfig, ModelConfig, Qwen2Config, Qwen3Config};
 use serde_json::json;
 
 fn mistral(window: serde_json::Value) -> serde_json::Value {
@@ -17,23 +17,28 @@ fn mistral(window: serde_json::Value) -> serde_json::Value {
 }
 
 #[test]
-fn mistral_reads_as_llama_within_its_window_and_refuses_longer_sequences() {
+fn mistral_reads_as_llama_with_every_layer_sliding() {
     let config = LlamaConfig::from_value(&mistral(json!(8)), "mistral").unwrap();
     // HF's Mistral default: 8 key/value heads when the config does not say.
     assert_eq!(config.kv_heads(), 8);
+    let spec = config.decoder_spec();
+    assert_eq!(
+        spec.sliding,
+        Some(SlidingWindow {
+            window: 8,
+            layers: SlidingLayers::All
+        })
+    );
+    assert_eq!(spec.layer(0).attention.window, Some(8));
+    // Sequences longer than the window run: each query sees the last 8 tokens.
     let config = LlamaConfig {
         num_key_value_heads: Some(2),
         ..config
     };
     let varmap = VarMap::new();
     let model = Llama::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
-    let ids = |n: u32| Tensor::arange(0, n, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    assert!(model.forward(&ids(8), None).is_ok());
-    let err = model.forward(&ids(9), None).unwrap_err().to_string();
-    assert!(
-        err.contains("longer than the attention window (sliding_window 8)"),
-        "{err}"
-    );
+    let ids = Tensor::arange(0u32, 12, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    assert_eq!(model.forward(&ids, None).unwrap().dims(), [1, 12, 32]);
     // Absent, the window is HF's default; null, there is none.
     assert_eq!(
         LlamaConfig::from_value(&mistral_without_window(), "m")
@@ -87,6 +92,10 @@ fn qwen2_refusal(fields: serde_json::Value) -> String {
         .to_string()
 }
 
+fn sliding(window: usize, layers: SlidingLayers) -> Option<SlidingWindow> {
+    Some(SlidingWindow { window, layers })
+}
+
 #[test]
 fn qwen_sliding_windows_are_read_as_hf_reads_them() {
     let window = |fields| Qwen2Config::from_value(&qwen2(fields), "q").unwrap().window().unwrap();
@@ -100,40 +109,63 @@ fn qwen_sliding_windows_are_read_as_hf_reads_them() {
         window(json!({"use_sliding_window": true, "sliding_window": 8, "max_window_layers": 2})),
         None
     );
-    assert_eq!(
-        window(json!({"use_sliding_window": true, "sliding_window": 8, "max_window_layers": 1})),
-        Some(8)
-    );
+    let from_1 = window(json!({"use_sliding_window": true, "sliding_window": 8, "max_window_layers": 1}));
+    assert_eq!(from_1, sliding(8, SlidingLayers::From(1)));
+    let from_1 = from_1.unwrap();
+    assert!(!from_1.slides(0) && from_1.slides(1));
     // `layer_types` decides when given.
     let types = json!(["sliding_attention", "full_attention"]);
     assert_eq!(
         window(json!({"use_sliding_window": true, "sliding_window": 8, "max_window_layers": 2, "layer_types": types})),
-        Some(8)
+        sliding(8, SlidingLayers::Listed(vec![true, false]))
     );
     // A Qwen3 config reads them the same way.
     let mut qwen3 = qwen2(json!({"use_sliding_window": true, "sliding_window": 8, "max_window_layers": 0}));
     qwen3["model_type"] = json!("qwen3");
     qwen3["head_dim"] = json!(8);
+    let config = Qwen3Config::from_value(&qwen3, "q3").unwrap();
+    assert_eq!(config.window().unwrap(), sliding(8, SlidingLayers::From(0)));
+    let spec = config.decoder_spec();
     assert_eq!(
-        Qwen3Config::from_value(&qwen3, "q3").unwrap().window().unwrap(),
-        Some(8)
+        (spec.layer(0).attention.window, spec.layer(1).attention.window),
+        (Some(8), Some(8))
     );
 }
 
 #[test]
-fn a_qwen_window_shorter_than_the_sequence_is_refused() {
-    let config = Qwen2Config::from_value(
-        &qwen2(json!({"use_sliding_window": true, "sliding_window": 8, "max_window_layers": 1})),
-        "q",
-    )
-    .unwrap();
-    let varmap = VarMap::new();
-    let model = Qwen2::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
-    let ids = |n: u32| Tensor::arange(0, n, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    assert_eq!(model.forward(&ids(8), None).unwrap().dims(), [1, 8, 32]);
-    let err = model.forward(&ids(9), None).unwrap_err().to_string();
-    assert!(err.contains("Qwen2: a sequence of 9 tokens"), "{err}");
-    assert!(err.contains("(sliding_window 8)"), "{err}");
+fn gemma2_alternates_local_and_global_layers_as_hf_does() {
+    let gemma2 = |fields: serde_json::Value| {
+        let mut config = json!({
+            "model_type": "gemma2", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+        });
+        for (field, value) in fields.as_object().unwrap() {
+            config[field] = value.clone();
+        }
+        Gemma2Config::from_value(&config, "gemma2.json")
+    };
+    // Without layer_types: layers 0 and 2 slide over HF's default window, layer 1 attends globally.
+    let spec = gemma2(json!({})).unwrap().decoder_spec();
+    let windows: Vec<_> = (0..3).map(|i| spec.layer(i).attention.window).collect();
+    assert_eq!(windows, [Some(4096), None, Some(4096)]);
+    assert_eq!(spec.final_logit_softcap, Some(30.0));
+    assert_eq!(spec.block.attention.softcap, Some(50.0));
+    assert_eq!(spec.block.attention.score_scale(), Some(1.0 / 16.0));
+    let types = json!({"layer_types": ["full_attention", "full_attention", "sliding_attention"], "sliding_window": 5});
+    let spec = gemma2(types).unwrap().decoder_spec();
+    let windows: Vec<_> = (0..3).map(|i| spec.layer(i).attention.window).collect();
+    assert_eq!(windows, [None, None, Some(5)]);
+    let err = gemma2(json!({"sliding_window": null})).unwrap_err().to_string();
+    assert!(err.contains("sliding_window is null"), "{err}");
+    let err = gemma2(json!({"final_logit_softcapping": 0.0})).unwrap_err().to_string();
+    assert!(
+        err.contains("final_logit_softcapping must be a positive number or null, got 0"),
+        "{err}"
+    );
+    let err = gemma2(json!({"use_bidirectional_attention": true}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("use_bidirectional_attention"), "{err}");
 }
 
 #[test]
@@ -151,7 +183,7 @@ fn what_the_qwen_ports_cannot_honour_is_refused_by_name() {
     // HF has no window to build the sliding mask with: refused, not run as full attention.
     let err = qwen2_refusal(json!({"layer_types": ["full_attention", "sliding_attention"], "sliding_window": 8}));
     assert!(
-        err.contains("no window applies (use_sliding_window false, sliding_window 8)"),
+        err.contains("sliding_window is null (sliding_window counts only with use_sliding_window, which is false)"),
         "{err}"
     );
     let err = qwen2_refusal(json!({"use_sliding_window": true, "sliding_window": 0}));

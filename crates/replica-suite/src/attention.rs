@@ -13,7 +13,7 @@ use replica_blocks::attention::{
     scaled_dot_product_attention, Attention, AttentionConfig, AttentionNames, SdpaOptions,
 };
 use replica_blocks::mask;
-use replica_blocks::papers::{ATTENTION_IS_ALL_YOU_NEED, GEMMA_2, GQA, MQA, QK_NORM};
+use replica_blocks::papers::{ATTENTION_IS_ALL_YOU_NEED, GEMMA_2, GQA, MISTRAL, MQA, QK_NORM};
 use replica_check::config_check::finite;
 use replica_check::{
     check_block, compare, sizeless_config, tap_tuple, trace, BlockCheck, Bundle, Case, ConfigCheck, Error, Footprint,
@@ -44,6 +44,7 @@ pub fn cases() -> Vec<Case> {
         case("attention_mqa",               "transformers LlamaAttention",                                                     Some(MQA),                       "blocks/attention_mqa",               llama_attention),
         case("attention_cross",             "torch.nn.MultiheadAttention",                                                     Some(ATTENTION_IS_ALL_YOU_NEED), "blocks/attention_cross",             cross_attention),
         case("attention_softcap",           "transformers Gemma2Attention",                                                    Some(GEMMA_2),                   "blocks/attention_softcap",           gemma2_attention),
+        case("attention_sliding_window",    "transformers Gemma2Attention (sliding_attention)",                                Some(MISTRAL),                   "blocks/attention_sliding_window",    gemma2_attention),
     ]
 }
 
@@ -300,7 +301,7 @@ fn decoder_attention(bundle: &Bundle, model_type: &str, eager: bool) -> Result<R
     config.causal = true;
     let mut run = Parity::new(bundle)?;
     let x = run.input("0")?;
-    pattern.check(bundle, model_type, x.dim(1)?)?;
+    config.window = pattern.window(bundle, model_type, x.dim(1)?)?;
     let weights = WeightMap::new().apply(run.params().clone(), bundle.origin())?;
     let attention = weights.build(bundle.dtype()?, x.device(), |vb| {
         Attention::new(&config, vb.pp("self_attn"))

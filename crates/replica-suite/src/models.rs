@@ -15,9 +15,9 @@ use replica_check::{Bundle, Case, Namespace, Parity, Report, TraceMap, TraceRepo
 use replica_models::bert::{l2_normalize, mean_pooling};
 use replica_models::config::bundle_config;
 use replica_models::generation::{generate_greedy, CausalLm, GenerateOptions};
-use replica_models::papers::{BERT, GEMMA, GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, SENTENCE_BERT};
+use replica_models::papers::{BERT, GEMMA, GEMMA_2, GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, SENTENCE_BERT};
 use replica_models::{
-    Architecture, Bert, BertConfig, Error, Gemma, Gpt2, Llama, LoadCheckpoint, Qwen2, Qwen3, Result, Vit,
+    Architecture, Bert, BertConfig, Error, Gemma, Gemma2, Gpt2, Llama, LoadCheckpoint, Qwen2, Qwen3, Result, Vit,
 };
 
 use crate::case;
@@ -41,8 +41,13 @@ pub fn cases() -> Vec<Case> {
         case("llama_yarn_causal_lm",  "transformers.LlamaForCausalLM (rope_type yarn)",   Some(YARN),  "models/llama_yarn",     |b| report_of(b, llama_parity(b))),
         case("llama_greedy_generate", "transformers.LlamaForCausalLM.generate",           Some(LLAMA), "models/llama_generate", |b| as_check(b, llama_generate(b))),
         case("mistral_causal_lm",     "transformers.MistralForCausalLM",                  Some(MISTRAL), "models/mistral",      |b| report_of(b, llama_parity(b))),
+        case("mistral_causal_lm_bf16", "transformers.MistralForCausalLM",                 Some(MISTRAL), "models/mistral_bf16", |b| report_of(b, llama_parity(b))),
+        case("mistral_greedy_generate", "transformers.MistralForCausalLM.generate",       Some(MISTRAL), "models/mistral_generate", |b| as_check(b, llama_generate(b))),
         case("gemma_causal_lm",       "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma",          |b| report_of(b, gemma_parity(b))),
         case("gemma_causal_lm_bf16",  "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma_bf16",     |b| report_of(b, gemma_parity(b))),
+        case("gemma2_causal_lm",      "transformers.Gemma2ForCausalLM",                   Some(GEMMA_2), "models/gemma2",       |b| report_of(b, gemma2_parity(b))),
+        case("gemma2_causal_lm_bf16", "transformers.Gemma2ForCausalLM",                   Some(GEMMA_2), "models/gemma2_bf16",  |b| report_of(b, gemma2_parity(b))),
+        case("gemma2_greedy_generate", "transformers.Gemma2ForCausalLM.generate",         Some(GEMMA_2), "models/gemma2_generate", |b| as_check(b, check_generation(b, load::<Gemma2>))),
         case("qwen2_causal_lm",       "transformers.Qwen2ForCausalLM",                    Some(QWEN2), "models/qwen2",          |b| report_of(b, qwen2_parity(b))),
         case("qwen3_causal_lm",       "transformers.Qwen3ForCausalLM",                    Some(QWEN3), "models/qwen3",          |b| report_of(b, qwen3_parity(b))),
         case("qwen3_causal_lm_bf16",  "transformers.Qwen3ForCausalLM",                    Some(QWEN3), "models/qwen3_bf16",     |b| report_of(b, qwen3_parity(b))),
@@ -189,7 +194,7 @@ pub fn gpt2_parity(bundle: &Bundle) -> Result<ModelParity> {
 }
 
 /// HF `LlamaForCausalLM` with grouped-query attention (or `MistralForCausalLM`,
-/// whose window is no shorter than the sequence): logits (also decoded through
+/// whose layers all slide): logits (also decoded through
 /// the KV cache) and every block's activation.
 pub fn llama_parity(bundle: &Bundle) -> Result<ModelParity> {
     const IO: ModelIo = ModelIo {
@@ -210,8 +215,14 @@ pub fn gemma_parity(bundle: &Bundle) -> Result<ModelParity> {
     tied_decoder_parity::<Gemma>(bundle)
 }
 
-/// HF `Qwen2ForCausalLM` (biased q/k/v projections, a window no shorter than the
-/// sequence on its sliding layer): as [`gemma_parity`].
+/// HF `Gemma2ForCausalLM` (sandwich norms, sliding and full layers, soft-capped
+/// scores and logits): as [`gemma_parity`].
+pub fn gemma2_parity(bundle: &Bundle) -> Result<ModelParity> {
+    tied_decoder_parity::<Gemma2>(bundle)
+}
+
+/// HF `Qwen2ForCausalLM` (biased q/k/v projections, a sliding window on the layers
+/// from `max_window_layers` on): as [`gemma_parity`].
 pub fn qwen2_parity(bundle: &Bundle) -> Result<ModelParity> {
     tied_decoder_parity::<Qwen2>(bundle)
 }

@@ -64,8 +64,8 @@ pub fn attention_config(bundle: &Bundle) -> Result<AttentionConfig> {
     Ok(config)
 }
 
-/// The fields of a HF decoder config that decide the attention pattern, which the
-/// block (causal, full attention) must match.
+/// The fields of a HF decoder config that decide the attention pattern: causal,
+/// over every earlier token or through a sliding window.
 #[derive(Deserialize)]
 pub(crate) struct AttentionPattern {
     #[serde(default)]
@@ -79,34 +79,18 @@ pub(crate) struct AttentionPattern {
     use_bidirectional_attention: Option<bool>,
 }
 
-// The pattern only decides which scores are masked; `check` refuses what is not implemented.
+// The pattern only decides which scores are masked; `window` refuses what is not implemented.
 sizeless_config!(AttentionPattern);
 
 impl AttentionPattern {
-    /// Refuses what the causal, full attention of the block does not compute on `seq` tokens.
-    pub(crate) fn check(&self, bundle: &Bundle, model_type: &str, seq: usize) -> Result<()> {
+    /// The sliding window of layer 0's attention as HF's `model_type` reads the
+    /// fields (`None`: every earlier token), refusing another model type, a
+    /// bidirectional attention and a layer type other than full or sliding.
+    pub(crate) fn window(&self, bundle: &Bundle, model_type: &str, seq: usize) -> Result<Option<usize>> {
         if let Some(kind) = self.model_type.as_deref().filter(|kind| *kind != model_type) {
             return Err(bundle.config_error(
                 "model_type",
                 format!("this case implements {model_type:?} attention, got {kind:?}"),
-            ));
-        }
-        if let Some(kind) = self.layer_types.as_ref().and_then(|types| types.first()) {
-            if kind != "full_attention" {
-                return Err(bundle.config_error(
-                    "layer_types",
-                    format!("layer 0 must be \"full_attention\" (no sliding window is implemented), got {kind:?}"),
-                ));
-            }
-        }
-        // HF uses the window only on sliding layers; refusing any window shorter than the
-        // sequence is stricter than that, and never lets one go unimplemented.
-        if let Some(window) = self.sliding_window.filter(|&window| window < seq) {
-            return Err(bundle.config_error(
-                "sliding_window",
-                format!(
-                    "no sliding window is implemented, so it must be null or at least the sequence length {seq}, got {window}"
-                ),
             ));
         }
         if self.use_bidirectional_attention == Some(true) {
@@ -115,7 +99,34 @@ impl AttentionPattern {
                 "this case checks causal attention: expected false or null, got true",
             ));
         }
-        Ok(())
+        let slides = match self.layer_types.as_ref().and_then(|types| types.first()) {
+            Some(kind) if kind == "full_attention" => false,
+            Some(kind) if kind == "sliding_attention" => true,
+            Some(kind) => {
+                return Err(bundle.config_error(
+                    "layer_types",
+                    format!("layer 0 must be \"full_attention\" or \"sliding_attention\", got {kind:?}"),
+                ))
+            }
+            // Without layer types, HF's Gemma 2 alternates from a sliding layer 0.
+            None if model_type == "gemma2" => true,
+            None => {
+                // LLaMA has no window: one shorter than the sequence is refused, not ignored.
+                if let Some(window) = self.sliding_window.filter(|&window| window < seq) {
+                    return Err(bundle.config_error(
+                        "sliding_window",
+                        format!("{model_type} attention has no sliding window: expected null or at least the sequence length {seq}, got {window}"),
+                    ));
+                }
+                false
+            }
+        };
+        match (slides, self.sliding_window) {
+            (true, None) => Err(bundle.config_error("sliding_window", "layer 0 slides, but sliding_window is null")),
+            (true, Some(0)) => Err(bundle.config_error("sliding_window", "must be positive, got 0")),
+            (true, window) => Ok(window),
+            (false, _) => Ok(None),
+        }
     }
 }
 

@@ -7,8 +7,8 @@ use replica_check::{Bundle, Namespace, Tolerance, TraceReport, WeightMap};
 use replica_models::decoder::{CausalDecoder, DecoderConfig, DecoderSpec};
 use replica_models::divergence;
 use replica_models::{
-    Architecture, Bert, BertConfig, Gpt2, Gpt2Config, Llama, LlamaConfig, LoadCheckpoint, ModelConfig, Qwen2,
-    Qwen2Config, Qwen3, Qwen3Config, Vit, VitConfig,
+    Architecture, Bert, BertConfig, Gemma2, Gpt2, Gpt2Config, Llama, LlamaConfig, LoadCheckpoint, ModelConfig, Qwen2,
+    Qwen3, Vit, VitConfig,
 };
 use replica_suite::fixtures_dir;
 
@@ -142,20 +142,28 @@ fn the_correct_models_do_not_diverge() {
     assert!(vit_with("norm_eps", 1e-6.into()).passed());
 }
 
-/// A Qwen fixture's decoder with `planted` applied to its spec, its weights loaded
-/// through the model's own weight map (`strict` or leniently).
-fn qwen_decoder(
-    b: &Bundle,
-    strict: bool,
-    planted: impl FnOnce(&mut DecoderSpec),
-) -> replica_check::Result<CausalDecoder> {
-    let config = &b.metadata().config;
-    let (mut spec, map) = if b.metadata().component.contains("Qwen3") {
-        let config = Qwen3Config::from_value(config, b.origin()).unwrap();
-        (config.decoder_spec(), Qwen3::weight_map(&config))
+/// The spec and weight map of a decoder fixture's model.
+fn spec_and_map<M: Architecture>(b: &Bundle) -> (DecoderSpec, WeightMap)
+where
+    M::Config: DecoderConfig,
+{
+    let config = M::Config::from_value(&b.metadata().config, b.origin()).unwrap();
+    (config.decoder_spec(), M::weight_map(&config))
+}
+
+/// A decoder fixture's model (Qwen2, Qwen3, Gemma 2, Mistral) with `planted` applied
+/// to its spec, its weights loaded through the model's own weight map (`strict` or
+/// leniently).
+fn decoder(b: &Bundle, strict: bool, planted: impl FnOnce(&mut DecoderSpec)) -> replica_check::Result<CausalDecoder> {
+    let component = &b.metadata().component;
+    let (mut spec, map) = if component.contains("Qwen3") {
+        spec_and_map::<Qwen3>(b)
+    } else if component.contains("Qwen2") {
+        spec_and_map::<Qwen2>(b)
+    } else if component.contains("Gemma2") {
+        spec_and_map::<Gemma2>(b)
     } else {
-        let config = Qwen2Config::from_value(config, b.origin()).unwrap();
-        (config.decoder_spec(), Qwen2::weight_map(&config))
+        spec_and_map::<Llama>(b)
     };
     planted(&mut spec);
     let map = if strict { map } else { map.lenient() };
@@ -163,10 +171,10 @@ fn qwen_decoder(
         .build(DType::F32, &Device::Cpu, |vb| CausalDecoder::new(&spec, vb))
 }
 
-/// The trace comparison of a Qwen fixture's decoder with `planted` applied.
-fn qwen_with(name: &str, planted: impl FnOnce(&mut DecoderSpec)) -> TraceReport {
+/// The trace comparison of a decoder fixture's model with `planted` applied.
+fn decoder_with(name: &str, planted: impl FnOnce(&mut DecoderSpec)) -> TraceReport {
     let b = bundle(name);
-    let model = qwen_decoder(&b, false, planted).unwrap();
+    let model = decoder(&b, false, planted).unwrap();
     diverges(&b, || model.logits_t(b.input("0").unwrap(), None, false))
 }
 
@@ -177,13 +185,13 @@ fn qwen_with(name: &str, planted: impl FnOnce(&mut DecoderSpec)) -> TraceReport 
 /// left over.
 #[test]
 fn skipped_qk_norm_is_found_at_the_first_attention() {
-    let report = qwen_with("qwen3", |spec| spec.block.attention.qk_norm = false);
+    let report = decoder_with("qwen3", |spec| spec.block.attention.qk_norm = false);
     assert_first_divergence(&report, "model.layers.0.self_attn.o_proj");
     for norm in ["q_norm", "k_norm"] {
         let path = format!("model.layers.0.self_attn.{norm}");
         assert!(report.not_recorded.contains(&path), "{path}: {report}");
     }
-    let err = qwen_decoder(&bundle("qwen3"), true, |spec| spec.block.attention.qk_norm = false)
+    let err = decoder(&bundle("qwen3"), true, |spec| spec.block.attention.qk_norm = false)
         .unwrap_err()
         .to_string();
     assert!(
@@ -200,7 +208,7 @@ fn skipped_qk_norm_is_found_at_the_first_attention() {
 /// 1e-5, is the slip, found at the first query norm.
 #[test]
 fn qk_norm_with_the_wrong_eps_is_found_at_q_norm() {
-    let report = qwen_with("qwen3", |spec| spec.block.attention.norm_eps = 1e-5);
+    let report = decoder_with("qwen3", |spec| spec.block.attention.norm_eps = 1e-5);
     assert_first_divergence(&report, "model.layers.0.self_attn.q_norm");
 }
 
@@ -209,7 +217,7 @@ fn qk_norm_with_the_wrong_eps_is_found_at_q_norm() {
 /// the trace names the query norm.
 #[test]
 fn qk_norm_in_the_other_layout_is_found_at_q_norm() {
-    let report = qwen_with("qwen3", |spec| spec.block.attention.qk_norm_seq_first = false);
+    let report = decoder_with("qwen3", |spec| spec.block.attention.qk_norm_seq_first = false);
     assert_first_divergence(&report, "model.layers.0.self_attn.q_norm");
 }
 
@@ -218,11 +226,11 @@ fn qk_norm_in_the_other_layout_is_found_at_q_norm() {
 #[test]
 fn qwen2_projection_biases_are_checked_by_strict_loading() {
     let b = bundle("qwen2");
-    let err = qwen_decoder(&b, true, |spec| spec.block.attention.proj_bias = Some(true))
+    let err = decoder(&b, true, |spec| spec.block.attention.proj_bias = Some(true))
         .unwrap_err()
         .to_string();
     assert!(err.contains("missing: `model.layers.0.self_attn.o_proj.bias`"), "{err}");
-    let err = qwen_decoder(&b, true, |spec| spec.block.attention.qkv_bias = false)
+    let err = decoder(&b, true, |spec| spec.block.attention.qkv_bias = false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("unused: `model.layers.0.self_attn.q_proj.bias`"), "{err}");
@@ -244,8 +252,63 @@ fn qwen2_projection_biases_are_checked_by_strict_loading() {
 
 #[test]
 fn the_correct_qwen_decoders_do_not_diverge() {
-    assert!(qwen_with("qwen2", |_| {}).passed());
-    assert!(qwen_with("qwen3", |_| {}).passed());
-    assert!(qwen_decoder(&bundle("qwen2"), true, |_| {}).is_ok());
-    assert!(qwen_decoder(&bundle("qwen3"), true, |_| {}).is_ok());
+    assert!(decoder_with("qwen2", |_| {}).passed());
+    assert!(decoder_with("qwen3", |_| {}).passed());
+    assert!(decoder(&bundle("qwen2"), true, |_| {}).is_ok());
+    assert!(decoder(&bundle("qwen3"), true, |_| {}).is_ok());
+}
+
+/// A sliding window left out (every query sees every earlier token) is found in the
+/// first sliding layer's attention: Mistral's layers all slide, Gemma 2's layer 0
+/// does (window 4, 9 tokens), and Qwen2's only from layer 1 on, so its layer 0 matches.
+#[test]
+fn a_missing_sliding_window_is_found_at_the_first_sliding_attention() {
+    for name in ["mistral", "gemma2"] {
+        let report = decoder_with(name, |spec| spec.sliding = None);
+        assert_first_divergence(&report, "model.layers.0.self_attn.o_proj");
+    }
+    let report = decoder_with("qwen2", |spec| spec.sliding = None);
+    assert_first_divergence(&report, "model.layers.1.self_attn.o_proj");
+    // A window one token too wide is found too.
+    let report = decoder_with("mistral", |spec| spec.sliding.as_mut().unwrap().window += 1);
+    assert_first_divergence(&report, "model.layers.0.self_attn.o_proj");
+}
+
+/// Gemma 2's own choices, each left out, are found where they act: the attention's
+/// soft-capping and `query_pre_attn_scalar` in the first attention, the sandwich
+/// norm after it at the next module recorded (the reference's norm is never recorded
+/// by the port), and the final-logit soft-capping after `lm_head`, in the logits.
+#[test]
+fn gemma2_options_left_out_are_found_where_they_act() {
+    let report = decoder_with("gemma2", |spec| spec.block.attention.softcap = None);
+    assert_first_divergence(&report, "model.layers.0.self_attn.o_proj");
+    let report = decoder_with("gemma2", |spec| spec.block.attention.query_pre_attn_scalar = None);
+    assert_first_divergence(&report, "model.layers.0.self_attn.o_proj");
+    let report = decoder_with("gemma2", |spec| spec.block.names.post_norm1 = None);
+    assert_first_divergence(&report, "model.layers.0.pre_feedforward_layernorm");
+
+    let b = bundle("gemma2");
+    let logits = |planted: fn(&mut DecoderSpec)| {
+        let model = decoder(&b, true, planted).unwrap();
+        let logits = model.logits_t(b.input("0").unwrap(), None, false).unwrap();
+        let reference = b.output("logits").unwrap();
+        (logits - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(logits(|_| {}) < 1e-4);
+    assert!(logits(|spec| spec.final_logit_softcap = None) > 0.1);
+}
+
+#[test]
+fn the_correct_windowed_decoders_do_not_diverge() {
+    for name in ["mistral", "gemma2"] {
+        assert!(decoder_with(name, |_| {}).passed(), "{name}");
+        assert!(decoder(&bundle(name), true, |_| {}).is_ok(), "{name}");
+    }
 }

@@ -101,7 +101,8 @@ impl GemmaConfig {
             final_norm: RmsNormConfig::gemma(self.hidden_size, self.rms_norm_eps),
             tie_word_embeddings: true,
             max_positions: self.max_position_embeddings,
-            window: None,
+            sliding: None,
+            final_logit_softcap: None,
         }
     }
 }

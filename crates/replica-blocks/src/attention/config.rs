@@ -81,6 +81,12 @@ pub struct AttentionConfig {
     /// Self-attention hides future tokens (decoders).
     #[serde(default, alias = "is_causal")]
     pub causal: bool,
+    /// With `causal`: a sliding window (Mistral, arXiv 2310.06825), so each query
+    /// sees itself and the `window - 1` tokens before it, as HF's `sliding_window`
+    /// masks on the layers it applies to (which a model decides from its config:
+    /// `layer_types`, Qwen2's `use_sliding_window`). `None`: every earlier token.
+    #[serde(default)]
+    pub window: Option<usize>,
     /// Rotary embedding layout; see the type's doc for when rotary embeddings are on.
     #[serde(default)]
     pub rope: Option<RopeStyle>,
@@ -148,6 +154,7 @@ impl AttentionConfig {
             norm: NormKind::default(),
             norm_eps: default_norm_eps(),
             causal: false,
+            window: None,
             rope: None,
             rope_theta: None,
             rope_parameters: None,
@@ -274,6 +281,14 @@ impl ConfigCheck for AttentionConfig {
         if let Some(cap) = self.softcap {
             if !(cap > 0.0 && cap.is_finite()) {
                 return Err(format!("softcap must be positive, got {cap}"));
+            }
+        }
+        if let Some(window) = self.window {
+            positive("window", window)?;
+            if !self.causal {
+                return Err(format!(
+                    "a sliding window ({window}) needs causal attention (causal is false)"
+                ));
             }
         }
         if let Some(context_dim) = self.context_dim {

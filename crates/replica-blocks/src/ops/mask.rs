@@ -139,6 +139,9 @@ pub struct AlibiBias<'a> {
 pub struct ScoreBias<'a> {
     /// A causal mask, placed by where the queries sit among the keys; `None`: none.
     pub causal: Option<Causal>,
+    /// With `causal`, a sliding window: each query sees itself and the `window - 1`
+    /// keys before it.
+    pub window: Option<usize>,
     /// The caller's mask, broadcasting against the scores: additive, or
     /// boolean with nonzero = attend.
     pub mask: Option<&'a Tensor>,
@@ -160,9 +163,13 @@ impl ScoreBias<'_> {
         if let Some(mask) = self.mask {
             biases.push(to_additive(mask, DType::F32)?);
         }
-        if let Some(causal) = self.causal.filter(|_| !biases.is_empty()) {
+        // A window is a tensor the softmax adds; a causal mask alone it applies itself.
+        if let Some(causal) = self.causal.filter(|_| !biases.is_empty() || self.window.is_some()) {
             let (q_len, k_len) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
-            biases.push(reference::causal_mask(q_len, k_len, causal, DType::F32, device)?);
+            biases.push(match self.window {
+                Some(window) => reference::sliding_window_mask(q_len, k_len, causal, window, DType::F32, device)?,
+                None => reference::causal_mask(q_len, k_len, causal, DType::F32, device)?,
+            });
         }
         combine(&biases.iter().collect::<Vec<_>>(), DType::F32)
     }

@@ -45,6 +45,10 @@ pub struct SdpaOptions {
     /// `k_len - q_len + i`, as with a KV cache. (Torch's `is_causal` aligns
     /// top-left when `q_len != k_len`; pass [`mask::causal_mask`] with offset 0 for that.)
     pub causal: bool,
+    /// With `causal`, a sliding window (Mistral, arXiv 2310.06825): query `i` sees
+    /// itself and the `window - 1` keys before it, as HF's `sliding_window` masks
+    /// (`kv_idx > q_idx - sliding_window`).
+    pub window: Option<usize>,
     /// Soft-caps the scaled scores to `(-cap, cap)` with `cap * tanh(s / cap)`, before any mask.
     pub softcap: Option<f64>,
     /// Dropout probability on the attention probabilities; give 0 outside training.
@@ -155,6 +159,13 @@ pub(crate) fn attend(
             candle_core::bail!("scaled_dot_product_attention: softcap must be positive, got {cap}")
         }
     }
+    match options.window {
+        Some(0) => candle_core::bail!("scaled_dot_product_attention: the sliding window must be at least 1, got 0"),
+        Some(window) if !options.causal => {
+            candle_core::bail!("scaled_dot_product_attention: a sliding window ({window}) needs causal attention")
+        }
+        _ => {}
+    }
     if let Some(m) = mask {
         if m.broadcast_as((b, heads, q_len, k_len)).is_err() {
             candle_core::bail!(
@@ -165,6 +176,7 @@ pub(crate) fn attend(
     }
     let bias = ScoreBias {
         causal: options.causal.then_some(Causal::BottomRight),
+        window: options.window,
         mask,
         alibi,
     };
@@ -184,6 +196,7 @@ pub(crate) fn attend(
         let kernel_options = replica_kernels::AttentionOptions {
             scale: Some(scale),
             causal: bias.causal,
+            window: bias.window,
             mask: additive.as_ref(),
             alibi_slopes: alibi.map(|a| a.slopes),
         };
