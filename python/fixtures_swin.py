@@ -10,17 +10,17 @@ deterministic algorithms, so running this twice gives byte-identical files.
 
 The bundles:
 
-- `SwinTransformerBlock` with shifted windows on a 6x5 map (window 4, shift 2):
+- `SwinTransformerBlock` with shifted windows on a 5x4 map (window 3, shift 1):
   the cyclic shift, the -100 attention mask and the padding of a map the window
-  does not divide (the mask is built on the padded 8x8 map, as timm builds it);
+  does not divide (the mask is built on the padded 6x6 map, as timm builds it);
   f32 with gradients, and the same weights and input in bf16 (forward only);
-- `SwinTransformerBlock` without shift on a 3x6 map asking for window 4: timm
-  clamps the window to the map's height (3x4 windows, no shift) and pads the width;
-- `PatchMerging` on a 5x6 map (the odd height is padded), the 2x2 neighbours
+- `SwinTransformerBlock` without shift on a 2x5 map asking for window 3: timm
+  clamps the window to the map's height (2x3 windows, no shift) and pads the width;
+- `PatchMerging` on a 3x4 map (the odd height is padded), the 2x2 neighbours
   concatenated in timm's order;
-- `SwinTransformer` on 24x32 images (patch 4, window 4, depths (2, 2), heads
-  (2, 4), width 8): stage 0 has a shifted block and padding, stage 1 a patch
-  merging and windows clamped to its 3x4 map; f32 with gradients, and bf16.
+- `SwinTransformer` on 8x12 images (patch 2, window 3, depths (2, 2), heads
+  (1, 2), width 8): stage 0 has a shifted block on a padded 4x6 map, stage 1 a
+  patch merging and windows clamped to its 2x3 map; f32 with gradients, and bf16.
 
 timm's `WindowAttention` takes its unfused path (`use_fused_attn(experimental=True)`
 is off unless TIMM_FUSED_ATTN=2): q scaled, q kᵀ, plus the relative position
@@ -84,36 +84,34 @@ def build_all(out: Path) -> list[Path]:
     (out / "blocks").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(parents=True, exist_ok=True)
 
-    def save(folder, name, module, inputs, *, seed, config, component, grads=True):
-        path = capture(module.eval(), inputs, out / folder / name, config=config, component=component, grads=grads,
+    # The component is the name capture() gives the class itself (timm.models.SwinTransformer for the model).
+    def save(folder, name, module, inputs, *, seed, config, grads=True):
+        path = capture(module.eval(), inputs, out / folder / name, config=config, grads=grads,
                        seed=seed, overwrite=True, producer_extra=PRODUCER)
         print(f"wrote {path} ({path.stat().st_size} bytes)")
         written.append(path)
 
-    block_component = "timm.models.swin_transformer.SwinTransformerBlock"
     block, x, config = swin_block(300, 1, (5, 4), 3, 1)
-    save("blocks", "swin_block_shifted.safetensors", block, x, seed=300, config=config, component=block_component)
-    save("blocks", "swin_block_shifted_bf16.safetensors", block.bfloat16(), x.bfloat16(), seed=300, config=config,
-         component=block_component, grads=False)
+    save("blocks", "swin_block_shifted.safetensors", block, x, seed=300, config=config)
+    save("blocks", "swin_block_shifted_bf16.safetensors", block.bfloat16(), x.bfloat16(), seed=300, config=config, grads=False)
 
     block, x, config = swin_block(301, 2, (2, 5), 3, 0)
-    save("blocks", "swin_block.safetensors", block, x, seed=301, config=config, component=block_component)
+    save("blocks", "swin_block.safetensors", block, x, seed=301, config=config)
 
     torch.manual_seed(302)
     merging = PatchMerging(dim=8)
     randomize_(merging)
     save("blocks", "swin_patch_merging.safetensors", merging, torch.randn(2, 3, 4, 8), seed=302,
-         config={"dim": 8, "out_dim": None}, component="timm.models.swin_transformer.PatchMerging")
+         config={"dim": 8, "out_dim": None})
 
     torch.manual_seed(310)
     config = dict(MODEL_CONFIG)
     model = SwinTransformer(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()})
     randomize_(model)
     images = torch.randn(1, 3, 8, 12)
-    component = "timm.models.swin_transformer.SwinTransformer"
-    save("models", "swin.safetensors", model, images, seed=310, config=config, component=component)
+    save("models", "swin.safetensors", model, images, seed=310, config=config)
     save("models", "swin_bf16.safetensors", model.bfloat16(), images.bfloat16(), seed=310, config=config,
-         component=component, grads=False)
+         grads=False)
     return written
 
 
