@@ -224,3 +224,51 @@ fn bad_configurations_fail_with_the_field_named() {
     });
     assert!(err.contains("global_pool"), "{err}");
 }
+
+#[test]
+fn images_of_another_size_are_refused_with_the_sizes_named() {
+    let bundle = common::fixture("models/swin");
+    let config: SwinConfig = bundle_config(&bundle).unwrap();
+    let params = Parity::new(&bundle).unwrap().params().clone();
+    let model = Swin::from_tensors(&config, params, bundle.origin(), DType::F32, &Device::Cpu).unwrap();
+    let err = model
+        .forward(&Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap())
+        .unwrap_err()
+        .to_string();
+    let headline = err.lines().next().unwrap();
+    assert!(
+        headline.contains("the input is 8x8") && headline.contains("built for 8x12"),
+        "{err}"
+    );
+}
+
+#[test]
+fn training_reaches_stochastic_depth_and_is_eval_without_it() {
+    use candle_core::ModuleT;
+    let bundle = common::fixture("models/swin");
+    let config: SwinConfig = bundle_config(&bundle).unwrap();
+    let run = Parity::new(&bundle).unwrap();
+    let images = run.input("0").unwrap();
+    let build = |config: &SwinConfig| {
+        Swin::from_tensors(config, run.params().clone(), bundle.origin(), DType::F32, &Device::Cpu).unwrap()
+    };
+    let values = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    // No drop rates: training computes what evaluation does.
+    let still = build(&SwinConfig {
+        drop_path_rate: 0.0,
+        ..config.clone()
+    });
+    assert_eq!(
+        values(still.forward_t(&images, true).unwrap()),
+        values(still.forward(&images).unwrap())
+    );
+    // Stochastic depth near 1 in the late blocks: training drops branches.
+    let dropping = build(&SwinConfig {
+        drop_path_rate: 0.99,
+        ..config
+    });
+    assert_ne!(
+        values(dropping.forward_t(&images, true).unwrap()),
+        values(dropping.forward(&images).unwrap())
+    );
+}
