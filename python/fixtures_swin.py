@@ -19,7 +19,7 @@ The bundles:
 - `PatchMerging` on a 3x4 map (the odd height is padded), the 2x2 neighbours
   concatenated in timm's order;
 - `SwinTransformer` on 8x12 images (patch 2, window 3, depths (2, 2), heads
-  (1, 2), width 8): stage 0 has a shifted block on a padded 4x6 map, stage 1 a
+  (1, 2), width 4): stage 0 has a shifted block on a padded 4x6 map, stage 1 a
   patch merging and windows clamped to its 2x3 map; f32 with gradients, and bf16.
 
 timm's `WindowAttention` takes its unfused path (`use_fused_attn(experimental=True)`
@@ -74,7 +74,7 @@ def swin_block(seed: int, batch: int, resolution, window_size: int, shift_size: 
 
 MODEL_CONFIG = {
     "img_size": [8, 12], "patch_size": 2, "in_chans": 3, "num_classes": 5, "global_pool": "avg",
-    "embed_dim": 8, "depths": [2, 2], "num_heads": [1, 2], "window_size": 3, "mlp_ratio": 2.0,
+    "embed_dim": 4, "depths": [2, 2], "num_heads": [1, 2], "window_size": 3, "mlp_ratio": 2.0,
     "qkv_bias": True, "drop_path_rate": 0.1,
 }
 
