@@ -1,7 +1,8 @@
 //! The Swin Transformer cases against timm, and proof that the checks bite: planted
 //! bugs of a port (the 2x2 neighbours of a patch merging concatenated in another
 //! order, the relative offsets of the position bias negated, the cyclic shift left
-//! out) each fail and name the module where they start.
+//! out, the shifted-window mask left out) each fail and name the module where they
+//! start.
 
 use std::collections::BTreeMap;
 
@@ -271,4 +272,60 @@ fn training_reaches_stochastic_depth_and_is_eval_without_it() {
         values(dropping.forward_t(&images, true).unwrap()),
         values(dropping.forward(&images).unwrap())
     );
+}
+
+#[test]
+fn leaving_out_the_shifted_window_mask_diverges_first_at_the_attention_probabilities() {
+    use replica_blocks::window::{shifted_window_mask, window_partition};
+    use replica_blocks::window_attention::{WindowAttention, WindowAttentionConfig};
+    // The shifted block's attention rebuilt from the public pieces, on the block's
+    // recorded `norm1` output: roll, pad to whole windows, partition, attend.
+    let bundle = common::fixture("blocks/swin_block_shifted");
+    let config: SwinBlockConfig = bundle.config().unwrap();
+    let (window, shift) = config.window_and_shift();
+    let run = Parity::new(&bundle).unwrap();
+    let attention = WindowAttentionConfig::new(config.dim, config.num_heads, window);
+    // The attention's weights alone (the strict loader refuses weights nothing asks for).
+    let params: BTreeMap<String, Tensor> = run
+        .params()
+        .iter()
+        .filter(|(name, _)| name.starts_with("attn."))
+        .map(|(name, t)| (name.clone(), t.clone()))
+        .collect();
+    let attn = WeightMap::new()
+        .apply(params, bundle.origin())
+        .unwrap()
+        .build(DType::F32, &Device::Cpu, |vb| {
+            WindowAttention::new(&attention, vb.pp("attn"))
+        })
+        .unwrap();
+    let normed = bundle.get(Namespace::Activation, "norm1").unwrap().clone();
+    let (_, h, w, _) = normed.dims4().unwrap();
+    let shifted = normed
+        .roll(-(shift.height as i32), 1)
+        .unwrap()
+        .roll(-(shift.width as i32), 2)
+        .unwrap();
+    let (hp, wp) = (
+        h.div_ceil(window.height) * window.height,
+        w.div_ceil(window.width) * window.width,
+    );
+    let padded = shifted
+        .pad_with_zeros(1, 0, hp - h)
+        .unwrap()
+        .pad_with_zeros(2, 0, wp - w)
+        .unwrap();
+    let windows = window_partition(&padded, window).unwrap();
+    let mask = shifted_window_mask(hp, wp, window, shift, DType::F32, &Device::Cpu).unwrap();
+    let compare = |mask: Option<&Tensor>| {
+        let (y, recorded) = trace::record(|| attn.forward(&windows, mask));
+        y.unwrap();
+        compare_trace(&recorded, &bundle, Tolerance::for_dtype(DType::F32))
+    };
+    let right = compare(Some(&mask));
+    assert_eq!(right.first_divergence, None, "{right}");
+    assert!(right.compared() >= 5, "{right}");
+    let wrong = compare(None);
+    println!("{wrong}");
+    assert_eq!(wrong.first_divergence.as_deref(), Some("attn.softmax"), "{wrong}");
 }
