@@ -20,7 +20,7 @@ use replica_blocks::swin_block::{SwinBlock, SwinBlockConfig};
 use replica_blocks::window_attention::MAX_WINDOW_SIDE;
 use replica_blocks::{Identity, Linear, LinearConfig, Norm, NormKind, PatchEmbed, PatchEmbedConfig, Size2};
 use replica_check::config_check::{at_most, drop_rate, finite_positive, non_negative};
-use replica_check::{ConfigCheck, Footprint, Size, TraceMap, Workload};
+use replica_check::{ConfigCheck, Footprint, Size, TraceMap, WeightMap, Workload};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
 
@@ -533,8 +533,16 @@ impl Architecture for Swin {
         },
     ];
 
-    /// Builds the model under `vb` (the checkpoint's root). timm checkpoints need
-    /// no renaming (the relative position index and the masks are not stored).
+    /// Checkpoints in timm's layout (the `timm/` hub weights) load as they are; the
+    /// buffers older ones also store (`relative_position_index`, `attn_mask`, which
+    /// the model computes) are left out, as timm's `checkpoint_filter_fn` does.
+    fn weight_map(_config: &SwinConfig) -> WeightMap {
+        WeightMap::new()
+            .ignore(r"\.relative_position_index$")
+            .ignore(r"\.attn_mask$")
+    }
+
+    /// Builds the model under `vb` (the checkpoint's root), with timm's module paths.
     fn new(config: &SwinConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         Self::check(config)?;
         let patch_embed = PatchEmbed::new(&config.patch_embed_config(), vb.pp("patch_embed"))?;

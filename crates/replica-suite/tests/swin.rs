@@ -329,3 +329,21 @@ fn leaving_out_the_shifted_window_mask_diverges_first_at_the_attention_probabili
     println!("{wrong}");
     assert_eq!(wrong.first_divergence.as_deref(), Some("attn.softmax"), "{wrong}");
 }
+
+#[test]
+fn checkpoints_that_store_the_index_and_mask_buffers_load() {
+    // Older timm checkpoints also hold the non-persistent buffers, which the model computes.
+    let bundle = common::fixture("models/swin");
+    let config: SwinConfig = bundle_config(&bundle).unwrap();
+    let run = Parity::new(&bundle).unwrap();
+    let mut params = run.params().clone();
+    let index = Tensor::zeros((9, 9), DType::I64, &Device::Cpu).unwrap();
+    params.insert("layers.0.blocks.0.attn.relative_position_index".into(), index);
+    let mask = Tensor::zeros((4, 9, 9), DType::F32, &Device::Cpu).unwrap();
+    params.insert("layers.0.blocks.1.attn_mask".into(), mask);
+    let model = Swin::from_tensors(&config, params, bundle.origin(), DType::F32, &Device::Cpu).unwrap();
+    let logits = model.forward(&run.input("0").unwrap()).unwrap();
+    let expected = bundle.output("0").unwrap();
+    let diff = (logits - expected).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+}
