@@ -35,11 +35,15 @@ pub mod norm;
 pub mod ops;
 pub mod papers;
 pub mod patch_embed;
+pub mod patch_merging;
 pub mod position_embedding;
 pub mod rope;
 pub mod rope_scaling;
 pub mod sinusoidal;
+pub mod swin_block;
 pub mod transformer_block;
+pub mod window;
+pub mod window_attention;
 
 /// The masks, kept at their old path; they belong to the op layer.
 pub use ops::mask;
@@ -62,11 +66,14 @@ pub use mlp::{Mlp, MlpConfig, MlpNames};
 pub use norm::{LayerNorm, LayerNormConfig, Norm, NormKind, RmsNorm, RmsNormConfig};
 pub use papers::{paper_of, BlockPaper, Paper, PAPERS};
 pub use patch_embed::{PatchEmbed, PatchEmbedConfig, PatchEmbedNames, Size2};
+pub use patch_merging::{PatchMerging, PatchMergingConfig};
 pub use position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
 pub use rope::{Rope, RopeConfig, RopeStyle};
 pub use rope_scaling::{RopeParameters, RopeScaling};
 pub use sinusoidal::{SinusoidalConfig, SinusoidalLayout, SinusoidalPositionEmbedding};
+pub use swin_block::{SwinBlock, SwinBlockConfig};
 pub use transformer_block::{BlockNames, FeedForwardConfig, ResidualLayout, TransformerBlock, TransformerBlockConfig};
+pub use window_attention::{WindowAttention, WindowAttentionConfig};
 
 /// Refuses a config before a block is built from it ([`replica_check::admit`], on
 /// no inputs yet): the error names the block (`what`, e.g. ``attention `h.0.attn` ``).

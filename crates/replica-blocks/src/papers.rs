@@ -187,6 +187,12 @@ pub const DIFF_TRANSFORMER: Paper = Paper {
     arxiv: "2410.05258",
     year: 2024,
 };
+/// Liu et al., 2021: shifted-window attention and the hierarchical Swin Transformer.
+pub const SWIN: Paper = Paper {
+    title: "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows",
+    arxiv: "2103.14030",
+    year: 2021,
+};
 
 /// Every block with its paper.
 pub const PAPERS: &[BlockPaper] = &[
@@ -341,6 +347,18 @@ pub const PAPERS: &[BlockPaper] = &[
     BlockPaper {
         block: "DiffAttention",
         paper: DIFF_TRANSFORMER,
+    },
+    BlockPaper {
+        block: "WindowAttention",
+        paper: SWIN,
+    },
+    BlockPaper {
+        block: "PatchMerging",
+        paper: SWIN,
+    },
+    BlockPaper {
+        block: "SwinBlock",
+        paper: SWIN,
     },
 ];
 

@@ -147,6 +147,10 @@ pub struct PatchEmbedConfig {
     /// Flatten the grid to `[B, N, D]`; otherwise return the `[B, D, H/p, W/p]` grid.
     #[serde(default = "yes")]
     pub flatten: bool,
+    /// Without `flatten`, return the grid channels-last, `[B, H/p, W/p, D]` (timm's
+    /// `output_fmt='NHWC'`, as Swin uses it); the norm then runs on that layout.
+    #[serde(default)]
+    pub channels_last: bool,
     /// Refuse inputs whose size is not `img_size` (timm's default when `img_size` is set).
     #[serde(default = "yes")]
     pub strict_img_size: bool,
@@ -168,6 +172,7 @@ impl PatchEmbedConfig {
             norm: None,
             norm_eps: default_norm_eps(),
             flatten: true,
+            channels_last: false,
             strict_img_size: true,
             names: PatchEmbedNames::default(),
         }
@@ -196,8 +201,8 @@ impl ConfigCheck for PatchEmbedConfig {
         }
         all_positive(&[("in_chans", self.in_chans), ("embed_dim", self.embed_dim)])?;
         non_negative("norm_eps", self.norm_eps)?;
-        if self.norm.is_some() && !self.flatten {
-            return Err("a norm layer needs the flattened [B, N, D] output".into());
+        if self.norm.is_some() && !self.flatten && !self.channels_last {
+            return Err("a norm layer needs the flattened [B, N, D] or the channels-last output".into());
         }
         Ok(())
     }
@@ -233,6 +238,7 @@ pub struct PatchEmbed {
     img_size: Option<Size2>,
     strict_img_size: bool,
     flatten: bool,
+    channels_last: bool,
     norm: Option<Norm>,
     proj_path: String,
     path: String,
@@ -278,6 +284,7 @@ impl PatchEmbed {
             img_size: config.img_size,
             strict_img_size: config.strict_img_size,
             flatten: config.flatten,
+            channels_last: config.channels_last,
             norm,
             proj_path: proj.prefix(),
             path,
@@ -355,10 +362,12 @@ impl PatchEmbed {
         replica_check::tap(&self.proj_path, &grid);
         let x = if self.flatten {
             grid.flatten_from(2)?.transpose(1, 2)?.contiguous()?
+        } else if self.channels_last {
+            grid.permute((0, 2, 3, 1))?.contiguous()?
         } else {
             grid
         };
-        // A norm layer needs the flattened sequence (checked in `new`); timm's identity takes either.
+        // A norm layer needs channels last (flattened or NHWC, checked in `new`); timm's identity takes either.
         let y = match &self.norm {
             Some(norm) => norm.forward(&x)?,
             None => x,

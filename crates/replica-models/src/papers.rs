@@ -83,6 +83,10 @@ pub const PAPERS: &[replica_blocks::BlockPaper] = &[
         paper: replica_blocks::papers::VIT,
     },
     replica_blocks::BlockPaper {
+        block: "Swin",
+        paper: replica_blocks::papers::SWIN,
+    },
+    replica_blocks::BlockPaper {
         block: "Llama",
         paper: LLAMA,
     },

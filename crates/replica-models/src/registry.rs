@@ -36,6 +36,7 @@ use crate::{Architecture, Error, Family, Preset, Result};
 pub const MODELS: &[Descriptor] = &[
     Descriptor::of::<crate::gpt2::Gpt2>(),
     Descriptor::of::<crate::vit::Vit>(),
+    Descriptor::of::<crate::swin::Swin>(),
     Descriptor::of::<crate::llama::Llama>(),
     Descriptor::of::<crate::gemma::Gemma>(),
     Descriptor::of::<crate::gemma2::Gemma2>(),

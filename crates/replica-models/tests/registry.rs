@@ -54,7 +54,7 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
             preset.name
         );
     }
-    assert_eq!(registry::presets().count(), 11);
+    assert_eq!(registry::presets().count(), 14);
     // Every preset's config is complete and consistent for its model.
     for name in list_models("") {
         model_config(name, &Value::Null).unwrap();
@@ -69,6 +69,10 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
     assert_eq!(registry::preset("qwen2-0.5b").unwrap().paper.arxiv, "2407.10671");
     assert_eq!(registry::preset("qwen3-0.6b").unwrap().paper.arxiv, "2505.09388");
     assert_eq!(registry::preset("bert-base-uncased").unwrap().paper.arxiv, "1810.04805");
+    assert_eq!(
+        registry::preset("swin_tiny_patch4_window7_224").unwrap().paper.arxiv,
+        "2103.14030"
+    );
 }
 
 #[test]
