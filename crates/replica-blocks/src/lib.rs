@@ -36,6 +36,7 @@ pub mod ops;
 pub mod papers;
 pub mod patch_embed;
 pub mod position_embedding;
+pub mod relative_position_bias;
 pub mod rope;
 pub mod rope_scaling;
 pub mod sinusoidal;
@@ -63,6 +64,9 @@ pub use norm::{LayerNorm, LayerNormConfig, Norm, NormKind, RmsNorm, RmsNormConfi
 pub use papers::{paper_of, BlockPaper, Paper, PAPERS};
 pub use patch_embed::{PatchEmbed, PatchEmbedConfig, PatchEmbedNames, Size2};
 pub use position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
+pub use relative_position_bias::{
+    relative_position_bucket, t5_attention_config, RelativePositionBias, RelativePositionBiasConfig,
+};
 pub use rope::{Rope, RopeConfig, RopeStyle};
 pub use rope_scaling::{RopeParameters, RopeScaling};
 pub use sinusoidal::{SinusoidalConfig, SinusoidalLayout, SinusoidalPositionEmbedding};

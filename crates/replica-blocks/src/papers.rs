@@ -180,6 +180,12 @@ pub const DIFF_TRANSFORMER: Paper = Paper {
     arxiv: "2410.05258",
     year: 2024,
 };
+/// Raffel et al., 2019: T5, its bucketed relative position bias.
+pub const T5: Paper = Paper {
+    title: "Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer",
+    arxiv: "1910.10683",
+    year: 2019,
+};
 
 /// Every block with its paper.
 pub const PAPERS: &[BlockPaper] = &[
@@ -326,6 +332,10 @@ pub const PAPERS: &[BlockPaper] = &[
     BlockPaper {
         block: "DiffAttention",
         paper: DIFF_TRANSFORMER,
+    },
+    BlockPaper {
+        block: "RelativePositionBias",
+        paper: T5,
     },
 ];
 

@@ -1,0 +1,98 @@
+//! T5 against its real reference code (`python/fixtures_t5_dit.py`): HF
+//! `T5Attention` with the relative position bias it owns in a stack's first layer
+//! (encoder and decoder buckets).
+
+use replica_blocks::attention::Attention;
+use replica_blocks::papers::T5;
+use replica_blocks::relative_position_bias::{t5_attention_config, RelativePositionBias, RelativePositionBiasConfig};
+use replica_check::config_check::all_positive;
+use replica_check::{BlockCheck, Bundle, Case, ConfigCheck, Footprint, Report, Result, Workload};
+use serde::Deserialize;
+
+use crate::case;
+
+/// Every T5 case.
+#[rustfmt::skip] // a table: one case per line
+pub fn cases() -> Vec<Case> {
+    vec![
+        case("t5_attention_bias",        "transformers T5Attention(has_relative_attention_bias=True) (sdpa)",                  Some(T5),  "blocks/t5_attention_bias",        t5_attention_bias),
+        case("t5_attention_bias_causal", "transformers T5Attention(has_relative_attention_bias=True, is_decoder) (sdpa)",       Some(T5),  "blocks/t5_attention_bias_causal", t5_attention_bias),
+        case("t5_attention_bias_bf16",   "transformers T5Attention(has_relative_attention_bias=True) (sdpa, bf16)",            Some(T5),  "blocks/t5_attention_bias_bf16",   t5_attention_bias),
+    ]
+}
+
+/// The sizes of one `T5Attention` (HF `T5Config`'s `d_model`, `d_kv`, `num_heads`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct T5AttentionDims {
+    /// Model width.
+    pub d_model: usize,
+    /// Features per head.
+    pub d_kv: usize,
+    /// Heads.
+    pub num_heads: usize,
+}
+
+impl ConfigCheck for T5AttentionDims {
+    fn validate(&self) -> std::result::Result<(), String> {
+        all_positive(&[
+            ("d_model", self.d_model),
+            ("d_kv", self.d_kv),
+            ("num_heads", self.num_heads),
+        ])?;
+        t5_attention_config(self.d_model, self.num_heads, self.d_kv, false, 0.0).validate()
+    }
+
+    fn footprint(&self, work: &Workload) -> Footprint {
+        t5_attention_config(self.d_model, self.num_heads, self.d_kv, false, 0.0).footprint(work)
+    }
+}
+
+/// The fields of a whole `T5Config` that one `T5Attention` in inference does not
+/// read (a bundle of the attention may carry its model's config): the model's other
+/// sizes, the feed-forward network and norms, the dropout (off in inference), and
+/// [`replica_models::T5Config`]'s own unused fields.
+const T5_NOT_IN_ATTENTION: &[&str] = &[
+    "vocab_size",
+    "d_ff",
+    "num_layers",
+    "num_decoder_layers",
+    "dropout_rate",
+    "layer_norm_epsilon",
+    "feed_forward_proj",
+    "dense_act_fn",
+    "is_gated_act",
+    "model_type",
+    "is_encoder_decoder",
+    "decoder_start_token_id",
+    "tie_word_embeddings",
+    "scale_decoder_outputs",
+    "classifier_dropout",
+    "pad_token_id",
+    "initializer_factor",
+    "chunk_size_feed_forward",
+    "n_positions",
+    "output_past",
+];
+
+/// HF `T5Attention` of a stack's first layer: the projections `q`, `k`, `v`, `o`, the
+/// relative position bias it computes (`relative_attention_bias`, the lookup recorded
+/// as `[q_len, k_len, heads]`) and returns as its second output `[1, heads, q_len,
+/// k_len]`, added to unscaled scores; with `is_decoder`, causal buckets and, as HF's
+/// sdpa path adds for `is_causal`, the causal mask.
+fn t5_attention_bias(bundle: &Bundle) -> Result<Report> {
+    let (bias, dims): (RelativePositionBiasConfig, T5AttentionDims) = bundle.config_parts(T5_NOT_IN_ATTENTION)?;
+    let attention = t5_attention_config(dims.d_model, dims.num_heads, dims.d_kv, bias.causal, 0.0);
+    BlockCheck::new(bundle).outputs(&["0", "1"]).run(
+        |vb| {
+            let table = RelativePositionBias::new(&bias, vb.pp("relative_attention_bias"))?;
+            Ok((Attention::new(&attention, vb)?, table))
+        },
+        |(attention, table), inputs| {
+            let x = &inputs[0];
+            let seq = x.dim(1)?;
+            let position_bias = table.forward(seq, seq, 0)?;
+            let y = attention.forward(x, Some(&position_bias), None)?;
+            Ok(vec![y, position_bias])
+        },
+    )
+}
