@@ -1,11 +1,13 @@
 """Write the T5 fixtures from the real reference implementation: HF transformers
-T5 (`T5Attention` with its relative position bias).
+T5 (`T5Attention` with its relative position bias, `T5EncoderModel`).
 
     python python/fixtures_t5_dit.py                # writes under tests/fixtures/
     python python/fixtures_t5_dit.py --out DIR      # or under DIR (blocks/ and models/)
 
 Files written: blocks/t5_attention_bias.safetensors, blocks/t5_attention_bias_causal.safetensors,
-blocks/t5_attention_bias_bf16.safetensors, blocks/t5_buckets.safetensors.
+blocks/t5_attention_bias_bf16.safetensors, blocks/t5_buckets.safetensors,
+models/t5_encoder.safetensors, models/t5_encoder_gated.safetensors,
+models/t5_encoder_bf16.safetensors, models/t5_encoder_eager.safetensors.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import timm
 import torch
 import transformers
 from torch import nn
-from transformers import T5Config
+from transformers import T5Config, T5EncoderModel
 from transformers.models.t5.modeling_t5 import T5Attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -99,6 +101,36 @@ def build_all(out: Path) -> list[Path]:
                  seed=60, grads=False, config={**attention_config, "is_decoder": False})
     written.append(buckets(out))
     print(f"wrote {written[-1]}")
+
+    # T5EncoderModel: ReLU feed-forward (t5-small's) on a padded batch, gated GELU
+    # (t5-v1_1's), and bf16.
+    torch.manual_seed(62)
+    small = dict(d_model=8, d_kv=4, d_ff=12)
+    config = t5_config(**small, attn_implementation="sdpa")
+    model = T5EncoderModel(config).eval()
+    randomize_(model)
+    ids = torch.randint(1, config.vocab_size, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    ids = ids * mask
+    save("models/t5_encoder.safetensors", model, (ids,), seed=62, config=config.to_dict(),
+         kwargs={"attention_mask": mask}, component="transformers.T5EncoderModel")
+    save("models/t5_encoder_bf16.safetensors", model.to(torch.bfloat16), (ids,), seed=62, grads=False,
+         config=config.to_dict(), kwargs={"attention_mask": mask}, component="transformers.T5EncoderModel")
+    # HF's eager attention (the probabilities are returned and recorded too), on the
+    # bf16 model's weights widened back to f32.
+    config = t5_config(**small, attn_implementation="eager")
+    eager = T5EncoderModel(config).eval()
+    eager.load_state_dict(model.float().state_dict())
+    save("models/t5_encoder_eager.safetensors", eager, (ids,), seed=62, grads=False, config=config.to_dict(),
+         kwargs={"attention_mask": mask}, component="transformers.T5EncoderModel")
+    torch.manual_seed(63)
+    config = t5_config(**small, feed_forward_proj="gated-gelu", attn_implementation="sdpa")
+    model = T5EncoderModel(config).eval()
+    randomize_(model)
+    ids = torch.randint(0, config.vocab_size, (2, 8))
+    save("models/t5_encoder_gated.safetensors", model, (ids,), seed=63, config=config.to_dict(),
+         component="transformers.T5EncoderModel")
 
     return written
 

@@ -45,6 +45,7 @@ pub mod qwen3;
 pub mod registry;
 #[cfg(feature = "sentence")]
 pub mod sentence;
+pub mod t5;
 pub mod vit;
 
 pub use architecture::{Architecture, Family, Preset};
@@ -58,6 +59,7 @@ pub use load_checkpoint::LoadCheckpoint;
 pub use qwen2::{Qwen2, Qwen2Config};
 pub use qwen3::{Qwen3, Qwen3Config};
 pub use registry::{create_model, list_models, load_model, Descriptor, Model, Registry};
+pub use t5::{T5Config, T5Encoder};
 pub use vit::{Vit, VitConfig};
 
 /// The tokenizer library the sentence embedder uses (HF `tokenizers`), for callers that tokenise themselves.

@@ -1,15 +1,19 @@
 //! T5 against its real reference code (`python/fixtures_t5_dit.py`): HF
 //! `T5Attention` with the relative position bias it owns in a stack's first layer
-//! (encoder and decoder buckets).
+//! (encoder and decoder buckets), and HF `T5EncoderModel` (ReLU and gated-GELU
+//! feed-forward).
 
+use candle_core::Tensor;
 use replica_blocks::attention::Attention;
 use replica_blocks::papers::T5;
 use replica_blocks::relative_position_bias::{t5_attention_config, RelativePositionBias, RelativePositionBiasConfig};
 use replica_check::config_check::all_positive;
-use replica_check::{BlockCheck, Bundle, Case, ConfigCheck, Footprint, Report, Result, Workload};
+use replica_check::{BlockCheck, Bundle, Case, ConfigCheck, Footprint, Report, Result, Unmatched, Workload};
+use replica_models::T5Encoder;
 use serde::Deserialize;
 
 use crate::case;
+use crate::models::{check_model, load, report_of, ModelInput, ModelIo, ModelParity, INPUT_IDS};
 
 /// Every T5 case.
 #[rustfmt::skip] // a table: one case per line
@@ -18,6 +22,10 @@ pub fn cases() -> Vec<Case> {
         case("t5_attention_bias",        "transformers T5Attention(has_relative_attention_bias=True) (sdpa)",                  Some(T5),  "blocks/t5_attention_bias",        t5_attention_bias),
         case("t5_attention_bias_causal", "transformers T5Attention(has_relative_attention_bias=True, is_decoder) (sdpa)",       Some(T5),  "blocks/t5_attention_bias_causal", t5_attention_bias),
         case("t5_attention_bias_bf16",   "transformers T5Attention(has_relative_attention_bias=True) (sdpa, bf16)",            Some(T5),  "blocks/t5_attention_bias_bf16",   t5_attention_bias),
+        case("t5_encoder",               "transformers.T5EncoderModel (feed_forward_proj relu, padded batch)",                 Some(T5),  "models/t5_encoder",               |b| report_of(b, t5_encoder_parity(b))),
+        case("t5_encoder_gated",         "transformers.T5EncoderModel (feed_forward_proj gated-gelu)",                         Some(T5),  "models/t5_encoder_gated",         |b| report_of(b, t5_encoder_parity(b))),
+        case("t5_encoder_eager",         "transformers.T5EncoderModel (eager attention, probabilities recorded)",              Some(T5),  "models/t5_encoder_eager",         |b| report_of(b, t5_encoder_parity(b))),
+        case("t5_encoder_bf16",          "transformers.T5EncoderModel (bf16)",                                                 Some(T5),  "models/t5_encoder_bf16",          |b| report_of(b, t5_encoder_parity(b))),
     ]
 }
 
@@ -95,4 +103,34 @@ fn t5_attention_bias(bundle: &Bundle) -> Result<Report> {
             Ok(vec![y, position_bias])
         },
     )
+}
+
+/// HF `T5EncoderModel` on token ids (`input/0` or `input/input_ids`) and, when the
+/// bundle has one, a padding `attention_mask` (absent: every token attended to):
+/// the last hidden states, every module's activation under HF's names (the tuple
+/// elements `(hidden, position_bias)` as `:0`, `:1`, and with eager attention the
+/// probabilities as `:2`) and every parameter's gradient,
+/// the encoder's tied `encoder.embed_tokens.weight` against `shared.weight`'s.
+pub fn t5_encoder_parity(bundle: &Bundle) -> replica_models::Result<ModelParity> {
+    const IO: ModelIo = ModelIo {
+        inputs: &[
+            INPUT_IDS,
+            ModelInput {
+                names: &["attention_mask"],
+                default: Some(Tensor::ones_like),
+            },
+        ],
+        outputs: &["last_hidden_state"],
+        ties: &[("encoder.embed_tokens.weight", "shared.weight")],
+        unmatched: Unmatched::NONE,
+    };
+    // HF's eager attention also returns (and its hooks record) the probabilities.
+    let eager = (bundle.metadata().activations.iter()).any(|name| name.ends_with(".SelfAttention:2"));
+    check_model(bundle, &IO, load::<T5Encoder>, |model, inputs| {
+        Ok(vec![if eager {
+            model.forward_with_attentions(&inputs[0], Some(&inputs[1]))?.0
+        } else {
+            model.forward(&inputs[0], Some(&inputs[1]))?
+        }])
+    })
 }

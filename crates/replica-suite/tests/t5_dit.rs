@@ -12,8 +12,10 @@ use replica_blocks::relative_position_bias::{
     relative_position_bucket, t5_attention_config, RelativePositionBias, RelativePositionBiasConfig,
 };
 use replica_check::{Bundle, Namespace, Parity, TraceReport, Unmatched};
+use replica_models::config::bundle_config;
+use replica_models::{Architecture, LoadCheckpoint, ModelConfig, T5Config, T5Encoder};
 use replica_suite::fixtures_dir;
-use replica_suite::t5_dit::{cases, T5AttentionDims};
+use replica_suite::t5_dit::{cases, t5_encoder_parity, T5AttentionDims};
 
 #[test]
 fn every_t5_case_matches_its_reference() {
@@ -52,7 +54,7 @@ fn cases_are_unique_and_every_fixture_comes_from_the_script() {
 #[test]
 fn fixtures_stay_small() {
     let total = common::fixture_bytes(&cases());
-    assert!(total < 300_000, "{total} bytes of fixtures");
+    assert!(total < 700_000, "{total} bytes of fixtures");
 }
 
 /// HF's `_relative_position_bucket` on relative positions -200..200 for seven
@@ -202,4 +204,110 @@ fn the_usual_score_scale_in_t5_attention_diverges_first_at_o() {
     let trace = traced_attention(&bundle, right, None);
     println!("{trace}");
     assert_eq!(trace.first_divergence.as_deref(), Some("o"), "{trace}");
+}
+
+/// Planted bug in the whole encoder: `relative_attention_max_distance` half the
+/// reference's (3 for 6), so offsets of 3 land in the last bucket rather than an exact
+/// one; the first module to diverge is the first layer's bias lookup.
+#[test]
+fn a_t5_encoder_with_half_the_max_distance_diverges_first_at_the_bias_lookup() {
+    let bundle = fixture("models/t5_encoder");
+    let right: T5Config = bundle_config(&bundle).unwrap();
+    let mut wrong = serde_json::to_value(&right).unwrap();
+    wrong["relative_attention_max_distance"] = (right.relative_attention_max_distance / 2).into();
+    let bundle = bundle.with_config(wrong);
+    let parity = t5_encoder_parity(&bundle).unwrap();
+    println!("{}", parity.trace);
+    assert!(!parity.report.passed());
+    assert_eq!(
+        parity.trace.first_divergence.as_deref(),
+        Some("encoder.block.0.layer.0.SelfAttention.relative_attention_bias"),
+        "{}",
+        parity.trace
+    );
+}
+
+#[test]
+fn t5_configs_are_read_strictly_and_bad_values_refused_by_name() {
+    let bundle = fixture("models/t5_encoder");
+    let config: T5Config = bundle_config(&bundle).unwrap();
+    assert_eq!(config.feed_forward_proj, "relu");
+    let gated: T5Config = bundle_config(&fixture("models/t5_encoder_gated")).unwrap();
+    assert_eq!(gated.feed_forward_proj, "gated-gelu");
+    for (field, value, named) in [
+        (
+            "feed_forward_proj",
+            serde_json::json!("gated-gelu-x"),
+            "feed_forward_proj",
+        ),
+        ("feed_forward_proj", serde_json::json!("swishy"), "feed_forward_proj"),
+        ("dense_act_fn", serde_json::json!("gelu"), "dense_act_fn"),
+        ("is_decoder", serde_json::json!(true), "is_decoder"),
+        (
+            "relative_attention_max_distance",
+            serde_json::json!(1),
+            "relative_attention_max_distance",
+        ),
+        ("d_kv", serde_json::json!(0), "d_kv"),
+        ("dropout_rate", serde_json::json!(1.5), "dropout_rate"),
+    ] {
+        let mut json = serde_json::to_value(&config).unwrap();
+        json[field] = value;
+        let err = T5Config::from_value(&json, "config.json").unwrap_err().to_string();
+        assert!(err.contains(named), "{field}: {err}");
+    }
+}
+
+#[test]
+fn the_t5_presets_build_and_read_hf_names() {
+    for name in ["t5-small", "t5-v1_1-small"] {
+        let preset = T5Encoder::PRESETS.iter().find(|p| p.name == name).unwrap();
+        let config = T5Config::from_value(&preset.config(), name).unwrap();
+        assert!(config.feed_forward().is_ok(), "{name}");
+    }
+}
+
+/// Planted bug in the whole encoder: LayerNorm's usual epsilon (1e-5) in T5's
+/// RMSNorms (1e-6): caught at the first norm, `encoder.block.0.layer.0.layer_norm`.
+#[test]
+fn a_t5_encoder_with_layer_norm_s_epsilon_diverges_first_at_the_first_norm() {
+    let bundle = fixture("models/t5_encoder");
+    let mut wrong = bundle.metadata().config.clone();
+    wrong["layer_norm_epsilon"] = 1e-5.into();
+    let parity = t5_encoder_parity(&bundle.with_config(wrong)).unwrap();
+    println!("{}", parity.trace);
+    assert!(!parity.report.passed());
+    assert_eq!(
+        parity.trace.first_divergence.as_deref(),
+        Some("encoder.block.0.layer.0.layer_norm"),
+        "{}",
+        parity.trace
+    );
+}
+
+/// Loading a real-format checkpoint: the bundle's parameters, with the encoder's
+/// tied copy of `shared`, load strictly through the family's weight map.
+#[test]
+fn the_t5_checkpoint_loads_with_its_tied_copy_dropped() {
+    let bundle = fixture("models/t5_encoder");
+    let config: T5Config = bundle_config(&bundle).unwrap();
+    let params = bundle.namespace(Namespace::Param);
+    assert!(params.contains_key("encoder.embed_tokens.weight"));
+    let model = T5Encoder::from_tensors(&config, params, bundle.origin(), DType::F32, &Device::Cpu).unwrap();
+    let ids = bundle.input("0").unwrap();
+    assert_eq!(model.forward(ids, None).unwrap().dims(), &[2, 9, 8]);
+}
+
+/// A bundle of one `T5Attention` may carry its whole model's `T5Config`: the fields
+/// the attention does not read in inference are accepted, the others read.
+#[test]
+fn the_attention_case_reads_a_whole_t5_config() {
+    let bundle = fixture("blocks/t5_attention_bias");
+    let mut whole = fixture("models/t5_encoder").metadata().config.clone();
+    for (field, value) in bundle.metadata().config.as_object().unwrap() {
+        whole[field] = value.clone();
+    }
+    let case = cases().into_iter().find(|c| c.name == "t5_attention_bias").unwrap();
+    let report = (case.run)(&bundle.with_config(whole)).unwrap();
+    assert!(report.passed(), "{report}");
 }
