@@ -1,11 +1,13 @@
-"""Write the T5 fixtures from the real reference implementation: HF transformers
-T5 (`T5Attention` with its relative position bias, `T5EncoderModel`).
+"""Write the T5 and DiT fixtures from their real reference implementations:
+HF transformers T5 (`T5Attention` with its relative position bias, `T5EncoderModel`)
+and the adaLN-Zero `DiTBlock` of facebookresearch/DiT (transcribed below).
 
     python python/fixtures_t5_dit.py                # writes under tests/fixtures/
     python python/fixtures_t5_dit.py --out DIR      # or under DIR (blocks/ and models/)
 
 Files written: blocks/t5_attention_bias.safetensors, blocks/t5_attention_bias_causal.safetensors,
 blocks/t5_attention_bias_bf16.safetensors, blocks/t5_buckets.safetensors,
+blocks/dit_block.safetensors, blocks/dit_block_bf16.safetensors,
 models/t5_encoder.safetensors, models/t5_encoder_gated.safetensors,
 models/t5_encoder_bf16.safetensors, models/t5_encoder_eager.safetensors.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 import timm
 import torch
 import transformers
+from timm.models.vision_transformer import Attention, Mlp
 from torch import nn
 from transformers import T5Config, T5EncoderModel
 from transformers.models.t5.modeling_t5 import T5Attention
@@ -31,11 +34,48 @@ PRODUCER = {"transformers": transformers.__version__, "timm": timm.__version__}
 
 
 def randomize_(model: nn.Module, std: float = 0.3) -> None:
-    """Random values for every floating parameter, norm weights included: a parameter
-    left at a constant hides a port that ignores it."""
+    """Random values for every floating parameter, norm weights and zero-initialised
+    modulation layers included: a parameter left at a constant hides a port that ignores it."""
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * std)
+
+
+# --------------------------------------------------------------------------------
+# DiT: `modulate` and `DiTBlock` transcribed line for line from facebookresearch/DiT
+# models.py (commit 00d70ac), which imports `Attention` and `Mlp` from timm's
+# vision_transformer: those are the installed timm's own classes, not copies.
+# Deviation: none in the forward pass; `initialize_weights` (a method of the whole
+# `DiT`) zero-inits `adaLN_modulation[-1]`, which the fixture overwrites with random
+# values so the modulation is not trivially zero.
+# --------------------------------------------------------------------------------
+
+def modulate(x, shift, scale):
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class DiTBlock(nn.Module):
+    """
+    A DiT block with adaptive layer norm zero (adaLN-Zero) conditioning.
+    """
+    def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, **block_kwargs):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, **block_kwargs)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        mlp_hidden_dim = int(hidden_size * mlp_ratio)
+        approx_gelu = lambda: nn.GELU(approximate="tanh")  # noqa: E731
+        self.mlp = Mlp(in_features=hidden_size, hidden_features=mlp_hidden_dim, act_layer=approx_gelu, drop=0)
+        self.adaLN_modulation = nn.Sequential(
+            nn.SiLU(),
+            nn.Linear(hidden_size, 6 * hidden_size, bias=True)
+        )
+
+    def forward(self, x, c):
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
 
 
 def t5_config(**overrides) -> T5Config:
@@ -132,6 +172,16 @@ def build_all(out: Path) -> list[Path]:
     save("models/t5_encoder_gated.safetensors", model, (ids,), seed=63, config=config.to_dict(),
          component="transformers.T5EncoderModel")
 
+    # DiTBlock with random (non-zero) modulation weights.
+    torch.manual_seed(64)
+    block = DiTBlock(12, num_heads=2, mlp_ratio=1.5)
+    randomize_(block)
+    x, c = torch.randn(2, 4, 12), torch.randn(2, 12)
+    dit_config = {"hidden_size": 12, "num_heads": 2, "mlp_ratio": 1.5}
+    component = "DiTBlock (facebookresearch/DiT models.py, transcribed)"
+    save("blocks/dit_block.safetensors", block, (x, c), seed=64, config=dit_config, component=component)
+    save("blocks/dit_block_bf16.safetensors", block.to(torch.bfloat16), (x.bfloat16(), c.bfloat16()), seed=64,
+         grads=False, config=dit_config, component=component)
     return written
 
 

@@ -22,6 +22,7 @@ pub mod attention;
 pub mod class_token;
 pub mod compute;
 pub mod diff_attention;
+pub mod dit_block;
 pub mod drop_path;
 pub mod dropout;
 pub mod embedding;
@@ -51,6 +52,7 @@ pub use attention::{scaled_dot_product_attention, Attention, AttentionConfig, At
 pub use class_token::{ClassToken, ClassTokenConfig};
 pub use compute::{current, with_compute, Compute};
 pub use diff_attention::{DiffAttention, DiffAttentionConfig};
+pub use dit_block::{DitBlock, DitBlockConfig};
 pub use drop_path::{DropPath, DropPathConfig};
 pub use dropout::{Dropout, DropoutConfig};
 pub use embedding::{Embedding, EmbeddingConfig};

@@ -186,6 +186,12 @@ pub const T5: Paper = Paper {
     arxiv: "1910.10683",
     year: 2019,
 };
+/// Peebles & Xie, 2022: DiT, adaLN-Zero conditioning.
+pub const DIT: Paper = Paper {
+    title: "Scalable Diffusion Models with Transformers",
+    arxiv: "2212.09748",
+    year: 2022,
+};
 
 /// Every block with its paper.
 pub const PAPERS: &[BlockPaper] = &[
@@ -336,6 +342,10 @@ pub const PAPERS: &[BlockPaper] = &[
     BlockPaper {
         block: "RelativePositionBias",
         paper: T5,
+    },
+    BlockPaper {
+        block: "DitBlock (adaLN-Zero)",
+        paper: DIT,
     },
 ];
 

@@ -1,11 +1,13 @@
-//! T5 against its real reference code (`python/fixtures_t5_dit.py`): HF
+//! T5 and DiT against their real reference code (`python/fixtures_t5_dit.py`): HF
 //! `T5Attention` with the relative position bias it owns in a stack's first layer
-//! (encoder and decoder buckets), and HF `T5EncoderModel` (ReLU and gated-GELU
-//! feed-forward).
+//! (encoder and decoder buckets), HF `T5EncoderModel` (ReLU and gated-GELU
+//! feed-forward), and DiT's adaLN-Zero `DiTBlock` (transcribed from
+//! facebookresearch/DiT).
 
 use candle_core::Tensor;
 use replica_blocks::attention::Attention;
-use replica_blocks::papers::T5;
+use replica_blocks::dit_block::{DitBlock, DitBlockConfig};
+use replica_blocks::papers::{DIT, T5};
 use replica_blocks::relative_position_bias::{t5_attention_config, RelativePositionBias, RelativePositionBiasConfig};
 use replica_check::config_check::all_positive;
 use replica_check::{BlockCheck, Bundle, Case, ConfigCheck, Footprint, Report, Result, Unmatched, Workload};
@@ -15,7 +17,7 @@ use serde::Deserialize;
 use crate::case;
 use crate::models::{check_model, load, report_of, ModelInput, ModelIo, ModelParity, INPUT_IDS};
 
-/// Every T5 case.
+/// Every T5 and DiT case.
 #[rustfmt::skip] // a table: one case per line
 pub fn cases() -> Vec<Case> {
     vec![
@@ -26,6 +28,8 @@ pub fn cases() -> Vec<Case> {
         case("t5_encoder_gated",         "transformers.T5EncoderModel (feed_forward_proj gated-gelu)",                         Some(T5),  "models/t5_encoder_gated",         |b| report_of(b, t5_encoder_parity(b))),
         case("t5_encoder_eager",         "transformers.T5EncoderModel (eager attention, probabilities recorded)",              Some(T5),  "models/t5_encoder_eager",         |b| report_of(b, t5_encoder_parity(b))),
         case("t5_encoder_bf16",          "transformers.T5EncoderModel (bf16)",                                                 Some(T5),  "models/t5_encoder_bf16",          |b| report_of(b, t5_encoder_parity(b))),
+        case("dit_block",                "DiTBlock (facebookresearch/DiT models.py, transcribed; timm Attention and Mlp)",     Some(DIT), "blocks/dit_block",                dit_block),
+        case("dit_block_bf16",           "DiTBlock (facebookresearch/DiT models.py, transcribed; bf16)",                       Some(DIT), "blocks/dit_block_bf16",           dit_block),
     ]
 }
 
@@ -102,6 +106,16 @@ fn t5_attention_bias(bundle: &Bundle) -> Result<Report> {
             let y = attention.forward(x, Some(&position_bias), None)?;
             Ok(vec![y, position_bias])
         },
+    )
+}
+
+/// DiT's `DiTBlock(hidden_size, num_heads, mlp_ratio)` on tokens `input/0` and the
+/// conditioning vector `input/1`.
+fn dit_block(bundle: &Bundle) -> Result<Report> {
+    let config: DitBlockConfig = bundle.config()?;
+    BlockCheck::new(bundle).inputs(&["0", "1"]).run(
+        |vb| DitBlock::new(&config, vb),
+        |block, inputs| Ok(vec![block.forward(&inputs[0], &inputs[1])?]),
     )
 }
 

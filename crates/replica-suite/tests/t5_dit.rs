@@ -1,13 +1,14 @@
-//! The T5 cases against their fixtures (`python/fixtures_t5_dit.py`), the bucket
-//! function against HF's on a table of relative positions, and planted bugs that the
-//! traces localise.
+//! The T5 and DiT cases against their fixtures (`python/fixtures_t5_dit.py`), the
+//! bucket function against HF's on a table of relative positions, and planted bugs
+//! that the traces localise.
 
 mod common;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::fixture;
 use replica_blocks::attention::Attention;
+use replica_blocks::dit_block::{modulate, DitBlock, DitBlockConfig};
 use replica_blocks::relative_position_bias::{
     relative_position_bucket, t5_attention_config, RelativePositionBias, RelativePositionBiasConfig,
 };
@@ -18,7 +19,7 @@ use replica_suite::fixtures_dir;
 use replica_suite::t5_dit::{cases, t5_encoder_parity, T5AttentionDims};
 
 #[test]
-fn every_t5_case_matches_its_reference() {
+fn every_t5_and_dit_case_matches_its_reference() {
     common::assert_all_pass(&cases());
 }
 
@@ -54,7 +55,7 @@ fn cases_are_unique_and_every_fixture_comes_from_the_script() {
 #[test]
 fn fixtures_stay_small() {
     let total = common::fixture_bytes(&cases());
-    assert!(total < 700_000, "{total} bytes of fixtures");
+    assert!(total < 800_000, "{total} bytes of fixtures");
 }
 
 /// HF's `_relative_position_bucket` on relative positions -200..200 for seven
@@ -265,6 +266,83 @@ fn the_t5_presets_build_and_read_hf_names() {
         let config = T5Config::from_value(&preset.config(), name).unwrap();
         assert!(config.feed_forward().is_ok(), "{name}");
     }
+}
+
+/// A block to train from scratch: adaLN-Zero starts every shift, scale and gate at
+/// zero, so the block is the identity whatever its input, and it still trains (the
+/// modulation layer gets a gradient).
+#[test]
+fn adaln_zero_starts_as_the_identity_and_trains() {
+    let device = Device::Cpu;
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &device);
+    let config = DitBlockConfig {
+        dim: 16,
+        heads: 2,
+        mlp_ratio: 4.0,
+    };
+    let block = DitBlock::new_adaln_zero(&config, vb).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 5, 16), &device).unwrap();
+    let c = Tensor::randn(0f32, 1.0, (2, 16), &device).unwrap();
+    for vector in block.modulation(&c).unwrap() {
+        assert_eq!(
+            vector.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(),
+            0.0
+        );
+    }
+    let y = block.forward(&x, &c).unwrap();
+    let diff = (&y - &x)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let data = vars.data().lock().unwrap();
+    let weight = data.get("adaLN_modulation.1.weight").unwrap();
+    let grad = grads.get(weight).expect("the modulation layer gets a gradient");
+    assert!(grad.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    // The plain constructor does not zero it.
+    let other = VarMap::new();
+    let plain = DitBlock::new(&config, VarBuilder::from_varmap(&other, DType::F32, &device)).unwrap();
+    let [shift, ..] = plain.modulation(&c).unwrap();
+    assert!(shift.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+}
+
+/// Planted bug: `modulate` as `x · scale + shift` (the "1 +" dropped). The modulation
+/// layer and `norm1` match; the attention's first projection `attn.qkv` is the first
+/// module to diverge.
+#[test]
+fn modulate_without_one_plus_scale_diverges_first_at_attn_qkv() {
+    let bundle = fixture("blocks/dit_block");
+    let config: DitBlockConfig = bundle.config().unwrap();
+    let mut run = Parity::new(&bundle).unwrap();
+    let (x, c) = (run.input("0").unwrap(), run.input("1").unwrap());
+    let weights = replica_check::WeightMap::new()
+        .apply(run.params().clone(), bundle.origin())
+        .unwrap();
+    let block = weights
+        .build(DType::F32, &Device::Cpu, |vb| DitBlock::new(&config, vb))
+        .unwrap();
+    let (_, trace) = run
+        .traced(Unmatched::NONE, || Ok(vec![forward_without_one_plus(&block, &x, &c)?]))
+        .unwrap();
+    println!("{trace}");
+    assert_eq!(trace.first_divergence.as_deref(), Some("attn.qkv"), "{trace}");
+}
+
+/// `DiTBlock` with the bug planted: `modulate(x, shift, scale - 1)`, i.e. `x · scale + shift`.
+fn forward_without_one_plus(block: &DitBlock, x: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
+    let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] = block.modulation(c)?;
+    let h = modulate(&block.norm1().forward(x)?, &shift_msa, &(scale_msa - 1.0)?)?;
+    let h = block.attention().forward(&h, None, None)?;
+    let x = (x + gate_msa.unsqueeze(1)?.broadcast_mul(&h)?)?;
+    let h = modulate(&block.norm2().forward(&x)?, &shift_mlp, &(scale_mlp - 1.0)?)?;
+    let h = block.mlp().forward(&h)?;
+    &x + gate_mlp.unsqueeze(1)?.broadcast_mul(&h)?
 }
 
 /// Planted bug in the whole encoder: LayerNorm's usual epsilon (1e-5) in T5's
