@@ -22,6 +22,7 @@ pub mod attention;
 pub mod class_token;
 pub mod compute;
 pub mod diff_attention;
+pub mod dit_block;
 pub mod drop_path;
 pub mod dropout;
 pub mod embedding;
@@ -37,6 +38,7 @@ pub mod papers;
 pub mod patch_embed;
 pub mod patch_merging;
 pub mod position_embedding;
+pub mod relative_position_bias;
 pub mod rope;
 pub mod rope_scaling;
 pub mod sinusoidal;
@@ -54,6 +56,7 @@ pub use attention::{scaled_dot_product_attention, Attention, AttentionConfig, At
 pub use class_token::{ClassToken, ClassTokenConfig};
 pub use compute::{current, with_compute, Compute};
 pub use diff_attention::{DiffAttention, DiffAttentionConfig};
+pub use dit_block::{DitBlock, DitBlockConfig};
 pub use drop_path::{DropPath, DropPathConfig};
 pub use dropout::{Dropout, DropoutConfig};
 pub use embedding::{Embedding, EmbeddingConfig};
@@ -68,6 +71,9 @@ pub use papers::{paper_of, BlockPaper, Paper, PAPERS};
 pub use patch_embed::{PatchEmbed, PatchEmbedConfig, PatchEmbedNames, Size2};
 pub use patch_merging::{PatchMerging, PatchMergingConfig};
 pub use position_embedding::{LearnedPositionConfig, LearnedPositionEmbedding};
+pub use relative_position_bias::{
+    relative_position_bucket, t5_attention_config, RelativePositionBias, RelativePositionBiasConfig,
+};
 pub use rope::{Rope, RopeConfig, RopeStyle};
 pub use rope_scaling::{RopeParameters, RopeScaling};
 pub use sinusoidal::{SinusoidalConfig, SinusoidalLayout, SinusoidalPositionEmbedding};

@@ -193,6 +193,18 @@ pub const SWIN: Paper = Paper {
     arxiv: "2103.14030",
     year: 2021,
 };
+/// Raffel et al., 2019: T5, its bucketed relative position bias.
+pub const T5: Paper = Paper {
+    title: "Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer",
+    arxiv: "1910.10683",
+    year: 2019,
+};
+/// Peebles & Xie, 2022: DiT, adaLN-Zero conditioning.
+pub const DIT: Paper = Paper {
+    title: "Scalable Diffusion Models with Transformers",
+    arxiv: "2212.09748",
+    year: 2022,
+};
 
 /// Every block with its paper.
 pub const PAPERS: &[BlockPaper] = &[
@@ -359,6 +371,14 @@ pub const PAPERS: &[BlockPaper] = &[
     BlockPaper {
         block: "SwinBlock",
         paper: SWIN,
+    },
+    BlockPaper {
+        block: "RelativePositionBias",
+        paper: T5,
+    },
+    BlockPaper {
+        block: "DitBlock (adaLN-Zero)",
+        paper: DIT,
     },
 ];
 

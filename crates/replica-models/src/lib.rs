@@ -49,6 +49,7 @@ pub mod registry;
 #[cfg(feature = "sentence")]
 pub mod sentence;
 pub mod swin;
+pub mod t5;
 pub mod vit;
 
 pub use architecture::{Architecture, Family, Preset};
@@ -64,6 +65,7 @@ pub use qwen2::{Qwen2, Qwen2Config};
 pub use qwen3::{Qwen3, Qwen3Config};
 pub use registry::{create_model, list_models, load_model, Descriptor, Model, Registry};
 pub use swin::{Swin, SwinConfig};
+pub use t5::{T5Config, T5Encoder};
 pub use vit::{Vit, VitConfig};
 
 /// The tokenizer library the sentence embedder uses (HF `tokenizers`), for callers that tokenise themselves.

@@ -71,6 +71,10 @@ pub const MINILM: Paper = Paper {
     year: 2020,
 };
 
+/// T5 (its encoder: relative position bias, RMSNorm, unscaled attention), the
+/// blocks' paper entry.
+pub use replica_blocks::papers::T5;
+
 /// Each model and the paper it follows, for `replica papers` (the blocks' are in
 /// [`replica_blocks::PAPERS`]).
 pub const PAPERS: &[replica_blocks::BlockPaper] = &[
@@ -117,5 +121,9 @@ pub const PAPERS: &[replica_blocks::BlockPaper] = &[
     replica_blocks::BlockPaper {
         block: "all-MiniLM-L6-v2",
         paper: MINILM,
+    },
+    replica_blocks::BlockPaper {
+        block: "T5Encoder",
+        paper: T5,
     },
 ];

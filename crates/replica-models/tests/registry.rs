@@ -3,10 +3,12 @@
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use replica_blocks::Activation;
 use replica_models::decoder::DecoderConfig;
 use replica_models::registry::{self, create_model, list_models, model_config, Registry, MODELS};
+use replica_models::t5::T5FeedForward;
 use replica_models::{
-    BertConfig, GemmaConfig, Gpt2, Gpt2Config, ModelConfig, Qwen2Config, Qwen3Config, Vit, VitConfig,
+    BertConfig, GemmaConfig, Gpt2, Gpt2Config, ModelConfig, Qwen2Config, Qwen3Config, T5Config, Vit, VitConfig,
 };
 use serde_json::{json, Value};
 
@@ -54,7 +56,7 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
             preset.name
         );
     }
-    assert_eq!(registry::presets().count(), 14);
+    assert_eq!(registry::presets().count(), 17);
     // Every preset's config is complete and consistent for its model.
     for name in list_models("") {
         model_config(name, &Value::Null).unwrap();
@@ -66,6 +68,7 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
     );
     assert_eq!(registry::preset("llama-tiny").unwrap().paper.arxiv, "2302.13971");
     assert_eq!(registry::preset("gemma-2b").unwrap().paper.arxiv, "2403.08295");
+    assert_eq!(registry::preset("gemma2-2b").unwrap().paper.arxiv, "2408.00118");
     assert_eq!(registry::preset("qwen2-0.5b").unwrap().paper.arxiv, "2407.10671");
     assert_eq!(registry::preset("qwen3-0.6b").unwrap().paper.arxiv, "2505.09388");
     assert_eq!(registry::preset("bert-base-uncased").unwrap().paper.arxiv, "1810.04805");
@@ -73,6 +76,7 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
         registry::preset("swin_tiny_patch4_window7_224").unwrap().paper.arxiv,
         "2103.14030"
     );
+    assert_eq!(registry::preset("t5-small").unwrap().paper.arxiv, "1910.10683");
 }
 
 #[test]
@@ -125,6 +129,18 @@ fn the_preset_configs_are_the_published_sizes() {
         (minilm.hidden_size, minilm.num_hidden_layers, minilm.intermediate_size),
         (384, 6, 1536)
     );
+    let t5 = T5Config::from_value(&registry::preset("t5-small").unwrap().config(), "t5").unwrap();
+    assert_eq!(
+        (t5.d_model, t5.num_layers, t5.num_heads, t5.d_kv, t5.d_ff, t5.vocab_size),
+        (512, 6, 8, 64, 2048, 32128)
+    );
+    assert_eq!(t5.feed_forward(), Ok(T5FeedForward::Dense(Activation::Relu)));
+    let v1_1 = T5Config::from_value(&registry::preset("t5-v1_1-small").unwrap().config(), "t5").unwrap();
+    assert_eq!(
+        (v1_1.d_model, v1_1.num_layers, v1_1.num_heads, v1_1.d_kv, v1_1.d_ff),
+        (512, 8, 6, 64, 1024)
+    );
+    assert_eq!(v1_1.feed_forward(), Ok(T5FeedForward::Gated(Activation::GeluTanh)));
 }
 
 #[test]

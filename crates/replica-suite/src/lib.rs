@@ -34,6 +34,7 @@ pub mod models;
 pub mod positions;
 pub mod reference;
 pub mod swin;
+pub mod t5_dit;
 
 /// The directory of the committed reference bundles (the repository's `tests/fixtures`).
 pub fn fixtures_dir() -> PathBuf {
@@ -51,6 +52,7 @@ pub fn builtin() -> Vec<Case> {
         composite::cases(),
         models::cases(),
         swin::cases(),
+        t5_dit::cases(),
     ]
     .concat()
 }

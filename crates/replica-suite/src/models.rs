@@ -66,38 +66,38 @@ fn as_check<T>(bundle: &Bundle, result: Result<T>) -> replica_check::Result<T> {
     })
 }
 
-fn report_of(bundle: &Bundle, result: Result<ModelParity>) -> replica_check::Result<Report> {
+pub(crate) fn report_of(bundle: &Bundle, result: Result<ModelParity>) -> replica_check::Result<Report> {
     as_check(bundle, result).map(|parity| parity.report)
 }
 
 /// One input of a model case: the names a bundle may give it (the positional
 /// `0`, then the reference's keyword) and, for an optional one, its value when
 /// the bundle gives none, made from the token ids as the reference defaults it.
-struct ModelInput {
-    names: &'static [&'static str],
-    default: Option<fn(&Tensor) -> candle_core::Result<Tensor>>,
+pub(crate) struct ModelInput {
+    pub(crate) names: &'static [&'static str],
+    pub(crate) default: Option<fn(&Tensor) -> candle_core::Result<Tensor>>,
 }
 
 /// Token ids, `input/0` or `input/input_ids`.
-const INPUT_IDS: ModelInput = ModelInput {
+pub(crate) const INPUT_IDS: ModelInput = ModelInput {
     names: &["0", "input_ids"],
     default: None,
 };
 
 /// What a model case feeds the model and compares.
-struct ModelIo<'a> {
-    inputs: &'static [ModelInput],
-    outputs: &'static [&'static str],
+pub(crate) struct ModelIo<'a> {
+    pub(crate) inputs: &'static [ModelInput],
+    pub(crate) outputs: &'static [&'static str],
     /// Tied parameters, `(tied, shared)` as [`Parity::tie`] takes them.
-    ties: &'static [(&'static str, &'static str)],
-    unmatched: Unmatched<'a>,
+    pub(crate) ties: &'static [(&'static str, &'static str)],
+    pub(crate) unmatched: Unmatched<'a>,
 }
 
 /// A model built from the bundle: its config read strictly, its weights from `params`.
 type Load<M> = fn(&Bundle, BTreeMap<String, Tensor>, DType, &Device) -> Result<M>;
 
 /// [`Load`] for every architecture.
-fn load<A: Architecture>(
+pub(crate) fn load<A: Architecture>(
     bundle: &Bundle,
     params: BTreeMap<String, Tensor>,
     dtype: DType,
@@ -114,7 +114,7 @@ fn device_of(params: &BTreeMap<String, Tensor>) -> Device {
 /// Builds the model from the run's parameters (trainable, so gradients reach them),
 /// runs `forward` traced on the inputs, and checks the outputs, every activation
 /// and every stored gradient.
-fn check_model<M>(
+pub(crate) fn check_model<M>(
     bundle: &Bundle,
     io: &ModelIo,
     load: Load<M>,
