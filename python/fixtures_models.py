@@ -1,5 +1,5 @@
 """Write the model fixtures under tests/fixtures/models/ from the real reference
-implementations: HF transformers GPT-2, LLaMA, Mistral, Gemma, Gemma 2, Qwen2, Qwen3 and BERT, and timm's
+implementations: HF transformers GPT-2, LLaMA, Mistral, Gemma, Gemma 2, Phi-3, Qwen2, Qwen3 and BERT, and timm's
 VisionTransformer, each with random weights at a tiny configuration, plus
 greedy generations and the all-MiniLM-L6-v2 reference sentence embeddings.
 
@@ -12,11 +12,13 @@ models/llama.safetensors, models/llama_generate.safetensors, models/llama_yarn.s
 models/gemma.safetensors,
 models/gemma_bf16.safetensors, models/gemma2.safetensors, models/gemma2_bf16.safetensors,
 models/gemma2_generate.safetensors, models/mistral.safetensors, models/mistral_bf16.safetensors,
-models/mistral_generate.safetensors,
+models/mistral_generate.safetensors, models/phi3.safetensors, models/phi3_bf16.safetensors,
+models/phi3_generate.safetensors,
 models/vit.safetensors, models/bert.safetensors, models/bert_ids_only.safetensors,
 models/sentence_embeddings.safetensors,
 models/minilm_embeddings.safetensors, models/qwen2.safetensors, models/qwen3.safetensors,
-models/qwen3_bf16.safetensors.
+models/qwen3_bf16.safetensors, models/qwen2_bf16.safetensors, and greedy generations
+models/{gemma,qwen2,qwen3}_generate.safetensors.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import timm
 import torch
 import transformers
 from transformers import (BertConfig, BertModel, Gemma2Config, Gemma2ForCausalLM, GemmaConfig, GemmaForCausalLM,
-                          GPT2Config, GPT2LMHeadModel,
+                          GPT2Config, GPT2LMHeadModel, Phi3Config, Phi3ForCausalLM,
                           LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
@@ -135,6 +137,8 @@ def gemma(out: Path) -> None:
     capture(model.to(torch.bfloat16), (ids,), out / "gemma_bf16.safetensors", config=config.to_dict(), grads=False,
             seed=14, kwargs={"use_cache": False}, component="transformers.GemmaForCausalLM",
             producer_extra=VERSIONS, overwrite=True)
+    untied_generate(GemmaForCausalLM, config, 15, out / "gemma_generate.safetensors",
+                    "transformers.GemmaForCausalLM.generate")
 
 
 def mistral(out: Path) -> None:
@@ -195,6 +199,51 @@ def gemma2(out: Path) -> None:
     torch.manual_seed(29)
     randomize_(model, std=1.0)
     generate(model, config, out / "gemma2_generate.safetensors", "transformers.Gemma2ForCausalLM.generate")
+
+
+def phi3(out: Path) -> None:
+    """HF `Phi3ForCausalLM`: fused `qkv_proj` (two query heads, one key/value head)
+    and `gate_up_proj`, LongRoPE on half of each head (`partial_rotary_factor` 0.5)
+    with 18 tokens, past the original context of 16, so the long factors and the
+    attention factor both show, and a sliding window (6) on every layer; ids hold
+    the padding token 0. In float32 with gradients, in bfloat16, and greedy generation."""
+    def build(seed: int, std: float):
+        torch.manual_seed(31)
+        config = Phi3Config(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                            original_max_position_embeddings=16,
+                            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                             "partial_rotary_factor": 0.5, "short_factor": [1.0, 1.5],
+                                             "long_factor": [2.0, 5.0]},
+                            sliding_window=6, pad_token_id=0, eos_token_id=1, tie_word_embeddings=False,
+                            attn_implementation="eager")
+        model = Phi3ForCausalLM(config).eval()
+        torch.manual_seed(seed)
+        randomize_(model, std=std)
+        return config, model
+
+    config, model = build(31, 0.2)
+    ids = torch.randint(0, config.vocab_size, (1, 18))
+    ids[0, 3] = ids[0, 11] = config.pad_token_id
+    capture(model, (ids,), out / "phi3.safetensors", config=config.to_dict(), grads=True, seed=31,
+            kwargs={"use_cache": False}, component="transformers.Phi3ForCausalLM", producer_extra=VERSIONS,
+            overwrite=True)
+    capture(model.to(torch.bfloat16), (ids,), out / "phi3_bf16.safetensors", config=config.to_dict(), grads=False,
+            seed=31, kwargs={"use_cache": False}, component="transformers.Phi3ForCausalLM",
+            producer_extra=VERSIONS, overwrite=True)
+    config, model = build(32, 1.0)
+    generate(model, config, out / "phi3_generate.safetensors", "transformers.Phi3ForCausalLM.generate")
+
+
+def untied_generate(model_class, config, seed: int, path: Path, component: str) -> None:
+    """Greedy generation by the family's model at `config` with an LM head of its own
+    (tied to the embedding, a model this small repeats its last token) and unit-scale
+    random weights."""
+    config = config.__class__(**{**config.to_dict(), "tie_word_embeddings": False})
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    randomize_(model, std=1.0)
+    generate(model, config, path, component)
 
 
 def generate(model, config, path: Path, component: str) -> None:
@@ -355,6 +404,11 @@ def qwen2(out: Path) -> None:
     capture(model, (ids,), out / "qwen2.safetensors", config=config.to_dict(), grads=True, seed=18,
             kwargs={"use_cache": False}, component="transformers.Qwen2ForCausalLM", producer_extra=VERSIONS,
             overwrite=True)
+    capture(model.to(torch.bfloat16), (ids,), out / "qwen2_bf16.safetensors", config=config.to_dict(), grads=False,
+            seed=18, kwargs={"use_cache": False}, component="transformers.Qwen2ForCausalLM",
+            producer_extra=VERSIONS, overwrite=True)
+    untied_generate(Qwen2ForCausalLM, config, 19, out / "qwen2_generate.safetensors",
+                    "transformers.Qwen2ForCausalLM.generate")
 
 
 def qwen3(out: Path) -> None:
@@ -376,6 +430,8 @@ def qwen3(out: Path) -> None:
     capture(model.to(torch.bfloat16), (ids,), out / "qwen3_bf16.safetensors", config=config.to_dict(), grads=False,
             seed=19, kwargs={"use_cache": False}, component="transformers.Qwen3ForCausalLM",
             producer_extra=VERSIONS, overwrite=True)
+    untied_generate(Qwen3ForCausalLM, config, 20, out / "qwen3_generate.safetensors",
+                    "transformers.Qwen3ForCausalLM.generate")
 
 
 def main() -> None:
@@ -392,6 +448,7 @@ def main() -> None:
     gemma(args.out)
     mistral(args.out)
     gemma2(args.out)
+    phi3(args.out)
     vit(args.out)
     bert(args.out)
     sentence_embeddings(args.out)

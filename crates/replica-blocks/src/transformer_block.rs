@@ -71,6 +71,14 @@ impl FeedForwardConfig {
             FeedForwardConfig::Glu(glu) => (glu.dim, glu.out_dim()),
         }
     }
+
+    /// The dropout probability of the feed-forward's dropouts.
+    fn dropout(&self) -> f64 {
+        match self {
+            FeedForwardConfig::Mlp(mlp) => mlp.dropout,
+            FeedForwardConfig::Glu(glu) => glu.dropout,
+        }
+    }
 }
 
 impl ConfigCheck for FeedForwardConfig {
@@ -118,6 +126,10 @@ pub struct BlockNames {
     /// it is then applied, and recorded, here instead of in the attention.
     #[serde(default)]
     pub dropout1: Option<String>,
+    /// A dropout the reference keeps on the layer after the feed-forward (Phi-3's
+    /// `resid_mlp_dropout`), with the feed-forward's `dropout` probability; recorded here.
+    #[serde(default)]
+    pub dropout2: Option<String>,
     /// A norm on the attention branch's output, before its residual addition
     /// (pre-norm layout only; Gemma 2's `post_attention_layernorm`).
     #[serde(default)]
@@ -142,6 +154,7 @@ impl BlockNames {
             drop_path1: Some("drop_path1".into()),
             drop_path2: Some("drop_path2".into()),
             dropout1: None,
+            dropout2: None,
             post_norm1: None,
             post_norm2: None,
         }
@@ -165,6 +178,16 @@ impl BlockNames {
             post_norm1: Some("post_attention_layernorm".into()),
             post_norm2: Some("post_feedforward_layernorm".into()),
             ..Self::plain("input_layernorm", "self_attn", "pre_feedforward_layernorm", "mlp")
+        }
+    }
+
+    /// HF `Phi3DecoderLayer`: LLaMA's names, with the residual dropouts on the layer
+    /// (`resid_attn_dropout`, `resid_mlp_dropout`).
+    pub fn phi3() -> Self {
+        Self {
+            dropout1: Some("resid_attn_dropout".into()),
+            dropout2: Some("resid_mlp_dropout".into()),
+            ..Self::llama()
         }
     }
 
@@ -198,6 +221,7 @@ impl BlockNames {
             drop_path1: None,
             drop_path2: None,
             dropout1: None,
+            dropout2: None,
             post_norm1: None,
             post_norm2: None,
         }
@@ -554,6 +578,10 @@ impl TransformerBlock {
         }
         // A dropout the reference keeps on the layer leaves the attention and runs in tail1.
         let mut attention = config.attention.clone();
+        let dropout2 = names
+            .dropout2
+            .as_deref()
+            .map(|name| (name, config.feed_forward.dropout()));
         let dropout1 = names.dropout1.as_deref().map(|name| {
             let p = std::mem::take(&mut attention.proj_dropout);
             (name, f64::from(p))
@@ -565,7 +593,7 @@ impl TransformerBlock {
             attention: Attention::new(&attention, vb.pp(&names.attn))?,
             feed_forward,
             tail1: BranchTail::new(config, post_norm1, &names.ls1, dropout1, &names.drop_path1, &vb)?,
-            tail2: BranchTail::new(config, post_norm2, &names.ls2, None, &names.drop_path2, &vb)?,
+            tail2: BranchTail::new(config, post_norm2, &names.ls2, dropout2, &names.drop_path2, &vb)?,
             path,
         })
     }

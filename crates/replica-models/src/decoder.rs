@@ -266,6 +266,11 @@ pub trait DecoderConfig: ModelConfig + Clone + fmt::Debug + Send + Sync + 'stati
     const PRESETS: &'static [Preset] = &[];
     /// The decoder the config describes (called once the config is validated).
     fn decoder_spec(&self) -> DecoderSpec;
+
+    /// When generation rebuilds its cache ([`CausalLm::cache_rebuilt_past`]); never by default.
+    fn cache_rebuilt_past(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A decoder-only language model of a [`DecoderConfig`], with its LM head
@@ -347,6 +352,10 @@ impl<C: DecoderConfig> CausalLm for DecoderLm<C> {
 
     fn new_cache(&self) -> Vec<KvCache> {
         self.decoder.new_cache()
+    }
+
+    fn cache_rebuilt_past(&self) -> Option<usize> {
+        self.config.cache_rebuilt_past()
     }
 }
 

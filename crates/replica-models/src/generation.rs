@@ -24,6 +24,14 @@ pub trait CausalLm {
     fn new_cache(&self) -> Vec<KvCache> {
         (0..self.num_layers()).map(|_| KvCache::new()).collect()
     }
+
+    /// `Some(n)`: once generation's sequence holds more than `n` tokens while its
+    /// cache holds at most `n`, the cache is dropped and the whole sequence encoded
+    /// again (HF's Phi-3 past `original_max_position_embeddings`, where LongRoPE
+    /// switches every position to its long factors). `None`: never.
+    fn cache_rebuilt_past(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The number of new tokens in `ids` and of cached tokens before them, after
@@ -123,6 +131,11 @@ pub fn generate_greedy(
     let mut cache = options.use_cache.then(|| model.new_cache());
     let mut fed = 0;
     for _ in 0..options.max_new_tokens {
+        let rebuild = model.cache_rebuilt_past().is_some_and(|n| tokens.len() > n && fed <= n);
+        if let Some(cache) = cache.as_mut().filter(|_| rebuild) {
+            *cache = model.new_cache();
+            fed = 0;
+        }
         let input = match &cache {
             Some(_) => &tokens[fed..],
             None => &tokens[..],

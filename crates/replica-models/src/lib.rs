@@ -12,6 +12,8 @@
 //!   [`decoder`] with Gemma's norms, embedding scale and GeGLU;
 //! - [`gemma2`]: Gemma 2 as HF `Gemma2ForCausalLM` (arXiv 2408.00118): Gemma with
 //!   sandwich norms, alternating sliding-window layers and soft-capped logits;
+//! - [`phi3`]: Phi-3 as HF `Phi3ForCausalLM` (arXiv 2404.14219), the [`decoder`]
+//!   with fused qkv and gate/up projections and LongRoPE;
 //! - [`qwen2`]: Qwen2 as HF `Qwen2ForCausalLM` (arXiv 2407.10671), the [`decoder`]
 //!   with biased q/k/v projections;
 //! - [`qwen3`]: Qwen3 as HF `Qwen3ForCausalLM` (arXiv 2505.09388), the [`decoder`]
@@ -43,6 +45,7 @@ pub mod gpt2;
 pub mod llama;
 pub mod load_checkpoint;
 pub mod papers;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub mod registry;
@@ -61,6 +64,7 @@ pub use gemma2::{Gemma2, Gemma2Config};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig};
 pub use load_checkpoint::LoadCheckpoint;
+pub use phi3::{Phi3, Phi3Config};
 pub use qwen2::{Qwen2, Qwen2Config};
 pub use qwen3::{Qwen3, Qwen3Config};
 pub use registry::{create_model, list_models, load_model, Descriptor, Model, Registry};

@@ -36,6 +36,13 @@ pub const GEMMA: Paper = Paper {
 /// Gemma 2 (Gemma with sandwich norms, local/global layers and soft-capping).
 pub use replica_blocks::papers::GEMMA_2;
 
+/// Phi-3 (the LLaMA decoder with fused projections and LongRoPE).
+pub const PHI3: Paper = Paper {
+    title: "Phi-3 Technical Report: A Highly Capable Language Model Locally on Your Phone",
+    arxiv: "2404.14219",
+    year: 2024,
+};
+
 /// Qwen2 (the LLaMA decoder with biased q/k/v projections).
 pub const QWEN2: Paper = Paper {
     title: "Qwen2 Technical Report",
@@ -101,6 +108,10 @@ pub const PAPERS: &[replica_blocks::BlockPaper] = &[
     replica_blocks::BlockPaper {
         block: "Gemma2",
         paper: GEMMA_2,
+    },
+    replica_blocks::BlockPaper {
+        block: "Phi3",
+        paper: PHI3,
     },
     replica_blocks::BlockPaper {
         block: "Qwen2",

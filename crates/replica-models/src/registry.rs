@@ -40,6 +40,7 @@ pub const MODELS: &[Descriptor] = &[
     Descriptor::of::<crate::llama::Llama>(),
     Descriptor::of::<crate::gemma::Gemma>(),
     Descriptor::of::<crate::gemma2::Gemma2>(),
+    Descriptor::of::<crate::phi3::Phi3>(),
     Descriptor::of::<crate::qwen2::Qwen2>(),
     Descriptor::of::<crate::qwen3::Qwen3>(),
     Descriptor::of::<crate::bert::Bert>(),

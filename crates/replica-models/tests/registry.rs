@@ -56,7 +56,7 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
             preset.name
         );
     }
-    assert_eq!(registry::presets().count(), 17);
+    assert_eq!(registry::presets().count(), 18);
     // Every preset's config is complete and consistent for its model.
     for name in list_models("") {
         model_config(name, &Value::Null).unwrap();

@@ -5,7 +5,9 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use replica_models::decoder::{DecoderConfig, SlidingLayers, SlidingWindow};
-use replica_models::{Architecture, Gemma2Config, Llama, LlamaConfig, ModelConfig, Qwen2Config, Qwen3Config};
+use replica_models::{
+    Architecture, Gemma2Config, Llama, LlamaConfig, ModelConfig, Phi3Config, Qwen2Config, Qwen3Config,
+};
 use serde_json::json;
 
 fn mistral(window: serde_json::Value) -> serde_json::Value {
@@ -207,4 +209,57 @@ fn what_the_qwen_ports_cannot_honour_is_refused_by_name() {
     qwen3["layer_types"] = json!(["full_attention", "sliding"]);
     let err = Qwen3Config::from_value(&qwen3, "q3").unwrap_err().to_string();
     assert!(err.contains("layer_types[1] is `sliding`"), "{err}");
+}
+
+fn phi3(fields: serde_json::Value) -> Result<Phi3Config, String> {
+    let mut config = json!({
+        "model_type": "phi3", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "max_position_embeddings": 64, "original_max_position_embeddings": 16, "pad_token_id": 0,
+        "embd_pdrop": 0.1,
+    });
+    for (field, value) in fields.as_object().unwrap() {
+        config[field] = value.clone();
+    }
+    Phi3Config::from_value(&config, "phi3.json").map_err(|e| e.to_string())
+}
+
+/// Phi-3's RoPE fields as HF's `Phi3Config` standardises them: v4's `su` (and
+/// `yarn`) scaling is LongRoPE, the top-level `original_max_position_embeddings`
+/// wins over the one in the RoPE parameters, a top-level `partial_rotary_factor`
+/// applies; other rope types are refused.
+#[test]
+fn phi3_reads_its_rope_fields_as_hf_does() {
+    let factors = json!({"type": "su", "short_factor": [1.0, 1.5], "long_factor": [2.0, 5.0],
+                         "original_max_position_embeddings": 32});
+    let config = phi3(json!({"rope_scaling": factors, "partial_rotary_factor": 0.5})).unwrap();
+    let rope = config.rope().unwrap();
+    assert_eq!(rope.rope_type(), "longrope");
+    assert_eq!(rope.original_max_position_embeddings, Some(16));
+    assert_eq!(rope.partial_rotary_factor, Some(0.5));
+    let spec = config.decoder_spec();
+    assert!(spec.block.attention.fused_qkv);
+    assert_eq!(spec.block.attention.rope_parameters, Some(rope));
+    // Half of an 8-wide head rotates: 2 frequencies, so 2 factors; 4 are refused.
+    let err = phi3(json!({"rope_scaling": factors})).unwrap_err();
+    assert!(err.contains("one factor per frequency (4), got 2"), "{err}");
+    let yarn = json!({"rope_type": "yarn", "short_factor": [1.0, 1.5], "long_factor": [2.0, 5.0]});
+    let config = phi3(json!({"rope_parameters": yarn, "partial_rotary_factor": 0.5})).unwrap();
+    assert_eq!(config.rope().unwrap().rope_type(), "longrope");
+    let err = phi3(json!({"rope_parameters": {"rope_type": "linear", "factor": 2.0}})).unwrap_err();
+    assert!(
+        err.contains("rope_type `linear`: Phi-3 has `default` or `longrope` RoPE only"),
+        "{err}"
+    );
+    let err = phi3(json!({"resid_pdrop": 1.5})).unwrap_err();
+    assert!(err.contains("resid_pdrop"), "{err}");
+    assert_eq!(
+        phi3(json!({"sliding_window": 4}))
+            .unwrap()
+            .decoder_spec()
+            .layer(1)
+            .attention
+            .window,
+        Some(4)
+    );
 }

@@ -7,8 +7,8 @@ use replica_check::{Bundle, Namespace, Tolerance, TraceReport, WeightMap};
 use replica_models::decoder::{CausalDecoder, DecoderConfig, DecoderSpec};
 use replica_models::divergence;
 use replica_models::{
-    Architecture, Bert, BertConfig, Gemma2, Gpt2, Gpt2Config, Llama, LlamaConfig, LoadCheckpoint, ModelConfig, Qwen2,
-    Qwen3, Vit, VitConfig,
+    Architecture, Bert, BertConfig, Gemma2, Gpt2, Gpt2Config, Llama, LlamaConfig, LoadCheckpoint, ModelConfig, Phi3,
+    Qwen2, Qwen3, Vit, VitConfig,
 };
 use replica_suite::fixtures_dir;
 
@@ -162,6 +162,8 @@ fn decoder(b: &Bundle, strict: bool, planted: impl FnOnce(&mut DecoderSpec)) -> 
         spec_and_map::<Qwen2>(b)
     } else if component.contains("Gemma2") {
         spec_and_map::<Gemma2>(b)
+    } else if component.contains("Phi3") {
+        spec_and_map::<Phi3>(b)
     } else {
         spec_and_map::<Llama>(b)
     };
@@ -305,9 +307,35 @@ fn gemma2_options_left_out_are_found_where_they_act() {
     assert!(logits(|spec| spec.final_logit_softcap = None) > 0.1);
 }
 
+/// Phi-3's fused projections read as stored: the gate and value halves of
+/// `gate_up_proj` swapped is found at the MLP's activation (the projection itself
+/// matches); LongRoPE's short factors used past the original context are found in
+/// the rotary tables; the window left out in the first attention.
+#[test]
+fn phi3_options_left_out_are_found_where_they_act() {
+    use replica_blocks::{FeedForwardConfig, GluProjections};
+    let report = decoder_with("phi3", |spec| {
+        let FeedForwardConfig::Glu(glu) = &mut spec.block.feed_forward else {
+            unreachable!("Phi-3's MLP is gated")
+        };
+        glu.names.projections = GluProjections::Fused {
+            name: "gate_up_proj".into(),
+            gate_last: true,
+        };
+    });
+    assert_first_divergence(&report, "model.layers.0.mlp.activation_fn");
+    let report = decoder_with("phi3", |spec| {
+        let rope = spec.block.attention.rope_parameters.as_mut().unwrap();
+        rope.long_factor = rope.short_factor.clone();
+    });
+    assert_first_divergence(&report, "model.rotary_emb:0");
+    let report = decoder_with("phi3", |spec| spec.sliding = None);
+    assert_first_divergence(&report, "model.layers.0.self_attn.o_proj");
+}
+
 #[test]
 fn the_correct_windowed_decoders_do_not_diverge() {
-    for name in ["mistral", "gemma2"] {
+    for name in ["mistral", "gemma2", "phi3"] {
         assert!(decoder_with(name, |_| {}).passed(), "{name}");
         assert!(decoder(&bundle(name), true, |_| {}).is_ok(), "{name}");
     }
