@@ -138,6 +138,7 @@ def capture(
     keyword = {k: prepare(v) for k, v in keyword.items()}
     named_inputs = _named_inputs(positional, keyword)
     dtype = _compute_dtype(module, named_inputs)
+    _refuse_random_outputs(module, positional, keyword)
 
     # Snapshot before the call: a forward pass may update buffers in place.
     tensors: dict[str, Any] = {}
@@ -177,6 +178,30 @@ def capture(
         "shadow": shadow_info,
     }
     return write_bundle(path, tensors, metadata, overwrite=overwrite)
+
+
+def _refuse_random_outputs(module: torch.nn.Module, positional: list[Any], keyword: Mapping[str, Any]) -> None:
+    """A module left in training mode whose dropout is active gives outputs no port
+    can reproduce, and a failed check would blame the port: two runs of a copy
+    from different random states must agree."""
+    if not any(m.training for m in module.modules()):
+        return
+    probe = copy.deepcopy(module)
+    state = torch.random.get_rng_state()
+    runs = []
+    try:
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                runs.append(_outputs_by_name(probe(*positional, **keyword)))
+    finally:
+        torch.random.set_rng_state(state)
+    for (name, first), (_, second) in zip(*runs):
+        if not torch.equal(first, second):
+            raise ValueError(
+                f"{type(module).__name__} is in training mode and its output {name!r} is random "
+                "(dropout): call module.eval() before capture"
+            )
 
 
 def _named_inputs(positional: list[Any], keyword: Mapping[str, Any]) -> list[tuple[str, torch.Tensor]]:

@@ -276,3 +276,14 @@ def test_shadow_of_a_bf16_reference_starts_from_its_exact_weights(tmp_path):
     model64 = mlp().double()
     model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
     np.testing.assert_allclose(tensors["shadow/output/0"], model64(x.double()).detach().numpy(), rtol=1e-12)
+
+
+def test_a_module_whose_training_mode_output_is_random_is_refused(tmp_path):
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="training mode .* random .*module.eval"):
+        capture(module, x, tmp_path / "train.safetensors")
+    # Deterministic in training mode (no active dropout), or in eval mode: captured.
+    capture(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.0)), x, tmp_path / "p0.safetensors")
+    capture(module.eval(), x, tmp_path / "eval.safetensors")
