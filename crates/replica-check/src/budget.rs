@@ -420,14 +420,26 @@ impl MemoryBudget {
     /// Without `/proc/meminfo`: 8 GiB.
     pub const FALLBACK: MemoryBudget = MemoryBudget { bytes: 8 << 30 };
 
-    /// Half the machine's memory (`MemTotal` in `/proc/meminfo`), else [`Self::FALLBACK`].
+    /// Half the memory this process may use: the machine's (`MemTotal` in
+    /// `/proc/meminfo`), or its container's limit when that is lower (cgroup v2
+    /// `memory.max`, v1 `memory.limit_in_bytes`); else [`Self::FALLBACK`].
     pub fn of_machine() -> MemoryBudget {
         static MACHINE: OnceLock<MemoryBudget> = OnceLock::new();
         *MACHINE.get_or_init(|| {
-            std::fs::read_to_string("/proc/meminfo")
-                .ok()
-                .and_then(|text| mem_total(&text))
-                .map_or(Self::FALLBACK, |bytes| MemoryBudget { bytes: bytes / 2 })
+            let read = |path: &str| std::fs::read_to_string(path).ok();
+            let total = read("/proc/meminfo").and_then(|text| mem_total(&text));
+            let limit = [
+                "/sys/fs/cgroup/memory.max",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ]
+            .iter()
+            .filter_map(|path| read(path).and_then(|text| cgroup_limit(&text)))
+            .min();
+            let usable = match (total, limit) {
+                (Some(total), Some(limit)) => Some(total.min(limit)),
+                (total, limit) => total.or(limit),
+            };
+            usable.map_or(Self::FALLBACK, |bytes| MemoryBudget { bytes: bytes / 2 })
         })
     }
 
@@ -444,6 +456,11 @@ impl MemoryBudget {
         // 0 means "not set"; a budget of 0 bytes is 1 byte, which refuses as much.
         CURRENT.store(budget.bytes.max(1), Ordering::Relaxed);
     }
+}
+
+/// A cgroup memory limit file's bytes; `max` (v2's no limit) is none.
+fn cgroup_limit(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
 }
 
 /// `MemTotal` of `/proc/meminfo` text, in bytes.
@@ -528,6 +545,9 @@ mod tests {
     fn the_machine_budget_is_half_its_memory() {
         assert_eq!(mem_total("MemTotal:       16384 kB\nMemFree: 1 kB\n"), Some(16 << 20));
         assert_eq!(mem_total("nothing"), None);
+        // A container's limit; cgroup v2 writes `max` when there is none.
+        assert_eq!(cgroup_limit("2147483648\n"), Some(2 << 30));
+        assert_eq!(cgroup_limit("max\n"), None);
         assert!(MemoryBudget::of_machine().bytes > 0);
     }
 }

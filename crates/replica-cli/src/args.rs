@@ -51,7 +51,7 @@ pub struct Cli {
 
     /// Refuse a component whose config asks for more memory than this (its parameters and
     /// activations, estimated from the config before anything is built) [env:
-    /// REPLICA_MAX_MEMORY; default half the machine's memory].
+    /// REPLICA_MAX_MEMORY; default half the machine's (or container's) memory].
     #[arg(long, global = true, value_name = "SIZE", value_parser = byte_size)]
     pub max_memory: Option<u64>,
 
