@@ -64,18 +64,20 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<Status, CliError> {
         (crate::registry::suite_name().to_string(), jobs)
     };
 
-    // Every input is read and checked before anything runs.
+    // Every input is read and checked before anything runs. One case's unreadable
+    // input stops a single check; in a suite the case fails alone and the report is written.
     let mut progress = Progress::new();
     progress.phase("loading", jobs.len());
-    let bundles = jobs
-        .iter()
-        .map(|job| {
-            progress.start(&job.label);
-            let bundle = job.prepare(&device, &cli_tolerances, args.verdict_rule());
-            progress.done();
-            bundle
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut bundles = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        progress.start(&job.label);
+        let bundle = job.prepare(&device, &cli_tolerances, args.verdict_rule());
+        progress.done();
+        bundles.push(match bundle {
+            Err(err) if jobs.len() == 1 => return Err(err),
+            other => other,
+        });
+    }
 
     progress.phase("checking", jobs.len());
     let outcomes: Vec<Outcome> = jobs
@@ -83,7 +85,10 @@ pub fn run(args: &CheckArgs, format: Format) -> Result<Status, CliError> {
         .zip(&bundles)
         .map(|(job, bundle)| {
             progress.start(&job.label);
-            let mut outcome = execute(job, bundle, &device, args.trace);
+            let mut outcome = match bundle {
+                Ok(bundle) => execute(job, bundle, &device, args.trace),
+                Err(err) => Outcome::unread(job, err.to_string()),
+            };
             outcome.show_unused_config = job.config.is_some() || jobs.len() == 1;
             progress.done();
             outcome

@@ -38,6 +38,23 @@ pub(crate) enum Verdict {
 }
 
 impl Outcome {
+    /// A case whose inputs could not be read (its bundle, weights or config): it
+    /// did not run, and says why.
+    pub(crate) fn unread(job: &crate::job::Job, why: String) -> Self {
+        Outcome {
+            label: job.label.clone(),
+            component: job.component.name,
+            paper: job.component.paper,
+            reference: job.reference.clone(),
+            result: Err(why),
+            trace: None,
+            reference_activations: 0,
+            unused_config: Vec::new(),
+            show_unused_config: false,
+            seconds: 0.0,
+        }
+    }
+
     pub(crate) fn verdict(&self) -> Verdict {
         match &self.result {
             Err(_) => Verdict::Error,

@@ -526,6 +526,8 @@ fn config_values_a_component_cannot_take_are_refused_by_name() {
 #[test]
 fn a_case_refused_for_its_config_fails_alone() {
     let dir = Scratch::new("alone");
+    dir.write("garbage.safetensors", b"garbage");
+    dir.write("bad.json", b"{\"eps\": ");
     let suite = dir.write(
         "suite.toml",
         br#"[[case]]
@@ -543,6 +545,16 @@ config = { vocab_size = 96, n_positions = 32, n_embd = 1000000000, n_layer = 2, 
 
 [[case]]
 component = "layer_norm"
+
+[[case]]
+name = "unreadable reference"
+component = "linear"
+reference = "garbage.safetensors"
+
+[[case]]
+name = "bad json"
+component = "layer_norm"
+config = "bad.json"
 "#,
     );
     let report = dir.0.join("report.json");
@@ -550,7 +562,7 @@ component = "layer_norm"
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 2, "one line per refused case:\n{err}");
+    assert_eq!(lines.len(), 4, "one line per refused case:\n{err}");
     assert!(
         lines[0].starts_with("error: case `no heads` could not run")
             && lines[0].contains("`num_heads` must be positive, got 0"),
@@ -561,6 +573,16 @@ component = "layer_norm"
             && lines[1].contains("config field `n_embd` = 1000000000 needs"),
         "{err}"
     );
+    // Unreadable inputs fail their case alone too.
+    assert!(
+        lines[2].starts_with("error: case `unreadable reference` could not run")
+            && lines[2].contains("garbage.safetensors: file is 7 bytes, too short"),
+        "{err}"
+    );
+    assert!(
+        lines[3].starts_with("error: case `bad json` could not run") && lines[3].contains("bad.json"),
+        "{err}"
+    );
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let verdicts: Vec<&str> = report["cases"]
         .as_array()
@@ -568,7 +590,7 @@ component = "layer_norm"
         .iter()
         .map(|case| case["verdict"].as_str().unwrap())
         .collect();
-    assert_eq!(verdicts, ["ok", "error", "error", "ok"]);
+    assert_eq!(verdicts, ["ok", "error", "error", "ok", "error", "error"]);
     assert_eq!(report["counts"]["passed"], 2);
 }
 
