@@ -47,6 +47,7 @@ pub fn is_bookkeeping(name: &str, value: &Value) -> bool {
         "_name_or_path"
         | "_commit_hash"
         | "architectures"
+        | "auto_map"
         | "transformers_version"
         | "id2label"
         | "label2id"

@@ -151,7 +151,13 @@ pub struct Gemma2Config {
     pub model_type: Option<String>,
 }
 
-impl ModelConfig for Gemma2Config {}
+impl ModelConfig for Gemma2Config {
+    /// `hidden_act`: the hub's Gemma 2 configs carry it beside `hidden_activation`,
+    /// which is the one `Gemma2MLP` reads. `cache_implementation`: which cache class
+    /// `generate` builds (`hybrid`), not what it holds; the rolling caches here hold
+    /// what it does.
+    const NOT_USED: &'static [&'static str] = &["hidden_act", "cache_implementation"];
+}
 
 impl ConfigCheck for Gemma2Config {
     fn validate(&self) -> std::result::Result<(), String> {

@@ -121,7 +121,9 @@ pub struct Phi3Config {
 
 impl ModelConfig for Phi3Config {
     /// `embd_pdrop`: transformers v5's `Phi3Model` applies no embedding dropout.
-    const NOT_USED: &'static [&'static str] = &["embd_pdrop"];
+    /// `attention_bias`: the hub's configs carry it, but `Phi3Attention`'s
+    /// projections have no bias whatever it says (strict loading refuses bias tensors).
+    const NOT_USED: &'static [&'static str] = &["embd_pdrop", "attention_bias"];
 }
 
 impl ConfigCheck for Phi3Config {

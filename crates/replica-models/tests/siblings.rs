@@ -263,3 +263,41 @@ fn phi3_reads_its_rope_fields_as_hf_does() {
         Some(4)
     );
 }
+
+/// The configs published with the checkpoints (their fields as on the HF hub, v4
+/// style) are read, their bookkeeping accepted.
+#[test]
+fn the_hub_configs_of_gemma2_and_phi3_are_read() {
+    replica_check::MemoryBudget::set_current(replica_check::MemoryBudget { bytes: 1 << 40 });
+    let gemma2 = json!({
+        "architectures": ["Gemma2ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+        "attn_logit_softcapping": 50.0, "bos_token_id": 2, "cache_implementation": "hybrid",
+        "eos_token_id": [1, 107], "final_logit_softcapping": 30.0, "head_dim": 256,
+        "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304,
+        "initializer_range": 0.02, "intermediate_size": 9216, "max_position_embeddings": 8192,
+        "model_type": "gemma2", "num_attention_heads": 8, "num_hidden_layers": 26, "num_key_value_heads": 4,
+        "pad_token_id": 0, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
+        "sliding_window": 4096, "torch_dtype": "float32", "transformers_version": "4.42.4", "use_cache": true,
+        "vocab_size": 256000,
+    });
+    let spec = Gemma2Config::from_value(&gemma2, "gemma-2-2b/config.json")
+        .unwrap()
+        .decoder_spec();
+    assert_eq!(
+        (spec.layer(0).attention.window, spec.layer(1).attention.window),
+        (Some(4096), None)
+    );
+    let phi3 = json!({
+        "_name_or_path": "Phi-3-mini-4k-instruct", "architectures": ["Phi3ForCausalLM"], "attention_dropout": 0.0,
+        "auto_map": {"AutoConfig": "configuration_phi3.Phi3Config"}, "bos_token_id": 1, "embd_pdrop": 0.0,
+        "eos_token_id": 32000, "hidden_act": "silu", "hidden_size": 3072, "initializer_range": 0.02,
+        "intermediate_size": 8192, "max_position_embeddings": 4096, "model_type": "phi3",
+        "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32,
+        "original_max_position_embeddings": 4096, "pad_token_id": 32000, "resid_pdrop": 0.0,
+        "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 10000.0, "sliding_window": 2047,
+        "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.40.2",
+        "use_cache": true, "attention_bias": false, "vocab_size": 32064,
+    });
+    let config = Phi3Config::from_value(&phi3, "Phi-3-mini-4k-instruct/config.json").unwrap();
+    assert_eq!(config.decoder_spec().layer(31).attention.window, Some(2047));
+}
