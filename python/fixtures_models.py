@@ -12,7 +12,8 @@ models/llama.safetensors, models/llama_generate.safetensors, models/llama_yarn.s
 models/gemma.safetensors,
 models/gemma_bf16.safetensors, models/gemma2.safetensors, models/gemma2_bf16.safetensors,
 models/gemma2_generate.safetensors, models/mistral.safetensors, models/mistral_bf16.safetensors,
-models/mistral_generate.safetensors, models/phi3.safetensors, models/phi3_bf16.safetensors,
+models/mistral_generate.safetensors, models/mistral_sdpa.safetensors, models/bert_sdpa.safetensors,
+models/phi3.safetensors, models/phi3_bf16.safetensors,
 models/phi3_generate.safetensors,
 models/vit.safetensors, models/bert.safetensors, models/bert_ids_only.safetensors,
 models/sentence_embeddings.safetensors,
@@ -163,6 +164,18 @@ def mistral(out: Path) -> None:
     torch.manual_seed(26)
     randomize_(model, std=1.0)
     generate(model, config, out / "mistral_generate.safetensors", "transformers.MistralForCausalLM.generate")
+    # HF's default attention (sdpa, the window as its mask), whose modules return no probabilities.
+    torch.manual_seed(36)
+    config = MistralConfig(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
+                           sliding_window=3, tie_word_embeddings=False)
+    model = MistralForCausalLM(config).eval()
+    assert model.config._attn_implementation == "sdpa"
+    randomize_(model)
+    ids = torch.randint(0, config.vocab_size, (1, 8))
+    capture(model, (ids,), out / "mistral_sdpa.safetensors", config=config.to_dict(), grads=True, seed=36,
+            kwargs={"use_cache": False}, component="transformers.MistralForCausalLM", producer_extra=VERSIONS,
+            overwrite=True)
 
 
 def gemma2(out: Path) -> None:
@@ -305,6 +318,19 @@ def bert(out: Path) -> None:
     ids = torch.randint(1, small.vocab_size, (2, 5))
     capture(model, (), out / "bert_ids_only.safetensors", config=small.to_dict(), grads=False, seed=15,
             kwargs={"input_ids": ids}, component="transformers.BertModel", producer_extra=VERSIONS, overwrite=True)
+    # HF's default attention (sdpa), whose modules return no probabilities, on a padded batch.
+    torch.manual_seed(16)
+    default = BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=16, type_vocab_size=2,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertModel(default).eval()
+    assert model.config._attn_implementation == "sdpa"
+    randomize_(model)
+    ids = torch.randint(1, default.vocab_size, (2, 6))
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    capture(model, (ids * mask,), out / "bert_sdpa.safetensors", config=default.to_dict(), grads=False, seed=16,
+            kwargs={"attention_mask": mask}, component="transformers.BertModel", producer_extra=VERSIONS,
+            overwrite=True)
 
 
 class SentenceEmbedder(torch.nn.Module):

@@ -233,8 +233,13 @@ impl<'a> Parity<'a> {
     /// reference's of the same name (names as recorded: a [`TraceMap`](crate::TraceMap)
     /// gives the reference's where they differ), or failed when the reference has
     /// none. A bundle that records no activation at all (a reference's outputs
-    /// alone) has nothing to trace against: `forward` then runs untraced. Returns
-    /// the forward pass's result and the module-by-module comparison of the trace.
+    /// alone) has nothing to trace against: `forward` then runs untraced. Attention
+    /// probabilities the reference did not record are not compared: HF's attention
+    /// modules return `(output, probabilities)` with eager attention but
+    /// `(output, None)` with sdpa, their default, whose hooks then record element 0
+    /// alone; so a port's element 1 of a module named for attention (`self_attn:1`,
+    /// BERT's `attention:1`) is left out when the reference holds no such element.
+    /// Returns the forward pass's result and the module-by-module comparison of the trace.
     pub fn traced<T>(
         &mut self,
         unmatched: Unmatched,
@@ -247,7 +252,8 @@ impl<'a> Parity<'a> {
                 compare_trace(&trace::Trace::default(), self.bundle, Tolerance::default()),
             ));
         }
-        let (output, recorded) = trace::record(forward);
+        let probabilities = unrecorded_probabilities(self.bundle);
+        let (output, recorded) = trace::record(|| trace::mapped(&probabilities, forward));
         let output = output?;
         self.set_aside(&recorded, unmatched)?;
         let base = match self.tolerance {
@@ -341,5 +347,17 @@ impl<'a> Parity<'a> {
             }
         }
         self.report
+    }
+}
+
+/// Attention probabilities (element 1 of a module named for attention): the port's
+/// are left out of the trace when the reference recorded none (see [`Parity::traced`]).
+fn unrecorded_probabilities(bundle: &Bundle) -> crate::TraceMap {
+    const PROBABILITIES: &str = r"(?i)att[^:.]*(\.self)?:1$";
+    let pattern = regex::Regex::new(PROBABILITIES).expect("a valid pattern");
+    if bundle.metadata().activations.iter().any(|name| pattern.is_match(name)) {
+        crate::TraceMap::new()
+    } else {
+        crate::TraceMap::new().ignore(PROBABILITIES)
     }
 }

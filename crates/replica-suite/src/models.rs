@@ -42,6 +42,7 @@ pub fn cases() -> Vec<Case> {
         case("llama_greedy_generate", "transformers.LlamaForCausalLM.generate",           Some(LLAMA), "models/llama_generate", |b| as_check(b, llama_generate(b))),
         case("mistral_causal_lm",     "transformers.MistralForCausalLM",                  Some(MISTRAL), "models/mistral",      |b| report_of(b, llama_parity(b))),
         case("mistral_causal_lm_bf16", "transformers.MistralForCausalLM",                 Some(MISTRAL), "models/mistral_bf16", |b| report_of(b, llama_parity(b))),
+        case("mistral_causal_lm_sdpa", "transformers.MistralForCausalLM (attn_implementation sdpa)", Some(MISTRAL), "models/mistral_sdpa", |b| report_of(b, llama_parity(b))),
         case("mistral_greedy_generate", "transformers.MistralForCausalLM.generate",       Some(MISTRAL), "models/mistral_generate", |b| as_check(b, llama_generate(b))),
         case("gemma_causal_lm",       "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma",          |b| report_of(b, gemma_parity(b))),
         case("gemma_causal_lm_bf16",  "transformers.GemmaForCausalLM",                    Some(GEMMA), "models/gemma_bf16",     |b| report_of(b, gemma_parity(b))),
@@ -61,6 +62,7 @@ pub fn cases() -> Vec<Case> {
         case("vit_timm",              "timm.models.vision_transformer.VisionTransformer", Some(VIT),   "models/vit",            |b| report_of(b, vit_parity(b))),
         case("bert_model",            "transformers.BertModel",                           Some(BERT),  "models/bert",           |b| report_of(b, bert_parity(b))),
         case("sentence_embeddings",   "sentence-transformers (BertModel, Pooling mean, Normalize)", Some(SENTENCE_BERT), "models/sentence_embeddings", |b| report_of(b, sentence_parity(b))),
+        case("bert_model_sdpa",       "transformers.BertModel (attn_implementation sdpa)", Some(BERT),  "models/bert_sdpa",      |b| report_of(b, bert_parity(b))),
         case("bert_model_ids_only",   "transformers.BertModel",                           Some(BERT),  "models/bert_ids_only",  |b| report_of(b, bert_parity(b))),
     ]
 }

@@ -265,7 +265,8 @@ fn the_correct_qwen_decoders_do_not_diverge() {
 /// does (window 4, 9 tokens), and Qwen2's only from layer 1 on, so its layer 0 matches.
 #[test]
 fn a_missing_sliding_window_is_found_at_the_first_sliding_attention() {
-    for name in ["mistral", "gemma2"] {
+    // `mistral_sdpa` is captured with HF's default attention, which records no probabilities.
+    for name in ["mistral", "gemma2", "mistral_sdpa"] {
         let report = decoder_with(name, |spec| spec.sliding = None);
         assert_first_divergence(&report, "model.layers.0.self_attn.o_proj");
     }
