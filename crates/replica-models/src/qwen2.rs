@@ -130,8 +130,8 @@ impl ConfigCheck for Qwen2Config {
 }
 
 impl Qwen2Config {
-    /// The attention window of the sliding layers, if any layer slides
-    /// ([`attention_window`]).
+    /// The sliding layers and their window, if any layer slides, as HF reads
+    /// `use_sliding_window`, `sliding_window`, `max_window_layers` and `layer_types`.
     pub fn window(&self) -> std::result::Result<Option<SlidingWindow>, String> {
         attention_window(
             self.num_hidden_layers,
