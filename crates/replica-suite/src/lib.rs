@@ -33,6 +33,7 @@ pub mod minilm;
 pub mod models;
 pub mod positions;
 pub mod reference;
+pub mod vision;
 
 /// The directory of the committed reference bundles (the repository's `tests/fixtures`).
 pub fn fixtures_dir() -> PathBuf {
@@ -49,6 +50,7 @@ pub fn builtin() -> Vec<Case> {
         attention::cases(),
         composite::cases(),
         models::cases(),
+        vision::cases(),
     ]
     .concat()
 }
