@@ -1,5 +1,5 @@
-//! The vision cases against their references (Dynamic Tanh, timm's `ConvNeXtBlock`
-//! and `GlobalResponseNorm`), and proof that
+//! The vision cases against their references (timm's `VisionTransformer` variants,
+//! Dynamic Tanh, timm's `ConvNeXtBlock` and `GlobalResponseNorm`), and proof that
 //! the checks bite: planted mistakes a port could make are found at the module
 //! that makes them.
 
@@ -8,9 +8,10 @@ use candle_nn::VarBuilder;
 use replica_blocks::convnext::{ConvNextBlock, ConvNextBlockConfig, Dilation};
 use replica_blocks::dyt::{DynamicTanh, DynamicTanhConfig};
 use replica_check::{compare_trace, trace, Bundle, Namespace, Parity, Tolerance, TraceReport, WeightMap};
+use replica_models::{Architecture, ModelConfig, Vit, VitConfig};
 use replica_suite::fixtures_dir;
 use replica_suite::vision::cases;
-use serde_json::json;
+use serde_json::{json, Value};
 
 mod common;
 
@@ -37,6 +38,28 @@ fn traced<M>(
     let (y, recorded) = trace::record(|| forward(&block, &x));
     y.unwrap();
     let report = compare_trace(&recorded, bundle, Tolerance::for_dtype(DType::F32));
+    println!("{report}");
+    report
+}
+
+/// A ViT fixture's config with `field` set to `value`.
+fn vit_config_with(bundle: &Bundle, field: &str, value: Value) -> VitConfig {
+    let mut config = bundle.metadata().config.clone();
+    config[field] = value;
+    VitConfig::from_value(&config, bundle.origin()).unwrap()
+}
+
+/// The ViT of `config` on a fixture's weights (through `map`) and input, traced.
+fn vit_traced(bundle: &Bundle, config: &VitConfig, map: WeightMap) -> TraceReport {
+    let params = bundle.namespace(Namespace::Param);
+    let weights = map.apply(params, bundle.origin()).unwrap();
+    let model = weights
+        .build(DType::F32, &Device::Cpu, |vb| Vit::new(config, vb))
+        .unwrap();
+    let images = bundle.input("0").unwrap().clone();
+    let (y, recorded) = replica_models::divergence::record(|| model.forward(&images));
+    y.unwrap();
+    let report = replica_models::divergence::compare(&recorded, bundle, Tolerance::default());
     println!("{report}");
     report
 }
@@ -106,6 +129,96 @@ fn fixtures_stay_small() {
         };
         assert!(bytes < limit, "{}: {bytes} bytes", case.name);
     }
+}
+
+/// The combination fixture really is the combination: no class token, two register
+/// tokens, a position table for the 4 patches alone, LayerScale and QK-norm weights.
+#[test]
+fn the_register_fixture_holds_what_its_config_says() {
+    let bundle = common::fixture("models/vit_reg_gap");
+    let config: VitConfig = VitConfig::from_value(&bundle.metadata().config, bundle.origin()).unwrap();
+    assert!(!config.class_token && config.no_embed_class && config.qk_norm);
+    assert_eq!(
+        (config.reg_tokens, config.num_prefix_tokens(), config.num_tokens()),
+        (2, 2, 4)
+    );
+    let params = bundle.namespace(Namespace::Param);
+    assert_eq!(params["reg_token"].dims(), [1, 2, 8]);
+    assert_eq!(params["pos_embed"].dims(), [1, 4, 8]);
+    assert!(!params.contains_key("cls_token"));
+    for name in ["blocks.0.ls1.gamma", "blocks.1.attn.q_norm.weight", "fc_norm.weight"] {
+        assert!(params.contains_key(name), "{name}");
+    }
+    assert!(
+        !params.contains_key("norm.weight"),
+        "avg pooling moves the final norm to fc_norm"
+    );
+}
+
+/// timm's average pooling leaves out the prefix (class and register) tokens; pooling
+/// them too is the slip. Everything up to the final token sequence matches; the
+/// first module after the pooling, `fc_norm`, diverges.
+#[test]
+fn pooling_the_register_tokens_too_is_found_at_fc_norm() {
+    let bundle = common::fixture("models/vit_reg_gap");
+    let wrong = vit_config_with(&bundle, "pool_include_prefix", json!(true));
+    let report = vit_traced(&bundle, &wrong, WeightMap::new());
+    assert_first_divergence(&report, "fc_norm");
+    let right = vit_config_with(&bundle, "pool_include_prefix", json!(false));
+    assert!(vit_traced(&bundle, &right, WeightMap::new()).passed());
+}
+
+/// Average pooling where the reference takes `0.5 * (max + mean)`: found at `fc_norm`.
+#[test]
+fn average_pooling_for_avgmax_is_found_at_fc_norm() {
+    let bundle = common::fixture("models/vit_cls_reg_avgmax");
+    let wrong = vit_config_with(&bundle, "global_pool", json!("avg"));
+    assert_first_divergence(&vit_traced(&bundle, &wrong, WeightMap::new()), "fc_norm");
+    let wrong = vit_config_with(&bundle, "global_pool", json!("max"));
+    assert_first_divergence(&vit_traced(&bundle, &wrong, WeightMap::new()), "fc_norm");
+}
+
+/// Reading a DINOv2-style checkpoint as if its position table covered the prefix
+/// tokens is refused when the weights load, naming `pos_embed` and both shapes.
+#[test]
+fn a_position_table_without_the_prefix_rows_is_refused_by_name() {
+    let bundle = common::fixture("models/vit_reg_gap");
+    let wrong = vit_config_with(&bundle, "no_embed_class", json!(false));
+    let weights = WeightMap::new()
+        .apply(bundle.namespace(Namespace::Param), bundle.origin())
+        .unwrap();
+    let err = weights
+        .build(DType::F32, &Device::Cpu, |vb| Vit::new(&wrong, vb))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pos_embed"), "{err}");
+    assert!(err.contains("[1, 6, 8]") && err.contains("[1, 4, 8]"), "{err}");
+}
+
+/// A checkpoint-naming slip in the DyT ViT: the first block's `norm1.weight` and
+/// `norm1.bias` exchanged. The patch embedding and position table match; `blocks.0.norm1`
+/// is the first to diverge.
+#[test]
+fn swapped_dyt_weight_and_bias_are_found_at_that_norm() {
+    let bundle = common::fixture("models/vit_dyt");
+    let config = VitConfig::from_value(&bundle.metadata().config, bundle.origin()).unwrap();
+    assert!(config.dynamic_tanh);
+    let map = WeightMap::new()
+        .rename(r"^blocks\.0\.norm1\.weight$", "swap")
+        .rename(r"^blocks\.0\.norm1\.bias$", "blocks.0.norm1.weight")
+        .rename("^swap$", "blocks.0.norm1.bias");
+    assert_first_divergence(&vit_traced(&bundle, &config, map), "blocks.0.norm1");
+    // A DyT model read as a LayerNorm one leaves every `alpha` unread: refused.
+    let layer_norm = vit_config_with(&bundle, "dynamic_tanh", json!(false));
+    let weights = WeightMap::new()
+        .apply(bundle.namespace(Namespace::Param), bundle.origin())
+        .unwrap();
+    let err = weights
+        .build(DType::F32, &Device::Cpu, |vb| Vit::new(&layer_norm, vb))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("alpha"), "{err}");
 }
 
 /// DyT on a feature map read as channels last: refused by shape, not broadcast wrongly.
@@ -217,4 +330,55 @@ fn convnext_refuses_what_it_does_not_implement() {
             .to_string();
         assert!(err.contains(expected) && !err.contains('\n'), "{field}: {err}");
     }
+}
+
+/// The ViT refuses the pooling and options it does not implement, by name.
+#[test]
+fn vit_refuses_what_it_does_not_implement() {
+    let bundle = common::fixture("models/vit_reg_gap");
+    for (field, value, expected) in [
+        ("global_pool", json!("map"), "global_pool `map`"),
+        ("global_pool", json!("token"), "needs class_token"),
+        ("pos_embed", json!("sincos"), "pos_embed"),
+        ("patch_drop_rate", json!(0.1), "patch_drop_rate"),
+        ("dynamic_img_pad", json!(true), "dynamic_img_pad"),
+        ("drop_path_rate", json!(1.5), "drop_path_rate"),
+    ] {
+        let mut config = bundle.metadata().config.clone();
+        config[field] = value;
+        let err = VitConfig::from_value(&config, bundle.origin()).unwrap_err().to_string();
+        assert!(err.contains(expected), "{field}: {err}");
+    }
+}
+
+/// timm's drop rates act in training only: with every rate set, inference still
+/// matches the reference, and a training pass drops something.
+#[test]
+fn vit_drop_rates_act_only_in_training() {
+    let bundle = common::fixture("models/vit_reg_gap");
+    let mut config = bundle.metadata().config.clone();
+    for (field, rate) in [
+        ("drop_rate", 0.3),
+        ("pos_drop_rate", 0.1),
+        ("proj_drop_rate", 0.2),
+        ("attn_drop_rate", 0.1),
+        ("drop_path_rate", 0.5),
+    ] {
+        config[field] = json!(rate);
+    }
+    let config = VitConfig::from_value(&config, bundle.origin()).unwrap();
+    assert_eq!(config.block_config(0).drop_path, 0.0);
+    assert_eq!(config.block_config(1).drop_path, 0.5);
+    assert!(vit_traced(&bundle, &config, WeightMap::new()).passed());
+    let weights = WeightMap::new()
+        .apply(bundle.namespace(Namespace::Param), bundle.origin())
+        .unwrap();
+    let model = weights
+        .build(DType::F32, &Device::Cpu, |vb| Vit::new(&config, vb))
+        .unwrap();
+    let images = bundle.input("0").unwrap();
+    let eval = candle_core::ModuleT::forward_t(&model, images, false).unwrap();
+    let trained = candle_core::ModuleT::forward_t(&model, images, true).unwrap();
+    let diff = (eval - trained).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() > 0.0);
 }
