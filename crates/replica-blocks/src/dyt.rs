@@ -128,27 +128,34 @@ impl DynamicTanh {
         let mut shape = vec![dim];
         shape.extend(std::iter::repeat_n(1, x.rank() - 1 - axis));
         let dtype = x.dtype();
-        // Each step is one product (or sum) rounded to `x`'s dtype, as the reference
-        // computes it; done in a wider dtype, where the product of two values is
-        // exact, the rounding is the same, and the sums over broadcast axes that the
-        // backward pass makes for `alpha`, `weight` and `bias` lose less.
-        let wide = match dtype {
-            DType::F32 | DType::F64 => DType::F64,
-            _ => DType::F32,
-        };
-        let step = |a: &Tensor, b: &Tensor, add: bool| -> Result<Tensor> {
-            let (a, b) = (a.to_dtype(wide)?, b.to_dtype(wide)?);
-            let y = if add {
-                a.broadcast_add(&b)?
-            } else {
-                a.broadcast_mul(&b)?
-            };
-            y.to_dtype(dtype)
-        };
         let weight = self.weight.reshape(shape.as_slice())?;
         let bias = self.bias.reshape(shape.as_slice())?;
-        let squashed = step(x, &self.alpha, false)?.tanh()?;
-        let y = step(&step(&squashed, &weight, false)?, &bias, true)?;
+        let y = if matches!(dtype, DType::F32 | DType::F64) {
+            // In f64, rounded once: closer to the exact value than the reference's
+            // f32 steps, and the backward pass's sums for the scalar `alpha` (whose
+            // terms often cancel) keep their digits.
+            let wide = |t: &Tensor| t.to_dtype(DType::F64);
+            let squashed = wide(x)?.broadcast_mul(&wide(&self.alpha)?)?.tanh()?;
+            squashed
+                .broadcast_mul(&wide(&weight)?)?
+                .broadcast_add(&wide(&bias)?)?
+                .to_dtype(dtype)?
+        } else {
+            // f16/bf16: each step is one product (or sum) rounded to the input's
+            // dtype, as the reference computes it (in f32, where the product of
+            // two such values is exact, then rounded).
+            let step = |a: &Tensor, b: &Tensor, add: bool| -> Result<Tensor> {
+                let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
+                let y = if add {
+                    a.broadcast_add(&b)?
+                } else {
+                    a.broadcast_mul(&b)?
+                };
+                y.to_dtype(dtype)
+            };
+            let squashed = step(x, &self.alpha, false)?.tanh()?;
+            step(&step(&squashed, &weight, false)?, &bias, true)?
+        };
         replica_check::tap(&self.path, &y);
         Ok(y)
     }
