@@ -619,7 +619,12 @@ impl Vit {
             ))
         })?;
         let x = self.pos_embed(&x)?;
-        let x = self.patch_drop.forward(&self.pos_drop.forward_t(&x, train)?)?;
+        // timm returns before its `pos_drop` when there is no position table.
+        let x = match self.pos_embed {
+            Some(_) => self.pos_drop.forward_t(&x, train)?,
+            None => x,
+        };
+        let x = self.patch_drop.forward(&x)?;
         let mut x = self.norm_pre.forward(&x)?;
         for block in &self.blocks {
             x = block.forward_t(&x, None, None, train)?;
