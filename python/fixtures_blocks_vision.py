@@ -17,6 +17,8 @@ The bundles:
   LayerNorm and `Mlp`), f32 with gradients and bf16;
 - timm `ConvNeXtBlock(use_grn=True, ls_init_value=None)` as ConvNeXt V2 builds it
   (`GlobalResponseNormMlp`, no LayerScale), f32 with gradients and bf16;
+- both again on timm's channels-first path (`conv_mlp=True`: `LayerNorm2d`, 1x1
+  convolutions, GRN over dimensions 2 and 3), f32 with gradients;
 - timm `GlobalResponseNorm` alone, channels last, f32 with gradients.
 
 Parameters that the references initialise to constants (DyT's `alpha`, `weight`
@@ -170,6 +172,14 @@ def build_all(out: Path) -> list[Path]:
     save("convnext_v2_block.safetensors", block, x, seed=720, config=config, component=component)
     save("convnext_v2_block_bf16.safetensors", block.to(torch.bfloat16), x.to(torch.bfloat16), seed=720,
          config=config, grads=False, component=component)
+
+    # ---- the channels-first path (conv_mlp=True): LayerNorm2d, 1x1 convolutions, GRN over dims (2, 3)
+    config = dict(convnext_config(4, use_grn=False, ls_init_value=1e-6), conv_mlp=True)
+    block, x = convnext_block(740, config)
+    save("convnext_block_conv_mlp.safetensors", block, x, seed=740, config=config, component=component)
+    config = dict(convnext_config(4, use_grn=True, ls_init_value=None), conv_mlp=True)
+    block, x = convnext_block(741, config)
+    save("convnext_v2_block_conv_mlp.safetensors", block, x, seed=741, config=config, component=component)
 
     # ---- timm GlobalResponseNorm alone, channels last ([batch, height, width, channels])
     torch.manual_seed(730)

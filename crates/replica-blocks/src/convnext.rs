@@ -1,8 +1,7 @@
 //! The ConvNeXt block: Liu et al., "A ConvNet for the 2020s", arXiv 2201.03545
 //! (registry: [`crate::papers::CONVNEXT`]); with Global Response Normalization in
 //! its MLP it is the ConvNeXt V2 block (arXiv 2301.00808, [`crate::grn`]). As
-//! timm's `ConvNeXtBlock` (`timm/models/convnext.py`) on its default path
-//! (`conv_mlp=False`).
+//! timm's `ConvNeXtBlock` (`timm/models/convnext.py`), on either of its paths.
 //!
 //! On a feature map `[batch, channels, height, width]`:
 //!
@@ -10,10 +9,15 @@
 //! y = conv_dw(x)                      depthwise k×k convolution (7×7), "same" padding
 //! y = permute to [batch, height, width, channels]
 //! y = mlp(norm(y))                    LayerNorm over channels (eps 1e-6), Linear → GELU → Linear
-//!                                     (V2: → GRN → between GELU and the second Linear)
+//!                                     (V2: GRN between GELU and the second Linear)
 //! y = permute back; y = y · gamma     LayerScale (`ls_init_value`, 1e-6 in V1; off in V2)
 //! out = drop_path(y) + shortcut(x)
 //! ```
+//!
+//! With `conv_mlp` (timm's other path) nothing is permuted: the norm is timm's
+//! `LayerNorm2d` and the MLP's projections are 1×1 convolutions (GRN then reduces
+//! over dimensions 2 and 3). Convolutions run in a wider dtype with their bias and
+//! are rounded once, as PyTorch's accumulate.
 //!
 //! Submodule names are timm's: `conv_dw`, `norm`, `mlp` (`fc1`, `act`, `drop1`,
 //! `norm` or `grn`, `fc2`, `drop2`), the parameter `gamma`, and the `nn.Identity`
@@ -25,9 +29,12 @@ use replica_check::config_check::{finite, finite_positive, positive, probability
 use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
-use crate::activation::Activation;
+use crate::activation::{Activation, ActivationLayer};
 use crate::drop_path::{DropPath, DropPathConfig};
-use crate::grn::{wide, GlobalResponseNormMlp, GlobalResponseNormMlpConfig};
+use crate::dropout::Dropout;
+use crate::grn::{
+    wide, GlobalResponseNorm, GlobalResponseNormConfig, GlobalResponseNormMlp, GlobalResponseNormMlpConfig,
+};
 use crate::identity::Identity;
 use crate::mlp::{Mlp, MlpConfig, MlpNames};
 use crate::norm::{LayerNorm, LayerNormConfig};
@@ -95,8 +102,9 @@ pub struct ConvNextBlockConfig {
     /// The MLP's hidden channels over `in_chs`; default 4.
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: f64,
-    /// 1×1 convolutions and a channels-first LayerNorm instead of the
-    /// channels-last path; not implemented.
+    /// The channels-first path: timm's `LayerNorm2d` and an MLP of 1×1
+    /// convolutions (`fc1.weight` `[hidden, in_chs, 1, 1]`), on `[batch, channels,
+    /// height, width]` throughout, instead of permuting to channels last.
     #[serde(default)]
     pub conv_mlp: bool,
     /// Biases on the convolution and the MLP's projections.
@@ -200,9 +208,6 @@ impl ConfigCheck for ConvNextBlockConfig {
                 self.kernel_size
             ));
         }
-        if self.conv_mlp {
-            return Err("conv_mlp: true is not implemented (expected false)".into());
-        }
         if let Some(norm) = &self.norm_layer {
             return Err(format!("norm_layer `{norm}` is not implemented (expected null)"));
         }
@@ -220,22 +225,136 @@ impl ConfigCheck for ConvNextBlockConfig {
     }
 }
 
-/// The MLP: timm's `Mlp` or, in V2, `GlobalResponseNormMlp`.
+/// A 2-d convolution (`weight` `[out, in / groups, k, k]`, `bias`), computed in a
+/// wider dtype with its bias and rounded once, as PyTorch's convolution accumulates.
+#[derive(Clone, Debug)]
+struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    padding: usize,
+    dilation: usize,
+    groups: usize,
+    path: String,
+}
+
+impl Conv2d {
+    /// Reads `weight` `[out, in / groups, k, k]` (and `bias` `[out]`) at `vb`, with
+    /// torch's init: uniform in ±1/sqrt(fan_in).
+    fn new(
+        (out, inputs, k): (usize, usize, usize),
+        groups: usize,
+        bias: bool,
+        (padding, dilation): (usize, usize),
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let per_group = inputs / groups;
+        let bound = 1.0 / ((per_group * k * k) as f64).sqrt();
+        let init = candle_nn::Init::Uniform { lo: -bound, up: bound };
+        Ok(Self {
+            weight: vb.get_with_hints((out, per_group, k, k), "weight", init)?,
+            bias: bias.then(|| vb.get_with_hints(out, "bias", init)).transpose()?,
+            padding,
+            dilation,
+            groups,
+            path: vb.prefix(),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let wide = wide(dtype);
+        let out = self.weight.dim(0)?;
+        let y = x.to_dtype(wide)?.conv2d(
+            &self.weight.to_dtype(wide)?,
+            self.padding,
+            1,
+            self.dilation,
+            self.groups,
+        )?;
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(&bias.to_dtype(wide)?.reshape((1, out, 1, 1))?)?,
+            None => y,
+        };
+        let y = y.to_dtype(dtype)?;
+        replica_check::tap(&self.path, &y);
+        Ok(y)
+    }
+}
+
+/// What a conv MLP does to its hidden features after `drop1`: timm's `Mlp` keeps an
+/// `nn.Identity` there (`norm`), `GlobalResponseNormMlp` its GRN (`grn`).
+#[derive(Clone, Debug)]
+enum HiddenNorm {
+    Identity(Identity),
+    Grn(GlobalResponseNorm),
+}
+
+/// timm's `Mlp(use_conv=True)` and `GlobalResponseNormMlp(use_conv=True)`: 1×1
+/// convolutions on `[batch, channels, height, width]`, the hidden features going
+/// through the activation, `drop1`, then `norm` (an `nn.Identity`) or channels-first GRN.
+#[derive(Clone, Debug)]
+struct ConvMlp {
+    fc1: Conv2d,
+    act: ActivationLayer,
+    drop1: Dropout,
+    norm: HiddenNorm,
+    fc2: Conv2d,
+    drop2: Dropout,
+    path: String,
+}
+
+impl ConvMlp {
+    fn new(config: &ConvNextBlockConfig, vb: VarBuilder) -> Result<Self> {
+        let (dim, hidden) = (config.in_chs, config.hidden());
+        let pointwise = |out, inputs, vb| Conv2d::new((out, inputs, 1), 1, config.conv_bias, (0, 1), vb);
+        let norm = if config.use_grn {
+            let grn = GlobalResponseNormConfig {
+                channels_last: false,
+                ..GlobalResponseNormConfig::new(hidden)
+            };
+            HiddenNorm::Grn(GlobalResponseNorm::new(&grn, vb.pp("grn"))?)
+        } else {
+            HiddenNorm::Identity(Identity::new(vb.pp("norm")))
+        };
+        Ok(Self {
+            fc1: pointwise(hidden, dim, vb.pp("fc1"))?,
+            act: ActivationLayer::new(config.act_layer, vb.pp("act")),
+            drop1: Dropout::from_probability(0.0, vb.pp("drop1").prefix())?,
+            norm,
+            fc2: pointwise(dim, hidden, vb.pp("fc2"))?,
+            drop2: Dropout::from_probability(0.0, vb.pp("drop2").prefix())?,
+            path: vb.prefix(),
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.act.forward(&self.fc1.forward(x)?)?;
+        let h = self.drop1.forward_t(&h, train)?;
+        let h = match &self.norm {
+            HiddenNorm::Grn(grn) => grn.forward(&h)?,
+            HiddenNorm::Identity(identity) => identity.forward(&h)?,
+        };
+        let y = self.drop2.forward_t(&self.fc2.forward(&h)?, train)?;
+        replica_check::tap(&self.path, &y);
+        Ok(y)
+    }
+}
+
+/// The MLP: timm's `Mlp` or, in V2, `GlobalResponseNormMlp`, channels last; or
+/// either of them on 1×1 convolutions (`conv_mlp`).
 #[derive(Clone, Debug)]
 enum ConvNextMlp {
     Plain(Mlp),
     Grn(GlobalResponseNormMlp),
+    Conv(ConvMlp),
 }
 
 /// timm's `ConvNeXtBlock` on `[batch, channels, height, width]` feature maps.
 #[derive(Clone, Debug)]
 pub struct ConvNextBlock {
-    conv_weight: Tensor,
-    conv_bias: Option<Tensor>,
-    conv_path: String,
-    padding: usize,
-    dilation: usize,
+    conv_dw: Conv2d,
     norm: LayerNorm,
+    norm_path: String,
     mlp: ConvNextMlp,
     gamma: Option<Tensor>,
     drop_path: DropPath,
@@ -250,15 +369,8 @@ impl ConvNextBlock {
         let path = vb.prefix();
         crate::admit(&format!("convnext_block `{path}`"), config)?;
         let (dim, k) = (config.in_chs, config.kernel_size);
-        let conv = vb.pp("conv_dw");
-        // torch's Conv2d init: uniform in ±1/sqrt(fan_in), fan_in = k·k for a depthwise kernel.
-        let bound = 1.0 / ((k * k) as f64).sqrt();
-        let init = candle_nn::Init::Uniform { lo: -bound, up: bound };
-        let conv_weight = conv.get_with_hints((dim, 1, k, k), "weight", init)?;
-        let conv_bias = config
-            .conv_bias
-            .then(|| conv.get_with_hints(dim, "bias", init))
-            .transpose()?;
+        let spacing = (config.padding(), config.dilation.pair().0);
+        let conv_dw = Conv2d::new((dim, dim, k), dim, config.conv_bias, spacing, vb.pp("conv_dw"))?;
         let norm = LayerNorm::new(
             &LayerNormConfig {
                 eps: 1e-6,
@@ -266,7 +378,9 @@ impl ConvNextBlock {
             },
             vb.pp("norm"),
         )?;
-        let mlp = if config.use_grn {
+        let mlp = if config.conv_mlp {
+            ConvNextMlp::Conv(ConvMlp::new(config, vb.pp("mlp"))?)
+        } else if config.use_grn {
             let grn = GlobalResponseNormMlpConfig {
                 dim,
                 hidden_dim: config.hidden(),
@@ -289,12 +403,9 @@ impl ConvNextBlock {
             .map(|value| vb.get_with_hints(dim, "gamma", candle_nn::Init::Const(value)))
             .transpose()?;
         Ok(Self {
-            conv_weight,
-            conv_bias,
-            conv_path: conv.prefix(),
-            padding: config.padding(),
-            dilation: config.dilation.pair().0,
+            conv_dw,
             norm,
+            norm_path: vb.pp("norm").prefix(),
             mlp,
             gamma,
             drop_path: DropPath::new(&DropPathConfig::new(config.drop_path), vb.pp("drop_path"))?,
@@ -303,31 +414,24 @@ impl ConvNextBlock {
         })
     }
 
-    /// The depthwise convolution, computed in a wider dtype with its bias and
-    /// rounded once, as PyTorch's convolution accumulates.
-    fn conv_dw(&self, x: &Tensor) -> Result<Tensor> {
-        let channels = self.conv_weight.dim(0)?;
-        let dtype = x.dtype();
-        let wide = wide(dtype);
-        let y = x.to_dtype(wide)?.conv2d(
-            &self.conv_weight.to_dtype(wide)?,
-            self.padding,
-            1,
-            self.dilation,
-            channels,
-        )?;
-        let y = match &self.conv_bias {
-            Some(bias) => y.broadcast_add(&bias.to_dtype(wide)?.reshape((1, channels, 1, 1))?)?,
-            None => y,
-        };
-        let y = y.to_dtype(dtype)?;
-        replica_check::tap(&self.conv_path, &y);
+    /// The norm and `mlp` on `y` permuted to channels last, and the result permuted back.
+    fn channels_last(&self, y: &Tensor, mlp: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let h = self.norm.forward(&y.permute((0, 2, 3, 1))?)?;
+        mlp(&h)?.permute((0, 3, 1, 2))
+    }
+
+    /// timm's `LayerNorm2d`: the channels-last LayerNorm between two permutes,
+    /// recorded channels first.
+    fn norm_2d(&self, x: &Tensor) -> Result<Tensor> {
+        let y = replica_check::trace::untraced(|| self.norm.forward(&x.permute((0, 2, 3, 1))?))?;
+        let y = y.permute((0, 3, 1, 2))?;
+        replica_check::tap(&self.norm_path, &y);
         Ok(y)
     }
 
     /// The block on `x` `[batch, in_chs, height, width]`; dropout and drop path only when `train`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let channels = self.conv_weight.dim(0)?;
+        let channels = self.conv_dw.weight.dim(0)?;
         if x.rank() != 4 || x.dim(1)? != channels {
             candle_core::bail!(
                 "convnext_block `{}`: expects [batch, {channels}, height, width], got shape {:?}",
@@ -335,13 +439,12 @@ impl ConvNextBlock {
                 x.dims()
             )
         }
-        let y = self.conv_dw(x)?.permute((0, 2, 3, 1))?;
-        let y = self.norm.forward(&y)?;
+        let y = self.conv_dw.forward(x)?;
         let y = match &self.mlp {
-            ConvNextMlp::Plain(mlp) => mlp.forward_t(&y, train)?,
-            ConvNextMlp::Grn(mlp) => mlp.forward_t(&y, train)?,
+            ConvNextMlp::Conv(mlp) => mlp.forward_t(&self.norm_2d(&y)?, train)?,
+            ConvNextMlp::Plain(mlp) => self.channels_last(&y, |h| mlp.forward_t(h, train))?,
+            ConvNextMlp::Grn(mlp) => self.channels_last(&y, |h| mlp.forward_t(h, train))?,
         };
-        let y = y.permute((0, 3, 1, 2))?;
         let y = match &self.gamma {
             Some(gamma) => y.broadcast_mul(&gamma.to_dtype(y.dtype())?.reshape((1, channels, 1, 1))?)?,
             None => y,

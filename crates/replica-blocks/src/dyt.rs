@@ -13,9 +13,10 @@
 //! default) and per-channel `weight` (ones) and `bias` (zeros). No statistics are
 //! computed: `alpha` squashes extreme activations the way a norm would. Channels
 //! are the last dimension (`channels_last`) or, for feature maps
-//! `[batch, channels, height, width]`, the second. The computation runs in the
-//! input's dtype step by step, as the reference's does (under bf16 each product
-//! is rounded).
+//! `[batch, channels, height, width]`, the second. Under f16/bf16 each step is
+//! rounded to the input's dtype, as the reference's is; an f32 input is computed in
+//! f64 and rounded once, which keeps the digits of `alpha`'s gradient (a sum over
+//! every element, whose terms often cancel).
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;

@@ -25,6 +25,8 @@ pub fn cases() -> Vec<Case> {
         case("convnext_block_bf16", "timm.models.convnext.ConvNeXtBlock(ls_init_value=1e-6), bf16",                                                       Some(CONVNEXT),      "blocks/convnext_block_bf16", convnext_block),
         case("convnext_v2_block",  "timm.models.convnext.ConvNeXtBlock(use_grn=True, ls_init_value=None)",                                                Some(CONVNEXT_V2),   "blocks/convnext_v2_block",  convnext_block),
         case("convnext_v2_block_bf16", "timm.models.convnext.ConvNeXtBlock(use_grn=True, ls_init_value=None), bf16",                                      Some(CONVNEXT_V2),   "blocks/convnext_v2_block_bf16", convnext_block),
+        case("convnext_block_conv_mlp", "timm.models.convnext.ConvNeXtBlock(conv_mlp=True, ls_init_value=1e-6)", Some(CONVNEXT), "blocks/convnext_block_conv_mlp", convnext_block),
+        case("convnext_v2_block_conv_mlp", "timm.models.convnext.ConvNeXtBlock(conv_mlp=True, use_grn=True, ls_init_value=None)", Some(CONVNEXT_V2), "blocks/convnext_v2_block_conv_mlp", convnext_block),
         case("grn",                "timm.layers.grn.GlobalResponseNorm",                                                                                  Some(CONVNEXT_V2),   "blocks/grn",                grn),
         case("vit_reg_gap",        "timm VisionTransformer(class_token=False, reg_tokens=2, no_embed_class=True, global_pool='avg', init_values, qk_norm=True)", Some(VIT_REGISTERS), "models/vit_reg_gap",        vit),
         case("vit_reg_gap_bf16",   "timm VisionTransformer(class_token=False, reg_tokens=2, no_embed_class=True, global_pool='avg', init_values, qk_norm=True), bf16", Some(VIT_REGISTERS), "models/vit_reg_gap_bf16", vit),

@@ -312,7 +312,6 @@ fn a_v1_checkpoint_read_without_layer_scale_is_refused() {
 #[test]
 fn convnext_refuses_what_it_does_not_implement() {
     for (field, value, expected) in [
-        ("conv_mlp", json!(true), "conv_mlp"),
         ("stride", json!(2), "stride 2"),
         ("out_chs", json!(16), "out_chs 16"),
         ("kernel_size", json!(4), "kernel_size must be odd"),
