@@ -35,8 +35,14 @@ fn yes() -> bool {
 /// `DynamicTanh(normalized_shape, channels_last, alpha_init_value)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DynamicTanhConfig {
-    /// Channels: the size of `weight` and `bias` (the reference's `normalized_shape`).
-    #[serde(alias = "normalized_shape", alias = "hidden_size", alias = "embed_dim")]
+    /// Channels: the size of `weight` and `bias` (the reference's `normalized_shape`,
+    /// a number or, as `convert_ln_to_dyt` passes a LayerNorm's, a one-element list).
+    #[serde(
+        alias = "normalized_shape",
+        alias = "hidden_size",
+        alias = "embed_dim",
+        deserialize_with = "channels"
+    )]
     pub dim: usize,
     /// Channels in the last dimension (`true`) or in the second, of `[batch, channels, ...]`.
     #[serde(default = "yes")]
@@ -44,6 +50,25 @@ pub struct DynamicTanhConfig {
     /// The initial `alpha` (used when the weights do not supply it).
     #[serde(default = "default_alpha_init_value")]
     pub alpha_init_value: f64,
+}
+
+/// `normalized_shape`: `16` or `[16]`; a shape of more dimensions is refused.
+fn channels<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Shape {
+        One(usize),
+        List(Vec<usize>),
+    }
+    match Shape::deserialize(d)? {
+        Shape::One(dim) => Ok(dim),
+        Shape::List(dims) => match dims[..] {
+            [dim] => Ok(dim),
+            _ => Err(serde::de::Error::custom(format!(
+                "normalized_shape {dims:?}: only one dimension (the channels) is implemented"
+            ))),
+        },
+    }
 }
 
 impl DynamicTanhConfig {

@@ -186,9 +186,24 @@ pub struct VitConfig {
     /// Not a timm argument: the LayerNorm eps (timm builds its norms with 1e-6).
     #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
-    /// Not a timm argument: the MLP activation (timm's default `nn.GELU`, erf).
-    #[serde(default)]
+    /// The MLP activation by timm's name; `null` or absent: timm's default `nn.GELU` (erf).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub act_layer: Activation,
+    /// timm's norm layer by name: `null` (timm's LayerNorm) or `layernorm`; others are refused.
+    #[serde(default)]
+    pub norm_layer: Option<String>,
+    /// A norm inside the patch embedding: only `null` (none) is implemented.
+    #[serde(default)]
+    pub embed_norm_layer: Option<String>,
+}
+
+/// A field whose `null` means its default, as timm's `None` arguments do.
+fn null_as_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
 }
 
 impl ModelConfig for VitConfig {
@@ -232,6 +247,14 @@ impl ConfigCheck for VitConfig {
                     "global_pool `{other}` is not implemented (use `token`, `avg`, `avgmax`, `max` or ``)"
                 ))
             }
+        }
+        if let Some(norm) = self.norm_layer.as_deref().filter(|n| *n != "layernorm") {
+            return Err(format!(
+                "norm_layer `{norm}` is not implemented (use null or `layernorm`)"
+            ));
+        }
+        if let Some(norm) = &self.embed_norm_layer {
+            return Err(format!("embed_norm_layer `{norm}` is not implemented (expected null)"));
         }
         match self.pos_embed.as_str() {
             "learn" | "" | "none" => {}

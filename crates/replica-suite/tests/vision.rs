@@ -342,6 +342,8 @@ fn vit_refuses_what_it_does_not_implement() {
         ("patch_drop_rate", json!(0.1), "patch_drop_rate"),
         ("dynamic_img_pad", json!(true), "dynamic_img_pad"),
         ("drop_path_rate", json!(1.5), "drop_path_rate"),
+        ("norm_layer", json!("rmsnorm"), "norm_layer `rmsnorm`"),
+        ("embed_norm_layer", json!("layernorm"), "embed_norm_layer"),
     ] {
         let mut config = bundle.metadata().config.clone();
         config[field] = value;
@@ -380,4 +382,27 @@ fn vit_drop_rates_act_only_in_training() {
     let trained = candle_core::ModuleT::forward_t(&model, images, true).unwrap();
     let diff = (eval - trained).unwrap().abs().unwrap().max_all().unwrap();
     assert!(diff.to_scalar::<f32>().unwrap() > 0.0);
+}
+
+/// timm's `None` arguments as JSON `null` read as timm's defaults, and DyT's
+/// `normalized_shape` as `convert_ln_to_dyt` passes it (a LayerNorm's one-element tuple).
+#[test]
+fn timm_nulls_and_torch_shapes_read_as_the_reference_means_them() {
+    let bundle = common::fixture("models/vit_reg_gap");
+    let mut config = bundle.metadata().config.clone();
+    config["act_layer"] = Value::Null;
+    config["norm_layer"] = json!("layernorm");
+    config["embed_norm_layer"] = Value::Null;
+    config["fc_norm"] = Value::Null;
+    let read = VitConfig::from_value(&config, bundle.origin()).unwrap();
+    assert_eq!(read.act_layer, replica_blocks::Activation::Gelu);
+    assert!(vit_traced(&bundle, &read, WeightMap::new()).passed());
+
+    let dyt: DynamicTanhConfig =
+        serde_json::from_value(json!({"normalized_shape": [16], "channels_last": true})).unwrap();
+    assert_eq!((dyt.dim, dyt.alpha_init_value), (16, 0.5));
+    let err = serde_json::from_value::<DynamicTanhConfig>(json!({"normalized_shape": [4, 16], "channels_last": true}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("normalized_shape [4, 16]"), "{err}");
 }
