@@ -406,3 +406,66 @@ fn timm_nulls_and_torch_shapes_read_as_the_reference_means_them() {
         .to_string();
     assert!(err.contains("normalized_shape [4, 16]"), "{err}");
 }
+
+/// ConvNeXt's drop path acts in training only, and a training step reaches every
+/// parameter (the depthwise kernel, GRN, the projections).
+#[test]
+fn convnext_trains_and_drops_paths_only_in_training() {
+    let bundle = common::fixture("blocks/convnext_v2_block");
+    let mut config: ConvNextBlockConfig = bundle.config().unwrap();
+    config.drop_path = 0.5;
+    let run = Parity::new(&bundle).unwrap();
+    let weights = WeightMap::new().apply(run.params().clone(), bundle.origin()).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let block = ConvNextBlock::new(&config, vb).unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        var.set(&weights.tensors()[name]).unwrap();
+    }
+    let x = run.input("0").unwrap();
+    let expected = bundle.output("0").unwrap();
+    let eval = block.forward_t(&x, false).unwrap();
+    let diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(diff(&eval, expected) < 1e-5, "eval is the reference");
+    // Two samples, each kept or dropped whole: some seed drops one of them.
+    let dropped = (0..20).any(|_| diff(&block.forward_t(&x, true).unwrap(), &eval) > 0.0);
+    assert!(dropped, "drop path never dropped in training");
+    let loss = block.forward_t(&x, false).unwrap().sqr().unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let grad = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        assert!(diff(grad, &grad.zeros_like().unwrap()) > 0.0, "{name}");
+    }
+}
+
+/// DyT in a norm slot of the transformer block: `NormKind::DynamicTanh` builds it
+/// under the slot's name, with `alpha`, `weight` and `bias`.
+#[test]
+fn dyt_is_selectable_wherever_a_norm_is_injected() {
+    use replica_blocks::{NormKind, TransformerBlock, TransformerBlockConfig};
+    let mut config = TransformerBlockConfig::timm(8, 2, 2.0, true, true, None);
+    config.norm = NormKind::DynamicTanh;
+    config.attention.norm = NormKind::DynamicTanh;
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let block = TransformerBlock::new(&config, vb).unwrap();
+    let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+    for name in ["norm1.alpha", "norm2.weight", "attn.q_norm.alpha", "attn.k_norm.bias"] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+    let alpha = &varmap.data().lock().unwrap()["norm1.alpha"];
+    assert_eq!(alpha.as_tensor().to_vec1::<f32>().unwrap(), [0.5]);
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 8), &Device::Cpu).unwrap();
+    assert_eq!(block.forward(&x, None, None).unwrap().dims(), [2, 3, 8]);
+}
