@@ -12,7 +12,8 @@ models/llama.safetensors, models/llama_generate.safetensors, models/llama_yarn.s
 models/gemma.safetensors,
 models/gemma_bf16.safetensors, models/mistral.safetensors,
 models/vit.safetensors, models/vit_reg_gap.safetensors, models/vit_reg_gap_bf16.safetensors,
-models/vit_cls_reg_avgmax.safetensors, models/vit_dyt.safetensors, models/bert.safetensors, models/bert_ids_only.safetensors,
+models/vit_cls_reg_avgmax.safetensors, models/vit_dyt.safetensors, models/vit_dyt_bf16.safetensors,
+models/bert.safetensors, models/bert_ids_only.safetensors,
 models/sentence_embeddings.safetensors,
 models/minilm_embeddings.safetensors, models/qwen2.safetensors, models/qwen3.safetensors,
 models/qwen3_bf16.safetensors.
@@ -217,7 +218,7 @@ def vit_variants(out: Path) -> None:
                                               global_pool="avg", init_values=1e-5, qk_norm=True), bf16=True)
     vit_variant(out, "vit_cls_reg_avgmax", 31, dict(tiny, depth=1, class_token=True, reg_tokens=3, global_pool="avgmax",
                                                      init_values=0.1))
-    vit_variant(out, "vit_dyt", 32, dict(tiny, depth=1, global_pool="avg", qk_norm=True), dyt=True)
+    vit_variant(out, "vit_dyt", 32, dict(tiny, depth=1, global_pool="avg", qk_norm=True), dyt=True, bf16=True)
 
 
 def bert(out: Path) -> None:

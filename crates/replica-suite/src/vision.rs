@@ -32,6 +32,7 @@ pub fn cases() -> Vec<Case> {
         case("vit_reg_gap_bf16",   "timm VisionTransformer(class_token=False, reg_tokens=2, no_embed_class=True, global_pool='avg', init_values, qk_norm=True), bf16", Some(VIT_REGISTERS), "models/vit_reg_gap_bf16", vit),
         case("vit_cls_reg_avgmax", "timm VisionTransformer(reg_tokens=3, global_pool='avgmax', init_values)",                                                Some(CAIT),          "models/vit_cls_reg_avgmax", vit),
         case("vit_dyt",            "timm VisionTransformer(global_pool='avg', qk_norm=True) with convert_ln_to_dyt (facebookresearch/DynamicTanh)",           Some(DYT),           "models/vit_dyt",            vit),
+        case("vit_dyt_bf16",       "timm VisionTransformer(global_pool='avg', qk_norm=True) with convert_ln_to_dyt (facebookresearch/DynamicTanh), bf16",           Some(DYT),           "models/vit_dyt_bf16",       vit),
     ]
 }
 
