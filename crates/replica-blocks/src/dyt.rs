@@ -44,7 +44,8 @@ pub struct DynamicTanhConfig {
         deserialize_with = "channels"
     )]
     pub dim: usize,
-    /// Channels in the last dimension (`true`) or in the second, of `[batch, channels, ...]`.
+    /// Channels in the last dimension (`true`) or in the second, of a feature map
+    /// `[batch, channels, height, width]`.
     #[serde(default = "yes")]
     pub channels_last: bool,
     /// The initial `alpha` (used when the weights do not supply it).
@@ -129,13 +130,14 @@ impl DynamicTanh {
         &self.alpha
     }
 
-    /// DyT of `x`: `[..., dim]` channels last, else `[batch, dim, ...]`.
+    /// DyT of `x`: `[..., dim]` channels last, else `[batch, dim, height, width]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dim = self.weight.dim(0)?;
         let channel_axis = if self.channels_last {
             x.rank().checked_sub(1)
         } else {
-            (x.rank() >= 2).then_some(1)
+            // The reference's `weight[:, None, None]` fits feature maps only.
+            (x.rank() == 4).then_some(1)
         };
         let Some(axis) = channel_axis.filter(|&axis| x.dim(axis).ok() == Some(dim)) else {
             candle_core::bail!(
@@ -144,13 +146,13 @@ impl DynamicTanh {
                 if self.channels_last {
                     "in the last dimension"
                 } else {
-                    "in dimension 1"
+                    "in dimension 1 of a feature map [batch, channels, height, width]"
                 },
                 x.dims()
             )
         };
         // The reference's shapes: weight `[dim]` on the last axis, or `[dim, 1, 1]`
-        // (one 1 per trailing axis) for channels first.
+        // for channels first.
         let mut shape = vec![dim];
         shape.extend(std::iter::repeat_n(1, x.rank() - 1 - axis));
         let dtype = x.dtype();

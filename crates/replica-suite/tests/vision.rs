@@ -238,6 +238,14 @@ fn dyt_refuses_a_layout_it_was_not_built_for() {
         err.contains("expects 6 channels in the last dimension") && err.contains("[2, 6, 3, 4]"),
         "{err}"
     );
+    // Channels first is the reference's `weight[:, None, None]`: feature maps only.
+    config.channels_last = false;
+    let dyt = weights
+        .build(DType::F32, &Device::Cpu, |vb| DynamicTanh::new(&config, vb))
+        .unwrap();
+    let sequence = Tensor::zeros((2, 6, 5), DType::F32, &Device::Cpu).unwrap();
+    let err = dyt.forward(&sequence).unwrap_err().to_string();
+    assert!(err.contains("feature map") && err.contains("[2, 6, 5]"), "{err}");
 }
 
 /// A ConvNeXt port with a dilated depthwise kernel (a wrong `dilation`) keeps the
