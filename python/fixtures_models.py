@@ -15,7 +15,9 @@ models/gemma2_generate.safetensors, models/mistral.safetensors, models/mistral_b
 models/mistral_generate.safetensors, models/mistral_sdpa.safetensors, models/bert_sdpa.safetensors,
 models/phi3.safetensors, models/phi3_bf16.safetensors,
 models/phi3_generate.safetensors,
-models/vit.safetensors, models/bert.safetensors, models/bert_ids_only.safetensors,
+models/vit.safetensors, models/vit_reg_gap.safetensors, models/vit_reg_gap_bf16.safetensors,
+models/vit_cls_reg_avgmax.safetensors, models/vit_dyt.safetensors, models/vit_dyt_bf16.safetensors,
+models/bert.safetensors, models/bert_ids_only.safetensors,
 models/sentence_embeddings.safetensors,
 models/minilm_embeddings.safetensors, models/qwen2.safetensors, models/qwen3.safetensors,
 models/qwen3_bf16.safetensors, models/qwen2_bf16.safetensors, and greedy generations
@@ -40,6 +42,7 @@ from transformers import (BertConfig, BertModel, Gemma2Config, Gemma2ForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replica_ref import capture, write_bundle  # noqa: E402
 from replica_ref.capture import to_bundle_value  # noqa: E402
+from fixtures_blocks_vision import convert_ln_to_dyt, randomize_dyt_  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "models"
 VERSIONS = {"transformers": transformers.__version__, "timm": timm.__version__}
@@ -292,6 +295,44 @@ def vit(out: Path) -> None:
             component="timm.models.vision_transformer.VisionTransformer", producer_extra=VERSIONS, overwrite=True)
 
 
+def vit_variant(out: Path, name: str, seed: int, config: dict, *, bf16: bool = False, dyt: bool = False) -> None:
+    """A tiny timm VisionTransformer with the given keyword arguments (f32 with
+    gradients, and in bf16 too with `bf16`); with `dyt`, every LayerNorm replaced by
+    DynamicTanh as the DyT paper's `convert_ln_to_dyt` does (`dynamic_tanh` in the
+    recorded config, which is not a timm argument)."""
+    torch.manual_seed(seed)
+    model = timm.models.vision_transformer.VisionTransformer(**config).eval()
+    if dyt:
+        model = convert_ln_to_dyt(model)
+    randomize_(model)
+    if dyt:
+        randomize_dyt_(model)
+    images = torch.randn(2, config["in_chans"], *([config["img_size"]] * 2))
+    recorded = {**config, "dynamic_tanh": True} if dyt else config
+    component = "timm.models.vision_transformer.VisionTransformer"
+    capture(model, (images,), out / f"{name}.safetensors", config=recorded, grads=True, seed=seed,
+            component=component, producer_extra=VERSIONS, overwrite=True)
+    if bf16:
+        capture(model.to(torch.bfloat16), (images.to(torch.bfloat16),), out / f"{name}_bf16.safetensors",
+                config=recorded, grads=False, seed=seed, component=component, producer_extra=VERSIONS,
+                overwrite=True)
+
+
+def vit_variants(out: Path) -> None:
+    """timm VisionTransformer options beyond the plain ViT: register tokens (arXiv
+    2309.16588), position embeddings for the patches only, no class token with
+    average pooling, LayerScale (arXiv 2103.17239), QK-norm; then the class token
+    and register tokens under one position table with avg-max pooling; then DyT
+    (arXiv 2503.10622) in every norm slot."""
+    tiny = dict(img_size=8, patch_size=4, in_chans=3, num_classes=5, embed_dim=8, depth=2, num_heads=2,
+                mlp_ratio=2.0)
+    vit_variant(out, "vit_reg_gap", 30, dict(tiny, class_token=False, reg_tokens=2, no_embed_class=True,
+                                              global_pool="avg", init_values=1e-5, qk_norm=True), bf16=True)
+    vit_variant(out, "vit_cls_reg_avgmax", 31, dict(tiny, depth=1, class_token=True, reg_tokens=3, global_pool="avgmax",
+                                                     init_values=0.1))
+    vit_variant(out, "vit_dyt", 32, dict(tiny, depth=1, global_pool="avg", qk_norm=True), dyt=True, bf16=True)
+
+
 def bert(out: Path) -> None:
     torch.manual_seed(13)
     config = BertConfig(vocab_size=96, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
@@ -476,6 +517,7 @@ def main() -> None:
     gemma2(args.out)
     phi3(args.out)
     vit(args.out)
+    vit_variants(args.out)
     bert(args.out)
     sentence_embeddings(args.out)
     minilm(args.out, args.minilm or minilm_dir())

@@ -17,6 +17,7 @@ use replica_check::config_check::{non_negative, positive};
 use replica_check::{ConfigCheck, Footprint, Size, Workload};
 use serde::{Deserialize, Serialize};
 
+use crate::dyt::{DynamicTanh, DynamicTanhConfig};
 use crate::identity::Identity;
 use crate::ops;
 pub use crate::ops::RmsNormRounding;
@@ -232,9 +233,12 @@ pub enum NormKind {
     RmsNorm,
     /// Gemma's RMSNorm ([`RmsNormConfig::gemma`]).
     GemmaRmsNorm,
+    /// Dynamic Tanh in the norm's place ([`DynamicTanh`], channels last, `alpha`
+    /// from 0.5; it has no epsilon).
+    DynamicTanh,
 }
 
-/// A LayerNorm or an RMSNorm, chosen by configuration, the [`Identity`] a
+/// A LayerNorm, an RMSNorm or DyT, chosen by configuration, the [`Identity`] a
 /// reference keeps in a norm slot that is off (timm's `nn.Identity`), or a norm of
 /// the caller's own ([`Norm::custom`]).
 #[derive(Clone, Debug)]
@@ -243,6 +247,8 @@ pub enum Norm {
     LayerNorm(LayerNorm),
     /// An RMSNorm.
     RmsNorm(RmsNorm),
+    /// Dynamic Tanh.
+    DynamicTanh(DynamicTanh),
     /// No norm: the input, recorded under the slot's name.
     Identity(Identity),
     /// A norm the library does not have, written by the caller.
@@ -282,6 +288,7 @@ impl Norm {
                 vb,
             )?),
             NormKind::GemmaRmsNorm => Norm::RmsNorm(RmsNorm::new(&RmsNormConfig::gemma(dim, eps), vb)?),
+            NormKind::DynamicTanh => Norm::DynamicTanh(DynamicTanh::new(&DynamicTanhConfig::new(dim), vb)?),
         })
     }
 
@@ -304,6 +311,7 @@ impl Norm {
         match self {
             Norm::LayerNorm(norm) => norm.forward(x),
             Norm::RmsNorm(norm) => norm.forward(x),
+            Norm::DynamicTanh(norm) => norm.forward(x),
             Norm::Identity(identity) => identity.forward(x),
             Norm::Custom(norm) => {
                 let y = norm.module.forward(x)?;

@@ -205,6 +205,30 @@ pub const DIT: Paper = Paper {
     arxiv: "2212.09748",
     year: 2022,
 };
+/// Darcet et al., 2023: register tokens in Vision Transformers.
+pub const VIT_REGISTERS: Paper = Paper {
+    title: "Vision Transformers Need Registers",
+    arxiv: "2309.16588",
+    year: 2023,
+};
+/// Zhu et al., 2025: Dynamic Tanh (DyT) in place of normalisation.
+pub const DYT: Paper = Paper {
+    title: "Transformers without Normalization",
+    arxiv: "2503.10622",
+    year: 2025,
+};
+/// Liu et al., 2022: the ConvNeXt block.
+pub const CONVNEXT: Paper = Paper {
+    title: "A ConvNet for the 2020s",
+    arxiv: "2201.03545",
+    year: 2022,
+};
+/// Woo et al., 2023: ConvNeXt V2 and Global Response Normalization.
+pub const CONVNEXT_V2: Paper = Paper {
+    title: "ConvNeXt V2: Co-designing and Scaling ConvNets with Masked Autoencoders",
+    arxiv: "2301.00808",
+    year: 2023,
+};
 
 /// Every block with its paper.
 pub const PAPERS: &[BlockPaper] = &[
@@ -379,6 +403,18 @@ pub const PAPERS: &[BlockPaper] = &[
     BlockPaper {
         block: "DitBlock (adaLN-Zero)",
         paper: DIT,
+    },
+    BlockPaper {
+        block: "DynamicTanh",
+        paper: DYT,
+    },
+    BlockPaper {
+        block: "ConvNextBlock",
+        paper: CONVNEXT,
+    },
+    BlockPaper {
+        block: "GlobalResponseNorm",
+        paper: CONVNEXT_V2,
     },
 ];
 

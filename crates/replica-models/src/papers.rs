@@ -98,6 +98,18 @@ pub const PAPERS: &[replica_blocks::BlockPaper] = &[
         paper: replica_blocks::papers::SWIN,
     },
     replica_blocks::BlockPaper {
+        block: "Vit (reg_tokens)",
+        paper: replica_blocks::papers::VIT_REGISTERS,
+    },
+    replica_blocks::BlockPaper {
+        block: "Vit (init_values: LayerScale)",
+        paper: replica_blocks::papers::CAIT,
+    },
+    replica_blocks::BlockPaper {
+        block: "Vit (dynamic_tanh)",
+        paper: replica_blocks::papers::DYT,
+    },
+    replica_blocks::BlockPaper {
         block: "Llama",
         paper: LLAMA,
     },

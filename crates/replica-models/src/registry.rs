@@ -6,7 +6,7 @@
 //! ```
 //! use candle_core::ModuleT;
 //! use replica_models::registry::{create_model, list_models};
-//! assert_eq!(list_models("vit_*"), ["vit_base_patch16_224", "vit_small_patch16_224", "vit_tiny_patch16_224"]);
+//! assert_eq!(list_models("vit_*_224"), ["vit_base_patch16_224", "vit_small_patch16_224", "vit_tiny_patch16_224"]);
 //! let varmap = candle_nn::VarMap::new();
 //! let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &candle_core::Device::Cpu);
 //! let model = create_model("gpt2", &serde_json::json!({"n_layer": 1, "n_embd": 64, "n_head": 4}), vb).unwrap();

@@ -21,6 +21,9 @@ fn the_issue_presets_are_registered() {
         "vit_tiny_patch16_224",
         "vit_small_patch16_224",
         "vit_base_patch16_224",
+        "vit_small_patch14_reg4_dinov2",
+        "vit_medium_patch16_reg4_gap_256",
+        "deit3_small_patch16_224",
         "llama-tiny",
         "qwen2-0.5b",
         "qwen3-0.6b",
@@ -30,7 +33,7 @@ fn the_issue_presets_are_registered() {
         assert!(all.contains(&name), "{name} missing from {all:?}");
     }
     assert_eq!(list_models("gpt2*"), ["gpt2", "gpt2-medium"]);
-    assert_eq!(list_models("*patch16*").len(), 3);
+    assert_eq!(list_models("*patch16*").len(), 5);
     assert!(list_models("resnet*").is_empty());
 }
 
@@ -56,7 +59,7 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
             preset.name
         );
     }
-    assert_eq!(registry::presets().count(), 18);
+    assert_eq!(registry::presets().count(), 21);
     // Every preset's config is complete and consistent for its model, whatever this
     // machine's memory (Phi-3-mini's f32 weights alone take 14 GiB).
     replica_check::MemoryBudget::set_current(replica_check::MemoryBudget { bytes: 1 << 40 });
@@ -184,6 +187,29 @@ fn create_model_builds_a_trainable_model_with_overrides() {
     );
     let err = create_model("gpt2", &json!([1, 2]), VarBuilder::zeros(DType::F32, &Device::Cpu)).unwrap_err();
     assert!(err.to_string().contains("overrides must be a JSON object"), "{err}");
+}
+
+/// timm's parameter counts of its register, average-pooling and DeiT III presets
+/// (`sum(p.numel() for p in timm.create_model(name).parameters())`, timm 1.0).
+#[test]
+fn create_model_builds_the_vit_variants_at_their_real_sizes() {
+    for (name, count, tokens) in [
+        ("vit_small_patch14_reg4_dinov2", 22_057_344, 1 + 4 + 37 * 37),
+        ("vit_medium_patch16_reg4_gap_256", 38_881_768, 4 + 16 * 16),
+        ("deit3_small_patch16_224", 22_059_496, 1 + 14 * 14),
+    ] {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let config = VitConfig::from_value(&registry::preset(name).unwrap().config(), name).unwrap();
+        <Vit as replica_models::Architecture>::new(&config, vb).unwrap();
+        let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(params, count, "{name}: timm's parameter count");
+        assert_eq!(
+            config.num_prefix_tokens() + config.grid().height * config.grid().width,
+            tokens,
+            "{name}"
+        );
+    }
 }
 
 #[test]

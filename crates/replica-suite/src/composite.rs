@@ -169,7 +169,7 @@ impl HfLayer {
         names: BlockNames,
     ) -> Result<TransformerBlockConfig> {
         let (field, eps) = match norm {
-            NormKind::LayerNorm => ("layer_norm_epsilon", self.layer_norm_epsilon),
+            NormKind::LayerNorm | NormKind::DynamicTanh => ("layer_norm_epsilon", self.layer_norm_epsilon),
             NormKind::RmsNorm | NormKind::GemmaRmsNorm => ("rms_norm_eps", self.rms_norm_eps),
         };
         Ok(TransformerBlockConfig {

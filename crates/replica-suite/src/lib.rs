@@ -35,6 +35,7 @@ pub mod positions;
 pub mod reference;
 pub mod swin;
 pub mod t5_dit;
+pub mod vision;
 
 /// The directory of the committed reference bundles (the repository's `tests/fixtures`).
 pub fn fixtures_dir() -> PathBuf {
@@ -53,6 +54,7 @@ pub fn builtin() -> Vec<Case> {
         models::cases(),
         swin::cases(),
         t5_dit::cases(),
+        vision::cases(),
     ]
     .concat()
 }
