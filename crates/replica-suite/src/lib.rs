@@ -31,6 +31,7 @@ pub mod candle_ops;
 pub mod composite;
 pub mod minilm;
 pub mod models;
+pub mod moe;
 pub mod positions;
 pub mod reference;
 pub mod swin;
@@ -53,6 +54,7 @@ pub fn builtin() -> Vec<Case> {
         models::cases(),
         swin::cases(),
         t5_dit::cases(),
+        moe::cases(),
     ]
     .concat()
 }

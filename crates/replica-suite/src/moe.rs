@@ -1,0 +1,183 @@
+//! Mixture-of-experts blocks against HF transformers' own modules
+//! (`python/fixtures_moe.py`): Mixtral's `MixtralSparseMoeBlock` in f32 (with the
+//! gradients of the router, the experts' 3-D weights and the input) and bf16, and
+//! DeepSeek-V2's `DeepseekV2Moe` (group-limited routing, scaled weights, shared
+//! experts) in f32 with gradients.
+//!
+//! The bundles store the fields of the model config that the block reads. The
+//! router's tuple is compared as HF returns it (`gate:0` logits, `gate:1` top-k
+//! weights, `gate:2` top-k indices) except where HF asks torch for an unsorted
+//! top-k ([`UNSORTED_TOP_K`]).
+
+use replica_blocks::activation::Activation;
+use replica_blocks::moe::{GroupLimit, Moe, MoeConfig};
+use replica_blocks::papers::{DEEPSEEK_MOE, MIXTRAL};
+use replica_check::config_check::{finite_positive, positive};
+use replica_check::{
+    trace, BlockCheck, Bundle, Case, ConfigCheck, Footprint, Report, Result, TraceMap, Unmatched, Workload,
+};
+use serde::Deserialize;
+
+use crate::case;
+
+/// Every mixture-of-experts case.
+#[rustfmt::skip] // a table: one case per line
+pub fn cases() -> Vec<Case> {
+    vec![
+        case("moe_mixtral",      "transformers MixtralSparseMoeBlock",        Some(MIXTRAL),      "moe/moe_mixtral",      mixtral_moe),
+        case("moe_mixtral_bf16", "transformers MixtralSparseMoeBlock (bf16)", Some(MIXTRAL),      "moe/moe_mixtral_bf16", mixtral_moe),
+        case("moe_deepseek_v2",  "transformers DeepseekV2Moe",                Some(DEEPSEEK_MOE), "moe/moe_deepseek_v2",  deepseek_moe),
+    ]
+}
+
+/// DeepSeek-V2's router asks for `torch.topk(..., sorted=False)`, whose order torch
+/// leaves unspecified (on the CPU it is neither sorted nor by index), so the
+/// per-slot tensors cannot be compared slot by slot: the top-k weights and indices,
+/// and the experts' activations, recorded per (token, slot) pair. The logits, the
+/// experts' sum and the output do not depend on that order and are compared.
+pub const UNSORTED_TOP_K: [&str; 3] = ["gate:1", "gate:2", "experts.act_fn"];
+
+fn silu() -> Activation {
+    Activation::Silu
+}
+
+/// The fields of HF's `MixtralConfig` that `MixtralSparseMoeBlock` reads.
+#[derive(Deserialize)]
+pub struct HfMixtralMoe {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_local_experts: usize,
+    num_experts_per_tok: usize,
+    #[serde(default = "silu")]
+    hidden_act: Activation,
+    /// Multiplicative noise on the input in training only; evaluation ignores it.
+    #[serde(default)]
+    router_jitter_noise: f64,
+}
+
+impl ConfigCheck for HfMixtralMoe {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if !(0.0..=1.0).contains(&self.router_jitter_noise) {
+            return Err(format!(
+                "`router_jitter_noise` must lie in [0, 1], got {}",
+                self.router_jitter_noise
+            ));
+        }
+        self.moe().validate()
+    }
+
+    fn footprint(&self, work: &Workload) -> Footprint {
+        self.moe().footprint(work)
+    }
+}
+
+impl HfMixtralMoe {
+    /// The block's config.
+    pub fn moe(&self) -> MoeConfig {
+        MoeConfig {
+            activation: self.hidden_act,
+            ..MoeConfig::mixtral(
+                self.hidden_size,
+                self.intermediate_size,
+                self.num_local_experts,
+                self.num_experts_per_tok,
+            )
+        }
+    }
+}
+
+/// The fields of HF's `DeepseekV2Config` that `DeepseekV2Moe` reads.
+#[derive(Deserialize)]
+pub struct HfDeepseekMoe {
+    hidden_size: usize,
+    moe_intermediate_size: usize,
+    n_routed_experts: usize,
+    num_experts_per_tok: usize,
+    n_shared_experts: usize,
+    #[serde(default)]
+    n_group: Option<usize>,
+    #[serde(default)]
+    topk_group: Option<usize>,
+    topk_method: String,
+    routed_scaling_factor: f64,
+    /// Read and ignored, as HF 5's DeepSeek-V2 router ignores it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    norm_topk_prob: bool,
+    #[serde(default = "silu")]
+    hidden_act: Activation,
+    #[serde(default)]
+    mlp_bias: bool,
+}
+
+impl ConfigCheck for HfDeepseekMoe {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("n_shared_experts", self.n_shared_experts)?;
+        finite_positive("routed_scaling_factor", self.routed_scaling_factor)?;
+        if self.mlp_bias {
+            return Err("`mlp_bias` true is not implemented (the shared experts have no biases)".into());
+        }
+        self.moe()?.validate()
+    }
+
+    fn footprint(&self, work: &Workload) -> Footprint {
+        self.moe().map(|moe| moe.footprint(work)).unwrap_or(Footprint::NONE)
+    }
+}
+
+impl HfDeepseekMoe {
+    /// The block's config; refuses an unknown `topk_method` and a group-limited one without its groups.
+    pub fn moe(&self) -> std::result::Result<MoeConfig, String> {
+        let groups = match (self.topk_method.as_str(), self.n_group, self.topk_group) {
+            ("greedy", _, _) => None,
+            ("group_limited_greedy", Some(n_group), Some(topk_group)) => Some(GroupLimit { n_group, topk_group }),
+            ("group_limited_greedy", _, _) => {
+                return Err("`topk_method` \"group_limited_greedy\" needs `n_group` and `topk_group`".into())
+            }
+            (other, _, _) => {
+                return Err(format!(
+                    "`topk_method` {other:?} is not one of \"greedy\", \"group_limited_greedy\""
+                ))
+            }
+        };
+        let shared = self
+            .moe_intermediate_size
+            .checked_mul(self.n_shared_experts)
+            .ok_or("`moe_intermediate_size` times `n_shared_experts` overflows")?;
+        Ok(MoeConfig {
+            activation: self.hidden_act,
+            ..MoeConfig::deepseek_v2(
+                self.hidden_size,
+                self.moe_intermediate_size,
+                self.n_routed_experts,
+                self.num_experts_per_tok,
+                groups,
+                self.routed_scaling_factor,
+                Some(shared),
+            )
+        })
+    }
+}
+
+fn mixtral_moe(bundle: &Bundle) -> Result<Report> {
+    let config = bundle.config::<HfMixtralMoe>()?.moe();
+    BlockCheck::new(bundle).run(|vb| Moe::new(&config, vb), |moe, x| Ok(vec![moe.forward(&x[0])?.0]))
+}
+
+fn deepseek_moe(bundle: &Bundle) -> Result<Report> {
+    let hf = bundle.config::<HfDeepseekMoe>()?;
+    let config = hf.moe().map_err(|m| bundle.config_error("topk_method", m))?;
+    let unsorted = TraceMap::new()
+        .ignore(r"^gate:1$")
+        .ignore(r"^gate:2$")
+        .ignore(r"^experts\.act_fn$");
+    BlockCheck::new(bundle)
+        .unmatched(Unmatched {
+            port_only: &[],
+            reference_only: &UNSORTED_TOP_K,
+        })
+        .run(
+            |vb| Moe::new(&config, vb),
+            |moe, x| Ok(vec![trace::mapped(&unsorted, || moe.forward(&x[0]))?.0]),
+        )
+}

@@ -1,0 +1,192 @@
+//! The mixture-of-experts blocks against HF's modules, and proof that the checks
+//! bite: routing in the other order (top-k, then softmax) or without Mixtral's
+//! renormalisation is found at the router `gate` and named there.
+
+use candle_core::{DType, Device, Tensor};
+use replica_blocks::moe::{load_balancing_loss, Moe, MoeConfig, Routing};
+use replica_check::{compare_trace, trace, Bundle, Namespace, Parity, Tolerance, TraceReport, WeightMap};
+use replica_suite::moe::{cases, HfMixtralMoe, UNSORTED_TOP_K};
+
+mod common;
+
+fn fixture(stem: &str) -> Bundle {
+    common::fixture(&format!("moe/{stem}"))
+}
+
+/// The Mixtral block built with `config` on the fixture's weights, run traced.
+fn traced_mixtral(config: &MoeConfig) -> TraceReport {
+    let bundle = fixture("moe_mixtral");
+    let run = Parity::new(&bundle).unwrap();
+    let weights = WeightMap::new().apply(run.params().clone(), bundle.origin()).unwrap();
+    let moe = weights
+        .build(DType::F32, &Device::Cpu, |vb| Moe::new(config, vb))
+        .unwrap();
+    let x = run.input("0").unwrap();
+    let (y, recorded) = trace::record(|| moe.forward(&x));
+    y.unwrap();
+    compare_trace(&recorded, &bundle, Tolerance::for_dtype(DType::F32))
+}
+
+fn mixtral_config() -> MoeConfig {
+    fixture("moe_mixtral").config::<HfMixtralMoe>().unwrap().moe()
+}
+
+#[test]
+fn every_moe_case_matches_its_reference() {
+    common::assert_all_pass(&cases());
+}
+
+#[test]
+fn every_stored_gradient_and_activation_is_checked() {
+    for (bundle, report) in common::run(&cases()) {
+        let stored = bundle.names(Namespace::ParamGrad).count() + bundle.names(Namespace::InputGrad).count();
+        assert_eq!(common::rows(&report, "grad/"), stored, "{report}");
+        for (name, _) in bundle.activations() {
+            let checked = report.rows.iter().any(|row| row.name == format!("act/{name}"));
+            // DeepSeek's unsorted top-k: set aside, with the reason, by the case.
+            let set_aside = report.title.contains("deepseek") && UNSORTED_TOP_K.contains(&name);
+            assert!(
+                checked || set_aside,
+                "{}: activation {name} is not checked",
+                report.title
+            );
+        }
+        let float = bundle.metadata().dtype == "float32";
+        let params = bundle.names(Namespace::Param).count();
+        assert_eq!(
+            bundle.names(Namespace::ParamGrad).count(),
+            if float { params } else { 0 }
+        );
+        assert!(report.rows.iter().any(|r| r.name == "act/gate:0"), "{report}");
+    }
+}
+
+#[test]
+fn the_experts_are_fused_3d_parameters_as_hf_5_stores_them() {
+    let bundle = fixture("moe_mixtral");
+    let config = mixtral_config();
+    let shape = |name: &str| bundle.get(Namespace::Param, name).unwrap().dims().to_vec();
+    assert_eq!(
+        shape("experts.gate_up_proj"),
+        [config.num_experts, 2 * config.expert_dim, config.dim]
+    );
+    assert_eq!(
+        shape("experts.down_proj"),
+        [config.num_experts, config.dim, config.expert_dim]
+    );
+    assert_eq!(shape("gate.weight"), [config.num_experts, config.dim]);
+}
+
+#[test]
+fn mixtral_routing_is_order_free_but_dropping_its_renormalisation_fails_at_the_router() {
+    let right = mixtral_config();
+    assert!(traced_mixtral(&right).passed());
+    let wrong = MoeConfig {
+        routing: Routing::TopKThenSoftmax,
+        ..right.clone()
+    };
+    // Renormalised, both orders give p_i / Σ_topk p_j = exp(l_i) / Σ_topk exp(l_j) in
+    // exact arithmetic, and in float32 they differ by rounding only: this order passes.
+    let report = traced_mixtral(&wrong);
+    assert!(report.passed(), "{report}");
+    // The slip that changes Mixtral's numbers is dropping the renormalisation.
+    let unnormalised = MoeConfig {
+        norm_topk_prob: false,
+        ..right
+    };
+    let report = traced_mixtral(&unnormalised);
+    println!("{report}");
+    assert_eq!(report.first_divergence.as_deref(), Some("gate:1"), "{report}");
+    assert!(!report.passed());
+}
+
+#[test]
+fn gradients_reach_the_router_through_the_routing_weights() {
+    let bundle = fixture("moe_mixtral");
+    let grad = bundle.get(Namespace::ParamGrad, "gate.weight").unwrap();
+    let norm: f32 = grad.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    assert!(norm > 0.0, "HF's router gets a gradient");
+    // and the port's matches it: the case compares grad/param/gate.weight.
+    let report = cases()[0].run(&replica_suite::fixtures_dir(), &Device::Cpu).unwrap();
+    let row = report.rows.iter().find(|r| r.name == "grad/param/gate.weight").unwrap();
+    assert!(row.comparison.passed(), "{report}");
+}
+
+#[test]
+fn load_balancing_loss_of_uniform_routing_is_top_k() {
+    // Equal logits: every probability is 1/E, so num_experts · Σ_e f_e / E = Σ_e f_e = k
+    // whichever experts the top-k picks (here 0 and 1 every time).
+    let logits = Tensor::zeros((8, 4), DType::F32, &Device::Cpu).unwrap();
+    let loss: f32 = load_balancing_loss(&[logits], 4, 2).unwrap().to_scalar().unwrap();
+    assert!((loss - 2.0).abs() < 1e-6, "{loss}");
+}
+
+#[test]
+fn bad_configs_are_refused_by_field() {
+    let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+    for (config, field) in [
+        (MoeConfig::mixtral(16, 8, 4, 5), "top_k"),
+        (MoeConfig::mixtral(16, 8, 0, 1), "num_experts"),
+        (MoeConfig::mixtral(0, 8, 4, 2), "dim"),
+        (
+            MoeConfig {
+                routed_scaling_factor: f64::NAN,
+                ..MoeConfig::mixtral(16, 8, 4, 2)
+            },
+            "routed_scaling_factor",
+        ),
+    ] {
+        let err = Moe::new(&config, vb.clone()).unwrap_err().to_string();
+        assert!(err.contains(field), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+}
+
+#[test]
+fn top_k_then_softmax_in_deepseek_routing_fails_at_the_experts() {
+    // DeepSeek-V2 does not renormalise, so the order matters there; its per-slot
+    // router outputs are set aside (unsorted top-k), and the experts' sum catches it.
+    let bundle = fixture("moe_deepseek_v2");
+    let right = bundle
+        .config::<replica_suite::moe::HfDeepseekMoe>()
+        .unwrap()
+        .moe()
+        .unwrap();
+    let run = |config: &MoeConfig| {
+        let parity = Parity::new(&bundle).unwrap();
+        let weights = WeightMap::new()
+            .apply(parity.params().clone(), bundle.origin())
+            .unwrap();
+        let moe = weights
+            .build(DType::F32, &Device::Cpu, |vb| Moe::new(config, vb))
+            .unwrap();
+        let x = parity.input("0").unwrap();
+        let unsorted = replica_check::TraceMap::new()
+            .ignore(r"^gate:1$")
+            .ignore(r"^gate:2$")
+            .ignore(r"^experts\.act_fn$");
+        let (y, recorded) = trace::record(|| trace::mapped(&unsorted, || moe.forward(&x)));
+        y.unwrap();
+        compare_trace(&recorded, &bundle, Tolerance::for_dtype(DType::F32))
+    };
+    assert!(run(&right).passed());
+    let wrong = MoeConfig {
+        routing: Routing::TopKThenSoftmax,
+        ..right
+    };
+    let report = run(&wrong);
+    println!("{report}");
+    assert_eq!(report.first_divergence.as_deref(), Some("experts"), "{report}");
+}
+
+#[test]
+fn every_fixture_comes_from_the_script_and_stays_small() {
+    let script = std::fs::read_to_string(replica_suite::fixtures_dir().join("../../python/fixtures_moe.py")).unwrap();
+    for case in cases() {
+        let path = case.fixture_path(&replica_suite::fixtures_dir());
+        let file = case.fixture.strip_prefix("moe/").expect("under moe/");
+        assert!(script.contains(&format!("\"{file}.safetensors\"")), "{}", case.name);
+        let bytes = std::fs::metadata(&path).unwrap().len();
+        assert!(bytes < 60_000, "{}: {bytes} bytes", case.name);
+    }
+}

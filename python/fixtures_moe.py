@@ -1,0 +1,124 @@
+"""Write the mixture-of-experts reference bundles under tests/fixtures/moe/ from
+HF transformers' own modules: Mixtral's sparse MoE block (arXiv 2401.04088) and
+DeepSeek-V2's MoE with shared experts (arXiv 2405.04434, DeepSeekMoE 2401.06066).
+
+Every bundle is tiny and built from a fixed seed on one CPU thread with
+deterministic algorithms, so running this twice gives byte-identical files.
+
+    ~/venv-ref/bin/python python/fixtures_moe.py            # writes tests/fixtures/moe/
+    ~/venv-ref/bin/python python/fixtures_moe.py --out DIR  # somewhere else
+
+The experts run through `batched_mm`: it computes what `grouped_mm` (the
+implementation a HF model picks by default) computes, each expert's output times
+its float32 routing weight, summed over the top-k in float32 and rounded once
+(bf16 bundles byte-identical, f32 within a few ulps), and unlike `grouped_mm` it
+runs in float64, so the bundles get their float64 shadow. A block built on its
+own would fall back to the eager loop, which sums the experts in the hidden
+states' dtype instead.
+
+The bundles:
+
+- `moe_mixtral`: `MixtralSparseMoeBlock` (softmax over the router logits in
+  float32, top-2, renormalised), f32 with the gradients of every parameter and
+  of the input; its router (`gate`) records the tuple (logits, top-k weights,
+  top-k indices) as HF returns it;
+- `moe_mixtral_bf16`: the same block in bfloat16, forward only;
+- `moe_deepseek_v2`: `DeepseekV2Moe` (router in float32, group-limited greedy
+  top-k, no renormalisation, `routed_scaling_factor`, two shared experts), f32
+  with gradients.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import DeepseekV2Config, MixtralConfig
+from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2Moe
+from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixture_script import run  # noqa: E402
+from replica_ref import capture  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "moe"
+PRODUCER = {"transformers": transformers.__version__}
+
+
+def randomize_(module: torch.nn.Module, std: float = 0.3) -> None:
+    """Random values for every parameter (the router and experts start from empty tensors)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * std)
+
+
+def mixtral_block_config() -> MixtralConfig:
+    config = MixtralConfig(hidden_size=16, intermediate_size=12, num_local_experts=4, num_experts_per_tok=2)
+    config._experts_implementation = "batched_mm"
+    return config
+
+
+def deepseek_block_config() -> DeepseekV2Config:
+    config = DeepseekV2Config(
+        hidden_size=16, num_attention_heads=2, num_key_value_heads=2, moe_intermediate_size=6, n_routed_experts=6, num_experts_per_tok=3,
+        n_shared_experts=2, n_group=3, topk_group=2, topk_method="group_limited_greedy",
+        routed_scaling_factor=1.5,
+    )
+    config._experts_implementation = "batched_mm"
+    return config
+
+
+MIXTRAL_MOE_FIELDS = ("hidden_size", "intermediate_size", "num_local_experts", "num_experts_per_tok", "hidden_act",
+                      "router_jitter_noise")
+DEEPSEEK_MOE_FIELDS = ("hidden_size", "moe_intermediate_size", "n_routed_experts", "num_experts_per_tok",
+                       "n_shared_experts", "n_group", "topk_group", "topk_method", "routed_scaling_factor",
+                       "norm_topk_prob", "hidden_act", "mlp_bias")
+
+
+def fields(config, names) -> dict:
+    """The fields of a model config that its MoE block reads (the bundle of a block
+    stores those, not the whole model's config)."""
+    return {name: getattr(config, name) for name in names}
+
+
+def build_all(out: Path) -> list[Path]:
+    written = []
+
+    def save(name, module, inputs, *, seed, config, grads=True):
+        module.eval()
+        path = capture(
+            module, inputs, out / name, config=config, grads=grads, seed=seed, overwrite=True,
+            producer_extra=PRODUCER,
+        )
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
+        written.append(path)
+
+    # ---- Mixtral's sparse MoE block
+    torch.manual_seed(700)
+    config = mixtral_block_config()
+    block = MixtralSparseMoeBlock(config)
+    randomize_(block)
+    x = torch.randn(2, 4, 16)
+    moe = fields(config, MIXTRAL_MOE_FIELDS)
+    save("moe_mixtral.safetensors", block, x, seed=700, config=moe)
+    save("moe_mixtral_bf16.safetensors", block.to(torch.bfloat16), x.to(torch.bfloat16), seed=701, config=moe,
+         grads=False)
+
+    # ---- DeepSeek-V2's MoE: group-limited routing, scaling, shared experts
+    torch.manual_seed(710)
+    config = deepseek_block_config()
+    block = DeepseekV2Moe(config)
+    randomize_(block)
+    x = torch.randn(2, 4, 16)
+    save("moe_deepseek_v2.safetensors", block, x, seed=710, config=fields(config, DEEPSEEK_MOE_FIELDS))
+    return written
+
+
+def main() -> None:
+    run(build_all, __doc__, DEFAULT_OUT)
+
+
+if __name__ == "__main__":
+    main()
