@@ -25,7 +25,12 @@ The bundles:
 - `moe_mixtral_bf16`: the same block in bfloat16, forward only;
 - `moe_deepseek_v2`: `DeepseekV2Moe` (router in float32, group-limited greedy
   top-k, no renormalisation, `routed_scaling_factor`, two shared experts), f32
-  with gradients.
+  with gradients;
+- `mixtral`: `MixtralForCausalLM` (2 layers, 4 experts, top-2, width 16) with
+  `output_router_logits`, so its outputs are the logits and `aux_loss`, f32 with
+  the gradients of every parameter; `mixtral_bf16`: the same in bfloat16, forward
+  only; `mixtral_generate`: 20 greedy tokens from HF `generate`, with and without
+  the KV cache.
 """
 
 from __future__ import annotations
@@ -35,12 +40,13 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import DeepseekV2Config, MixtralConfig
+from transformers import DeepseekV2Config, MixtralConfig, MixtralForCausalLM
 from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2Moe
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixture_script import run  # noqa: E402
+from fixtures_models import generate  # noqa: E402
 from replica_ref import capture  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "moe"
@@ -83,6 +89,16 @@ def fields(config, names) -> dict:
     return {name: getattr(config, name) for name in names}
 
 
+def mixtral_model_config() -> MixtralConfig:
+    config = MixtralConfig(
+        vocab_size=96, hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
+        rms_norm_eps=1e-6, output_router_logits=True, attn_implementation="eager",
+    )
+    config._experts_implementation = "batched_mm"
+    return config
+
+
 def build_all(out: Path) -> list[Path]:
     written = []
 
@@ -113,6 +129,30 @@ def build_all(out: Path) -> list[Path]:
     randomize_(block)
     x = torch.randn(2, 4, 16)
     save("moe_deepseek_v2.safetensors", block, x, seed=710, config=fields(config, DEEPSEEK_MOE_FIELDS))
+    # ---- MixtralForCausalLM: logits and the load-balancing loss (output_router_logits)
+    torch.manual_seed(720)
+    config = mixtral_model_config()
+    model = MixtralForCausalLM(config).eval()
+    assert model.config._experts_implementation == "batched_mm"
+    randomize_(model, std=0.2)
+    ids = torch.randint(0, config.vocab_size, (2, 7))
+    for name, dtype, grads in [("mixtral.safetensors", torch.float32, True),
+                               ("mixtral_bf16.safetensors", torch.bfloat16, False)]:
+        path = capture(model.to(dtype), (ids,), out / name, config=config.to_dict(), grads=grads, seed=720,
+                       kwargs={"use_cache": False}, component="transformers.MixtralForCausalLM",
+                       producer_extra=PRODUCER, overwrite=True)
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
+        written.append(path)
+
+    # ---- Greedy generation, with and without the KV cache (a seed whose 20 tokens
+    # wander and never reach the end-of-sequence token 2, where HF would stop)
+    torch.manual_seed(722)
+    model = MixtralForCausalLM(mixtral_model_config()).eval()
+    randomize_(model, std=1.0)
+    path = out / "mixtral_generate.safetensors"
+    generate(model, model.config, path, "transformers.MixtralForCausalLM.generate")
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+    written.append(path)
     return written
 
 

@@ -57,6 +57,9 @@ pub const QWEN3: Paper = Paper {
     year: 2025,
 };
 
+/// Mixtral (the Mistral decoder with a sparse mixture of SwiGLU experts).
+pub const MIXTRAL: Paper = replica_blocks::papers::MIXTRAL;
+
 /// The BERT encoder.
 pub const BERT: Paper = Paper {
     title: "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding",
@@ -120,6 +123,10 @@ pub const PAPERS: &[replica_blocks::BlockPaper] = &[
     replica_blocks::BlockPaper {
         block: "Qwen3",
         paper: QWEN3,
+    },
+    replica_blocks::BlockPaper {
+        block: "Mixtral",
+        paper: MIXTRAL,
     },
     replica_blocks::BlockPaper {
         block: "Bert",

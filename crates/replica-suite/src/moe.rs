@@ -1,8 +1,9 @@
-//! Mixture-of-experts blocks against HF transformers' own modules
+//! Mixture-of-experts blocks and models against HF transformers' own modules
 //! (`python/fixtures_moe.py`): Mixtral's `MixtralSparseMoeBlock` in f32 (with the
-//! gradients of the router, the experts' 3-D weights and the input) and bf16, and
+//! gradients of the router, the experts' 3-D weights and the input) and bf16,
 //! DeepSeek-V2's `DeepseekV2Moe` (group-limited routing, scaled weights, shared
-//! experts) in f32 with gradients.
+//! experts) in f32 with gradients, and `MixtralForCausalLM` (logits, the
+//! load-balancing loss, gradients; bf16; greedy generation).
 //!
 //! The bundles store the fields of the model config that the block reads. The
 //! router's tuple is compared as HF returns it (`gate:0` logits, `gate:1` top-k
@@ -18,7 +19,15 @@ use replica_check::{
 };
 use serde::Deserialize;
 
+use candle_core::Tensor;
+use replica_models::papers::MIXTRAL as MIXTRAL_MODEL;
+use replica_models::Mixtral;
+
 use crate::case;
+use crate::models::{
+    as_check, check_generation, check_model_and, decoded_through_the_cache, load, report_of, ModelIo, ModelParity,
+    INPUT_IDS,
+};
 
 /// Every mixture-of-experts case.
 #[rustfmt::skip] // a table: one case per line
@@ -27,6 +36,9 @@ pub fn cases() -> Vec<Case> {
         case("moe_mixtral",      "transformers MixtralSparseMoeBlock",        Some(MIXTRAL),      "moe/moe_mixtral",      mixtral_moe),
         case("moe_mixtral_bf16", "transformers MixtralSparseMoeBlock (bf16)", Some(MIXTRAL),      "moe/moe_mixtral_bf16", mixtral_moe),
         case("moe_deepseek_v2",  "transformers DeepseekV2Moe",                Some(DEEPSEEK_MOE), "moe/moe_deepseek_v2",  deepseek_moe),
+        case("mixtral_causal_lm",       "transformers.MixtralForCausalLM",          Some(MIXTRAL_MODEL), "moe/mixtral",          |b| report_of(b, mixtral_parity(b))),
+        case("mixtral_causal_lm_bf16",  "transformers.MixtralForCausalLM (bf16)",   Some(MIXTRAL_MODEL), "moe/mixtral_bf16",     |b| report_of(b, mixtral_parity(b))),
+        case("mixtral_greedy_generate", "transformers.MixtralForCausalLM.generate", Some(MIXTRAL_MODEL), "moe/mixtral_generate", |b| as_check(b, check_generation(b, load::<Mixtral>))),
     ]
 }
 
@@ -180,4 +192,22 @@ fn deepseek_moe(bundle: &Bundle) -> Result<Report> {
             |vb| Moe::new(&config, vb),
             |moe, x| Ok(vec![trace::mapped(&unsorted, || moe.forward(&x[0]))?.0]),
         )
+}
+
+/// HF `MixtralForCausalLM` with `output_router_logits`: the logits (also decoded
+/// through the KV cache), `aux_loss` (the load-balancing loss over both layers'
+/// router logits), every activation (each router's tuple among them) and, where
+/// the bundle has them, the gradient of every parameter.
+pub fn mixtral_parity(bundle: &Bundle) -> replica_models::Result<ModelParity> {
+    const IO: ModelIo = ModelIo {
+        inputs: &[INPUT_IDS],
+        outputs: &["logits", "aux_loss"],
+        ties: &[],
+        unmatched: Unmatched::NONE,
+    };
+    let forward = |model: &Mixtral, ids: &[Tensor]| {
+        let (logits, aux_loss) = model.forward_with_aux_loss(&ids[0], false)?;
+        Ok(vec![logits, aux_loss])
+    };
+    check_model_and(bundle, &IO, load::<Mixtral>, forward, decoded_through_the_cache)
 }
