@@ -155,7 +155,7 @@ impl HfDeepseekMoe {
         let shared = self
             .moe_intermediate_size
             .checked_mul(self.n_shared_experts)
-            .ok_or("`moe_intermediate_size` times `n_shared_experts` overflows")?;
+            .ok_or("`moe_intermediate_size` times `n_shared_experts` is too large")?;
         Ok(MoeConfig {
             activation: self.hidden_act,
             ..MoeConfig::deepseek_v2(
