@@ -26,6 +26,10 @@ The bundles:
 - `moe_deepseek_v2`: `DeepseekV2Moe` (router in float32, group-limited greedy
   top-k, no renormalisation, `routed_scaling_factor`, two shared experts), f32
   with gradients;
+- `mla`, `mla_bf16`, `mla_yarn`: `DeepseekV2Attention` (eager, causal) with
+  compressed queries and default RoPE (f32 with gradients; bf16), and with one
+  `q_proj` and YaRN RoPE with `mscale_all_dim` over 20 positions, past the
+  original 16 (f32 with gradients);
 - `mixtral`: `MixtralForCausalLM` (2 layers, 4 experts, top-2, width 16) with
   `output_router_logits`, so its outputs are the logits and `aux_loss`, f32 with
   the gradients of every parameter; `mixtral_bf16`: the same in bfloat16, forward
@@ -41,7 +45,8 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import DeepseekV2Config, MixtralConfig, MixtralForCausalLM
-from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2Moe
+from transformers.models.deepseek_v2.modeling_deepseek_v2 import (DeepseekV2Attention, DeepseekV2Moe,
+                                                                 DeepseekV2RotaryEmbedding)
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -89,6 +94,37 @@ def fields(config, names) -> dict:
     return {name: getattr(config, name) for name in names}
 
 
+MLA_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "q_lora_rank", "kv_lora_rank",
+              "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "attention_bias", "attention_dropout",
+              "rope_parameters", "max_position_embeddings")
+
+
+class MlaCausal(torch.nn.Module):
+    """`DeepseekV2Attention` (eager) on positions 0..S with HF's causal mask, the
+    rotary table made as `DeepseekV2Model.forward` makes it. The rotary module is
+    held outside the module tree: it returns complex numbers, which a bundle does
+    not store (its effect shows in every activation after it)."""
+
+    def __init__(self, config: DeepseekV2Config):
+        super().__init__()
+        self.self_attn = DeepseekV2Attention(config, layer_idx=0)
+        object.__setattr__(self, "rotary", DeepseekV2RotaryEmbedding(config))
+
+    def forward(self, x):
+        seq = x.shape[1]
+        freqs_cis = self.rotary(x, torch.arange(seq)[None])
+        mask = torch.full((seq, seq), torch.finfo(x.dtype).min, dtype=x.dtype).triu(1)[None, None]
+        return self.self_attn(x, attention_mask=mask, position_embeddings=freqs_cis)[0]
+
+
+def mla_config(q_lora_rank, rope_parameters) -> DeepseekV2Config:
+    return DeepseekV2Config(
+        hidden_size=16, num_attention_heads=2, num_key_value_heads=2, q_lora_rank=q_lora_rank, kv_lora_rank=8,
+        qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=6, max_position_embeddings=64,
+        rope_parameters=rope_parameters, attn_implementation="eager",
+    )
+
+
 def mixtral_model_config() -> MixtralConfig:
     config = MixtralConfig(
         vocab_size=96, hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4,
@@ -129,6 +165,23 @@ def build_all(out: Path) -> list[Path]:
     randomize_(block)
     x = torch.randn(2, 4, 16)
     save("moe_deepseek_v2.safetensors", block, x, seed=710, config=fields(config, DEEPSEEK_MOE_FIELDS))
+    # ---- DeepSeek-V2's multi-head latent attention: compressed queries, default RoPE
+    # (f32 with gradients, bf16), and a plain q_proj with YaRN RoPE and mscale_all_dim
+    # as DeepSeek-V2-Lite's (f32 with gradients)
+    yarn = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}
+    for name, seed, q_lora_rank, rope in [("mla.safetensors", 730, 8, {"rope_type": "default", "rope_theta": 10000.0}),
+                                          ("mla_yarn.safetensors", 731, None, yarn)]:
+        torch.manual_seed(seed)
+        config = mla_config(q_lora_rank, rope)
+        module = MlaCausal(config)
+        randomize_(module)
+        x = torch.randn(2, 5, 16) if q_lora_rank else torch.randn(1, 20, 16)
+        save(name, module, x, seed=seed, config=fields(config, MLA_FIELDS))
+        if q_lora_rank:
+            save("mla_bf16.safetensors", module.to(torch.bfloat16), x.to(torch.bfloat16), seed=seed,
+                 config=fields(config, MLA_FIELDS), grads=False)
+
     # ---- MixtralForCausalLM: logits and the load-balancing loss (output_router_logits)
     torch.manual_seed(720)
     config = mixtral_model_config()

@@ -223,6 +223,12 @@ pub const DEEPSEEK_MOE: Paper = Paper {
     arxiv: "2401.06066",
     year: 2024,
 };
+/// DeepSeek-AI, 2024 (DeepSeek-V2): multi-head latent attention.
+pub const DEEPSEEK_V2: Paper = Paper {
+    title: "DeepSeek-V2: A Strong, Economical, and Efficient Mixture-of-Experts Language Model",
+    arxiv: "2405.04434",
+    year: 2024,
+};
 
 /// Every block with its paper.
 pub const PAPERS: &[BlockPaper] = &[
@@ -409,6 +415,10 @@ pub const PAPERS: &[BlockPaper] = &[
     BlockPaper {
         block: "load_balancing_loss",
         paper: SWITCH_TRANSFORMER,
+    },
+    BlockPaper {
+        block: "Mla",
+        paper: DEEPSEEK_V2,
     },
 ];
 

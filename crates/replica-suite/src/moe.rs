@@ -11,8 +11,10 @@
 //! top-k ([`UNSORTED_TOP_K`]).
 
 use replica_blocks::activation::Activation;
+use replica_blocks::mla::{Mla, MlaConfig};
 use replica_blocks::moe::{GroupLimit, Moe, MoeConfig};
-use replica_blocks::papers::{DEEPSEEK_MOE, MIXTRAL};
+use replica_blocks::papers::{DEEPSEEK_MOE, DEEPSEEK_V2, MIXTRAL};
+use replica_blocks::RopeParameters;
 use replica_check::config_check::{finite_positive, positive};
 use replica_check::{
     trace, BlockCheck, Bundle, Case, ConfigCheck, Footprint, Report, Result, TraceMap, Unmatched, Workload,
@@ -36,6 +38,9 @@ pub fn cases() -> Vec<Case> {
         case("moe_mixtral",      "transformers MixtralSparseMoeBlock",        Some(MIXTRAL),      "moe/moe_mixtral",      mixtral_moe),
         case("moe_mixtral_bf16", "transformers MixtralSparseMoeBlock (bf16)", Some(MIXTRAL),      "moe/moe_mixtral_bf16", mixtral_moe),
         case("moe_deepseek_v2",  "transformers DeepseekV2Moe",                Some(DEEPSEEK_MOE), "moe/moe_deepseek_v2",  deepseek_moe),
+        case("mla",              "transformers DeepseekV2Attention (eager, in MlaCausal)",                 Some(DEEPSEEK_V2), "moe/mla",      mla),
+        case("mla_bf16",         "transformers DeepseekV2Attention (eager, bf16, in MlaCausal)",           Some(DEEPSEEK_V2), "moe/mla_bf16", mla),
+        case("mla_yarn",         "transformers DeepseekV2Attention (eager, q_proj, yarn, in MlaCausal)",   Some(DEEPSEEK_V2), "moe/mla_yarn", mla),
         case("mixtral_causal_lm",       "transformers.MixtralForCausalLM",          Some(MIXTRAL_MODEL), "moe/mixtral",          |b| report_of(b, mixtral_parity(b))),
         case("mixtral_causal_lm_bf16",  "transformers.MixtralForCausalLM (bf16)",   Some(MIXTRAL_MODEL), "moe/mixtral_bf16",     |b| report_of(b, mixtral_parity(b))),
         case("mixtral_greedy_generate", "transformers.MixtralForCausalLM.generate", Some(MIXTRAL_MODEL), "moe/mixtral_generate", |b| as_check(b, check_generation(b, load::<Mixtral>))),
@@ -210,4 +215,79 @@ pub fn mixtral_parity(bundle: &Bundle) -> replica_models::Result<ModelParity> {
         Ok(vec![logits, aux_loss])
     };
     check_model_and(bundle, &IO, load::<Mixtral>, forward, decoded_through_the_cache)
+}
+
+/// The fields of HF's `DeepseekV2Config` that `DeepseekV2Attention` reads.
+#[derive(Deserialize)]
+pub struct HfMla {
+    hidden_size: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    q_lora_rank: Option<usize>,
+    kv_lora_rank: usize,
+    qk_nope_head_dim: usize,
+    qk_rope_head_dim: usize,
+    v_head_dim: usize,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    attention_dropout: f64,
+    #[serde(default)]
+    rope_parameters: Option<RopeParameters>,
+    max_position_embeddings: usize,
+}
+
+impl ConfigCheck for HfMla {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(kv) = self.num_key_value_heads.filter(|&kv| kv != self.num_attention_heads) {
+            // HF expands the latent into every head and then repeats them by
+            // heads / kv_heads: only equal counts run there.
+            return Err(format!(
+                "`num_key_value_heads` {kv} differs from `num_attention_heads` {} (MLA expands the latent into every head)",
+                self.num_attention_heads
+            ));
+        }
+        self.mla()?.validate()
+    }
+
+    fn footprint(&self, work: &Workload) -> Footprint {
+        self.mla().map(|mla| mla.footprint(work)).unwrap_or(Footprint::NONE)
+    }
+}
+
+impl HfMla {
+    /// The block's config.
+    pub fn mla(&self) -> std::result::Result<MlaConfig, String> {
+        let config = MlaConfig::deepseek_v2(
+            self.hidden_size,
+            self.num_attention_heads,
+            self.q_lora_rank,
+            self.kv_lora_rank,
+            self.qk_nope_head_dim,
+            self.qk_rope_head_dim,
+            self.v_head_dim,
+            self.attention_bias,
+            &self.rope_parameters.clone().unwrap_or_default(),
+            self.max_position_embeddings,
+        )?;
+        Ok(MlaConfig {
+            attention_dropout: self.attention_dropout,
+            ..config
+        })
+    }
+}
+
+/// `DeepseekV2Attention` in the fixture's causal wrapper: the attention under
+/// `self_attn`, returning HF's `(output, probabilities)`.
+fn mla(bundle: &Bundle) -> Result<Report> {
+    let config = bundle
+        .config::<HfMla>()?
+        .mla()
+        .map_err(|m| bundle.config_error("rope_parameters", m))?;
+    BlockCheck::new(bundle).run(
+        |vb| Mla::new(&config, vb.pp("self_attn")),
+        |mla, x| Ok(vec![mla.forward_with_weights_t(&x[0], None, false)?.0]),
+    )
 }
