@@ -34,7 +34,12 @@ The bundles:
   `output_router_logits`, so its outputs are the logits and `aux_loss`, f32 with
   the gradients of every parameter; `mixtral_bf16`: the same in bfloat16, forward
   only; `mixtral_generate`: 20 greedy tokens from HF `generate`, with and without
-  the KV cache.
+  the KV cache;
+- `deepseek_v2`: `DeepseekV2ForCausalLM` (2 layers: dense, then MoE with
+  group-limited routing and a shared expert; MLA without query compression, YaRN
+  RoPE), f32 with the gradients of every parameter; `deepseek_v2_bf16`: forward only.
+  Its rotary module is taken out of the module tree before capture (complex
+  output).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import DeepseekV2Config, MixtralConfig, MixtralForCausalLM
+from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, MixtralConfig, MixtralForCausalLM
 from transformers.models.deepseek_v2.modeling_deepseek_v2 import (DeepseekV2Attention, DeepseekV2Moe,
                                                                  DeepseekV2RotaryEmbedding)
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
@@ -123,6 +128,32 @@ def mla_config(q_lora_rank, rope_parameters) -> DeepseekV2Config:
         qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=6, max_position_embeddings=64,
         rope_parameters=rope_parameters, attn_implementation="eager",
     )
+
+
+def deepseek_model_config() -> DeepseekV2Config:
+    """DeepSeek-V2-Lite's layout in miniature: no query compression, YaRN RoPE with
+    `mscale_all_dim`, the first layer dense, then group-limited routing over 4
+    experts (top-2 of the best group's), scaled, beside one shared expert."""
+    config = DeepseekV2Config(
+        vocab_size=96, hidden_size=16, intermediate_size=32, moe_intermediate_size=8, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, q_lora_rank=None, kv_lora_rank=8, qk_nope_head_dim=4,
+        qk_rope_head_dim=4, v_head_dim=6, first_k_dense_replace=1, n_routed_experts=4, num_experts_per_tok=2,
+        n_shared_experts=1, n_group=2, topk_group=1, topk_method="group_limited_greedy", routed_scaling_factor=2.0,
+        max_position_embeddings=64, rms_norm_eps=1e-6, attn_implementation="eager",
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                         "original_max_position_embeddings": 16, "beta_fast": 32.0, "beta_slow": 1.0,
+                         "mscale": 0.707, "mscale_all_dim": 0.707},
+    )
+    config._experts_implementation = "batched_mm"
+    return config
+
+
+def hide_rotary(model) -> None:
+    """Takes `model.rotary_emb` out of the module tree (it stays the attribute
+    `forward` calls): it returns complex numbers, which a bundle does not store."""
+    rotary = model.model.rotary_emb
+    del model.model._modules["rotary_emb"]
+    object.__setattr__(model.model, "rotary_emb", rotary)
 
 
 def mixtral_model_config() -> MixtralConfig:
@@ -206,6 +237,20 @@ def build_all(out: Path) -> list[Path]:
     generate(model, model.config, path, "transformers.MixtralForCausalLM.generate")
     print(f"wrote {path} ({path.stat().st_size} bytes)")
     written.append(path)
+    # ---- DeepseekV2ForCausalLM: MLA, a dense first layer, DeepSeekMoE after
+    torch.manual_seed(740)
+    config = deepseek_model_config()
+    model = DeepseekV2ForCausalLM(config).eval()
+    hide_rotary(model)
+    randomize_(model, std=0.3)
+    ids = torch.randint(0, config.vocab_size, (2, 7))
+    for name, dtype, grads in [("deepseek_v2.safetensors", torch.float32, True),
+                               ("deepseek_v2_bf16.safetensors", torch.bfloat16, False)]:
+        path = capture(model.to(dtype), (ids,), out / name, config=config.to_dict(), grads=grads, seed=740,
+                       kwargs={"use_cache": False}, component="transformers.DeepseekV2ForCausalLM",
+                       producer_extra=PRODUCER, overwrite=True)
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
+        written.append(path)
     return written
 
 

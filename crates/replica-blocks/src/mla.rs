@@ -218,10 +218,12 @@ impl ConfigCheck for MlaConfig {
             + kv_rank.clone() * heads.clone() * (nope + v.clone())
             + heads.clone() * v.clone() * dim.clone();
         let per_row = q_out * 2 + kv_rank + rope + heads.clone() * (qk + v * 2) + dim * 2;
-        Footprint {
+        let own = Footprint {
             params: work.bytes(params),
             activations: work.bytes(work.rows() * per_row + work.batch() * heads * work.len() * work.len() * 2),
-        }
+        };
+        // The rotary tables.
+        own + self.rope.footprint(work)
     }
 }
 

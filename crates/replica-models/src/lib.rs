@@ -21,6 +21,8 @@
 //! - [`mixtral`]: Mixtral as HF `MixtralForCausalLM` (arXiv 2401.04088), the
 //!   [`decoder`] with a sparse mixture of SwiGLU experts and the auxiliary
 //!   load-balancing loss;
+//! - [`deepseek_v2`]: DeepSeek-V2 as HF `DeepseekV2ForCausalLM` (arXiv 2405.04434):
+//!   multi-head latent attention and DeepSeekMoE with shared experts;
 //! - [`bert`]: the BERT encoder as HF `BertModel` (arXiv 1810.04805), with
 //!   sentence embeddings (the `sentence` module, with the `sentence` feature) for sentence-transformers models.
 //!
@@ -39,6 +41,7 @@ pub mod bert;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
+pub mod deepseek_v2;
 pub mod divergence;
 mod error;
 pub mod gemma;
@@ -62,6 +65,7 @@ pub mod vit;
 pub use architecture::{Architecture, Family, Preset};
 pub use bert::{Bert, BertConfig, BertOutput};
 pub use config::ModelConfig;
+pub use deepseek_v2::{DeepseekV2, DeepseekV2Config};
 pub use error::{Error, Result};
 pub use gemma::{Gemma, GemmaConfig};
 pub use gemma2::{Gemma2, Gemma2Config};
