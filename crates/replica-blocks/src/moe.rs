@@ -251,7 +251,12 @@ impl Moe {
         crate::admit(&format!("moe `{path}`"), config)?;
         let (e, d, h) = (config.num_experts, config.dim, config.expert_dim);
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
-        let router = vb.pp("gate").get_with_hints((e, d), "weight", init)?;
+        // DeepSeek keeps its router in float32 whatever the model's dtype (HF's
+        // `_keep_in_fp32_modules_strict`); Mixtral's follows the model.
+        let router = match config.router_dtype {
+            RouterDtype::Input => vb.pp("gate").get_with_hints((e, d), "weight", init)?,
+            RouterDtype::Float32 => vb.pp("gate").get_with_hints_dtype((e, d), "weight", init, DType::F32)?,
+        };
         let experts = vb.pp("experts");
         let gate_up = experts.get_with_hints((e, 2 * h, d), "gate_up_proj", init)?;
         let down = experts.get_with_hints((e, d, h), "down_proj", init)?;
