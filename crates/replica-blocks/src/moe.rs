@@ -21,7 +21,11 @@
 //! expert's output is multiplied by its float32 weight and the products are
 //! summed in float32 and rounded once to the input's dtype (HF's default
 //! `grouped_mm` experts). The router records the tuple HF's router returns:
-//! `gate:0` the logits, `gate:1` the top-k weights, `gate:2` the top-k indices.
+//! `gate:0` the logits, `gate:1` the top-k weights, `gate:2` the top-k indices;
+//! `experts` records the experts' sum. HF's `experts.act_fn` is not recorded: the
+//! rows its hook sees depend on the experts kernel HF runs (one call per expert
+//! when eager, the (token, slot) pairs in token order for `batched_mm`, sorted by
+//! expert for `grouped_mm`), not on the model.
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -379,11 +383,6 @@ impl Moe {
         let device = x.device();
         let weights = routed.weights.reshape(n * k)?;
         let mut sum = Tensor::zeros((n, cfg.dim), DType::F32, device)?;
-        // The activations of each (token, slot) pair, for the trace: HF records
-        // `experts.act_fn` on the pairs in token-major order.
-        let tracing = replica_check::trace::is_active();
-        let mut acts = Vec::new();
-        let mut act_rows = Vec::new();
         for expert in 0..cfg.num_experts {
             let pairs: Vec<(usize, usize)> = routed
                 .indices
@@ -410,21 +409,6 @@ impl Moe {
             let weight = weights.index_select(&slots, 0)?.unsqueeze(1)?;
             let weighted = out.to_dtype(DType::F32)?.broadcast_mul(&weight)?;
             sum = sum.index_add(&tokens, &weighted, 0)?;
-            if tracing {
-                acts.push(act);
-                act_rows.extend(pairs.iter().map(|&(t, s)| t * k + s));
-            }
-        }
-        if tracing && !acts.is_empty() {
-            // Row r of the concatenation holds pair act_rows[r]; put the pairs in order.
-            let mut order = vec![0usize; act_rows.len()];
-            for (row, &pair) in act_rows.iter().enumerate() {
-                if let Some(slot) = order.get_mut(pair) {
-                    *slot = row;
-                }
-            }
-            let all = Tensor::cat(&acts, 0)?.index_select(&index_tensor(order.into_iter(), device)?, 0)?;
-            replica_check::tap(&self.child("experts.act_fn"), &all);
         }
         sum.to_dtype(x.dtype())
     }

@@ -17,7 +17,7 @@ use replica_blocks::papers::{DEEPSEEK_MOE, DEEPSEEK_V2, MIXTRAL};
 use replica_blocks::RopeParameters;
 use replica_check::config_check::{finite_positive, positive};
 use replica_check::{
-    trace, BlockCheck, Bundle, Case, ConfigCheck, Footprint, Report, Result, TraceMap, Unmatched, Workload,
+    trace, BlockCheck, Bundle, Case, ConfigCheck, Footprint, Namespace, Report, Result, TraceMap, Unmatched, Workload,
 };
 use serde::Deserialize;
 
@@ -51,11 +51,28 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// DeepSeek-V2's router asks for `torch.topk(..., sorted=False)`, whose order torch
-/// leaves unspecified (on the CPU it is neither sorted nor by index), so the
-/// per-slot tensors cannot be compared slot by slot: the top-k weights and indices,
-/// and the experts' activations, recorded per (token, slot) pair. The logits, the
-/// experts' sum and the output do not depend on that order and are compared.
-pub const UNSORTED_TOP_K: [&str; 3] = ["gate:1", "gate:2", "experts.act_fn"];
+/// leaves unspecified (on the CPU it is neither sorted nor by index), so its
+/// per-slot outputs cannot be compared slot by slot: the top-k weights and indices.
+/// The logits, the experts' sum and the output do not depend on that order and are
+/// compared.
+pub const UNSORTED_TOP_K: [&str; 2] = ["gate:1", "gate:2"];
+
+/// What HF's hooks record of the experts' activation (`experts.act_fn`, and
+/// `experts.act_fn#N` when the eager experts call it once per expert), which the
+/// port does not record: its rows are laid out by the experts kernel HF runs, not
+/// by the model (see `replica_blocks::moe`). The experts' sum is compared.
+pub fn expert_activations(bundle: &Bundle) -> Vec<&str> {
+    bundle
+        .metadata()
+        .activations
+        .iter()
+        .map(String::as_str)
+        .filter(|name| {
+            let base = name.split('#').next().unwrap_or(name);
+            base == "experts.act_fn" || base.ends_with(".experts.act_fn")
+        })
+        .collect()
+}
 
 fn silu() -> Activation {
     Activation::Silu
@@ -181,20 +198,25 @@ impl HfDeepseekMoe {
 
 fn mixtral_moe(bundle: &Bundle) -> Result<Report> {
     let config = bundle.config::<HfMixtralMoe>()?.moe();
-    BlockCheck::new(bundle).run(|vb| Moe::new(&config, vb), |moe, x| Ok(vec![moe.forward(&x[0])?.0]))
+    let kernel_laid_out = expert_activations(bundle);
+    BlockCheck::new(bundle)
+        .unmatched(Unmatched {
+            port_only: &[],
+            reference_only: &kernel_laid_out,
+        })
+        .run(|vb| Moe::new(&config, vb), |moe, x| Ok(vec![moe.forward(&x[0])?.0]))
 }
 
 fn deepseek_moe(bundle: &Bundle) -> Result<Report> {
     let hf = bundle.config::<HfDeepseekMoe>()?;
     let config = hf.moe().map_err(|m| bundle.config_error("topk_method", m))?;
-    let unsorted = TraceMap::new()
-        .ignore(r"^gate:1$")
-        .ignore(r"^gate:2$")
-        .ignore(r"^experts\.act_fn$");
+    let unsorted = TraceMap::new().ignore(r"^gate:[12]$");
+    let mut set_aside = expert_activations(bundle);
+    set_aside.extend(UNSORTED_TOP_K);
     BlockCheck::new(bundle)
         .unmatched(Unmatched {
             port_only: &[],
-            reference_only: &UNSORTED_TOP_K,
+            reference_only: &set_aside,
         })
         .run(
             |vb| Moe::new(&config, vb),
@@ -202,22 +224,49 @@ fn deepseek_moe(bundle: &Bundle) -> Result<Report> {
         )
 }
 
-/// HF `MixtralForCausalLM` with `output_router_logits`: the logits (also decoded
-/// through the KV cache), `aux_loss` (the load-balancing loss over both layers'
-/// router logits), every activation (each router's tuple among them) and, where
-/// the bundle has them, the gradient of every parameter.
+/// HF `MixtralForCausalLM`: the logits (also decoded through the KV cache), with
+/// `output_router_logits` also `aux_loss` (the load-balancing loss over every
+/// layer's router logits), every activation (each router's tuple among them) and,
+/// where the bundle has them, the gradient of every parameter.
 pub fn mixtral_parity(bundle: &Bundle) -> replica_models::Result<ModelParity> {
-    const IO: ModelIo = ModelIo {
+    let aux = bundle.contains(Namespace::Output, "aux_loss");
+    let kernel_laid_out = expert_activations(bundle);
+    let io = ModelIo {
         inputs: &[INPUT_IDS],
-        outputs: &["logits", "aux_loss"],
+        outputs: if aux { &["logits", "aux_loss"] } else { &["logits"] },
         ties: &[],
-        unmatched: Unmatched::NONE,
+        unmatched: Unmatched {
+            port_only: &[],
+            reference_only: &kernel_laid_out,
+        },
     };
+    let eager = eager_only(bundle);
     let forward = |model: &Mixtral, ids: &[Tensor]| {
-        let (logits, aux_loss) = model.forward_with_aux_loss(&ids[0], false)?;
-        Ok(vec![logits, aux_loss])
+        trace::mapped(&eager, || {
+            if aux {
+                let (logits, aux_loss) = model.forward_with_aux_loss(&ids[0], false)?;
+                Ok(vec![logits, aux_loss])
+            } else {
+                Ok(vec![model.forward(&ids[0], None)?])
+            }
+        })
     };
-    check_model_and(bundle, &IO, load::<Mixtral>, forward, decoded_through_the_cache)
+    check_model_and(bundle, &io, load::<Mixtral>, forward, decoded_through_the_cache)
+}
+
+/// HF's eager attention returns its probabilities (`self_attn:1`); sdpa returns
+/// none. For a bundle of the latter, the port's are left out of the trace.
+fn eager_only(bundle: &Bundle) -> TraceMap {
+    let eager = bundle
+        .metadata()
+        .activations
+        .iter()
+        .any(|name| name.ends_with("self_attn:1"));
+    if eager {
+        TraceMap::new()
+    } else {
+        TraceMap::new().ignore(r"(^|\.)self_attn:1$")
+    }
 }
 
 /// The fields of HF's `DeepseekV2Config` that `DeepseekV2Attention` reads.
@@ -289,14 +338,20 @@ fn mla(bundle: &Bundle) -> Result<Report> {
         .config::<HfMla>()?
         .mla()
         .map_err(|m| bundle.config_error("rope_parameters", m))?;
+    let eager = eager_only(bundle);
     BlockCheck::new(bundle).run(
         |vb| Mla::new(&config, vb.pp("self_attn")),
-        |mla, x| Ok(vec![mla.forward_with_weights_t(&x[0], None, false)?.0]),
+        |mla, x| {
+            Ok(vec![
+                trace::mapped(&eager, || mla.forward_with_weights_t(&x[0], None, false))?.0,
+            ])
+        },
     )
 }
 
-/// The activations of a DeepSeek-V2 bundle that depend on the slot order of its
-/// unsorted top-k ([`UNSORTED_TOP_K`] in every MoE layer).
+/// The activations of a DeepSeek-V2 bundle that the case sets aside: those that
+/// depend on the slot order of its unsorted top-k ([`UNSORTED_TOP_K`] in every MoE
+/// layer) and the experts' activation ([`expert_activations`]).
 pub fn unsorted_top_k_activations(bundle: &Bundle) -> Vec<&str> {
     bundle
         .metadata()
@@ -308,12 +363,14 @@ pub fn unsorted_top_k_activations(bundle: &Bundle) -> Vec<&str> {
                 .iter()
                 .any(|suffix| name.ends_with(&format!(".mlp.{suffix}")))
         })
+        .chain(expert_activations(bundle))
         .collect()
 }
 
 /// HF `DeepseekV2ForCausalLM`: logits (also decoded through the KV cache of
 /// compressed latents), every activation but the unsorted top-k's per-slot ones
-/// ([`UNSORTED_TOP_K`]) and, where the bundle has them, every parameter's gradient.
+/// ([`UNSORTED_TOP_K`]) and the experts' activation ([`expert_activations`]) and,
+/// where the bundle has them, every parameter's gradient.
 pub fn deepseek_v2_parity(bundle: &Bundle) -> replica_models::Result<ModelParity> {
     let unsorted = unsorted_top_k_activations(bundle);
     let io = ModelIo {
@@ -325,9 +382,7 @@ pub fn deepseek_v2_parity(bundle: &Bundle) -> replica_models::Result<ModelParity
             reference_only: &unsorted,
         },
     };
-    let map = TraceMap::new()
-        .ignore(r"\.mlp\.gate:[12]$")
-        .ignore(r"\.mlp\.experts\.act_fn$");
+    let map = eager_only(bundle).ignore(r"\.mlp\.gate:[12]$");
     let forward = |model: &DeepseekV2, ids: &[Tensor]| Ok(vec![trace::mapped(&map, || model.forward(&ids[0], None))?]);
     let mut parity = check_model_and(bundle, &io, load::<DeepseekV2>, forward, decoded_through_the_cache)?;
     if bundle
