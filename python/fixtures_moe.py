@@ -171,9 +171,11 @@ def build_all(out: Path) -> list[Path]:
 
     def save(name, module, inputs, *, seed, config, grads=True):
         module.eval()
+        # The wrapper by its module's name, whether this script is imported or run.
+        component = "fixtures_moe.MlaCausal" if isinstance(module, MlaCausal) else None
         path = capture(
-            module, inputs, out / name, config=config, grads=grads, seed=seed, overwrite=True,
-            producer_extra=PRODUCER,
+            module, inputs, out / name, config=config, component=component, grads=grads, seed=seed,
+            overwrite=True, producer_extra=PRODUCER,
         )
         print(f"wrote {path} ({path.stat().st_size} bytes)")
         written.append(path)
