@@ -37,7 +37,8 @@ The bundles:
   the KV cache;
 - `deepseek_v2`: `DeepseekV2ForCausalLM` (2 layers: dense, then MoE with
   group-limited routing and a shared expert; MLA without query compression, YaRN
-  RoPE), f32 with the gradients of every parameter; `deepseek_v2_bf16`: forward only.
+  RoPE), f32 with the gradients of every parameter; `deepseek_v2_bf16`: forward only;
+  `deepseek_v2_generate`: 20 greedy tokens, with and without the KV cache.
   Its rotary module is taken out of the module tree before capture (complex
   output).
 """
@@ -253,6 +254,17 @@ def build_all(out: Path) -> list[Path]:
                        producer_extra=PRODUCER, overwrite=True)
         print(f"wrote {path} ({path.stat().st_size} bytes)")
         written.append(path)
+
+    # ---- Greedy generation through the latent cache, with and without it (a seed
+    # whose 20 tokens wander and never reach the end-of-sequence token 2)
+    torch.manual_seed(741)
+    model = DeepseekV2ForCausalLM(deepseek_model_config()).eval()
+    hide_rotary(model)
+    randomize_(model, std=1.0)
+    path = out / "deepseek_v2_generate.safetensors"
+    generate(model, model.config, path, "transformers.DeepseekV2ForCausalLM.generate")
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+    written.append(path)
     return written
 
 

@@ -44,6 +44,7 @@ pub fn cases() -> Vec<Case> {
         case("mla_yarn",         "transformers DeepseekV2Attention (eager, q_proj, yarn, in MlaCausal)",   Some(DEEPSEEK_V2), "moe/mla_yarn", mla),
         case("deepseek_v2_causal_lm",   "transformers.DeepseekV2ForCausalLM",       Some(DEEPSEEK_V2_MODEL), "moe/deepseek_v2",   |b| report_of(b, deepseek_v2_parity(b))),
         case("deepseek_v2_causal_lm_bf16", "transformers.DeepseekV2ForCausalLM (bf16)", Some(DEEPSEEK_V2_MODEL), "moe/deepseek_v2_bf16", |b| report_of(b, deepseek_v2_parity(b))),
+        case("deepseek_v2_greedy_generate", "transformers.DeepseekV2ForCausalLM.generate", Some(DEEPSEEK_V2_MODEL), "moe/deepseek_v2_generate", |b| as_check(b, check_generation(b, load::<DeepseekV2>))),
         case("mixtral_causal_lm",       "transformers.MixtralForCausalLM",          Some(MIXTRAL_MODEL), "moe/mixtral",          |b| report_of(b, mixtral_parity(b))),
         case("mixtral_causal_lm_bf16",  "transformers.MixtralForCausalLM (bf16)",   Some(MIXTRAL_MODEL), "moe/mixtral_bf16",     |b| report_of(b, mixtral_parity(b))),
         case("mixtral_greedy_generate", "transformers.MixtralForCausalLM.generate", Some(MIXTRAL_MODEL), "moe/mixtral_generate", |b| as_check(b, check_generation(b, load::<Mixtral>))),
