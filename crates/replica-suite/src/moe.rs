@@ -241,33 +241,15 @@ pub fn mixtral_parity(bundle: &Bundle) -> replica_models::Result<ModelParity> {
             reference_only: &kernel_laid_out,
         },
     };
-    let eager = eager_only(bundle);
     let forward = |model: &Mixtral, ids: &[Tensor]| {
-        trace::mapped(&eager, || {
-            if aux {
-                let (logits, aux_loss) = model.forward_with_aux_loss(&ids[0], false)?;
-                Ok(vec![logits, aux_loss])
-            } else {
-                Ok(vec![model.forward(&ids[0], None)?])
-            }
-        })
+        if aux {
+            let (logits, aux_loss) = model.forward_with_aux_loss(&ids[0], false)?;
+            Ok(vec![logits, aux_loss])
+        } else {
+            Ok(vec![model.forward(&ids[0], None)?])
+        }
     };
     check_model_and(bundle, &io, load::<Mixtral>, forward, decoded_through_the_cache)
-}
-
-/// HF's eager attention returns its probabilities (`self_attn:1`); sdpa returns
-/// none. For a bundle of the latter, the port's are left out of the trace.
-fn eager_only(bundle: &Bundle) -> TraceMap {
-    let eager = bundle
-        .metadata()
-        .activations
-        .iter()
-        .any(|name| name.ends_with("self_attn:1"));
-    if eager {
-        TraceMap::new()
-    } else {
-        TraceMap::new().ignore(r"(^|\.)self_attn:1$")
-    }
 }
 
 /// The fields of HF's `DeepseekV2Config` that `DeepseekV2Attention` reads.
@@ -339,14 +321,9 @@ fn mla(bundle: &Bundle) -> Result<Report> {
         .config::<HfMla>()?
         .mla()
         .map_err(|m| bundle.config_error("rope_parameters", m))?;
-    let eager = eager_only(bundle);
     BlockCheck::new(bundle).run(
         |vb| Mla::new(&config, vb.pp("self_attn")),
-        |mla, x| {
-            Ok(vec![
-                trace::mapped(&eager, || mla.forward_with_weights_t(&x[0], None, false))?.0,
-            ])
-        },
+        |mla, x| Ok(vec![mla.forward_with_weights_t(&x[0], None, false)?.0]),
     )
 }
 
@@ -383,7 +360,7 @@ pub fn deepseek_v2_parity(bundle: &Bundle) -> replica_models::Result<ModelParity
             reference_only: &unsorted,
         },
     };
-    let map = eager_only(bundle).ignore(r"\.mlp\.gate:[12]$");
+    let map = TraceMap::new().ignore(r"\.mlp\.gate:[12]$");
     let forward = |model: &DeepseekV2, ids: &[Tensor]| Ok(vec![trace::mapped(&map, || model.forward(&ids[0], None))?]);
     let mut parity = check_model_and(bundle, &io, load::<DeepseekV2>, forward, decoded_through_the_cache)?;
     if bundle
