@@ -122,7 +122,7 @@ fn bench_blocks(c: &mut Criterion) {
         let (attention, _) = random(|vb| Attention::new(&attention, vb));
         let mlp: MlpConfig = match &shape.block.feed_forward {
             FeedForwardConfig::Mlp(mlp) => mlp.clone(),
-            FeedForwardConfig::Glu(_) => unreachable!("these blocks have plain MLPs"),
+            _ => unreachable!("these blocks have plain MLPs"),
         };
         let (mlp, _) = random(|vb| Mlp::new(&mlp, vb));
         let (block, _) = random(|vb| TransformerBlock::new(&shape.block, vb));

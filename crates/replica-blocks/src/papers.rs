@@ -229,6 +229,30 @@ pub const CONVNEXT_V2: Paper = Paper {
     arxiv: "2301.00808",
     year: 2023,
 };
+/// Fedus, Zoph & Shazeer, 2021: the Switch Transformer's auxiliary load-balancing loss.
+pub const SWITCH_TRANSFORMER: Paper = Paper {
+    title: "Switch Transformers: Scaling to Trillion Parameter Models with Simple and Efficient Sparsity",
+    arxiv: "2101.03961",
+    year: 2021,
+};
+/// Jiang et al., 2024 (Mixtral): a sparse mixture of gated-MLP experts, top-2 of 8 per token.
+pub const MIXTRAL: Paper = Paper {
+    title: "Mixtral of Experts",
+    arxiv: "2401.04088",
+    year: 2024,
+};
+/// Dai et al., 2024 (DeepSeekMoE): fine-grained routed experts beside always-on shared experts.
+pub const DEEPSEEK_MOE: Paper = Paper {
+    title: "DeepSeekMoE: Towards Ultimate Expert Specialization in Mixture-of-Experts Language Models",
+    arxiv: "2401.06066",
+    year: 2024,
+};
+/// DeepSeek-AI, 2024 (DeepSeek-V2): multi-head latent attention.
+pub const DEEPSEEK_V2: Paper = Paper {
+    title: "DeepSeek-V2: A Strong, Economical, and Efficient Mixture-of-Experts Language Model",
+    arxiv: "2405.04434",
+    year: 2024,
+};
 
 /// Every block with its paper.
 pub const PAPERS: &[BlockPaper] = &[
@@ -415,6 +439,22 @@ pub const PAPERS: &[BlockPaper] = &[
     BlockPaper {
         block: "GlobalResponseNorm",
         paper: CONVNEXT_V2,
+    },
+    BlockPaper {
+        block: "Moe",
+        paper: MIXTRAL,
+    },
+    BlockPaper {
+        block: "Moe (shared experts)",
+        paper: DEEPSEEK_MOE,
+    },
+    BlockPaper {
+        block: "load_balancing_loss",
+        paper: SWITCH_TRANSFORMER,
+    },
+    BlockPaper {
+        block: "Mla",
+        paper: DEEPSEEK_V2,
     },
 ];
 

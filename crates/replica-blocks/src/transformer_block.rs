@@ -38,6 +38,7 @@ use crate::identity::Identity;
 use crate::kv_cache::KvCache;
 use crate::layer_scale::{LayerScale, LayerScaleConfig};
 use crate::mlp::{Mlp, MlpConfig, MlpNames};
+use crate::moe::{Moe, MoeConfig};
 use crate::norm::{Norm, NormKind};
 
 /// Where the norms sit relative to the residual connections.
@@ -62,6 +63,9 @@ pub enum FeedForwardConfig {
     Mlp(MlpConfig),
     /// A gated MLP ([`GluMlp`]).
     Glu(GluMlpConfig),
+    /// A sparse mixture of gated-MLP experts ([`Moe`]); its router logits come out
+    /// of [`TransformerBlock::forward_routed_t`].
+    Moe(MoeConfig),
 }
 
 impl FeedForwardConfig {
@@ -69,6 +73,7 @@ impl FeedForwardConfig {
         match self {
             FeedForwardConfig::Mlp(mlp) => (mlp.dim, mlp.out_dim()),
             FeedForwardConfig::Glu(glu) => (glu.dim, glu.out_dim()),
+            FeedForwardConfig::Moe(moe) => (moe.dim, moe.dim),
         }
     }
 
@@ -77,6 +82,8 @@ impl FeedForwardConfig {
         match self {
             FeedForwardConfig::Mlp(mlp) => mlp.dropout,
             FeedForwardConfig::Glu(glu) => glu.dropout,
+            // HF's experts have no dropout.
+            FeedForwardConfig::Moe(_) => 0.0,
         }
     }
 }
@@ -86,6 +93,7 @@ impl ConfigCheck for FeedForwardConfig {
         match self {
             FeedForwardConfig::Mlp(mlp) => mlp.validate(),
             FeedForwardConfig::Glu(glu) => glu.validate(),
+            FeedForwardConfig::Moe(moe) => moe.validate(),
         }
     }
 
@@ -93,6 +101,7 @@ impl ConfigCheck for FeedForwardConfig {
         match self {
             FeedForwardConfig::Mlp(mlp) => mlp.footprint(work),
             FeedForwardConfig::Glu(glu) => glu.footprint(work),
+            FeedForwardConfig::Moe(moe) => moe.footprint(work),
         }
     }
 }
@@ -408,13 +417,16 @@ impl ConfigCheck for TransformerBlockConfig {
 enum FeedForward {
     Mlp(Mlp),
     Glu(GluMlp),
+    Moe(Moe),
 }
 
 impl FeedForward {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// The output, and a mixture of experts' router logits `[tokens, num_experts]`.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Option<Tensor>)> {
         match self {
-            FeedForward::Mlp(mlp) => mlp.forward_t(x, train),
-            FeedForward::Glu(glu) => glu.forward_t(x, train),
+            FeedForward::Mlp(mlp) => Ok((mlp.forward_t(x, train)?, None)),
+            FeedForward::Glu(glu) => Ok((glu.forward_t(x, train)?, None)),
+            FeedForward::Moe(moe) => moe.forward(x).map(|(y, logits)| (y, Some(logits))),
         }
     }
 
@@ -422,6 +434,8 @@ impl FeedForward {
         match self {
             FeedForward::Mlp(mlp) => FeedForward::Mlp(mlp.inline()),
             FeedForward::Glu(glu) => FeedForward::Glu(glu.inline()),
+            // Its router and experts are named below it; nothing to fold.
+            FeedForward::Moe(moe) => FeedForward::Moe(moe),
         }
     }
 }
@@ -572,6 +586,7 @@ impl TransformerBlock {
         let mut feed_forward = match &config.feed_forward {
             FeedForwardConfig::Mlp(mlp) => FeedForward::Mlp(Mlp::new(mlp, ff_vb)?),
             FeedForwardConfig::Glu(glu) => FeedForward::Glu(GluMlp::new(glu, ff_vb)?),
+            FeedForwardConfig::Moe(moe) => FeedForward::Moe(Moe::new(moe, ff_vb)?),
         };
         if names.mlp.is_empty() {
             feed_forward = feed_forward.inline();
@@ -621,6 +636,20 @@ impl TransformerBlock {
         Ok(self.run(x, mask, cache, false, train)?.0)
     }
 
+    /// [`forward_eager_t`](Self::forward_eager_t), also returning the router logits
+    /// `[tokens, num_experts]` of a mixture-of-experts feed-forward (`None` for an MLP),
+    /// which the auxiliary load-balancing loss reads.
+    pub fn forward_routed_t(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (y, _, logits) = self.run(x, mask, cache, replica_check::trace::is_active(), train)?;
+        Ok((y, logits))
+    }
+
     /// [`forward_t`](Self::forward_t) in inference.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Result<Tensor> {
         self.forward_t(x, mask, cache, false)
@@ -636,7 +665,7 @@ impl TransformerBlock {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<(Tensor, Tensor)> {
-        let (y, weights) = self.run(x, mask, cache, true, train)?;
+        let (y, weights, _) = self.run(x, mask, cache, true, train)?;
         Ok((y, weights.expect("asked for")))
     }
 
@@ -691,22 +720,23 @@ impl TransformerBlock {
         cache: Option<&mut KvCache>,
         want_weights: bool,
         train: bool,
-    ) -> Result<(Tensor, Option<Tensor>)> {
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
         let ff = &self.feed_forward;
-        let (y, weights) = match self.layout {
+        let (y, weights, logits) = match self.layout {
             ResidualLayout::PreNorm => {
                 let norm2 = self.norm2.as_ref().expect("checked in new");
                 let (attended, weights) = self.attend(&self.norm1.forward(x)?, mask, cache, want_weights, train)?;
                 let x = (x + self.tail1.forward_t(&attended, train)?)?;
-                let fed = ff.forward_t(&norm2.forward(&x)?, train)?;
-                ((&x + self.tail2.forward_t(&fed, train)?)?, weights)
+                let (fed, logits) = ff.forward_t(&norm2.forward(&x)?, train)?;
+                ((&x + self.tail2.forward_t(&fed, train)?)?, weights, logits)
             }
             ResidualLayout::PostNorm => {
                 let norm2 = self.norm2.as_ref().expect("checked in new");
                 let (attended, weights) = self.attend(x, mask, cache, want_weights, train)?;
                 let x = self.norm1.forward(&(x + self.tail1.forward_t(&attended, train)?)?)?;
-                let fed = self.tail2.forward_t(&ff.forward_t(&x, train)?, train)?;
-                (norm2.forward(&(&x + fed)?)?, weights)
+                let (fed, logits) = ff.forward_t(&x, train)?;
+                let fed = self.tail2.forward_t(&fed, train)?;
+                (norm2.forward(&(&x + fed)?)?, weights, logits)
             }
             ResidualLayout::Parallel => {
                 let normed = self.norm1.forward(x)?;
@@ -716,12 +746,13 @@ impl TransformerBlock {
                 };
                 let (attended, weights) = self.attend(&normed, mask, cache, want_weights, train)?;
                 let attended = self.tail1.forward_t(&attended, train)?;
-                let fed = self.tail2.forward_t(&ff.forward_t(&mlp_input, train)?, train)?;
+                let (fed, logits) = ff.forward_t(&mlp_input, train)?;
+                let fed = self.tail2.forward_t(&fed, train)?;
                 // GPT-J's order, `attn + mlp + residual` (GPT-NeoX's `mlp + attn + residual` is the same sum).
-                (((attended + fed)? + x)?, weights)
+                (((attended + fed)? + x)?, weights, logits)
             }
         };
         replica_check::tap(&self.path, &y);
-        Ok((y, weights))
+        Ok((y, weights, logits))
     }
 }

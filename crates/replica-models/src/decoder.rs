@@ -189,7 +189,12 @@ impl CausalDecoder {
     /// Logits `[batch, seq, vocab]` of token ids `[batch, seq]`, continuing from
     /// what `cache` holds, in training (`train`) or inference.
     pub fn logits_t(&self, ids: &Tensor, cache: Option<&mut [KvCache]>, train: bool) -> candle_core::Result<Tensor> {
-        let logits = self.lm_head.forward(&self.hidden_t(ids, cache, train)?)?;
+        Ok(self.logits_routed_t(ids, cache, train)?.0)
+    }
+
+    /// The LM head on the final hidden states, soft-capped where the spec says so.
+    fn head(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        let logits = self.lm_head.forward(hidden)?;
         match self.spec.final_logit_softcap {
             // HF divides, takes the tanh and multiplies in the logits' dtype.
             Some(cap) => {
@@ -201,12 +206,18 @@ impl CausalDecoder {
     }
 
     /// The final hidden states `[batch, seq, hidden]` (after `model.norm`).
-    pub fn hidden_t(
+    pub fn hidden_t(&self, ids: &Tensor, cache: Option<&mut [KvCache]>, train: bool) -> candle_core::Result<Tensor> {
+        Ok(self.hidden_routed_t(ids, cache, train)?.0)
+    }
+
+    /// [`hidden_t`](Self::hidden_t), and the router logits `[tokens, num_experts]` of
+    /// every layer whose feed-forward is a mixture of experts, first layer first.
+    pub fn hidden_routed_t(
         &self,
         ids: &Tensor,
         mut cache: Option<&mut [KvCache]>,
         train: bool,
-    ) -> candle_core::Result<Tensor> {
+    ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
         let limit = self.spec.max_positions;
         let rope = self.layers.first().and_then(|l| l.attention().rope());
         let table = if rope.is_some_and(|r| matches!(r.scaling(), Some(RopeScaling::Dynamic { .. }))) {
@@ -219,12 +230,26 @@ impl CausalDecoder {
         if let Some(rope) = rope {
             rope.tap_hf_tables("model.rotary_emb", seq, offset, x.dtype())?;
         }
+        let mut router_logits = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward_eager_t(&x, None, cache.as_mut().map(|c| &mut c[i]), train)?;
+            let (y, logits) = layer.forward_routed_t(&x, None, cache.as_mut().map(|c| &mut c[i]), train)?;
+            x = y;
+            router_logits.extend(logits);
         }
         let x = self.norm.forward(&x)?;
         replica_check::tap("model:last_hidden_state", &x);
-        Ok(x)
+        Ok((x, router_logits))
+    }
+
+    /// [`logits_t`](Self::logits_t), and every mixture-of-experts layer's router logits.
+    pub fn logits_routed_t(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut [KvCache]>,
+        train: bool,
+    ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let (hidden, router_logits) = self.hidden_routed_t(ids, cache, train)?;
+        Ok((self.head(&hidden)?, router_logits))
     }
 }
 
@@ -322,6 +347,17 @@ impl<C> DecoderLm<C> {
     /// Logits `[batch, seq, vocab_size]`, in inference (`forward_t(ids, true)` trains).
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut [KvCache]>) -> candle_core::Result<Tensor> {
         self.decoder.logits_t(ids, cache, false)
+    }
+
+    /// Logits and the router logits `[tokens, num_experts]` of every
+    /// mixture-of-experts layer (none for a dense decoder), in training or inference.
+    pub fn forward_routed_t(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut [KvCache]>,
+        train: bool,
+    ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        self.decoder.logits_routed_t(ids, cache, train)
     }
 }
 

@@ -18,6 +18,11 @@
 //!   with biased q/k/v projections;
 //! - [`qwen3`]: Qwen3 as HF `Qwen3ForCausalLM` (arXiv 2505.09388), the [`decoder`]
 //!   with per-head RMSNorms on queries and keys;
+//! - [`mixtral`]: Mixtral as HF `MixtralForCausalLM` (arXiv 2401.04088), the
+//!   [`decoder`] with a sparse mixture of SwiGLU experts and the auxiliary
+//!   load-balancing loss;
+//! - [`deepseek_v2`]: DeepSeek-V2 as HF `DeepseekV2ForCausalLM` (arXiv 2405.04434):
+//!   multi-head latent attention and DeepSeekMoE with shared experts;
 //! - [`bert`]: the BERT encoder as HF `BertModel` (arXiv 1810.04805), with
 //!   sentence embeddings (the `sentence` module, with the `sentence` feature) for sentence-transformers models.
 //!
@@ -36,6 +41,7 @@ pub mod bert;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
+pub mod deepseek_v2;
 pub mod divergence;
 mod error;
 pub mod gemma;
@@ -44,6 +50,7 @@ pub mod generation;
 pub mod gpt2;
 pub mod llama;
 pub mod load_checkpoint;
+pub mod mixtral;
 pub mod papers;
 pub mod phi3;
 pub mod qwen2;
@@ -58,12 +65,14 @@ pub mod vit;
 pub use architecture::{Architecture, Family, Preset};
 pub use bert::{Bert, BertConfig, BertOutput};
 pub use config::ModelConfig;
+pub use deepseek_v2::{DeepseekV2, DeepseekV2Config};
 pub use error::{Error, Result};
 pub use gemma::{Gemma, GemmaConfig};
 pub use gemma2::{Gemma2, Gemma2Config};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig};
 pub use load_checkpoint::LoadCheckpoint;
+pub use mixtral::{Mixtral, MixtralConfig};
 pub use phi3::{Phi3, Phi3Config};
 pub use qwen2::{Qwen2, Qwen2Config};
 pub use qwen3::{Qwen3, Qwen3Config};

@@ -57,6 +57,12 @@ pub const QWEN3: Paper = Paper {
     year: 2025,
 };
 
+/// Mixtral (the Mistral decoder with a sparse mixture of SwiGLU experts).
+pub const MIXTRAL: Paper = replica_blocks::papers::MIXTRAL;
+
+/// DeepSeek-V2 (multi-head latent attention and DeepSeekMoE).
+pub const DEEPSEEK_V2: Paper = replica_blocks::papers::DEEPSEEK_V2;
+
 /// The BERT encoder.
 pub const BERT: Paper = Paper {
     title: "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding",
@@ -132,6 +138,14 @@ pub const PAPERS: &[replica_blocks::BlockPaper] = &[
     replica_blocks::BlockPaper {
         block: "Qwen3",
         paper: QWEN3,
+    },
+    replica_blocks::BlockPaper {
+        block: "Mixtral",
+        paper: MIXTRAL,
+    },
+    replica_blocks::BlockPaper {
+        block: "DeepseekV2",
+        paper: DEEPSEEK_V2,
     },
     replica_blocks::BlockPaper {
         block: "Bert",

@@ -43,6 +43,8 @@ pub const MODELS: &[Descriptor] = &[
     Descriptor::of::<crate::phi3::Phi3>(),
     Descriptor::of::<crate::qwen2::Qwen2>(),
     Descriptor::of::<crate::qwen3::Qwen3>(),
+    Descriptor::of::<crate::mixtral::Mixtral>(),
+    Descriptor::of::<crate::deepseek_v2::DeepseekV2>(),
     Descriptor::of::<crate::bert::Bert>(),
     Descriptor::of::<crate::t5::T5Encoder>(),
 ];

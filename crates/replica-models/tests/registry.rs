@@ -59,7 +59,7 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
             preset.name
         );
     }
-    assert_eq!(registry::presets().count(), 21);
+    assert_eq!(registry::presets().count(), 23);
     // Every preset's config is complete and consistent for its model, whatever this
     // machine's memory (Phi-3-mini's f32 weights alone take 14 GiB).
     replica_check::MemoryBudget::set_current(replica_check::MemoryBudget { bytes: 1 << 40 });
@@ -76,6 +76,8 @@ fn every_preset_cites_its_paper_and_names_its_checkpoint() {
     assert_eq!(registry::preset("gemma2-2b").unwrap().paper.arxiv, "2408.00118");
     assert_eq!(registry::preset("qwen2-0.5b").unwrap().paper.arxiv, "2407.10671");
     assert_eq!(registry::preset("qwen3-0.6b").unwrap().paper.arxiv, "2505.09388");
+    assert_eq!(registry::preset("mixtral-8x7b").unwrap().paper.arxiv, "2401.04088");
+    assert_eq!(registry::preset("deepseek-v2-lite").unwrap().paper.arxiv, "2405.04434");
     assert_eq!(registry::preset("bert-base-uncased").unwrap().paper.arxiv, "1810.04805");
     assert_eq!(
         registry::preset("swin_tiny_patch4_window7_224").unwrap().paper.arxiv,

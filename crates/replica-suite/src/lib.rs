@@ -31,6 +31,7 @@ pub mod candle_ops;
 pub mod composite;
 pub mod minilm;
 pub mod models;
+pub mod moe;
 pub mod positions;
 pub mod reference;
 pub mod swin;
@@ -55,6 +56,7 @@ pub fn builtin() -> Vec<Case> {
         swin::cases(),
         t5_dit::cases(),
         vision::cases(),
+        moe::cases(),
     ]
     .concat()
 }

@@ -68,7 +68,7 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// A model error as the harness's: the check's own errors unchanged, the rest naming the bundle.
-fn as_check<T>(bundle: &Bundle, result: Result<T>) -> replica_check::Result<T> {
+pub(crate) fn as_check<T>(bundle: &Bundle, result: Result<T>) -> replica_check::Result<T> {
     result.map_err(|err| match err {
         Error::Check(err) => err,
         other => replica_check::Error::file(bundle.origin(), other.to_string()),
@@ -103,7 +103,7 @@ pub(crate) struct ModelIo<'a> {
 }
 
 /// A model built from the bundle: its config read strictly, its weights from `params`.
-type Load<M> = fn(&Bundle, BTreeMap<String, Tensor>, DType, &Device) -> Result<M>;
+pub(crate) type Load<M> = fn(&Bundle, BTreeMap<String, Tensor>, DType, &Device) -> Result<M>;
 
 /// [`Load`] for every architecture.
 pub(crate) fn load<A: Architecture>(
@@ -134,7 +134,7 @@ pub(crate) fn check_model<M>(
 
 /// [`check_model`], then `also` with the model, its inputs and the run (another
 /// way to the same outputs, compared as a variant).
-fn check_model_and<M>(
+pub(crate) fn check_model_and<M>(
     bundle: &Bundle,
     io: &ModelIo,
     load: Load<M>,
@@ -170,7 +170,7 @@ fn check_model_and<M>(
 /// The logits once more, decoded through the KV cache: the first half of the
 /// sequence as a prompt, then one token per step, each attending to the cached
 /// keys and values; compared as the variant `kv cache`.
-fn decoded_through_the_cache<M: CausalLm>(model: &M, inputs: &[Tensor], run: &mut Parity) -> Result<()> {
+pub(crate) fn decoded_through_the_cache<M: CausalLm>(model: &M, inputs: &[Tensor], run: &mut Parity) -> Result<()> {
     let ids = &inputs[0];
     let seq = ids.dim(1)?;
     // Past this length the reference's own cached logits differ from its full pass
@@ -432,7 +432,7 @@ fn generation_task(run: &Parity) -> Result<(Vec<u32>, usize)> {
 }
 
 /// Greedy decoding with and without the KV cache against HF `generate(do_sample=False)`.
-fn check_generation<M: CausalLm>(bundle: &Bundle, load: Load<M>) -> Result<Report> {
+pub(crate) fn check_generation<M: CausalLm>(bundle: &Bundle, load: Load<M>) -> Result<Report> {
     let params = bundle.namespace(Namespace::Param);
     let device = device_of(&params);
     let model = load(bundle, params, bundle.dtype()?, &device)?;
