@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod adamw;
 pub mod alibi;
 pub mod attention;
 pub mod class_token;
@@ -56,6 +57,7 @@ pub mod window_attention;
 pub use ops::mask;
 
 pub use activation::{Activation, ActivationLayer};
+pub use adamw::{AdamWConfig, FusedAdamW};
 pub use alibi::{Alibi, AlibiConfig};
 pub use attention::{scaled_dot_product_attention, Attention, AttentionConfig, AttentionNames, SdpaOptions};
 pub use class_token::{ClassToken, ClassTokenConfig};

@@ -253,6 +253,12 @@ pub const DEEPSEEK_V2: Paper = Paper {
     arxiv: "2405.04434",
     year: 2024,
 };
+/// Loshchilov & Hutter, 2017: AdamW, Adam with decoupled weight decay.
+pub const ADAMW: Paper = Paper {
+    title: "Decoupled Weight Decay Regularization",
+    arxiv: "1711.05101",
+    year: 2017,
+};
 
 /// Every block with its paper.
 pub const PAPERS: &[BlockPaper] = &[
@@ -455,6 +461,10 @@ pub const PAPERS: &[BlockPaper] = &[
     BlockPaper {
         block: "Mla",
         paper: DEEPSEEK_V2,
+    },
+    BlockPaper {
+        block: "FusedAdamW (optimiser)",
+        paper: ADAMW,
     },
 ];
 
