@@ -1,11 +1,12 @@
-//! Whole blocks and the end-to-end all-MiniLM-L6-v2 forward, replica with its
-//! kernels (the default) against replica with the plain candle composition
-//! (`Compute::Composition`) and, for MiniLM, candle-transformers' BERT, with 1 and
-//! 2 rayon threads. python/bench_torch.py times the PyTorch equivalents under the
+//! Whole blocks and the end-to-end all-MiniLM-L6-v2 and GPT-2-small forwards, replica
+//! with its kernels (the default) against replica with the plain candle composition
+//! (`Compute::Composition`) and, for MiniLM, candle-transformers' BERT (candle-transformers
+//! 0.11 has no GPT-2), with 1 and 2 rayon threads. python/bench_torch.py times the PyTorch equivalents under the
 //! same ids and python/benchmarks_md.py joins both into BENCHMARKS.md.
 //!
 //!     CANDLE_NUM_THREADS=1 cargo bench --bench blocks -- '_1t/'
 //!     CANDLE_NUM_THREADS=2 cargo bench --bench blocks -- '_2t/'
+//!     CANDLE_NUM_THREADS=1 cargo bench --bench blocks -- '^gpt2_forward/replica_1t/'
 //!
 //! candle 0.11 runs its element-wise ops on a thread pool of its own, sized once per
 //! process by `CANDLE_NUM_THREADS` (default: the physical cores) and outside the rayon
@@ -222,9 +223,27 @@ fn bench_minilm(c: &mut Criterion) {
     group.finish();
 }
 
+/// GPT-2 small (HF's `GPT2Config()` defaults: 12 layers, 768 wide, 12 heads) on random
+/// weights, the last hidden state of batch 1 (no LM head), as python/bench_torch.py's
+/// `GPT2Model` forward.
+fn bench_gpt2(c: &mut Criterion) {
+    let pools = pools();
+    let config = Gpt2Config::new(50257, 1024, 768, 12, 12);
+    let (model, _) = random(|vb| replica_models::Gpt2::new(&config, vb));
+    let mut group = c.benchmark_group("gpt2_forward");
+    for (shape, seq) in [("b1_s128", 128), ("b1_s1024", 1024)] {
+        let ids = token_ids(1, seq);
+        let forward = || model.forward_hidden(&ids, None);
+        // The kernels only: one s1024 call takes seconds, and the composition is timed per block above.
+        let ops: Vec<(&str, Op)> = vec![("replica", Box::new(forward))];
+        run(&mut group, &pools, shape, &ops);
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = common::config(Duration::from_secs(3));
-    targets = bench_blocks, bench_minilm
+    targets = bench_blocks, bench_minilm, bench_gpt2
 }
 criterion_main!(benches);

@@ -10,8 +10,9 @@
 //! GPT-2's initialisation ([`Gpt2::init_weights`]), here 3 layers, 4 heads, 96 wide
 //! over a 64-character context (347,520 parameters), trained from scratch as minGPT
 //! trains it: AdamW (betas 0.9/0.95, weight decay 0.1 on the matrices of the linear
-//! layers only; lr 2e-3, higher than minGPT's 5e-4 for this small model), gradient
-//! norm clipped to 1, dropout 0.1, batches of 16 random windows. The last tenth of
+//! layers only; lr 2e-3, higher than minGPT's 5e-4 for this small model; replica's
+//! [`FusedAdamW`], torch's update in one in-place pass per parameter), gradient
+//! norm clipped to 1 (folded into that pass), dropout 0.1, batches of 16 random windows. The last tenth of
 //! the text is held out. `--steps`, `--layers`, `--width`, `--heads`, `--lr-micro`
 //! and `--seed` change the run.
 //!
@@ -60,7 +61,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use candle_core::{DType, Device, ModuleT, Tensor, D};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
+use replica::blocks::{AdamWConfig, FusedAdamW};
 use replica::models::generation::language_model_loss;
 use replica::models::{Architecture, Gpt2, Gpt2Config};
 
@@ -182,31 +184,6 @@ fn evaluate(model: &Gpt2, data: &[u32], device: &Device) -> candle_core::Result<
     Ok(total / windows.max(1) as f64)
 }
 
-/// Scales every gradient so that their global L2 norm is at most `max_norm`
-/// (`torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
-fn clip_grad_norm(
-    grads: &mut candle_core::backprop::GradStore,
-    vars: &[candle_core::Var],
-    max_norm: f64,
-) -> candle_core::Result<f64> {
-    let mut squared = 0.0;
-    for var in vars {
-        if let Some(g) = grads.get(var) {
-            squared += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-        }
-    }
-    let norm = squared.sqrt();
-    if norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
-        for var in vars {
-            if let Some(g) = grads.remove(var) {
-                grads.insert(var, (g * scale)?);
-            }
-        }
-    }
-    Ok(norm)
-}
-
 /// Samples `n` characters after `prompt`, at temperature 0.8, cropping the context
 /// to the last `BLOCK` characters as minGPT does.
 fn sample(model: &Gpt2, prompt: &[u32], n: usize, rng: &mut Rng, device: &Device) -> candle_core::Result<Vec<u32>> {
@@ -273,20 +250,21 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let linear = name.ends_with(".weight") && (name.contains(".attn.") || name.contains(".mlp."));
         if linear { &mut decayed } else { &mut plain }.push(var.clone());
     }
-    let params = |weight_decay| ParamsAdamW {
-        lr: args.lr,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay,
-    };
-    let all: Vec<candle_core::Var> = decayed.iter().chain(&plain).cloned().collect();
-    let count: usize = all.iter().map(|v| v.elem_count()).sum();
+    let count: usize = decayed.iter().chain(&plain).map(|v| v.elem_count()).sum();
     println!(
         "GPT: {} layers, {} heads, {} wide, context {BLOCK}: {count} parameters; AdamW (lr {}), {} steps of {BATCH} windows\n",
         config.n_layer, config.n_head, config.n_embd, args.lr, args.steps
     );
-    let mut optimizers = [AdamW::new(decayed, params(0.1))?, AdamW::new(plain, params(0.0))?];
+    // torch.optim.AdamW with two parameter groups, in one in-place pass per parameter.
+    let adamw = AdamWConfig {
+        lr: args.lr,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let mut optimizer = FusedAdamW::new(decayed, adamw)?;
+    optimizer.add_param_group(plain, 0.0)?;
 
     let mut rng = Rng(args.seed.max(1));
     let started = Instant::now();
@@ -295,11 +273,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     for step in 1..=args.steps {
         let (x, y) = batch(train, &mut rng, &device)?;
         let loss = language_model_loss(&model.forward_t(&x, true)?, &y)?;
-        let mut grads = loss.backward()?;
-        clip_grad_norm(&mut grads, &all, 1.0)?;
-        for optimizer in &mut optimizers {
-            optimizer.step(&grads)?;
-        }
+        let grads = loss.backward()?;
+        // torch.nn.utils.clip_grad_norm_(params, 1.0), folded into the update.
+        optimizer.clip_and_step(&grads, 1.0)?;
         let loss = loss.to_scalar::<f32>()? as f64;
         first.get_or_insert(loss);
         recent.push(loss);
@@ -334,7 +310,21 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Keeps freed memory in the process (glibc): every step frees and allocates the same
+/// tensors, and with glibc's defaults many come back as fresh pages that the OS faults
+/// in and zeroes again. A binary's choice, not a library's (README, "Performance").
+fn keep_freed_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's thresholds; called before any thread starts.
+    unsafe {
+        // 32 MiB is glibc's largest mmap threshold; freed memory is trimmed past 1 GiB only.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_pages();
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {

@@ -1,9 +1,9 @@
-"""Time PyTorch at the shapes of benches/kernels.rs and benches/blocks.rs, with 1 and 2 threads.
+"""Time PyTorch at the shapes of benches/kernels.rs, benches/blocks.rs and benches/training.rs, with 1 and 2 threads.
 
     ~/venv-ref/bin/python python/bench_torch.py --out target/bench_torch.json
     ~/venv-ref/bin/python python/bench_torch.py --out target/bench_torch.json --merge --only '^(block_|minilm)'
 
-Everything runs under torch.inference_mode() except the backward benchmarks.
+Everything runs under torch.inference_mode() except the backward benchmarks and the training step.
 
 Writes JSON: the machine, the torch version, and one record per
 (kernel, shape, threads) with the median seconds per call. The kernel and
@@ -145,7 +145,7 @@ def cases():
                 return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
             out.append(("attention_prefill", shape, 4 * 12 * visible * 64, prefill))
-    return out + block_cases() + minilm_cases()
+    return out + block_cases() + minilm_cases() + gpt2_cases() + training_cases()
 
 
 # Whole blocks at the shapes of benches/blocks.rs: (batch, seq, dim, heads, mlp hidden, causal, GELU form).
@@ -253,6 +253,61 @@ def minilm_cases():
     return out
 
 
+def gpt2_cases():
+    """HF GPT2Model (GPT-2 small's config, SDPA attention, random weights: the shapes are what is timed), the last
+    hidden state of batch 1, as benches/blocks.rs's `gpt2_forward`."""
+    from transformers import GPT2Config, GPT2Model
+
+    out = []
+    for shape, (b, s) in [("b1_s128", (1, 128)), ("b1_s1024", (1, 1024))]:
+        def forward(b=b, s=s):
+            config = GPT2Config()  # GPT-2 small: 12 layers, 768 wide, 12 heads, 1024 positions
+            config._attn_implementation = "sdpa"
+            model = GPT2Model(config).eval()
+            ids = token_ids(b, s)
+            return lambda: model(input_ids=ids, use_cache=False).last_hidden_state
+
+        out.append(("gpt2_forward", shape, None, forward))
+    return out
+
+
+def training_cases():
+    """One step of examples/mingpt_char.rs's training (benches/training.rs): HF GPT2LMHeadModel with 3 layers, 4 heads,
+    96 wide, context 64, vocabulary 59, GPT-2's dropouts (0.1), SDPA attention; a batch of 16 windows; cross-entropy
+    on the logits, backward, clip_grad_norm_(1.0), torch.optim.AdamW (lr 2e-3, betas 0.9/0.95, weight decay 0.1 on
+    the linear layers' matrices only, as minGPT)."""
+    import itertools
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def step():
+        config = GPT2Config(vocab_size=59, n_positions=64, n_embd=96, n_layer=3, n_head=4, bos_token_id=0, eos_token_id=0)
+        config._attn_implementation = "sdpa"
+        model = GPT2LMHeadModel(config).train()
+        named = list(model.named_parameters())  # the tied LM head appears once, as transformer.wte.weight
+        linear = lambda n: n.endswith(".weight") and (".attn." in n or ".mlp." in n)  # noqa: E731
+        groups = [{"params": [p for n, p in named if linear(n)], "weight_decay": 0.1},
+                  {"params": [p for n, p in named if not linear(n)], "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=2e-3, betas=(0.9, 0.95), eps=1e-8)
+        generator = torch.Generator().manual_seed(0x5EED)
+        batches = itertools.cycle([(torch.randint(0, 59, (16, 64), generator=generator),
+                                    torch.randint(0, 59, (16, 64), generator=generator)) for _ in range(8)])
+
+        def run():
+            x, y = next(batches)
+            logits = model(input_ids=x, use_cache=False).logits
+            loss = F.cross_entropy(logits.view(-1, 59), y.view(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            return loss
+
+        return run
+
+    return [("training_step", "mingpt_char", None, step)]
+
+
 def machine():
     model = platform.processor()
     try:
@@ -279,7 +334,7 @@ def main():
         for threads in THREADS:
             torch.set_num_threads(threads)
             fn = make()
-            grad = kernel.endswith("_bwd")
+            grad = kernel.endswith("_bwd") or kernel == "training_step"
             with torch.set_grad_enabled(grad), (torch.inference_mode() if not grad else contextlib.nullcontext()):
                 fn()  # warm-up
                 timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
