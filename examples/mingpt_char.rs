@@ -18,42 +18,43 @@
 //!
 //! The unigram entropy of the training characters is the loss of a model that knows
 //! only how often each character occurs; anything lower has learned context. A real
-//! run of the defaults (release build, seed 1337, 400 steps; 560 s on a 2-core
-//! machine shared with other builds, load average about 5, so about one core for
-//! this process: 8.6 CPU-minutes):
+//! run of the defaults (release build, seed 1337, 400 steps, `CANDLE_NUM_THREADS=1
+//! RAYON_NUM_THREADS=1` on a 2-core machine; 22 s, where the same run took 560 s with
+//! candle_nn's AdamW, glibc's default allocator thresholds and the machine under load;
+//! docs/training.md):
 //!
 //! ```text
 //! 9353 characters (8417 train, 936 held out), vocabulary of 59
 //! unigram entropy of the training characters: 3.107 nats (4.482 bits) per character
 //! GPT: 3 layers, 4 heads, 96 wide, context 64: 347520 parameters; AdamW (lr 0.002), 400 steps of 16 windows
 //!
-//! step    40  train loss 2.894  held-out loss 2.515  (56 s)
-//! step    80  train loss 2.460  held-out loss 2.428  (99 s)
-//! step   120  train loss 2.389  held-out loss 2.388  (153 s)
-//! step   160  train loss 2.342  held-out loss 2.362  (210 s)
-//! step   200  train loss 2.285  held-out loss 2.334  (265 s)
-//! step   240  train loss 2.266  held-out loss 2.304  (324 s)
-//! step   280  train loss 2.196  held-out loss 2.239  (379 s)
-//! step   320  train loss 2.154  held-out loss 2.229  (436 s)
-//! step   360  train loss 2.101  held-out loss 2.191  (494 s)
-//! step   400  train loss 2.050  held-out loss 2.170  (557 s)
+//! step    40  train loss 2.904  held-out loss 2.539  (2 s)
+//! step    80  train loss 2.475  held-out loss 2.433  (4 s)
+//! step   120  train loss 2.395  held-out loss 2.416  (6 s)
+//! step   160  train loss 2.344  held-out loss 2.369  (9 s)
+//! step   200  train loss 2.283  held-out loss 2.345  (11 s)
+//! step   240  train loss 2.249  held-out loss 2.299  (13 s)
+//! step   280  train loss 2.188  held-out loss 2.275  (15 s)
+//! step   320  train loss 2.146  held-out loss 2.219  (17 s)
+//! step   360  train loss 2.095  held-out loss 2.212  (19 s)
+//! step   400  train loss 2.054  held-out loss 2.181  (22 s)
 //!
-//! after 400 steps (560 s): loss on the training text 1.958 nats, held out 2.170 nats (first batch 4.119, unigram entropy 3.107)
+//! after 400 steps (22 s): loss on the training text 1.947 nats, held out 2.181 nats (first batch 4.059, unigram entropy 3.107)
 //!
 //! sample (temperature 0.8):
 //!
-//! Shall I compare thees, the thout semy,
-//! Then or the ich d the ourght de braty oun theld o wheld,
-//! The of thy le sthay as fhes seves then orsld ning sthe hit delld,
-//! And thy the iuredme feveeden thy the the by swhit al s fir thine,
+//! Shall I compare thees sur fof fthe outh at for,
+//! Tham me I aringhie ame breauty haut shee wis,
+//! For iom ares macke ave shef whies this this,
+//! Hand send sand ald the ald scupsied the wild the what with for cho sung,
 //! ...
 //! ```
 //!
 //! The loss starts at ln 59 = 4.08 (uniform guessing), passes the unigram entropy
-//! (3.11) within the first 40 steps, and ends at 1.96 nats on the training text and
-//! 2.17 on the held-out sonnets: 1.15 and 0.94 nats per character below the unigram
+//! (3.11) within the first 40 steps, and ends at 1.95 nats on the training text and
+//! 2.18 on the held-out sonnets: 1.16 and 0.93 nats per character below the unigram
 //! entropy. The sample has learned the layout (lines, capitals, punctuation) and
-//! common words (`the`, `thy`, `then`, `And`), not yet spelling.
+//! common words (`the`, `for`, `this`, `with`), not yet spelling.
 
 use std::collections::BTreeSet;
 use std::io::Write;
