@@ -128,6 +128,12 @@ LIMITS = {
     "could be at most about 2.3x faster at b1_s128; reaching 2x needs its non-product time (page faults, "
     "candle's bias and residual adds, copies, softmax, GELU) halved, which points at the gemm-crate products at "
     "128 rows and the per-call allocations, not at the kernels.",
+    ("training_step", "torch"): "Two threads. At 1 thread the step is faster than PyTorch's; with 2, replica's step "
+    "takes about as long as with 1 while PyTorch's takes about two thirds. The 2-thread run was not profiled; the "
+    "candidates are the gemm crate's threading of products with K = 96 and candle's element-wise pool, which splits "
+    "only tensors of 64K elements or more. docs/training.md has the 1-thread profile and what each change bought.",
+    ("gpt2_forward", "torch"): "Two threads, within 5%: at 1 thread the forward is faster than PyTorch's, whose "
+    "products run AVX-512 code here while the gemm crate runs its AVX2+FMA path (docs/training.md).",
     ("layer_norm", "memory"): "LayerNorm reads each row twice (statistics, then normalising, the second time "
     "from L1) and the weight and bias for every row; it was not profiled further.",
     ("rms_norm", "memory"): "RMSNorm reads each row twice (the sum of squares, then scaling) and the weight for "
