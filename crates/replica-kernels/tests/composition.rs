@@ -640,3 +640,146 @@ fn attention_against_the_composition() -> Result<()> {
     assert!(err.contains("needs the causal mask"), "{err}");
     Ok(())
 }
+
+/// The largest error of `y` against `exact` (the same kernel in f64), in ulps of the
+/// largest exact value: a normwise measure, since many outputs (a centred value, a
+/// rotated pair, a GELU near 0) are differences of larger terms, where their own ulp
+/// says nothing about the kernel.
+/// Also returns that error relative to the largest exact value.
+fn max_ulps_of_largest(y: &Tensor, exact: &Tensor) -> Result<(f64, f64)> {
+    let (y, exact) = (
+        y.flatten_all()?.to_vec1::<f32>()?,
+        exact.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?,
+    );
+    let largest = exact.iter().fold(0.0f64, |m, e| m.max(e.abs())) as f32;
+    let ulp = (f32::from_bits(largest.to_bits() + 1) - largest) as f64;
+    let worst = y
+        .iter()
+        .zip(&exact)
+        .map(|(&y, &e)| ((y as f64) - e).abs())
+        .fold(0.0, f64::max);
+    Ok((worst / ulp, worst / largest as f64))
+}
+
+/// Each kernel's forward error against its composition in f64 (in ulps of the largest
+/// output), on every backend, at a row length that is a multiple of neither 8 nor 16:
+/// printed (docs/kernels.md quotes
+/// these numbers, `cargo test -p replica-kernels --test composition accuracy --
+/// --nocapture`) and bounded.
+#[test]
+fn accuracy_of_every_kernel_on_every_backend() -> Result<()> {
+    let _lock = lock_backend();
+    let x = rand(&[48, 773], 3, 2.0, 0.0);
+    let up = rand(&[48, 773], 4, 1.0, 0.0);
+    let (w, b) = (rand(&[773], 5, 0.5, 1.0), rand(&[773], 6, 0.5, 0.0));
+    let rows = rand(&[2, 4, 48, 64], 7, 1.0, 0.0);
+    let angles = rand(&[48, 32], 8, 3.0, 0.0);
+    let (cos, sin) = (angles.cos()?, angles.sin()?);
+    let (q, k, v) = (
+        rand(&[1, 4, 70, 40], 9, 1.0, 0.0),
+        rand(&[1, 2, 150, 40], 10, 1.0, 0.0),
+        rand(&[1, 2, 150, 24], 11, 1.0, 0.0),
+    );
+    let causal = AttentionOptions {
+        causal: Some(Causal::BottomRight),
+        ..Default::default()
+    };
+    type Op<'a> = Box<dyn Fn(&[Tensor]) -> candle_core::Result<Tensor> + 'a>;
+    // (name, kernel, composition, inputs, bound in ulps of the largest output)
+    let cases: Vec<(&str, Op, Op, Vec<Tensor>, f64)> = vec![
+        (
+            "softmax",
+            Box::new(|t| rk::softmax_last_dim(&t[0], 0.7, Mask::None)),
+            Box::new(|t| reference::softmax_last_dim(&t[0], 0.7, Mask::None)),
+            vec![x.clone()],
+            8.0,
+        ),
+        (
+            "layer_norm",
+            Box::new(|t| rk::layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5)),
+            Box::new(|t| reference::layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5)),
+            vec![x.clone(), w.clone(), b.clone()],
+            8.0,
+        ),
+        (
+            "rms_norm",
+            Box::new(|t| rk::rms_norm(&t[0], &t[1], 1e-6)),
+            Box::new(|t| reference::rms_norm(&t[0], &t[1], 1e-6)),
+            vec![x.clone(), w.clone()],
+            8.0,
+        ),
+        (
+            "gelu_erf",
+            Box::new(|t| rk::gelu_erf(&t[0])),
+            Box::new(|t| reference::gelu_erf(&t[0])),
+            vec![x.clone()],
+            8.0,
+        ),
+        (
+            "gelu_tanh",
+            Box::new(|t| rk::gelu_tanh(&t[0])),
+            Box::new(|t| reference::gelu_tanh(&t[0])),
+            vec![x.clone()],
+            8.0,
+        ),
+        (
+            "silu",
+            Box::new(|t| rk::silu(&t[0])),
+            Box::new(|t| reference::silu(&t[0])),
+            vec![x.clone()],
+            8.0,
+        ),
+        (
+            "swiglu",
+            Box::new(|t| rk::swiglu(&t[0], &t[1])),
+            Box::new(|t| reference::swiglu(&t[0], &t[1])),
+            vec![x.clone(), up.clone()],
+            8.0,
+        ),
+        (
+            "geglu",
+            Box::new(|t| rk::geglu(&t[0], &t[1], GeluApprox::Erf)),
+            Box::new(|t| reference::geglu(&t[0], &t[1], GeluApprox::Erf)),
+            vec![x.clone(), up.clone()],
+            8.0,
+        ),
+        (
+            "rope half-split",
+            Box::new(|t| rk::rope(&t[0], &t[1], &t[2], RopeStyle::HalfSplit)),
+            Box::new(|t| reference::rope(&t[0], &t[1], &t[2], RopeStyle::HalfSplit)),
+            vec![rows.clone(), cos.clone(), sin.clone()],
+            8.0,
+        ),
+        (
+            "rope interleaved",
+            Box::new(|t| rk::rope(&t[0], &t[1], &t[2], RopeStyle::Interleaved)),
+            Box::new(|t| reference::rope(&t[0], &t[1], &t[2], RopeStyle::Interleaved)),
+            vec![rows.clone(), cos.clone(), sin.clone()],
+            8.0,
+        ),
+        (
+            "attention (causal, GQA)",
+            Box::new(|t| rk::attention(&t[0], &t[1], &t[2], &causal)),
+            Box::new(|t| reference::attention(&t[0], &t[1], &t[2], &causal)),
+            vec![q.clone(), k.clone(), v.clone()],
+            32.0,
+        ),
+    ];
+    let mut over = Vec::new();
+    for (name, kernel, composition, inputs, bound) in &cases {
+        let exact = in_f64(composition)(inputs)?;
+        for backend in rk::simd::available_backends() {
+            let y = on_backend(backend, || kernel(inputs))?;
+            let (ulps, relative) = max_ulps_of_largest(&y, &exact)?;
+            println!(
+                "accuracy: {name} on {}: {ulps:.2} ulp of the largest output ({relative:.1e} of it)",
+                backend.name()
+            );
+            if ulps > *bound {
+                over.push(format!("{name} on {}: {ulps} ulp over {bound}", backend.name()));
+            }
+        }
+    }
+    assert!(over.is_empty(), "{}", over.join("\n"));
+    Ok(())
+}
