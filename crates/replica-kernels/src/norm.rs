@@ -129,49 +129,64 @@ impl Norm<'_> {
         }
         let pivot = if n == 0 { 0.0 } else { x[0] };
         let k = S::splat(pivot);
-        // Pass 1: the mean, about the pivot. Padding lanes load the pivot: d = 0.
-        let (mut s0, mut s1) = (S::splat(0.0), S::splat(0.0));
+        let l = S::LANES;
+        // Four independent accumulators per sum: the passes are bound by the latency
+        // of the additions, not by loads.
+        // Pass 1: the mean, about the pivot.
+        let zero = S::splat(0.0);
+        let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
         let mut i = 0;
-        while i + 2 * S::LANES <= n {
+        while i + 4 * l <= n {
             s0 = S::add(s0, S::sub(S::load(p.add(i)), k));
-            s1 = S::add(s1, S::sub(S::load(p.add(i + S::LANES)), k));
-            i += 2 * S::LANES;
+            s1 = S::add(s1, S::sub(S::load(p.add(i + l)), k));
+            s2 = S::add(s2, S::sub(S::load(p.add(i + 2 * l)), k));
+            s3 = S::add(s3, S::sub(S::load(p.add(i + 3 * l)), k));
+            i += 4 * l;
         }
-        if i < body {
+        while i < body {
             s0 = S::add(s0, S::sub(S::load(p.add(i)), k));
-            i += S::LANES;
+            i += l;
         }
         if i < n {
+            // Padding lanes load the pivot: d = 0.
             s1 = S::add(s1, S::sub(S::load_partial(p.add(i), n - i, pivot), k));
         }
-        let offset = S::reduce_sum(S::add(s0, s1)) * inv_n;
+        let offset = S::reduce_sum(S::add(S::add(s0, s1), S::add(s2, s3))) * inv_n;
         // Pass 2: Σc and Σc² about the mean.
         let o = S::splat(offset);
-        let (mut c0, mut c1, mut a0, mut a1) = (S::splat(0.0), S::splat(0.0), S::splat(0.0), S::splat(0.0));
+        let (mut c0, mut c1, mut a0, mut a1) = (zero, zero, zero, zero);
+        let (mut c2, mut c3, mut a2, mut a3) = (zero, zero, zero, zero);
         let mut i = 0;
-        while i + 2 * S::LANES <= n {
+        while i + 4 * l <= n {
             let e0 = S::sub(S::sub(S::load(p.add(i)), k), o);
-            let e1 = S::sub(S::sub(S::load(p.add(i + S::LANES)), k), o);
+            let e1 = S::sub(S::sub(S::load(p.add(i + l)), k), o);
+            let e2 = S::sub(S::sub(S::load(p.add(i + 2 * l)), k), o);
+            let e3 = S::sub(S::sub(S::load(p.add(i + 3 * l)), k), o);
             c0 = S::add(c0, e0);
             c1 = S::add(c1, e1);
+            c2 = S::add(c2, e2);
+            c3 = S::add(c3, e3);
             a0 = S::fma(e0, e0, a0);
             a1 = S::fma(e1, e1, a1);
-            i += 2 * S::LANES;
+            a2 = S::fma(e2, e2, a2);
+            a3 = S::fma(e3, e3, a3);
+            i += 4 * l;
         }
-        let mut rest = 0.0f32;
-        let mut rest_sq = 0.0f32;
-        if i < body {
+        while i < body {
             let e0 = S::sub(S::sub(S::load(p.add(i)), k), o);
             c0 = S::add(c0, e0);
             a0 = S::fma(e0, e0, a0);
-            i += S::LANES;
+            i += l;
         }
         // The last partial vector, element by element (its padding must add nothing).
+        let (mut rest, mut rest_sq) = (0.0f32, 0.0f32);
         for &v in &x[i..] {
             let e = (v - pivot) - offset;
             rest += e;
             rest_sq += e * e;
         }
+        let (c0, c1) = (S::add(c0, c2), S::add(c1, c3));
+        let (a0, a1) = (S::add(a0, a2), S::add(a1, a3));
         let sum_c = S::reduce_sum(S::add(c0, c1)) + rest;
         let sum_sq = S::reduce_sum(S::add(a0, a1)) + rest_sq;
         // sum_c² / n <= sum_sq exactly (Cauchy–Schwarz); clamp a rounding below 0,

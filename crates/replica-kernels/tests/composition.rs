@@ -83,6 +83,7 @@ const GRAD: Tolerance = Tolerance::new(1e-5, 1e-5);
 
 #[test]
 fn softmax_against_the_composition() -> Result<()> {
+    let _lock = lock_backend();
     let shapes: &[&[usize]] = &[
         &[1],
         &[1, 1],
@@ -120,6 +121,7 @@ fn softmax_against_the_composition() -> Result<()> {
 
 #[test]
 fn softmax_masks() -> Result<()> {
+    let _lock = lock_backend();
     // q > k with a bottom-right causal mask: the first queries see nothing (zeros, zero gradient).
     for (dims, causal) in [
         (&[2, 3, 9, 6][..], Causal::BottomRight),
@@ -188,6 +190,7 @@ fn softmax_masks() -> Result<()> {
 
 #[test]
 fn softmax_routes() -> Result<()> {
+    let _lock = lock_backend();
     let x = rand(&[3, 4, 33], 9, 2.0, 0.0);
     let expected = reference::softmax_last_dim(&x, 1.0, Mask::None)?;
     // Non-contiguous input is made contiguous.
@@ -221,6 +224,7 @@ fn softmax_routes() -> Result<()> {
 
 #[test]
 fn portable_backend_agrees() -> Result<()> {
+    let _lock = lock_backend();
     let x = rand(&[7, 45], 13, 4.0, 0.0);
     let w = rand(&[45], 14, 1.0, 1.0);
     type Op<'a> = Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>;
@@ -235,7 +239,6 @@ fn portable_backend_agrees() -> Result<()> {
         ("gelu_tanh", Box::new(|| rk::gelu_tanh(&x))),
         ("swiglu", Box::new(|| rk::swiglu(&x, &x))),
     ];
-    let _lock = lock_backend();
     let backends = rk::simd::available_backends();
     for (name, op) in ops {
         let results = backends
@@ -256,7 +259,8 @@ fn portable_backend_agrees() -> Result<()> {
     Ok(())
 }
 
-/// Serialises the tests that switch the process-wide SIMD backend.
+/// Serialises the tests of this file: some switch the process-wide SIMD backend, and
+/// the others must not run on a backend switched under them.
 fn lock_backend() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
@@ -309,6 +313,7 @@ fn layer_norm_of_large_mean_and_small_spread_against_f64() -> Result<()> {
 
 #[test]
 fn norms_against_f64() -> Result<()> {
+    let _lock = lock_backend();
     let shapes: &[&[usize]] = &[&[1, 1], &[3, 7], &[2, 5, 16], &[4, 1000], &[2, 3, 33], &[300, 384]];
     for (i, dims) in shapes.iter().enumerate() {
         let n = *dims.last().unwrap();
@@ -369,6 +374,7 @@ fn norms_against_f64() -> Result<()> {
 
 #[test]
 fn activations_against_f64() -> Result<()> {
+    let _lock = lock_backend();
     // A dense grid over [-12, 12], odd sizes, and large magnitudes.
     let grid: Vec<f32> = (0..4801).map(|i| -12.0 + i as f32 * 0.005).collect();
     let grid = Tensor::from_vec(grid, 4801, &Device::Cpu)?;
@@ -437,6 +443,7 @@ fn activations_against_f64() -> Result<()> {
 
 #[test]
 fn rope_against_the_composition() -> Result<()> {
+    let _lock = lock_backend();
     for (dims, r) in [
         ([1, 1, 1, 2], 2),
         ([2, 3, 5, 10], 6),
@@ -484,6 +491,7 @@ fn rope_against_the_composition() -> Result<()> {
 
 #[test]
 fn attention_against_the_composition() -> Result<()> {
+    let _lock = lock_backend();
     struct Case {
         b: usize,
         h: usize,
