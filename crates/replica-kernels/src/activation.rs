@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use crate::cpu::{self, Route};
-use crate::simd::{self, load_n, store_n, Simd, LANES};
+use crate::simd::{self, load_n, store_n, Simd};
 use crate::simd_dispatch;
 
 /// Which GELU: the exact one with `erf` (`torch.nn.GELU()`), or the tanh
@@ -213,17 +213,17 @@ macro_rules! vector_loop {
     ($n:expr, |$i:ident, $len:ident| $body:block) => {{
         let n = $n;
         let mut start = 0;
-        while start + 4 * LANES <= n {
+        while start + 4 * S::LANES <= n {
             for k in 0..4 {
-                let ($i, $len) = (start + k * LANES, LANES);
+                let ($i, $len) = (start + k * S::LANES, S::LANES);
                 $body
             }
-            start += 4 * LANES;
+            start += 4 * S::LANES;
         }
         while start < n {
             let ($i, $len) = (start, n - start);
             $body
-            start += LANES;
+            start += S::LANES;
         }
     }};
 }

@@ -21,7 +21,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Sto
 use rayon::prelude::*;
 
 use crate::cpu::{self, Route};
-use crate::simd::{self, load_partial, store_partial, Simd, LANES};
+use crate::simd::{self, load_partial, store_partial, Simd};
 use crate::{simd_dispatch, Causal};
 
 /// Options of [`attention`]; the default is unmasked attention scaled by `1/√d`.
@@ -321,7 +321,7 @@ fn online_softmax<S: Simd>(
     o: &mut [f32],
     dv: usize,
 ) {
-    let body = cols - cols % LANES;
+    let body = cols - cols % S::LANES;
     for r in 0..rows {
         let row = &mut s[r * BC..r * BC + cols];
         let p = row.as_mut_ptr();
@@ -330,7 +330,7 @@ fn online_softmax<S: Simd>(
             let mut j = 0;
             while j < body {
                 mx = S::max(mx, S::load(p.add(j)));
-                j += LANES;
+                j += S::LANES;
             }
             if j < cols {
                 mx = S::max(mx, load_partial::<S>(p.add(j), cols - j, f32::NEG_INFINITY));
@@ -348,7 +348,7 @@ fn online_softmax<S: Simd>(
                 let e = simd::exp::<S>(S::add(S::load(p.add(j)), mv));
                 S::store(p.add(j), e);
                 acc = S::add(acc, e);
-                j += LANES;
+                j += S::LANES;
             }
             if j < cols {
                 let e = simd::exp::<S>(S::add(load_partial::<S>(p.add(j), cols - j, f32::NEG_INFINITY), mv));
@@ -374,7 +374,7 @@ simd_dispatch!(fn online_softmax_dispatch(s: &mut [f32], rows: usize, cols: usiz
 /// `P = exp(S - L)` in place (0 where `L = -inf`: a row that sees nothing).
 #[inline(always)]
 fn probabilities<S: Simd>(s: &mut [f32], rows: usize, cols: usize, lse: &[f32]) {
-    let body = cols - cols % LANES;
+    let body = cols - cols % S::LANES;
     for r in 0..rows {
         let row = &mut s[r * BC..r * BC + cols];
         if lse[r] == f32::NEG_INFINITY {
@@ -387,7 +387,7 @@ fn probabilities<S: Simd>(s: &mut [f32], rows: usize, cols: usize, lse: &[f32]) 
             let mut j = 0;
             while j < body {
                 S::store(p.add(j), simd::exp::<S>(S::add(S::load(p.add(j)), lv)));
-                j += LANES;
+                j += S::LANES;
             }
             if j < cols {
                 let e = simd::exp::<S>(S::add(load_partial::<S>(p.add(j), cols - j, f32::NEG_INFINITY), lv));
@@ -402,7 +402,7 @@ simd_dispatch!(fn probabilities_dispatch(s: &mut [f32], rows: usize, cols: usize
 /// `dS = P ⊙ (dP - D)` in place in `dp`.
 #[inline(always)]
 fn score_grad<S: Simd>(p: &[f32], dp: &mut [f32], rows: usize, cols: usize, dsum: &[f32]) {
-    let body = cols - cols % LANES;
+    let body = cols - cols % S::LANES;
     for r in 0..rows {
         let (pp, dpp) = (p[r * BC..].as_ptr(), dp[r * BC..].as_mut_ptr());
         let dv = S::splat(dsum[r]);
@@ -410,7 +410,7 @@ fn score_grad<S: Simd>(p: &[f32], dp: &mut [f32], rows: usize, cols: usize, dsum
             let mut j = 0;
             while j < body {
                 S::store(dpp.add(j), S::mul(S::load(pp.add(j)), S::sub(S::load(dpp.add(j)), dv)));
-                j += LANES;
+                j += S::LANES;
             }
             if j < cols {
                 let n = cols - j;

@@ -4,15 +4,16 @@
 //! | function | computes |
 //! | --- | --- |
 //! | [`softmax_last_dim`] | `softmax(scale · x + mask)`, causal or additive mask |
-//! | [`layer_norm`], [`rms_norm`] | LayerNorm (two-pass variance), RMSNorm, with weight (and bias) gradients |
+//! | [`layer_norm`], [`rms_norm`] | LayerNorm (corrected two-pass variance), RMSNorm, with weight (and bias) gradients |
 //! | [`gelu_erf`], [`gelu_tanh`], [`silu`] | activations |
 //! | [`swiglu`], [`geglu`] | gated linear units `act(gate) · up` |
 //! | [`rope`] | rotary embedding, half-split (HF LLaMA) or interleaved (GPT-J) |
 //! | [`attention`] | FlashAttention-style fused attention: causal, additive mask, GQA, ALiBi |
 //!
 //! Every function takes and returns candle tensors. On the CPU, f32 runs the
-//! kernel (AVX2+FMA when the CPU has it, detected at run time, else a portable
-//! version), f16 and bf16 run it in f32 and round once; f64 and other devices run
+//! kernel (AVX-512F or AVX2+FMA, the widest the CPU has, detected at run time, else
+//! a portable version; `REPLICA_SIMD` or [`simd::force_backend`] chooses another),
+//! f16 and bf16 run it in f32 and round once; f64 and other devices run
 //! the plain candle composition in [`reference`](mod@reference). Rows are split over rayon's
 //! threads only when there are enough of them ([`MIN_PARALLEL_WORK`]).
 //!

@@ -9,7 +9,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 
 use crate::cpu::{self, Route};
-use crate::simd::{load_n, store_n, Simd, LANES};
+use crate::simd::{load_n, store_n, Simd};
 use crate::simd_dispatch;
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) · weight + bias`,
@@ -92,78 +92,107 @@ impl Norm<'_> {
     /// The row's statistics: `x - mean = (x - pivot) - offset`, and `1 / sqrt(var + eps)`.
     /// For RMSNorm pivot and offset are 0 and the "variance" is the mean square.
     ///
-    /// One pass sums `d = x - pivot` and `d²` with the pivot the row's first element,
-    /// so `var = mean(d²) - mean(d)²` cancels only when the pivot lies many standard
-    /// deviations from the mean; when it would lose more than 4 bits (`mean(d²) > 16
-    /// var`), a second pass computes `mean((d - mean(d))²)` exactly as the two-pass
-    /// formula. Either way no digits are lost to a large common offset: `x - pivot` is
-    /// exact, and the centred values are never formed from a rounded mean.
+    /// Always two passes: the first sums `d = x - pivot` (the pivot the row's first
+    /// element, so that a large common offset costs no digits: `x - pivot` is exact for
+    /// values near it) for `offset = mean(d)`; the second sums `c = d - offset` and `c²`,
+    /// and `var = (Σc² - (Σc)²/n) / n`, the corrected two-pass formula (Chan, Golub &
+    /// LeVeque): `Σc` is what the rounding of `offset` left over, and the correction
+    /// removes its effect, so the variance is as accurate as f32 sums of `c²` allow.
+    /// A one-pass `mean(d²) - mean(d)²` lost up to four bits before switching to
+    /// this, enough to move a LayerNorm's output by several times PyTorch's own error.
     #[inline(always)]
     unsafe fn stats<S: Simd>(&self, x: &[f32]) -> Centre {
         let n = self.n;
         let p = x.as_ptr();
-        let body = n - n % LANES;
-        let pivot = if self.rms || n == 0 { 0.0 } else { x[0] };
-        let k = S::splat(pivot);
-        let (mut s0, mut s1, mut q0, mut q1) = (S::splat(0.0), S::splat(0.0), S::splat(0.0), S::splat(0.0));
-        let mut i = 0;
-        while i + 2 * LANES <= n {
-            let d0 = S::sub(S::load(p.add(i)), k);
-            let d1 = S::sub(S::load(p.add(i + LANES)), k);
-            s0 = S::add(s0, d0);
-            s1 = S::add(s1, d1);
-            q0 = S::fma(d0, d0, q0);
-            q1 = S::fma(d1, d1, q1);
-            i += 2 * LANES;
-        }
-        if i < body {
-            let d0 = S::sub(S::load(p.add(i)), k);
-            s0 = S::add(s0, d0);
-            q0 = S::fma(d0, d0, q0);
-            i += LANES;
-        }
-        let (mut sum, mut sq) = (S::reduce_sum(S::add(s0, s1)), S::reduce_sum(S::add(q0, q1)));
-        for &v in &x[i..] {
-            let d = v - pivot;
-            sum += d;
-            sq += d * d;
-        }
+        let body = n - n % S::LANES;
         let inv_n = 1.0 / n as f32;
         if self.rms {
+            let (mut q0, mut q1) = (S::splat(0.0), S::splat(0.0));
+            let mut i = 0;
+            while i + 2 * S::LANES <= n {
+                let (v0, v1) = (S::load(p.add(i)), S::load(p.add(i + S::LANES)));
+                q0 = S::fma(v0, v0, q0);
+                q1 = S::fma(v1, v1, q1);
+                i += 2 * S::LANES;
+            }
+            while i < n {
+                let v = load_n::<S>(p.add(i), n - i, 0.0);
+                q1 = S::fma(v, v, q1);
+                i += S::LANES;
+            }
+            let sq = S::reduce_sum(S::add(q0, q1));
             return Centre {
                 pivot: 0.0,
                 offset: 0.0,
                 rstd: 1.0 / (sq * inv_n + self.eps).sqrt(),
             };
         }
-        let offset = sum * inv_n;
-        let mut var = sq * inv_n - offset * offset;
-        // False for NaN too, which then takes the exact path.
-        let exact_enough = 16.0 * var >= sq * inv_n;
-        if !exact_enough {
-            // Cancellation (or a NaN): the second pass about the mean.
-            let o = S::splat(offset);
-            let (mut a0, mut a1) = (S::splat(0.0), S::splat(0.0));
-            let mut i = 0;
-            while i + 2 * LANES <= n {
-                let c0 = S::sub(S::sub(S::load(p.add(i)), k), o);
-                let c1 = S::sub(S::sub(S::load(p.add(i + LANES)), k), o);
-                a0 = S::fma(c0, c0, a0);
-                a1 = S::fma(c1, c1, a1);
-                i += 2 * LANES;
-            }
-            if i < body {
-                let c0 = S::sub(S::sub(S::load(p.add(i)), k), o);
-                a0 = S::fma(c0, c0, a0);
-                i += LANES;
-            }
-            let mut acc = S::reduce_sum(S::add(a0, a1));
-            for &v in &x[i..] {
-                let c = (v - pivot) - offset;
-                acc += c * c;
-            }
-            var = acc * inv_n;
+        let pivot = if n == 0 { 0.0 } else { x[0] };
+        let k = S::splat(pivot);
+        let l = S::LANES;
+        // Four independent accumulators per sum: the passes are bound by the latency
+        // of the additions, not by loads.
+        // Pass 1: the mean, about the pivot.
+        let zero = S::splat(0.0);
+        let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
+        let mut i = 0;
+        while i + 4 * l <= n {
+            s0 = S::add(s0, S::sub(S::load(p.add(i)), k));
+            s1 = S::add(s1, S::sub(S::load(p.add(i + l)), k));
+            s2 = S::add(s2, S::sub(S::load(p.add(i + 2 * l)), k));
+            s3 = S::add(s3, S::sub(S::load(p.add(i + 3 * l)), k));
+            i += 4 * l;
         }
+        while i < body {
+            s0 = S::add(s0, S::sub(S::load(p.add(i)), k));
+            i += l;
+        }
+        if i < n {
+            // Padding lanes load the pivot: d = 0.
+            s1 = S::add(s1, S::sub(S::load_partial(p.add(i), n - i, pivot), k));
+        }
+        let offset = S::reduce_sum(S::add(S::add(s0, s1), S::add(s2, s3))) * inv_n;
+        // Pass 2: Σc and Σc² about the mean.
+        let o = S::splat(offset);
+        let (mut c0, mut c1, mut a0, mut a1) = (zero, zero, zero, zero);
+        let (mut c2, mut c3, mut a2, mut a3) = (zero, zero, zero, zero);
+        let mut i = 0;
+        while i + 4 * l <= n {
+            let e0 = S::sub(S::sub(S::load(p.add(i)), k), o);
+            let e1 = S::sub(S::sub(S::load(p.add(i + l)), k), o);
+            let e2 = S::sub(S::sub(S::load(p.add(i + 2 * l)), k), o);
+            let e3 = S::sub(S::sub(S::load(p.add(i + 3 * l)), k), o);
+            c0 = S::add(c0, e0);
+            c1 = S::add(c1, e1);
+            c2 = S::add(c2, e2);
+            c3 = S::add(c3, e3);
+            a0 = S::fma(e0, e0, a0);
+            a1 = S::fma(e1, e1, a1);
+            a2 = S::fma(e2, e2, a2);
+            a3 = S::fma(e3, e3, a3);
+            i += 4 * l;
+        }
+        while i < body {
+            let e0 = S::sub(S::sub(S::load(p.add(i)), k), o);
+            c0 = S::add(c0, e0);
+            a0 = S::fma(e0, e0, a0);
+            i += l;
+        }
+        // The last partial vector, element by element (its padding must add nothing).
+        let (mut rest, mut rest_sq) = (0.0f32, 0.0f32);
+        for &v in &x[i..] {
+            let e = (v - pivot) - offset;
+            rest += e;
+            rest_sq += e * e;
+        }
+        let (c0, c1) = (S::add(c0, c2), S::add(c1, c3));
+        let (a0, a1) = (S::add(a0, a2), S::add(a1, a3));
+        let sum_c = S::reduce_sum(S::add(c0, c1)) + rest;
+        let sum_sq = S::reduce_sum(S::add(a0, a1)) + rest_sq;
+        // sum_c² / n <= sum_sq exactly (Cauchy–Schwarz); clamp a rounding below 0,
+        // keeping a NaN (from a NaN or infinite input) a NaN.
+        let var = (sum_sq - sum_c * sum_c * inv_n) * inv_n;
+        let var = if var < 0.0 { 0.0 } else { var };
         Centre {
             pivot,
             offset,
@@ -194,7 +223,7 @@ impl Centre {
 #[inline(always)]
 unsafe fn normalise_row<S: Simd, const BIAS: bool>(centre: Centre, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
     let n = x.len();
-    let body = n - n % LANES;
+    let body = n - n % S::LANES;
     let (xp, wp, bp, yp) = (x.as_ptr(), w.as_ptr(), b.as_ptr(), y.as_mut_ptr());
     // x̂ · w = (x - pivot - offset) · rstd · w, with rstd folded into the weight.
     let (k, o, r) = (S::splat(centre.pivot), S::splat(centre.offset), S::splat(centre.rstd));
@@ -210,7 +239,7 @@ unsafe fn normalise_row<S: Simd, const BIAS: bool>(centre: Centre, x: &[f32], w:
     while j < body {
         let bv = if BIAS { S::load(bp.add(j)) } else { S::splat(0.0) };
         S::store(yp.add(j), step(S::load(xp.add(j)), S::load(wp.add(j)), bv));
-        j += LANES;
+        j += S::LANES;
     }
     if j < n {
         let len = n - j;
@@ -274,7 +303,7 @@ fn backward_chunk<S: Simd>(a: &Norm<'_>, g: &[f32], first: usize, dx: &mut [f32]
                 if !a.rms {
                     store_n::<S>(dbp.add(j), len, S::add(gv, load_n::<S>(dbp.add(j), len, 0.0)));
                 }
-                j += LANES;
+                j += S::LANES;
             }
             let inv_n = 1.0 / n as f32;
             let c_g = S::splat(if a.rms { 0.0 } else { S::reduce_sum(s_g) * inv_n });
@@ -287,7 +316,7 @@ fn backward_chunk<S: Simd>(a: &Norm<'_>, g: &[f32], first: usize, dx: &mut [f32]
                 let xh = centre.normalise::<S>(load_n::<S>(xp.add(j), len, centre.pivot));
                 let gh = S::mul(load_n::<S>(gp.add(j), len, 0.0), load_n::<S>(wp.add(j), len, 0.0));
                 store_n::<S>(dxp.add(j), len, S::mul(rs, S::sub(S::sub(gh, c_g), S::mul(xh, c_gx))));
-                j += LANES;
+                j += S::LANES;
             }
         }
     }

@@ -10,7 +10,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use crate::cpu::{self, Route};
-use crate::simd::{load_n, store_n, Simd, LANES};
+use crate::simd::{load_n, store_n, Simd};
 use crate::simd_dispatch;
 
 /// How features are paired for rotation.
@@ -131,18 +131,18 @@ fn rotate_chunk<S: Simd>(a: &Rotation<'_>, first: usize, out: &mut [f32]) {
                         );
                         store_n::<S>(yp.add(j), len, S::fma(hi, s_lo, S::mul(lo, cv)));
                         store_n::<S>(yp.add(j + half), len, S::fma(lo, s_hi, S::mul(hi, cv)));
-                        j += LANES;
+                        j += S::LANES;
                     }
                 }
                 RopeStyle::Interleaved => {
-                    // Pairs never straddle a vector: r is even and vectors start at multiples of 8.
+                    // Pairs never straddle a vector: r is even and vectors start at multiples of the (even) lane count.
                     let mut j = 0;
                     while j < r {
                         let len = r - j;
                         let xv = load_n::<S>(xp.add(j), len, 0.0);
                         let (cv, sv) = (load_n::<S>(cp.add(j), len, 0.0), load_n::<S>(sp.add(j), len, 0.0));
                         store_n::<S>(yp.add(j), len, S::fma(S::swap_pairs(xv), sv, S::mul(xv, cv)));
-                        j += LANES;
+                        j += S::LANES;
                     }
                 }
             }

@@ -1,24 +1,32 @@
-//! Eight-lane f32 vectors: AVX2+FMA where the CPU has them (checked at run time),
-//! a portable array version elsewhere; and the fast `exp`, `sigmoid` and Gaussian
-//! CDF built on them.
+//! f32 vectors of a width each backend chooses: sixteen lanes with AVX-512F, eight
+//! with AVX2+FMA (both checked at run time), eight in a portable array version
+//! elsewhere; and the fast `exp`, `sigmoid` and Gaussian CDF built on them.
 //!
 //! Kernels are written once, generic over [`Simd`], marked `#[inline(always)]`,
-//! and instantiated twice by [`simd_dispatch!`](crate::simd_dispatch): inside a `#[target_feature(enable =
-//! "avx2,fma")]` function (where every intrinsic inlines), and for [`Portable`].
-//! Both backends evaluate the same polynomials in the same order, so they agree to
-//! an ulp or two (the portable path has no fused multiply-add).
+//! and instantiated by [`simd_dispatch!`](crate::simd_dispatch) three times: inside a
+//! `#[target_feature(enable = "avx512f,avx2,fma")]` function, inside an
+//! `#[target_feature(enable = "avx2,fma")]` one (where every intrinsic inlines), and
+//! for [`Portable`]. The lane count is [`Simd::LANES`]; a kernel steps by it and
+//! hands its last, shorter vector to [`Simd::load_partial`] / [`Simd::store_partial`],
+//! which AVX-512 does with masked loads and stores. Every backend evaluates the same
+//! polynomials in the same order, so they agree to an ulp or two per element (the
+//! portable path has no fused multiply-add; sums over a row are split over a
+//! different number of lanes, so they round differently).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// Lanes of every backend (the portable one mirrors AVX2 so tails are handled alike).
-pub const LANES: usize = 8;
+/// The most lanes of any backend (AVX-512's sixteen): the size of the buffers
+/// through which the generic tails pass.
+pub const MAX_LANES: usize = 16;
 
-/// The operations kernels need, on vectors of [`LANES`] f32.
+/// The operations kernels need, on vectors of [`Simd::LANES`] f32.
 ///
 /// # Safety
 /// `load`/`store` read and write `LANES` floats through raw pointers.
 pub trait Simd: Copy {
-    /// A vector of [`LANES`] f32.
+    /// Lanes of a vector (at most [`MAX_LANES`]).
+    const LANES: usize;
+    /// A vector of [`Simd::LANES`] f32.
     type V: Copy;
     /// Every lane set to `x`.
     fn splat(x: f32) -> Self::V;
@@ -28,6 +36,26 @@ pub trait Simd: Copy {
     /// # Safety
     /// `p` must be valid for writing `LANES` floats.
     unsafe fn store(p: *mut f32, v: Self::V);
+    /// Loads `n < LANES` floats, filling the other lanes with `fill`.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `n` floats.
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize, fill: f32) -> Self::V {
+        let mut buf = [fill; MAX_LANES];
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+        Self::load(buf.as_ptr())
+    }
+    /// Stores the first `n < LANES` lanes.
+    ///
+    /// # Safety
+    /// `p` must be valid for writing `n` floats.
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f32, n: usize, v: Self::V) {
+        let mut buf = [0f32; MAX_LANES];
+        Self::store(buf.as_mut_ptr(), v);
+        std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n);
+    }
     /// Lane-wise `a + b`.
     fn add(a: Self::V, b: Self::V) -> Self::V;
     /// Lane-wise `a - b`.
@@ -36,7 +64,7 @@ pub trait Simd: Copy {
     fn mul(a: Self::V, b: Self::V) -> Self::V;
     /// Lane-wise `a / b`.
     fn div(a: Self::V, b: Self::V) -> Self::V;
-    /// `a * b + c` (fused on AVX2).
+    /// `a * b + c` (fused on AVX2 and AVX-512).
     fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// Lane-wise maximum; a NaN in `b` is kept (like `_mm256_max_ps(a, b)`).
     fn max(a: Self::V, b: Self::V) -> Self::V;
@@ -62,54 +90,53 @@ pub trait Simd: Copy {
     fn reduce_max(a: Self::V) -> f32;
 }
 
-/// Loads `n < LANES` floats, filling the other lanes with `fill`.
+/// Loads `n < S::LANES` floats, filling the other lanes with `fill`.
 ///
 /// # Safety
 /// `p` must be valid for reading `n` floats.
 #[inline(always)]
 pub unsafe fn load_partial<S: Simd>(p: *const f32, n: usize, fill: f32) -> S::V {
-    let mut buf = [fill; LANES];
-    std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
-    S::load(buf.as_ptr())
+    S::load_partial(p, n, fill)
 }
 
-/// Stores the first `n < LANES` lanes.
+/// Stores the first `n < S::LANES` lanes.
 ///
 /// # Safety
 /// `p` must be valid for writing `n` floats.
 #[inline(always)]
 pub unsafe fn store_partial<S: Simd>(p: *mut f32, n: usize, v: S::V) {
-    let mut buf = [0f32; LANES];
-    S::store(buf.as_mut_ptr(), v);
-    std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n);
+    S::store_partial(p, n, v)
 }
 
-/// Loads `min(len, LANES)` floats: a full vector when `len >= LANES`, else the
+/// Loads `min(len, S::LANES)` floats: a full vector when `len >= S::LANES`, else the
 /// first `len` lanes with the rest `fill`.
 ///
 /// # Safety
-/// `p` must be valid for reading `min(len, LANES)` floats.
+/// `p` must be valid for reading `min(len, S::LANES)` floats.
 #[inline(always)]
 pub unsafe fn load_n<S: Simd>(p: *const f32, len: usize, fill: f32) -> S::V {
-    if len >= LANES {
+    if len >= S::LANES {
         S::load(p)
     } else {
-        load_partial::<S>(p, len, fill)
+        S::load_partial(p, len, fill)
     }
 }
 
-/// Stores `min(len, LANES)` lanes.
+/// Stores `min(len, S::LANES)` lanes.
 ///
 /// # Safety
-/// `p` must be valid for writing `min(len, LANES)` floats.
+/// `p` must be valid for writing `min(len, S::LANES)` floats.
 #[inline(always)]
 pub unsafe fn store_n<S: Simd>(p: *mut f32, len: usize, v: S::V) {
-    if len >= LANES {
+    if len >= S::LANES {
         S::store(p, v)
     } else {
-        store_partial::<S>(p, len, v)
+        S::store_partial(p, len, v)
     }
 }
+
+/// Lanes of the portable backend (as AVX2's, so that its tails are handled alike).
+const PORTABLE_LANES: usize = 8;
 
 /// The portable backend: `[f32; 8]` arrays, which the compiler vectorises for the
 /// baseline instruction set (SSE2 on x86-64, NEON on aarch64).
@@ -117,36 +144,37 @@ pub unsafe fn store_n<S: Simd>(p: *mut f32, len: usize, v: S::V) {
 pub struct Portable;
 
 #[inline(always)]
-fn map1(a: [f32; LANES], f: impl Fn(f32) -> f32) -> [f32; LANES] {
-    let mut out = [0f32; LANES];
-    for i in 0..LANES {
+fn map1(a: [f32; PORTABLE_LANES], f: impl Fn(f32) -> f32) -> [f32; PORTABLE_LANES] {
+    let mut out = [0f32; PORTABLE_LANES];
+    for i in 0..PORTABLE_LANES {
         out[i] = f(a[i]);
     }
     out
 }
 
 #[inline(always)]
-fn map2(a: [f32; LANES], b: [f32; LANES], f: impl Fn(f32, f32) -> f32) -> [f32; LANES] {
-    let mut out = [0f32; LANES];
-    for i in 0..LANES {
+fn map2(a: [f32; PORTABLE_LANES], b: [f32; PORTABLE_LANES], f: impl Fn(f32, f32) -> f32) -> [f32; PORTABLE_LANES] {
+    let mut out = [0f32; PORTABLE_LANES];
+    for i in 0..PORTABLE_LANES {
         out[i] = f(a[i], b[i]);
     }
     out
 }
 
 impl Simd for Portable {
-    type V = [f32; LANES];
+    const LANES: usize = PORTABLE_LANES;
+    type V = [f32; PORTABLE_LANES];
     #[inline(always)]
     fn splat(x: f32) -> Self::V {
-        [x; LANES]
+        [x; PORTABLE_LANES]
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self::V {
-        std::ptr::read_unaligned(p as *const [f32; LANES])
+        std::ptr::read_unaligned(p as *const [f32; PORTABLE_LANES])
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: Self::V) {
-        std::ptr::write_unaligned(p as *mut [f32; LANES], v)
+        std::ptr::write_unaligned(p as *mut [f32; PORTABLE_LANES], v)
     }
     #[inline(always)]
     fn add(a: Self::V, b: Self::V) -> Self::V {
@@ -166,8 +194,8 @@ impl Simd for Portable {
     }
     #[inline(always)]
     fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-        let mut out = [0f32; LANES];
-        for i in 0..LANES {
+        let mut out = [0f32; PORTABLE_LANES];
+        for i in 0..PORTABLE_LANES {
             out[i] = a[i] * b[i] + c[i];
         }
         out
@@ -201,7 +229,7 @@ impl Simd for Portable {
     #[inline(always)]
     fn select_lt(x: Self::V, t: Self::V, a: Self::V, b: Self::V) -> Self::V {
         let mut out = b;
-        for i in 0..LANES {
+        for i in 0..PORTABLE_LANES {
             if x[i] < t[i] {
                 out[i] = a[i];
             }
@@ -211,7 +239,7 @@ impl Simd for Portable {
     #[inline(always)]
     fn select_gt(x: Self::V, t: Self::V, a: Self::V, b: Self::V) -> Self::V {
         let mut out = b;
-        for i in 0..LANES {
+        for i in 0..PORTABLE_LANES {
             if x[i] > t[i] {
                 out[i] = a[i];
             }
@@ -221,7 +249,7 @@ impl Simd for Portable {
     #[inline(always)]
     fn swap_pairs(a: Self::V) -> Self::V {
         let mut out = a;
-        for i in (0..LANES).step_by(2) {
+        for i in (0..PORTABLE_LANES).step_by(2) {
             out.swap(i, i + 1);
         }
         out
@@ -255,6 +283,7 @@ mod avx2 {
     pub struct Avx2;
 
     impl Simd for Avx2 {
+        const LANES: usize = 8;
         type V = __m256;
         #[inline(always)]
         fn splat(x: f32) -> Self::V {
@@ -352,42 +381,318 @@ mod avx2 {
     }
 }
 
-const MODE_AUTO: u8 = 0;
-const MODE_PORTABLE: u8 = 1;
-static MODE: AtomicU8 = AtomicU8::new(MODE_AUTO);
+#[cfg(target_arch = "x86_64")]
+pub use avx512::Avx512;
 
-/// Forces the portable backend (`true`) or lets the CPU decide (`false`), process-wide.
-/// For tests and benchmarks of the fallback; kernels already running are unaffected.
-pub fn force_portable(portable: bool) {
-    MODE.store(if portable { MODE_PORTABLE } else { MODE_AUTO }, Ordering::Relaxed);
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Simd;
+    use std::arch::x86_64::*;
+
+    /// The AVX-512F backend (sixteen lanes). Its methods may only run on a CPU with
+    /// AVX-512F (which implies AVX2 and FMA); [`simd_dispatch!`](crate::simd_dispatch)
+    /// checks before entering them.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Avx512;
+
+    /// A mask of the first `n < 16` lanes.
+    #[inline(always)]
+    fn first_lanes(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    /// The upper eight lanes, as an AVX vector (`vextractf64x4` is AVX-512F; the
+    /// f32 flavour would need AVX-512DQ).
+    #[inline(always)]
+    fn upper_half(a: __m512) -> __m256 {
+        unsafe { _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a))) }
+    }
+
+    impl Simd for Avx512 {
+        const LANES: usize = 16;
+        type V = __m512;
+        #[inline(always)]
+        fn splat(x: f32) -> Self::V {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self::V {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: Self::V) {
+            _mm512_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn load_partial(p: *const f32, n: usize, fill: f32) -> Self::V {
+            // Masked-off lanes are not read (no fault past the slice's end).
+            _mm512_mask_loadu_ps(_mm512_set1_ps(fill), first_lanes(n), p)
+        }
+        #[inline(always)]
+        unsafe fn store_partial(p: *mut f32, n: usize, v: Self::V) {
+            _mm512_mask_storeu_ps(p, first_lanes(n), v)
+        }
+        #[inline(always)]
+        fn add(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        fn sub(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        fn mul(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        fn div(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { _mm512_div_ps(a, b) }
+        }
+        #[inline(always)]
+        fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        fn max(a: Self::V, b: Self::V) -> Self::V {
+            // As maxps on AVX2: the second operand when either is NaN.
+            unsafe { _mm512_max_ps(a, b) }
+        }
+        #[inline(always)]
+        fn min(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { _mm512_min_ps(a, b) }
+        }
+        #[inline(always)]
+        fn abs(a: Self::V) -> Self::V {
+            unsafe { _mm512_abs_ps(a) }
+        }
+        #[inline(always)]
+        fn copysign(x: Self::V, s: Self::V) -> Self::V {
+            unsafe {
+                let sign = _mm512_set1_epi32(i32::MIN);
+                let (x, s) = (_mm512_castps_si512(x), _mm512_castps_si512(s));
+                _mm512_castsi512_ps(_mm512_or_si512(_mm512_andnot_si512(sign, x), _mm512_and_si512(sign, s)))
+            }
+        }
+        #[inline(always)]
+        fn round(x: Self::V) -> Self::V {
+            unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x) }
+        }
+        #[inline(always)]
+        fn pow2i(n: Self::V) -> Self::V {
+            unsafe {
+                let i = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+                _mm512_castsi512_ps(_mm512_slli_epi32::<23>(i))
+            }
+        }
+        #[inline(always)]
+        fn select_lt(x: Self::V, t: Self::V, a: Self::V, b: Self::V) -> Self::V {
+            unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, t), b, a) }
+        }
+        #[inline(always)]
+        fn select_gt(x: Self::V, t: Self::V, a: Self::V, b: Self::V) -> Self::V {
+            unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, t), b, a) }
+        }
+        #[inline(always)]
+        fn swap_pairs(a: Self::V) -> Self::V {
+            unsafe { _mm512_permute_ps::<0b10_11_00_01>(a) }
+        }
+        #[inline(always)]
+        fn reduce_sum(a: Self::V) -> f32 {
+            // Halve to eight lanes, then the AVX2 tree.
+            unsafe {
+                let s8 = _mm256_add_ps(_mm512_castps512_ps256(a), upper_half(a));
+                let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+                let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+                let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2));
+                _mm_cvtss_f32(s1)
+            }
+        }
+        #[inline(always)]
+        fn reduce_max(a: Self::V) -> f32 {
+            unsafe {
+                let m8 = _mm256_max_ps(_mm512_castps512_ps256(a), upper_half(a));
+                let m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps::<1>(m8));
+                let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+                let m1 = _mm_max_ss(m2, _mm_shuffle_ps::<1>(m2, m2));
+                _mm_cvtss_f32(m1)
+            }
+        }
+    }
 }
 
-/// Whether kernels take the AVX2+FMA path on this CPU (and it is not switched off).
+/// A SIMD backend the kernels can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// [`Portable`]: plain arrays, any CPU.
+    Portable,
+    /// `Avx2`: AVX2 and FMA, eight lanes (x86-64).
+    Avx2,
+    /// `Avx512`: AVX-512F, sixteen lanes (x86-64).
+    Avx512,
+}
+
+impl Backend {
+    /// Every backend, from the narrowest to the widest.
+    pub const ALL: [Backend; 3] = [Backend::Portable, Backend::Avx2, Backend::Avx512];
+
+    /// Its name, as [`backend`] reports it and `REPLICA_SIMD` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Portable => "portable",
+            Backend::Avx2 => "avx2+fma",
+            Backend::Avx512 => "avx512f",
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn supported(self) -> bool {
+        match self {
+            Backend::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Backend::Portable => MODE_PORTABLE,
+            Backend::Avx2 => MODE_AVX2,
+            Backend::Avx512 => MODE_AVX512,
+        }
+    }
+}
+
+/// The backends this CPU can run, from the narrowest to the widest.
+pub fn available_backends() -> Vec<Backend> {
+    Backend::ALL.into_iter().filter(|b| b.supported()).collect()
+}
+
+/// Not yet decided: the first call reads `REPLICA_SIMD` and the CPU.
+const MODE_UNSET: u8 = 0;
+const MODE_PORTABLE: u8 = 1;
+const MODE_AVX2: u8 = 2;
+const MODE_AVX512: u8 = 3;
+static MODE: AtomicU8 = AtomicU8::new(MODE_UNSET);
+
+/// The backend used when nothing is forced: the widest this CPU runs. On the AMD
+/// EPYC (Zen 4) measured, which executes a 512-bit operation as two 256-bit halves,
+/// AVX-512 was still 1.1 to 1.9 times as fast as AVX2 for softmax, the norms and
+/// the activations, and within the noise of a shared machine elsewhere
+/// (docs/kernels.md), so no CPU gets a narrower default.
+fn default_backend() -> Backend {
+    Backend::ALL
+        .into_iter()
+        .rev()
+        .find(|b| b.supported())
+        .unwrap_or(Backend::Portable)
+}
+
+/// The backend named by `REPLICA_SIMD` (`portable`, `avx2`/`avx2+fma`, `avx512`/`avx512f`),
+/// if set, known and supported; otherwise the default. An unknown or unsupported name
+/// is reported once on stderr and ignored.
+fn initial_backend() -> Backend {
+    let Ok(name) = std::env::var("REPLICA_SIMD") else {
+        return default_backend();
+    };
+    let wanted = match name.trim().to_ascii_lowercase().as_str() {
+        "" | "auto" => return default_backend(),
+        "portable" => Some(Backend::Portable),
+        "avx2" | "avx2+fma" => Some(Backend::Avx2),
+        "avx512" | "avx512f" => Some(Backend::Avx512),
+        _ => None,
+    };
+    match wanted {
+        Some(b) if b.supported() => b,
+        Some(b) => {
+            eprintln!(
+                "REPLICA_SIMD={name}: this CPU lacks {}, using {}",
+                b.name(),
+                default_backend().name()
+            );
+            default_backend()
+        }
+        None => {
+            eprintln!(
+                "REPLICA_SIMD={name}: expected portable, avx2 or avx512; using {}",
+                default_backend().name()
+            );
+            default_backend()
+        }
+    }
+}
+
+/// The backend kernels run on now.
+#[inline]
+pub fn current_backend() -> Backend {
+    let mode = match MODE.load(Ordering::Relaxed) {
+        MODE_UNSET => {
+            let code = initial_backend().code();
+            // Another thread may have decided (or forced) meanwhile: keep its choice.
+            match MODE.compare_exchange(MODE_UNSET, code, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => code,
+                Err(other) => other,
+            }
+        }
+        m => m,
+    };
+    match mode {
+        MODE_AVX512 => Backend::Avx512,
+        MODE_AVX2 => Backend::Avx2,
+        _ => Backend::Portable,
+    }
+}
+
+/// Makes kernels run on `backend`, process-wide, or on the default again (`None`:
+/// the widest this CPU runs, or `REPLICA_SIMD`'s choice). For tests and
+/// benchmarks; kernels already running are unaffected.
+///
+/// Returns an error naming the backend when this CPU cannot run it.
+pub fn force_backend(backend: Option<Backend>) -> Result<(), String> {
+    let chosen = match backend {
+        Some(b) if !b.supported() => return Err(format!("this CPU cannot run the {} backend", b.name())),
+        Some(b) => b,
+        None => initial_backend(),
+    };
+    MODE.store(chosen.code(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Forces the portable backend (`true`) or goes back to the default (`false`),
+/// process-wide. For tests and benchmarks of the fallback; kernels already running
+/// are unaffected.
+pub fn force_portable(portable: bool) {
+    // The portable backend runs everywhere, and the default is always supported.
+    let _ = force_backend(portable.then_some(Backend::Portable));
+}
+
+/// Whether kernels take the AVX2+FMA path now (not AVX-512, not the portable one).
 #[inline]
 pub fn avx2_enabled() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        MODE.load(Ordering::Relaxed) == MODE_AUTO
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    current_backend() == Backend::Avx2
 }
 
-/// The name of the backend kernels use now: `"avx2+fma"` or `"portable"`.
+/// Whether kernels take the AVX-512 path now.
+#[inline]
+pub fn avx512_enabled() -> bool {
+    current_backend() == Backend::Avx512
+}
+
+/// The name of the backend kernels use now: `"avx512f"`, `"avx2+fma"` or `"portable"`.
 pub fn backend() -> &'static str {
-    if avx2_enabled() {
-        "avx2+fma"
-    } else {
-        "portable"
-    }
+    current_backend().name()
 }
 
-/// Defines `fn $name(args) -> ret` that runs `$generic::<Avx2>` inside an
-/// AVX2+FMA function when the CPU has them, else `$generic::<Portable>`.
+/// Defines `fn $name(args) -> ret` that runs `$generic::<Avx512>` or `$generic::<Avx2>`
+/// inside a function compiled with those features, as [`current_backend`] says,
+/// else `$generic::<Portable>`.
 /// `$generic` must be `#[inline(always)]` so that it is compiled with the features.
 #[macro_export]
 #[doc(hidden)]
@@ -397,13 +702,20 @@ macro_rules! simd_dispatch {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn with_avx512($($arg: $ty),*) $(-> $ret)? {
+                    $generic::<$crate::simd::Avx512>($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn with_avx2($($arg: $ty),*) $(-> $ret)? {
                     $generic::<$crate::simd::Avx2>($($arg),*)
                 }
-                if $crate::simd::avx2_enabled() {
-                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                    return unsafe { with_avx2($($arg),*) };
+                match $crate::simd::current_backend() {
+                    // SAFETY: a backend is current only where the CPU supports it
+                    // (checked when it was chosen).
+                    $crate::simd::Backend::Avx512 => return unsafe { with_avx512($($arg),*) },
+                    $crate::simd::Backend::Avx2 => return unsafe { with_avx2($($arg),*) },
+                    $crate::simd::Backend::Portable => {}
                 }
             }
             $generic::<$crate::simd::Portable>($($arg),*)
@@ -519,12 +831,12 @@ pub fn tanh<S: Simd>(x: S::V) -> S::V {
 #[inline(always)]
 pub fn map_slice<S: Simd>(x: &[f32], y: &mut [f32], f: impl Fn(S::V) -> S::V) {
     let n = x.len().min(y.len());
-    let body = n - n % LANES;
+    let body = n - n % S::LANES;
     let mut i = 0;
     while i < body {
         // SAFETY: i + LANES <= n for both slices.
         unsafe { S::store(y.as_mut_ptr().add(i), f(S::load(x.as_ptr().add(i)))) };
-        i += LANES;
+        i += S::LANES;
     }
     if i < n {
         // SAFETY: n - i < LANES floats remain in both slices.
@@ -595,24 +907,54 @@ mod tests {
         (0..n).map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32).collect()
     }
 
-    /// The order of [`both_backends`]' results.
-    const BACKENDS: [&str; 2] = ["fastest available", "portable"];
-
-    fn both_backends(x: &[f32], f: fn(&[f32], &mut [f32])) -> [Vec<f32>; 2] {
+    /// `f(x)` on every backend this CPU runs, with the backend's name.
+    fn all_backends(x: &[f32], f: fn(&[f32], &mut [f32])) -> Vec<(Vec<f32>, &'static str)> {
         let _lock = crate::test_lock();
-        let mut fast = vec![0f32; x.len()];
-        f(x, &mut fast);
-        force_portable(true);
-        let mut portable = vec![0f32; x.len()];
-        f(x, &mut portable);
-        force_portable(false);
-        [fast, portable]
+        let results = available_backends()
+            .into_iter()
+            .map(|b| {
+                force_backend(Some(b)).expect("an available backend");
+                let mut y = vec![0f32; x.len()];
+                f(x, &mut y);
+                (y, b.name())
+            })
+            .collect();
+        force_backend(None).expect("the default backend");
+        results
+    }
+
+    /// The FMA backends evaluate the same operations in the same order lane by lane,
+    /// so element-wise functions agree bit for bit at every length (every tail).
+    #[test]
+    fn fma_backends_agree_bit_for_bit_at_every_length() {
+        type SliceFn = fn(&[f32], &mut [f32]);
+        let fns: [(&str, SliceFn); 5] = [
+            ("exp", exp_slice),
+            ("erf", erf_slice),
+            ("tanh", tanh_slice),
+            ("sigmoid", sigmoid_slice),
+            ("normal_cdf", normal_cdf_slice),
+        ];
+        let x = grid(-9.0, 9.0, 53);
+        for len in 0..=x.len() {
+            for (name, f) in fns {
+                let results: Vec<_> = all_backends(&x[..len], f)
+                    .into_iter()
+                    .filter(|(_, b)| *b != Backend::Portable.name())
+                    .collect();
+                for pair in results.windows(2) {
+                    let ((a, an), (b, bn)) = (&pair[0], &pair[1]);
+                    let same = a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{name}, length {len}: {an} {a:?} vs {bn} {b:?}");
+                }
+            }
+        }
     }
 
     #[test]
     fn exp_within_one_ulp() {
         let x = grid(-87.3, 88.3, 200_001);
-        for (y, backend) in both_backends(&x, exp_slice).iter().zip(BACKENDS) {
+        for (y, backend) in all_backends(&x, exp_slice) {
             let worst = x
                 .iter()
                 .zip(y.iter())
@@ -636,7 +978,7 @@ mod tests {
             -0.0,
             1e-30,
         ];
-        for y in both_backends(&x, exp_slice) {
+        for (y, _) in all_backends(&x, exp_slice) {
             assert_eq!(&y[..3], &[0.0, 0.0, 0.0]);
             assert_eq!(y[3], 1.0);
             assert_eq!(&y[4..6], &[f32::INFINITY, f32::INFINITY]);
@@ -644,7 +986,7 @@ mod tests {
             assert_eq!(&y[7..], &[1.0, 1.0]);
         }
         // Just above the flush threshold the result is still a normal number.
-        for y in both_backends(&[-87.3], exp_slice) {
+        for (y, _) in all_backends(&[-87.3], exp_slice) {
             assert!((y[0] as f64 / (-87.3f32 as f64).exp() - 1.0).abs() < 1e-6, "{}", y[0]);
         }
     }
@@ -652,7 +994,7 @@ mod tests {
     #[test]
     fn normal_cdf_absolute_error() {
         let x = grid(-12.0, 12.0, 100_001);
-        for (y, backend) in both_backends(&x, normal_cdf_slice).iter().zip(BACKENDS) {
+        for (y, backend) in all_backends(&x, normal_cdf_slice) {
             let worst = x
                 .iter()
                 .zip(y.iter())
@@ -669,7 +1011,7 @@ mod tests {
     #[test]
     fn sigmoid_relative_error() {
         let x = grid(-80.0, 80.0, 200_001);
-        for (y, backend) in both_backends(&x, sigmoid_slice).iter().zip(BACKENDS) {
+        for (y, backend) in all_backends(&x, sigmoid_slice) {
             let worst = x
                 .iter()
                 .zip(y.iter())
@@ -686,7 +1028,7 @@ mod tests {
     #[test]
     fn erf_absolute_error() {
         let x = grid(-6.0, 6.0, 100_001);
-        for (y, backend) in both_backends(&x, erf_slice).iter().zip(BACKENDS) {
+        for (y, backend) in all_backends(&x, erf_slice) {
             let worst = x
                 .iter()
                 .zip(y.iter())
@@ -700,7 +1042,7 @@ mod tests {
     #[test]
     fn tanh_relative_error() {
         let x = grid(-20.0, 20.0, 200_001);
-        for (y, backend) in both_backends(&x, tanh_slice).iter().zip(BACKENDS) {
+        for (y, backend) in all_backends(&x, tanh_slice) {
             let worst = x
                 .iter()
                 .zip(y.iter())

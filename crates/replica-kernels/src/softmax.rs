@@ -10,7 +10,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 
 use crate::cpu::{self, Route};
-use crate::simd::{self, load_partial, store_partial, Simd, LANES};
+use crate::simd::{self, load_partial, store_partial, Simd};
 use crate::simd_dispatch;
 
 /// Where the queries sit among the keys, and so which keys a causal mask hides.
@@ -162,7 +162,7 @@ simd_dispatch!(fn forward_chunk_dispatch(rows: &Rows<'_>, first: usize, out: &mu
 #[inline(always)]
 fn forward_row<S: Simd>(x: &[f32], mask: Option<&[f32]>, scale: f32, y: &mut [f32]) {
     let n = x.len();
-    let body = n - n % LANES;
+    let body = n - n % S::LANES;
     let neg_inf = f32::NEG_INFINITY;
     let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
     let sv = S::splat(scale);
@@ -173,14 +173,14 @@ fn forward_row<S: Simd>(x: &[f32], mask: Option<&[f32]>, scale: f32, y: &mut [f3
         let (mut m0, mut m1) = (S::splat(neg_inf), S::splat(neg_inf));
         let mut i = 0;
         if direct {
-            while i + 2 * LANES <= n {
+            while i + 2 * S::LANES <= n {
                 m0 = S::max(m0, S::load(xp.add(i)));
-                m1 = S::max(m1, S::load(xp.add(i + LANES)));
-                i += 2 * LANES;
+                m1 = S::max(m1, S::load(xp.add(i + S::LANES)));
+                i += 2 * S::LANES;
             }
             while i < body {
                 m0 = S::max(m0, S::load(xp.add(i)));
-                i += LANES;
+                i += S::LANES;
             }
             if i < n {
                 m1 = S::max(m1, load_partial::<S>(xp.add(i), n - i, neg_inf));
@@ -195,7 +195,7 @@ fn forward_row<S: Simd>(x: &[f32], mask: Option<&[f32]>, scale: f32, y: &mut [f3
                 };
                 S::store(yp.add(i), z);
                 m0 = S::max(m0, z);
-                i += LANES;
+                i += S::LANES;
             }
             if i < n {
                 let rest = n - i;
@@ -225,24 +225,24 @@ fn forward_row<S: Simd>(x: &[f32], mask: Option<&[f32]>, scale: f32, y: &mut [f3
         } else {
             (yp as *const f32, S::splat(1.0))
         };
-        while i + 4 * LANES <= n {
+        while i + 4 * S::LANES <= n {
             let e0 = simd::exp::<S>(S::fma(S::load(src.add(i)), mul, mv));
-            let e1 = simd::exp::<S>(S::fma(S::load(src.add(i + LANES)), mul, mv));
-            let e2 = simd::exp::<S>(S::fma(S::load(src.add(i + 2 * LANES)), mul, mv));
-            let e3 = simd::exp::<S>(S::fma(S::load(src.add(i + 3 * LANES)), mul, mv));
+            let e1 = simd::exp::<S>(S::fma(S::load(src.add(i + S::LANES)), mul, mv));
+            let e2 = simd::exp::<S>(S::fma(S::load(src.add(i + 2 * S::LANES)), mul, mv));
+            let e3 = simd::exp::<S>(S::fma(S::load(src.add(i + 3 * S::LANES)), mul, mv));
             S::store(yp.add(i), e0);
-            S::store(yp.add(i + LANES), e1);
-            S::store(yp.add(i + 2 * LANES), e2);
-            S::store(yp.add(i + 3 * LANES), e3);
+            S::store(yp.add(i + S::LANES), e1);
+            S::store(yp.add(i + 2 * S::LANES), e2);
+            S::store(yp.add(i + 3 * S::LANES), e3);
             s0 = S::add(s0, S::add(e0, e1));
             s1 = S::add(s1, S::add(e2, e3));
-            i += 4 * LANES;
+            i += 4 * S::LANES;
         }
         while i < body {
             let e = simd::exp::<S>(S::fma(S::load(src.add(i)), mul, mv));
             S::store(yp.add(i), e);
             s0 = S::add(s0, e);
-            i += LANES;
+            i += S::LANES;
         }
         if i < n {
             let rest = n - i;
@@ -257,7 +257,7 @@ fn forward_row<S: Simd>(x: &[f32], mask: Option<&[f32]>, scale: f32, y: &mut [f3
         let mut i = 0;
         while i < body {
             S::store(yp.add(i), S::mul(S::load(yp.add(i)), inv));
-            i += LANES;
+            i += S::LANES;
         }
         if i < n {
             let v = S::mul(load_partial::<S>(yp.add(i), n - i, 0.0), inv);
@@ -270,19 +270,19 @@ fn forward_row<S: Simd>(x: &[f32], mask: Option<&[f32]>, scale: f32, y: &mut [f3
 #[inline(always)]
 fn backward_row<S: Simd>(y: &[f32], g: &[f32], factor: f32, dz: &mut [f32]) {
     let n = y.len();
-    let body = n - n % LANES;
+    let body = n - n % S::LANES;
     let (yp, gp, dp) = (y.as_ptr(), g.as_ptr(), dz.as_mut_ptr());
     unsafe {
         let (mut a0, mut a1) = (S::splat(0.0), S::splat(0.0));
         let mut i = 0;
-        while i + 2 * LANES <= n {
+        while i + 2 * S::LANES <= n {
             a0 = S::fma(S::load(yp.add(i)), S::load(gp.add(i)), a0);
-            a1 = S::fma(S::load(yp.add(i + LANES)), S::load(gp.add(i + LANES)), a1);
-            i += 2 * LANES;
+            a1 = S::fma(S::load(yp.add(i + S::LANES)), S::load(gp.add(i + S::LANES)), a1);
+            i += 2 * S::LANES;
         }
         while i < body {
             a0 = S::fma(S::load(yp.add(i)), S::load(gp.add(i)), a0);
-            i += LANES;
+            i += S::LANES;
         }
         if i < n {
             a1 = S::fma(
@@ -297,7 +297,7 @@ fn backward_row<S: Simd>(y: &[f32], g: &[f32], factor: f32, dz: &mut [f32]) {
         while i < body {
             let (y, g) = (S::load(yp.add(i)), S::load(gp.add(i)));
             S::store(dp.add(i), S::mul(S::mul(y, S::sub(g, dot)), f));
-            i += LANES;
+            i += S::LANES;
         }
         if i < n {
             let (y, g) = (

@@ -8,7 +8,8 @@
 //!   over rows (weights, biases, broadcast masks) group the sum differently and
 //!   get a wider, stated tolerance (`REDUCTION`): they are not bit-identical
 //!   across thread counts, only across repeats.
-//! - The portable backend is deterministic too, and agrees with AVX2+FMA.
+//! - Every backend this CPU runs (portable, AVX2+FMA, AVX-512) is deterministic,
+//!   and they all agree with each other.
 //!
 //! Every input has at least `2 · MIN_PARALLEL_WORK` elements in at least 64 rows,
 //! so in the 2-thread pool each kernel really cuts its rows into several tasks
@@ -23,7 +24,7 @@ use replica_kernels::{self as rk, AttentionOptions, Causal, GeluApprox, Mask, Ro
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// `force_portable` is process-wide: tests that run kernels hold this lock so
+/// `force_backend` is process-wide: tests that run kernels hold this lock so
 /// that no test sees the backend switch between two of its runs.
 static BACKEND: Mutex<()> = Mutex::new(());
 
@@ -288,46 +289,54 @@ fn check_all(backend: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn kernels_are_deterministic_on_the_default_backend() -> Result<()> {
-    let _lock = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
-    rk::simd::force_portable(false);
-    check_all(rk::simd::backend())
-}
-
-#[test]
-fn kernels_are_deterministic_on_the_portable_backend() -> Result<()> {
-    let _lock = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
-    rk::simd::force_portable(true);
-    let result = check_all(rk::simd::backend());
-    rk::simd::force_portable(false);
+/// Runs `f` with `backend` forced, then goes back to the default.
+fn on_backend<R>(backend: rk::simd::Backend, f: impl FnOnce() -> R) -> R {
+    rk::simd::force_backend(Some(backend)).expect("an available backend");
+    let result = f();
+    rk::simd::force_backend(None).expect("the default backend");
     result
 }
 
-/// The two backends round differently (FMA), so they agree within a tolerance,
-/// not bit for bit; this one is the f32 default, loosened to rtol 1e-5 for the
-/// polynomial `exp`, `erf` and `tanh` whose FMA and non-FMA evaluations differ by a few ulps.
 #[test]
-fn portable_and_simd_backends_agree() -> Result<()> {
+fn kernels_are_deterministic_on_every_backend() -> Result<()> {
     let _lock = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
-    if !rk::simd::avx2_enabled() {
-        eprintln!("this CPU has no AVX2+FMA: only the portable backend runs");
+    for backend in rk::simd::available_backends() {
+        on_backend(backend, || check_all(backend.name()))?;
+    }
+    Ok(())
+}
+
+/// The backends round differently (FMA or not, and row sums split over 8 or 16
+/// lanes), so they agree within a tolerance, not bit for bit; this one is the f32
+/// default, loosened to rtol 1e-5 for the polynomial `exp`, `erf` and `tanh` whose
+/// FMA and non-FMA evaluations differ by a few ulps. Every backend is compared with
+/// the portable one and with each other.
+#[test]
+fn every_backend_agrees_with_every_other() -> Result<()> {
+    let _lock = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    let backends = rk::simd::available_backends();
+    if backends.len() < 2 {
+        eprintln!("this CPU runs only the portable backend");
         return Ok(());
     }
     let tolerance = Tolerance::new(1e-5, 1e-5);
     for case in cases() {
-        let simd = case.run_on(2)?;
-        rk::simd::force_portable(true);
-        let portable = case.run_on(2);
-        rk::simd::force_portable(false);
-        for (i, (p, s)) in portable?.iter().zip(&simd).enumerate() {
-            let c = compare(p, s, tolerance);
-            assert!(
-                c.passed(),
-                "{}, {}: portable vs avx2+fma not within rtol 1e-5, atol 1e-5:\n{c}",
-                case.name,
-                label(i)
-            );
+        let results = backends
+            .iter()
+            .map(|&b| on_backend(b, || case.run_on(2)).map(|r| (b.name(), r)))
+            .collect::<Result<Vec<_>>>()?;
+        for (i, (a_name, a)) in results.iter().enumerate() {
+            for (b_name, b) in &results[i + 1..] {
+                for (k, (x, y)) in a.iter().zip(b).enumerate() {
+                    let c = compare(x, y, tolerance);
+                    assert!(
+                        c.passed(),
+                        "{}, {}: {a_name} vs {b_name} not within rtol 1e-5, atol 1e-5:\n{c}",
+                        case.name,
+                        label(k)
+                    );
+                }
+            }
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! The kernels against real PyTorch outputs and gradients: the committed
 //! reference bundles under tests/fixtures/ (made by python/generate_fixtures.py
-//! and python/fixtures_blocks_*.py), forward and backward.
+//! and python/fixtures_blocks_*.py), forward and backward, on every SIMD backend
+//! this CPU runs (portable, AVX2+FMA, AVX-512).
 
 use std::path::PathBuf;
 
@@ -34,13 +35,11 @@ fn check_unary(name: &str, op: impl Fn(&Tensor) -> candle_core::Result<Tensor>) 
     Ok(())
 }
 
-#[test]
-fn softmax_matches_torch() -> Result<()> {
+fn softmax_matches_torch_on_one_backend() -> Result<()> {
     check_unary("softmax", |x| rk::softmax_last_dim(x, 1.0, Mask::None))
 }
 
-#[test]
-fn gelu_matches_torch() -> Result<()> {
+fn gelu_matches_torch_on_one_backend() -> Result<()> {
     check_unary("gelu_erf", rk::gelu_erf)?;
     check_unary("gelu_tanh", rk::gelu_tanh)?;
     check_unary("blocks/act_gelu", rk::gelu_erf)?;
@@ -48,8 +47,7 @@ fn gelu_matches_torch() -> Result<()> {
     check_unary("blocks/act_gelu_new", rk::gelu_tanh)
 }
 
-#[test]
-fn silu_matches_torch() -> Result<()> {
+fn silu_matches_torch_on_one_backend() -> Result<()> {
     check_unary("blocks/act_silu", rk::silu)
 }
 
@@ -57,8 +55,7 @@ fn eps(b: &Bundle, key: &str) -> f64 {
     b.metadata().config[key].as_f64().expect("eps in the fixture's config")
 }
 
-#[test]
-fn layer_norm_matches_torch() -> Result<()> {
+fn layer_norm_matches_torch_on_one_backend() -> Result<()> {
     for name in ["layer_norm", "blocks/layer_norm"] {
         let b = bundle(name);
         let mut run = Parity::new(&b)?;
@@ -80,8 +77,7 @@ fn layer_norm_matches_torch() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn rms_norm_matches_torch() -> Result<()> {
+fn rms_norm_matches_torch_on_one_backend() -> Result<()> {
     let b = bundle("blocks/rms_norm");
     let mut run = Parity::new(&b)?;
     let y = rk::rms_norm(&run.input("0")?, &run.param("weight")?, eps(&b, "rms_norm_eps"))?;
@@ -100,8 +96,7 @@ fn rms_norm_matches_torch() -> Result<()> {
 
 /// timm's gated MLPs: fc1 (packed or split), the gating kernel, fc2; every
 /// parameter's gradient flows through the kernel's backward.
-#[test]
-fn gated_mlps_match_timm() -> Result<()> {
+fn gated_mlps_match_timm_on_one_backend() -> Result<()> {
     let linear = |run: &Parity, name: &str| -> Result<Linear> {
         Ok(Linear::new(
             run.param(&format!("{name}.weight"))?,
@@ -186,8 +181,7 @@ fn hf_tables(b: &Bundle) -> Result<(Tensor, Tensor)> {
     ))
 }
 
-#[test]
-fn rope_matches_hf() -> Result<()> {
+fn rope_matches_hf_on_one_backend() -> Result<()> {
     for name in ["blocks/rope_half_split", "blocks/rope_half_split_partial"] {
         let (cos, sin) = hf_tables(&bundle(name))?;
         check_rope(name, &cos, &sin, RopeStyle::HalfSplit)?;
@@ -245,8 +239,7 @@ fn additive_from_keep(keep: &Tensor) -> Result<Tensor> {
     Ok(keep.where_cond(&zeros, &hidden)?)
 }
 
-#[test]
-fn attention_matches_torch_sdpa() -> Result<()> {
+fn attention_matches_torch_sdpa_on_one_backend() -> Result<()> {
     check_sdpa("blocks/sdpa_causal", |_| {
         Ok((
             AttentionOptions {
@@ -301,8 +294,7 @@ fn attention_matches_torch_sdpa() -> Result<()> {
     })
 }
 
-#[test]
-fn attention_mask_grad_is_not_computed_but_the_rest_is() -> Result<()> {
+fn attention_mask_grad_is_not_computed_but_the_rest_is_on_one_backend() -> Result<()> {
     // Documented limitation: the additive mask gets no gradient from the fused kernel.
     let b = bundle("blocks/sdpa_additive");
     let run = Parity::new(&b)?;
@@ -318,8 +310,7 @@ fn attention_mask_grad_is_not_computed_but_the_rest_is() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn softmax_kernel_matches_the_attention_probabilities() -> Result<()> {
+fn softmax_kernel_matches_the_attention_probabilities_on_one_backend() -> Result<()> {
     // sdpa_additive again, through the softmax kernel with its fused scale and mask.
     let b = bundle("blocks/sdpa_additive");
     let run = Parity::new(&b)?;
@@ -340,3 +331,44 @@ fn softmax_kernel_matches_the_attention_probabilities() -> Result<()> {
     assert_passed(report);
     Ok(())
 }
+
+/// Runs `check` on every SIMD backend this CPU runs, one after the other, naming
+/// the backend in the error of the first that fails.
+fn on_every_backend(check: fn() -> Result<()>) -> Result<()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for backend in rk::simd::available_backends() {
+        rk::simd::force_backend(Some(backend)).expect("an available backend");
+        // A failed assertion panics: say which backend it ran on first.
+        eprintln!("backend {}", backend.name());
+        let result = check();
+        rk::simd::force_backend(None).expect("the default backend");
+        result.map_err(|e| format!("on the {} backend: {e}", backend.name()))?;
+    }
+    Ok(())
+}
+
+/// A `#[test]` per check, running it on every backend.
+macro_rules! tests_on_every_backend {
+    ($($test:ident => $check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() -> Result<()> {
+                on_every_backend($check)
+            }
+        )*
+    };
+}
+
+tests_on_every_backend!(
+    softmax_matches_torch => softmax_matches_torch_on_one_backend,
+    gelu_matches_torch => gelu_matches_torch_on_one_backend,
+    silu_matches_torch => silu_matches_torch_on_one_backend,
+    layer_norm_matches_torch => layer_norm_matches_torch_on_one_backend,
+    rms_norm_matches_torch => rms_norm_matches_torch_on_one_backend,
+    gated_mlps_match_timm => gated_mlps_match_timm_on_one_backend,
+    rope_matches_hf => rope_matches_hf_on_one_backend,
+    attention_matches_torch_sdpa => attention_matches_torch_sdpa_on_one_backend,
+    attention_mask_grad_is_not_computed_but_the_rest_is => attention_mask_grad_is_not_computed_but_the_rest_is_on_one_backend,
+    softmax_kernel_matches_the_attention_probabilities => softmax_kernel_matches_the_attention_probabilities_on_one_backend,
+);
