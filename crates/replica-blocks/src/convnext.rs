@@ -188,7 +188,7 @@ impl ConfigCheck for ConvNextBlockConfig {
         if self.stride != 1 {
             return Err(format!("stride {} is not implemented (expected 1)", self.stride));
         }
-        if self.kernel_size % 2 == 0 {
+        if self.kernel_size.is_multiple_of(2) {
             return Err(format!("kernel_size must be odd, got {}", self.kernel_size));
         }
         let (input, output) = self.dilation.pair();

@@ -164,7 +164,7 @@ impl ConfigCheck for MlaConfig {
         if let Some(rank) = self.q_lora_rank {
             positive("q_lora_rank", rank)?;
         }
-        if self.qk_rope_head_dim % 2 != 0 {
+        if !self.qk_rope_head_dim.is_multiple_of(2) {
             return Err(format!(
                 "`qk_rope_head_dim` {} must be even (its features rotate in pairs)",
                 self.qk_rope_head_dim

@@ -94,7 +94,7 @@ impl ConfigCheck for RopeConfig {
             Some(features) => format!("rotary_dim {features}"),
             None => format!("head_dim {} x fraction {}", self.head_dim, self.fraction),
         };
-        if rotary_dim == 0 || rotary_dim % 2 != 0 {
+        if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
             return Err(format!(
                 "the rotated dimension must be even and positive, got {rotary_dim} ({source})"
             ));

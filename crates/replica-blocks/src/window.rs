@@ -37,12 +37,12 @@ pub fn window_partition(x: &Tensor, window: Size2) -> Result<Tensor> {
 pub fn window_reverse(windows: &Tensor, window: Size2, height: usize, width: usize) -> Result<Tensor> {
     let Size2 { height: wh, width: ww } = window;
     let c = windows.dim(candle_core::D::Minus1)?;
-    if wh == 0 || ww == 0 || height % wh != 0 || width % ww != 0 {
+    if wh == 0 || ww == 0 || !height.is_multiple_of(wh) || !width.is_multiple_of(ww) {
         candle_core::bail!("window_reverse: a {height}x{width} map does not split into {wh}x{ww} windows")
     }
     let per_image = (height / wh) * (width / ww);
     let count = windows.elem_count() / (wh * ww * c).max(1);
-    if count % per_image != 0 {
+    if !count.is_multiple_of(per_image) {
         candle_core::bail!("window_reverse: {count} windows are not a whole number of {height}x{width} maps")
     }
     windows
@@ -94,7 +94,7 @@ pub fn shifted_window_mask(
     device: &Device,
 ) -> Result<Tensor> {
     let Size2 { height: wh, width: ww } = window;
-    if wh == 0 || ww == 0 || height % wh != 0 || width % ww != 0 {
+    if wh == 0 || ww == 0 || !height.is_multiple_of(wh) || !width.is_multiple_of(ww) {
         candle_core::bail!("shifted_window_mask: a {height}x{width} map does not split into {wh}x{ww} windows")
     }
     let slices = |w: usize, s: usize, len: usize| {

@@ -106,7 +106,7 @@ impl ConfigCheck for WindowAttentionConfig {
         if let Some(head_dim) = self.head_dim {
             all_positive(&[("head_dim", head_dim)])?;
             at_most("head_dim", head_dim, 1 << 16)?;
-        } else if self.dim % self.num_heads != 0 {
+        } else if !self.dim.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "dim {} is not divisible by num_heads {}",
                 self.dim, self.num_heads

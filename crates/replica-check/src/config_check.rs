@@ -104,7 +104,7 @@ pub fn all_positive(fields: &[(&str, usize)]) -> Result<(), String> {
 /// `field` must divide evenly by `by` (named `by_field`), which must be positive.
 pub fn divisible(field: &str, value: usize, by_field: &str, by: usize) -> Result<(), String> {
     positive(by_field, by)?;
-    if value % by != 0 {
+    if !value.is_multiple_of(by) {
         return Err(format!("`{field}` {value} is not divisible by `{by_field}` {by}"));
     }
     Ok(())

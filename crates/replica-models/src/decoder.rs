@@ -114,7 +114,7 @@ impl SlidingWindow {
         match &self.layers {
             SlidingLayers::All => true,
             SlidingLayers::From(first) => i >= *first,
-            SlidingLayers::AllButEvery(n) => (i + 1) % n.max(&1) != 0,
+            SlidingLayers::AllButEvery(n) => !(i + 1).is_multiple_of(*n.max(&1)),
             SlidingLayers::Listed(sliding) => sliding.get(i).copied().unwrap_or(false),
         }
     }

@@ -125,7 +125,7 @@ impl ConfigCheck for Gpt2Config {
             ("n_layer", self.n_layer),
             ("n_head", self.n_head),
         ])?;
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(format!(
                 "n_embd {} is not divisible by n_head {}",
                 self.n_embd, self.n_head

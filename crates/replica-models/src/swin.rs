@@ -263,7 +263,7 @@ impl SwinConfig {
 
     /// Block `block` of stage `stage`, as `SwinTransformerStage` builds it.
     pub fn block_config(&self, stage: usize, block: usize, window: Size2, drop_path: f64) -> SwinBlockConfig {
-        let shift = if block % 2 == 0 {
+        let shift = if block.is_multiple_of(2) {
             Size2::square(0)
         } else {
             Size2::new(window.height / 2, window.width / 2)

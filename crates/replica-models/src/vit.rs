@@ -231,7 +231,7 @@ impl ConfigCheck for VitConfig {
                 img.height, img.width, patch.height, patch.width
             ));
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "embed_dim {} is not divisible by num_heads {}",
                 self.embed_dim, self.num_heads

@@ -206,7 +206,7 @@ fn swiglu_timm(bundle: &Bundle) -> Result<Report> {
 /// is the fused `fc1`'s width, twice the gated width.
 fn glu_mlp_timm(bundle: &Bundle) -> Result<Report> {
     let args: TimmGlu = bundle.config()?;
-    if args.hidden_features % 2 != 0 {
+    if !args.hidden_features.is_multiple_of(2) {
         return Err(bundle.config_error(
             "hidden_features",
             format!(

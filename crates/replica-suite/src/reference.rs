@@ -176,7 +176,7 @@ pub struct MultiheadArgs {
 impl ConfigCheck for MultiheadArgs {
     fn validate(&self) -> std::result::Result<(), String> {
         all_positive(&[("embed_dim", self.embed_dim), ("num_heads", self.num_heads)])?;
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "`embed_dim` {} is not divisible by `num_heads` {}",
                 self.embed_dim, self.num_heads

@@ -191,7 +191,7 @@ impl AttentionConfig {
     /// Features per head (`None` when `dim` does not split evenly and none is given).
     pub fn head_dim(&self) -> Option<usize> {
         self.head_dim
-            .or_else(|| (self.heads > 0 && self.dim % self.heads == 0).then(|| self.dim / self.heads))
+            .or_else(|| (self.heads > 0 && self.dim.is_multiple_of(self.heads)).then(|| self.dim / self.heads))
     }
 
     /// The checkpoint names: `names`, or the preset that fits the projection
@@ -265,7 +265,7 @@ impl ConfigCheck for AttentionConfig {
             }
         }
         let kv_heads = self.kv_heads();
-        if kv_heads == 0 || heads % kv_heads != 0 {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(format!(
                 "{heads} query heads cannot share {kv_heads} key/value heads (heads must be a multiple of kv_heads)"
             ));
