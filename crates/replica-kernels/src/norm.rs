@@ -273,14 +273,23 @@ fn forward_chunk<S: Simd>(a: &Norm<'_>, first: usize, out: &mut [f32]) {
 
 simd_dispatch!(fn forward_chunk_dispatch(a: &Norm<'_>, first: usize, out: &mut [f32]) => forward_chunk);
 
+/// Rows whose parameter-gradient terms are summed in f32 before they join the f64 sums.
+const GRAD_BLOCK_ROWS: usize = 16;
+
 /// dx for a group of rows, accumulating dweight (and dbias) into `dw`, `db`.
 ///
 /// With `x̂ = (x - mean) · rstd` and `ĝ = g · w`:
 /// `dx = rstd · (ĝ - mean(ĝ) - x̂ · mean(ĝ · x̂))` (LayerNorm; RMSNorm drops `mean(ĝ)`),
-/// `dw = Σ_rows g · x̂`, `db = Σ_rows g`.
+/// `dw = Σ_rows g · x̂`, `db = Σ_rows g`. The row sums are blocked: each block of
+/// [`GRAD_BLOCK_ROWS`] rows is summed in f32 and added to f64 sums, so their rounding
+/// error does not grow with the number of rows (a sum over many rows whose terms
+/// cancel, a norm weight's gradient, would otherwise lose its digits).
 #[inline(always)]
-fn backward_chunk<S: Simd>(a: &Norm<'_>, g: &[f32], first: usize, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) {
+fn backward_chunk<S: Simd>(a: &Norm<'_>, g: &[f32], first: usize, dx: &mut [f32], dw64: &mut [f64], db64: &mut [f64]) {
     let n = a.n;
+    let (mut block_dw, mut block_db) = (vec![0f32; n], vec![0f32; n]);
+    let rows = dx.len() / n.max(1);
+    let (dw, db) = (&mut block_dw[..], &mut block_db[..]);
     for (i, dxr) in dx.chunks_exact_mut(n).enumerate() {
         let r = first + i;
         let (x, g) = (&a.x[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
@@ -319,10 +328,18 @@ fn backward_chunk<S: Simd>(a: &Norm<'_>, g: &[f32], first: usize, dx: &mut [f32]
                 j += S::LANES;
             }
         }
+        if (i + 1) % GRAD_BLOCK_ROWS == 0 || i + 1 == rows {
+            for (sum, block) in dw64.iter_mut().zip(dw.iter_mut()) {
+                *sum += f64::from(std::mem::take(block));
+            }
+            for (sum, block) in db64.iter_mut().zip(db.iter_mut()) {
+                *sum += f64::from(std::mem::take(block));
+            }
+        }
     }
 }
 
-simd_dispatch!(fn backward_chunk_dispatch(a: &Norm<'_>, g: &[f32], first: usize, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) => backward_chunk);
+simd_dispatch!(fn backward_chunk_dispatch(a: &Norm<'_>, g: &[f32], first: usize, dx: &mut [f32], dw: &mut [f64], db: &mut [f64]) => backward_chunk);
 
 fn forward(a: Norm<'_>, shape: &Shape) -> Result<(CpuStorage, Shape)> {
     let mut y = cpu::output_buffer(a.x.len());
@@ -348,15 +365,17 @@ fn backward(x: &Tensor, w: &Tensor, g: &Tensor, eps: f32, rms: bool) -> Result<(
                 };
                 let mut dx = cpu::output_buffer(xs.len());
                 let partials = cpu::map_row_chunks(&mut dx, n, 5 * n, |first, out| {
-                    let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+                    let (mut dw, mut db) = (vec![0f64; n], vec![0f64; n]);
                     backward_chunk_dispatch(&a, gs, first, out, &mut dw, &mut db);
                     (dw, db)
                 });
-                let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+                let (mut dw64, mut db64) = (vec![0f64; n], vec![0f64; n]);
                 for (pw, pb) in partials {
-                    dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-                    db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+                    dw64.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+                    db64.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
                 }
+                let dw: Vec<f32> = dw64.into_iter().map(|v| v as f32).collect();
+                let db: Vec<f32> = db64.into_iter().map(|v| v as f32).collect();
                 Ok((
                     cpu::from_vec(dx, x.shape())?,
                     cpu::from_vec(dw, w.shape())?,

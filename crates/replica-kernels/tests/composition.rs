@@ -791,3 +791,45 @@ fn accuracy_of_every_kernel_on_every_backend() -> Result<()> {
     assert!(over.is_empty(), "{}", over.join("\n"));
     Ok(())
 }
+
+/// A norm weight's gradient summed over many rows whose terms cancel (random signs):
+/// each term carries its own f32 rounding, which over `rows` terms adds up like a
+/// random walk (about `sqrt(rows)` roundings of a term); blocked sums add little
+/// to that, where one running f32 sum's error grew with the rows (measured here:
+/// 9.0e-4 for the weight, against 4.2e-5 blocked).
+#[test]
+fn norm_parameter_gradients_keep_their_digits_over_many_rows() -> candle_core::Result<()> {
+    let _backend = lock_backend();
+    let (rows, n) = (65_536, 4);
+    let x = rand(&[rows, n], 91, 1.0, 0.0);
+    let g = rand(&[rows, n], 92, 1.0, 0.0);
+    let w = Var::from_tensor(&rand(&[n], 93, 1.0, 1.0))?;
+    let b = Var::from_tensor(&rand(&[n], 94, 1.0, 0.0))?;
+    let y = rk::layer_norm(&x, w.as_tensor(), Some(b.as_tensor()), 1e-5)?;
+    let grads = (y * &g)?.sum_all()?.backward()?;
+    let f64_of = |t: &Tensor| t.to_dtype(DType::F64);
+    let (w64, b64) = (
+        Var::from_tensor(&f64_of(w.as_tensor())?)?,
+        Var::from_tensor(&f64_of(b.as_tensor())?)?,
+    );
+    let y64 = reference::layer_norm(&f64_of(&x)?, w64.as_tensor(), Some(b64.as_tensor()), 1e-5)?;
+    let exact = (y64 * f64_of(&g)?)?.sum_all()?.backward()?;
+    // Terms g·x̂ and g have an RMS of about 1 here.
+    let bound = 4.0 * (rows as f64).sqrt() * f64::from(f32::EPSILON);
+    for (name, port, exact) in [
+        (
+            "weight",
+            grads.get(w.as_tensor()).unwrap(),
+            exact.get(w64.as_tensor()).unwrap(),
+        ),
+        (
+            "bias",
+            grads.get(b.as_tensor()).unwrap(),
+            exact.get(b64.as_tensor()).unwrap(),
+        ),
+    ] {
+        let error = (f64_of(port)? - exact)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(error < bound, "{name} gradient off by {error:e}, over {bound:e}");
+    }
+    Ok(())
+}
