@@ -284,19 +284,20 @@ fn timm_attention(bundle: &Bundle) -> Result<Report> {
 /// rotary tables under `rotary_emb`; the config is the HF `config.json` itself. The
 /// sdpa reference returns `(output, None)`: `self_attn:0` alone.
 fn llama_attention(bundle: &Bundle) -> Result<Report> {
-    decoder_attention(bundle, "llama", false)
+    decoder_attention(bundle, "llama")
 }
 
 /// HF `Gemma2Attention`: GQA, RoPE, `query_pre_attn_scalar` and logit soft-capping;
 /// the eager reference also returns the attention probabilities (`self_attn:1`).
 fn gemma2_attention(bundle: &Bundle) -> Result<Report> {
-    decoder_attention(bundle, "gemma2", true)
+    decoder_attention(bundle, "gemma2")
 }
 
 /// A HF decoder attention under `self_attn`. The attention returns its probabilities
 /// too and records the pair as HF's hooks name a tuple (`self_attn:0`, `self_attn:1`);
-/// without `eager` (sdpa returns `(output, None)`) the map leaves `self_attn:1` out.
-fn decoder_attention(bundle: &Bundle, model_type: &str, eager: bool) -> Result<Report> {
+/// an sdpa reference, which returns `(output, None)`, has no `self_attn:1`, and
+/// [`Parity::traced`] then leaves the port's out.
+fn decoder_attention(bundle: &Bundle, model_type: &str) -> Result<Report> {
     let (mut config, pattern): (AttentionConfig, AttentionPattern) = bundle.config_parts(OUTSIDE_ATTENTION)?;
     config.causal = true;
     let mut run = Parity::new(bundle)?;
@@ -309,15 +310,10 @@ fn decoder_attention(bundle: &Bundle, model_type: &str, eager: bool) -> Result<R
     let rope = attention
         .rope()
         .ok_or_else(|| Error::file(bundle.origin(), "the config does not ask for rotary embeddings"))?;
-    let hf = if eager {
-        TraceMap::new()
-    } else {
-        TraceMap::new().ignore("^self_attn:1$")
-    };
     let ((y, _), _) = run.traced(Unmatched::NONE, || {
         let (cos, sin) = rope.hf_tables(x.dim(1)?, 0, x.dtype())?;
         tap_tuple("rotary_emb", &[&cos, &sin]);
-        trace::mapped(&hf, || attention.forward_with_weights(&x, None, None, None))
+        attention.forward_with_weights(&x, None, None, None)
     })?;
     run.check_outputs_and_gradients(&[("0", &y)])?;
     Ok(run.finish())
