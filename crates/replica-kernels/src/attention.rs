@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{self, Route};
 use crate::simd::{self, load_partial, store_partial, Simd};
+use crate::tile_product::TileProduct;
 use crate::{simd_dispatch, Causal};
 
 /// Options of [`attention`]; the default is unmasked attention scaled by `1/√d`.
@@ -148,8 +149,9 @@ impl SyncPtr {
     }
 }
 
-/// `C (m×n) = beta · A (m×k) · B (k×n)` (+ C when `accumulate`), row strides given,
-/// unit column strides unless stated: `a_cs`/`b_cs` let a transposed view in.
+/// `C (m×n) = beta · A (m×k) · B (k×n)` (+ C when `accumulate`): `C` and `B` have
+/// the row strides given and unit column strides, `A` any strides (a transposed
+/// tile is read in place).
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul(
     m: usize,
@@ -162,18 +164,48 @@ unsafe fn matmul(
     a_cs: usize,
     b: *const f32,
     b_rs: usize,
-    b_cs: usize,
     accumulate: bool,
+    beta: f32,
+) {
+    let product = TileProduct {
+        m,
+        n,
+        k,
+        a,
+        a_rs,
+        a_cs,
+        b,
+        b_rs,
+        c,
+        c_rs,
+        beta,
+        accumulate,
+    };
+    product.run();
+}
+
+/// `S = beta · A Kᵀ` with `K` as stored (rows of keys), through the gemm crate: for
+/// the few query rows of decoding, where transposing `K` first costs more than
+/// the product.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_by_rows_transposed(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: usize,
+    a: *const f32,
+    a_rs: usize,
+    keys: *const f32,
+    keys_rs: usize,
     beta: f32,
 ) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                std::ptr::write_bytes(c.add(r * c_rs), 0, n);
-            }
+        for r in 0..m {
+            std::ptr::write_bytes(c.add(r * c_rs), 0, n);
         }
         return;
     }
@@ -184,13 +216,13 @@ unsafe fn matmul(
         c,
         1,
         c_rs as isize,
-        accumulate,
+        false,
         a,
-        a_cs as isize,
+        1,
         a_rs as isize,
-        b,
-        b_cs as isize,
-        b_rs as isize,
+        keys,
+        keys_rs as isize,
+        1,
         1.0,
         beta,
         false,
@@ -198,6 +230,34 @@ unsafe fn matmul(
         false,
         gemm::Parallelism::None,
     )
+}
+
+/// Query rows per key/value head from which the kernel transposes each head's
+/// keys once (so every score tile is a [`TileProduct`]); below, decoding reads
+/// the keys in place.
+const TRANSPOSE_MIN_ROWS: usize = 16;
+
+/// `x` as `heads` matrices of `rows × cols`, each transposed: `[heads, cols, rows]`.
+/// Eight source rows at a time, so that each write is eight adjacent floats (the
+/// output rows are a power-of-two stride apart and would evict each other's lines).
+fn transpose_heads(x: &[f32], heads: usize, rows: usize, cols: usize) -> Vec<f32> {
+    const ROWS: usize = 8;
+    let size = rows * cols;
+    let mut out = cpu::output_buffer(x.len());
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    run_tasks(heads, size, |h| {
+        let (src, dst) = (&x[h * size..(h + 1) * size], out_ptr.get().wrapping_add(h * size));
+        for i0 in (0..rows).step_by(ROWS) {
+            let n = ROWS.min(rows - i0);
+            for j in 0..cols {
+                for r in 0..n {
+                    // SAFETY: j·rows + i0 + r < size, in head h's block, which this task alone writes.
+                    unsafe { *dst.add(j * rows + i0 + r) = src[(i0 + r) * cols + j] };
+                }
+            }
+        }
+    });
+    out
 }
 
 /// The attention problem in f32 slices, with the index arithmetic.
@@ -255,25 +315,56 @@ impl Problem<'_> {
 
     /// `S = scale · Q Kᵀ` for queries `i0..i0+rows` of head `h` and keys `j0..j0+cols`,
     /// plus ALiBi, the mask and the causal -inf: `s` holds `rows × cols`, row stride `BC`.
+    /// `kt` is `K` transposed per head ([`transpose_heads`]), when the caller made it.
     #[allow(clippy::too_many_arguments)]
-    fn scores(&self, b: usize, h: usize, i0: usize, rows: usize, j0: usize, cols: usize, s: &mut [f32]) {
+    fn scores(
+        &self,
+        kt: Option<&[f32]>,
+        b: usize,
+        h: usize,
+        i0: usize,
+        rows: usize,
+        j0: usize,
+        cols: usize,
+        s: &mut [f32],
+    ) {
         let kh = h / self.group();
+        let q = self.q.as_ptr().wrapping_add(self.q_row(b, h, i0));
         unsafe {
-            matmul(
-                rows,
-                cols,
-                self.d,
-                s.as_mut_ptr(),
-                BC,
-                self.q.as_ptr().add(self.q_row(b, h, i0)),
-                self.d,
-                1,
-                self.k.as_ptr().add(self.k_row(b, kh, j0)),
-                1,
-                self.d,
-                false,
-                self.scale,
-            );
+            match kt {
+                Some(kt) => {
+                    let keys = kt.as_ptr().wrapping_add((b * self.hk + kh) * self.d * self.sk + j0);
+                    matmul(
+                        rows,
+                        cols,
+                        self.d,
+                        s.as_mut_ptr(),
+                        BC,
+                        q,
+                        self.d,
+                        1,
+                        keys,
+                        self.sk,
+                        false,
+                        self.scale,
+                    )
+                }
+                None => {
+                    let keys = self.k.as_ptr().wrapping_add(self.k_row(b, kh, j0));
+                    matmul_by_rows_transposed(
+                        rows,
+                        cols,
+                        self.d,
+                        s.as_mut_ptr(),
+                        BC,
+                        q,
+                        self.d,
+                        keys,
+                        self.d,
+                        self.scale,
+                    )
+                }
+            }
         }
         for r in 0..rows {
             let i = i0 + r;
@@ -442,6 +533,7 @@ fn forward(p: &Problem<'_>) -> Vec<f32> {
     let width = dv + 1;
     let mut out = cpu::output_buffer(p.b * p.h * sq * width);
     let q_tiles = sq.div_ceil(BR);
+    let kt = (sq * p.group() >= TRANSPOSE_MIN_ROWS).then(|| transpose_heads(p.k, p.b * p.hk, p.sk, p.d));
     let out_ptr = SyncPtr(out.as_mut_ptr());
     run_tasks(p.b * p.h * q_tiles, BR * p.sk * (p.d + dv), |task| {
         let (bh, qt) = (task / q_tiles, task % q_tiles);
@@ -455,9 +547,10 @@ fn forward(p: &Problem<'_>) -> Vec<f32> {
         let (mut j0, end) = p.key_range(i0, i0 + rows);
         while j0 < end {
             let cols = BC.min(end - j0);
-            p.scores(b, h, i0, rows, j0, cols, &mut s);
+            p.scores(kt.as_deref(), b, h, i0, rows, j0, cols, &mut s);
             online_softmax_dispatch(&mut s, rows, cols, &mut m, &mut l, &mut o, dv);
             unsafe {
+                let values = p.v.as_ptr().add(p.v_row(b, kh, j0));
                 matmul(
                     rows,
                     dv,
@@ -467,9 +560,8 @@ fn forward(p: &Problem<'_>) -> Vec<f32> {
                     s.as_ptr(),
                     BC,
                     1,
-                    p.v.as_ptr().add(p.v_row(b, kh, j0)),
+                    values,
                     dv,
-                    1,
                     true,
                     1.0,
                 );
@@ -518,13 +610,17 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
     let mut dvv = cpu::output_buffer(p.v.len());
     let q_tiles = sq.div_ceil(BR);
     let k_tiles = sk.div_ceil(BC);
+    // Kᵀ and Vᵀ per head, once, for the score and dP tiles.
+    let kt = transpose_heads(p.k, p.b * p.hk, sk, d);
+    let vt = transpose_heads(p.v, p.b * p.hk, sk, dv);
+    let values_t = |b: usize, kh: usize, j0: usize| vt.as_ptr().wrapping_add((b * p.hk + kh) * dv * sk + j0);
 
     // Pass 1: dK, dV per key tile, over every query head of the group and query tile.
     let (dk_ptr, dv_ptr) = (SyncPtr(dk.as_mut_ptr()), SyncPtr(dvv.as_mut_ptr()));
     run_tasks(p.b * p.hk * k_tiles, BC * sq * group * (2 * d + 2 * dv), |task| {
-        let (bkh, kt) = (task / k_tiles, task % k_tiles);
+        let (bkh, tile) = (task / k_tiles, task % k_tiles);
         let (b, kh) = (bkh / p.hk, bkh % p.hk);
-        let j0 = kt * BC;
+        let j0 = tile * BC;
         let cols = BC.min(sk - j0);
         let mut s = vec![0f32; BR * BC];
         let mut dp = vec![0f32; BR * BC];
@@ -539,7 +635,7 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
                     continue;
                 }
                 let r0 = row(b, h, i0);
-                p.scores(b, h, i0, rows, j0, cols, &mut s);
+                p.scores(Some(&kt), b, h, i0, rows, j0, cols, &mut s);
                 probabilities_dispatch(&mut s, rows, cols, &lse[r0..r0 + rows]);
                 unsafe {
                     let go = g.as_ptr().add(r0 * width);
@@ -555,13 +651,12 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
                         BC,
                         go,
                         width,
-                        1,
                         true,
                         1.0,
                     );
                     // dP = dO Vᵀ
-                    let vt = p.v.as_ptr().add(p.v_row(b, kh, j0));
-                    matmul(rows, cols, dv, dp.as_mut_ptr(), BC, go, width, 1, vt, 1, dv, false, 1.0);
+                    let vt = values_t(b, kh, j0);
+                    matmul(rows, cols, dv, dp.as_mut_ptr(), BC, go, width, 1, vt, sk, false, 1.0);
                 }
                 score_grad_dispatch(&s, &mut dp, rows, cols, &dsum[r0..r0 + rows]);
                 unsafe {
@@ -578,7 +673,6 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
                         BC,
                         qi,
                         d,
-                        1,
                         true,
                         p.scale,
                     );
@@ -607,12 +701,12 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
         let (mut j0, end) = p.key_range(i0, i0 + rows);
         while j0 < end {
             let cols = BC.min(end - j0);
-            p.scores(b, h, i0, rows, j0, cols, &mut s);
+            p.scores(Some(&kt), b, h, i0, rows, j0, cols, &mut s);
             probabilities_dispatch(&mut s, rows, cols, &lse[r0..r0 + rows]);
             unsafe {
                 let go = g.as_ptr().add(r0 * width);
-                let vt = p.v.as_ptr().add(p.v_row(b, kh, j0));
-                matmul(rows, cols, dv, dp.as_mut_ptr(), BC, go, width, 1, vt, 1, dv, false, 1.0);
+                let vt = values_t(b, kh, j0);
+                matmul(rows, cols, dv, dp.as_mut_ptr(), BC, go, width, 1, vt, sk, false, 1.0);
             }
             score_grad_dispatch(&s, &mut dp, rows, cols, &dsum[r0..r0 + rows]);
             unsafe {
@@ -629,7 +723,6 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
                     1,
                     kj,
                     d,
-                    1,
                     true,
                     p.scale,
                 );

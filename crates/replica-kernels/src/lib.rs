@@ -30,6 +30,7 @@ pub mod reference;
 mod rope;
 pub mod simd;
 mod softmax;
+mod tile_product;
 
 pub use activation::{geglu, gelu, gelu_erf, gelu_tanh, silu, swiglu, GeluApprox};
 pub use attention::{attention, AttentionOptions};
