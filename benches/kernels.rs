@@ -357,7 +357,11 @@ fn bench_attention(c: &mut Criterion) {
     group.throughput(Throughput::Elements((4 * 3 * b * h * (s * (s + 1) / 2) * d) as u64));
     let fwd_bwd = |f: fn(&Tensor, &Tensor, &Tensor, &AttentionOptions) -> candle_core::Result<Tensor>| -> Op {
         Box::new(move || {
+            // The loss is summed in memory order: the fused kernel's output is a
+            // [b, h, s, d] view of a [b, s, h, d] buffer (the layout the models take
+            // next); summing the view as it stands would time candle's strided reduction.
             let y = f(q, k, v, &options)?;
+            let y = if y.is_contiguous() { y } else { y.transpose(1, 2)? };
             let grads = y.sum_all()?.backward()?;
             Ok(grads.get(q).expect("dq").clone())
         })

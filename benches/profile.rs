@@ -7,7 +7,8 @@
 //!
 //! Cases: `attention-bert` (replica kernel, BERT-base b8 s128), `attention-bert-composed`,
 //! `softmax-gpt2` (replica kernel, GPT-2 b1 s1024 scores), `softmax-gpt2-candle`,
-//! `attention-prefill-2048` (replica kernel, b1 h12 d64 s2048), `minilm-b8`, `minilm-b1`
+//! `attention-prefill-2048` (replica kernel, b1 h12 d64 s2048), `attention-fwd-bwd-1024`
+//! (replica kernel's forward and backward, GPT-2 b1 s1024 causal), `minilm-b8`, `minilm-b1`
 //! (replica's BERT on all-MiniLM-L6-v2, random weights when the model is not cached),
 //! `minilm-b8-candle`, `minilm-b1-candle` (candle-transformers' BERT, cached weights only),
 //! each optionally followed by a repeat count (default 3).
@@ -59,6 +60,22 @@ fn main() {
             } else {
                 Box::new(move || rk::attention(&q, &k, &v, &options))
             }
+        }
+        "attention-fwd-bwd-1024" => {
+            let var = |t: Tensor| candle_core::Var::from_tensor(&t).unwrap();
+            let dims = [1, 12, 1024, 64];
+            let (q, k, v) = (var(randn(&dims)), var(randn(&dims)), var(randn(&dims)));
+            let options = AttentionOptions {
+                causal: Some(rk::Causal::BottomRight),
+                ..Default::default()
+            };
+            Box::new(move || {
+                let grads = rk::attention(&q, &k, &v, &options)?
+                    .transpose(1, 2)?
+                    .sum_all()?
+                    .backward()?;
+                Ok(grads.get(&q).expect("dq").clone())
+            })
         }
         "softmax-gpt2" => {
             let x = randn(&[1, 12, 1024, 1024]);

@@ -2,8 +2,8 @@
 //! arXiv 2205.14135; the backward as in FlashAttention-2, arXiv 2307.08691), on the CPU.
 //!
 //! The scores are never materialised whole. For a tile of queries, key/value
-//! tiles stream past: `S = Q Kᵀ` and `O += P V` are matrix products (the `gemm`
-//! crate), and the softmax is computed online (a running row maximum `m` and sum
+//! tiles stream past: `S = Q Kᵀ` and `O += P V` are tile products
+//! ([`TileProduct`], on each head's keys transposed once), and the softmax is computed online (a running row maximum `m` and sum
 //! `l`, the accumulator rescaled when the maximum grows). Tiles wholly hidden by
 //! the causal mask are skipped. The forward also returns each row's log-sum-exp
 //! `L = m + ln l`, so the backward recomputes `P = exp(S - L)` tile by tile:
@@ -16,8 +16,14 @@
 //! mask broadcast to `[batch, heads, q, k]` (padding), grouped-query attention (any
 //! number of query heads per key/value head), and ALiBi slopes. A query that sees
 //! no key gets zeros, as PyTorch's `scaled_dot_product_attention`.
+//!
+//! `q`, `k`, `v` are read with their strides (rows contiguous); the output is a
+//! `[b, h, s, dv]` view of a `[b, s, h, dv]` buffer, the layout a model takes next.
 
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
 use crate::cpu::{self, Route};
@@ -49,7 +55,9 @@ pub struct AttentionOptions<'a> {
 /// `q` is `[batch, heads, q_len, head_dim]`, `k` `[batch, kv_heads, k_len, head_dim]`,
 /// `v` `[batch, kv_heads, k_len, v_dim]`, with `heads` a multiple of `kv_heads`
 /// (GQA / MQA); the result is `[batch, heads, q_len, v_dim]`. Differentiable in
-/// `q`, `k`, `v`.
+/// `q`, `k`, `v`. On the fused path the inputs may be strided views (a transposed
+/// projection is not copied) and the result is a view of a `[batch, q_len, heads,
+/// v_dim]` buffer: `.transpose(1, 2)` of it is contiguous.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<'_>) -> Result<Tensor> {
     const OP: &str = "attention";
     let route = cpu::route(OP, q)?;
@@ -107,7 +115,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<
 
 fn fused(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<'_>) -> Result<Tensor> {
     let (b, h, sq, d) = q.dims4()?;
-    let (_, _, sk, dv) = v.dims4()?;
+    let sk = v.dim(2)?;
     let mask = match options.mask {
         Some(m) => {
             let mut m = m.to_dtype(DType::F32)?.broadcast_as((b, h, sq, sk))?;
@@ -124,11 +132,22 @@ fn fused(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<'_>) -> 
         window: options.window,
         mask,
         alibi: options.alibi_slopes.map(<[f32]>::to_vec),
+        lse: OnceLock::new(),
     };
-    // The op returns [b, h, sq, dv + 1]: the output and, in the last column, the
-    // log-sum-exp of each row, which the backward needs.
-    let out = q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?;
-    out.narrow(3, 0, dv)?.contiguous()
+    // q, k, v are read with their strides (a `[b, s, h, d]` projection transposed to
+    // heads needs no copy). The op's output is laid out `[b, sq, h, dv]`, so that the
+    // usual next step, back to `[b, sq, h·dv]`, needs none either.
+    let out = unit_last(q)?.apply_op3(&unit_last(k)?, &unit_last(v)?, op)?;
+    out.transpose(1, 2)
+}
+
+/// `t` itself when its last dimension is contiguous, else a contiguous copy.
+fn unit_last(t: &Tensor) -> Result<Tensor> {
+    if t.dim(D::Minus1)? <= 1 || t.stride()[t.rank() - 1] == 1 {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
 }
 
 /// Queries per tile.
@@ -237,34 +256,99 @@ unsafe fn matmul_by_rows_transposed(
 /// the keys in place.
 const TRANSPOSE_MIN_ROWS: usize = 16;
 
-/// `x` as `heads` matrices of `rows × cols`, each transposed: `[heads, cols, rows]`.
-/// Eight source rows at a time, so that each write is eight adjacent floats (the
-/// output rows are a power-of-two stride apart and would evict each other's lines).
-fn transpose_heads(x: &[f32], heads: usize, rows: usize, cols: usize) -> Vec<f32> {
+/// A `[batch, heads, seq, width]` f32 tensor in CPU storage whose rows (the last
+/// dimension) are contiguous, the other dimensions at any strides.
+#[derive(Clone, Copy)]
+struct Heads<'a> {
+    data: &'a [f32],
+    start: usize,
+    /// Strides of batch, head and position.
+    strides: [usize; 3],
+}
+
+impl<'a> Heads<'a> {
+    /// The view of `storage` under `layout`, which must be 4-d with a contiguous
+    /// last dimension.
+    fn new(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<Self> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("{op}: the kernel takes f32, got {:?}", storage.dtype())
+        };
+        let (dims, st) = (layout.dims(), layout.stride());
+        if dims.len() != 4 || (dims[3] > 1 && st[3] != 1) {
+            bail!("{op}: the kernel needs 4-d rows of unit stride, got dims {dims:?}, strides {st:?}")
+        }
+        Ok(Self {
+            data,
+            start: layout.start_offset(),
+            strides: [st[0], st[1], st[2]],
+        })
+    }
+
+    /// Where row `i` of head `h` of batch `b` starts.
+    fn row(&self, b: usize, h: usize, i: usize) -> *const f32 {
+        let offset = self.start + b * self.strides[0] + h * self.strides[1] + i * self.strides[2];
+        self.data.as_ptr().wrapping_add(offset)
+    }
+
+    /// The distance between consecutive positions.
+    fn row_stride(&self) -> usize {
+        self.strides[2]
+    }
+}
+
+/// Writes `x`'s `heads` heads of `rows × cols` each, transposed, into `out`:
+/// `[batch · heads, cols, rows]`. Eight source rows at a time, so that each write
+/// is eight adjacent floats (the output rows are a power-of-two stride apart and
+/// would evict each other's lines).
+fn transpose_heads(x: Heads<'_>, batch: usize, heads: usize, rows: usize, cols: usize, out: &mut [f32]) {
     const ROWS: usize = 8;
     let size = rows * cols;
-    let mut out = cpu::output_buffer(x.len());
+    assert_eq!(out.len(), batch * heads * size, "transpose_heads: output size");
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    run_tasks(heads, size, |h| {
-        let (src, dst) = (&x[h * size..(h + 1) * size], out_ptr.get().wrapping_add(h * size));
+    run_tasks(batch * heads, size, |bh| {
+        let (b, h) = (bh / heads, bh % heads);
+        let dst = out_ptr.get().wrapping_add(bh * size);
         for i0 in (0..rows).step_by(ROWS) {
             let n = ROWS.min(rows - i0);
+            let src: [*const f32; ROWS] = std::array::from_fn(|r| x.row(b, h, i0 + r.min(n - 1)));
             for j in 0..cols {
-                for r in 0..n {
-                    // SAFETY: j·rows + i0 + r < size, in head h's block, which this task alone writes.
-                    unsafe { *dst.add(j * rows + i0 + r) = src[(i0 + r) * cols + j] };
+                for (r, src) in src.iter().enumerate().take(n) {
+                    // SAFETY: the layout holds row (b, h, i0 + r) of `cols` floats;
+                    // j·rows + i0 + r < size, in head bh's block, which this task alone writes.
+                    unsafe { *dst.add(j * rows + i0 + r) = *src.add(j) };
                 }
             }
         }
     });
-    out
+}
+
+/// Floats of scratch (transposed keys and values) a thread keeps between calls:
+/// 32 MiB, GPT-2's keys and values at 4,096 tokens.
+const SCRATCH_KEPT: usize = 8 << 20;
+
+/// Runs `f` on `len` floats of scratch for it to fill. The calling thread keeps
+/// the buffer for its next call (up to [`SCRATCH_KEPT`]), so that a model's layers
+/// do not fault in and zero fresh pages for it every time.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut buffer = SCRATCH.take();
+    if buffer.len() < len {
+        buffer = cpu::output_buffer(len);
+    }
+    let result = f(&mut buffer[..len]);
+    if buffer.len() <= SCRATCH_KEPT {
+        SCRATCH.set(buffer);
+    }
+    result
 }
 
 /// The attention problem in f32 slices, with the index arithmetic.
 struct Problem<'a> {
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
+    q: Heads<'a>,
+    k: Heads<'a>,
+    v: Heads<'a>,
     b: usize,
     h: usize,
     hk: usize,
@@ -285,16 +369,19 @@ impl Problem<'_> {
         self.h / self.hk
     }
 
-    fn q_row(&self, b: usize, h: usize, i: usize) -> usize {
-        ((b * self.h + h) * self.sq + i) * self.d
+    /// Row `(b, h, i)` in the `[b, h, sq]` order of the log-sum-exp.
+    fn lse_row(&self, b: usize, h: usize, i: usize) -> usize {
+        (b * self.h + h) * self.sq + i
     }
 
-    fn k_row(&self, b: usize, kh: usize, j: usize) -> usize {
-        ((b * self.hk + kh) * self.sk + j) * self.d
+    /// Where query `i` of head `h` starts in an output laid out `[b, sq, h, width]`.
+    fn out_row(&self, b: usize, h: usize, i: usize, width: usize) -> usize {
+        ((b * self.sq + i) * self.h + h) * width
     }
 
-    fn v_row(&self, b: usize, kh: usize, j: usize) -> usize {
-        ((b * self.hk + kh) * self.sk + j) * self.dv
+    /// Where key `j` of key/value head `kh` starts in a gradient laid out `[b, sk, hk, width]`.
+    fn key_grad_row(&self, b: usize, kh: usize, j: usize, width: usize) -> usize {
+        ((b * self.sk + j) * self.hk + kh) * width
     }
 
     /// Keys `0..visible(i)` are visible to query `i`.
@@ -329,7 +416,7 @@ impl Problem<'_> {
         s: &mut [f32],
     ) {
         let kh = h / self.group();
-        let q = self.q.as_ptr().wrapping_add(self.q_row(b, h, i0));
+        let (q, q_rs) = (self.q.row(b, h, i0), self.q.row_stride());
         unsafe {
             match kt {
                 Some(kt) => {
@@ -341,7 +428,7 @@ impl Problem<'_> {
                         s.as_mut_ptr(),
                         BC,
                         q,
-                        self.d,
+                        q_rs,
                         1,
                         keys,
                         self.sk,
@@ -350,7 +437,7 @@ impl Problem<'_> {
                     )
                 }
                 None => {
-                    let keys = self.k.as_ptr().wrapping_add(self.k_row(b, kh, j0));
+                    let keys = self.k.row(b, kh, j0);
                     matmul_by_rows_transposed(
                         rows,
                         cols,
@@ -358,9 +445,9 @@ impl Problem<'_> {
                         s.as_mut_ptr(),
                         BC,
                         q,
-                        self.d,
+                        q_rs,
                         keys,
-                        self.d,
+                        self.k.row_stride(),
                         self.scale,
                     )
                 }
@@ -527,14 +614,28 @@ fn run_tasks(tasks: usize, task_work: usize, f: impl Fn(usize) + Sync + Send) {
     }
 }
 
-/// The forward: `[b, h, sq, dv + 1]`, the output rows and their log-sum-exp.
-fn forward(p: &Problem<'_>) -> Vec<f32> {
+/// The forward: the output laid out `[b, sq, h, dv]`, and each row's log-sum-exp
+/// (`[b, h, sq]`), which the backward needs.
+fn forward(p: &Problem<'_>) -> (Vec<f32>, Vec<f32>) {
     let (sq, dv) = (p.sq, p.dv);
-    let width = dv + 1;
-    let mut out = cpu::output_buffer(p.b * p.h * sq * width);
+    let mut out = cpu::output_buffer(p.b * p.h * sq * dv);
+    let mut lse = cpu::output_buffer(p.b * p.h * sq);
+    let transpose = sq * p.group() >= TRANSPOSE_MIN_ROWS;
+    with_scratch(if transpose { p.b * p.hk * p.sk * p.d } else { 0 }, |kt| {
+        if transpose {
+            transpose_heads(p.k, p.b, p.hk, p.sk, p.d, kt);
+        }
+        let kt = transpose.then_some(&*kt);
+        forward_tiles(p, kt, &mut out, &mut lse)
+    });
+    (out, lse)
+}
+
+/// The forward's query tiles, each on its own (`kt`: the transposed keys, if made).
+fn forward_tiles(p: &Problem<'_>, kt: Option<&[f32]>, out: &mut [f32], lse: &mut [f32]) {
+    let (sq, dv) = (p.sq, p.dv);
     let q_tiles = sq.div_ceil(BR);
-    let kt = (sq * p.group() >= TRANSPOSE_MIN_ROWS).then(|| transpose_heads(p.k, p.b * p.hk, p.sk, p.d));
-    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let (out_ptr, lse_ptr) = (SyncPtr(out.as_mut_ptr()), SyncPtr(lse.as_mut_ptr()));
     run_tasks(p.b * p.h * q_tiles, BR * p.sk * (p.d + dv), |task| {
         let (bh, qt) = (task / q_tiles, task % q_tiles);
         let (b, h) = (bh / p.h, bh % p.h);
@@ -547,10 +648,10 @@ fn forward(p: &Problem<'_>) -> Vec<f32> {
         let (mut j0, end) = p.key_range(i0, i0 + rows);
         while j0 < end {
             let cols = BC.min(end - j0);
-            p.scores(kt.as_deref(), b, h, i0, rows, j0, cols, &mut s);
+            p.scores(kt, b, h, i0, rows, j0, cols, &mut s);
             online_softmax_dispatch(&mut s, rows, cols, &mut m, &mut l, &mut o, dv);
             unsafe {
-                let values = p.v.as_ptr().add(p.v_row(b, kh, j0));
+                let (values, v_rs) = (p.v.row(b, kh, j0), p.v.row_stride());
                 matmul(
                     rows,
                     dv,
@@ -561,7 +662,7 @@ fn forward(p: &Problem<'_>) -> Vec<f32> {
                     BC,
                     1,
                     values,
-                    dv,
+                    v_rs,
                     true,
                     1.0,
                 );
@@ -569,51 +670,73 @@ fn forward(p: &Problem<'_>) -> Vec<f32> {
             j0 += cols;
         }
         for r in 0..rows {
-            // SAFETY: row (b, h, i0 + r) belongs to this task alone.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.get().add(((b * p.h + h) * sq + i0 + r) * width), width)
+            // SAFETY: query i0 + r of (b, h) belongs to this task alone.
+            let (dst, lse) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(out_ptr.get().add(p.out_row(b, h, i0 + r, dv)), dv),
+                    &mut *lse_ptr.get().add(p.lse_row(b, h, i0 + r)),
+                )
             };
             if l[r] > 0.0 {
                 let inv = 1.0 / l[r];
-                dst[..dv]
-                    .iter_mut()
+                dst.iter_mut()
                     .zip(&o[r * dv..(r + 1) * dv])
                     .for_each(|(d, x)| *d = x * inv);
-                dst[dv] = m[r] + l[r].ln();
+                *lse = m[r] + l[r].ln();
             } else {
-                dst[..dv].fill(0.0);
-                dst[dv] = f32::NEG_INFINITY;
+                dst.fill(0.0);
+                *lse = f32::NEG_INFINITY;
             }
         }
     });
-    out
 }
 
-/// The backward: `(dq, dk, dv)` from the forward's output-and-lse `res` and its
-/// gradient `g` (both `[b, h, sq, dv + 1]`; the lse column of `g` is ignored).
-fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (sq, sk, d, dv, group) = (p.sq, p.sk, p.d, p.dv, p.group());
-    let width = dv + 1;
-    let rows_total = p.b * p.h * sq;
-    // D_i = Σ dO_i ⊙ O_i, and L_i.
-    let dsum: Vec<f32> = (0..rows_total)
-        .map(|r| {
-            let (o, go) = (&res[r * width..r * width + dv], &g[r * width..r * width + dv]);
-            o.iter().zip(go).map(|(a, b)| a * b).sum()
-        })
-        .collect();
-    let lse: Vec<f32> = (0..rows_total).map(|r| res[r * width + dv]).collect();
-    let row = |b: usize, h: usize, i: usize| (b * p.h + h) * sq + i;
+/// The backward: `(dq, dk, dv)`, laid out `[b, s, heads, width]`, from the forward's
+/// output `out`, its gradient `g` (both `[b, sq, h, dv]`) and log-sum-exp `lse`.
+fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (sq, sk, d, dv) = (p.sq, p.sk, p.d, p.dv);
+    // D_i = Σ dO_i ⊙ O_i, in the order of the log-sum-exp.
+    let mut dsum = vec![0f32; p.b * p.h * sq];
+    for b in 0..p.b {
+        for h in 0..p.h {
+            for i in 0..sq {
+                let at = p.out_row(b, h, i, dv);
+                let (o, go) = (&out[at..at + dv], &g[at..at + dv]);
+                dsum[p.lse_row(b, h, i)] = o.iter().zip(go).map(|(a, b)| a * b).sum();
+            }
+        }
+    }
 
-    let mut dq = cpu::output_buffer(p.q.len());
-    let mut dk = cpu::output_buffer(p.k.len());
-    let mut dvv = cpu::output_buffer(p.v.len());
+    let mut dq = cpu::output_buffer(p.b * p.h * sq * d);
+    let mut dk = cpu::output_buffer(p.b * p.hk * sk * d);
+    let mut dvv = cpu::output_buffer(p.b * p.hk * sk * dv);
+    // Kᵀ and Vᵀ per head, once, for the score and dP tiles.
+    let (k_len, v_len) = (p.b * p.hk * sk * d, p.b * p.hk * sk * dv);
+    with_scratch(k_len + v_len, |scratch| {
+        let (kt, vt) = scratch.split_at_mut(k_len);
+        transpose_heads(p.k, p.b, p.hk, sk, d, kt);
+        transpose_heads(p.v, p.b, p.hk, sk, dv, vt);
+        backward_tiles(p, kt, vt, g, lse, &dsum, [&mut dq, &mut dk, &mut dvv]);
+    });
+    (dq, dk, dvv)
+}
+
+/// The backward's two passes over tiles (`kt`, `vt`: the transposed keys and values).
+fn backward_tiles(
+    p: &Problem<'_>,
+    kt: &[f32],
+    vt: &[f32],
+    g: &[f32],
+    lse: &[f32],
+    dsum: &[f32],
+    [dq, dk, dvv]: [&mut [f32]; 3],
+) {
+    let (sq, sk, d, dv, group) = (p.sq, p.sk, p.d, p.dv, p.group());
     let q_tiles = sq.div_ceil(BR);
     let k_tiles = sk.div_ceil(BC);
-    // Kᵀ and Vᵀ per head, once, for the score and dP tiles.
-    let kt = transpose_heads(p.k, p.b * p.hk, sk, d);
-    let vt = transpose_heads(p.v, p.b * p.hk, sk, dv);
     let values_t = |b: usize, kh: usize, j0: usize| vt.as_ptr().wrapping_add((b * p.hk + kh) * dv * sk + j0);
+    // dO rows of one head are h · dv apart.
+    let go_rs = p.h * dv;
 
     // Pass 1: dK, dV per key tile, over every query head of the group and query tile.
     let (dk_ptr, dv_ptr) = (SyncPtr(dk.as_mut_ptr()), SyncPtr(dvv.as_mut_ptr()));
@@ -634,11 +757,11 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
                 if end <= j0 || start >= j0 + cols {
                     continue;
                 }
-                let r0 = row(b, h, i0);
-                p.scores(Some(&kt), b, h, i0, rows, j0, cols, &mut s);
+                let r0 = p.lse_row(b, h, i0);
+                p.scores(Some(kt), b, h, i0, rows, j0, cols, &mut s);
                 probabilities_dispatch(&mut s, rows, cols, &lse[r0..r0 + rows]);
                 unsafe {
-                    let go = g.as_ptr().add(r0 * width);
+                    let go = g.as_ptr().add(p.out_row(b, h, i0, dv));
                     // dV += Pᵀ dO
                     matmul(
                         cols,
@@ -650,18 +773,18 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
                         1,
                         BC,
                         go,
-                        width,
+                        go_rs,
                         true,
                         1.0,
                     );
                     // dP = dO Vᵀ
                     let vt = values_t(b, kh, j0);
-                    matmul(rows, cols, dv, dp.as_mut_ptr(), BC, go, width, 1, vt, sk, false, 1.0);
+                    matmul(rows, cols, dv, dp.as_mut_ptr(), BC, go, go_rs, 1, vt, sk, false, 1.0);
                 }
                 score_grad_dispatch(&s, &mut dp, rows, cols, &dsum[r0..r0 + rows]);
                 unsafe {
                     // dK += scale · dSᵀ Q
-                    let qi = p.q.as_ptr().add(p.q_row(b, h, i0));
+                    let (qi, q_rs) = (p.q.row(b, h, i0), p.q.row_stride());
                     matmul(
                         cols,
                         d,
@@ -672,17 +795,20 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
                         1,
                         BC,
                         qi,
-                        d,
+                        q_rs,
                         true,
                         p.scale,
                     );
                 }
             }
         }
-        // SAFETY: key rows j0..j0+cols of (b, kh) belong to this task alone.
-        unsafe {
-            std::ptr::copy_nonoverlapping(dk_acc.as_ptr(), dk_ptr.get().add(p.k_row(b, kh, j0)), cols * d);
-            std::ptr::copy_nonoverlapping(dv_acc.as_ptr(), dv_ptr.get().add(p.v_row(b, kh, j0)), cols * dv);
+        for c in 0..cols {
+            // SAFETY: key rows j0..j0+cols of (b, kh) belong to this task alone.
+            unsafe {
+                let (k_at, v_at) = (p.key_grad_row(b, kh, j0 + c, d), p.key_grad_row(b, kh, j0 + c, dv));
+                std::ptr::copy_nonoverlapping(dk_acc.as_ptr().add(c * d), dk_ptr.get().add(k_at), d);
+                std::ptr::copy_nonoverlapping(dv_acc.as_ptr().add(c * dv), dv_ptr.get().add(v_at), dv);
+            }
         }
     });
 
@@ -694,24 +820,24 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
         let kh = h / group;
         let i0 = qt * BR;
         let rows = BR.min(sq - i0);
-        let r0 = row(b, h, i0);
+        let r0 = p.lse_row(b, h, i0);
         let mut s = vec![0f32; BR * BC];
         let mut dp = vec![0f32; BR * BC];
         let mut dq_acc = vec![0f32; rows * d];
         let (mut j0, end) = p.key_range(i0, i0 + rows);
         while j0 < end {
             let cols = BC.min(end - j0);
-            p.scores(Some(&kt), b, h, i0, rows, j0, cols, &mut s);
+            p.scores(Some(kt), b, h, i0, rows, j0, cols, &mut s);
             probabilities_dispatch(&mut s, rows, cols, &lse[r0..r0 + rows]);
             unsafe {
-                let go = g.as_ptr().add(r0 * width);
+                let go = g.as_ptr().add(p.out_row(b, h, i0, dv));
                 let vt = values_t(b, kh, j0);
-                matmul(rows, cols, dv, dp.as_mut_ptr(), BC, go, width, 1, vt, sk, false, 1.0);
+                matmul(rows, cols, dv, dp.as_mut_ptr(), BC, go, go_rs, 1, vt, sk, false, 1.0);
             }
             score_grad_dispatch(&s, &mut dp, rows, cols, &dsum[r0..r0 + rows]);
             unsafe {
                 // dQ += scale · dS K
-                let kj = p.k.as_ptr().add(p.k_row(b, kh, j0));
+                let (kj, k_rs) = (p.k.row(b, kh, j0), p.k.row_stride());
                 matmul(
                     rows,
                     d,
@@ -722,17 +848,21 @@ fn backward(p: &Problem<'_>, res: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec
                     BC,
                     1,
                     kj,
-                    d,
+                    k_rs,
                     true,
                     p.scale,
                 );
             }
             j0 += cols;
         }
-        // SAFETY: query rows i0..i0+rows of (b, h) belong to this task alone.
-        unsafe { std::ptr::copy_nonoverlapping(dq_acc.as_ptr(), dq_ptr.get().add(p.q_row(b, h, i0)), rows * d) };
+        for r in 0..rows {
+            // SAFETY: query rows i0..i0+rows of (b, h) belong to this task alone.
+            unsafe {
+                let at = p.out_row(b, h, i0 + r, d);
+                std::ptr::copy_nonoverlapping(dq_acc.as_ptr().add(r * d), dq_ptr.get().add(at), d);
+            }
+        }
     });
-    (dq, dk, dvv)
 }
 
 struct AttentionOp {
@@ -742,25 +872,27 @@ struct AttentionOp {
     /// Broadcast to `[b, h, sq, sk]`, f32, last stride 1.
     mask: Option<Tensor>,
     alibi: Option<Vec<f32>>,
+    /// The forward's log-sum-exp per query row, kept for the backward (each call
+    /// of [`attention`] makes its own op, applied once).
+    lse: OnceLock<Vec<f32>>,
 }
 
 impl AttentionOp {
-    /// Runs `f` on the problem built from f32 slices of q, k, v.
+    /// Runs `f` on the problem made of the views of q, k, v.
     fn with_problem<R>(
         &self,
-        (q, lq): (&[f32], &Layout),
-        (k, lk): (&[f32], &Layout),
-        v: &[f32],
-        dv: usize,
+        [(q, lq), (k, lk), (v, lv)]: [(&CpuStorage, &Layout); 3],
         f: impl FnOnce(&Problem<'_>) -> R,
     ) -> Result<R> {
+        const OP: &str = "attention";
         let (b, h, sq, d) = lq.shape().dims4()?;
         let (_, hk, sk, _) = lk.shape().dims4()?;
+        let dv = lv.shape().dims4()?.3;
         let causal_offset = self.causal.map(|c| c.offset(sq, sk));
         let mut problem = Problem {
-            q,
-            k,
-            v,
+            q: Heads::new(OP, q, lq)?,
+            k: Heads::new(OP, k, lk)?,
+            v: Heads::new(OP, v, lv)?,
             b,
             h,
             hk,
@@ -803,13 +935,13 @@ impl CustomOp3 for AttentionOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let q = cpu::f32_slice(self.name(), s1, l1)?;
-        let k = cpu::f32_slice(self.name(), s2, l2)?;
-        let v = cpu::f32_slice(self.name(), s3, l3)?;
         let (b, h, sq, _) = l1.shape().dims4()?;
         let dv = l3.shape().dims4()?.3;
-        let out = self.with_problem((q, l1), (k, l2), v, dv, forward)?;
-        Ok((CpuStorage::F32(out), Shape::from_dims(&[b, h, sq, dv + 1])))
+        let (out, lse) = self.with_problem([(s1, l1), (s2, l2), (s3, l3)], forward)?;
+        if self.lse.set(lse).is_err() {
+            bail!("attention: an op was applied twice")
+        }
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[b, sq, h, dv])))
     }
 
     fn bwd(
@@ -821,22 +953,25 @@ impl CustomOp3 for AttentionOp {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         const OP: &str = "attention backward";
-        let dv = v.dim(3)?;
-        let (dq, dk, dvv) = cpu::with_f32(OP, q, |qs| {
-            cpu::with_f32(OP, k, |ks| {
-                cpu::with_f32(OP, v, |vs| {
-                    cpu::with_f32(OP, res, |rs| {
-                        cpu::with_f32(OP, g, |gs| {
-                            self.with_problem((qs, q.layout()), (ks, k.layout()), vs, dv, |p| backward(p, rs, gs))
-                        })
-                    })
-                })
+        let Some(lse) = self.lse.get() else {
+            bail!("{OP}: the forward's log-sum-exp is missing")
+        };
+        let views = [q, k, v].map(|t| t.storage_and_layout());
+        let storages = views.each_ref().map(|(storage, layout)| match &**storage {
+            Storage::Cpu(cpu) => Ok((cpu, *layout)),
+            _ => bail!("{OP}: the kernel runs on the CPU"),
+        });
+        let [sq, sk, sv] = storages;
+        let (dq, dk, dvv) = cpu::with_f32(OP, res, |out| {
+            cpu::with_f32(OP, g, |gs| {
+                self.with_problem([sq?, sk?, sv?], |p| backward(p, out, gs, lse))
             })
         })?;
-        Ok((
-            Some(cpu::from_vec(dq, q.shape())?),
-            Some(cpu::from_vec(dk, k.shape())?),
-            Some(cpu::from_vec(dvv, v.shape())?),
-        ))
+        // The gradients are laid out [b, s, heads, width]: returned as [b, heads, s, width] views.
+        let grad = |data: Vec<f32>, t: &Tensor| -> Result<Tensor> {
+            let (b, heads, s, width) = t.dims4()?;
+            cpu::from_vec(data, &Shape::from_dims(&[b, s, heads, width]))?.transpose(1, 2)
+        };
+        Ok((Some(grad(dq, q)?), Some(grad(dk, k)?), Some(grad(dvv, v)?)))
     }
 }

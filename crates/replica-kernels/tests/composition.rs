@@ -649,6 +649,70 @@ fn attention_against_the_composition() -> Result<()> {
     Ok(())
 }
 
+/// Views are read in place (a fused `[b, s, 3, h, d]` projection split and transposed
+/// to heads, a key/value head broadcast over a group): the output and the gradients
+/// equal, bit for bit, those of contiguous copies of the same views; the output is
+/// a `[b, h, s, dv]` view of a `[b, s, h, dv]` buffer.
+#[test]
+fn attention_reads_strided_views_as_it_reads_contiguous_copies() -> Result<()> {
+    let _lock = lock_backend();
+    let (b, s, h, d) = (2, 70, 3, 16);
+    let fused = Var::from_tensor(&rand(&[b, s, 3, h, d], 5, 1.0, 0.0))?;
+    let shared = Var::from_tensor(&rand(&[b, 1, s, d], 6, 1.0, 0.0))?;
+    let options = AttentionOptions {
+        causal: Some(Causal::BottomRight),
+        ..Default::default()
+    };
+    let attend = |copy: bool| -> Result<(Tensor, Tensor, Tensor)> {
+        let part = |i: usize| fused.narrow(2, i, 1).and_then(|t| t.squeeze(2)?.transpose(1, 2));
+        let (q, k) = (part(0)?, part(1)?);
+        // A value head broadcast over the three query heads: stride 0 between heads.
+        let v = shared.broadcast_as((b, h, s, d))?;
+        let (q, k, v) = if copy {
+            (q.contiguous()?, k.contiguous()?, v.contiguous()?)
+        } else {
+            assert!(!q.is_contiguous() && v.stride()[1] == 0);
+            (q, k, v)
+        };
+        let y = rk::attention(&q, &k, &v, &options)?;
+        let upstream = rand(y.dims(), 9, 1.0, 0.0);
+        let grads = (&y * upstream)?.sum_all()?.backward()?;
+        Ok((
+            y,
+            grads.get(&fused).expect("dfused").clone(),
+            grads.get(&shared).expect("dshared").clone(),
+        ))
+    };
+    let (y, d_fused, d_shared) = attend(false)?;
+    let (y_copy, d_fused_copy, d_shared_copy) = attend(true)?;
+    assert_eq!(y.dims(), [b, h, s, d]);
+    assert_eq!(
+        y.stride(),
+        [s * h * d, d, h * d, 1],
+        "the output is a view of [b, s, h, d]"
+    );
+    for (what, a, c) in [
+        ("output", &y, &y_copy),
+        ("dfused", &d_fused, &d_fused_copy),
+        ("dshared", &d_shared, &d_shared_copy),
+    ] {
+        let (a, c) = (a.flatten_all()?.to_vec1::<f32>()?, c.flatten_all()?.to_vec1::<f32>()?);
+        assert!(
+            a.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what} differs from the contiguous inputs'"
+        );
+    }
+    // And against the composition, for the values themselves.
+    let reference = reference::attention(
+        &fused.narrow(2, 0, 1)?.squeeze(2)?.transpose(1, 2)?,
+        &fused.narrow(2, 1, 1)?.squeeze(2)?.transpose(1, 2)?,
+        &shared.broadcast_as((b, h, s, d))?,
+        &options,
+    )?;
+    assert_close("strided attention", &y, &reference, Tolerance::new(1e-5, 2e-6));
+    Ok(())
+}
+
 /// The largest error of `y` against `exact` (the same kernel in f64), in ulps of the
 /// largest exact value: a normwise measure, since many outputs (a centred value, a
 /// rotated pair, a GELU near 0) are differences of larger terms, where their own ulp
