@@ -389,14 +389,7 @@ fn keep_slow_op(pool: &rayon::ThreadPool, group: &str, name: &str, shape: &str, 
         return true;
     }
     println!("{group}/{name}/{shape}: one call took {seconds:.1} s (over {SLOW_CALL:?}): not run under criterion");
-    // Where criterion keeps its results.
-    let criterion_dir = std::env::var("CRITERION_HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-            std::path::Path::new(&target).join("criterion")
-        });
-    let path = criterion_dir.join("skipped.json");
+    let path = common::criterion_dir().join("skipped.json");
     let mut skipped: Vec<serde_json::Value> = std::fs::read_to_string(&path)
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())

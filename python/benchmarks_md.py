@@ -8,7 +8,7 @@ machine's peak.
     CANDLE_NUM_THREADS=1 cargo bench --bench blocks -- '_1t/'
     CANDLE_NUM_THREADS=2 cargo bench --bench blocks -- '_2t/'
     CANDLE_NUM_THREADS=1 cargo bench --bench training -- '_1t/'
-    CANDLE_NUM_THREADS=2 cargo bench --bench training -- '_2t/'
+    CANDLE_NUM_THREADS=1 cargo bench --bench training -- '_2t/'
     ~/venv-ref/bin/python python/bench_torch.py --out target/bench_torch.json
     python3 python/benchmarks_md.py --criterion target/criterion \\
         --torch target/bench_torch.json --out BENCHMARKS.md
@@ -191,8 +191,8 @@ def lscpu() -> dict:
     return info
 
 
-def machine_description(info: dict) -> tuple[str, float]:
-    """A one-line description and the nominal f32 peak per core in GFLOP/s."""
+def machine_description(info: dict) -> tuple[str, float, int]:
+    """A one-line description, the nominal f32 peak per core in GFLOP/s and the flops per cycle it assumes."""
     model = info.get("Model name", "unknown CPU")
     cores = info.get("CPU(s)", "?")
     flags = info.get("Flags", "").split()
@@ -202,12 +202,15 @@ def machine_description(info: dict) -> tuple[str, float]:
         mhz = float(info["CPU max MHz"])
     elif "BogoMIPS" in info:
         mhz = float(info["BogoMIPS"]) / 2
-    flops_per_cycle = 32 if ("avx2" in flags and "fma" in flags) else 8
+    # Two FMA units per core: 256 bits wide on AVX2 machines and on AMD's AVX-512 (Zen 4
+    # splits a 512-bit operation in two), 512 bits on Intel's AVX-512 parts.
+    intel_512 = "avx512f" in flags and info.get("Vendor ID") == "GenuineIntel"
+    flops_per_cycle = 64 if intel_512 else 32 if ("avx2" in flags and "fma" in flags) else 8
     peak = (mhz or 0) * 1e-3 * flops_per_cycle
     freq = f"{mhz / 1000:.2f} GHz" if mhz else "unknown frequency"
     l3 = info.get("L3 cache", "?")
     desc = f"{model}, {cores} cores, {simd}, {freq} nominal, L3 {l3}"
-    return desc, peak
+    return desc, peak, flops_per_cycle
 
 
 def utc(timestamp: float) -> datetime.datetime:
@@ -306,7 +309,12 @@ def main():
     results = {**rust, **torch_results}
     when = {**rust_when, **torch_when}
     info = lscpu()
-    machine, peak_per_core = machine_description(info)
+    machine, peak_per_core, flops_per_cycle = machine_description(info)
+    try:
+        with open(os.path.join(args.criterion, "replica_simd.json")) as f:
+            simd_path = json.load(f)["backend"]
+    except (OSError, ValueError, KeyError):
+        simd_path = "not recorded"
     torch_meta = torch_extra["meta"]
 
     by_kernel = defaultdict(lambda: defaultdict(dict))
@@ -338,14 +346,20 @@ def main():
         "  replica and candle (candle's matrix products run on the rayon pool they are called from),",
         "  `torch.set_num_threads` for PyTorch. candle 0.11 also runs its element-wise ops on a pool of its own,",
         "  sized once per process by `CANDLE_NUM_THREADS` (default: the physical cores, 2 here): every table",
-        "  ran each thread count in its own process with `CANDLE_NUM_THREADS` equal to it.",
+        "  ran each thread count in its own process with `CANDLE_NUM_THREADS` equal to it, except the training",
+        "  step at 2 threads, run with `CANDLE_NUM_THREADS=1`: there candle's pool and rayon's take turns on the",
+        "  same two cores and the step slows down (docs/training.md).",
         "- **Times**: criterion's median (replica, candle, composed, copy); the median of",
         "  `torch.utils.benchmark` `blocked_autorange` (PyTorch, under `torch.inference_mode()` but for backward",
         "  rows). f32 throughout.",
         "- **Ratios** are `other / replica`: above 1 means replica is faster.",
+        f"- **ISA paths**: replica's kernels ran their `{simd_path}` path (chosen at run time: the widest"
+        " the CPU has, or `REPLICA_SIMD`); candle's matrix products (and replica's attention while"
+        " decoding) ran the `gemm` crate's AVX2+FMA kernels (its AVX-512 ones are the opt-in `avx512-gemm`"
+        " feature); PyTorch's path is in the Date line.",
         f"- **Peak**: compute-bound rows show GFLOP/s and the share of the nominal f32 peak,"
-        f" {peak_per_core:.0f} GFLOP/s per core (AVX2+FMA: 2 FMA units × 8 lanes × 2 flops per cycle"
-        " at the nominal clock). Memory-bound rows show the bandwidth replica reaches (bytes read and",
+        f" {peak_per_core:.0f} GFLOP/s per core ({flops_per_cycle} flops per cycle: two fused multiply-add"
+        " units at the nominal clock). A CPU that boosts above its nominal clock can pass 100%. Memory-bound rows show the bandwidth replica reaches (bytes read and",
         "  written once each, over its time) as a share of the machine's memory bandwidth, measured in the same",
         "  run by a 128 MiB copy (`memory_bandwidth` in benches/kernels.rs: "
         + ", ".join(f"{bandwidth[t] / 1e9:.1f} GB/s at {t} thread{'s' if t > 1 else ''}" for t in sorted(bandwidth))

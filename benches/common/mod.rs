@@ -24,7 +24,25 @@ pub type Op<'a> = Box<dyn Fn() -> candle_core::Result<Tensor> + Send + Sync + 'a
 /// The thread counts every benchmark runs at, each in its own rayon pool.
 const THREADS: [usize; 2] = [1, 2];
 
+/// Where criterion keeps its results.
+pub fn criterion_dir() -> std::path::PathBuf {
+    std::env::var("CRITERION_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+            std::path::Path::new(&target).join("criterion")
+        })
+}
+
+/// The rayon pools of every thread count. Also records the SIMD path the kernels
+/// take in this run (`<criterion dir>/replica_simd.json`, for BENCHMARKS.md's header).
 pub fn pools() -> Vec<(usize, rayon::ThreadPool)> {
+    let dir = criterion_dir();
+    let simd = serde_json::json!({ "backend": replica_kernels::simd::current_backend().name() });
+    if std::fs::create_dir_all(&dir).is_ok() {
+        // Best effort: a benchmark still runs where the directory cannot be written.
+        let _ = std::fs::write(dir.join("replica_simd.json"), simd.to_string());
+    }
     THREADS
         .iter()
         .map(|&n| {
