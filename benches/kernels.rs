@@ -411,7 +411,8 @@ fn bench_matmul(c: &mut Criterion) {
     let pools = pools();
     let mut group = c.benchmark_group("matmul");
     for (shape, [m, k, n]) in [
-        ("bert-base_ffn_b8_s128", [1024usize, 768, 3072]),
+        ("minilm_ffn_b8_s128", [1024usize, 384, 1536]),
+        ("bert-base_ffn_b8_s128", [1024, 768, 3072]),
         ("llama-7b_proj_s128", [128, 4096, 4096]),
     ] {
         let (a, b) = (randn(&[m, k]), randn(&[k, n]));

@@ -131,7 +131,11 @@ def cases():
 
     out.append(("attention_fwd_bwd", "gpt2_b1_s1024_causal", 12 * 12 * (1024 * 1025 // 2) * 64, sdpa_fwd_bwd))
 
-    for shape, (m, k, n) in [("bert-base_ffn_b8_s128", (1024, 768, 3072)), ("llama-7b_proj_s128", (128, 4096, 4096))]:
+    for shape, (m, k, n) in [
+        ("minilm_ffn_b8_s128", (1024, 384, 1536)),
+        ("bert-base_ffn_b8_s128", (1024, 768, 3072)),
+        ("llama-7b_proj_s128", (128, 4096, 4096)),
+    ]:
         out.append(("matmul", shape, 2 * m * k * n, lambda m=m, k=k, n=n: (lambda a, b: lambda: a @ b)(randn(m, k), randn(k, n))))
 
     # The prefill target (benches/kernels.rs, group attention_prefill).

@@ -109,67 +109,64 @@ LIMITS = {
     "Backing the output with transparent huge pages (docs/kernels.md) cut that cost: in one run, "
     "`cargo bench --bench kernels -- '^softmax/replica(-4k-pages)?_1t/gpt2'` times replica's softmax at 24.6 ms "
     "with them and 61.9 ms without. Where the OS refuses huge pages, this target is out of reach at that shape.",
-    ("minilm_forward", "torch"): "Matrix products, on a noisy host. A profile of replica's b8_s128 forward "
-    "(1 thread, `benches/profile.rs minilm-b8`, perf sampling cpu-clock, 8 calls with the model load) puts 70% of "
-    "its samples in the gemm crate (the 2x6 FMA microkernel 67%, operand packing 3%), 16% in the OS (faulting in "
-    "and zeroing the tensors candle allocates for every product and element-wise op), 3% in candle's bias and "
-    "residual adds, 5% in libc copies and memsets, and under 4% in replica's own kernels (GELU 1.8%, attention's "
-    "online softmax 1.2%, LayerNorm 0.7%). PyTorch runs the same products through MKL, so the gap is in "
-    "candle's products and allocations at these shapes (K = 384, 32-wide heads), not in the kernels. The host is shared even when this VM is idle: two back-to-back "
-    "CPU-time measurements of PyTorch's b8_s128 forward (`perf stat`, difference of 12 and 2 calls) gave 379 ms "
-    "and 600 ms, and replica's 517 and 576 ms, so single ratios here carry about ±25%.",
+    ("minilm_forward", "torch"): "Matrix products and allocations, on a noisy host. A profile of replica's b8_s128 "
+    "forward on the Intel Xeon of 2026-12-05 (1 thread, `benches/profile.rs minilm-b8`, perf sampling cpu-clock, 10 "
+    "calls with the model load) puts 64% of its samples in the gemm crate (its AVX-512 4x6 microkernel 60%), 15% in "
+    "the OS (faulting in and zeroing the tensors candle allocates for every product and element-wise op; PyTorch "
+    "reuses freed memory), 5% in candle's bias and residual adds and 13% in replica's kernels (attention 9%, GELU "
+    "2.4%, LayerNorm 1.2%). The host's noise is as large as the gap: re-measured minutes after this run, replica's "
+    "b8_s128 forward took 164 ms with 2 threads (313 ms here) and its b1_s128 40–47 ms with 1.",
     ("minilm_forward", "candle"): "Amdahl's law: both BERTs run their projections and MLPs through the same gemm "
-    "crate, and those products take the same time in both. A profile (1 thread, perf sampling cpu-clock, CPU time "
-    "per call from two run lengths; `benches/profile.rs minilm-b1`, `minilm-b1-candle`, `minilm-b8`, "
-    "`minilm-b8-candle`) gave b1_s128: replica 51 ms, candle-transformers 91 ms (1.78x); b8_s128: 410 ms and "
-    "1019 ms (2.48x). At b1_s128 the gemm crate is 78% of replica's time (microkernel 61%, operand packing 18%) "
-    "and about the same absolute time in candle-transformers, whose remaining time is scalar libm erf for GELU "
-    "(10%), expf, the OS and element-wise passes. Even if everything but the products took no time, replica "
-    "could be at most about 2.3x faster at b1_s128; reaching 2x needs its non-product time (page faults, "
-    "candle's bias and residual adds, copies, softmax, GELU) halved, which points at the gemm-crate products at "
-    "128 rows and the per-call allocations, not at the kernels.",
-    ("training_step", "torch"): "Two threads. At 1 thread the step is faster than PyTorch's; with 2, replica's step "
-    "takes about as long as with 1 while PyTorch's takes about two thirds. The 2-thread run was not profiled; the "
-    "candidates are the gemm crate's threading of products with K = 96 and candle's element-wise pool, which splits "
-    "only tensors of 64K elements or more. docs/training.md has the 1-thread profile and what each change bought.",
-    ("gpt2_forward", "torch"): "Two threads, within 5%: at 1 thread the forward is faster than PyTorch's, whose "
-    "products run AVX-512 code here while the gemm crate runs its AVX2+FMA path (docs/training.md).",
+    "crate, and those products take the same time in both; replica's lead is in everything else (attention, GELU, "
+    "LayerNorm, fewer copies). At b1_s128 the products are most of both forwards (an AMD EPYC profile: gemm 78% of "
+    "replica's time, about the same absolute time in candle-transformers), which caps the ratio below 2x; at b8 "
+    "the 1-thread row passes.",
+    ("training_step", "torch"): "candle's element-wise ops and allocations. A profile of the 1-thread step on the "
+    "Intel Xeon of 2026-12-05 (`REPLICA_TRAINING_STEPS=60`, perf sampling cpu-clock) puts 30% of its samples in "
+    "the gemm crate, 28% in candle's binary ops (bias and residual adds, dropout masks, the adds that accumulate "
+    "gradients), 10% in memset (the zeroed tensors those accumulations start from), 8% in dropout's random numbers "
+    "(ChaCha per element), 4% in memmove, and 7% in replica's kernels and `FusedAdamW` together. On the AMD EPYC "
+    "of 2026-12-05 the same step was 1.12x PyTorch's at 1 thread (docs/training.md). With 2 threads the step "
+    "got slower here even with candle's own pool at 1 thread; that run was not profiled.",
+    ("gpt2_forward", "torch"): "Matrix products at 128 rows. A profile of the b1_s128 forward on the Intel Xeon of "
+    "2026-12-05 (1 thread, criterion's `--profile-time`, perf sampling cpu-clock) puts 34% of all samples in "
+    "the gemm crate's AVX-512 microkernel and 21% in the rest of the crate (packing operands), against under 2% in "
+    "replica's kernels; the rest is the weights' random set-up. The layers multiply by `Wᵀ`, a transposed view, "
+    "and at 128 rows gemm packs that operand at about the cost of the product: 128x3072 by 3072x768 took 7.5 ms "
+    "with the view and 4.5 ms with the same matrix contiguous (a probe, best of 15). Three of a layer's four "
+    "products (QKV, MLP up, MLP down) took 3.95 + 6.25 + 7.5 ms in that probe, so twelve layers' products alone "
+    "exceed 210 ms, more than PyTorch's (MKL's) whole 186 ms forward. A product that keeps the weights packed across calls "
+    "is not built.",
+    ("gelu_erf", "torch"): "Two threads. At 1 thread the two are level (0.99x, 1.00x); with 2, replica's kernel "
+    "gained 1.4x to 1.45x from the second core in this run and PyTorch's 1.75x to 1.9x. The 2-thread rows were not profiled.",
     ("layer_norm", "memory"): "LayerNorm reads each row twice (statistics, then normalising, the second time "
     "from L1) and the weight and bias for every row; it was not profiled further.",
-    ("rms_norm", "memory"): "RMSNorm reads each row twice (the sum of squares, then scaling) and the weight for "
-    "every row; it was not profiled further.",
     ("gelu_erf", "memory"): "Per element the kernel computes a rational erf: 11 FMAs, a division, the clamps and "
     "the final products: arithmetic, not bandwidth.",
     ("gelu_tanh", "memory"): "Per element the kernel computes tanh both ways (an exp and a division for large "
     "|x|, a degree-13 odd polynomial for small |x|) and selects: arithmetic, not bandwidth.",
     ("silu", "memory"): "Per element the kernel computes an exp (a range reduction and a degree-7 polynomial) "
     "and a division: arithmetic, not bandwidth.",
-    ("gelu_erf", "torch"): "The host's noise, at a ratio close to 1. Per element both compute a rational erf "
-    "(replica: 11 FMAs and a division, vectorised for AVX2). The run an hour before this one, same code, timed "
-    "replica at 2.54 ms and PyTorch at 3.61 ms at bert-base_b8_s128 with 1 thread (1.42x); this run took "
-    "3.47 ms for replica and 3.34 ms for PyTorch, and 1.63 ms against 2.45 ms with 2 threads.",
-    "attention": "At BERT's 128 tokens a head's whole score matrix is one 128x128 tile, so the composition is itself "
-    "two well-shaped matrix products per head (the same gemm crate) plus element-wise passes over a small matrix: "
-    "fusion can only save those passes. A profile of the fused kernel at bert-base_b8_s128 (1 thread, "
-    "`benches/profile.rs attention-bert`, perf sampling cpu-clock, 60 calls; the CPU's instruction counter is not "
-    "available in this VM) put 53% of its time in the gemm crate (the 2x6 FMA microkernel 39%, operand packing "
-    "10%), 29% in the OS (page faults and the zeroing of fresh pages for its output and per-task scratch) and 6% "
-    "in the online softmax. PyTorch's SDPA at the same shape (perf, same method): MKL's sgemm kernel and packing "
-    "74% of libtorch's samples, its flash-attention loop 13%, the OS about 6% of the whole process. So the gap to "
-    "PyTorch is the per-call allocation and MKL's faster small-tile products; the composition (profiled the same "
-    "way: microkernel 20%, expf 11%, strided copies 7%, the OS 39%) pays the same allocation cost several times "
-    "over, which bounds the fused kernel's lead over it at this shape. The kernel pulls ahead as the sequence "
-    "grows and the composition has to materialise and re-read large score matrices (the GPT-2 and LLaMA rows, "
-    "attention_prefill).",
-    ("attention_prefill", "torch"): "Matrix products, and a noisy host. A profile at b1_h12_d64_s2048 (1 thread, "
-    "`benches/profile.rs attention-prefill-2048`, perf sampling cpu-clock, 6 calls with the input set-up) puts 78% "
-    "of the samples in the gemm crate (its 2x6 FMA microkernel 65%, operand packing 12%), 11% in the online "
-    "softmax and under 4% in the OS. Each 64-query x 128-key tile is two gemm calls, and each call packs its "
-    "operands again: a query tile once per key tile, a key or value tile once per query tile. PyTorch's CPU flash "
-    "attention runs the same tiling through MKL's sgemm. Packing each key and value tile once per head and "
-    "reusing it across the query tiles is the next step. The two sides are close enough that the host's noise "
-    "decides single rows: the same code timed b1_h12_d64_s512 at 1 thread at 15.1 ms and 18.7 ms in two runs 35 "
-    "minutes apart, and b1_h12_d64_s2048 at 246 ms and 223 ms, while PyTorch's rows moved by up to 20%.",
+    "attention": "The tile products, the online softmax and the keys' transpose, measured on the Intel Xeon of "
+    "2026-12-05 (1 thread, `benches/profile.rs`, perf sampling cpu-clock). At bert-base_b8_s128 the tile products "
+    "take 63% of the samples, the online softmax 13%, transposing the keys (a scalar loop, eight rows at a time) "
+    "11% and the tiles' bookkeeping 5%. At b1_h12_d64_s2048 the products take 77% and run at about 133 GFLOP/s, "
+    "the nominal peak of this core (PyTorch's whole forward runs at 123 GFLOP/s), and the online softmax 16%: the "
+    "products have no room left, so the gap is the softmax's exponentials and the transpose. With 2 threads "
+    "replica's kernel gained 1.15x to 1.75x from the second core in this run and PyTorch's 1.6x to 2.0x; "
+    "re-measured minutes later, replica's BERT and s512 rows gained 1.67x and 1.34x. The 2-thread rows were not "
+    "profiled.",
+    ("attention", "composed"): "At BERT's 128 tokens a head's whole score matrix is one 128x128 tile, so the "
+    "composition is itself two well-shaped matrix products per head plus element-wise passes over a small matrix: "
+    "fusion saves only those passes. The kernel pulls ahead as the sequence grows and the composition has to "
+    "materialise and re-read large score matrices (the GPT-2 and LLaMA rows, attention_prefill).",
+    ("attention_prefill", "torch"): "As for attention: at b1_h12_d64_s2048 the tile products take 77% of the "
+    "samples at about this core's nominal peak and the online softmax 16% (1 thread, Intel Xeon of 2026-12-05, "
+    "`benches/profile.rs attention-prefill-2048`, perf sampling cpu-clock); on the AMD EPYC of 2026-12-05 the same "
+    "kernel was 1.07x to 1.94x PyTorch's at these shapes (docs/kernels.md). The 2-thread rows were not profiled.",
+    ("rms_norm", "memory"): "The OS at the s2048 shape: its 32 MiB output is a fresh mapping on every call that "
+    "the OS faults in and zeroes (as for softmax at the GPT-2 shape), and RMSNorm reads each row twice (the sum "
+    "of squares, then scaling).",
 }
 
 
@@ -312,9 +309,10 @@ def main():
     machine, peak_per_core, flops_per_cycle = machine_description(info)
     try:
         with open(os.path.join(args.criterion, "replica_simd.json")) as f:
-            simd_path = json.load(f)["backend"]
+            recorded = json.load(f)
+        simd_path, gemm_path = recorded["backend"], recorded["gemm"]
     except (OSError, ValueError, KeyError):
-        simd_path = "not recorded"
+        simd_path = gemm_path = "not recorded"
     torch_meta = torch_extra["meta"]
 
     by_kernel = defaultdict(lambda: defaultdict(dict))
@@ -355,8 +353,8 @@ def main():
         "- **Ratios** are `other / replica`: above 1 means replica is faster.",
         f"- **ISA paths**: replica's kernels ran their `{simd_path}` path (chosen at run time: the widest"
         " the CPU has, or `REPLICA_SIMD`); candle's matrix products (and replica's attention while"
-        " decoding) ran the `gemm` crate's AVX2+FMA kernels (its AVX-512 ones are the opt-in `avx512-gemm`"
-        " feature); PyTorch's path is in the Date line.",
+        f" decoding) ran the `gemm` crate's {gemm_path} kernels (its AVX-512 kernels exist only in"
+        " builds with the `avx512-gemm` feature, on by default); PyTorch's path is in the Date line.",
         f"- **Peak**: compute-bound rows show GFLOP/s and the share of the nominal f32 peak,"
         f" {peak_per_core:.0f} GFLOP/s per core ({flops_per_cycle} flops per cycle: two fused multiply-add"
         " units at the nominal clock). A CPU that boosts above its nominal clock can pass 100%. Memory-bound rows show the bandwidth replica reaches (bytes read and",
@@ -364,7 +362,7 @@ def main():
         "  run by a 128 MiB copy (`memory_bandwidth` in benches/kernels.rs: "
         + ", ".join(f"{bandwidth[t] / 1e9:.1f} GB/s at {t} thread{'s' if t > 1 else ''}" for t in sorted(bandwidth))
         + "), and as a share of a copy of the",
-        "  same bytes into a reused buffer (`copy`), which at these sizes mostly stays in the 32 MiB L3.",
+        "  same bytes into a reused buffer (`copy`), which at these sizes mostly stays in the L3.",
         "- Implementations: **replica** is replica-kernels; **candle** is candle 0.11's built-in fused",
         "  op where one exists; **composed** is the plain candle composition of differentiable ops.",
         "  Block and model tables: **replica (kernels)** is replica-blocks with its default `Compute::Kernels`,",

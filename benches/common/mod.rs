@@ -34,11 +34,29 @@ pub fn criterion_dir() -> std::path::PathBuf {
         })
 }
 
+/// The kernels the `gemm` crate picks for candle's matrix products on this CPU: its
+/// AVX-512 ones only where the `avx512-gemm` feature built them.
+fn gemm_path() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "avx512-gemm") && is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return "AVX2+FMA";
+        }
+    }
+    "portable"
+}
+
 /// The rayon pools of every thread count. Also records the SIMD path the kernels
 /// take in this run (`<criterion dir>/replica_simd.json`, for BENCHMARKS.md's header).
 pub fn pools() -> Vec<(usize, rayon::ThreadPool)> {
     let dir = criterion_dir();
-    let simd = serde_json::json!({ "backend": replica_kernels::simd::current_backend().name() });
+    let simd = serde_json::json!({
+        "backend": replica_kernels::simd::current_backend().name(),
+        "gemm": gemm_path(),
+    });
     if std::fs::create_dir_all(&dir).is_ok() {
         // Best effort: a benchmark still runs where the directory cannot be written.
         let _ = std::fs::write(dir.join("replica_simd.json"), simd.to_string());
