@@ -114,8 +114,8 @@ LIMITS = {
     "calls with the model load) puts 64% of its samples in the gemm crate (its AVX-512 4x6 microkernel 60%), 15% in "
     "the OS (faulting in and zeroing the tensors candle allocates for every product and element-wise op; PyTorch "
     "reuses freed memory), 5% in candle's bias and residual adds and 13% in replica's kernels (attention 9%, GELU "
-    "2.4%, LayerNorm 1.2%). The host's noise is as large as the gap: re-measured minutes after this run, replica's "
-    "b8_s128 forward took 164 ms with 2 threads (313 ms here) and its b1_s128 40–47 ms with 1.",
+    "2.4%, LayerNorm 1.2%). The host's noise is as large as the gap: in the Intel run of 2026-12-05, replica's "
+    "b8_s128 forward took 313 ms with 2 threads and 164 ms re-measured minutes later.",
     ("minilm_forward", "candle"): "Amdahl's law: both BERTs run their projections and MLPs through the same gemm "
     "crate, and those products take the same time in both; replica's lead is in everything else (attention, GELU, "
     "LayerNorm, fewer copies). At b1_s128 the products are most of both forwards (an AMD EPYC profile: gemm 78% of "
@@ -127,7 +127,7 @@ LIMITS = {
     "gradients), 10% in memset (the zeroed tensors those accumulations start from), 8% in dropout's random numbers "
     "(ChaCha per element), 4% in memmove, and 7% in replica's kernels and `FusedAdamW` together. On the AMD EPYC "
     "of 2026-12-05 the same step was 1.12x PyTorch's at 1 thread (docs/training.md). With 2 threads the step "
-    "got slower here even with candle's own pool at 1 thread; that run was not profiled.",
+    "got slower on that machine even with candle's own pool at 1 thread; that run was not profiled.",
     ("gpt2_forward", "torch"): "Matrix products at 128 rows. A profile of the b1_s128 forward on the Intel Xeon of "
     "2026-12-05 (1 thread, criterion's `--profile-time`, perf sampling cpu-clock) puts 34% of all samples in "
     "the gemm crate's AVX-512 microkernel and 21% in the rest of the crate (packing operands), against under 2% in "
@@ -137,8 +137,8 @@ LIMITS = {
     "products (QKV, MLP up, MLP down) took 3.95 + 6.25 + 7.5 ms in that probe, so twelve layers' products alone "
     "exceed 210 ms, more than PyTorch's (MKL's) whole 186 ms forward. A product that keeps the weights packed across calls "
     "is not built.",
-    ("gelu_erf", "torch"): "Two threads. At 1 thread the two are level (0.99x, 1.00x); with 2, replica's kernel "
-    "gained 1.4x to 1.45x from the second core in this run and PyTorch's 1.75x to 1.9x. The 2-thread rows were not profiled.",
+    ("gelu_erf", "torch"): "Two threads. In the Intel run of 2026-12-05 the two were level at 1 thread (0.99x, "
+    "1.00x); with 2, replica's kernel gained 1.4x to 1.45x from the second core and PyTorch's 1.75x to 1.9x. The 2-thread rows were not profiled.",
     ("layer_norm", "memory"): "LayerNorm reads each row twice (statistics, then normalising, the second time "
     "from L1) and the weight and bias for every row; it was not profiled further.",
     ("gelu_erf", "memory"): "Per element the kernel computes a rational erf: 11 FMAs, a division, the clamps and "
@@ -153,7 +153,7 @@ LIMITS = {
     "11% and the tiles' bookkeeping 5%. At b1_h12_d64_s2048 the products take 77% and run at about 133 GFLOP/s, "
     "the nominal peak of this core (PyTorch's whole forward runs at 123 GFLOP/s), and the online softmax 16%: the "
     "products have no room left, so the gap is the softmax's exponentials and the transpose. With 2 threads "
-    "replica's kernel gained 1.15x to 1.75x from the second core in this run and PyTorch's 1.6x to 2.0x; "
+    "replica's kernel gained 1.15x to 1.75x from the second core in that run and PyTorch's 1.6x to 2.0x; "
     "re-measured minutes later, replica's BERT and s512 rows gained 1.67x and 1.34x. The 2-thread rows were not "
     "profiled.",
     ("attention", "composed"): "At BERT's 128 tokens a head's whole score matrix is one 128x128 tile, so the "

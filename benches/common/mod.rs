@@ -52,15 +52,18 @@ fn gemm_path() -> &'static str {
 /// The rayon pools of every thread count. Also records the SIMD path the kernels
 /// take in this run (`<criterion dir>/replica_simd.json`, for BENCHMARKS.md's header).
 pub fn pools() -> Vec<(usize, rayon::ThreadPool)> {
-    let dir = criterion_dir();
-    let simd = serde_json::json!({
-        "backend": replica_kernels::simd::current_backend().name(),
-        "gemm": gemm_path(),
+    static RECORD_PATHS: std::sync::Once = std::sync::Once::new();
+    RECORD_PATHS.call_once(|| {
+        let dir = criterion_dir();
+        let simd = serde_json::json!({
+            "backend": replica_kernels::simd::current_backend().name(),
+            "gemm": gemm_path(),
+        });
+        if std::fs::create_dir_all(&dir).is_ok() {
+            // Best effort: a benchmark still runs where the directory cannot be written.
+            let _ = std::fs::write(dir.join("replica_simd.json"), simd.to_string());
+        }
     });
-    if std::fs::create_dir_all(&dir).is_ok() {
-        // Best effort: a benchmark still runs where the directory cannot be written.
-        let _ = std::fs::write(dir.join("replica_simd.json"), simd.to_string());
-    }
     THREADS
         .iter()
         .map(|&n| {
