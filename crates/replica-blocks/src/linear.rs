@@ -108,49 +108,46 @@ impl Linear {
                 self.path
             )
         }
+        let (weight, bias) = (self.inner.weight(), self.inner.bias());
         let y = match x.dtype() {
             // PyTorch multiplies half-precision matrices with f32 accumulation, adds
             // the bias and rounds once; candle's CPU gemm differs by an ulp often
             // enough to fail f16 parity, so do it PyTorch's way there.
             DType::F16 | DType::BF16 if x.device().is_cpu() => {
-                let weight = self.inner.weight().to_dtype(DType::F32)?;
-                let bias = self.inner.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
-                let wide = candle_nn::Linear::new(weight, bias);
-                candle_core::Module::forward(&wide, &x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?
+                let wide = |t: &Tensor| t.to_dtype(DType::F32);
+                let bias = bias.map(wide).transpose()?;
+                affine(&wide(x)?, &wide(weight)?, bias.as_ref())?.to_dtype(x.dtype())?
             }
-            _ => match self.inner.bias() {
-                Some(bias) if bias.track_op() && x.is_contiguous() && x.rank() >= 2 => {
-                    affine_with_trained_bias(x, self.inner.weight(), bias)?
-                }
-                _ => candle_core::Module::forward(&self.inner, x)?,
-            },
+            _ => affine(x, weight, bias)?,
         };
         replica_check::tap(&self.path, &y);
         Ok(y)
     }
 }
 
-/// `x Wᵀ + b` for a bias that takes a gradient, with the bias added as the product
-/// `1 b` of a column of ones `[rows, 1]` and the bias row `[1, out]`. The forward
-/// values are those of `broadcast_add` (each element of `1 b` is exactly `b_j`), but
-/// the bias's gradient becomes the product `1ᵀ g`, one matrix product, where a
-/// broadcast add's backward sums `g` over its leading dimensions with candle's
-/// generic strided reduction: about a fifth of a small GPT's training step, measured
+/// `x Wᵀ + b`, the product by [`replica_kernels::linear`].
+///
+/// A bias that takes a gradient is added as the product `1 b` of a column of ones
+/// `[rows, 1]` and the bias row `[1, out]`. The forward values are those of
+/// `broadcast_add` (each element of `1 b` is exactly `b_j`), but the bias's
+/// gradient becomes the product `1ᵀ g`, one matrix product, where a broadcast
+/// add's backward sums `g` over its leading dimensions with candle's generic
+/// strided reduction: about a fifth of a small GPT's training step, measured
 /// (docs/training.md).
-fn affine_with_trained_bias(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let dims = x.dims();
-    let (leading, k) = dims.split_at(dims.len() - 1);
-    let rows: usize = leading.iter().product();
-    let y = x.reshape((rows, k[0]))?.matmul(&weight.t()?)?;
-    let ones = Tensor::ones((rows, 1), x.dtype(), x.device())?;
-    let y = (y + ones.matmul(&bias.unsqueeze(0)?)?)?;
-    let mut out_dims = leading.to_vec();
-    out_dims.push(weight.dim(0)?);
-    y.reshape(out_dims)
-}
-
-impl candle_core::Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Linear::forward(self, x)
+fn affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(bias) if bias.track_op() && x.is_contiguous() && x.rank() >= 2 => {
+            let dims = x.dims();
+            let (leading, k) = dims.split_at(dims.len() - 1);
+            let rows: usize = leading.iter().product();
+            let y = replica_kernels::linear(&x.reshape((rows, k[0]))?, weight)?;
+            let ones = Tensor::ones((rows, 1), x.dtype(), x.device())?;
+            let y = (y + ones.matmul(&bias.unsqueeze(0)?)?)?;
+            let mut out_dims = leading.to_vec();
+            out_dims.push(weight.dim(0)?);
+            y.reshape(out_dims)
+        }
+        Some(bias) => replica_kernels::linear(x, weight)?.broadcast_add(bias),
+        None => replica_kernels::linear(x, weight),
     }
 }

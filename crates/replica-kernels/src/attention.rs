@@ -322,28 +322,6 @@ fn transpose_heads(x: Heads<'_>, batch: usize, heads: usize, rows: usize, cols: 
     });
 }
 
-/// Floats of scratch (transposed keys and values) a thread keeps between calls:
-/// 32 MiB, GPT-2's keys and values at 4,096 tokens.
-const SCRATCH_KEPT: usize = 8 << 20;
-
-/// Runs `f` on `len` floats of scratch for it to fill. The calling thread keeps
-/// the buffer for its next call (up to [`SCRATCH_KEPT`]), so that a model's layers
-/// do not fault in and zero fresh pages for it every time.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    thread_local! {
-        static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    }
-    let mut buffer = SCRATCH.take();
-    if buffer.len() < len {
-        buffer = cpu::output_buffer(len);
-    }
-    let result = f(&mut buffer[..len]);
-    if buffer.len() <= SCRATCH_KEPT {
-        SCRATCH.set(buffer);
-    }
-    result
-}
-
 /// The attention problem in f32 slices, with the index arithmetic.
 struct Problem<'a> {
     q: Heads<'a>,
@@ -621,7 +599,7 @@ fn forward(p: &Problem<'_>) -> (Vec<f32>, Vec<f32>) {
     let mut out = cpu::output_buffer(p.b * p.h * sq * dv);
     let mut lse = cpu::output_buffer(p.b * p.h * sq);
     let transpose = sq * p.group() >= TRANSPOSE_MIN_ROWS;
-    with_scratch(if transpose { p.b * p.hk * p.sk * p.d } else { 0 }, |kt| {
+    cpu::with_scratch(if transpose { p.b * p.hk * p.sk * p.d } else { 0 }, |kt| {
         if transpose {
             transpose_heads(p.k, p.b, p.hk, p.sk, p.d, kt);
         }
@@ -712,7 +690,7 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
     let mut dvv = cpu::output_buffer(p.b * p.hk * sk * dv);
     // Kᵀ and Vᵀ per head, once, for the score and dP tiles.
     let (k_len, v_len) = (p.b * p.hk * sk * d, p.b * p.hk * sk * dv);
-    with_scratch(k_len + v_len, |scratch| {
+    cpu::with_scratch(k_len + v_len, |scratch| {
         let (kt, vt) = scratch.split_at_mut(k_len);
         transpose_heads(p.k, p.b, p.hk, sk, d, kt);
         transpose_heads(p.v, p.b, p.hk, sk, dv, vt);

@@ -97,6 +97,29 @@ pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
     v
 }
 
+/// Floats of scratch a thread keeps between calls (attention's transposed keys and
+/// values, a linear layer's transposed product): 32 MiB, GPT-2's keys and values at
+/// 4,096 tokens.
+const SCRATCH_KEPT: usize = 8 << 20;
+
+/// Runs `f` on `len` floats of scratch for it to fill. The calling thread keeps
+/// the buffer for its next call (up to [`SCRATCH_KEPT`]), so that a model's layers
+/// do not fault in and zero fresh pages for it every time.
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut buffer = SCRATCH.take();
+    if buffer.len() < len {
+        buffer = output_buffer(len);
+    }
+    let result = f(&mut buffer[..len]);
+    if buffer.len() <= SCRATCH_KEPT {
+        SCRATCH.set(buffer);
+    }
+    result
+}
+
 /// Bytes from which an output is worth backing with 2 MiB pages.
 const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 

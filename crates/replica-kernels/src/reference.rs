@@ -117,6 +117,26 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(weight)
 }
 
+/// `x Wᵀ` for `x` `[..., in]` and `weight` `[out, in]`, as `candle_nn::Linear`
+/// computes it without a bias: a contiguous input's rows as one matrix, else a
+/// product batched over its leading dimensions.
+pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let w = weight.t()?;
+    let dims = x.dims();
+    match dims {
+        [lead @ .., k] if lead.len() >= 2 && x.is_contiguous() => {
+            let mut out = lead.to_vec();
+            out.push(weight.dim(0)?);
+            x.reshape((lead.iter().product::<usize>(), *k))?
+                .matmul(&w)?
+                .reshape(out)
+        }
+        [b1, b2, _, _] => x.matmul(&w.broadcast_left((*b1, *b2))?),
+        [b, _, _] => x.matmul(&w.broadcast_left(*b)?),
+        _ => x.matmul(&w),
+    }
+}
+
 /// `x · Φ(x)` with `Φ(x) = (1 + erf(x/√2)) / 2`.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     let cdf = ((x / std::f64::consts::SQRT_2)?.erf()? + 1.0)? * 0.5;

@@ -490,6 +490,64 @@ fn rope_against_the_composition() -> Result<()> {
 }
 
 #[test]
+fn linear_against_the_composition() -> Result<()> {
+    let tol = Tolerance::new(1e-5, 1e-5);
+    // (leading dims of x, in, out): one row up to the transposed product's limit,
+    // one row past it (candle's product), sizes off the vector width, rank 3.
+    let shapes: [(&[usize], usize, usize); 8] = [
+        (&[1], 1, 1),
+        (&[1], 64, 3),
+        (&[3], 5, 7),
+        (&[17], 33, 9),
+        (&[128], 96, 200),
+        (&[rk::TRANSPOSED_PRODUCT_MAX_ROWS], 40, 72),
+        (&[rk::TRANSPOSED_PRODUCT_MAX_ROWS + 1], 40, 72),
+        (&[2, 5], 33, 17),
+    ];
+    for (i, (lead, k, n)) in shapes.into_iter().enumerate() {
+        let mut dims = lead.to_vec();
+        dims.push(k);
+        let x = rand(&dims, 60 + i as u64, 1.0, 0.0);
+        let w = rand(&[n, k], 70 + i as u64, 0.1, 0.0);
+        let what = format!("linear {dims:?} x [{n}, {k}]");
+        let kernel = |t: &[Tensor]| rk::linear(&t[0], &t[1]);
+        check(
+            &what,
+            &kernel,
+            &in_f64(|t| reference::linear(&t[0], &t[1])),
+            &[x, w],
+            tol,
+            tol,
+        )?;
+    }
+    // Strided operands: x a transposed view; a transposed weight (candle's product).
+    let x = rand(&[24, 10], 80, 1.0, 0.0).t()?;
+    let w = rand(&[6, 24], 81, 0.1, 0.0);
+    assert_close(
+        "linear, strided x",
+        &rk::linear(&x, &w)?,
+        &reference::linear(&x.contiguous()?, &w)?,
+        tol,
+    );
+    let w = rand(&[24, 6], 82, 0.1, 0.0).t()?;
+    assert_close(
+        "linear, strided weight",
+        &rk::linear(&x, &w)?,
+        &reference::linear(&x, &w)?,
+        tol,
+    );
+
+    let x = rand(&[4, 8], 83, 1.0, 0.0);
+    let err = |w: &Tensor| rk::linear(&x, w).unwrap_err().to_string();
+    assert!(err(&rand(&[8], 84, 1.0, 0.0)).contains("must be [out, in], got shape [8]"));
+    let e = err(&rand(&[3, 7], 85, 1.0, 0.0));
+    assert!(e.contains("8 features") && e.contains("expects 7"), "{e}");
+    let e = err(&rand(&[3, 8], 86, 1.0, 0.0).to_dtype(DType::F64)?);
+    assert!(e.contains("dtype F64"), "{e}");
+    Ok(())
+}
+
+#[test]
 fn attention_against_the_composition() -> Result<()> {
     let _lock = lock_backend();
     struct Case {

@@ -190,6 +190,12 @@ fn cases() -> Vec<Case> {
         rk::rms_norm(&x[0], &x[1], 1e-6)
     }));
 
+    // The transposed product (256 rows, the most it takes) of a linear layer.
+    let weight = rand(&[2 * dim, dim], 7, 0.1);
+    cases.push(Case::new("linear", vec![x.clone(), weight], 2, |x| {
+        rk::linear(&x[0], &x[1])
+    }));
+
     let up = rand(&[rows, dim], 6, 1.0);
     cases.push(Case::new("gelu_erf", vec![x.clone()], 1, |x| rk::gelu_erf(&x[0])));
     cases.push(Case::new("gelu_tanh", vec![x.clone()], 1, |x| rk::gelu_tanh(&x[0])));
