@@ -118,17 +118,22 @@ impl CustomOp2 for TransposedProduct {
 }
 
 /// Writes `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`),
-/// eight destination rows at a time: each read is eight adjacent floats, and each
-/// of the eight rows is written front to back.
+/// in tiles of 64 source rows by 8 columns: each read is eight adjacent floats,
+/// each of the eight destination rows is written 64 floats at a time, and a band
+/// of 64 source rows stays in cache while its columns are written out.
 fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const BLOCK: usize = 8;
+    const BAND: usize = 64;
+    const WIDTH: usize = 8;
     debug_assert_eq!((src.len(), dst.len()), (rows * cols, rows * cols));
     cpu::for_row_chunks(dst, rows, rows, |first, chunk| {
-        for (b, block) in chunk.chunks_mut(BLOCK * rows).enumerate() {
-            let (col, width) = (first + b * BLOCK, block.len() / rows);
-            for r in 0..rows {
-                for (j, &v) in src[r * cols + col..][..width].iter().enumerate() {
-                    block[j * rows + r] = v;
+        for band in (0..rows).step_by(BAND) {
+            let band_rows = band..(band + BAND).min(rows);
+            for (b, block) in chunk.chunks_mut(WIDTH * rows).enumerate() {
+                let (col, width) = (first + b * WIDTH, block.len() / rows);
+                for r in band_rows.clone() {
+                    for (j, &v) in src[r * cols + col..][..width].iter().enumerate() {
+                        block[j * rows + r] = v;
+                    }
                 }
             }
         }
