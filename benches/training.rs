@@ -14,11 +14,11 @@
 //! - `candle`: candle_nn's `AdamW` (one per weight-decay group) after clipping the
 //!   gradients with tensor ops, as the example did before `FusedAdamW`.
 //!
-//! Like the examples, this binary sets glibc's allocator to keep freed memory
-//! (`keep_freed_pages`): a training step frees and allocates the same tensors every
-//! step, and with glibc's defaults many of them come back as fresh pages from the
-//! OS, each faulted in and zeroed. `REPLICA_BENCH_MALLOC=default` leaves glibc's
-//! defaults, to measure the difference.
+//! Like the examples and the other benches, this binary sets glibc's allocator to
+//! keep freed memory (`common::keep_freed_pages`): a training step frees and
+//! allocates the same tensors every step, and with glibc's defaults many of them
+//! come back as fresh pages from the OS, each faulted in and zeroed.
+//! `REPLICA_BENCH_MALLOC=default` leaves glibc's defaults, to measure the difference.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -38,25 +38,6 @@ const VOCAB: usize = 59;
 const CONTEXT: usize = 64;
 const BATCH: usize = 16;
 const SHAPE: &str = "mingpt_char";
-
-/// Keeps freed memory in the process instead of returning it to the OS: glibc then
-/// serves the next step's tensors from pages already mapped. Only for binaries (a
-/// library must not set its users' allocator); `REPLICA_BENCH_MALLOC=default` skips it.
-fn keep_freed_pages() -> &'static str {
-    if std::env::var("REPLICA_BENCH_MALLOC").as_deref() == Ok("default") {
-        return "glibc defaults";
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes the allocator's thresholds; called before any thread starts.
-    unsafe {
-        // 32 MiB is glibc's largest mmap threshold; freed memory is trimmed past 1 GiB only.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        return "glibc, freed pages kept (mmap threshold 32 MiB, trim threshold 1 GiB)";
-    }
-    #[allow(unreachable_code)]
-    "the system allocator"
-}
 
 /// The optimiser side of a step.
 enum Optimiser {
@@ -234,7 +215,7 @@ fn cpu_time_run(steps: usize) {
 }
 
 fn main() {
-    println!("allocator: {}", keep_freed_pages());
+    println!("allocator: {}", common::keep_freed_pages());
     if let Some(steps) = std::env::var("REPLICA_TRAINING_STEPS")
         .ok()
         .and_then(|n| n.parse().ok())

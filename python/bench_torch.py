@@ -23,6 +23,17 @@ import os
 import platform
 import re
 import subprocess
+import sys
+
+# The Rust benches' allocator setting (benches/common/mod.rs, `keep_freed_pages`): glibc
+# keeps freed pages (mmap threshold 32 MiB, trim threshold 1 GiB), so both sides serve
+# their tensors from pages already mapped. glibc reads its tunables at start-up, so the
+# script re-executes itself with them; REPLICA_BENCH_MALLOC=default skips it, as in Rust.
+KEEP_FREED_PAGES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+if __name__ == "__main__" and os.environ.get("REPLICA_BENCH_MALLOC") != "default" \
+        and KEEP_FREED_PAGES not in os.environ.get("GLIBC_TUNABLES", ""):
+    tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), KEEP_FREED_PAGES]))
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": tunables})
 
 import torch
 import torch.nn.functional as F
@@ -359,6 +370,8 @@ def main():
         "machine": machine(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "allocator": "glibc defaults" if KEEP_FREED_PAGES not in os.environ.get("GLIBC_TUNABLES", "")
+        else "glibc, freed pages kept (mmap threshold 32 MiB, trim threshold 1 GiB)",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "records": records,
     }

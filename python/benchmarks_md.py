@@ -311,8 +311,9 @@ def main():
         with open(os.path.join(args.criterion, "replica_simd.json")) as f:
             recorded = json.load(f)
         simd_path, gemm_path = recorded["backend"], recorded["gemm"]
+        allocator = recorded.get("allocator", "not recorded")
     except (OSError, ValueError, KeyError):
-        simd_path = gemm_path = "not recorded"
+        simd_path = gemm_path = allocator = "not recorded"
     torch_meta = torch_extra["meta"]
 
     by_kernel = defaultdict(lambda: defaultdict(dict))
@@ -355,6 +356,9 @@ def main():
         " the CPU has, or `REPLICA_SIMD`); candle's matrix products (and replica's attention while"
         f" decoding) ran the `gemm` crate's {gemm_path} kernels (its AVX-512 kernels exist only in"
         " builds with the `avx512-gemm` feature, on by default); PyTorch's path is in the Date line.",
+        f"- **Allocator**: replica and candle: {allocator}; PyTorch: {torch_meta.get('allocator', 'not recorded')}"
+        " (benches/common/mod.rs `keep_freed_pages`, python/bench_torch.py: the setting README's \"Speed\" section"
+        " advises for binaries, given to both sides).",
         f"- **Peak**: compute-bound rows show GFLOP/s and the share of the nominal f32 peak,"
         f" {peak_per_core:.0f} GFLOP/s per core ({flops_per_cycle} flops per cycle: two fused multiply-add"
         " units at the nominal clock). A CPU that boosts above its nominal clock can pass 100%. Memory-bound rows show the bandwidth replica reaches (bytes read and",

@@ -49,15 +49,39 @@ fn gemm_path() -> &'static str {
     "portable"
 }
 
-/// The rayon pools of every thread count. Also records the SIMD path the kernels
-/// take in this run (`<criterion dir>/replica_simd.json`, for BENCHMARKS.md's header).
+/// Keeps freed memory in the process instead of returning it to the OS: glibc then
+/// serves the next call's tensors from pages already mapped, as README's "Speed"
+/// section advises for binaries (a library must not set its users' allocator).
+/// python/bench_torch.py gives PyTorch the same thresholds; `REPLICA_BENCH_MALLOC=default`
+/// skips it in both. Returns what the process allocates with.
+pub fn keep_freed_pages() -> &'static str {
+    if std::env::var("REPLICA_BENCH_MALLOC").as_deref() == Ok("default") {
+        return "glibc defaults";
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's thresholds (under its own lock).
+    unsafe {
+        // 32 MiB is glibc's largest mmap threshold; freed memory is trimmed past 1 GiB only.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        return "glibc, freed pages kept (mmap threshold 32 MiB, trim threshold 1 GiB)";
+    }
+    #[allow(unreachable_code)]
+    "the system allocator"
+}
+
+/// The rayon pools of every thread count. The first call keeps freed pages
+/// ([`keep_freed_pages`]) and records the SIMD path the kernels take and the
+/// allocator (`<criterion dir>/replica_simd.json`, for BENCHMARKS.md's header).
 pub fn pools() -> Vec<(usize, rayon::ThreadPool)> {
     static RECORD_PATHS: std::sync::Once = std::sync::Once::new();
     RECORD_PATHS.call_once(|| {
+        let allocator = keep_freed_pages();
         let dir = criterion_dir();
         let simd = serde_json::json!({
             "backend": replica_kernels::simd::current_backend().name(),
             "gemm": gemm_path(),
+            "allocator": allocator,
         });
         if std::fs::create_dir_all(&dir).is_ok() {
             // Best effort: a benchmark still runs where the directory cannot be written.
