@@ -125,7 +125,7 @@ impl Linear {
     }
 }
 
-/// `x Wᵀ + b`, the product by [`replica_kernels::linear`].
+/// `x Wᵀ + b`, the product by [`crate::ops::linear`].
 ///
 /// A bias that takes a gradient is added as the product `1 b` of a column of ones
 /// `[rows, 1]` and the bias row `[1, out]`. The forward values are those of
@@ -140,14 +140,20 @@ fn affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
             let dims = x.dims();
             let (leading, k) = dims.split_at(dims.len() - 1);
             let rows: usize = leading.iter().product();
-            let y = replica_kernels::linear(&x.reshape((rows, k[0]))?, weight)?;
+            let y = crate::ops::linear(&x.reshape((rows, k[0]))?, weight)?;
             let ones = Tensor::ones((rows, 1), x.dtype(), x.device())?;
             let y = (y + ones.matmul(&bias.unsqueeze(0)?)?)?;
             let mut out_dims = leading.to_vec();
             out_dims.push(weight.dim(0)?);
             y.reshape(out_dims)
         }
-        Some(bias) => replica_kernels::linear(x, weight)?.broadcast_add(bias),
-        None => replica_kernels::linear(x, weight),
+        Some(bias) => crate::ops::linear(x, weight)?.broadcast_add(bias),
+        None => crate::ops::linear(x, weight),
+    }
+}
+
+impl candle_core::Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Linear::forward(self, x)
     }
 }

@@ -60,6 +60,22 @@ fn a_block_under_a_path_traces_under_that_path() {
 // --- Dropout and DropPath ------------------------------------------------------
 
 #[test]
+fn linear_is_a_candle_module_under_either_compute() {
+    let (w, b, x) = (randn(&[5, 3]), randn(&[5]), randn(&[2, 4, 3]));
+    let layer = replica_blocks::Linear::from_weights(w.clone(), Some(b.clone()), "proj");
+    let y = candle_core::Module::forward(&layer, &x).unwrap();
+    assert_eq!(values(&y), values(&layer.forward(&x).unwrap()));
+    // Kernels and composition compute the same sums: equal to rounding.
+    let composed = replica_blocks::with_compute(replica_blocks::Compute::Composition, || layer.forward(&x)).unwrap();
+    let expected = x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+    for (name, t) in [("kernels", &y), ("composition", &composed)] {
+        for (a, e) in values(t).iter().zip(values(&expected)) {
+            assert!((a - e).abs() <= 1e-5 * (1.0 + e.abs()), "{name}: {a} vs {e}");
+        }
+    }
+}
+
+#[test]
 fn dropout_in_eval_is_the_identity_bit_for_bit() {
     let x = randn(&[64, 33]);
     let drop = Dropout::new(&DropoutConfig::new(0.5), zeros()).unwrap();

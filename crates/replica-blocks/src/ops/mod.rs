@@ -10,6 +10,7 @@
 //! | [`layer_norm`], [`rms_norm`] | `layer_norm`, `rms_norm` | `reference::layer_norm`, `reference::rms_norm` |
 //! | [`activation`], [`gated`] | `gelu_erf`, `gelu_tanh`, `silu`, `swiglu`, `geglu` | candle's own unary op |
 //! | [`rope`] | `rope` | `reference::rope` |
+//! | [`linear`] | `linear` (few rows: the weight read in place) | `reference::linear` (candle's product) |
 //! | [`mask::causal_mask`], [`mask::alibi_bias`] | - | `reference::causal_mask`, `reference::alibi_bias` |
 //!
 //! A composition that the kernels' fallback and tests need too is written once, in
@@ -18,6 +19,7 @@
 //! no kernel fits: f64 and devices other than the CPU.
 
 mod activation;
+mod linear;
 pub mod mask;
 mod norm;
 mod rope;
@@ -27,6 +29,7 @@ mod softmax;
 use candle_core::{DType, Device, Tensor};
 
 pub use activation::{activation, gated, Activation};
+pub use linear::linear;
 pub use mask::{AlibiBias, ScoreBias};
 pub use norm::{layer_norm, rms_norm, RmsNormRounding};
 pub use replica_kernels::Causal;
