@@ -12,6 +12,8 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 
+use rayon::prelude::*;
+
 use crate::cpu::{self, Route};
 
 /// Rows (the product of `x`'s leading dimensions) up to which the product is
@@ -73,37 +75,45 @@ impl CustomOp2 for TransposedProduct {
         };
         let mut y = cpu::output_buffer(rows * n);
         cpu::with_scratch(rows * n, |wx| {
-            let threads = rayon::current_num_threads();
-            let parallelism = if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
+            // Each thread multiplies x by its own band of the weight's rows (output
+            // features): no sum is split, so any thread count gives the same bits.
+            // gemm's own threading splits few rows poorly; one band per thread, as
+            // each band's gemm packs all of x again.
+            let bands = if cpu::tasks_for(n, rows * k) > 1 {
+                rayon::current_num_threads()
             } else {
-                gemm::Parallelism::None
+                1
             };
-            // SAFETY: gemm reads x [rows, k] and w [n, k] (row-major, within their
-            // slices) and writes wx as [n, rows] row-major, rows·n floats.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    n,
-                    k,
-                    wx.as_mut_ptr(),
-                    rows as isize,
-                    1,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                )
-            };
+            let per_band = n.div_ceil(bands);
+            wx.par_chunks_mut(per_band * rows).enumerate().for_each(|(i, band)| {
+                let (first, features) = (i * per_band, band.len() / rows);
+                // SAFETY: gemm reads x [rows, k] and rows first..first + features of
+                // w [n, k] (row-major, within their slices) and writes band as
+                // [features, rows] row-major, its whole length.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        features,
+                        k,
+                        band.as_mut_ptr(),
+                        rows as isize,
+                        1,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        w[first * k..].as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            });
             transpose_into(wx, n, rows, &mut y);
         });
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
