@@ -109,13 +109,15 @@ LIMITS = {
     "Backing the output with transparent huge pages (docs/kernels.md) cut that cost: in one run, "
     "`cargo bench --bench kernels -- '^softmax/replica(-4k-pages)?_1t/gpt2'` times replica's softmax at 24.6 ms "
     "with them and 61.9 ms without. Where the OS refuses huge pages, this target is out of reach at that shape.",
-    ("minilm_forward", "torch"): "Matrix products and allocations, on a noisy host. A profile of replica's b8_s128 "
-    "forward on the Intel Xeon of 2026-12-05 (1 thread, `benches/profile.rs minilm-b8`, perf sampling cpu-clock, 10 "
-    "calls with the model load) puts 64% of its samples in the gemm crate (its AVX-512 4x6 microkernel 60%), 15% in "
-    "the OS (faulting in and zeroing the tensors candle allocates for every product and element-wise op; PyTorch "
-    "reuses freed memory), 5% in candle's bias and residual adds and 13% in replica's kernels (attention 9%, GELU "
-    "2.4%, LayerNorm 1.2%). The host's noise is as large as the gap: in the Intel run of 2026-12-05, replica's "
-    "b8_s128 forward took 313 ms with 2 threads and 164 ms re-measured minutes later.",
+    ("minilm_forward", "torch"): "Matrix products, on a noisy host. A profile of replica's forwards on the Intel Xeon "
+    "of 2026-12-06 (1 thread, `benches/profile.rs minilm-b1` and `minilm-b8`, perf sampling cpu-clock, with the "
+    "benches' allocator setting) puts 69% (b1) and 72% (b8) of the samples in the gemm crate; at b1 transposing "
+    "the few-row products into place (docs/kernels.md, \"Linear layers with few rows\") takes 8%, at b8 candle's bias "
+    "and residual adds 6% and memset 2.5%; replica's kernels 10-14%; the OS under 2% (freed pages kept). The "
+    "host's noise is as large as the gaps: in two runs of the same code 15 minutes apart on 2026-12-06, the 1-thread "
+    "b1_s128 row was 1.21x and 0.76x, b8_s128 1.08x and 0.98x. With 2 threads replica gains 1.2-1.3x from the second "
+    "core and PyTorch 1.7-1.9x; in a 2-thread profile (b8) candle's own element-wise pool spinning took 9% of the "
+    "samples, and `CANDLE_NUM_THREADS=1` measured neither clearly faster nor slower.",
     ("minilm_forward", "candle"): "Amdahl's law: both BERTs run their projections and MLPs through the same gemm "
     "crate, and those products take the same time in both; replica's lead is in everything else (attention, GELU, "
     "LayerNorm, fewer copies). At b1_s128 the products are most of both forwards (an AMD EPYC profile: gemm 78% of "
@@ -128,15 +130,16 @@ LIMITS = {
     "(ChaCha per element), 4% in memmove, and 7% in replica's kernels and `FusedAdamW` together. On the AMD EPYC "
     "of 2026-12-05 the same step was 1.12x PyTorch's at 1 thread (docs/training.md). With 2 threads the step "
     "got slower on that machine even with candle's own pool at 1 thread; that run was not profiled.",
-    ("gpt2_forward", "torch"): "Matrix products at 128 rows. A profile of the b1_s128 forward on the Intel Xeon of "
-    "2026-12-05 (1 thread, criterion's `--profile-time`, perf sampling cpu-clock) puts 34% of all samples in "
-    "the gemm crate's AVX-512 microkernel and 21% in the rest of the crate (packing operands), against under 2% in "
-    "replica's kernels; the rest is the weights' random set-up. The layers multiply by `Wᵀ`, a transposed view, "
-    "and at 128 rows gemm packs that operand at about the cost of the product: 128x3072 by 3072x768 took 7.5 ms "
-    "with the view and 4.5 ms with the same matrix contiguous (a probe, best of 15). Three of a layer's four "
-    "products (QKV, MLP up, MLP down) took 3.95 + 6.25 + 7.5 ms in that probe, so twelve layers' products alone "
-    "exceed 210 ms, more than PyTorch's (MKL's) whole 186 ms forward. A product that keeps the weights packed across calls "
-    "is not built.",
+    ("gpt2_forward", "torch"): "Matrix products at about this core's peak, on a noisy host. Since 2026-12-06 a "
+    "linear layer of at most 256 rows has gemm read its weight in place instead of repacking it every call "
+    "(docs/kernels.md, \"Linear layers with few rows\"): the b1_s128 forward went from 331-335 to 217-227 ms at 1 "
+    "thread (the two builds alternated in one session). A profile of that forward after the change (Intel Xeon, "
+    "2026-12-06, 1 thread, criterion's `--profile-time`, perf sampling cpu-clock; shares of the forward's samples, "
+    "the weights' random set-up left out) puts 72% in gemm's AVX-512 microkernel, 6% in transposing the products "
+    "into place, 4% in gemm's packing, 3% in candle's bias and residual adds and 5% in replica's kernels: the "
+    "products run at about 130 GFLOP/s, this core's nominal peak (134), where PyTorch's whole forward ran at 106 "
+    "GFLOP/s in this run. The b1_s1024 rows (1,024 rows: candle's order of the product) were 1.18x and 0.87x at 1 "
+    "thread in two runs of the same code 15 minutes apart.",
     ("gelu_erf", "torch"): "Two threads. In the Intel run of 2026-12-05 the two were level at 1 thread (0.99x, "
     "1.00x); with 2, replica's kernel gained 1.4x to 1.45x from the second core and PyTorch's 1.75x to 1.9x. The 2-thread rows were not profiled.",
     ("layer_norm", "memory"): "LayerNorm reads each row twice (statistics, then normalising, the second time "
