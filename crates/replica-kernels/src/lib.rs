@@ -9,6 +9,7 @@
 //! | [`swiglu`], [`geglu`] | gated linear units `act(gate) · up` |
 //! | [`rope`] | rotary embedding, half-split (HF LLaMA) or interleaved (GPT-J) |
 //! | [`linear`] | `x Wᵀ`, a linear layer's product, with `W` in PyTorch's `[out, in]` layout |
+//! | [`dropout`] | inverted dropout, its mask a function of a seed (recomputed by the backward) |
 //! | [`attention`] | FlashAttention-style fused attention: causal, additive mask, GQA, ALiBi |
 //!
 //! Every function takes and returns candle tensors. On the CPU, f32 runs the
@@ -26,6 +27,7 @@
 mod activation;
 mod attention;
 mod cpu;
+mod dropout;
 mod linear;
 mod norm;
 pub mod reference;
@@ -37,6 +39,7 @@ mod tile_product;
 pub use activation::{geglu, gelu, gelu_erf, gelu_tanh, silu, swiglu, GeluApprox};
 pub use attention::{attention, AttentionOptions};
 pub use cpu::{set_huge_pages, MIN_PARALLEL_WORK};
+pub use dropout::dropout;
 pub use linear::{linear, TRANSPOSED_PRODUCT_MAX_ROWS};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{rope, RopeStyle};

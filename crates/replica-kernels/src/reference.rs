@@ -137,6 +137,15 @@ pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Dropout as the product with the scaled mask of [`crate::dropout`] (the same
+/// elements dropped for the same seed), the scale `1 / (1 - p)` rounded to `x`'s
+/// dtype as torch rounds it; the mask is drawn on the CPU and moved to `x`'s device.
+pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    let mask = crate::dropout::scaled_mask(x.elem_count(), p, seed);
+    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?;
+    x * mask.to_dtype(x.dtype())?.to_device(x.device())?
+}
+
 /// `x · Φ(x)` with `Φ(x) = (1 + erf(x/√2)) / 2`.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     let cdf = ((x / std::f64::consts::SQRT_2)?.erf()? + 1.0)? * 0.5;

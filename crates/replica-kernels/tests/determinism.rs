@@ -196,6 +196,9 @@ fn cases() -> Vec<Case> {
         rk::linear(&x[0], &x[1])
     }));
 
+    cases.push(Case::new("dropout", vec![x.clone()], 1, |x| {
+        rk::dropout(&x[0], 0.25, 42)
+    }));
     let up = rand(&[rows, dim], 6, 1.0);
     cases.push(Case::new("gelu_erf", vec![x.clone()], 1, |x| rk::gelu_erf(&x[0])));
     cases.push(Case::new("gelu_tanh", vec![x.clone()], 1, |x| rk::gelu_tanh(&x[0])));

@@ -10,6 +10,7 @@
 //! | [`layer_norm`], [`rms_norm`] | `layer_norm`, `rms_norm` | `reference::layer_norm`, `reference::rms_norm` |
 //! | [`activation`], [`gated`] | `gelu_erf`, `gelu_tanh`, `silu`, `swiglu`, `geglu` | candle's own unary op |
 //! | [`rope`] | `rope` | `reference::rope` |
+//! | [`dropout`] | `dropout` (a counter-based mask) | candle's uniform draws, compared with `p` |
 //! | [`linear`] | `linear` (few rows: the weight read in place) | `reference::linear` (candle's product) |
 //! | [`mask::causal_mask`], [`mask::alibi_bias`] | - | `reference::causal_mask`, `reference::alibi_bias` |
 //!
@@ -19,6 +20,7 @@
 //! no kernel fits: f64 and devices other than the CPU.
 
 mod activation;
+mod dropout;
 mod linear;
 pub mod mask;
 mod norm;
@@ -29,6 +31,7 @@ mod softmax;
 use candle_core::{DType, Device, Tensor};
 
 pub use activation::{activation, gated, Activation};
+pub use dropout::dropout;
 pub use linear::linear;
 pub use mask::{AlibiBias, ScoreBias};
 pub use norm::{layer_norm, rms_norm, RmsNormRounding};

@@ -214,7 +214,7 @@ pub(crate) fn attend(
     let mask = bias.softmax_mask(additive.as_ref());
     let dropout = |p: Tensor| {
         if options.dropout_p > 0.0 {
-            candle_nn::ops::dropout(&p, options.dropout_p)
+            super::dropout(&p, f64::from(options.dropout_p))
         } else {
             Ok(p)
         }
