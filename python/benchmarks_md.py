@@ -123,13 +123,16 @@ LIMITS = {
     "LayerNorm, fewer copies). At b1_s128 the products are most of both forwards (an AMD EPYC profile: gemm 78% of "
     "replica's time, about the same absolute time in candle-transformers), which caps the ratio below 2x; at b8 "
     "the 1-thread row passes.",
-    ("training_step", "torch"): "candle's element-wise ops and allocations. A profile of the 1-thread step on the "
-    "Intel Xeon of 2026-12-05 (`REPLICA_TRAINING_STEPS=60`, perf sampling cpu-clock) puts 30% of its samples in "
-    "the gemm crate, 28% in candle's binary ops (bias and residual adds, dropout masks, the adds that accumulate "
-    "gradients), 10% in memset (the zeroed tensors those accumulations start from), 8% in dropout's random numbers "
-    "(ChaCha per element), 4% in memmove, and 7% in replica's kernels and `FusedAdamW` together. On the AMD EPYC "
-    "of 2026-12-05 the same step was 1.12x PyTorch's at 1 thread (docs/training.md). With 2 threads the step "
-    "got slower on that machine even with candle's own pool at 1 thread; that run was not profiled.",
+    ("training_step", "torch"): "Two threads: the step is mostly serial. A profile of the 2-thread step on the "
+    "Intel Xeon of 2026-12-06 (`RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=1 REPLICA_TRAINING_STEPS=60`, perf sampling "
+    "cpu-clock) used 1.21 CPUs: candle's binary ops (bias and residual adds, the adds that accumulate gradients; "
+    "19% of the samples) and memset (10%, the zeroed tensors candle starts from) run on the calling thread when "
+    "candle's own pool has one thread, and with two they contend with rayon's pool for the same cores "
+    "(docs/training.md); the products at this size (1,024 rows by 96 to 384) gain little from a second core. So "
+    "the 2-thread step takes about as long as the 1-thread one, while PyTorch's gains 1.4x. At 1 thread the "
+    "kernels' dropout (a counter-based mask, 2026-12-06) took the step from 82-88 to 66-68 ms of CPU (the two "
+    "builds alternated); the same machine had measured PyTorch's step at 63.5 ms on 2026-12-05 and 92 ms in "
+    "this run, so the 1-thread ratio is as noisy as the host.",
     ("gpt2_forward", "torch"): "Matrix products at about this core's peak, on a noisy host. Since 2026-12-06 a "
     "linear layer of at most 256 rows has gemm read its weight in place instead of repacking it every call "
     "(docs/kernels.md, \"Linear layers with few rows\"): the b1_s128 forward went from 331-335 to 217-227 ms at 1 "
