@@ -1,12 +1,12 @@
 //! Dropout (Hinton et al., arXiv 1207.0580, as `torch.nn.Dropout`): each element
-//! kept with probability `1 - p` and scaled by `1 / (1 - p)`, else zeroed.
+//! kept with probability `1 - p` and scaled by `1 / (1 - p)`, else multiplied by 0.
 //!
 //! The mask is a function of a seed and each element's index (SplitMix64's
 //! finaliser over the index, a counter-based generator), not a stored tensor:
 //! the backward recomputes it from the seed, and an element costs a few integer
 //! operations, where candle's `rand` draws a ChaCha stream and four more passes
-//! compare, convert, scale and multiply. Every route (kernel, f16/bf16 through
-//! f32, the composition on other devices) drops the same elements for a seed.
+//! compare, convert, scale and multiply. Both routes (the f32 kernel on the CPU,
+//! the composition for other dtypes and devices) drop the same elements for a seed.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
