@@ -109,7 +109,15 @@ fn main() {
         }
         other => panic!("unknown case `{other}`; see the cases in benches/profile.rs"),
     };
-    for _ in 0..repeats {
-        black_box(op().expect("the op runs"));
+    let mut times: Vec<f64> = (0..repeats)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            black_box(op().expect("the op runs"));
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    if let (Some(fastest), Some(median)) = (times.first(), times.get(times.len() / 2)) {
+        eprintln!("{case}: {repeats} calls, fastest {fastest:.3} ms, median {median:.3} ms");
     }
 }

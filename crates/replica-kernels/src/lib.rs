@@ -35,6 +35,7 @@ mod rope;
 pub mod simd;
 mod softmax;
 mod tile_product;
+mod transpose;
 
 pub use activation::{geglu, gelu, gelu_erf, gelu_tanh, silu, swiglu, GeluApprox};
 pub use attention::{attention, AttentionOptions};

@@ -88,6 +88,20 @@ pub trait Simd: Copy {
     fn reduce_sum(a: Self::V) -> f32;
     /// The greatest lane.
     fn reduce_max(a: Self::V) -> f32;
+    /// Writes the 8×8 block at `src` (rows `src_rs` floats apart) transposed at
+    /// `dst` (rows `dst_rs` apart): `dst[j·dst_rs + i] = src[i·src_rs + j]`.
+    ///
+    /// # Safety
+    /// `src` must be valid for reading, and `dst` for writing, 8 rows of 8 floats
+    /// at their strides; the two must not overlap.
+    #[inline(always)]
+    unsafe fn transpose8(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
+        for i in 0..8 {
+            for j in 0..8 {
+                *dst.add(j * dst_rs + i) = *src.add(i * src_rs + j);
+            }
+        }
+    }
 }
 
 /// Loads `n < S::LANES` floats, filling the other lanes with `fill`.
@@ -378,6 +392,49 @@ mod avx2 {
                 _mm_cvtss_f32(m1)
             }
         }
+        #[inline(always)]
+        unsafe fn transpose8(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
+            transpose8_avx(src, src_rs, dst, dst_rs)
+        }
+    }
+
+    /// [`Simd::transpose8`] in 256-bit registers (AVX, which AVX-512 CPUs have too):
+    /// pairs of rows interleaved, then pairs of pairs, then the 128-bit halves swapped,
+    /// so each row is one load and each column one store.
+    ///
+    /// # Safety
+    /// As [`Simd::transpose8`], on a CPU with AVX.
+    #[inline(always)]
+    pub(super) unsafe fn transpose8_avx(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
+        // Plain loops over arrays (no closures, which need not inherit the caller's
+        // target features).
+        let mut r = [_mm256_setzero_ps(); 8];
+        for (i, row) in r.iter_mut().enumerate() {
+            *row = _mm256_loadu_ps(src.add(i * src_rs));
+        }
+        // Rows 2k and 2k+1 interleaved: t[2k] holds their columns 0, 1, 4, 5; t[2k+1]
+        // columns 2, 3, 6, 7.
+        let mut t = [_mm256_setzero_ps(); 8];
+        for k in 0..4 {
+            t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+            t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+        }
+        // Four rows' column c in the low half and column c + 4 in the high half:
+        // u[c] for rows 0-3, u[4 + c] for rows 4-7.
+        let mut u = [_mm256_setzero_ps(); 8];
+        for quad in [0, 4] {
+            u[quad] = _mm256_shuffle_ps::<0b01_00_01_00>(t[quad], t[quad + 2]);
+            u[quad + 1] = _mm256_shuffle_ps::<0b11_10_11_10>(t[quad], t[quad + 2]);
+            u[quad + 2] = _mm256_shuffle_ps::<0b01_00_01_00>(t[quad + 1], t[quad + 3]);
+            u[quad + 3] = _mm256_shuffle_ps::<0b11_10_11_10>(t[quad + 1], t[quad + 3]);
+        }
+        for c in 0..4 {
+            _mm256_storeu_ps(dst.add(c * dst_rs), _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c]));
+            _mm256_storeu_ps(
+                dst.add((c + 4) * dst_rs),
+                _mm256_permute2f128_ps::<0x31>(u[c], u[4 + c]),
+            );
+        }
     }
 }
 
@@ -516,6 +573,10 @@ mod avx512 {
                 let m1 = _mm_max_ss(m2, _mm_shuffle_ps::<1>(m2, m2));
                 _mm_cvtss_f32(m1)
             }
+        }
+        #[inline(always)]
+        unsafe fn transpose8(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
+            super::avx2::transpose8_avx(src, src_rs, dst, dst_rs)
         }
     }
 }
