@@ -881,8 +881,10 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
         let (partial_k, partial_v) = partial.split_at(runs * k_len);
         for (total, parts, len) in [(&mut dk, partial_k, k_len), (&mut dvv, partial_v, v_len)] {
             cpu::for_row_chunks(total, 1, runs, |at, chunk| {
-                for (i, x) in chunk.iter_mut().enumerate() {
-                    *x = (0..runs).fold(0.0, |sum, run| sum + parts[run * len + at + i]);
+                chunk.copy_from_slice(&parts[at..at + chunk.len()]);
+                for run in 1..runs {
+                    let part = &parts[run * len + at..][..chunk.len()];
+                    chunk.iter_mut().zip(part).for_each(|(x, p)| *x += p);
                 }
             });
         }
