@@ -416,8 +416,13 @@ fn bench_matmul(c: &mut Criterion) {
         ("llama-7b_proj_s128", [128, 4096, 4096]),
     ] {
         let (a, b) = (randn(&[m, k]), randn(&[k, n]));
+        // replica's product is a linear layer's: the same matrix as a weight [n, k].
+        let weight = b.t().unwrap().contiguous().unwrap();
         group.throughput(Throughput::Elements((2 * m * k * n) as u64));
-        let ops: Vec<(&str, Op)> = vec![("candle", Box::new(|| a.matmul(&b)))];
+        let ops: Vec<(&str, Op)> = vec![
+            ("replica", Box::new(|| rk::linear(&a, &weight, None))),
+            ("candle", Box::new(|| a.matmul(&b))),
+        ];
         run_shape(&mut group, &pools, shape, &ops, None);
     }
     group.finish();

@@ -49,8 +49,9 @@ KERNELS = {
     "attention": ("attention at model shapes; candle: candle_nn::attention::flash_attn (CPU); PyTorch: F.scaled_dot_product_attention", "flops", {"torch": 1.0, "composed": 3.0}, KERNEL_IMPLS),
     "attention_prefill": ("attention prefill at the issue's target shapes: batch 1, 12 heads, head dim 64, 512 and 2048 tokens, causal and not; "
                           "candle: candle_nn::attention::flash_attn (CPU); PyTorch: F.scaled_dot_product_attention", "flops", {"torch": 1.0, "composed": 3.0}, KERNEL_IMPLS),
-    "attention_fwd_bwd": ("attention forward and backward (training), causal", "flops", {}, KERNEL_IMPLS),
-    "matmul": ("matrix product, candle (gemm crate) against PyTorch (MKL/oneDNN)", "flops", {}, KERNEL_IMPLS),
+    "attention_fwd_bwd": ("attention forward and backward (training), causal", "flops", {"torch": 1.0}, KERNEL_IMPLS),
+    "matmul": ("matrix product; replica: `linear(x, W)` with the same matrix as a weight `[n, k]` (a linear layer's layout); "
+               "candle: `a.matmul(b)` (gemm crate); PyTorch: `a @ b` (MKL/oneDNN)", "flops", {"torch": 0.9}, KERNEL_IMPLS),
     "block_attention": ("replica_blocks `Attention` (q/k/v and output projections around attention; GPT-2: one fused qkv "
                         "projection, causal) against the same in PyTorch: `nn.Linear` projections around `F.scaled_dot_product_attention` "
                         "(python/bench_torch.py `SdpaAttention`)", "model", {}, BLOCK_IMPLS),

@@ -116,39 +116,12 @@ impl Linear {
             DType::F16 | DType::BF16 if x.device().is_cpu() => {
                 let wide = |t: &Tensor| t.to_dtype(DType::F32);
                 let bias = bias.map(wide).transpose()?;
-                affine(&wide(x)?, &wide(weight)?, bias.as_ref())?.to_dtype(x.dtype())?
+                crate::ops::linear(&wide(x)?, &wide(weight)?, bias.as_ref())?.to_dtype(x.dtype())?
             }
-            _ => affine(x, weight, bias)?,
+            _ => crate::ops::linear(x, weight, bias)?,
         };
         replica_check::tap(&self.path, &y);
         Ok(y)
-    }
-}
-
-/// `x Wᵀ + b`, the product by [`crate::ops::linear`].
-///
-/// A bias that takes a gradient is added as the product `1 b` of a column of ones
-/// `[rows, 1]` and the bias row `[1, out]`. The forward values are those of
-/// `broadcast_add` (each element of `1 b` is exactly `b_j`), but the bias's
-/// gradient becomes the product `1ᵀ g`, one matrix product, where a broadcast
-/// add's backward sums `g` over its leading dimensions with candle's generic
-/// strided reduction: about a fifth of a small GPT's training step, measured
-/// (docs/training.md).
-fn affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    match bias {
-        Some(bias) if bias.track_op() && x.is_contiguous() && x.rank() >= 2 => {
-            let dims = x.dims();
-            let (leading, k) = dims.split_at(dims.len() - 1);
-            let rows: usize = leading.iter().product();
-            let y = crate::ops::linear(&x.reshape((rows, k[0]))?, weight)?;
-            let ones = Tensor::ones((rows, 1), x.dtype(), x.device())?;
-            let y = (y + ones.matmul(&bias.unsqueeze(0)?)?)?;
-            let mut out_dims = leading.to_vec();
-            out_dims.push(weight.dim(0)?);
-            y.reshape(out_dims)
-        }
-        Some(bias) => crate::ops::linear(x, weight)?.broadcast_add(bias),
-        None => crate::ops::linear(x, weight),
     }
 }
 

@@ -1,16 +1,21 @@
-//! The product `x Wᵀ` of a linear layer (the Transformer's projections, arXiv
-//! 1706.03762) with its weight in PyTorch's `[out, in]` layout, for few rows.
+//! A linear layer, `x Wᵀ + b` (the Transformer's projections, arXiv 1706.03762),
+//! with its weight in PyTorch's `[out, in]` layout: `torch.nn.functional.linear`.
 //!
-//! candle hands `x · W.t()` to the `gemm` crate as it is, and gemm, which wants
-//! its left operand in column panels, then repacks all of `W` (read across its
-//! rows) on every call. With few rows that repacking is a large part of the call:
-//! at 128 rows, 1 thread, on an Intel Xeon, 768 -> 3072 took 6.0 ms and 3072 -> 768
-//! 8.2 ms. Asking gemm for `W xᵀ` instead lets it read `W` where it lies and pack
-//! only `x`: 4.2 and 4.8 ms. The result comes out `[out, rows]` and is transposed
-//! into place, a pass over the output. From about 512 rows the packing is spread
-//! over enough rows that candle's order is as fast or faster, so it keeps those.
+//! The bias is written into the output first and the product accumulated onto
+//! it, as PyTorch's `addmm` does, instead of a second pass that adds it (a read
+//! and a write of the whole output, on candle's element-wise thread pool).
+//!
+//! With few rows the product is turned around. candle hands `x · W.t()` to the
+//! `gemm` crate as it is, and gemm, which wants its left operand in column panels,
+//! then repacks all of `W` (read across its rows) on every call. With few rows
+//! that repacking is a large part of the call: at 128 rows, 1 thread, on an Intel
+//! Xeon, 768 -> 3072 took 6.0 ms and 3072 -> 768 8.2 ms. Asking gemm for `W xᵀ`
+//! instead lets it read `W` where it lies and pack only `x`: 4.2 and 4.8 ms. The
+//! result comes out `[out, rows]` and is transposed into place, a pass over the
+//! output. From about 512 rows the packing is spread over enough rows that the
+//! direct order is as fast or faster, so those keep it.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 
 use rayon::prelude::*;
 
@@ -22,13 +27,12 @@ use crate::transpose::Transpose;
 /// rows and below (1.13-2.45x), mixed at 512, slower at 1024.
 pub const TRANSPOSED_PRODUCT_MAX_ROWS: usize = 256;
 
-/// `x Wᵀ` for `x` `[..., in]` and `weight` `[out, in]`, giving `[..., out]`: a
-/// linear layer without its bias. f32 on the CPU with a contiguous weight and at
-/// most [`TRANSPOSED_PRODUCT_MAX_ROWS`] rows runs the transposed product (the
-/// same sums, in another order of the output's elements); every other case is
-/// candle's own product, [`reference::linear`](crate::reference::linear).
-/// Differentiable in both arguments.
-pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+/// `x Wᵀ + b` for `x` `[..., in]`, `weight` `[out, in]` and `bias` `[out]`, giving
+/// `[..., out]`, as `torch.nn.functional.linear`. f32 on the CPU with a contiguous
+/// weight runs the kernel (the bias first, the product's sums accumulated onto
+/// it); every other case is candle's composition,
+/// [`reference::linear`](crate::reference::linear). Differentiable in all three.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (out_features, in_features) = match weight.dims() {
         &[o, i] => (o, i),
         dims => bail!("linear: the weight must be [out, in], got shape {dims:?}"),
@@ -38,94 +42,214 @@ pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         bail!("linear: the input has {dim} features in its last dimension, the weight [{out_features}, {in_features}] expects {in_features}")
     }
     cpu::same_kind("linear", x, &[("the weight", weight)])?;
+    if let Some(bias) = bias {
+        if bias.dims() != [out_features] {
+            bail!(
+                "linear: the bias must be [{out_features}] for a weight [{out_features}, {in_features}], got shape {:?}",
+                bias.dims()
+            )
+        }
+        cpu::same_kind("linear", x, &[("the bias", bias)])?;
+    }
     let rows = x.elem_count() / in_features.max(1);
-    let transposed = cpu::route("linear", x)? == Route::Kernel
-        && weight.is_contiguous()
-        && (1..=TRANSPOSED_PRODUCT_MAX_ROWS).contains(&rows)
-        && in_features > 0;
-    if !transposed {
-        return crate::reference::linear(x, weight);
+    let kernel = cpu::route("linear", x)? == Route::Kernel && weight.is_contiguous() && rows > 0 && in_features > 0;
+    if !kernel {
+        return crate::reference::linear(x, weight, bias);
     }
     let mut out_dims = x.dims().to_vec();
     *out_dims.last_mut().expect("rank >= 1") = out_features;
-    x.contiguous()?
-        .reshape((rows, in_features))?
-        .apply_op2(weight, TransposedProduct)?
-        .reshape(out_dims)
+    let x = x.contiguous()?.reshape((rows, in_features))?;
+    match bias {
+        Some(bias) => x.apply_op3(weight, &bias.contiguous()?, Product),
+        None => x.apply_op2(weight, Product),
+    }?
+    .reshape(out_dims)
 }
 
-struct TransposedProduct;
+struct Product;
 
-impl CustomOp2 for TransposedProduct {
+impl Product {
+    fn forward(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = "replica-linear";
+        let (xs, ws) = (cpu::f32_slice(name, x.0, x.1)?, cpu::f32_slice(name, w.0, w.1)?);
+        let bias = bias.map(|(s, l)| cpu::f32_slice(name, s, l)).transpose()?;
+        let (&[rows, k], &[n, _]) = (x.1.dims(), w.1.dims()) else {
+            bail!(
+                "{name}: expected 2-D operands, got {:?} and {:?}",
+                x.1.dims(),
+                w.1.dims()
+            )
+        };
+        let y = if rows <= TRANSPOSED_PRODUCT_MAX_ROWS {
+            transposed_product(xs, ws, bias, rows, k, n)
+        } else {
+            direct_product(xs, ws, bias, rows, k, n)
+        };
+        Ok((CpuStorage::F32(y), Shape::from((rows, n))))
+    }
+
+    /// y = x Wᵀ + b: dx = g W, dW = gᵀ x, db = 1ᵀ g (one product, not candle's
+    /// strided sum over rows).
+    fn backward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &Tensor) -> Result<[Option<Tensor>; 3]> {
+        let dx = x.track_op().then(|| g.matmul(w)).transpose()?;
+        let dw = w.track_op().then(|| g.t()?.matmul(x)).transpose()?;
+        let db = match bias {
+            Some(b) if b.track_op() => {
+                let ones = Tensor::ones((1, g.dim(0)?), g.dtype(), g.device())?;
+                Some(ones.matmul(g)?.reshape(b.dims())?)
+            }
+            _ => None,
+        };
+        Ok([dx, dw, db])
+    }
+}
+
+impl CustomOp2 for Product {
     fn name(&self) -> &'static str {
         "replica-linear"
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (
-            cpu::f32_slice(self.name(), xs, xl)?,
-            cpu::f32_slice(self.name(), ws, wl)?,
-        );
-        let (&[rows, k], &[n, _]) = (xl.dims(), wl.dims()) else {
-            bail!(
-                "{}: expected 2-D operands, got {:?} and {:?}",
-                self.name(),
-                xl.dims(),
-                wl.dims()
-            )
-        };
-        let mut y = cpu::output_buffer(rows * n);
-        cpu::with_scratch(rows * n, |wx| {
-            // Each thread multiplies x by its own band of the weight's rows (output
-            // features): no sum is split, so any thread count gives the same bits.
-            // gemm's own threading splits few rows poorly; one band per thread, as
-            // each band's gemm packs all of x again.
-            let bands = if cpu::tasks_for(n, rows * k) > 1 {
-                rayon::current_num_threads()
-            } else {
-                1
-            };
-            let per_band = n.div_ceil(bands);
-            wx.par_chunks_mut(per_band * rows).enumerate().for_each(|(i, band)| {
-                let (first, features) = (i * per_band, band.len() / rows);
-                // SAFETY: gemm reads x [rows, k] and rows first..first + features of
-                // w [n, k] (row-major, within their slices) and writes band as
-                // [features, rows] row-major, its whole length.
-                unsafe {
-                    gemm::gemm(
-                        rows,
-                        features,
-                        k,
-                        band.as_mut_ptr(),
-                        rows as isize,
-                        1,
-                        false,
-                        x.as_ptr(),
-                        1,
-                        k as isize,
-                        w[first * k..].as_ptr(),
-                        k as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    )
-                }
-            });
-            transpose_into(wx, n, rows, &mut y);
-        });
-        Ok((CpuStorage::F32(y), Shape::from((rows, n))))
+        self.forward((xs, xl), (ws, wl), None)
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // y = x Wᵀ: dx = g W, dW = gᵀ x.
-        let dx = x.track_op().then(|| g.matmul(w)).transpose()?;
-        let dw = w.track_op().then(|| g.t()?.matmul(x)).transpose()?;
+        let [dx, dw, _] = Self::backward(x, w, None, g)?;
         Ok((dx, dw))
     }
+}
+
+impl CustomOp3 for Product {
+    fn name(&self) -> &'static str {
+        "replica-linear"
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward((xs, xl), (ws, wl), Some((bs, bl)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, db] = Self::backward(x, w, Some(b), g)?;
+        Ok((dx, dw, db))
+    }
+}
+
+/// `x [rows, k] · Wᵀ + b` into a new `[rows, n]` buffer, gemm reading `W` `[n, k]`
+/// through strides, its own threads splitting the output.
+fn direct_product(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut y = cpu::output_buffer(rows * n);
+    if let Some(bias) = bias {
+        cpu::for_row_chunks(&mut y, n, n, |_, chunk| {
+            chunk.chunks_mut(n).for_each(|row| row.copy_from_slice(bias))
+        });
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: gemm reads x [rows, k] and W [n, k] (row-major, as Wᵀ through its
+    // strides) within their slices and writes y [rows, n] row-major, its whole length.
+    unsafe {
+        gemm::gemm(
+            rows,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            bias.is_some(),
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+    y
+}
+
+/// As [`direct_product`], computed as `W xᵀ` into per-thread scratch and
+/// transposed into place.
+fn transposed_product(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut y = cpu::output_buffer(rows * n);
+    cpu::with_scratch(rows * n, |wx| {
+        // Each thread multiplies x by its own band of the weight's rows (output
+        // features): no sum is split, so any thread count gives the same bits.
+        // gemm's own threading splits few rows poorly; one band per thread, as
+        // each band's gemm packs all of x again.
+        let bands = if cpu::tasks_for(n, rows * k) > 1 {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let per_band = n.div_ceil(bands);
+        wx.par_chunks_mut(per_band * rows).enumerate().for_each(|(i, band)| {
+            let (first, features) = (i * per_band, band.len() / rows);
+            if let Some(bias) = bias {
+                for (row, &b) in band.chunks_mut(rows).zip(&bias[first..]) {
+                    row.fill(b);
+                }
+            }
+            // SAFETY: gemm reads x [rows, k] and rows first..first + features of
+            // w [n, k] (row-major, within their slices) and writes band as
+            // [features, rows] row-major, its whole length.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    features,
+                    k,
+                    band.as_mut_ptr(),
+                    rows as isize,
+                    1,
+                    bias.is_some(),
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w[first * k..].as_ptr(),
+                    k as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        });
+        transpose_into(wx, n, rows, &mut y);
+    });
+    y
 }
 
 /// Writes `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`),

@@ -117,23 +117,27 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(weight)
 }
 
-/// `x Wᵀ` for `x` `[..., in]` and `weight` `[out, in]`, as `candle_nn::Linear`
-/// computes it without a bias: a contiguous input's rows as one matrix, else a
-/// product batched over its leading dimensions.
-pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+/// `x Wᵀ + b` for `x` `[..., in]`, `weight` `[out, in]` and `bias` `[out]`, as
+/// `candle_nn::Linear` computes it: a contiguous input's rows as one matrix, else
+/// a product batched over its leading dimensions; then the bias broadcast-added.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let w = weight.t()?;
     let dims = x.dims();
-    match dims {
+    let y = match dims {
         [lead @ .., k] if lead.len() >= 2 && x.is_contiguous() => {
             let mut out = lead.to_vec();
             out.push(weight.dim(0)?);
             x.reshape((lead.iter().product::<usize>(), *k))?
                 .matmul(&w)?
-                .reshape(out)
+                .reshape(out)?
         }
-        [b1, b2, _, _] => x.matmul(&w.broadcast_left((*b1, *b2))?),
-        [b, _, _] => x.matmul(&w.broadcast_left(*b)?),
-        _ => x.matmul(&w),
+        [b1, b2, _, _] => x.matmul(&w.broadcast_left((*b1, *b2))?)?,
+        [b, _, _] => x.matmul(&w.broadcast_left(*b)?)?,
+        _ => x.matmul(&w)?,
+    };
+    match bias {
+        Some(bias) => y.broadcast_add(bias),
+        None => Ok(y),
     }
 }
 

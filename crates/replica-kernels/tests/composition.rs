@@ -492,9 +492,12 @@ fn rope_against_the_composition() -> Result<()> {
 #[test]
 fn linear_against_the_composition() -> Result<()> {
     let tol = Tolerance::new(1e-5, 1e-5);
+    // The weight's and the bias's gradients are f32 sums over up to 600 rows.
+    let grad_tol = Tolerance::new(1e-5, 1e-4);
     // (leading dims of x, in, out): one row up to the transposed product's limit,
-    // one row past it (candle's product), sizes off the vector width, rank 3.
-    let shapes: [(&[usize], usize, usize); 8] = [
+    // one row past it (the direct product), sizes off the vector width, rank 3;
+    // each with and without a bias (all three gradients checked).
+    let shapes: [(&[usize], usize, usize); 9] = [
         (&[1], 1, 1),
         (&[1], 64, 3),
         (&[3], 5, 7),
@@ -502,6 +505,7 @@ fn linear_against_the_composition() -> Result<()> {
         (&[128], 96, 200),
         (&[rk::TRANSPOSED_PRODUCT_MAX_ROWS], 40, 72),
         (&[rk::TRANSPOSED_PRODUCT_MAX_ROWS + 1], 40, 72),
+        (&[600], 70, 130),
         (&[2, 5], 33, 17),
     ];
     for (i, (lead, k, n)) in shapes.into_iter().enumerate() {
@@ -509,41 +513,56 @@ fn linear_against_the_composition() -> Result<()> {
         dims.push(k);
         let x = rand(&dims, 60 + i as u64, 1.0, 0.0);
         let w = rand(&[n, k], 70 + i as u64, 0.1, 0.0);
-        let what = format!("linear {dims:?} x [{n}, {k}]");
-        let kernel = |t: &[Tensor]| rk::linear(&t[0], &t[1]);
+        let b = rand(&[n], 90 + i as u64, 1.0, 0.0);
         check(
-            &what,
-            &kernel,
-            &in_f64(|t| reference::linear(&t[0], &t[1])),
-            &[x, w],
+            &format!("linear {dims:?} x [{n}, {k}]"),
+            &|t| rk::linear(&t[0], &t[1], None),
+            &in_f64(|t| reference::linear(&t[0], &t[1], None)),
+            &[x.clone(), w.clone()],
             tol,
+            grad_tol,
+        )?;
+        check(
+            &format!("linear {dims:?} x [{n}, {k}] + bias"),
+            &|t| rk::linear(&t[0], &t[1], Some(&t[2])),
+            &in_f64(|t| reference::linear(&t[0], &t[1], Some(&t[2]))),
+            &[x, w, b],
             tol,
+            grad_tol,
         )?;
     }
-    // Strided operands: x a transposed view; a transposed weight (candle's product).
+    // Strided operands: x a transposed view; a transposed weight (the composition).
     let x = rand(&[24, 10], 80, 1.0, 0.0).t()?;
     let w = rand(&[6, 24], 81, 0.1, 0.0);
+    let b = rand(&[6], 87, 1.0, 0.0);
     assert_close(
         "linear, strided x",
-        &rk::linear(&x, &w)?,
-        &reference::linear(&x.contiguous()?, &w)?,
+        &rk::linear(&x, &w, Some(&b))?,
+        &reference::linear(&x.contiguous()?, &w, Some(&b))?,
         tol,
     );
     let w = rand(&[24, 6], 82, 0.1, 0.0).t()?;
     assert_close(
         "linear, strided weight",
-        &rk::linear(&x, &w)?,
-        &reference::linear(&x, &w)?,
+        &rk::linear(&x, &w, Some(&b))?,
+        &reference::linear(&x, &w, Some(&b))?,
         tol,
     );
 
     let x = rand(&[4, 8], 83, 1.0, 0.0);
-    let err = |w: &Tensor| rk::linear(&x, w).unwrap_err().to_string();
-    assert!(err(&rand(&[8], 84, 1.0, 0.0)).contains("must be [out, in], got shape [8]"));
-    let e = err(&rand(&[3, 7], 85, 1.0, 0.0));
+    let err = |w: &Tensor, b: Option<&Tensor>| rk::linear(&x, w, b).unwrap_err().to_string();
+    assert!(err(&rand(&[8], 84, 1.0, 0.0), None).contains("must be [out, in], got shape [8]"));
+    let e = err(&rand(&[3, 7], 85, 1.0, 0.0), None);
     assert!(e.contains("8 features") && e.contains("expects 7"), "{e}");
-    let e = err(&rand(&[3, 8], 86, 1.0, 0.0).to_dtype(DType::F64)?);
+    let e = err(&rand(&[3, 8], 86, 1.0, 0.0).to_dtype(DType::F64)?, None);
     assert!(e.contains("dtype F64"), "{e}");
+    let e = err(&rand(&[3, 8], 86, 1.0, 0.0), Some(&rand(&[4], 88, 1.0, 0.0)));
+    assert!(e.contains("bias must be [3]") && e.contains("got shape [4]"), "{e}");
+    let e = err(
+        &rand(&[3, 8], 86, 1.0, 0.0),
+        Some(&rand(&[3], 88, 1.0, 0.0).to_dtype(DType::F64)?),
+    );
+    assert!(e.contains("the bias has dtype F64"), "{e}");
     Ok(())
 }
 

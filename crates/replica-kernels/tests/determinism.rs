@@ -190,11 +190,23 @@ fn cases() -> Vec<Case> {
         rk::rms_norm(&x[0], &x[1], 1e-6)
     }));
 
-    // The transposed product (256 rows, the most it takes) of a linear layer.
+    // A linear layer: the transposed product (256 rows, the most it takes) and
+    // the direct one (gemm's own threads), with a bias.
     let weight = rand(&[2 * dim, dim], 7, 0.1);
-    cases.push(Case::new("linear", vec![x.clone(), weight], 2, |x| {
-        rk::linear(&x[0], &x[1])
-    }));
+    let out_bias = rand(&[2 * dim], 8, 1.0);
+    cases.push(Case::new(
+        "linear",
+        vec![x.clone(), weight.clone(), out_bias.clone()],
+        3,
+        |x| rk::linear(&x[0], &x[1], Some(&x[2])),
+    ));
+    let many_rows = rand(&[4 * rows, dim], 9, 1.0);
+    cases.push(Case::new(
+        "linear, many rows",
+        vec![many_rows, weight, out_bias],
+        3,
+        |x| rk::linear(&x[0], &x[1], Some(&x[2])),
+    ));
 
     cases.push(Case::new("dropout", vec![x.clone()], 1, |x| {
         rk::dropout(&x[0], 0.25, 42)

@@ -11,7 +11,7 @@
 //! | [`activation`], [`gated`] | `gelu_erf`, `gelu_tanh`, `silu`, `swiglu`, `geglu` | candle's own unary op |
 //! | [`rope`] | `rope` | `reference::rope` |
 //! | [`dropout`] | `dropout` (a counter-based mask) | candle's uniform draws, compared with `p` |
-//! | [`linear`] | `linear` (few rows: the weight read in place) | `reference::linear` (candle's product) |
+//! | [`linear`] | `linear` (the bias accumulated onto; few rows: the weight read in place) | `reference::linear` (candle's product and broadcast add) |
 //! | [`mask::causal_mask`], [`mask::alibi_bias`] | - | `reference::causal_mask`, `reference::alibi_bias` |
 //!
 //! A composition that the kernels' fallback and tests need too is written once, in
