@@ -7,7 +7,7 @@
 //!
 //! Cases: `attention-bert` (replica kernel, BERT-base b8 s128), `attention-bert-composed`,
 //! `softmax-gpt2` (replica kernel, GPT-2 b1 s1024 scores), `softmax-gpt2-candle`,
-//! `attention-prefill-2048` (replica kernel, b1 h12 d64 s2048), `attention-fwd-bwd-1024`
+//! `attention-prefill-512` and `attention-prefill-2048` (replica kernel, b1 h12 d64 s512 and s2048), `attention-fwd-bwd-1024`
 //! (replica kernel's forward and backward, GPT-2 b1 s1024 causal), `minilm-b8`, `minilm-b1`
 //! (replica's BERT on all-MiniLM-L6-v2, random weights when the model is not cached),
 //! `minilm-b8-candle`, `minilm-b1-candle` (candle-transformers' BERT, cached weights only),
@@ -47,11 +47,11 @@ fn main() {
     let case = args.first().map(String::as_str).unwrap_or("attention-bert");
     let repeats: usize = args.get(1).map_or(3, |n| n.parse().expect("a repeat count"));
     let op: Box<dyn Fn() -> candle_core::Result<Tensor>> = match case {
-        "attention-bert" | "attention-bert-composed" | "attention-prefill-2048" => {
-            let dims = if case == "attention-prefill-2048" {
-                [1, 12, 2048, 64]
-            } else {
-                [8, 12, 128, 64]
+        "attention-bert" | "attention-bert-composed" | "attention-prefill-512" | "attention-prefill-2048" => {
+            let dims = match case {
+                "attention-prefill-512" => [1, 12, 512, 64],
+                "attention-prefill-2048" => [1, 12, 2048, 64],
+                _ => [8, 12, 128, 64],
             };
             let (q, k, v) = (randn(&dims), randn(&dims), randn(&dims));
             let options = AttentionOptions::default();

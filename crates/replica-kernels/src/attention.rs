@@ -257,6 +257,14 @@ unsafe fn matmul_by_rows_transposed(
 /// the keys in place.
 const TRANSPOSE_MIN_ROWS: usize = 16;
 
+/// The row stride of `n` transposed keys or values: a whole number of vectors
+/// plus one cache line, so that rows `n` floats apart (512 keys: 2 KiB) do not
+/// all fall in the same few sets of the L1 cache while a tile product reads a
+/// panel of them.
+fn transposed_stride(n: usize) -> usize {
+    n.next_multiple_of(16) + 16
+}
+
 /// A `[batch, heads, seq, width]` f32 tensor in CPU storage whose rows (the last
 /// dimension) are contiguous, the other dimensions at any strides.
 #[derive(Clone, Copy)]
@@ -592,6 +600,9 @@ fn forward(p: &Problem<'_>) -> (Vec<f32>, Vec<f32>) {
     if q_tiles == 0 || kv_heads == 0 {
         return (out, lse);
     }
+    // Decided for the whole problem, not per task: the two ways of computing the
+    // scores differ in their last bits, and the tasks depend on the thread count.
+    let transpose = sq * group >= TRANSPOSE_MIN_ROWS;
     // Whole heads per task where there are enough to keep the threads busy.
     let runs = (4 * rayon::current_num_threads()).div_ceil(kv_heads).min(q_tiles);
     let per_run = q_tiles.div_ceil(runs);
@@ -604,8 +615,8 @@ fn forward(p: &Problem<'_>) -> (Vec<f32>, Vec<f32>) {
         let (i0, i1) = (tiles.start * BR, (tiles.end * BR).min(sq));
         let (first, end) = p.key_range(i0, i1);
         let keys = end.saturating_sub(first);
-        let transpose = group * (i1 - i0) >= TRANSPOSE_MIN_ROWS;
-        cpu::with_scratch(if transpose { keys * p.d } else { 0 }, |kt| {
+        let stride = transposed_stride(keys);
+        cpu::with_scratch(if transpose { stride * p.d } else { 0 }, |kt| {
             let kt = transpose.then(|| {
                 let head = Transpose {
                     src: p.k.row(b, kh, first),
@@ -613,7 +624,7 @@ fn forward(p: &Problem<'_>) -> (Vec<f32>, Vec<f32>) {
                     rows: keys,
                     cols: p.d,
                     dst: kt.as_mut_ptr(),
-                    dst_rs: keys,
+                    dst_rs: stride,
                 };
                 // SAFETY: keys first..end of head (b, kh) are rows of the layout; kt
                 // holds keys × d floats.
@@ -621,7 +632,7 @@ fn forward(p: &Problem<'_>) -> (Vec<f32>, Vec<f32>) {
                 KeysT {
                     data: kt,
                     first,
-                    stride: keys,
+                    stride,
                 }
             });
             let mut tile = ForwardTile::new(dv);
@@ -774,9 +785,10 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
         let (i0, i1) = (tiles.start * BR, (tiles.end * BR).min(sq));
         let (first, end) = if i1 > i0 { p.key_range(i0, i1) } else { (0, 0) };
         let keys = end.saturating_sub(first);
-        cpu::with_scratch(2 * keys * (d + dv), |scratch| {
-            let (kt, rest) = scratch.split_at_mut(keys * d);
-            let (vt, rest) = rest.split_at_mut(keys * dv);
+        let stride = transposed_stride(keys);
+        cpu::with_scratch((stride + keys) * (d + dv), |scratch| {
+            let (kt, rest) = scratch.split_at_mut(stride * d);
+            let (vt, rest) = rest.split_at_mut(stride * dv);
             let (dk_acc, dv_acc) = rest.split_at_mut(keys * d);
             for (x, t, width) in [(p.k, &mut *kt, d), (p.v, &mut *vt, dv)] {
                 let head = Transpose {
@@ -785,7 +797,7 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
                     rows: keys,
                     cols: width,
                     dst: t.as_mut_ptr(),
-                    dst_rs: keys,
+                    dst_rs: stride,
                 };
                 // SAFETY: keys first..end of head (b, kh) are rows of the layout; t
                 // holds keys × width floats.
@@ -796,7 +808,7 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
             let keys_t = KeysT {
                 data: kt,
                 first,
-                stride: keys,
+                stride,
             };
             let mut s = vec![0f32; BR * BC];
             let mut dp = vec![0f32; BR * BC];
@@ -833,7 +845,7 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
                                 go_rs,
                                 1,
                                 vt_c,
-                                keys,
+                                stride,
                                 false,
                                 1.0,
                             );
