@@ -110,20 +110,26 @@ LIMITS = {
     "Backing the output with transparent huge pages (docs/kernels.md) cut that cost: in one run, "
     "`cargo bench --bench kernels -- '^softmax/replica(-4k-pages)?_1t/gpt2'` times replica's softmax at 24.6 ms "
     "with them and 61.9 ms without. Where the OS refuses huge pages, this target is out of reach at that shape.",
+    ("matmul", "torch"): "gemm's own threads at 2 threads: the 1-thread rows are within 10% of PyTorch. At "
+    "llama-7b_proj_s128 (128 rows) replica's product is the transposed one, one band of output features per thread "
+    "(each band's gemm packs all of x again); at 1,024 rows it is gemm's own threading. A probe on 2026-12-06 (2 "
+    "threads, best of 7 x 5 calls, seven shapes of 128 to 1,024 rows) that split the output columns over the threads "
+    "instead of gemm's threading was mixed over three runs: up to 20% faster at some 1,024-row shapes, as much as "
+    "45% slower at 128 rows, so it was left.",
     ("minilm_forward", "torch"): "Matrix products, on a noisy host. A profile of replica's forwards on the Intel Xeon "
     "of 2026-12-06 (1 thread, `benches/profile.rs minilm-b1` and `minilm-b8`, perf sampling cpu-clock, with the "
     "benches' allocator setting) puts 69% (b1) and 72% (b8) of the samples in the gemm crate; at b1 transposing "
     "the few-row products into place (docs/kernels.md, \"Linear layers with few rows\") takes 8%, at b8 candle's bias "
-    "and residual adds 6% and memset 2.5%; replica's kernels 10-14%; the OS under 2% (freed pages kept). The "
+    "and residual adds 6% (the bias has since moved into the product) and memset 2.5%; replica's kernels 10-14%; the OS under 2% (freed pages kept). The "
     "host's noise is as large as the gaps: in two runs of the same code 15 minutes apart on 2026-12-06, the 1-thread "
     "b1_s128 row was 1.21x and 0.76x, b8_s128 1.08x and 0.98x. With 2 threads replica gains 1.2-1.3x from the second "
     "core and PyTorch 1.7-1.9x; in a 2-thread profile (b8) candle's own element-wise pool spinning took 9% of the "
     "samples, and `CANDLE_NUM_THREADS=1` measured neither clearly faster nor slower.",
-    ("minilm_forward", "candle"): "Amdahl's law: both BERTs run their projections and MLPs through the same gemm "
-    "crate, and those products take the same time in both; replica's lead is in everything else (attention, GELU, "
-    "LayerNorm, fewer copies). At b1_s128 the products are most of both forwards (an AMD EPYC profile: gemm 78% of "
-    "replica's time, about the same absolute time in candle-transformers), which caps the ratio below 2x; at b8 "
-    "the 1-thread row passes.",
+    ("minilm_forward", "candle"): "Amdahl's law and the host's noise: both BERTs run their projections and MLPs "
+    "through the same gemm crate, and those products take the same time in both; replica's lead is in everything "
+    "else (attention, GELU, LayerNorm, the bias added inside the product, fewer copies). candle-transformers' own "
+    "time at b8_s128, 1 thread, was 437 ms and 324 ms in two runs 15 minutes apart on 2026-12-06 (2.19x and 1.81x), "
+    "replica's 199 and 179 ms.",
     ("training_step", "torch"): "Two threads: the step is mostly serial. A profile of the 2-thread step on the "
     "Intel Xeon of 2026-12-06 (`RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=1 REPLICA_TRAINING_STEPS=60`, perf sampling "
     "cpu-clock) used 1.21 CPUs: candle's binary ops (bias and residual adds, the adds that accumulate gradients; "
@@ -144,8 +150,11 @@ LIMITS = {
     "products run at about 130 GFLOP/s, this core's nominal peak (134), where PyTorch's whole forward ran at 106 "
     "GFLOP/s in this run. The b1_s1024 rows (1,024 rows: candle's order of the product) were 1.18x and 0.87x at 1 "
     "thread in two runs of the same code 15 minutes apart.",
-    ("gelu_erf", "torch"): "Two threads. In the Intel run of 2026-12-05 the two were level at 1 thread (0.99x, "
-    "1.00x); with 2, replica's kernel gained 1.4x to 1.45x from the second core and PyTorch's 1.75x to 1.9x. The 2-thread rows were not profiled.",
+    ("gelu_erf", "torch"): "Two threads, on a noisy host: the 1-thread rows pass (1.08x, 1.19x). Re-measured alone "
+    "on 2026-12-06 (`cargo bench --bench kernels -- gelu_erf/replica_Nt/bert`), replica's bert-base row took 1.43 ms "
+    "at 1 thread and 0.74 ms at 2, 1.94x from the second core. Not profiled.",
+    ("layer_norm", "torch"): "One 2-thread row of small absolute time (about 0.2 ms; the other rows 1.11-1.35x); "
+    "within the host's noise, not profiled.",
     ("layer_norm", "memory"): "LayerNorm reads each row twice (statistics, then normalising, the second time "
     "from L1) and the weight and bias for every row; it was not profiled further.",
     ("gelu_erf", "memory"): "Per element the kernel computes a rational erf: 11 FMAs, a division, the clamps and "
@@ -154,23 +163,21 @@ LIMITS = {
     "|x|, a degree-13 odd polynomial for small |x|) and selects: arithmetic, not bandwidth.",
     ("silu", "memory"): "Per element the kernel computes an exp (a range reduction and a degree-7 polynomial) "
     "and a division: arithmetic, not bandwidth.",
-    "attention": "The tile products, the online softmax and the keys' transpose, measured on the Intel Xeon of "
-    "2026-12-05 (1 thread, `benches/profile.rs`, perf sampling cpu-clock). At bert-base_b8_s128 the tile products "
-    "take 63% of the samples, the online softmax 13%, transposing the keys (a scalar loop, eight rows at a time) "
-    "11% and the tiles' bookkeeping 5%. At b1_h12_d64_s2048 the products take 77% and run at about 133 GFLOP/s, "
-    "the nominal peak of this core (PyTorch's whole forward runs at 123 GFLOP/s), and the online softmax 16%: the "
-    "products have no room left, so the gap is the softmax's exponentials and the transpose. With 2 threads "
-    "replica's kernel gained 1.15x to 1.75x from the second core in that run and PyTorch's 1.6x to 2.0x; "
-    "re-measured minutes later, replica's BERT and s512 rows gained 1.67x and 1.34x. The 2-thread rows were not "
-    "profiled.",
+    "attention": "The host's noise first, then the online softmax. The same build measured minutes apart "
+    "(Intel Xeon, 2026-12-06): BERT b8 s128 at 1 thread 6.81 ms in one criterion run and 4.33 ms in the next; "
+    "b1_h12_d64_s2048 at 2 threads 74 ms in this table and 57-61 ms with `benches/profile.rs attention-prefill-2048` "
+    "(113-117 ms at 1 thread) in the same half hour. Profiles of that build (1 thread, `benches/profile.rs`, perf "
+    "sampling cpu-clock): at b1_h12_d64_s512 the tile products take 70% of the samples at about 134 GFLOP/s (the "
+    "nominal peak of this core), the online softmax 21% (its exponentials: a range reduction and a degree-7 "
+    "polynomial per score), the keys' transpose 3% and writing the output 2%; at s2048 the products 71% and the "
+    "softmax 19%. The products have no room left; the softmax's share is what separates the two.",
     ("attention", "composed"): "At BERT's 128 tokens a head's whole score matrix is one 128x128 tile, so the "
     "composition is itself two well-shaped matrix products per head plus element-wise passes over a small matrix: "
     "fusion saves only those passes. The kernel pulls ahead as the sequence grows and the composition has to "
     "materialise and re-read large score matrices (the GPT-2 and LLaMA rows, attention_prefill).",
-    ("attention_prefill", "torch"): "As for attention: at b1_h12_d64_s2048 the tile products take 77% of the "
-    "samples at about this core's nominal peak and the online softmax 16% (1 thread, Intel Xeon of 2026-12-05, "
-    "`benches/profile.rs attention-prefill-2048`, perf sampling cpu-clock); on the AMD EPYC of 2026-12-05 the same "
-    "kernel was 1.07x to 1.94x PyTorch's at these shapes (docs/kernels.md). The 2-thread rows were not profiled.",
+    ("attention_prefill", "torch"): "As for attention: the same profiles and the same noise (Intel Xeon, "
+    "2026-12-06). On the AMD EPYC of 2026-12-05 the kernel (before this stop's changes) was 1.07x to 1.94x "
+    "PyTorch's at these shapes (docs/kernels.md).",
     ("rms_norm", "memory"): "The OS at the s2048 shape: its 32 MiB output is a fresh mapping on every call that "
     "the OS faults in and zeroes (as for softmax at the GPT-2 shape), and RMSNorm reads each row twice (the sum "
     "of squares, then scaling).",
@@ -343,9 +350,10 @@ def main():
         "script's docstring.",
         "",
         f"- **Machine**: {machine} (lscpu), a VM on a shared host: even with nothing else running in the VM,",
-        "  the same code's time moves by up to about 25% between runs minutes apart. Compare the ratios within",
-        "  one row (measured in the same run, minutes apart) rather than absolute times, and treat a ratio",
-        "  within 25% of its target as undecided by one run.",
+        "  the same code's time moves by up to about 25% between runs minutes apart, and on the Intel Xeon of",
+        "  2026-12-06 by up to 50% (replica's BERT attention at 1 thread: 6.8 and 4.3 ms in runs 20 minutes",
+        "  apart). Compare the ratios within one row (measured in the same run, minutes apart) rather than",
+        "  absolute times, and treat a ratio within 25% of its target as undecided by one run.",
         f"- **Date**: generated {today}; each table says when its rows were measured (criterion: the result files'"
         f" times; PyTorch {torch_meta.get('torch')} ({torch_meta.get('cpu_capability')}): each record's time).",
         "- **Threads**: every row is pinned to a thread count: a rayon pool of 1 or 2 threads for",
