@@ -170,31 +170,8 @@ fn direct_product(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, k: us
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: gemm reads x [rows, k] and W [n, k] (row-major, as Wᵀ through its
-    // strides) within their slices and writes y [rows, n] row-major, its whole length.
-    unsafe {
-        gemm::gemm(
-            rows,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            bias.is_some(),
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+    // SAFETY: y holds rows × n floats, written row-major (row stride n).
+    unsafe { x_times_wt(rows, n, k, y.as_mut_ptr(), (1, n), bias.is_some(), x, w, parallelism) };
     y
 }
 
@@ -220,36 +197,69 @@ fn transposed_product(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, k
                     row.fill(b);
                 }
             }
-            // SAFETY: gemm reads x [rows, k] and rows first..first + features of
-            // w [n, k] (row-major, within their slices) and writes band as
-            // [features, rows] row-major, its whole length.
+            // SAFETY: band holds features × rows floats, written as [features, rows]
+            // row-major (column stride rows); rows first.. of w are within w.
             unsafe {
-                gemm::gemm(
+                let wt = &w[first * k..];
+                x_times_wt(
                     rows,
                     features,
                     k,
                     band.as_mut_ptr(),
-                    rows as isize,
-                    1,
+                    (rows, 1),
                     bias.is_some(),
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    w[first * k..].as_ptr(),
-                    k as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    x,
+                    wt,
                     gemm::Parallelism::None,
                 )
-            }
+            };
         });
         transpose_into(wx, n, rows, &mut y);
     });
     y
+}
+
+/// `dst (rows × features) = x (rows × k) · Wᵀ`, plus `dst` when `accumulate`, with
+/// `W` the first `features` rows of `w` (`[.., k]`, row-major) read through strides,
+/// and `dst`'s element `(i, j)` at `i · strides.1 + j · strides.0`.
+///
+/// # Safety
+/// `dst` must be valid for every element the strides address; `x` must hold
+/// `rows × k` floats and `w` `features × k`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn x_times_wt(
+    rows: usize,
+    features: usize,
+    k: usize,
+    dst: *mut f32,
+    (dst_cs, dst_rs): (usize, usize),
+    accumulate: bool,
+    x: &[f32],
+    w: &[f32],
+    parallelism: gemm::Parallelism,
+) {
+    debug_assert!(x.len() >= rows * k && w.len() >= features * k);
+    gemm::gemm(
+        rows,
+        features,
+        k,
+        dst,
+        dst_cs as isize,
+        dst_rs as isize,
+        accumulate,
+        x.as_ptr(),
+        1,
+        k as isize,
+        w.as_ptr(),
+        k as isize,
+        1,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    )
 }
 
 /// Writes `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`),
