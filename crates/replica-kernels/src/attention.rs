@@ -627,7 +627,7 @@ fn forward(p: &Problem<'_>) -> (Vec<f32>, Vec<f32>) {
                     dst_rs: stride,
                 };
                 // SAFETY: keys first..end of head (b, kh) are rows of the layout; kt
-                // holds keys × d floats.
+                // holds d rows of stride >= keys floats.
                 unsafe { head.run() };
                 KeysT {
                     data: kt,
@@ -800,7 +800,7 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
                     dst_rs: stride,
                 };
                 // SAFETY: keys first..end of head (b, kh) are rows of the layout; t
-                // holds keys × width floats.
+                // holds width rows of stride >= keys floats.
                 unsafe { head.run() };
             }
             dk_acc.fill(0.0);
