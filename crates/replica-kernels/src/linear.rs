@@ -52,7 +52,12 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         cpu::same_kind("linear", x, &[("the bias", bias)])?;
     }
     let rows = x.elem_count() / in_features.max(1);
-    let kernel = cpu::route("linear", x)? == Route::Kernel && weight.is_contiguous() && rows > 0 && in_features > 0;
+    // Empty products (no rows, inputs or outputs) are candle's: nothing to speed up.
+    let kernel = cpu::route("linear", x)? == Route::Kernel
+        && weight.is_contiguous()
+        && rows > 0
+        && in_features > 0
+        && out_features > 0;
     if !kernel {
         return crate::reference::linear(x, weight, bias);
     }

@@ -549,7 +549,16 @@ fn linear_against_the_composition() -> Result<()> {
         tol,
     );
 
+    // Empty products: no output features, no input features (the bias alone), no rows.
     let x = rand(&[4, 8], 83, 1.0, 0.0);
+    let y = rk::linear(&x, &rand(&[0, 8], 89, 1.0, 0.0), Some(&rand(&[0], 89, 1.0, 0.0)))?;
+    assert_eq!(y.dims(), [4, 0]);
+    let b = rand(&[3], 89, 1.0, 0.0);
+    let y = rk::linear(&rand(&[4, 0], 89, 1.0, 0.0), &rand(&[3, 0], 89, 1.0, 0.0), Some(&b))?;
+    assert_eq!(y.to_vec2::<f32>()?, vec![b.to_vec1::<f32>()?; 4]);
+    let y = rk::linear(&rand(&[0, 8], 89, 1.0, 0.0), &rand(&[3, 8], 89, 1.0, 0.0), Some(&b))?;
+    assert_eq!(y.dims(), [0, 3]);
+
     let err = |w: &Tensor, b: Option<&Tensor>| rk::linear(&x, w, b).unwrap_err().to_string();
     assert!(err(&rand(&[8], 84, 1.0, 0.0), None).contains("must be [out, in], got shape [8]"));
     let e = err(&rand(&[3, 7], 85, 1.0, 0.0), None);
