@@ -252,9 +252,9 @@ unsafe fn matmul_by_rows_transposed(
     )
 }
 
-/// Query rows per key/value head from which the kernel transposes each head's
-/// keys once (so every score tile is a [`TileProduct`]); below, decoding reads
-/// the keys in place.
+/// Query rows per key/value head from which each task transposes the keys it
+/// reads (so every score tile is a [`TileProduct`]); below, decoding reads the
+/// keys in place.
 const TRANSPOSE_MIN_ROWS: usize = 16;
 
 /// The row stride of `n` transposed keys or values: a whole number of vectors

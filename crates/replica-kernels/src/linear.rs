@@ -71,6 +71,9 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     .reshape(out_dims)
 }
 
+/// The custom op's name, in its errors and candle's graph.
+const NAME: &str = "replica-linear";
+
 struct Product;
 
 impl Product {
@@ -80,12 +83,11 @@ impl Product {
         w: (&CpuStorage, &Layout),
         bias: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = "replica-linear";
-        let (xs, ws) = (cpu::f32_slice(name, x.0, x.1)?, cpu::f32_slice(name, w.0, w.1)?);
-        let bias = bias.map(|(s, l)| cpu::f32_slice(name, s, l)).transpose()?;
+        let (xs, ws) = (cpu::f32_slice(NAME, x.0, x.1)?, cpu::f32_slice(NAME, w.0, w.1)?);
+        let bias = bias.map(|(s, l)| cpu::f32_slice(NAME, s, l)).transpose()?;
         let (&[rows, k], &[n, _]) = (x.1.dims(), w.1.dims()) else {
             bail!(
-                "{name}: expected 2-D operands, got {:?} and {:?}",
+                "{NAME}: expected 2-D operands, got {:?} and {:?}",
                 x.1.dims(),
                 w.1.dims()
             )
@@ -116,7 +118,7 @@ impl Product {
 
 impl CustomOp2 for Product {
     fn name(&self) -> &'static str {
-        "replica-linear"
+        NAME
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -131,7 +133,7 @@ impl CustomOp2 for Product {
 
 impl CustomOp3 for Product {
     fn name(&self) -> &'static str {
-        "replica-linear"
+        NAME
     }
 
     #[allow(clippy::too_many_arguments)]

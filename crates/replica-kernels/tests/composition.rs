@@ -579,14 +579,7 @@ fn linear_against_the_composition() -> Result<()> {
 fn dropout_masks_by_seed_alike_on_every_route() -> Result<()> {
     let x = (rand(&[300, 257], 90, 1.0, 0.0).abs()? + 0.5)?;
     let n = x.elem_count() as f64;
-    let values = |t: &Tensor| -> Vec<f32> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
+    let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().and_then(|t| t.to_dtype(DType::F32)?.to_vec1()).unwrap() };
     let bits = |t: &Tensor| -> Vec<u32> { values(t).iter().map(|v| v.to_bits()).collect() };
     for p in [0.0, 0.1, 0.5, 0.9, 1.0] {
         let y = rk::dropout(&x, p, 7)?;
