@@ -27,6 +27,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Sto
 use rayon::prelude::*;
 
 use crate::cpu::{self, Route};
+use crate::dropout::MaskDraw;
 use crate::simd::{self, load_partial, store_partial, Simd};
 use crate::tile_product::TileProduct;
 use crate::transpose::Transpose;
@@ -49,6 +50,21 @@ pub struct AttentionOptions<'a> {
     /// ALiBi (Press et al., arXiv 2108.12409) slopes, one per query head: the score
     /// of query `i`, key `j` gains `-slope · (i + k_len - q_len - j)`.
     pub alibi_slopes: Option<&'a [f32]>,
+    /// Dropout on the probabilities (`scaled_dot_product_attention`'s `dropout_p`,
+    /// while training).
+    pub dropout: Option<AttentionDropout>,
+}
+
+/// Dropout on the attention probabilities: the mask is [`dropout`](crate::dropout)'s
+/// for the `[batch, heads, q_len, k_len]` probabilities under `seed`, so the fused
+/// kernel drops the elements that `dropout(softmax(scores), p, seed)` drops, without
+/// the probabilities ever being materialised (the backward recomputes the mask).
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionDropout {
+    /// The drop probability, in `[0, 1)`.
+    pub p: f64,
+    /// Draws the mask; a new seed per call, as a new mask per step.
+    pub seed: u64,
 }
 
 /// Scaled dot-product attention, `softmax(scale · q kᵀ + bias) v`, fused.
@@ -95,6 +111,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<
             bail!("{OP}: {} ALiBi slopes for {h} heads", slopes.len())
         }
     }
+    if let Some(AttentionDropout { p, .. }) = options.dropout {
+        if !(0.0..1.0).contains(&p) {
+            bail!("{OP}: the dropout probability must be in [0, 1), got {p}")
+        }
+    }
     if let Some(mask) = options.mask {
         if !mask.dtype().is_float() || mask.broadcast_as((b, h, sq, sk)).is_err() {
             bail!(
@@ -133,6 +154,9 @@ fn fused(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<'_>) -> 
         window: options.window,
         mask,
         alibi: options.alibi_slopes.map(<[f32]>::to_vec),
+        dropout: options
+            .dropout
+            .map(|AttentionDropout { p, seed }| MaskDraw::new(p, seed)),
         lse: OnceLock::new(),
     };
     // q, k, v are read with their strides (a `[b, s, h, d]` projection transposed to
@@ -332,6 +356,7 @@ struct Problem<'a> {
     /// The mask's elements and its strides over (batch, head, query), plus its start.
     mask: Option<(&'a [f32], [usize; 3], usize)>,
     alibi: Option<&'a [f32]>,
+    dropout: Option<MaskDraw>,
 }
 
 impl Problem<'_> {
@@ -342,6 +367,27 @@ impl Problem<'_> {
     /// Row `(b, h, i)` in the `[b, h, sq]` order of the log-sum-exp.
     fn lse_row(&self, b: usize, h: usize, i: usize) -> usize {
         (b * self.h + h) * self.sq + i
+    }
+
+    /// Where query `i` of head `h` starts in the probabilities `[b, h, sq, sk]`: the
+    /// element indices the dropout mask is drawn over.
+    fn prob_row(&self, b: usize, h: usize, i: usize) -> usize {
+        self.lse_row(b, h, i) * self.sk
+    }
+
+    /// Multiplies `x` (`rows × cols`, row stride `BC`) by dropout's scaled mask of
+    /// the probabilities of queries `i0..` of head `h` and keys `j0..`. Only the keys
+    /// each query sees: elsewhere `P = 0` whatever the mask, and the backward's
+    /// `dS = P ⊙ (Z ⊙ dP - D)` is `0 · (…)` either way.
+    #[allow(clippy::too_many_arguments)]
+    fn drop(&self, mask: &MaskDraw, b: usize, h: usize, i0: usize, rows: usize, j0: usize, cols: usize, x: &mut [f32]) {
+        for r in 0..rows {
+            let i = i0 + r;
+            let start = self.first_visible(i).clamp(j0, j0 + cols);
+            let end = self.visible(i).clamp(start, j0 + cols);
+            let row = &mut x[r * BC..r * BC + cols];
+            mask.apply(&mut row[start - j0..end - j0], self.prob_row(b, h, i) + start);
+        }
     }
 
     /// Where query `i` of head `h` starts in an output laid out `[b, sq, h, width]`.
@@ -682,7 +728,11 @@ impl ForwardTile {
         while j0 < end {
             let cols = BC.min(end - j0);
             p.scores(kt, b, h, i0, rows, j0, cols, &mut self.s);
+            // The row sums take every probability; the values see the kept ones.
             online_softmax_dispatch(&mut self.s, rows, cols, m, l, o, dv);
+            if let Some(mask) = &p.dropout {
+                p.drop(mask, b, h, i0, rows, j0, cols, &mut self.s);
+            }
             unsafe {
                 let (values, v_rs) = (p.v.row(b, kh, j0), p.v.row_stride());
                 matmul(
@@ -740,6 +790,8 @@ const BACKWARD_TASKS: usize = 16;
 /// of each query head of the group and each key tile it sees recomputes `S` and
 /// `P = exp(S - L)`, then `dV += Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP - D)`,
 /// `dQ += scale · dS K` and `dK += scale · dSᵀ Q`: five products per pair of tiles.
+/// With dropout's scaled mask `Z` the output is `(Z ⊙ P) V`: `dV += (Z ⊙ P)ᵀ dO` and
+/// `dS = P ⊙ (Z ⊙ dP - D)` (`D = rowsum(dO ⊙ O)` still, O being the dropped output).
 /// With several runs per head, each run's `dK` and `dV` are summed in run order.
 fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (sq, sk, d, dv, group) = (p.sq, p.sk, p.d, p.dv, p.group());
@@ -812,6 +864,12 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
             };
             let mut s = vec![0f32; BR * BC];
             let mut dp = vec![0f32; BR * BC];
+            // Z ⊙ P, with dropout.
+            let mut kept = if p.dropout.is_some() {
+                vec![0f32; BR * BC]
+            } else {
+                Vec::new()
+            };
             let mut dq_acc = vec![0f32; BR * d];
             for h in kh * group..(kh + 1) * group {
                 for qt in tiles.clone() {
@@ -827,12 +885,33 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
                         let c0 = j0 - first;
                         p.scores(Some(keys_t), b, h, i0, rows, j0, cols, &mut s);
                         probabilities_dispatch(&mut s, rows, cols, &lse[r0..r0 + rows]);
+                        let values_see = match &p.dropout {
+                            Some(mask) => {
+                                kept[..rows * BC].copy_from_slice(&s[..rows * BC]);
+                                p.drop(mask, b, h, i0, rows, j0, cols, &mut kept);
+                                &kept
+                            }
+                            None => &s,
+                        };
                         // SAFETY: the accumulators hold keys c0..c0 + cols of this
                         // task's range; dO, Q and K rows are read within their layouts.
                         unsafe {
-                            // dV += Pᵀ dO
+                            // dV += (Z ⊙ P)ᵀ dO
                             let dv_c = dv_acc.as_mut_ptr().add(c0 * dv);
-                            matmul(cols, dv, rows, dv_c, dv, s.as_ptr(), 1, BC, go, go_rs, true, 1.0);
+                            matmul(
+                                cols,
+                                dv,
+                                rows,
+                                dv_c,
+                                dv,
+                                values_see.as_ptr(),
+                                1,
+                                BC,
+                                go,
+                                go_rs,
+                                true,
+                                1.0,
+                            );
                             // dP = dO Vᵀ
                             let vt_c = vt.as_ptr().add(c0);
                             matmul(
@@ -849,6 +928,9 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
                                 false,
                                 1.0,
                             );
+                        }
+                        if let Some(mask) = &p.dropout {
+                            p.drop(mask, b, h, i0, rows, j0, cols, &mut dp);
                         }
                         score_grad_dispatch(&s, &mut dp, rows, cols, &dsum[r0..r0 + rows]);
                         unsafe {
@@ -911,6 +993,7 @@ struct AttentionOp {
     /// Broadcast to `[b, h, sq, sk]`, f32, last stride 1.
     mask: Option<Tensor>,
     alibi: Option<Vec<f32>>,
+    dropout: Option<MaskDraw>,
     /// The forward's log-sum-exp per query row, kept for the backward (each call
     /// of [`attention`] makes its own op, applied once).
     lse: OnceLock<Vec<f32>>,
@@ -944,6 +1027,7 @@ impl AttentionOp {
             window: self.window,
             mask: None,
             alibi: self.alibi.as_deref(),
+            dropout: self.dropout,
         };
         match &self.mask {
             None => Ok(f(&problem)),

@@ -20,6 +20,44 @@ fn threshold(p: f64) -> u64 {
     (p * 4_294_967_296.0).round() as u64
 }
 
+/// A dropout mask: drop probability `p` drawn by `seed`, the kept elements scaled
+/// by `1 / (1 - p)` rounded to f32 (as torch scales).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MaskDraw {
+    seed: u64,
+    threshold: u64,
+    scale: f32,
+}
+
+impl MaskDraw {
+    pub(crate) fn new(p: f64, seed: u64) -> Self {
+        Self {
+            seed,
+            threshold: threshold(p),
+            scale: (1.0 / (1.0 - p)) as f32,
+        }
+    }
+
+    /// `x[c] ·= ` the scaled mask of element `first + c` (`x · 0` where dropped, as
+    /// torch multiplies: NaN and infinities stay visible).
+    pub(crate) fn apply(&self, x: &mut [f32], first: usize) {
+        apply_dispatch(x, first, self.seed, self.threshold, self.scale)
+    }
+}
+
+/// See [`MaskDraw::apply`]. A plain loop that the compiler vectorises inside each
+/// backend's target features (the hash's 64-bit products included), so it takes the
+/// dispatch's `S` only for that.
+#[inline(always)]
+#[allow(clippy::extra_unused_type_parameters)]
+fn apply<S: Simd>(x: &mut [f32], first: usize, seed: u64, threshold: u64, scale: f32) {
+    for (i, x) in x.iter_mut().enumerate() {
+        *x *= if keeps(seed, first + i, threshold) { scale } else { 0.0 };
+    }
+}
+
+simd_dispatch!(fn apply_dispatch(x: &mut [f32], first: usize, seed: u64, threshold: u64, scale: f32) => apply);
+
 /// Whether element `index` is kept under `seed` and `threshold`.
 #[inline(always)]
 fn keeps(seed: u64, index: usize, threshold: u64) -> bool {
@@ -53,19 +91,6 @@ pub(crate) fn scaled_mask(len: usize, p: f64, seed: u64) -> Vec<f64> {
     (0..len).map(|i| if keeps(seed, i, t) { scale } else { 0.0 }).collect()
 }
 
-/// `out[i] = x[i] · (scale or 0)` for elements `first..` of the tensor. A plain
-/// loop that the compiler vectorises inside each backend's target features (the
-/// hash's 64-bit products included), so it takes the dispatch's `S` only for that.
-#[allow(clippy::extra_unused_type_parameters)]
-fn forward<S: Simd>(x: &[f32], first: usize, out: &mut [f32], seed: u64, threshold: u64, scale: f32) {
-    for (i, (y, &x)) in out.iter_mut().zip(x).enumerate() {
-        // `x · 0` where dropped, as torch multiplies: NaN and infinities stay visible.
-        *y = x * if keeps(seed, first + i, threshold) { scale } else { 0.0 };
-    }
-}
-
-simd_dispatch!(fn forward_dispatch(x: &[f32], first: usize, out: &mut [f32], seed: u64, threshold: u64, scale: f32) => forward);
-
 struct DropoutOp {
     p: f64,
     seed: u64,
@@ -78,10 +103,15 @@ impl CustomOp1 for DropoutOp {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = cpu::f32_slice(self.name(), storage, layout)?;
-        let (t, scale, seed) = (threshold(self.p), (1.0 / (1.0 - self.p)) as f32, self.seed);
+        let mask = MaskDraw::new(self.p, self.seed);
         let mut y = cpu::output_buffer(x.len());
         cpu::for_row_chunks(&mut y, 1, 8, |first, out| {
-            forward_dispatch(&x[first..first + out.len()], first, out, seed, t, scale)
+            // In pieces that stay in L1 between the copy and the mask.
+            for (n, piece) in out.chunks_mut(4096).enumerate() {
+                let at = first + 4096 * n;
+                piece.copy_from_slice(&x[at..at + piece.len()]);
+                mask.apply(piece, at);
+            }
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }

@@ -253,5 +253,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<
         _ => {}
     }
     let (e, sum) = exp_and_sum(&scores)?;
-    e.broadcast_div(&sum)?.matmul(&v.contiguous()?)
+    let probs = e.broadcast_div(&sum)?;
+    let probs = match options.dropout {
+        Some(crate::attention::AttentionDropout { p, seed }) => dropout(&probs, p, seed)?,
+        None => probs,
+    };
+    probs.matmul(&v.contiguous()?)
 }

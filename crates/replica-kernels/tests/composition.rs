@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use replica_check::{assert_close, Tolerance};
-use replica_kernels::{self as rk, reference, AttentionOptions, Causal, GeluApprox, Mask, RopeStyle};
+use replica_kernels::{self as rk, reference, AttentionDropout, AttentionOptions, Causal, GeluApprox, Mask, RopeStyle};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -749,6 +749,26 @@ fn attention_against_the_composition() -> Result<()> {
                     ..Default::default()
                 },
             ),
+            (
+                // The kernel drops the elements `dropout(probabilities)` drops.
+                "dropout causal",
+                AttentionOptions {
+                    causal: Some(Causal::BottomRight),
+                    dropout: Some(AttentionDropout { p: 0.3, seed: 11 }),
+                    ..Default::default()
+                },
+            ),
+            (
+                "dropout padding",
+                AttentionOptions {
+                    mask: Some(&padding),
+                    dropout: Some(AttentionDropout {
+                        p: 0.5,
+                        seed: 12 + n as u64,
+                    }),
+                    ..Default::default()
+                },
+            ),
         ];
         for (name, opts) in variants {
             check(
@@ -773,6 +793,14 @@ fn attention_against_the_composition() -> Result<()> {
     };
     let err = rk::attention(&q, &q, &q, &windowless).unwrap_err().to_string();
     assert!(err.contains("needs the causal mask"), "{err}");
+    for p in [1.0, -0.1, f64::NAN] {
+        let dropout = AttentionOptions {
+            dropout: Some(AttentionDropout { p, seed: 0 }),
+            ..Default::default()
+        };
+        let err = rk::attention(&q, &q, &q, &dropout).unwrap_err().to_string();
+        assert!(err.contains("dropout probability must be in [0, 1)"), "{err}");
+    }
     Ok(())
 }
 

@@ -21,7 +21,7 @@ pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
 
 /// A seed no other call in this process has had: a call counter hashed with
 /// std's randomly keyed hasher (a new random key per process).
-fn fresh_seed() -> u64 {
+pub(crate) fn fresh_seed() -> u64 {
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));

@@ -16,13 +16,13 @@
 //!
 //! With [`crate::compute`] on kernels (the default) and f32, f16 or bf16 inputs on
 //! the CPU, attention runs `replica_kernels::attention` (fused, FlashAttention-style:
-//! causal, additive or boolean mask, ALiBi, GQA). Half inputs too: PyTorch's CPU
+//! causal, additive or boolean mask, ALiBi, GQA, dropout on the probabilities, its
+//! mask the one `dropout` would draw over them). Half inputs too: PyTorch's CPU
 //! sdpa rounds `exp(s - max)` to the input dtype before the value product and the
 //! kernel stays in f32, so it is off an f16 reference by more than its 1e-3
 //! tolerance, yet no further from the float64 shadow than the reference is
 //! (docs/kernels.md, "Half precision"). Where the fused op does not fit
-//! (soft-capping, dropout on the probabilities, the probabilities asked for, or a
-//! mask that needs a gradient) the scores are materialised and
+//! (soft-capping, the probabilities asked for, or a mask that needs a gradient) the scores are materialised and
 //! `replica_kernels::softmax_last_dim` applies the scale and the mask in one pass.
 //! Otherwise (f64, other devices, the composition chosen) everything is composed
 //! of differentiable candle ops. Every path trains. Masks follow [`crate::mask`]:
@@ -187,7 +187,6 @@ pub(crate) fn attend(
     // as a KV cache does.
     let fused = kernels
         && options.softcap.is_none()
-        && options.dropout_p == 0.0
         && !want_weights
         && !mask.is_some_and(|m| m.track_op())
         && alibi.is_none_or(|a| a.at.offset(q_len, k_len) == Causal::BottomRight.offset(q_len, k_len));
@@ -199,6 +198,11 @@ pub(crate) fn attend(
             window: bias.window,
             mask: additive.as_ref(),
             alibi_slopes: alibi.map(|a| a.slopes),
+            // The mask `dropout(probabilities)` would draw, without the probabilities.
+            dropout: (options.dropout_p > 0.0).then(|| replica_kernels::AttentionDropout {
+                p: f64::from(options.dropout_p),
+                seed: super::dropout::fresh_seed(),
+            }),
         };
         return Ok((replica_kernels::attention(q, k, v, &kernel_options)?, None));
     }
