@@ -17,7 +17,7 @@
 mod config;
 mod names;
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use self::config::{AttentionConfig, RopeParameters};
@@ -30,7 +30,7 @@ use crate::dropout::Dropout;
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, LinearConfig};
 use crate::norm::Norm;
-use crate::ops::{attend, weights_missing};
+use crate::ops::{attend, weights_missing, Packed};
 use crate::rope::Rope;
 
 #[derive(Clone, Debug)]
@@ -233,13 +233,11 @@ impl Attention {
         candle_core::Error::Msg(format!("attention `{}`: {message}", self.path))
     }
 
-    /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`, through
+    /// `[batch, seq, heads, head_dim]` → `[batch, heads, seq, head_dim]`, through
     /// `norm` (the QK-norm) where there is one: before the heads move in front of
     /// the sequence (`qk_norm_seq_first`, HF) or after (timm). Each head's features
     /// are normalised alike either way; the layout is the one the reference records.
-    fn split_heads(&self, t: &Tensor, heads: usize, norm: Option<&Norm>) -> Result<Tensor> {
-        let (b, s, _) = t.dims3()?;
-        let t = t.reshape((b, s, heads, self.head_dim))?;
+    fn heads_first(&self, t: Tensor, norm: Option<&Norm>) -> Result<Tensor> {
         match norm {
             Some(norm) if self.qk_norm_seq_first => norm.forward(&t)?.transpose(1, 2),
             Some(norm) => norm.forward(&t.transpose(1, 2)?),
@@ -281,7 +279,10 @@ impl Attention {
                 ));
             }
         }
-        let (q_dim, kv_dim) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let (heads, kv_heads, head_dim) = (self.heads, self.kv_heads, self.head_dim);
+        let q_dim = heads * head_dim;
+        // The projections as `[batch, seq, heads, head_dim]` views.
+        let mut qkv_out = None;
         let (q, k, v) = match (&self.projections, context) {
             (Projections::Fused(_), Some(_)) => {
                 return Err(self.fail(
@@ -290,20 +291,33 @@ impl Attention {
             }
             (Projections::Fused(qkv), None) => {
                 let qkv = qkv.forward(x)?;
-                (
-                    qkv.narrow(D::Minus1, 0, q_dim)?,
-                    qkv.narrow(D::Minus1, q_dim, kv_dim)?,
-                    qkv.narrow(D::Minus1, q_dim + kv_dim, kv_dim)?,
-                )
+                let parts = qkv.reshape((batch, q_len, heads + 2 * kv_heads, head_dim))?;
+                let split = (
+                    parts.narrow(2, 0, heads)?,
+                    parts.narrow(2, heads, kv_heads)?,
+                    parts.narrow(2, heads + kv_heads, kv_heads)?,
+                );
+                qkv_out = Some(qkv);
+                split
             }
             (Projections::Separate { q, k, v }, context) => {
                 let source = context.unwrap_or(x);
-                (q.forward(x)?, k.forward(source)?, v.forward(source)?)
+                let split = |t: Tensor, n: usize| t.reshape((t.dim(0)?, t.dim(1)?, n, head_dim));
+                (
+                    split(q.forward(x)?, heads)?,
+                    split(k.forward(source)?, kv_heads)?,
+                    split(v.forward(source)?, kv_heads)?,
+                )
             }
         };
-        let q = self.split_heads(&q, self.heads, self.q_norm.as_ref())?;
-        let k = self.split_heads(&k, self.kv_heads, self.k_norm.as_ref())?;
-        let v = self.split_heads(&v, self.kv_heads, None)?;
+        // The fused kernel can take the projection itself when nothing comes between.
+        let packed = qkv_out
+            .as_ref()
+            .filter(|_| self.q_norm.is_none() && self.k_norm.is_none() && self.rope.is_none() && cache.is_none())
+            .map(|qkv| Packed { qkv, heads, kv_heads });
+        let q = self.heads_first(q, self.q_norm.as_ref())?;
+        let k = self.heads_first(k, self.k_norm.as_ref())?;
+        let v = self.heads_first(v, None)?;
 
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let (q, k) = match &self.rope {
@@ -334,9 +348,9 @@ impl Attention {
             dropout_p: if train { self.attention_dropout } else { 0.0 },
         };
         let (y, weights) =
-            attend(&q, &k, &v, mask, alibi, &options, want_weights).map_err(|e| self.fail(e.to_string()))?;
-
-        let y = y.transpose(1, 2)?.reshape((batch, q_len, q_dim))?;
+            attend(&q, &k, &v, mask, alibi, &options, want_weights, packed).map_err(|e| self.fail(e.to_string()))?;
+        let y = y.merged()?;
+        debug_assert_eq!(y.dims(), [batch, q_len, q_dim]);
         let y = match &self.scale_norm {
             Some(norm) => norm.forward(&y)?,
             None => y,

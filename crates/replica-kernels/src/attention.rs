@@ -23,7 +23,7 @@
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
 use crate::cpu::{self, Route};
@@ -98,33 +98,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<
             v.dims()
         )
     }
-    if hk == 0 || h % hk != 0 {
-        bail!("{OP}: {h} query heads are not a multiple of {hk} key/value heads")
-    }
-    match options.window {
-        Some(0) => bail!("{OP}: the sliding window must be at least 1 token, got 0"),
-        Some(_) if options.causal.is_none() => bail!("{OP}: a sliding window needs the causal mask"),
-        _ => {}
-    }
-    if let Some(slopes) = options.alibi_slopes {
-        if slopes.len() != h {
-            bail!("{OP}: {} ALiBi slopes for {h} heads", slopes.len())
-        }
-    }
-    if let Some(AttentionDropout { p, .. }) = options.dropout {
-        if !(0.0..1.0).contains(&p) {
-            bail!("{OP}: the dropout probability must be in [0, 1), got {p}")
-        }
-    }
-    if let Some(mask) = options.mask {
-        if !mask.dtype().is_float() || mask.broadcast_as((b, h, sq, sk)).is_err() {
-            bail!(
-                "{OP}: the mask must be a float tensor broadcastable to [{b}, {h}, {sq}, {sk}], got {:?} {:?}",
-                mask.dtype(),
-                mask.dims()
-            )
-        }
-    }
+    check_options(OP, options, [b, h, hk, sq, sk])?;
     match route {
         Route::Composition => crate::reference::attention(q, k, v, options),
         Route::Kernel => fused(q, k, v, options),
@@ -135,35 +109,97 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<
     }
 }
 
+/// The checks of `options` for `[b, h, sq, _]` queries and `[b, hk, sk, _]` keys.
+fn check_options(op: &str, options: &AttentionOptions<'_>, [b, h, hk, sq, sk]: [usize; 5]) -> Result<()> {
+    if hk == 0 || h % hk != 0 {
+        bail!("{op}: {h} query heads are not a multiple of {hk} key/value heads")
+    }
+    match options.window {
+        Some(0) => bail!("{op}: the sliding window must be at least 1 token, got 0"),
+        Some(_) if options.causal.is_none() => bail!("{op}: a sliding window needs the causal mask"),
+        _ => {}
+    }
+    if let Some(slopes) = options.alibi_slopes {
+        if slopes.len() != h {
+            bail!("{op}: {} ALiBi slopes for {h} heads", slopes.len())
+        }
+    }
+    if let Some(AttentionDropout { p, .. }) = options.dropout {
+        if !(0.0..1.0).contains(&p) {
+            bail!("{op}: the dropout probability must be in [0, 1), got {p}")
+        }
+    }
+    if let Some(mask) = options.mask {
+        if !mask.dtype().is_float() || mask.broadcast_as((b, h, sq, sk)).is_err() {
+            bail!(
+                "{op}: the mask must be a float tensor broadcastable to [{b}, {h}, {sq}, {sk}], got {:?} {:?}",
+                mask.dtype(),
+                mask.dims()
+            )
+        }
+    }
+    Ok(())
+}
+
 fn fused(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions<'_>) -> Result<Tensor> {
     let (b, h, sq, d) = q.dims4()?;
-    let sk = v.dim(2)?;
-    let mask = match options.mask {
-        Some(m) => {
-            let mut m = m.to_dtype(DType::F32)?.broadcast_as((b, h, sq, sk))?;
-            if m.stride()[3] != 1 {
-                m = m.contiguous()?;
-            }
-            Some(m)
-        }
-        None => None,
-    };
-    let op = AttentionOp {
-        scale: options.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32,
-        causal: options.causal,
-        window: options.window,
-        mask,
-        alibi: options.alibi_slopes.map(<[f32]>::to_vec),
-        dropout: options
-            .dropout
-            .map(|AttentionDropout { p, seed }| MaskDraw::new(p, seed)),
-        lse: OnceLock::new(),
-    };
+    let op = AttentionOp::new(options, [b, h, sq, v.dim(2)?, d])?;
     // q, k, v are read with their strides (a `[b, s, h, d]` projection transposed to
     // heads needs no copy). The op's output is laid out `[b, sq, h, dv]`, so that the
     // usual next step, back to `[b, sq, h·dv]`, needs none either.
     let out = unit_last(q)?.apply_op3(&unit_last(k)?, &unit_last(v)?, op)?;
     out.transpose(1, 2)
+}
+
+/// Self-attention on a fused projection: `qkv` is `[batch, seq, (heads + 2 kv_heads)
+/// · head_dim]`, each token's queries, keys and values side by side, head by head
+/// (GPT-2's `c_attn`, timm's `qkv` before its reshape to `[.., 3, heads, head_dim]`,
+/// Phi-3's `qkv_proj`); the result is `[batch, seq, heads · head_dim]`, the heads
+/// merged. It computes what splitting `qkv`, moving the heads in front, [`attention`]
+/// and merging the heads back computes, as one op: in training each of those
+/// narrow, reshape and transpose ops would add a zero-filled gradient and a sum of
+/// its size to the backward, which here writes `qkv`'s gradient directly.
+pub fn attention_packed(qkv: &Tensor, heads: usize, kv_heads: usize, options: &AttentionOptions<'_>) -> Result<Tensor> {
+    const OP: &str = "attention_packed";
+    let route = cpu::route(OP, qkv)?;
+    let (b, s, width) = qkv.dims3().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "{OP}: qkv must be 3-d [batch, seq, (heads + 2 kv_heads) * head_dim], got {:?}",
+            qkv.dims()
+        ))
+    })?;
+    let parts = heads + 2 * kv_heads;
+    if heads == 0 || kv_heads == 0 || width == 0 || width % parts != 0 {
+        bail!("{OP}: qkv's last dimension {width} is not (heads {heads} + 2 × kv_heads {kv_heads}) × a head size")
+    }
+    check_options(OP, options, [b, heads, kv_heads, s, s])?;
+    let d = width / parts;
+    match route {
+        Route::Composition => {
+            let split = |first: usize, n: usize| {
+                qkv.narrow(D::Minus1, first * d, n * d)?
+                    .reshape((b, s, n, d))?
+                    .transpose(1, 2)
+            };
+            let (q, k, v) = (
+                split(0, heads)?,
+                split(heads, kv_heads)?,
+                split(heads + kv_heads, kv_heads)?,
+            );
+            crate::reference::attention(&q, &k, &v, options)?
+                .transpose(1, 2)?
+                .reshape((b, s, heads * d))
+        }
+        Route::Kernel => packed(qkv, heads, kv_heads, options),
+        Route::KernelViaF32 => packed(&qkv.to_dtype(DType::F32)?, heads, kv_heads, options)?.to_dtype(qkv.dtype()),
+    }
+}
+
+fn packed(qkv: &Tensor, heads: usize, kv_heads: usize, options: &AttentionOptions<'_>) -> Result<Tensor> {
+    let (b, s, width) = qkv.dims3()?;
+    let d = width / (heads + 2 * kv_heads);
+    let op = AttentionOp::new(options, [b, heads, s, s, d])?;
+    unit_last(qkv)?.apply_op1(PackedAttentionOp { op, heads, kv_heads })
 }
 
 /// `t` itself when its last dimension is contiguous, else a contiguous copy.
@@ -1000,6 +1036,31 @@ struct AttentionOp {
 }
 
 impl AttentionOp {
+    /// The op for `[b, h, sq, d]` queries and `sk` keys (`options` checked).
+    fn new(options: &AttentionOptions<'_>, [b, h, sq, sk, d]: [usize; 5]) -> Result<Self> {
+        let mask = match options.mask {
+            Some(m) => {
+                let mut m = m.to_dtype(DType::F32)?.broadcast_as((b, h, sq, sk))?;
+                if m.stride()[3] != 1 {
+                    m = m.contiguous()?;
+                }
+                Some(m)
+            }
+            None => None,
+        };
+        Ok(AttentionOp {
+            scale: options.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32,
+            causal: options.causal,
+            window: options.window,
+            mask,
+            alibi: options.alibi_slopes.map(<[f32]>::to_vec),
+            dropout: options
+                .dropout
+                .map(|AttentionDropout { p, seed }| MaskDraw::new(p, seed)),
+            lse: OnceLock::new(),
+        })
+    }
+
     /// Runs `f` on the problem made of the views of q, k, v.
     fn with_problem<R>(
         &self,
@@ -1096,5 +1157,83 @@ impl CustomOp3 for AttentionOp {
             cpu::from_vec(data, &Shape::from_dims(&[b, s, heads, width]))?.transpose(1, 2)
         };
         Ok((Some(grad(dq, q)?), Some(grad(dk, k)?), Some(grad(dvv, v)?)))
+    }
+}
+
+/// [`AttentionOp`] on a packed `[b, s, (h + 2 hk) · d]` projection ([`attention_packed`]).
+struct PackedAttentionOp {
+    op: AttentionOp,
+    heads: usize,
+    kv_heads: usize,
+}
+
+impl PackedAttentionOp {
+    /// The `[b, heads, s, d]` views of the queries, keys and values in a packed
+    /// layout (last stride 1).
+    fn views(&self, layout: &Layout) -> Result<[Layout; 3]> {
+        let (b, s, width) = layout.shape().dims3()?;
+        let (h, hk) = (self.heads, self.kv_heads);
+        let d = width / (h + 2 * hk);
+        let st = layout.stride();
+        let view = |first: usize, n: usize| {
+            Layout::new(
+                Shape::from_dims(&[b, n, s, d]),
+                vec![st[0], d, st[1], 1],
+                layout.start_offset() + first * d,
+            )
+        };
+        Ok([view(0, h), view(h, hk), view(h + hk, hk)])
+    }
+}
+
+impl CustomOp1 for PackedAttentionOp {
+    fn name(&self) -> &'static str {
+        "replica-flash-attention-packed"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, s, _) = layout.shape().dims3()?;
+        let [lq, lk, lv] = self.views(layout)?;
+        let d = lq.dims()[3];
+        let (out, lse) = self
+            .op
+            .with_problem([(storage, &lq), (storage, &lk), (storage, &lv)], forward)?;
+        if self.op.lse.set(lse).is_err() {
+            bail!("attention_packed: an op was applied twice")
+        }
+        // [b, s, h, d] is [b, s, h·d]: the heads merged.
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[b, s, self.heads * d])))
+    }
+
+    fn bwd(&self, qkv: &Tensor, res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        const OP: &str = "attention_packed backward";
+        let Some(lse) = self.op.lse.get() else {
+            bail!("{OP}: the forward's log-sum-exp is missing")
+        };
+        let (storage, layout) = qkv.storage_and_layout();
+        let Storage::Cpu(storage) = &*storage else {
+            bail!("{OP}: the kernel runs on the CPU")
+        };
+        let [lq, lk, lv] = self.views(layout)?;
+        let (dq, dk, dv) = cpu::with_f32(OP, res, |out| {
+            cpu::with_f32(OP, g, |gs| {
+                self.op
+                    .with_problem([(storage, &lq), (storage, &lk), (storage, &lv)], |p| {
+                        backward(p, out, gs, lse)
+                    })
+            })
+        })?;
+        // Each token's dq, dk, dv rows (laid out [b, s, heads, d]) side by side again.
+        let (b, s, width) = qkv.dims3()?;
+        let (q_width, kv_width) = (dq.len() / (b * s).max(1), dk.len() / (b * s).max(1));
+        let mut grad = cpu::output_buffer(b * s * width);
+        for (t, row) in grad.chunks_exact_mut(width.max(1)).enumerate() {
+            let (q, rest) = row.split_at_mut(q_width);
+            let (k, v) = rest.split_at_mut(kv_width);
+            q.copy_from_slice(&dq[t * q_width..][..q_width]);
+            k.copy_from_slice(&dk[t * kv_width..][..kv_width]);
+            v.copy_from_slice(&dv[t * kv_width..][..kv_width]);
+        }
+        Ok(Some(cpu::from_vec(grad, &Shape::from_dims(&[b, s, width]))?))
     }
 }

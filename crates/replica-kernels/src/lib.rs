@@ -38,7 +38,7 @@ mod tile_product;
 mod transpose;
 
 pub use activation::{geglu, gelu, gelu_erf, gelu_tanh, silu, swiglu, GeluApprox};
-pub use attention::{attention, AttentionDropout, AttentionOptions};
+pub use attention::{attention, attention_packed, AttentionDropout, AttentionOptions};
 pub use cpu::{set_huge_pages, MIN_PARALLEL_WORK};
 pub use dropout::dropout;
 pub use linear::{linear, TRANSPOSED_PRODUCT_MAX_ROWS};

@@ -804,6 +804,85 @@ fn attention_against_the_composition() -> Result<()> {
     Ok(())
 }
 
+/// `attention_packed` on a fused `[b, s, (h + 2 hk) d]` projection: against its
+/// composition in f64 (split, heads in front, `reference::attention`, merged back),
+/// forward and gradient, and bit for bit the output and `dqkv` of `attention` on the
+/// split views (the same kernel, the heads' layout its only difference).
+#[test]
+fn attention_packed_against_the_composition() -> Result<()> {
+    let _lock = lock_backend();
+    // (b, s, heads, kv_heads, head_dim)
+    for (n, &(b, s, h, hk, d)) in [(2, 70, 4, 2, 8), (1, 130, 3, 3, 16), (1, 1, 1, 1, 1), (2, 9, 2, 1, 5)]
+        .iter()
+        .enumerate()
+    {
+        let qkv = rand(&[b, s, (h + 2 * hk) * d], 40 + n as u64, 1.0, 0.0);
+        let padding = Tensor::from_vec(
+            (0..b * s)
+                .map(|i| if i % s > s / 2 && i < s { f32::NEG_INFINITY } else { 0.0 })
+                .collect::<Vec<f32>>(),
+            (b, 1, 1, s),
+            &Device::Cpu,
+        )?;
+        let variants = [
+            AttentionOptions::default(),
+            AttentionOptions {
+                causal: Some(Causal::BottomRight),
+                dropout: Some(AttentionDropout { p: 0.25, seed: 3 }),
+                ..Default::default()
+            },
+            AttentionOptions {
+                mask: Some(&padding),
+                scale: Some(0.4),
+                ..Default::default()
+            },
+        ];
+        for (v, opts) in variants.iter().enumerate() {
+            let what = format!("attention_packed case {n} variant {v}");
+            check(
+                &what,
+                &|t| rk::attention_packed(&t[0], h, hk, opts),
+                // f64 takes the composition route.
+                &in_f64(|t| rk::attention_packed(&t[0], h, hk, opts)),
+                &[qkv.clone()],
+                Tolerance::new(1e-5, 2e-6),
+                Tolerance::new(1e-4, 1e-5),
+            )?;
+            let split = |t: &[Tensor]| {
+                let part = |first: usize, heads: usize| {
+                    t[0].narrow(2, first * d, heads * d)?
+                        .reshape((b, s, heads, d))?
+                        .transpose(1, 2)
+                };
+                rk::attention(&part(0, h)?, &part(h, hk)?, &part(h + hk, hk)?, opts)?
+                    .transpose(1, 2)?
+                    .reshape((b, s, h * d))
+            };
+            let (y, g) = run(&|t| rk::attention_packed(&t[0], h, hk, opts), &[qkv.clone()], 7)?;
+            let (y_split, g_split) = run(&split, &[qkv.clone()], 7)?;
+            for (part, a, c) in [("output", &y, &y_split), ("dqkv", &g[0], &g_split[0])] {
+                let (a, c) = (a.flatten_all()?.to_vec1::<f32>()?, c.flatten_all()?.to_vec1::<f32>()?);
+                assert!(
+                    a.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{what}: {part} differs from attention's on the split heads"
+                );
+            }
+        }
+    }
+    let qkv = rand(&[1, 4, 20], 1, 1.0, 0.0);
+    for (h, hk) in [(3, 2), (0, 1), (2, 0)] {
+        let err = rk::attention_packed(&qkv, h, hk, &AttentionOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not (heads"), "{err}");
+    }
+    let err = rk::attention_packed(&qkv.reshape((4, 20))?, 1, 1, &AttentionOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("qkv must be 3-d"), "{err}");
+    Ok(())
+}
+
 /// Views are read in place (a fused `[b, s, 3, h, d]` projection split and transposed
 /// to heads, a key/value head broadcast over a group): the output and the gradients
 /// equal, bit for bit, those of contiguous copies of the same views; the output is

@@ -37,7 +37,7 @@ pub use mask::{AlibiBias, ScoreBias};
 pub use norm::{layer_norm, rms_norm, RmsNormRounding};
 pub use replica_kernels::Causal;
 pub use rope::{rope, RopeStyle};
-pub(crate) use sdpa::{attend, weights_missing};
+pub(crate) use sdpa::{attend, weights_missing, Packed};
 pub use sdpa::{repeat_kv, scaled_dot_product_attention, scaled_dot_product_attention_with_weights, SdpaOptions};
 pub use softmax::softmax;
 

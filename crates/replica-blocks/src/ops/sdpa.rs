@@ -82,7 +82,7 @@ pub fn scaled_dot_product_attention(
     mask: Option<&Tensor>,
     options: &SdpaOptions,
 ) -> Result<Tensor> {
-    Ok(attend(q, k, v, mask, None, options, false)?.0)
+    attend(q, k, v, mask, None, options, false, None)?.0.heads()
 }
 
 /// [`scaled_dot_product_attention`], also returning the attention probabilities
@@ -94,16 +94,58 @@ pub fn scaled_dot_product_attention_with_weights(
     mask: Option<&Tensor>,
     options: &SdpaOptions,
 ) -> Result<(Tensor, Tensor)> {
-    let (out, weights) = attend(q, k, v, mask, None, options, true)?;
-    Ok((out, weights.ok_or_else(weights_missing)?))
+    let (out, weights) = attend(q, k, v, mask, None, options, true, None)?;
+    Ok((out.heads()?, weights.ok_or_else(weights_missing)?))
 }
 
 pub(crate) fn weights_missing() -> candle_core::Error {
     candle_core::Error::Msg("attention: the probabilities were asked for but not computed".into())
 }
 
+/// The fused projection `[batch, seq, (heads + 2 kv_heads) · head_dim]` that
+/// self-attention's `q`, `k` and `v` are views of, for [`attend`].
+#[derive(Clone, Copy)]
+pub(crate) struct Packed<'a> {
+    pub qkv: &'a Tensor,
+    pub heads: usize,
+    pub kv_heads: usize,
+}
+
+/// What [`attend`] computed: the heads `[batch, heads, q_len, v_dim]`, or, where it
+/// ran on a [`Packed`] projection, the heads merged, `[batch, q_len, heads · v_dim]`.
+pub(crate) enum Attended {
+    Heads(Tensor),
+    Merged { y: Tensor, heads: usize },
+}
+
+impl Attended {
+    /// `[batch, heads, q_len, v_dim]`.
+    pub(crate) fn heads(self) -> Result<Tensor> {
+        match self {
+            Attended::Heads(y) => Ok(y),
+            Attended::Merged { y, heads } => {
+                let (b, s, width) = y.dims3()?;
+                y.reshape((b, s, heads, width / heads))?.transpose(1, 2)
+            }
+        }
+    }
+
+    /// `[batch, q_len, heads · v_dim]`.
+    pub(crate) fn merged(self) -> Result<Tensor> {
+        match self {
+            Attended::Merged { y, .. } => Ok(y),
+            Attended::Heads(y) => {
+                let (b, h, s, dv) = y.dims4()?;
+                y.transpose(1, 2)?.reshape((b, s, h * dv))
+            }
+        }
+    }
+}
+
 /// [`scaled_dot_product_attention`] with ALiBi biases, the probabilities when
-/// `want_weights`.
+/// `want_weights`. With `packed` (the projection `q`, `k`, `v` are views of) the
+/// fused kernel runs on it, one op in the autograd graph instead of the split's.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -112,7 +154,8 @@ pub(crate) fn attend(
     alibi: Option<AlibiBias<'_>>,
     options: &SdpaOptions,
     want_weights: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
+    packed: Option<Packed<'_>>,
+) -> Result<(Attended, Option<Tensor>)> {
     let rank4 = "[batch, heads, seq, head_dim]";
     let (b, heads, q_len, head_dim) = q.dims4().map_err(|_| shape_error("q", rank4, q))?;
     let (kb, kv_heads, k_len, k_dim) = k.dims4().map_err(|_| shape_error("k", rank4, k))?;
@@ -204,7 +247,14 @@ pub(crate) fn attend(
                 seed: super::dropout::fresh_seed(),
             }),
         };
-        return Ok((replica_kernels::attention(q, k, v, &kernel_options)?, None));
+        let y = match packed {
+            Some(Packed { qkv, heads, kv_heads }) => Attended::Merged {
+                y: replica_kernels::attention_packed(qkv, heads, kv_heads, &kernel_options)?,
+                heads,
+            },
+            None => Attended::Heads(replica_kernels::attention(q, k, v, &kernel_options)?),
+        };
+        return Ok((y, None));
     }
 
     // Materialised scores; soft-capping comes between the scale and the biases.
@@ -240,7 +290,10 @@ pub(crate) fn attend(
         let out = dropout(for_values)?.matmul(&v32)?.broadcast_div(&sum)?;
         (out, want_weights.then(|| exp.broadcast_div(&sum)).transpose()?)
     };
-    Ok((out.to_dtype(dtype)?, weights.map(|w| w.to_dtype(dtype)).transpose()?))
+    Ok((
+        Attended::Heads(out.to_dtype(dtype)?),
+        weights.map(|w| w.to_dtype(dtype)).transpose()?,
+    ))
 }
 
 /// The unscaled scores `q kᵀ` in f32, with the key/value heads repeated for
