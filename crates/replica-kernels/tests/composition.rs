@@ -816,7 +816,7 @@ fn attention_packed_against_the_composition() -> Result<()> {
         .iter()
         .enumerate()
     {
-        let qkv = rand(&[b, s, (h + 2 * hk) * d], 40 + n as u64, 1.0, 0.0);
+        let qkv = [rand(&[b, s, (h + 2 * hk) * d], 40 + n as u64, 1.0, 0.0)];
         let padding = Tensor::from_vec(
             (0..b * s)
                 .map(|i| if i % s > s / 2 && i < s { f32::NEG_INFINITY } else { 0.0 })
@@ -844,7 +844,7 @@ fn attention_packed_against_the_composition() -> Result<()> {
                 &|t| rk::attention_packed(&t[0], h, hk, opts),
                 // f64 takes the composition route.
                 &in_f64(|t| rk::attention_packed(&t[0], h, hk, opts)),
-                &[qkv.clone()],
+                &qkv,
                 Tolerance::new(1e-5, 2e-6),
                 Tolerance::new(1e-4, 1e-5),
             )?;
@@ -858,8 +858,8 @@ fn attention_packed_against_the_composition() -> Result<()> {
                     .transpose(1, 2)?
                     .reshape((b, s, h * d))
             };
-            let (y, g) = run(&|t| rk::attention_packed(&t[0], h, hk, opts), &[qkv.clone()], 7)?;
-            let (y_split, g_split) = run(&split, &[qkv.clone()], 7)?;
+            let (y, g) = run(&|t| rk::attention_packed(&t[0], h, hk, opts), &qkv, 7)?;
+            let (y_split, g_split) = run(&split, &qkv, 7)?;
             for (part, a, c) in [("output", &y, &y_split), ("dqkv", &g[0], &g_split[0])] {
                 let (a, c) = (a.flatten_all()?.to_vec1::<f32>()?, c.flatten_all()?.to_vec1::<f32>()?);
                 assert!(
