@@ -23,7 +23,10 @@ use candle_nn::VarBuilder;
 pub use self::config::{AttentionConfig, RopeParameters};
 pub use self::names::AttentionNames;
 // The functional attention lives in the op layer; these paths stay for callers.
-pub use crate::ops::{repeat_kv, scaled_dot_product_attention, scaled_dot_product_attention_with_weights, SdpaOptions};
+pub use crate::ops::{
+    repeat_kv, scaled_dot_product_attention, scaled_dot_product_attention_packed,
+    scaled_dot_product_attention_with_weights, SdpaOptions,
+};
 
 use crate::alibi::{Alibi, AlibiConfig};
 use crate::dropout::Dropout;

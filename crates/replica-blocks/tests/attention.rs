@@ -5,9 +5,10 @@
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use replica_blocks::attention::{
-    scaled_dot_product_attention, scaled_dot_product_attention_with_weights, Attention, AttentionConfig,
-    AttentionNames, SdpaOptions,
+    scaled_dot_product_attention, scaled_dot_product_attention_packed, scaled_dot_product_attention_with_weights,
+    Attention, AttentionConfig, AttentionNames, SdpaOptions,
 };
+use replica_blocks::compute::{with_compute, Compute};
 use replica_blocks::kv_cache::KvCache;
 use replica_blocks::mask;
 use replica_blocks::RopeStyle;
@@ -298,6 +299,112 @@ fn softcap_bounds_the_scores() {
         },
     ));
     assert!(text.contains("softcap must be positive"), "{text}");
+}
+
+/// The packed form is the split form: the same output and `dqkv` (bit for bit with the
+/// kernels, whose packed op runs the same kernel; closely with the composition and in
+/// f64, which split), with a padding mask, causal with GQA, and dropout's validation.
+#[test]
+fn packed_attention_is_the_split_attention() {
+    let (b, s, heads, kv_heads, d) = (2, 9, 4, 2, 6);
+    let qkv = candle_core::Var::from_tensor(&randn(&[b, s, (heads + 2 * kv_heads) * d], 3)).unwrap();
+    let padding = Tensor::from_vec(
+        (0..b * s)
+            .map(|i| if i >= s + 6 { f32::NEG_INFINITY } else { 0.0 })
+            .collect::<Vec<f32>>(),
+        (b, 1, 1, s),
+        &CPU,
+    )
+    .unwrap();
+    let upstream = randn(&[b, s, heads * d], 4);
+    let cases = [
+        (None, SdpaOptions::default()),
+        (
+            Some(&padding),
+            SdpaOptions {
+                scale: Some(0.3),
+                ..Default::default()
+            },
+        ),
+        (
+            None,
+            SdpaOptions {
+                causal: true,
+                window: Some(4),
+                ..Default::default()
+            },
+        ),
+    ];
+    let run = |packed: bool, mask: Option<&Tensor>, options: &SdpaOptions, dtype: DType| {
+        let x = qkv.as_tensor().to_dtype(dtype).unwrap();
+        let y = if packed {
+            scaled_dot_product_attention_packed(&x, heads, kv_heads, mask, options).unwrap()
+        } else {
+            let part = |first: usize, n: usize| {
+                x.narrow(D::Minus1, first * d, n * d)
+                    .unwrap()
+                    .reshape((b, s, n, d))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+            };
+            let (q, k, v) = (part(0, heads), part(heads, kv_heads), part(heads + kv_heads, kv_heads));
+            let y = scaled_dot_product_attention(&q, &k, &v, mask, options).unwrap();
+            y.transpose(1, 2).unwrap().reshape((b, s, heads * d)).unwrap()
+        };
+        let grads = (y.to_dtype(DType::F32).unwrap() * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        (
+            y.to_dtype(DType::F32).unwrap(),
+            grads.get(qkv.as_tensor()).unwrap().clone(),
+        )
+    };
+    for (mask, options) in &cases {
+        for compute in [Compute::Kernels, Compute::Composition] {
+            with_compute(compute, || {
+                let (y, g) = run(true, *mask, options, DType::F32);
+                let (y_split, g_split) = run(false, *mask, options, DType::F32);
+                let tolerance = if compute == Compute::Kernels {
+                    Tolerance::EXACT
+                } else {
+                    Tolerance::new(1e-5, 1e-6)
+                };
+                assert_close(&format!("{compute:?} {options:?}: output"), &y, &y_split, tolerance);
+                assert_close(&format!("{compute:?} {options:?}: dqkv"), &g, &g_split, tolerance);
+            });
+        }
+        let (y64, _) = run(
+            true,
+            mask.map(|m| m.to_dtype(DType::F64).unwrap()).as_ref(),
+            options,
+            DType::F64,
+        );
+        let (y, _) = run(true, *mask, options, DType::F32);
+        assert_close(&format!("f64 {options:?}"), &y, &y64, Tolerance::new(1e-5, 1e-6));
+    }
+    let err = err_text(scaled_dot_product_attention_packed(
+        qkv.as_tensor(),
+        3,
+        2,
+        None,
+        &SdpaOptions::default(),
+    ));
+    assert!(err.contains("is not (heads 3 + 2 × kv_heads 2)"), "{err}");
+    let err = err_text(scaled_dot_product_attention_packed(
+        qkv.as_tensor(),
+        heads,
+        kv_heads,
+        None,
+        &SdpaOptions {
+            dropout_p: 1.0,
+            ..Default::default()
+        },
+    ));
+    assert!(err.contains("dropout_p must be in [0, 1)"), "{err}");
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! | --- | --- | --- |
 //! | [`softmax`] (scale and [`ScoreBias`]) | `softmax_last_dim` | `reference::softmax_last_dim` |
 //! | [`scaled_dot_product_attention`] | fused `attention`, else materialised scores and `softmax_last_dim` | `reference::softmax_unnormalised`, in PyTorch's order |
+//! | [`scaled_dot_product_attention_packed`] | fused `attention_packed` on the whole projection, else as above | the split, then as above |
 //! | [`layer_norm`], [`rms_norm`] | `layer_norm`, `rms_norm` | `reference::layer_norm`, `reference::rms_norm` |
 //! | [`activation`], [`gated`] | `gelu_erf`, `gelu_tanh`, `silu`, `swiglu`, `geglu` | candle's own unary op |
 //! | [`rope`] | `rope` | `reference::rope` |
@@ -38,7 +39,10 @@ pub use norm::{layer_norm, rms_norm, RmsNormRounding};
 pub use replica_kernels::Causal;
 pub use rope::{rope, RopeStyle};
 pub(crate) use sdpa::{attend, weights_missing, Packed};
-pub use sdpa::{repeat_kv, scaled_dot_product_attention, scaled_dot_product_attention_with_weights, SdpaOptions};
+pub use sdpa::{
+    repeat_kv, scaled_dot_product_attention, scaled_dot_product_attention_packed,
+    scaled_dot_product_attention_with_weights, SdpaOptions,
+};
 pub use softmax::softmax;
 
 /// Whether an op should run its kernel on `x`: the kernels are in force and `x`

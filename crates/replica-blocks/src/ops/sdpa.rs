@@ -98,6 +98,40 @@ pub fn scaled_dot_product_attention_with_weights(
     Ok((out.heads()?, weights.ok_or_else(weights_missing)?))
 }
 
+/// [`scaled_dot_product_attention`] for self-attention on a fused projection: `qkv`
+/// is `[batch, seq, (heads + 2 kv_heads) · head_dim]`, each token's queries, keys and
+/// values side by side, head by head (GPT-2's `c_attn`, timm's `qkv`); returns the
+/// heads merged, `[batch, seq, heads · head_dim]`. Where the fused kernel runs it takes
+/// the projection whole, so that in training the split into heads adds nothing to the
+/// backward (`replica_kernels::attention_packed`); elsewhere this is the split, the
+/// attention and the merge.
+pub fn scaled_dot_product_attention_packed(
+    qkv: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    mask: Option<&Tensor>,
+    options: &SdpaOptions,
+) -> Result<Tensor> {
+    let (b, s, width) = qkv
+        .dims3()
+        .map_err(|_| shape_error("qkv", "[batch, seq, (heads + 2 kv_heads) * head_dim]", qkv))?;
+    let parts = heads + 2 * kv_heads;
+    if heads == 0 || kv_heads == 0 || width == 0 || width % parts != 0 {
+        candle_core::bail!(
+            "scaled_dot_product_attention_packed: qkv's last dimension {width} is not (heads {heads} + 2 × kv_heads {kv_heads}) × a head size"
+        )
+    }
+    let split = qkv.reshape((b, s, parts, width / parts))?;
+    let view = |first: usize, n: usize| split.narrow(2, first, n)?.transpose(1, 2);
+    let (q, k, v) = (
+        view(0, heads)?,
+        view(heads, kv_heads)?,
+        view(heads + kv_heads, kv_heads)?,
+    );
+    let packed = Packed { qkv, heads, kv_heads };
+    attend(&q, &k, &v, mask, None, options, false, Some(packed))?.0.merged()
+}
+
 pub(crate) fn weights_missing() -> candle_core::Error {
     candle_core::Error::Msg("attention: the probabilities were asked for but not computed".into())
 }
