@@ -11,6 +11,7 @@
 //! (replica kernel's forward and backward, GPT-2 b1 s1024 causal), `minilm-b8`, `minilm-b1`
 //! (replica's BERT on all-MiniLM-L6-v2, random weights when the model is not cached),
 //! `minilm-b8-candle`, `minilm-b1-candle` (candle-transformers' BERT, cached weights only),
+//! `linear-gpt2-128`, `linear-llama-128` (replica's linear kernel with bias at 128 rows),
 //! each optionally followed by a repeat count (default 3).
 
 use std::hint::black_box;
@@ -84,6 +85,16 @@ fn main() {
         "softmax-gpt2-candle" => {
             let x = randn(&[1, 12, 1024, 1024]);
             Box::new(move || candle_nn::ops::softmax_last_dim(&x))
+        }
+        "linear-gpt2-128" | "linear-llama-128" => {
+            // A few-row linear layer: GPT-2's MLP up-projection, LLaMA-7B's q projection.
+            let (k, n) = if case == "linear-gpt2-128" {
+                (768, 3072)
+            } else {
+                (4096, 4096)
+            };
+            let (x, w, b) = (randn(&[128, k]), randn(&[n, k]), randn(&[n]));
+            Box::new(move || rk::linear(&x, &w, Some(&b)))
         }
         "minilm-b8" | "minilm-b1" => {
             let batch = if case == "minilm-b8" { 8 } else { 1 };

@@ -111,8 +111,8 @@ LIMITS = {
     "`cargo bench --bench kernels -- '^softmax/replica(-4k-pages)?_1t/gpt2'` times replica's softmax at 24.6 ms "
     "with them and 61.9 ms without. Where the OS refuses huge pages, this target is out of reach at that shape.",
     ("matmul", "torch"): "gemm's own threads at 2 threads: the 1-thread rows are within 10% of PyTorch. At "
-    "llama-7b_proj_s128 (128 rows) replica's product is the transposed one, one band of output features per thread "
-    "(each band's gemm packs all of x again); at 1,024 rows it is gemm's own threading. A probe on 2026-12-06 (2 "
+    "llama-7b_proj_s128 (128 rows) replica's product is the transposed one, a chunk of rows per thread (each "
+    "thread's gemm reads all of the 64 MiB weight); at 1,024 rows it is gemm's own threading. A probe on 2026-12-06 (2 "
     "threads, best of 7 x 5 calls, seven shapes of 128 to 1,024 rows) that split the output columns over the threads "
     "instead of gemm's threading was mixed over three runs: up to 20% faster at some 1,024-row shapes, as much as "
     "45% slower at 128 rows, so it was left.",

@@ -26,7 +26,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu::{self, Route};
+use crate::cpu::{self, Route, SyncPtr};
 use crate::dropout::MaskDraw;
 use crate::simd::{self, load_partial, store_partial, Simd};
 use crate::tile_product::TileProduct;
@@ -215,19 +215,6 @@ fn unit_last(t: &Tensor) -> Result<Tensor> {
 const BR: usize = 64;
 /// Keys per tile.
 const BC: usize = 128;
-
-/// A raw pointer that may cross threads; every task writes its own rows.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// `C (m×n) = beta · A (m×k) · B (k×n)` (+ C when `accumulate`): `C` and `B` have
 /// the row strides given and unit column strides, `A` any strides (a transposed

@@ -362,3 +362,33 @@ fn every_backend_agrees_with_every_other() -> Result<()> {
     }
     Ok(())
 }
+
+/// A few-row linear layer is cut into chunks of rows and bands of output features by
+/// the pool's size, and gives the same bits on any pool: each output is one gemm
+/// sum over the whole input dimension, whatever block it falls in. Pools larger than
+/// the rows allow chunks for (8 threads) cut bands too.
+#[test]
+fn few_row_linear_is_bit_identical_on_every_pool() -> Result<()> {
+    let _lock = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    for (n, &(rows, k, out)) in [(1, 64, 300), (31, 96, 257), (100, 384, 1536), (256, 200, 96)]
+        .iter()
+        .enumerate()
+    {
+        let x = rand(&[rows, k], 20 + n as u64, 1.0);
+        let w = rand(&[out, k], 30 + n as u64, 0.1);
+        let b = rand(&[out], 40 + n as u64, 1.0);
+        let bits_on = |threads: usize| -> Result<Vec<u32>> {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+            let y = pool.install(|| rk::linear(&x, &w, Some(&b)))?;
+            Ok(y.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())
+        };
+        let one = bits_on(1)?;
+        for threads in [2, 3, 8] {
+            assert!(
+                bits_on(threads)? == one,
+                "linear {rows}x{k}x{out}: {threads} threads differ from 1"
+            );
+        }
+    }
+    Ok(())
+}
