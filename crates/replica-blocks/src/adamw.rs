@@ -26,6 +26,7 @@ use std::cell::RefCell;
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, Var};
+use rayon::prelude::*;
 use replica_check::config_check::{finite_positive, non_negative, probability};
 use replica_check::{ConfigCheck, Footprint, Workload};
 use serde::{Deserialize, Serialize};
@@ -220,6 +221,7 @@ impl FusedAdamW {
 
     fn update(&mut self, grads: &GradStore, grad_scale: f32) -> Result<()> {
         let c = &self.config;
+        let mut updates = Vec::with_capacity(self.slots.len());
         for slot in &mut self.slots {
             let Some(grad) = grads.get(slot.var.as_tensor()) else {
                 continue;
@@ -250,10 +252,13 @@ impl FusedAdamW {
                 grad_scale,
                 moments: RefCell::new((&mut slot.m, &mut slot.v)),
             };
-            let grad = grad.contiguous()?;
-            slot.var.as_tensor().inplace_op2(&grad, &op)?;
+            updates.push((slot.var.as_tensor().clone(), grad.contiguous()?, op));
         }
-        Ok(())
+        // The parameters are independent: updated in parallel, each by one thread, so
+        // the bits do not depend on the thread count.
+        updates
+            .into_par_iter()
+            .try_for_each(|(param, grad, op)| param.inplace_op2(&grad, &op))
     }
 }
 

@@ -14,8 +14,11 @@
 //! window on top of the causal mask (Mistral, arXiv 2310.06825: key tiles wholly
 //! before every query's window are skipped too), an additive
 //! mask broadcast to `[batch, heads, q, k]` (padding), grouped-query attention (any
-//! number of query heads per key/value head), and ALiBi slopes. A query that sees
-//! no key gets zeros, as PyTorch's `scaled_dot_product_attention`.
+//! number of query heads per key/value head), ALiBi slopes, and dropout on the
+//! probabilities (the row sums take every probability, the values only the kept
+//! ones; the mask is recomputed in the backward). A query that sees no key gets
+//! zeros, as PyTorch's `scaled_dot_product_attention`. [`attention_packed`] takes
+//! self-attention's fused projection whole.
 //!
 //! `q`, `k`, `v` are read with their strides (rows contiguous); the output is a
 //! `[b, h, s, dv]` view of a `[b, s, h, dv]` buffer, the layout a model takes next.
