@@ -110,12 +110,15 @@ LIMITS = {
     "Backing the output with transparent huge pages (docs/kernels.md) cut that cost: in one run, "
     "`cargo bench --bench kernels -- '^softmax/replica(-4k-pages)?_1t/gpt2'` times replica's softmax at 24.6 ms "
     "with them and 61.9 ms without. Where the OS refuses huge pages, this target is out of reach at that shape.",
-    ("matmul", "torch"): "gemm's own threads at 2 threads: the 1-thread rows are within 10% of PyTorch. At "
-    "llama-7b_proj_s128 (128 rows) replica's product is the transposed one, a chunk of rows per thread (each "
-    "thread's gemm reads all of the 64 MiB weight); at 1,024 rows it is gemm's own threading. A probe on 2026-12-06 (2 "
-    "threads, best of 7 x 5 calls, seven shapes of 128 to 1,024 rows) that split the output columns over the threads "
-    "instead of gemm's threading was mixed over three runs: up to 20% faster at some 1,024-row shapes, as much as "
-    "45% slower at 128 rows, so it was left.",
+    ("matmul", "torch"): "The gemm crate against MKL, on a noisy host. From 257 rows replica's product is the gemm "
+    "crate's own call (the candle column, the same gemm through candle, stays within about 10% of it), and which "
+    "rows miss changes from run to run: on the Intel Xeon of 2026-12-06 the 1-thread BERT and MiniLM FFN rows "
+    "were 0.97x and 1.02x in one run and 0.84x and 0.81x in another, the 2-thread BERT FFN row 0.89x, 0.64x and "
+    "1.00x in three. At llama-7b_proj_s128 (128 rows) replica's product is the transposed one, a chunk of rows "
+    "per thread (each thread's gemm reads all of the 64 MiB weight): 0.78x and 0.93x at 2 threads in two runs. "
+    "A probe on 2026-12-06 (2 threads, best of 7 x 5 calls, seven shapes of 128 to 1,024 rows) that split the "
+    "output columns over the threads instead of gemm's threading was mixed over three runs: up to 20% faster at "
+    "some 1,024-row shapes, as much as 45% slower at 128 rows, so it was left.",
     ("minilm_forward", "torch"): "Matrix products, on a noisy host. A profile of replica's forwards on the Intel Xeon "
     "of 2026-12-06 (1 thread, `benches/profile.rs minilm-b1` and `minilm-b8`, perf sampling cpu-clock, with the "
     "benches' allocator setting) puts 69% (b1) and 72% (b8) of the samples in the gemm crate; at b1 transposing "

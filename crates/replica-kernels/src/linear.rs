@@ -194,7 +194,7 @@ const MIN_TASK_ROWS: usize = 32;
 /// gemm's own threading splits few rows poorly. Chunks of rows come first: each
 /// task's gemm packs the rows of `x` it multiplies, so bands of features alone
 /// would pack all of `x` once per thread (at 2 threads all-MiniLM-L6-v2's b1 forward
-/// was 4-25% faster with row chunks, five runs alternated on an Intel Xeon). Bands
+/// was faster with row chunks in nine of ten alternated runs on an Intel Xeon). Bands
 /// split the features too once there are more threads than chunks of
 /// [`MIN_TASK_ROWS`].
 fn transposed_product(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, k: usize, n: usize) -> Vec<f32> {
