@@ -284,9 +284,8 @@ impl Attention {
         }
         let (heads, kv_heads, head_dim) = (self.heads, self.kv_heads, self.head_dim);
         let q_dim = heads * head_dim;
-        // The projections as `[batch, seq, heads, head_dim]` views.
-        let mut qkv_out = None;
-        let (q, k, v) = match (&self.projections, context) {
+        // The projections as `[batch, seq, heads, head_dim]` views, and the fused one whole.
+        let (q, k, v, fused) = match (&self.projections, context) {
             (Projections::Fused(_), Some(_)) => {
                 return Err(self.fail(
                     "a fused qkv projection cannot do cross-attention (split it into q/k/v with a WeightMap)".into(),
@@ -295,13 +294,12 @@ impl Attention {
             (Projections::Fused(qkv), None) => {
                 let qkv = qkv.forward(x)?;
                 let parts = qkv.reshape((batch, q_len, heads + 2 * kv_heads, head_dim))?;
-                let split = (
+                (
                     parts.narrow(2, 0, heads)?,
                     parts.narrow(2, heads, kv_heads)?,
                     parts.narrow(2, heads + kv_heads, kv_heads)?,
-                );
-                qkv_out = Some(qkv);
-                split
+                    Some(qkv),
+                )
             }
             (Projections::Separate { q, k, v }, context) => {
                 let source = context.unwrap_or(x);
@@ -310,11 +308,12 @@ impl Attention {
                     split(q.forward(x)?, heads)?,
                     split(k.forward(source)?, kv_heads)?,
                     split(v.forward(source)?, kv_heads)?,
+                    None,
                 )
             }
         };
         // The fused kernel can take the projection itself when nothing comes between.
-        let packed = qkv_out
+        let packed = fused
             .as_ref()
             .filter(|_| self.q_norm.is_none() && self.k_norm.is_none() && self.rope.is_none() && cache.is_none())
             .map(|qkv| Packed { qkv, heads, kv_heads });

@@ -1051,6 +1051,33 @@ impl AttentionOp {
         })
     }
 
+    /// The forward on the views of q, k, v: the output laid out `[b, sq, h, dv]`,
+    /// the log-sum-exp kept for the backward.
+    fn forward_views(&self, views: [(&CpuStorage, &Layout); 3]) -> Result<Vec<f32>> {
+        let (out, lse) = self.with_problem(views, forward)?;
+        if self.lse.set(lse).is_err() {
+            bail!("attention: an op was applied twice")
+        }
+        Ok(out)
+    }
+
+    /// The backward on the views of q, k, v, from the output `res` and its gradient
+    /// `g`: `(dq, dk, dv)`, each laid out `[b, s, heads, width]`.
+    fn backward_views(
+        &self,
+        views: [(&CpuStorage, &Layout); 3],
+        res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        const OP: &str = "attention backward";
+        let Some(lse) = self.lse.get() else {
+            bail!("{OP}: the forward's log-sum-exp is missing")
+        };
+        cpu::with_f32(OP, res, |out| {
+            cpu::with_f32(OP, g, |gs| self.with_problem(views, |p| backward(p, out, gs, lse)))
+        })
+    }
+
     /// Runs `f` on the problem made of the views of q, k, v.
     fn with_problem<R>(
         &self,
@@ -1111,10 +1138,7 @@ impl CustomOp3 for AttentionOp {
     ) -> Result<(CpuStorage, Shape)> {
         let (b, h, sq, _) = l1.shape().dims4()?;
         let dv = l3.shape().dims4()?.3;
-        let (out, lse) = self.with_problem([(s1, l1), (s2, l2), (s3, l3)], forward)?;
-        if self.lse.set(lse).is_err() {
-            bail!("attention: an op was applied twice")
-        }
+        let out = self.forward_views([(s1, l1), (s2, l2), (s3, l3)])?;
         Ok((CpuStorage::F32(out), Shape::from_dims(&[b, sq, h, dv])))
     }
 
@@ -1126,21 +1150,13 @@ impl CustomOp3 for AttentionOp {
         res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        const OP: &str = "attention backward";
-        let Some(lse) = self.lse.get() else {
-            bail!("{OP}: the forward's log-sum-exp is missing")
-        };
         let views = [q, k, v].map(|t| t.storage_and_layout());
         let storages = views.each_ref().map(|(storage, layout)| match &**storage {
             Storage::Cpu(cpu) => Ok((cpu, *layout)),
-            _ => bail!("{OP}: the kernel runs on the CPU"),
+            _ => bail!("attention backward: the kernel runs on the CPU"),
         });
         let [sq, sk, sv] = storages;
-        let (dq, dk, dvv) = cpu::with_f32(OP, res, |out| {
-            cpu::with_f32(OP, g, |gs| {
-                self.with_problem([sq?, sk?, sv?], |p| backward(p, out, gs, lse))
-            })
-        })?;
+        let (dq, dk, dvv) = self.backward_views([sq?, sk?, sv?], res, g)?;
         // The gradients are laid out [b, s, heads, width]: returned as [b, heads, s, width] views.
         let grad = |data: Vec<f32>, t: &Tensor| -> Result<Tensor> {
             let (b, heads, s, width) = t.dims4()?;
@@ -1185,37 +1201,26 @@ impl CustomOp1 for PackedAttentionOp {
         let (b, s, _) = layout.shape().dims3()?;
         let [lq, lk, lv] = self.views(layout)?;
         let d = lq.dims()[3];
-        let (out, lse) = self
+        let out = self
             .op
-            .with_problem([(storage, &lq), (storage, &lk), (storage, &lv)], forward)?;
-        if self.op.lse.set(lse).is_err() {
-            bail!("attention_packed: an op was applied twice")
-        }
+            .forward_views([(storage, &lq), (storage, &lk), (storage, &lv)])?;
         // [b, s, h, d] is [b, s, h·d]: the heads merged.
         Ok((CpuStorage::F32(out), Shape::from_dims(&[b, s, self.heads * d])))
     }
 
     fn bwd(&self, qkv: &Tensor, res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        const OP: &str = "attention_packed backward";
-        let Some(lse) = self.op.lse.get() else {
-            bail!("{OP}: the forward's log-sum-exp is missing")
-        };
         let (storage, layout) = qkv.storage_and_layout();
         let Storage::Cpu(storage) = &*storage else {
-            bail!("{OP}: the kernel runs on the CPU")
+            bail!("attention_packed backward: the kernel runs on the CPU")
         };
         let [lq, lk, lv] = self.views(layout)?;
-        let (dq, dk, dv) = cpu::with_f32(OP, res, |out| {
-            cpu::with_f32(OP, g, |gs| {
-                self.op
-                    .with_problem([(storage, &lq), (storage, &lk), (storage, &lv)], |p| {
-                        backward(p, out, gs, lse)
-                    })
-            })
-        })?;
+        let (dq, dk, dv) = self
+            .op
+            .backward_views([(storage, &lq), (storage, &lk), (storage, &lv)], res, g)?;
         // Each token's dq, dk, dv rows (laid out [b, s, heads, d]) side by side again.
         let (b, s, width) = qkv.dims3()?;
-        let (q_width, kv_width) = (dq.len() / (b * s).max(1), dk.len() / (b * s).max(1));
+        let d = lq.dims()[3];
+        let (q_width, kv_width) = (self.heads * d, self.kv_heads * d);
         let mut grad = cpu::output_buffer(b * s * width);
         for (t, row) in grad.chunks_exact_mut(width.max(1)).enumerate() {
             let (q, rest) = row.split_at_mut(q_width);
