@@ -61,14 +61,13 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     if !kernel {
         return crate::reference::linear(x, weight, bias);
     }
-    let mut out_dims = x.dims().to_vec();
-    *out_dims.last_mut().expect("rank >= 1") = out_features;
-    let x = x.contiguous()?.reshape((rows, in_features))?;
+    // The op takes x with all its leading dimensions: reshapes around it would be
+    // two more graph nodes, each a zero-filled gradient and an add in the backward.
+    let x = x.contiguous()?;
     match bias {
         Some(bias) => x.apply_op3(weight, &bias.contiguous()?, Product),
         None => x.apply_op2(weight, Product),
-    }?
-    .reshape(out_dims)
+    }
 }
 
 /// The custom op's name, in its errors and candle's graph.
@@ -85,30 +84,36 @@ impl Product {
     ) -> Result<(CpuStorage, Shape)> {
         let (xs, ws) = (cpu::f32_slice(NAME, x.0, x.1)?, cpu::f32_slice(NAME, w.0, w.1)?);
         let bias = bias.map(|(s, l)| cpu::f32_slice(NAME, s, l)).transpose()?;
-        let (&[rows, k], &[n, _]) = (x.1.dims(), w.1.dims()) else {
+        let (Some((&k, leading)), &[n, _]) = (x.1.dims().split_last(), w.1.dims()) else {
             bail!(
-                "{NAME}: expected 2-D operands, got {:?} and {:?}",
+                "{NAME}: expected x [..., in] and a 2-D weight, got {:?} and {:?}",
                 x.1.dims(),
                 w.1.dims()
             )
         };
+        let rows = leading.iter().product();
         let y = if rows <= TRANSPOSED_PRODUCT_MAX_ROWS {
             transposed_product(xs, ws, bias, rows, k, n)
         } else {
             direct_product(xs, ws, bias, rows, k, n)
         };
-        Ok((CpuStorage::F32(y), Shape::from((rows, n))))
+        Ok((CpuStorage::F32(y), Shape::from([leading, &[n]].concat())))
     }
 
     /// y = x Wᵀ + b: dx = g W, dW = gᵀ x, db = 1ᵀ g (one product, not candle's
-    /// strided sum over rows).
+    /// strided sum over rows), on x and g seen as `[rows, features]`.
     fn backward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &Tensor) -> Result<[Option<Tensor>; 3]> {
-        let dx = x.track_op().then(|| g.matmul(w)).transpose()?;
-        let dw = w.track_op().then(|| g.t()?.matmul(x)).transpose()?;
+        let rows = |t: &Tensor| {
+            let features = t.dim(D::Minus1)?;
+            t.contiguous()?.reshape((t.elem_count() / features, features))
+        };
+        let (x2, g2) = (rows(x)?, rows(g)?);
+        let dx = x.track_op().then(|| g2.matmul(w)?.reshape(x.dims())).transpose()?;
+        let dw = w.track_op().then(|| g2.t()?.matmul(&x2)).transpose()?;
         let db = match bias {
             Some(b) if b.track_op() => {
-                let ones = Tensor::ones((1, g.dim(0)?), g.dtype(), g.device())?;
-                Some(ones.matmul(g)?.reshape(b.dims())?)
+                let ones = Tensor::ones((1, g2.dim(0)?), g.dtype(), g.device())?;
+                Some(ones.matmul(&g2)?.reshape(b.dims())?)
             }
             _ => None,
         };

@@ -133,6 +133,8 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         }
         [b1, b2, _, _] => x.matmul(&w.broadcast_left((*b1, *b2))?)?,
         [b, _, _] => x.matmul(&w.broadcast_left(*b)?)?,
+        // One vector, as torch's F.linear takes it.
+        [_] => x.unsqueeze(0)?.matmul(&w)?.squeeze(0)?,
         _ => x.matmul(&w)?,
     };
     match bias {

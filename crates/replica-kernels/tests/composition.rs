@@ -495,9 +495,11 @@ fn linear_against_the_composition() -> Result<()> {
     // The weight's and the bias's gradients are f32 sums over up to 600 rows.
     let grad_tol = Tolerance::new(1e-5, 1e-4);
     // (leading dims of x, in, out): one row up to the transposed product's limit,
-    // one row past it (the direct product), sizes off the vector width, rank 3;
-    // each with and without a bias (all three gradients checked).
-    let shapes: [(&[usize], usize, usize); 9] = [
+    // one row past it (the direct product), sizes off the vector width, ranks 1, 3
+    // and 4 (the op takes x's leading dimensions as they are); each with and
+    // without a bias (all three gradients checked).
+    let shapes: [(&[usize], usize, usize); 11] = [
+        (&[], 6, 4),
         (&[1], 1, 1),
         (&[1], 64, 3),
         (&[3], 5, 7),
@@ -507,6 +509,7 @@ fn linear_against_the_composition() -> Result<()> {
         (&[rk::TRANSPOSED_PRODUCT_MAX_ROWS + 1], 40, 72),
         (&[600], 70, 130),
         (&[2, 5], 33, 17),
+        (&[3, 2, 50], 24, 10),
     ];
     for (i, (lead, k, n)) in shapes.into_iter().enumerate() {
         let mut dims = lead.to_vec();
