@@ -12,7 +12,10 @@
 //! (replica's BERT on all-MiniLM-L6-v2, random weights when the model is not cached),
 //! `minilm-b8-candle`, `minilm-b1-candle` (candle-transformers' BERT, cached weights only),
 //! `linear-gpt2-128`, `linear-llama-128` (replica's linear kernel with bias at 128 rows),
-//! each optionally followed by a repeat count (default 3).
+//! `softmax-bert`, `layer-norm-bert`, `gelu-erf-bert`, `gelu-tanh-bert`, `silu-bert`
+//! (replica kernels on BERT-base b8 s128 scores and hidden states), each optionally
+//! followed by a repeat count (default 3). A training step is profiled through
+//! benches/training.rs itself (`REPLICA_TRAINING_STEPS`).
 
 use std::hint::black_box;
 
@@ -77,6 +80,17 @@ fn main() {
                     .backward()?;
                 Ok(grads.get(&q).expect("dq").clone())
             })
+        }
+        "softmax-bert" | "layer-norm-bert" | "gelu-erf-bert" | "gelu-tanh-bert" | "silu-bert" => {
+            // BERT-base b8 s128: the attention scores, the hidden states.
+            let (scores, h, w) = (randn(&[8, 12, 128, 128]), randn(&[8, 128, 768]), randn(&[768]));
+            match case {
+                "softmax-bert" => Box::new(move || rk::softmax_last_dim(&scores, 1.0, Mask::None)),
+                "layer-norm-bert" => Box::new(move || rk::layer_norm(&h, &w, Some(&w), 1e-5)),
+                "gelu-erf-bert" => Box::new(move || rk::gelu_erf(&h)),
+                "gelu-tanh-bert" => Box::new(move || rk::gelu_tanh(&h)),
+                _ => Box::new(move || rk::silu(&h)),
+            }
         }
         "softmax-gpt2" => {
             let x = randn(&[1, 12, 1024, 1024]);
