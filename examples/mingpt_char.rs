@@ -19,7 +19,7 @@
 //! The unigram entropy of the training characters is the loss of a model that knows
 //! only how often each character occurs; anything lower has learned context. A real
 //! run of the defaults (release build, seed 1337, 400 steps, `CANDLE_NUM_THREADS=1
-//! RAYON_NUM_THREADS=1` on a 2-core machine; 22 s, where the same run took 560 s with
+//! RAYON_NUM_THREADS=1` on a 2-core machine; 21 s, where the same run took 560 s with
 //! candle_nn's AdamW, glibc's default allocator thresholds and the machine under load;
 //! docs/training.md):
 //!
@@ -28,33 +28,33 @@
 //! unigram entropy of the training characters: 3.107 nats (4.482 bits) per character
 //! GPT: 3 layers, 4 heads, 96 wide, context 64: 347520 parameters; AdamW (lr 0.002), 400 steps of 16 windows
 //!
-//! step    40  train loss 2.904  held-out loss 2.539  (2 s)
-//! step    80  train loss 2.475  held-out loss 2.433  (4 s)
-//! step   120  train loss 2.395  held-out loss 2.416  (6 s)
-//! step   160  train loss 2.344  held-out loss 2.369  (9 s)
-//! step   200  train loss 2.283  held-out loss 2.345  (11 s)
-//! step   240  train loss 2.249  held-out loss 2.299  (13 s)
-//! step   280  train loss 2.188  held-out loss 2.275  (15 s)
-//! step   320  train loss 2.146  held-out loss 2.219  (17 s)
-//! step   360  train loss 2.095  held-out loss 2.212  (19 s)
-//! step   400  train loss 2.054  held-out loss 2.181  (22 s)
+//! step    40  train loss 2.865  held-out loss 2.503  (2 s)
+//! step    80  train loss 2.452  held-out loss 2.436  (4 s)
+//! step   120  train loss 2.389  held-out loss 2.386  (6 s)
+//! step   160  train loss 2.341  held-out loss 2.359  (9 s)
+//! step   200  train loss 2.286  held-out loss 2.377  (11 s)
+//! step   240  train loss 2.264  held-out loss 2.320  (13 s)
+//! step   280  train loss 2.210  held-out loss 2.273  (15 s)
+//! step   320  train loss 2.169  held-out loss 2.236  (17 s)
+//! step   360  train loss 2.104  held-out loss 2.202  (19 s)
+//! step   400  train loss 2.061  held-out loss 2.176  (21 s)
 //!
-//! after 400 steps (22 s): loss on the training text 1.947 nats, held out 2.181 nats (first batch 4.059, unigram entropy 3.107)
+//! after 400 steps (21 s): loss on the training text 1.956 nats, held out 2.176 nats (first batch 4.095, unigram entropy 3.107)
 //!
 //! sample (temperature 0.8):
 //!
-//! Shall I compare thees sur fof fthe outh at for,
-//! Tham me I aringhie ame breauty haut shee wis,
-//! For iom ares macke ave shef whies this this,
-//! Hand send sand ald the ald scupsied the wild the what with for cho sung,
+//! Shall I compare thees,
+//! Wik thing o rsthe the lorf he lof thines, brak aiongond mave thead:
+//! Thart the das you I sicrof eas wit whis thot thon morn togh lou dinght blof ay,
+//!     Think be whe what y thirng bes surom an searn thoonde,
 //! ...
 //! ```
 //!
 //! The loss starts at ln 59 = 4.08 (uniform guessing), passes the unigram entropy
-//! (3.11) within the first 40 steps, and ends at 1.95 nats on the training text and
-//! 2.18 on the held-out sonnets: 1.16 and 0.93 nats per character below the unigram
-//! entropy. The sample has learned the layout (lines, capitals, punctuation) and
-//! common words (`the`, `for`, `this`, `with`), not yet spelling.
+//! (3.11) within the first 40 steps, and ends at 1.96 nats on the training text and
+//! 2.18 on the held-out sonnets: 1.15 and 0.93 nats per character below the unigram
+//! entropy. The sample has learned the layout (lines, capitals, indentation,
+//! punctuation) and common words (`the`, `you`, `what`, `be`), not yet spelling.
 
 use std::collections::BTreeSet;
 use std::io::Write;
