@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Regenerates BENCHMARKS.md. Each table's rows are measured back to back: its
+# criterion runs at 1 and 2 threads (replica, candle, the composition), then its
+# PyTorch rows (python/bench_torch.py), so that a shared host's slow phases, which
+# last minutes, fall on both sides of a ratio rather than on one.
+#
+#     benches/run_all.sh                 # every table (about 25 minutes on 2 cores)
+#     benches/run_all.sh attention matmul   # some tables; the others keep their rows
+#
+# PYTHON names the interpreter with torch and transformers (default ~/venv-ref/bin/python).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-$HOME/venv-ref/bin/python}
+
+kernels=(memory_bandwidth softmax softmax_scale_causal layer_norm rms_norm gelu_erf gelu_tanh silu swiglu
+    rope_half_split rope_interleaved attention attention_prefill attention_fwd_bwd matmul)
+blocks=(block_attention block_mlp block_transformer minilm_forward gpt2_forward)
+tables=("$@")
+[ ${#tables[@]} -gt 0 ] || tables=("${kernels[@]}" "${blocks[@]}" training_step)
+
+cargo bench --bench kernels --bench blocks --bench training --no-run
+
+for table in "${tables[@]}"; do
+    case " ${kernels[*]} " in
+        *" $table "*) bench=kernels; times=(--warm-up-time 1 --measurement-time 2) ;;
+        *) bench=blocks; times=() ;;
+    esac
+    [ "$table" = training_step ] && bench=training
+    for threads in 1 2; do
+        # candle's own pool beside rayon's slows the 2-thread training step (docs/training.md).
+        candle_threads=$threads
+        [ "$bench" = training ] && candle_threads=1
+        CANDLE_NUM_THREADS=$candle_threads cargo bench -q --bench "$bench" -- "^$table/.*_${threads}t/" "${times[@]}" >/dev/null
+    done
+    if [ "$table" != memory_bandwidth ]; then
+        "$python" python/bench_torch.py --out target/bench_torch.json --merge --only "^$table\$"
+    fi
+done
+
+python3 python/benchmarks_md.py --criterion target/criterion --torch target/bench_torch.json --out BENCHMARKS.md
