@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import re
 import subprocess
@@ -282,6 +283,17 @@ def read_torch(path: str) -> tuple[dict, dict, dict]:
     return results, when, {"meta": data, "flops": flops}
 
 
+def fastest(passes: list) -> tuple[dict, dict, dict]:
+    """Joins the (results, when, extra) of several passes: each key's fastest time, all
+    its measurement times, the first pass's extra."""
+    results, when = {}, defaultdict(list)
+    for times, dates, _ in passes:
+        for key, seconds in times.items():
+            results[key] = min(seconds, results.get(key, math.inf))
+            when[key].append(dates[key])
+    return results, when, passes[0][2]
+
+
 def natural(text: str) -> list:
     """A sort key that orders s512 before s2048."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
@@ -315,20 +327,23 @@ def fmt_span(times: list) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--criterion", required=True, help="criterion's output folder (CARGO_TARGET_DIR/criterion)")
-    parser.add_argument("--torch", required=True, help="the JSON written by python/bench_torch.py")
+    parser.add_argument("--criterion", required=True, nargs="+",
+                        help="criterion's output folder (CARGO_TARGET_DIR/criterion), one per pass")
+    parser.add_argument("--torch", required=True, nargs="+", help="the JSON written by python/bench_torch.py, one per pass")
     parser.add_argument("--out", default="BENCHMARKS.md")
     args = parser.parse_args()
 
-    rust, rust_when, traffic = read_criterion(args.criterion)
-    skipped_runs = read_skipped(args.criterion)
-    torch_results, torch_when, torch_extra = read_torch(args.torch)
+    # Several passes: each row's fastest (a shared host's interference only slows a run
+    # down), and every pass's times in the "Measured" spans.
+    passes = len(args.criterion)
+    rust, rust_when, traffic = fastest([read_criterion(root) for root in args.criterion])
+    skipped_runs = read_skipped(args.criterion[0])
+    torch_results, torch_when, torch_extra = fastest([read_torch(path) for path in args.torch])
     results = {**rust, **torch_results}
-    when = {**rust_when, **torch_when}
     info = lscpu()
     machine, peak_per_core, flops_per_cycle = machine_description(info)
     try:
-        with open(os.path.join(args.criterion, "replica_simd.json")) as f:
+        with open(os.path.join(args.criterion[0], "replica_simd.json")) as f:
             recorded = json.load(f)
         simd_path, gemm_path = recorded["backend"], recorded["gemm"]
         allocator = recorded.get("allocator", "not recorded")
@@ -371,7 +386,10 @@ def main():
         "  same two cores and the step slows down (docs/training.md).",
         "- **Times**: criterion's median (replica, candle, composed, copy); the median of",
         "  `torch.utils.benchmark` `blocked_autorange` (PyTorch, under `torch.inference_mode()` but for backward",
-        "  rows). f32 throughout.",
+        "  rows). f32 throughout."
+        + (f" Each time is the fastest of {passes} passes over every table, run one after the other"
+           " (`benches/run_all.sh`): the host's interference only ever slows a run, and both sides get"
+           " the same treatment." if passes > 1 else ""),
         "- **Ratios** are `other / replica`: above 1 means replica is faster.",
         f"- **ISA paths**: replica's kernels ran their `{simd_path}` path (chosen at run time: the widest"
         " the CPU has, or `REPLICA_SIMD`); candle's matrix products (and replica's attention while"
@@ -403,8 +421,8 @@ def main():
         if not rows:
             continue
         label = labels_for(kernel)
-        rust_times = [t for k, t in rust_when.items() if k[0] == kernel]
-        torch_times = [t for k, t in torch_when.items() if k[0] == kernel]
+        rust_times = [t for k, times in rust_when.items() if k[0] == kernel for t in times]
+        torch_times = [t for k, times in torch_when.items() if k[0] == kernel for t in times]
         lines += [f"## {kernel}", "", what + ".", "",
                   f"Measured: criterion {fmt_span(rust_times)}; PyTorch {fmt_span(torch_times)}.", ""]
         others = [impl for impl in impls if impl != "replica"]
