@@ -188,7 +188,8 @@ mod tests {
     #[test]
     fn masks_are_independent_across_neighbours_and_seeds() {
         let (n, t) = (100_000, threshold(0.5));
-        let both = |f: &dyn Fn(usize) -> (bool, bool)| (0..n).filter(|&i| f(i) == (true, true)).count() as f64 / n as f64;
+        let both =
+            |f: &dyn Fn(usize) -> (bool, bool)| (0..n).filter(|&i| f(i) == (true, true)).count() as f64 / n as f64;
         let neighbours = both(&|i| (keeps(7, 2 * i, t), keeps(7, 2 * i + 1, t)));
         let seeds = both(&|i| (keeps(7, i, t), keeps(8, i, t)));
         let high_words = both(&|i| (keeps(7, i, t), keeps(7, i + (1 << 32), t)));
