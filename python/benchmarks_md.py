@@ -387,9 +387,9 @@ def main():
         "- **Times**: criterion's median (replica, candle, composed, copy); the median of",
         "  `torch.utils.benchmark` `blocked_autorange` (PyTorch, under `torch.inference_mode()` but for backward",
         "  rows). f32 throughout."
-        + (f" Each time is the fastest of {passes} passes over every table, run one after the other"
-           " (`benches/run_all.sh`): the host's interference only ever slows a run, and both sides get"
-           " the same treatment." if passes > 1 else ""),
+        + (f" Each time is the fastest of {passes} passes (`benches/run_all.sh` measures its tables that"
+           " many times, one pass after the other): the host's interference only ever slows a run, and both"
+           " sides get the same treatment." if passes > 1 else ""),
         "- **Ratios** are `other / replica`: above 1 means replica is faster.",
         f"- **ISA paths**: replica's kernels ran their `{simd_path}` path (chosen at run time: the widest"
         " the CPU has, or `REPLICA_SIMD`); candle's matrix products (and replica's attention while"
