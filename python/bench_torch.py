@@ -6,7 +6,8 @@
 Everything runs under torch.inference_mode() except the backward benchmarks and the training step.
 
 Writes JSON: the machine, the torch version, and one record per
-(kernel, shape, threads) with the median seconds per call. The kernel and
+(kernel, shape, threads) with the seconds per call of the fastest timed block
+(`seconds`; python/benchmarks_md.py takes criterion's fastest sample alike) and the median. The kernel and
 shape names are those of the criterion benchmark ids, so
 python/benchmarks_md.py can join the two. Keep the shapes in step with
 benches/kernels.rs.
@@ -354,9 +355,10 @@ def main():
                 fn()  # warm-up
                 timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
                 m = timer.blocked_autorange(min_run_time=args.min_run_time)
-            seconds = m.median
+            seconds = min(m.times)
             now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            records.append({"kernel": kernel, "shape": shape, "threads": threads, "seconds": seconds, "flops": flops, "date": now})
+            records.append({"kernel": kernel, "shape": shape, "threads": threads, "seconds": seconds,
+                            "median": m.median, "flops": flops, "date": now})
             print(f"{kernel:22} {shape:26} {threads}t {seconds * 1e3:10.3f} ms", flush=True)
     if args.merge and os.path.isfile(args.out):
         # Keep the earlier run's records of what this run did not measure; they carry their own date.

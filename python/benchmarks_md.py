@@ -236,9 +236,10 @@ def utc(timestamp: float) -> datetime.datetime:
 
 
 def read_criterion(root: str) -> tuple[dict, dict, dict]:
-    """{(kernel, impl, threads, shape): seconds} from criterion's estimates (the median),
-    the same keys' measurement times (the estimates file's modification time), and the
-    bytes moved by the benchmarks whose throughput is given in bytes (the copies)."""
+    """{(kernel, impl, threads, shape): seconds} from criterion's samples (the fastest
+    sample's time per call), the same keys' measurement times (the estimates file's
+    modification time), and the bytes moved by the benchmarks whose throughput is
+    given in bytes (the copies)."""
     results, when, traffic = {}, {}, {}
     for dirpath, _, files in os.walk(root):
         if "benchmark.json" not in files or not dirpath.endswith(os.sep + "new"):
@@ -253,7 +254,9 @@ def read_criterion(root: str) -> tuple[dict, dict, dict]:
             continue
         impl, threads = m.group(1), int(m.group(2))
         key = (bench["group_id"], impl, threads, bench["value_str"])
-        results[key] = est["median"]["point_estimate"] * 1e-9
+        with open(os.path.join(dirpath, "sample.json")) as f:
+            samples = json.load(f)
+        results[key] = min(t / n for t, n in zip(samples["times"], samples["iters"])) * 1e-9
         when[key] = utc(os.path.getmtime(estimates))
         if "Bytes" in (bench.get("throughput") or {}):
             traffic[key] = bench["throughput"]["Bytes"]
@@ -384,9 +387,12 @@ def main():
         "  ran each thread count in its own process with `CANDLE_NUM_THREADS` equal to it, except the training",
         "  step at 2 threads, run with `CANDLE_NUM_THREADS=1`: there candle's pool and rayon's take turns on the",
         "  same two cores and the step slows down (docs/training.md).",
-        "- **Times**: criterion's median (replica, candle, composed, copy); the median of",
-        "  `torch.utils.benchmark` `blocked_autorange` (PyTorch, under `torch.inference_mode()` but for backward",
-        "  rows). f32 throughout."
+        "- **Times**: the fastest sample of each measurement, both sides alike: of criterion's samples",
+        "  (replica, candle, composed, copy; a sample is the mean of a batch of calls) and of",
+        "  `torch.utils.benchmark` `blocked_autorange`'s blocks (PyTorch, under `torch.inference_mode()` but for",
+        "  backward rows). The host's slow phases come and go within a measurement (the same call took 125 and",
+        "  200 ms seconds apart), and interference only ever slows a call down, so the fastest sample is the",
+        "  statistic least moved by it (the median moved with the phase). f32 throughout."
         + (f" Each time is the fastest of {passes} passes (`benches/run_all.sh` measures its tables that"
            " many times, one pass after the other): the host's interference only ever slows a run, and both"
            " sides get the same treatment." if passes > 1 else ""),
