@@ -48,7 +48,8 @@ for pass in $(seq "$passes"); do
     done
     kept=target/bench-passes/$pass
     rm -rf "$kept" && mkdir -p "$kept"
-    cp -r target/criterion "$kept/criterion" && cp target/bench_torch.json "$kept/torch.json"
+    # -a keeps the result files' times, which BENCHMARKS.md reports as when each row was measured.
+    cp -a target/criterion "$kept/criterion" && cp target/bench_torch.json "$kept/torch.json"
     criterion_dirs+=("$kept/criterion") torch_files+=("$kept/torch.json")
 done
 
