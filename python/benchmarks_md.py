@@ -122,8 +122,19 @@ LIMITS = {
     "per thread (each thread's gemm reads all of the 64 MiB weight): 0.78x and 0.93x at 2 threads in two runs. "
     "A probe on 2026-12-06 (2 threads, best of 7 x 5 calls, seven shapes of 128 to 1,024 rows) that split the "
     "output columns over the threads instead of gemm's threading was mixed over three runs: up to 20% faster at "
-    "some 1,024-row shapes, as much as 45% slower at 128 rows, so it was left.",
-    ("minilm_forward", "torch"): "Matrix products, on a noisy host. A profile of replica's forwards on the Intel Xeon "
+    "some 1,024-row shapes, as much as 45% slower at 128 rows, so it was left. A product of replica's own was "
+    "tried on 2026-12-06 (BLIS's loops: B packed into panels two vectors wide, A into micro-panels, "
+    "micro-kernels of 8, 12 or 14 rows by 32 columns or 6 by 64 of broadcasts and fused multiply-adds, depth "
+    "blocks of 96 to 768, both orders of the two inner loops): timed call by call alternately with candle's gemm "
+    "in one process (1 thread, 30 calls each, shapes 1,024x384x1,536 and 1,024x768x3,072), its fastest calls "
+    "were 0.49x to 0.93x gemm's, so the products stay gemm's.",
+    ("minilm_forward", "torch"): "Matrix products, at 2 threads above all. Profiles of the b8 forward on the Intel "
+    "Xeon of 2026-12-06 (`benches/profile.rs minilm-b8`, perf sampling cpu-clock, the benches' allocator setting; "
+    "samples per call): at 2 threads each part took more CPU time per call than at 1 (gemm's microkernel 37% more, "
+    "attention's tile products 70%, GELU 14%), while the same product alone (a linear layer 1,024x384 -> 1,536) "
+    "ran 1.8-1.9x faster with the second thread, and a row split of the products (each thread's gemm on its own "
+    "rows) timed the same as gemm's own threading (fastest calls 141-145 against 134-144 ms, three alternations). The whole forward gained 1.3-1.5x "
+    "from the second thread, PyTorch's 1.9x. An earlier profile of replica's forwards on the Intel Xeon "
     "of 2026-12-06 (1 thread, `benches/profile.rs minilm-b1` and `minilm-b8`, perf sampling cpu-clock, with the "
     "benches' allocator setting) puts 69% (b1) and 72% (b8) of the samples in the gemm crate; at b1 transposing "
     "the few-row products into place (docs/kernels.md, \"Linear layers with few rows\") takes 8%, at b8 candle's bias "
@@ -133,8 +144,10 @@ LIMITS = {
     "core and PyTorch 1.7-1.9x; in a 2-thread profile (b8) candle's own element-wise pool spinning took 9% of the "
     "samples, and `CANDLE_NUM_THREADS=1` measured neither clearly faster nor slower.",
     ("minilm_forward", "candle"): "Amdahl's law and the host's noise: both BERTs run their projections and MLPs "
-    "through the same gemm crate, and those products take the same time in both; replica's lead is in everything "
-    "else (attention, GELU, LayerNorm, the bias added inside the product, fewer copies). candle-transformers' own "
+    "through the same gemm crate (73% of replica's samples at b8, 1 thread, on 2026-12-06: the microkernel 68%, "
+    "its packing 5%; GELU 7%, attention 8%, the bias written into the products' outputs 4%, LayerNorm 1%), and "
+    "those products take the same time in both; a product of replica's own did not beat gemm (see matmul). "
+    "replica's lead is in everything else (attention, GELU, LayerNorm, the bias added inside the product, fewer copies). candle-transformers' own "
     "time at b8_s128, 1 thread, was 437 ms and 324 ms in two runs 15 minutes apart on 2026-12-06 (2.19x and 1.81x), "
     "replica's 199 and 179 ms.",
     ("training_step", "torch"): "Two threads: the step is mostly serial. A profile of the 2-thread step on the "
@@ -172,8 +185,8 @@ LIMITS = {
     "and a division: arithmetic, not bandwidth.",
     "attention": "The host's noise first, then the online softmax. The same build measured minutes apart "
     "(Intel Xeon, 2026-12-06): BERT b8 s128 at 1 thread 6.81 ms in one criterion run and 4.33 ms in the next; "
-    "b1_h12_d64_s2048 at 2 threads 74 ms in this table and 57-61 ms with `benches/profile.rs attention-prefill-2048` "
-    "(113-117 ms at 1 thread) in the same half hour. Profiles of that build (1 thread, `benches/profile.rs`, perf "
+    "b1_h12_d64_s2048 at 2 threads 74 ms in one table and 57-61 ms with `benches/profile.rs attention-prefill-2048` "
+    "(113-117 ms at 1 thread) in the same half hour; at 1 thread 125 and 197 ms in runs of 5 calls a minute apart. Profiles of that build (1 thread, `benches/profile.rs`, perf "
     "sampling cpu-clock): at b1_h12_d64_s512 the tile products take 70% of the samples at about 134 GFLOP/s (the "
     "nominal peak of this core), the online softmax 21% (its exponentials: a range reduction and a degree-7 "
     "polynomial per score), the keys' transpose 3% and writing the output 2%; at s2048 the products 71% and the "
@@ -183,8 +196,18 @@ LIMITS = {
     "fusion saves only those passes. The kernel pulls ahead as the sequence grows and the composition has to "
     "materialise and re-read large score matrices (the GPT-2 and LLaMA rows, attention_prefill).",
     ("attention_prefill", "torch"): "As for attention: the same profiles and the same noise (Intel Xeon, "
-    "2026-12-06). On the AMD EPYC of 2026-12-05 the kernel (before this stop's changes) was 1.07x to 1.94x "
+    "2026-12-06). On the AMD EPYC of 2026-12-05 the kernel (before the changes of 2026-12-06) was 1.07x to 1.94x "
     "PyTorch's at these shapes (docs/kernels.md).",
+    ("attention_fwd_bwd", "torch"): "Two threads: candle's share of the backward runs on one. A profile of the "
+    "2-thread forward and backward (Intel Xeon, 2026-12-06, `benches/profile.rs attention-fwd-bwd-1024`, perf "
+    "sampling cpu-clock, the benches' allocator setting) puts about 10 ms of each call on the calling thread "
+    "alone while the pool's two threads wait: candle's gradient plumbing around the kernel (the sum's gradient "
+    "broadcast, the transpose's gradient copied, and every gradient accumulated into a zero-filled tensor: memmove, "
+    "memset and candle's binary add), of a call of 42-60 ms; the kernel's own work splits evenly over the two "
+    "threads. With `CANDLE_NUM_THREADS=2`, as in this table, candle's own pool also spins beside rayon's (the "
+    "fastest call 59 against 42 ms with `CANDLE_NUM_THREADS=1`). The 1-thread row passes.",
+    ("silu", "torch"): "One 1-thread row, 4% short, within the host's noise (the same kernel was 1.15x and 1.13x "
+    "PyTorch's at this shape in the table of 05:43 UTC the same day); not profiled.",
     ("rms_norm", "memory"): "The OS at the s2048 shape: its 32 MiB output is a fresh mapping on every call that "
     "the OS faults in and zeroes (as for softmax at the GPT-2 shape), and RMSNorm reads each row twice (the sum "
     "of squares, then scaling).",
