@@ -260,7 +260,7 @@ def utc(timestamp: float) -> datetime.datetime:
 
 def read_criterion(root: str) -> tuple[dict, dict, dict]:
     """{(kernel, impl, threads, shape): seconds} from criterion's samples (the fastest
-    sample's time per call), the same keys' measurement times (the estimates file's
+    sample's time per call), the same keys' measurement times (the samples file's
     modification time), and the bytes moved by the benchmarks whose throughput is
     given in bytes (the copies)."""
     results, when, traffic = {}, {}, {}
@@ -269,18 +269,16 @@ def read_criterion(root: str) -> tuple[dict, dict, dict]:
             continue
         with open(os.path.join(dirpath, "benchmark.json")) as f:
             bench = json.load(f)
-        estimates = os.path.join(dirpath, "estimates.json")
-        with open(estimates) as f:
-            est = json.load(f)
         m = re.fullmatch(r"(.+)_(\d+)t", bench["function_id"] or "")
         if not m:
             continue
         impl, threads = m.group(1), int(m.group(2))
         key = (bench["group_id"], impl, threads, bench["value_str"])
-        with open(os.path.join(dirpath, "sample.json")) as f:
+        sample_file = os.path.join(dirpath, "sample.json")
+        with open(sample_file) as f:
             samples = json.load(f)
         results[key] = min(t / n for t, n in zip(samples["times"], samples["iters"])) * 1e-9
-        when[key] = utc(os.path.getmtime(estimates))
+        when[key] = utc(os.path.getmtime(sample_file))
         if "Bytes" in (bench.get("throughput") or {}):
             traffic[key] = bench["throughput"]["Bytes"]
     return results, when, traffic
