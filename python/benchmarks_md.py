@@ -415,8 +415,7 @@ def main():
         "  200 ms seconds apart), and interference only ever slows a call down, so the fastest sample is the",
         "  statistic least moved by it (the median moved with the phase). f32 throughout."
         + (f" Each time is the fastest of {passes} passes (`benches/run_all.sh` measures its tables that"
-           " many times, one pass after the other): the host's interference only ever slows a run, and both"
-           " sides get the same treatment." if passes > 1 else ""),
+           " many times, one pass after the other), for the same reason." if passes > 1 else ""),
         "- **Ratios** are `other / replica`: above 1 means replica is faster.",
         f"- **ISA paths**: replica's kernels ran their `{simd_path}` path (chosen at run time: the widest"
         " the CPU has, or `REPLICA_SIMD`); candle's matrix products (and replica's attention while"
