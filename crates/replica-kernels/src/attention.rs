@@ -421,11 +421,6 @@ impl Problem<'_> {
         ((b * self.sq + i) * self.h + h) * width
     }
 
-    /// Where key `j` of key/value head `kh` starts in a gradient laid out `[b, sk, hk, width]`.
-    fn key_grad_row(&self, b: usize, kh: usize, j: usize, width: usize) -> usize {
-        ((b * self.sk + j) * self.hk + kh) * width
-    }
-
     /// Keys `0..visible(i)` are visible to query `i`.
     fn visible(&self, i: usize) -> usize {
         match self.causal_offset {
@@ -803,11 +798,32 @@ impl ForwardTile {
     }
 }
 
+/// How the backward lays out `dq`, `dk` and `dv`.
+#[derive(Clone, Copy)]
+enum GradLayout {
+    /// `[b, heads, s, width]`, contiguous: what candle adds each gradient into (a
+    /// zero-filled tensor of the input's shape), a contiguous add.
+    HeadsMajor,
+    /// `[b, s, heads, width]`: each token's heads side by side, as the packed
+    /// projection lays them out.
+    TokenMajor,
+}
+
+impl GradLayout {
+    /// Where row `i` of head `head` (of `heads`, `s` rows of `width` each) starts.
+    fn row(self, [b, head, i]: [usize; 3], heads: usize, s: usize, width: usize) -> usize {
+        match self {
+            GradLayout::HeadsMajor => ((b * heads + head) * s + i) * width,
+            GradLayout::TokenMajor => ((b * s + i) * heads + head) * width,
+        }
+    }
+}
+
 /// Tasks the backward aims for, a number fixed by the shape alone (not the
 /// thread count), since it decides the order in which `dK` and `dV` are summed.
 const BACKWARD_TASKS: usize = 16;
 
-/// The backward: `(dq, dk, dv)`, laid out `[b, s, heads, width]`, from the forward's
+/// The backward: `(dq, dk, dv)`, laid out as `layout` says, from the forward's
 /// output `out`, its gradient `g` (both `[b, sq, h, dv]`) and log-sum-exp `lse`.
 ///
 /// One pass, as FlashAttention-2's: a task takes a key/value head and a run of
@@ -816,22 +832,18 @@ const BACKWARD_TASKS: usize = 16;
 /// of each query head of the group and each key tile it sees recomputes `S` and
 /// `P = exp(S - L)`, then `dV += Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP - D)`,
 /// `dQ += scale · dS K` and `dK += scale · dSᵀ Q`: five products per pair of tiles.
+/// `D = rowsum(dO ⊙ O)` is summed per query tile, by the task that owns the tile.
 /// With dropout's scaled mask `Z` the output is `(Z ⊙ P) V`: `dV += (Z ⊙ P)ᵀ dO` and
 /// `dS = P ⊙ (Z ⊙ dP - D)` (`D = rowsum(dO ⊙ O)` still, O being the dropped output).
 /// With several runs per head, each run's `dK` and `dV` are summed in run order.
-fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn backward(
+    p: &Problem<'_>,
+    out: &[f32],
+    g: &[f32],
+    lse: &[f32],
+    layout: GradLayout,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (sq, sk, d, dv, group) = (p.sq, p.sk, p.d, p.dv, p.group());
-    // D_i = Σ dO_i ⊙ O_i, in the order of the log-sum-exp.
-    let mut dsum = vec![0f32; p.b * p.h * sq];
-    for b in 0..p.b {
-        for h in 0..p.h {
-            for i in 0..sq {
-                let at = p.out_row(b, h, i, dv);
-                let (o, go) = (&out[at..at + dv], &g[at..at + dv]);
-                dsum[p.lse_row(b, h, i)] = o.iter().zip(go).map(|(a, b)| a * b).sum();
-            }
-        }
-    }
 
     let mut dq = cpu::output_buffer(p.b * p.h * sq * d);
     let mut dk = cpu::output_buffer(p.b * p.hk * sk * d);
@@ -897,12 +909,18 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
                 Vec::new()
             };
             let mut dq_acc = vec![0f32; BR * d];
+            let mut dsum = [0f32; BR];
             for h in kh * group..(kh + 1) * group {
                 for qt in tiles.clone() {
                     let i0 = qt * BR;
                     let rows = BR.min(sq - i0);
                     let r0 = p.lse_row(b, h, i0);
                     let go = g.as_ptr().wrapping_add(p.out_row(b, h, i0, dv));
+                    // D_i = Σ dO_i ⊙ O_i
+                    for (r, sum) in dsum[..rows].iter_mut().enumerate() {
+                        let at = p.out_row(b, h, i0 + r, dv);
+                        *sum = out[at..at + dv].iter().zip(&g[at..at + dv]).map(|(o, go)| o * go).sum();
+                    }
                     let (qi, q_rs) = (p.q.row(b, h, i0), p.q.row_stride());
                     dq_acc.fill(0.0);
                     let (mut j0, tile_end) = p.key_range(i0, i0 + rows);
@@ -958,7 +976,7 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
                         if let Some(mask) = &p.dropout {
                             p.drop(mask, b, h, i0, rows, j0, cols, &mut dp);
                         }
-                        score_grad_dispatch(&s, &mut dp, rows, cols, &dsum[r0..r0 + rows]);
+                        score_grad_dispatch(&s, &mut dp, rows, cols, &dsum[..rows]);
                         unsafe {
                             // dQ += scale · dS K
                             let (kj, k_rs) = (p.k.row(b, kh, j0), p.k.row_stride());
@@ -973,7 +991,7 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
                     for r in 0..rows {
                         // SAFETY: query rows i0..i0+rows of (b, h) belong to this task alone.
                         unsafe {
-                            let at = p.out_row(b, h, i0 + r, d);
+                            let at = layout.row([b, h, i0 + r], p.h, sq, d);
                             std::ptr::copy_nonoverlapping(dq_acc.as_ptr().add(r * d), dq_ptr.get().add(at), d);
                         }
                     }
@@ -984,8 +1002,8 @@ fn backward(p: &Problem<'_>, out: &[f32], g: &[f32], lse: &[f32]) -> (Vec<f32>, 
                 // SAFETY: key rows of (b, kh) in this run's dK and dV belong to this
                 // task alone.
                 unsafe {
-                    let dk_row = dk_ptr.get().add(run * k_len + p.key_grad_row(b, kh, j, d));
-                    let dv_row = dv_ptr.get().add(run * v_len + p.key_grad_row(b, kh, j, dv));
+                    let dk_row = dk_ptr.get().add(run * k_len + layout.row([b, kh, j], p.hk, sk, d));
+                    let dv_row = dv_ptr.get().add(run * v_len + layout.row([b, kh, j], p.hk, sk, dv));
                     if (first..end).contains(&j) {
                         std::ptr::copy_nonoverlapping(dk_acc.as_ptr().add((j - first) * d), dk_row, d);
                         std::ptr::copy_nonoverlapping(dv_acc.as_ptr().add((j - first) * dv), dv_row, dv);
@@ -1062,19 +1080,22 @@ impl AttentionOp {
     }
 
     /// The backward on the views of q, k, v, from the output `res` and its gradient
-    /// `g`: `(dq, dk, dv)`, each laid out `[b, s, heads, width]`.
+    /// `g`: `(dq, dk, dv)`, each laid out as `layout` says.
     fn backward_views(
         &self,
         views: [(&CpuStorage, &Layout); 3],
         res: &Tensor,
         g: &Tensor,
+        layout: GradLayout,
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         const OP: &str = "attention backward";
         let Some(lse) = self.lse.get() else {
             bail!("{OP}: the forward's log-sum-exp is missing")
         };
         cpu::with_f32(OP, res, |out| {
-            cpu::with_f32(OP, g, |gs| self.with_problem(views, |p| backward(p, out, gs, lse)))
+            cpu::with_f32(OP, g, |gs| {
+                self.with_problem(views, |p| backward(p, out, gs, lse, layout))
+            })
         })
     }
 
@@ -1156,12 +1177,8 @@ impl CustomOp3 for AttentionOp {
             _ => bail!("attention backward: the kernel runs on the CPU"),
         });
         let [sq, sk, sv] = storages;
-        let (dq, dk, dvv) = self.backward_views([sq?, sk?, sv?], res, g)?;
-        // The gradients are laid out [b, s, heads, width]: returned as [b, heads, s, width] views.
-        let grad = |data: Vec<f32>, t: &Tensor| -> Result<Tensor> {
-            let (b, heads, s, width) = t.dims4()?;
-            cpu::from_vec(data, &Shape::from_dims(&[b, s, heads, width]))?.transpose(1, 2)
-        };
+        let (dq, dk, dvv) = self.backward_views([sq?, sk?, sv?], res, g, GradLayout::HeadsMajor)?;
+        let grad = |data: Vec<f32>, t: &Tensor| cpu::from_vec(data, t.shape());
         Ok((Some(grad(dq, q)?), Some(grad(dk, k)?), Some(grad(dvv, v)?)))
     }
 }
@@ -1214,9 +1231,12 @@ impl CustomOp1 for PackedAttentionOp {
             bail!("attention_packed backward: the kernel runs on the CPU")
         };
         let [lq, lk, lv] = self.views(layout)?;
-        let (dq, dk, dv) = self
-            .op
-            .backward_views([(storage, &lq), (storage, &lk), (storage, &lv)], res, g)?;
+        let (dq, dk, dv) = self.op.backward_views(
+            [(storage, &lq), (storage, &lk), (storage, &lv)],
+            res,
+            g,
+            GradLayout::TokenMajor,
+        )?;
         // Each token's dq, dk, dv rows (laid out [b, s, heads, d]) side by side again.
         let (b, s, width) = qkv.dims3()?;
         let d = lq.dims()[3];
