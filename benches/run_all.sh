@@ -31,9 +31,10 @@ measure() {
     esac
     [ "$table" = training_step ] && bench=training
     for threads in 1 2; do
-        # candle's own pool beside rayon's slows the 2-thread training step (docs/training.md).
+        # candle's own pool beside rayon's slows the backward at 2 threads (docs/training.md):
+        # the rows that train run candle's element-wise ops on one thread.
         candle_threads=$threads
-        [ "$bench" = training ] && candle_threads=1
+        if [ "$bench" = training ] || [ "$table" = attention_fwd_bwd ]; then candle_threads=1; fi
         CANDLE_NUM_THREADS=$candle_threads cargo bench -q --bench "$bench" -- "^$table/.*_${threads}t/" "${times[@]}" >/dev/null
     done
     if [ "$table" != memory_bandwidth ]; then

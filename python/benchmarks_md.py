@@ -8,6 +8,7 @@ back (a shared host's slow phases last minutes). By hand, the same in larger set
 
     CANDLE_NUM_THREADS=1 cargo bench --bench kernels -- '_1t/' --warm-up-time 1 --measurement-time 2
     CANDLE_NUM_THREADS=2 cargo bench --bench kernels -- '_2t/' --warm-up-time 1 --measurement-time 2
+    CANDLE_NUM_THREADS=1 cargo bench --bench kernels -- '^attention_fwd_bwd/.*_2t/' --warm-up-time 1 --measurement-time 2
     CANDLE_NUM_THREADS=1 cargo bench --bench blocks -- '_1t/'
     CANDLE_NUM_THREADS=2 cargo bench --bench blocks -- '_2t/'
     CANDLE_NUM_THREADS=1 cargo bench --bench training -- '_1t/'
@@ -405,9 +406,10 @@ def main():
         "  replica and candle (candle's matrix products run on the rayon pool they are called from),",
         "  `torch.set_num_threads` for PyTorch. candle 0.11 also runs its element-wise ops on a pool of its own,",
         "  sized once per process by `CANDLE_NUM_THREADS` (default: the physical cores, 2 here): every table",
-        "  ran each thread count in its own process with `CANDLE_NUM_THREADS` equal to it, except the training",
-        "  step at 2 threads, run with `CANDLE_NUM_THREADS=1`: there candle's pool and rayon's take turns on the",
-        "  same two cores and the step slows down (docs/training.md).",
+        "  ran each thread count in its own process with `CANDLE_NUM_THREADS` equal to it, except the rows that",
+        "  train (the training step, attention_fwd_bwd) at 2 threads, run with `CANDLE_NUM_THREADS=1`: after each",
+        "  of the backward's many element-wise ops candle's pool spins (25,000 pauses, `CANDLE_BARRIER_POOL_SPIN_LIMIT`)",
+        "  on a core rayon's threads are using, and the step slows down (docs/training.md).",
         "- **Times**: the fastest sample of each measurement, both sides alike: of criterion's samples",
         "  (replica, candle, composed, copy; a sample is the mean of a batch of calls) and of",
         "  `torch.utils.benchmark` `blocked_autorange`'s blocks (PyTorch, under `torch.inference_mode()` but for",
