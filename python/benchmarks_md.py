@@ -129,21 +129,21 @@ LIMITS = {
     "blocks of 96 to 768, both orders of the two inner loops): timed call by call alternately with candle's gemm "
     "in one process (1 thread, 30 calls each, shapes 1,024x384x1,536 and 1,024x768x3,072), its fastest calls "
     "were 0.49x to 0.93x gemm's, so the products stay gemm's.",
-    ("minilm_forward", "torch"): "Matrix products, at 2 threads above all. Profiles of the b8 forward on the Intel "
-    "Xeon of 2026-12-06 (`benches/profile.rs minilm-b8`, perf sampling cpu-clock, the benches' allocator setting; "
-    "samples per call): at 2 threads each part took more CPU time per call than at 1 (gemm's microkernel 37% more, "
-    "attention's tile products 70%, GELU 14%), while the same product alone (a linear layer 1,024x384 -> 1,536) "
-    "ran 1.8-1.9x faster with the second thread, and a row split of the products (each thread's gemm on its own "
-    "rows) timed the same as gemm's own threading (fastest calls 141-145 against 134-144 ms, three alternations). The whole forward gained 1.3-1.5x "
-    "from the second thread, PyTorch's 1.9x. An earlier profile of replica's forwards on the Intel Xeon "
-    "of 2026-12-06 (1 thread, `benches/profile.rs minilm-b1` and `minilm-b8`, perf sampling cpu-clock, with the "
-    "benches' allocator setting) puts 69% (b1) and 72% (b8) of the samples in the gemm crate; at b1 transposing "
-    "the few-row products into place (docs/kernels.md, \"Linear layers with few rows\") takes 8%, at b8 candle's bias "
-    "and residual adds 6% (the bias has since moved into the product) and memset 2.5%; replica's kernels 10-14%; the OS under 2% (freed pages kept). The "
-    "host's noise is as large as the gaps: in two runs of the same code 15 minutes apart on 2026-12-06, the 1-thread "
-    "b1_s128 row was 1.21x and 0.76x, b8_s128 1.08x and 0.98x. With 2 threads replica gains 1.2-1.3x from the second "
-    "core and PyTorch 1.7-1.9x; in a 2-thread profile (b8) candle's own element-wise pool spinning took 9% of the "
-    "samples, and `CANDLE_NUM_THREADS=1` measured neither clearly faster nor slower.",
+    ("minilm_forward", "torch"): "The MLP: in this run's block tables MiniLM's attention block is ahead of "
+    "PyTorch's (block_attention 1.08x, 1.25x) and its MLP behind (block_mlp 0.95x, 0.88x). The MLP's two products "
+    "are at PyTorch's speed or near it (matmul minilm_ffn 1.02x, 0.95x; replica's at 116-126% of the nominal "
+    "peak), and 73-77% of the forward is gemm's (profiles on the Intel Xeon of 2026-12-06, `benches/profile.rs "
+    "minilm-b8`, perf sampling cpu-clock, the benches' allocator setting: at 1 thread gemm's microkernel 72% and its "
+    "packing 4%, attention's tile products 5%, GELU 4%, memmove 3%, the online softmax 3%, candle's binary adds 2%, "
+    "LayerNorm 1%). The GELU between the products runs from memory: in the forward it took about 1.2 ms per layer at "
+    "1 thread (4% of 175 ms over 6 layers) on the 6 MiB output of the first product, against 0.26 ms for the same "
+    "kernel on 3 MiB that stays in cache; applying it to each block of the product while the block is in cache would "
+    "save most of that (not attempted). At 2 threads candle's element-wise pool (`CANDLE_NUM_THREADS=2`, as in this "
+    "table) spins after each of the forward's residual adds, on a core rayon's threads are using: 3.8% of the "
+    "samples, 0.8% with `CANDLE_BARRIER_POOL_SPIN_LIMIT=100` (docs/training.md). The forward gained 1.8x from the "
+    "second core in this run (183 to 95 ms), as PyTorch's did (172 to 90 ms). The host's noise is as large as the gaps: minutes apart "
+    "on 2026-12-06 the same build's b8 forward took 96-98 and 132-145 ms at 2 threads (fastest of 15 calls), and "
+    "PyTorch's 88-90 ms in the first of those minutes.",
     ("minilm_forward", "candle"): "Amdahl's law and the host's noise: both BERTs run their projections and MLPs "
     "through the same gemm crate (73% of replica's samples at b8, 1 thread, on 2026-12-06: the microkernel 68%, "
     "its packing 5%; GELU 7%, attention 8%, the bias written into the products' outputs 4%, LayerNorm 1%), and "
@@ -171,9 +171,15 @@ LIMITS = {
     "products run at about 130 GFLOP/s, this core's nominal peak (134), where PyTorch's whole forward ran at 106 "
     "GFLOP/s in this run. The b1_s1024 rows (1,024 rows: candle's order of the product) were 1.18x and 0.87x at 1 "
     "thread in two runs of the same code 15 minutes apart.",
-    ("gelu_erf", "torch"): "Two threads, on a noisy host: the 1-thread rows pass (1.08x, 1.19x). Re-measured alone "
-    "on 2026-12-06 (`cargo bench --bench kernels -- gelu_erf/replica_Nt/bert`), replica's bert-base row took 1.43 ms "
-    "at 1 thread and 0.74 ms at 2, 1.94x from the second core. Not profiled.",
+    ("gelu_erf", "torch"): "Arithmetic at 1 thread, and PyTorch's side moved: replica's 1-thread rows took "
+    "1.17 ms and 644 µs in the previous table (1.25x and 1.21x PyTorch's) and 1.10 ms and 622 µs in this one, "
+    "PyTorch's 1.46 ms and 777 µs then, 1.07 ms and 546 µs now. The 2-thread rows, where memory is the bound, pass. "
+    "A profile of the 1-thread kernel (Intel Xeon, 2026-12-06, `benches/profile.rs gelu-erf-bert`, 3,000 calls on "
+    "BERT-base's 786K hidden states, perf sampling cpu-clock, annotated) puts 36% of its samples on the "
+    "instructions right after the four unrolled divisions of erf's rational approximation and about 12% on loads "
+    "and stores: arithmetic-bound (0.26-0.27 ms for data that stays in cache). A division-free reciprocal (a bit-"
+    "trick seed and three Newton steps, within half an ulp) was slower: fastest calls 0.30-0.31 against 0.26-0.27 ms "
+    "in three alternations; the division stays.",
     ("layer_norm", "torch"): "One 2-thread row of small absolute time (about 0.2 ms; the other rows 1.11-1.35x); "
     "within the host's noise, not profiled.",
     ("layer_norm", "memory"): "LayerNorm reads each row twice (statistics, then normalising, the second time "
@@ -205,8 +211,8 @@ LIMITS = {
     "alone while the pool's two threads wait: candle's gradient plumbing around the kernel (the sum's gradient "
     "broadcast, the transpose's gradient copied, and every gradient accumulated into a zero-filled tensor: memmove, "
     "memset and candle's binary add), of a call of 42-60 ms; the kernel's own work splits evenly over the two "
-    "threads. With `CANDLE_NUM_THREADS=2`, as in this table, candle's own pool also spins beside rayon's (the "
-    "fastest call 59 against 42 ms with `CANDLE_NUM_THREADS=1`). The 1-thread row passes.",
+    "threads. With `CANDLE_NUM_THREADS=2` candle's own pool also spins beside rayon's (the fastest call 59 against "
+    "42 ms with `CANDLE_NUM_THREADS=1`, as this table runs it). The 1-thread row passes.",
     ("silu", "torch"): "One 1-thread row, 4% short, within the host's noise (the same kernel was 1.15x and 1.13x "
     "PyTorch's at this shape in the table of 05:43 UTC the same day); not profiled.",
     ("rms_norm", "memory"): "The OS at the s2048 shape: its 32 MiB output is a fresh mapping on every call that "
