@@ -140,7 +140,7 @@ LIMITS = {
     "kernel on 3 MiB that stays in cache; applying it to each block of the product while the block is in cache would "
     "save most of that (not attempted). At 2 threads candle's element-wise pool (`CANDLE_NUM_THREADS=2`, as in this "
     "table) spins after each of the forward's residual adds, on a core rayon's threads are using: 3.8% of the "
-    "samples, 0.8% with `CANDLE_BARRIER_POOL_SPIN_LIMIT=100` (docs/training.md). The forward gained 1.8x from the "
+    "samples, 0.8% with `CANDLE_BARRIER_POOL_SPIN_LIMIT=100` (docs/training.md). The forward gained 1.9x from the "
     "second core in this run (183 to 95 ms), as PyTorch's did (172 to 90 ms). The host's noise is as large as the gaps: minutes apart "
     "on 2026-12-06 the same build's b8 forward took 96-98 and 132-145 ms at 2 threads (fastest of 15 calls), and "
     "PyTorch's 88-90 ms in the first of those minutes.",
@@ -210,7 +210,8 @@ LIMITS = {
     "sampling cpu-clock, the benches' allocator setting) puts about 10 ms of each call on the calling thread "
     "alone while the pool's two threads wait: candle's gradient plumbing around the kernel (the sum's gradient "
     "broadcast, the transpose's gradient copied, and every gradient accumulated into a zero-filled tensor: memmove, "
-    "memset and candle's binary add), of a call of 42-60 ms; the kernel's own work splits evenly over the two "
+    "memset and candle's binary add), of a call of 42-60 ms (before the backward's D = rowsum(dO O) moved into "
+    "its parallel tasks and its gradients into the inputs' layout, the same day); the kernel's own work splits evenly over the two "
     "threads. With `CANDLE_NUM_THREADS=2` candle's own pool also spins beside rayon's (the fastest call 59 against "
     "42 ms with `CANDLE_NUM_THREADS=1`, as this table runs it). The 1-thread row passes.",
     ("silu", "torch"): "One 1-thread row, 4% short, within the host's noise (the same kernel was 1.15x and 1.13x "
