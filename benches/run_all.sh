@@ -17,6 +17,9 @@ python=${PYTHON:-$HOME/venv-ref/bin/python}
 kernels=(memory_bandwidth softmax softmax_scale_causal layer_norm rms_norm gelu_erf gelu_tanh silu swiglu
     rope_half_split rope_interleaved attention attention_prefill attention_fwd_bwd matmul)
 blocks=(block_attention block_mlp block_transformer minilm_forward gpt2_forward)
+# The tables that run a backward: candle's own pool beside rayon's slows those at 2
+# threads (docs/training.md), so their candle element-wise ops run on one thread.
+backward=(attention_fwd_bwd training_step)
 tables=("$@")
 [ ${#tables[@]} -gt 0 ] || tables=("${kernels[@]}" "${blocks[@]}" training_step)
 
@@ -31,10 +34,8 @@ measure() {
     esac
     [ "$table" = training_step ] && bench=training
     for threads in 1 2; do
-        # candle's own pool beside rayon's slows the backward at 2 threads (docs/training.md):
-        # the rows that train run candle's element-wise ops on one thread.
         candle_threads=$threads
-        if [ "$bench" = training ] || [ "$table" = attention_fwd_bwd ]; then candle_threads=1; fi
+        case " ${backward[*]} " in *" $table "*) candle_threads=1 ;; esac
         CANDLE_NUM_THREADS=$candle_threads cargo bench -q --bench "$bench" -- "^$table/.*_${threads}t/" "${times[@]}" >/dev/null
     done
     if [ "$table" != memory_bandwidth ]; then

@@ -123,12 +123,9 @@ LIMITS = {
     "per thread (each thread's gemm reads all of the 64 MiB weight): 0.78x and 0.93x at 2 threads in two runs. "
     "A probe on 2026-12-06 (2 threads, best of 7 x 5 calls, seven shapes of 128 to 1,024 rows) that split the "
     "output columns over the threads instead of gemm's threading was mixed over three runs: up to 20% faster at "
-    "some 1,024-row shapes, as much as 45% slower at 128 rows, so it was left. A product of replica's own was "
-    "tried on 2026-12-06 (BLIS's loops: B packed into panels two vectors wide, A into micro-panels, "
-    "micro-kernels of 8, 12 or 14 rows by 32 columns or 6 by 64 of broadcasts and fused multiply-adds, depth "
-    "blocks of 96 to 768, both orders of the two inner loops): timed call by call alternately with candle's gemm "
-    "in one process (1 thread, 30 calls each, shapes 1,024x384x1,536 and 1,024x768x3,072), its fastest calls "
-    "were 0.49x to 0.93x gemm's, so the products stay gemm's.",
+    "some 1,024-row shapes, as much as 45% slower at 128 rows, so it was left. A product of replica's own "
+    "(BLIS's loops, tried on 2026-12-06; docs/kernels.md) ran 0.49x to 0.93x as fast as gemm's, so the products "
+    "stay gemm's.",
     ("minilm_forward", "torch"): "The MLP: in this run's block tables MiniLM's attention block is ahead of "
     "PyTorch's (block_attention 1.08x, 1.25x) and its MLP behind (block_mlp 0.95x, 0.88x). The MLP's two products "
     "are at PyTorch's speed or near it (matmul minilm_ffn 1.02x, 0.95x; replica's at 116-126% of the nominal "
@@ -145,9 +142,8 @@ LIMITS = {
     "on 2026-12-06 the same build's b8 forward took 96-98 and 132-145 ms at 2 threads (fastest of 15 calls), and "
     "PyTorch's 88-90 ms in the first of those minutes.",
     ("minilm_forward", "candle"): "Amdahl's law and the host's noise: both BERTs run their projections and MLPs "
-    "through the same gemm crate (73% of replica's samples at b8, 1 thread, on 2026-12-06: the microkernel 68%, "
-    "its packing 5%; GELU 7%, attention 8%, the bias written into the products' outputs 4%, LayerNorm 1%), and "
-    "those products take the same time in both; a product of replica's own did not beat gemm (see matmul). "
+    "through the same gemm crate (three quarters of replica's b8 forward: the profile in the reason against "
+    "PyTorch), and those products take the same time in both; a product of replica's own did not beat gemm (see matmul). "
     "replica's lead is in everything else (attention, GELU, LayerNorm, the bias added inside the product, fewer copies). candle-transformers' own "
     "time at b8_s128, 1 thread, was 437 ms and 324 ms in two runs 15 minutes apart on 2026-12-06 (2.19x and 1.81x), "
     "replica's 199 and 179 ms.",
